@@ -1,0 +1,429 @@
+//! JSON payloads: one object, read with a serde visitor straight into field slots (no
+//! intermediate `Value`). Keys that the pipeline does not declare are skipped.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+use super::{DecodeError, Decoded, Decoder};
+use crate::config::FieldType;
+use crate::operators::Reading;
+
+enum Key {
+    Device,
+    Time,
+    Field(usize),
+    Other,
+}
+
+struct KeySeed<'d>(&'d Decoder);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Key;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Key;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    #[inline]
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        let dec = self.0;
+        for (i, field) in dec.fields.iter().enumerate() {
+            if field.name == key {
+                return Ok(Key::Field(i));
+            }
+        }
+        if dec.device_field.as_deref() == Some(key) && !dec.device_from_topic {
+            return Ok(Key::Device);
+        }
+        if dec.time_field.as_deref() == Some(key) {
+            return Ok(Key::Time);
+        }
+        Ok(Key::Other)
+    }
+}
+
+/// A string (or a number, written as text) that borrows from the payload when it can.
+struct DeviceSeed;
+
+impl<'de> DeserializeSeed<'de> for DeviceSeed {
+    type Value = Result<Cow<'de, str>, String>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DeviceSeed {
+    type Value = Result<Cow<'de, str>, String>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a device id")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Ok(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Ok(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Ok(Cow::Owned(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Ok(Cow::Owned(v.to_string())))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Ok(Cow::Owned(v.to_string())))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Err(format!("the number {v}")))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Err(format!("{v}")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Err("null".into()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Err("an object".into()))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err("an array".into()))
+    }
+}
+
+/// Any JSON value, classified.
+enum Scalar<'de> {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(Cow<'de, str>),
+    Null,
+    Other(&'static str),
+}
+
+impl Scalar<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Scalar::Int(i) => format!("the number {i}"),
+            Scalar::Float(x) => format!("the number {x}"),
+            Scalar::Bool(b) => format!("{b}"),
+            Scalar::Text(s) => format!("the string {s:?}"),
+            Scalar::Null => "null".into(),
+            Scalar::Other(what) => (*what).into(),
+        }
+    }
+}
+
+struct ScalarSeed;
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(match i64::try_from(v) {
+            Ok(i) => Scalar::Int(i),
+            Err(_) => Scalar::Float(v as f64),
+        })
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an object"))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an array"))
+    }
+}
+
+/// The object, decoded into slots. Decode errors (as opposed to syntax errors) are kept
+/// aside so the whole object is still checked for syntax.
+struct ObjectVisitor<'d, 'de> {
+    dec: &'d Decoder,
+    reading: &'d mut Reading,
+    seen: &'d mut u64,
+    device: &'d mut Option<Cow<'de, str>>,
+    time: &'d mut Option<Result<i64, DecodeError>>,
+    problem: &'d mut Option<DecodeError>,
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let dec = self.dec;
+        while let Some(key) = map.next_key_seed(KeySeed(dec))? {
+            match key {
+                Key::Field(i) => {
+                    let field = &dec.fields[i];
+                    let value = map.next_value_seed(ScalarSeed)?;
+                    let x = match (&value, field.spec.kind) {
+                        (Scalar::Float(x), FieldType::Float | FieldType::Int) => Some(*x),
+                        (Scalar::Int(i), FieldType::Float | FieldType::Int) => Some(*i as f64),
+                        (Scalar::Bool(b), FieldType::Bool) => Some(if *b { 1.0 } else { 0.0 }),
+                        (Scalar::Null, _) => None,
+                        _ => {
+                            if self.problem.is_none() {
+                                *self.problem = Some(DecodeError::WrongType {
+                                    field: field.name.clone(),
+                                    expected: match field.spec.kind {
+                                        FieldType::Float => "a number",
+                                        FieldType::Int => "an integer",
+                                        FieldType::Bool => "true or false",
+                                    },
+                                    found: value.describe(),
+                                });
+                            }
+                            None
+                        }
+                    };
+                    if let Some(x) = x {
+                        self.reading.values[field.slot] = x;
+                        *self.seen |= 1u64 << field.slot;
+                    }
+                }
+                Key::Device => {
+                    let value = map.next_value_seed(DeviceSeed)?;
+                    match value {
+                        Ok(id) => {
+                            if self.device.is_some() && self.problem.is_none() {
+                                *self.problem = Some(DecodeError::Json(format!(
+                                    "the device id `{}` is given twice",
+                                    dec.device_field.as_deref().unwrap_or("device")
+                                )));
+                            }
+                            *self.device = Some(id);
+                        }
+                        Err(found) => {
+                            if self.problem.is_none() {
+                                *self.problem = Some(DecodeError::WrongType {
+                                    field: dec.device_field.clone().unwrap_or_default(),
+                                    expected: "a string",
+                                    found,
+                                });
+                            }
+                        }
+                    }
+                }
+                Key::Time => {
+                    let name = dec.time_field.as_deref().unwrap_or("");
+                    let value = map.next_value_seed(ScalarSeed)?;
+                    *self.time = Some(match value {
+                        Scalar::Int(i) => dec.time_from_number(name, i as f64, Some(i)),
+                        Scalar::Float(x) => dec.time_from_number(name, x, None),
+                        Scalar::Text(t) => dec.time_from_text(name, &t),
+                        other => Err(DecodeError::BadTime {
+                            field: name.to_string(),
+                            reason: format!("expected a number or text, found {}", other.describe()),
+                        }),
+                    });
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn decode<'a>(
+    dec: &Decoder,
+    payload: &'a [u8],
+    topic_device: Option<&'a str>,
+    arrival_ms: i64,
+) -> Result<Decoded<'a>, DecodeError> {
+    let mut reading = Reading::new(0, dec.slots);
+    let mut seen = 0u64;
+    let mut device = None;
+    let mut time = None;
+    let mut problem = None;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let visitor = ObjectVisitor {
+        dec,
+        reading: &mut reading,
+        seen: &mut seen,
+        device: &mut device,
+        time: &mut time,
+        problem: &mut problem,
+    };
+    de.deserialize_map(visitor).and_then(|()| de.end()).map_err(|e| DecodeError::Json(e.to_string()))?;
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    let device = if dec.device_from_topic {
+        Cow::Borrowed(topic_device.ok_or(DecodeError::MissingTopicDevice)?)
+    } else {
+        device.ok_or_else(|| DecodeError::MissingDevice(dec.device_field.clone().unwrap_or_default()))?
+    };
+    reading.ts = match (&dec.time_field, time) {
+        (None, _) => arrival_ms,
+        (Some(_), Some(t)) => t?,
+        (Some(name), None) => return Err(DecodeError::MissingTime(name.clone())),
+    };
+    dec.check_fields(&mut reading, seen)?;
+    Ok(Decoded { device, reading })
+}
+
+/// Finds the device id and stops reading there.
+struct DeviceOnly<'d, 'de> {
+    dec: &'d Decoder,
+    found: &'d mut Option<Cow<'de, str>>,
+}
+
+const FOUND: &str = "plume: device found";
+
+impl<'de> Visitor<'de> for DeviceOnly<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let wanted = self.dec.device_field.as_deref().unwrap_or("");
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == wanted {
+                if let Ok(id) = map.next_value_seed(DeviceSeed)? {
+                    *self.found = Some(id);
+                    return Err(de::Error::custom(FOUND));
+                }
+                return Ok(());
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn device_of<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, str>> {
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let _ = de.deserialize_map(DeviceOnly { dec, found: &mut found });
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::{DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, TimeSpec, TimeUnit};
+
+    fn decoder(unit: TimeUnit) -> Decoder {
+        let mut fields = BTreeMap::new();
+        fields.insert("co2".to_string(), FieldSpec { required: true, ..Default::default() });
+        fields.insert(
+            "pm25".to_string(),
+            FieldSpec { min: Some(0.0), max: Some(1000.0), required: true, ..Default::default() },
+        );
+        let spec = DecodeSpec {
+            format: Default::default(),
+            device: DeviceIdSpec::default(),
+            time: Some(TimeSpec { field: "ts".into(), unit }),
+            fields,
+            dead_letter_max_bytes: 64,
+        };
+        Decoder::new(&spec, 2)
+    }
+
+    #[test]
+    fn decodes_any_field_order_escapes_integers_and_exponents() {
+        let dec = decoder(TimeUnit::Ms);
+        let d = dec
+            .decode(br#"{"co2": 612, "ts": -1, "device": "b\"q", "hum":1,"pm25": 1e2}"#, None, 0)
+            .unwrap();
+        assert_eq!(d.device, "b\"q");
+        assert_eq!(d.reading.ts, -1);
+        assert_eq!(d.reading.values.as_slice(), &[612.0, 100.0]);
+        let d = dec.decode("{\"device\":\"dev\\u00e9\",\"ts\":5,\"pm25\":1,\"co2\":2}".as_bytes(), None, 0).unwrap();
+        assert_eq!(d.device, "devé");
+    }
+
+    #[test]
+    fn floats_are_correctly_rounded() {
+        let dec = decoder(TimeUnit::Ms);
+        let d = dec
+            .decode(br#"{"device":"a","ts":1,"pm25":25.0000001,"co2":1000.0500000000001}"#, None, 0)
+            .unwrap();
+        assert_eq!(d.reading.values[1], "25.0000001".parse::<f64>().unwrap());
+        assert_eq!(d.reading.values[0], "1000.0500000000001".parse::<f64>().unwrap());
+    }
+
+    #[test]
+    fn device_of_stops_at_the_device_and_agrees_with_decode() {
+        let dec = decoder(TimeUnit::Ms);
+        assert_eq!(dec.device_of(br#"{"ts":1,"device":"x\ty","pm25":}"#, None).as_deref(), Some("x\ty"));
+        assert_eq!(dec.device_of(br#"{"ts":1}"#, None), None);
+        assert_eq!(dec.device_of(b"not json", None), None);
+    }
+
+    #[test]
+    fn bad_payloads_say_why() {
+        let dec = decoder(TimeUnit::Ms);
+        let err = |p: &str| dec.decode(p.as_bytes(), None, 0).unwrap_err().to_string();
+        assert!(err("{\"device\":\"a\",\"ts\":1,\"pm25\":1").contains("not valid JSON"));
+        assert!(err(r#"{"ts":1,"pm25":1,"co2":1}"#).contains("no device id"));
+        assert!(err(r#"{"device":"a","pm25":1,"co2":1}"#).contains("no event time"));
+        assert!(err(r#"{"device":"a","ts":1,"co2":1}"#).contains("required field `pm25`"));
+        assert!(err(r#"{"device":"a","ts":1,"pm25":"high","co2":1}"#).contains("should be a number"));
+        assert!(err(r#"{"device":"a","ts":"yesterday","pm25":1,"co2":1}"#).contains("event time `ts`"));
+        assert!(err(r#"{"device":"","ts":1,"pm25":1,"co2":1}"#).contains("empty"));
+        assert!(err(r#"[1,2]"#).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn out_of_range_is_flagged_not_silently_dropped() {
+        let dec = decoder(TimeUnit::Ms);
+        let d = dec.decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":1}"#, None, 0).unwrap();
+        assert!(d.reading.values[1].is_nan());
+        assert_eq!(d.reading.out_of_range, 0b10);
+        let mut strict = decoder(TimeUnit::Ms);
+        strict.fields[1].spec.out_of_range = OutOfRange::DeadLetter;
+        assert!(strict.decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":1}"#, None, 0).is_err());
+    }
+
+    #[test]
+    fn time_units() {
+        let s = decoder(TimeUnit::S);
+        assert_eq!(s.decode(br#"{"device":"a","ts":1.5,"pm25":1,"co2":1}"#, None, 0).unwrap().reading.ts, 1500);
+        let rfc = decoder(TimeUnit::Rfc3339);
+        let d = rfc.decode(br#"{"device":"a","ts":"2026-01-01T00:00:00.123Z","pm25":1,"co2":1}"#, None, 0).unwrap();
+        assert_eq!(d.reading.ts, 1767225600123);
+        let ns = decoder(TimeUnit::Ns);
+        assert_eq!(ns.decode(br#"{"device":"a","ts":1767225600123456789,"pm25":1,"co2":1}"#, None, 0).unwrap().reading.ts, 1767225600123);
+    }
+}

@@ -1,0 +1,221 @@
+//! Decoding raw payloads into readings, as `decode` in the pipeline file says.
+//!
+//! # Layout
+//! - [`Decoder`]: compiled from [`DecodeSpec`]; `decode` turns one payload into a device id and
+//!   a [`Reading`]; `device_of` finds only the device id (cheap: numbers are skipped, not
+//!   converted), so that each shard fully decodes only the readings of its own devices.
+//! - `json`: one JSON object per payload, read with a serde visitor straight into field slots.
+//! - [`DecodeError`]: the reason a payload is a dead letter.
+
+use std::borrow::Cow;
+
+use crate::config::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeUnit};
+use crate::operators::{FieldSlot, Reading};
+
+pub mod json;
+
+/// Why a payload could not become a reading. The message is for people reading dead letters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("not valid influx line protocol: {0}")]
+    Influx(String),
+    #[error("no device id: the payload has no `{0}`")]
+    MissingDevice(String),
+    #[error("no device id: the topic did not capture `{{device}}`")]
+    MissingTopicDevice,
+    #[error("the device id is empty")]
+    EmptyDevice,
+    #[error("no event time: the payload has no `{0}`")]
+    MissingTime(String),
+    #[error("event time `{field}` is not valid: {reason}")]
+    BadTime { field: String, reason: String },
+    #[error("required field `{0}` is missing")]
+    MissingField(String),
+    #[error("field `{field}` should be {expected}, found {found}")]
+    WrongType { field: String, expected: &'static str, found: String },
+    #[error("field `{field}` is {value}, outside its range [{min}, {max}]")]
+    OutOfRange { field: String, value: f64, min: f64, max: f64 },
+}
+
+/// A decoded payload: the device id (borrowed from the payload when possible) and the reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<'a> {
+    pub device: Cow<'a, str>,
+    pub reading: Reading,
+}
+
+/// One declared field, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FieldDecoder {
+    pub name: String,
+    pub slot: FieldSlot,
+    pub spec: FieldSpec,
+}
+
+/// Compiled `decode` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoder {
+    pub(crate) format: DecodeFormat,
+    pub(crate) device_field: Option<String>,
+    pub(crate) device_tag: Option<String>,
+    pub(crate) device_from_topic: bool,
+    pub(crate) time_field: Option<String>,
+    pub(crate) time_unit: TimeUnit,
+    pub(crate) fields: Vec<FieldDecoder>,
+    pub(crate) slots: usize,
+    pub max_dead_letter_bytes: usize,
+}
+
+impl Decoder {
+    /// `slots` is the total number of field slots (declared and derived).
+    pub fn new(spec: &DecodeSpec, slots: usize) -> Self {
+        Decoder {
+            format: spec.format,
+            device_field: spec.device.field.clone(),
+            device_tag: spec.device.tag.clone(),
+            device_from_topic: spec.device.topic,
+            time_field: spec.time.as_ref().map(|t| t.field.clone()),
+            time_unit: spec.time.as_ref().map_or(TimeUnit::Ms, |t| t.unit),
+            fields: spec
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(slot, (name, spec))| FieldDecoder { name: name.clone(), slot, spec: spec.clone() })
+                .collect(),
+            slots,
+            max_dead_letter_bytes: spec.dead_letter_max_bytes,
+        }
+    }
+
+    pub fn format(&self) -> DecodeFormat {
+        self.format
+    }
+
+    /// Decodes one payload. `topic_device` is the `{device}` capture of an MQTT topic;
+    /// `arrival_ms` is the event time when the pipeline has no time field.
+    pub fn decode<'a>(
+        &self,
+        payload: &'a [u8],
+        topic_device: Option<&'a str>,
+        arrival_ms: i64,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        let decoded = match self.format {
+            DecodeFormat::Json => json::decode(self, payload, topic_device, arrival_ms)?,
+            DecodeFormat::Influx => {
+                return Err(DecodeError::Influx("influx line protocol is not built into this plume yet".into()));
+            }
+        };
+        if decoded.device.is_empty() {
+            return Err(DecodeError::EmptyDevice);
+        }
+        Ok(decoded)
+    }
+
+    /// Only the device id of a payload (for routing), or `None` if it has none.
+    pub fn device_of<'a>(&self, payload: &'a [u8], topic_device: Option<&'a str>) -> Option<Cow<'a, str>> {
+        if self.device_from_topic {
+            return topic_device.map(Cow::Borrowed);
+        }
+        match self.format {
+            DecodeFormat::Json => json::device_of(self, payload),
+            DecodeFormat::Influx => None,
+        }
+    }
+
+    /// Applies type, range and presence rules once all values are in.
+    pub(crate) fn check_fields(&self, reading: &mut Reading, seen: u64) -> Result<(), DecodeError> {
+        for f in &self.fields {
+            let present = seen & (1u64 << f.slot) != 0;
+            if !present {
+                if f.spec.required {
+                    return Err(DecodeError::MissingField(f.name.clone()));
+                }
+                continue;
+            }
+            let x = reading.values[f.slot];
+            if f.spec.kind == FieldType::Int && x.fract() != 0.0 {
+                return Err(DecodeError::WrongType {
+                    field: f.name.clone(),
+                    expected: "an integer",
+                    found: format!("{x}"),
+                });
+            }
+            let below = f.spec.min.is_some_and(|m| x < m);
+            let above = f.spec.max.is_some_and(|m| x > m);
+            if below || above {
+                match f.spec.out_of_range {
+                    OutOfRange::DeadLetter => {
+                        return Err(DecodeError::OutOfRange {
+                            field: f.name.clone(),
+                            value: x,
+                            min: f.spec.min.unwrap_or(f64::NEG_INFINITY),
+                            max: f.spec.max.unwrap_or(f64::INFINITY),
+                        });
+                    }
+                    OutOfRange::Flag => {
+                        reading.out_of_range |= 1u64 << f.slot;
+                        reading.values[f.slot] = crate::operators::ABSENT;
+                    }
+                    OutOfRange::Keep => reading.out_of_range |= 1u64 << f.slot,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Converts an integer or float event time in the configured unit to epoch milliseconds.
+    pub(crate) fn time_from_number(&self, field: &str, x: f64, integer: Option<i64>) -> Result<i64, DecodeError> {
+        let bad = |reason: &str| DecodeError::BadTime { field: field.to_string(), reason: reason.to_string() };
+        if let Some(i) = integer {
+            return match self.time_unit {
+                TimeUnit::S => i.checked_mul(1000).ok_or_else(|| bad("out of range")),
+                TimeUnit::Ms => Ok(i),
+                TimeUnit::Us => Ok(i.div_euclid(1000)),
+                TimeUnit::Ns => Ok(i.div_euclid(1_000_000)),
+                TimeUnit::Rfc3339 => Err(bad("expected an RFC 3339 string, found a number")),
+            };
+        }
+        if !x.is_finite() {
+            return Err(bad("not a finite number"));
+        }
+        let ms = match self.time_unit {
+            TimeUnit::S => x * 1000.0,
+            TimeUnit::Ms => x,
+            TimeUnit::Us => x / 1000.0,
+            TimeUnit::Ns => x / 1_000_000.0,
+            TimeUnit::Rfc3339 => return Err(bad("expected an RFC 3339 string, found a number")),
+        };
+        if ms.abs() > 9.0e15 {
+            return Err(bad("out of range"));
+        }
+        Ok(ms.floor() as i64)
+    }
+
+    pub(crate) fn time_from_text(&self, field: &str, text: &str) -> Result<i64, DecodeError> {
+        let bad = |reason: String| DecodeError::BadTime { field: field.to_string(), reason };
+        match self.time_unit {
+            TimeUnit::Rfc3339 => {
+                let ts: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| bad(format!("`{text}`: {e}")))?;
+                Ok(ts.as_millisecond())
+            }
+            _ => Err(bad(format!("expected a number of {}, found the string `{text}`", unit_name(self.time_unit)))),
+        }
+    }
+}
+
+fn unit_name(unit: TimeUnit) -> &'static str {
+    match unit {
+        TimeUnit::S => "seconds",
+        TimeUnit::Ms => "milliseconds",
+        TimeUnit::Us => "microseconds",
+        TimeUnit::Ns => "nanoseconds",
+        TimeUnit::Rfc3339 => "RFC 3339 text",
+    }
+}
+
+/// At most `max` bytes of a payload, for a dead letter.
+pub fn bounded_raw(payload: &[u8], max: usize) -> &[u8] {
+    &payload[..payload.len().min(max)]
+}

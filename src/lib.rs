@@ -1,0 +1,19 @@
+//! plume: an actor-based, stateful stream processor for sensor fleets.
+//!
+//! # Layout
+//! - [`config`]: the pipeline file format (typed config, YAML with positions, validation).
+//! - [`pipeline`]: a validated config compiled into field slots, operator configs and a decoder.
+//! - [`decode`]: raw payloads (JSON, influx line protocol) into readings, or dead letters.
+//! - [`operators`]: the pure per-device state machines (windows, hysteresis, baselines, …)
+//!   and the per-device chain with its versioned snapshot.
+//! - [`output`]: output records (JSON lines, schema version 1) with deterministic ids.
+//! - [`plain`]: the single-threaded loop: the correctness oracle and the speed ceiling.
+//! - [`clock`]: processing time.
+
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod operators;
+pub mod output;
+pub mod pipeline;
+pub mod plain;

@@ -1,0 +1,390 @@
+//! Output records: what every sink receives, one JSON object per line.
+//!
+//! Schema version 1 (`"v":1` in every record). Every record has `type`; records about a device
+//! have `device`, `operator` and a deterministic `id` (32 hex digits, a hash of the pipeline
+//! name, device, operator, record type and what identifies the result: a window's start, an
+//! event's sequence number and start), so a replay after a crash produces the same ids.
+//!
+//! | type | keys besides v, type, operator, device, id |
+//! | --- | --- |
+//! | `window` | `window_start`, `window_end` (epoch ms), `count`, `<field>_<aggregate>`… |
+//! | `event_start` | `field`, `start_ts`, `value`, `severity` (if bands are set) |
+//! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `peak`, `mean`, `severity` |
+//! | `baseline` | `field`, `ts`, `baseline` |
+//! | `deviation` | `field`, `ts`, `value`, `mean`, `stddev`, `zscore` |
+//! | `smoothed` | `field`, `ts`, `value`, `trend` (Holt) |
+//! | `threshold` | `field`, `ts`, `value`, `limit`, `beyond` |
+//! | `health` | `ts`, `status` (`offline`, `online`, `flatline`, `flatline_cleared`, `report`), … |
+//! | `late` | `ts` |
+//! | `dead_letter` | `source`, `position`, `reason`, `raw` (at most `decode.dead_letter_max_bytes`) — no `operator` |
+//! | `summary` | `pipeline`, `readings`, `late`, `dead_letters`, `devices` — at the end of a run |
+//!
+//! Numbers that are not finite (an average of no values) are written as `null`.
+
+use std::fmt::Write as _;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::operators::{Emit, HealthEvent, OpIndex, OperatorConfig};
+use crate::pipeline::CompiledPipeline;
+
+/// The output schema version written as `"v"`.
+pub const OUTPUT_SCHEMA_VERSION: u32 = 1;
+
+/// A record on its way to the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRecord {
+    /// The operator that produced it (`None`: dead letters and summaries).
+    pub op: Option<OpIndex>,
+    /// `window`, `event_start`, … (the `type` key).
+    pub kind: &'static str,
+    /// Deterministic id (the `id` key as a number).
+    pub id: u128,
+    /// The device, if the record is about one.
+    pub device: Option<Box<str>>,
+    /// The whole record as one line of JSON, without the newline.
+    pub json: String,
+}
+
+impl OutputRecord {
+    /// The id as written in outputs and webhook headers.
+    pub fn id_hex(&self) -> String {
+        format!("{:032x}", self.id)
+    }
+}
+
+fn push_f64(buf: &mut String, x: f64) {
+    if x.is_finite() {
+        let mut b = ryu::Buffer::new();
+        buf.push_str(b.format_finite(x));
+    } else {
+        buf.push_str("null");
+    }
+}
+
+fn push_i64(buf: &mut String, x: i64) {
+    let mut b = itoa::Buffer::new();
+    buf.push_str(b.format(x));
+}
+
+/// Appends `s` as a JSON string.
+pub fn push_json_str(buf: &mut String, s: &str) {
+    buf.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        buf.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = write!(buf, "\\u{:04x}", b);
+        } else {
+            buf.push_str(escape);
+        }
+        start = i + 1;
+    }
+    buf.push_str(&s[start..]);
+    buf.push('"');
+}
+
+fn key(buf: &mut String, k: &str) {
+    buf.push_str(",\"");
+    buf.push_str(k);
+    buf.push_str("\":");
+}
+
+/// Turns operator results into records; holds the names it needs.
+#[derive(Debug, Clone)]
+pub struct RecordFormatter {
+    pipeline: String,
+    operators: Vec<OperatorConfig>,
+    field_names: Vec<String>,
+}
+
+impl RecordFormatter {
+    pub fn new(pipeline: &CompiledPipeline) -> Self {
+        RecordFormatter {
+            pipeline: pipeline.name.clone(),
+            operators: pipeline.operators.clone(),
+            field_names: pipeline.fields.iter().map(|f| f.name.clone()).collect(),
+        }
+    }
+
+    fn id(&self, device: &str, op: &str, kind: &str, a: i64, b: u64) -> u128 {
+        let mut h = Xxh3::new();
+        for part in [self.pipeline.as_bytes(), device.as_bytes(), op.as_bytes(), kind.as_bytes()] {
+            h.update(&(part.len() as u32).to_le_bytes());
+            h.update(part);
+        }
+        h.update(&a.to_le_bytes());
+        h.update(&b.to_le_bytes());
+        h.digest128()
+    }
+
+    /// One record for one result of one device.
+    pub fn format(&self, device: &str, emit: &Emit) -> OutputRecord {
+        let op_index = emit.op();
+        let config = &self.operators[op_index as usize];
+        let op_name = config.name();
+        let kind = emit.kind();
+        let (a, b) = match emit {
+            Emit::Window { start, .. } => (*start, 0),
+            Emit::EventStart { start_ts, seq, .. } | Emit::EventEnd { start_ts, seq, .. } => (*start_ts, *seq),
+            Emit::Baseline { ts, .. }
+            | Emit::Deviation { ts, .. }
+            | Emit::Smoothed { ts, .. }
+            | Emit::Threshold { ts, .. }
+            | Emit::Health { ts, .. }
+            | Emit::Late { ts, .. } => (*ts, 0),
+        };
+        let id = self.id(device, op_name, kind, a, b);
+        let mut j = String::with_capacity(192);
+        j.push_str("{\"v\":1,\"type\":\"");
+        j.push_str(kind);
+        j.push('"');
+        key(&mut j, "operator");
+        push_json_str(&mut j, op_name);
+        key(&mut j, "device");
+        push_json_str(&mut j, device);
+        key(&mut j, "id");
+        let _ = write!(j, "\"{id:032x}\"");
+        let field_of = |config: &OperatorConfig| -> &str {
+            match config {
+                OperatorConfig::Hysteresis(c) => &c.field,
+                OperatorConfig::Baseline(c) => &c.field,
+                OperatorConfig::Window(_) => "",
+            }
+        };
+        let severity_name = |sev: Option<u8>| -> Option<&str> {
+            match (config, sev) {
+                (OperatorConfig::Hysteresis(c), Some(i)) => c.severity.get(i as usize).map(|(n, _)| n.as_str()),
+                _ => None,
+            }
+        };
+        match emit {
+            Emit::Window { start, end, count, values, .. } => {
+                key(&mut j, "window_start");
+                push_i64(&mut j, *start);
+                key(&mut j, "window_end");
+                push_i64(&mut j, *end);
+                key(&mut j, "count");
+                push_i64(&mut j, *count as i64);
+                if let OperatorConfig::Window(c) = config {
+                    for (name, v) in c.value_names.iter().zip(values) {
+                        key(&mut j, name);
+                        push_f64(&mut j, *v);
+                    }
+                }
+            }
+            Emit::EventStart { start_ts, value, severity, .. } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, field_of(config));
+                key(&mut j, "start_ts");
+                push_i64(&mut j, *start_ts);
+                key(&mut j, "value");
+                push_f64(&mut j, *value);
+                if let Some(s) = severity_name(*severity) {
+                    key(&mut j, "severity");
+                    push_json_str(&mut j, s);
+                }
+            }
+            Emit::EventEnd { start_ts, end_ts, peak, mean, severity, .. } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, field_of(config));
+                key(&mut j, "start_ts");
+                push_i64(&mut j, *start_ts);
+                key(&mut j, "end_ts");
+                push_i64(&mut j, *end_ts);
+                key(&mut j, "duration_ms");
+                push_i64(&mut j, end_ts.saturating_sub(*start_ts));
+                key(&mut j, "peak");
+                push_f64(&mut j, *peak);
+                key(&mut j, "mean");
+                push_f64(&mut j, *mean);
+                if let Some(s) = severity_name(*severity) {
+                    key(&mut j, "severity");
+                    push_json_str(&mut j, s);
+                }
+            }
+            Emit::Baseline { ts, value, .. } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, field_of(config));
+                key(&mut j, "ts");
+                push_i64(&mut j, *ts);
+                key(&mut j, "baseline");
+                push_f64(&mut j, *value);
+            }
+            Emit::Deviation { ts, value, mean, stddev, zscore, .. } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, field_of(config));
+                key(&mut j, "ts");
+                push_i64(&mut j, *ts);
+                key(&mut j, "value");
+                push_f64(&mut j, *value);
+                key(&mut j, "mean");
+                push_f64(&mut j, *mean);
+                key(&mut j, "stddev");
+                push_f64(&mut j, *stddev);
+                key(&mut j, "zscore");
+                push_f64(&mut j, *zscore);
+            }
+            Emit::Smoothed { ts, value, trend, .. } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, field_of(config));
+                key(&mut j, "ts");
+                push_i64(&mut j, *ts);
+                key(&mut j, "value");
+                push_f64(&mut j, *value);
+                if let Some(t) = trend {
+                    key(&mut j, "trend");
+                    push_f64(&mut j, *t);
+                }
+            }
+            Emit::Threshold { ts, value, limit, beyond, .. } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, field_of(config));
+                key(&mut j, "ts");
+                push_i64(&mut j, *ts);
+                key(&mut j, "value");
+                push_f64(&mut j, *value);
+                key(&mut j, "limit");
+                push_f64(&mut j, *limit);
+                key(&mut j, "beyond");
+                j.push_str(if *beyond { "true" } else { "false" });
+            }
+            Emit::Health { ts, event, .. } => {
+                key(&mut j, "ts");
+                push_i64(&mut j, *ts);
+                key(&mut j, "status");
+                match event {
+                    HealthEvent::Offline { last_seen } => {
+                        j.push_str("\"offline\"");
+                        key(&mut j, "last_seen");
+                        push_i64(&mut j, *last_seen);
+                    }
+                    HealthEvent::Online => j.push_str("\"online\""),
+                    HealthEvent::Flatline { field, value, readings } => {
+                        j.push_str("\"flatline\"");
+                        key(&mut j, "field");
+                        push_json_str(&mut j, self.field_name(*field));
+                        key(&mut j, "value");
+                        push_f64(&mut j, *value);
+                        key(&mut j, "readings");
+                        push_i64(&mut j, *readings as i64);
+                    }
+                    HealthEvent::FlatlineCleared { field } => {
+                        j.push_str("\"flatline_cleared\"");
+                        key(&mut j, "field");
+                        push_json_str(&mut j, self.field_name(*field));
+                    }
+                    HealthEvent::Report { out_of_range } => {
+                        j.push_str("\"report\"");
+                        key(&mut j, "out_of_range");
+                        j.push('{');
+                        for (i, (slot, n)) in out_of_range.iter().enumerate() {
+                            if i > 0 {
+                                j.push(',');
+                            }
+                            push_json_str(&mut j, self.field_name(*slot));
+                            j.push(':');
+                            push_i64(&mut j, *n as i64);
+                        }
+                        j.push('}');
+                    }
+                }
+            }
+            Emit::Late { ts, .. } => {
+                key(&mut j, "ts");
+                push_i64(&mut j, *ts);
+            }
+        }
+        j.push('}');
+        OutputRecord { op: Some(op_index), kind, id, device: Some(device.into()), json: j }
+    }
+
+    fn field_name(&self, slot: usize) -> &str {
+        self.field_names.get(slot).map_or("?", |s| s.as_str())
+    }
+
+    /// A dead letter: where the payload came from, why it was refused, and (a bounded part of)
+    /// the payload itself.
+    pub fn dead_letter(&self, source: &str, position: &str, reason: &str, raw: &[u8]) -> OutputRecord {
+        let mut h = Xxh3::new();
+        h.update(self.pipeline.as_bytes());
+        h.update(source.as_bytes());
+        h.update(position.as_bytes());
+        let id = h.digest128();
+        let mut j = String::with_capacity(128 + raw.len());
+        j.push_str("{\"v\":1,\"type\":\"dead_letter\"");
+        key(&mut j, "id");
+        let _ = write!(j, "\"{id:032x}\"");
+        key(&mut j, "source");
+        push_json_str(&mut j, source);
+        key(&mut j, "position");
+        push_json_str(&mut j, position);
+        key(&mut j, "reason");
+        push_json_str(&mut j, reason);
+        key(&mut j, "raw");
+        push_json_str(&mut j, &String::from_utf8_lossy(raw));
+        j.push('}');
+        OutputRecord { op: None, kind: "dead_letter", id, device: None, json: j }
+    }
+
+    /// The end-of-run summary.
+    pub fn summary(&self, totals: &RunTotals) -> OutputRecord {
+        let mut j = String::with_capacity(128);
+        j.push_str("{\"v\":1,\"type\":\"summary\"");
+        key(&mut j, "pipeline");
+        push_json_str(&mut j, &self.pipeline);
+        key(&mut j, "readings");
+        push_i64(&mut j, totals.readings as i64);
+        key(&mut j, "late");
+        push_i64(&mut j, totals.late as i64);
+        key(&mut j, "dead_letters");
+        push_i64(&mut j, totals.dead_letters as i64);
+        key(&mut j, "devices");
+        push_i64(&mut j, totals.devices as i64);
+        j.push('}');
+        OutputRecord { op: None, kind: "summary", id: 0, device: None, json: j }
+    }
+}
+
+/// Totals of a run, as the `summary` record reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTotals {
+    pub readings: u64,
+    pub late: u64,
+    pub dead_letters: u64,
+    pub devices: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn floats_round_trip_and_non_finite_is_null() {
+        let mut s = String::new();
+        push_f64(&mut s, 589.4000000000001);
+        assert_eq!(s.parse::<f64>().unwrap(), 589.4000000000001);
+        s.clear();
+        push_f64(&mut s, f64::NAN);
+        assert_eq!(s, "null");
+    }
+}

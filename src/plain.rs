@@ -1,0 +1,120 @@
+//! The plain loop: every reading through its device's operator chain, one thread, no actors.
+//!
+//! It is the correctness oracle for the actor runtime (the same pipeline must give the same
+//! results through both) and the single-core ceiling in the benchmarks.
+
+use std::io::{self, BufRead, Write};
+
+use rustc_hash::FxHashMap;
+
+use crate::operators::{DeviceChain, Emit};
+use crate::output::{OutputRecord, RecordFormatter, RunTotals};
+use crate::pipeline::CompiledPipeline;
+
+/// The state of a plain-loop run.
+pub struct PlainRun<'p> {
+    pipeline: &'p CompiledPipeline,
+    formatter: RecordFormatter,
+    devices: FxHashMap<Box<str>, DeviceChain>,
+    emits: Vec<Emit>,
+    dead_letters: u64,
+}
+
+impl<'p> PlainRun<'p> {
+    pub fn new(pipeline: &'p CompiledPipeline) -> Self {
+        PlainRun {
+            pipeline,
+            formatter: RecordFormatter::new(pipeline),
+            devices: FxHashMap::default(),
+            emits: Vec::new(),
+            dead_letters: 0,
+        }
+    }
+
+    /// One line of input (blank lines are skipped and not counted).
+    #[inline]
+    pub fn push_line(
+        &mut self,
+        line: &[u8],
+        source: &str,
+        line_no: u64,
+        now: i64,
+        sink: &mut impl FnMut(OutputRecord),
+    ) {
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        let decoder = &self.pipeline.decoder;
+        match decoder.decode(line, None, now) {
+            Ok(decoded) => {
+                let chain = match self.devices.get_mut(decoded.device.as_ref()) {
+                    Some(chain) => chain,
+                    None => {
+                        let device: Box<str> = decoded.device.as_ref().into();
+                        self.devices.entry(device).or_insert_with_key(|d| self.pipeline.new_chain(d))
+                    }
+                };
+                chain.on_reading(decoded.reading, now, &mut self.emits);
+                for emit in self.emits.drain(..) {
+                    sink(self.formatter.format(&decoded.device, &emit));
+                }
+            }
+            Err(reason) => {
+                self.dead_letters += 1;
+                let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
+                sink(self.formatter.dead_letter(source, &format!("line {line_no}"), &reason.to_string(), raw));
+            }
+        }
+    }
+
+    /// End of input: every device flushes (in device id order), then the summary record.
+    pub fn finish(mut self, sink: &mut impl FnMut(OutputRecord)) -> RunTotals {
+        let mut ids: Vec<&Box<str>> = self.devices.keys().collect();
+        ids.sort();
+        let ids: Vec<Box<str>> = ids.into_iter().cloned().collect();
+        let mut totals = RunTotals { dead_letters: self.dead_letters, devices: ids.len() as u64, ..Default::default() };
+        for id in ids {
+            let chain = self.devices.get_mut(&id).expect("listed above");
+            if self.pipeline.spec.shutdown.flush {
+                chain.on_end(&mut self.emits);
+            }
+            let c = chain.counters();
+            totals.readings += c.readings;
+            totals.late += c.late;
+            for emit in self.emits.drain(..) {
+                sink(self.formatter.format(&id, &emit));
+            }
+        }
+        sink(self.formatter.summary(&totals));
+        totals
+    }
+}
+
+/// Runs the whole input through the plain loop, writing JSON lines to `output`.
+pub fn run(
+    pipeline: &CompiledPipeline,
+    source_name: &str,
+    input: impl BufRead,
+    output: &mut dyn Write,
+) -> io::Result<RunTotals> {
+    let mut run = PlainRun::new(pipeline);
+    let mut write_error = None;
+    let mut sink = |record: OutputRecord| {
+        if write_error.is_none()
+            && let Err(e) = output.write_all(record.json.as_bytes()).and_then(|()| output.write_all(b"\n"))
+        {
+            write_error = Some(e);
+        }
+    };
+    let now = crate::clock::now_ms();
+    for (i, line) in input.split(b'\n').enumerate() {
+        let line = line?;
+        run.push_line(&line, source_name, i as u64 + 1, now, &mut sink);
+    }
+    let totals = run.finish(&mut sink);
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    output.flush()?;
+    Ok(totals)
+}
