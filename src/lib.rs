@@ -8,6 +8,10 @@
 //!   and the per-device chain with its versioned snapshot.
 //! - [`output`]: output records (JSON lines, schema version 1) with deterministic ids.
 //! - [`plain`]: the single-threaded loop: the correctness oracle and the speed ceiling.
+//! - [`actors`]: device actors, shard supervisors, routers, the output hub, the run coordinator.
+//! - [`engine`]: assembling the runtime for a pipeline and running it (`plume run`).
+//! - [`sources`]: files, stdin, the simulator (each on its own thread, broadcasting chunks).
+//! - [`sinks`]: stdout and JSON-lines files behind bounded queues; output routes.
 //! - [`clock`]: processing time.
 
 pub mod clock;
@@ -17,3 +21,7 @@ pub mod operators;
 pub mod output;
 pub mod pipeline;
 pub mod plain;
+pub mod actors;
+pub mod engine;
+pub mod sinks;
+pub mod sources;

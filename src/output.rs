@@ -155,19 +155,19 @@ impl RecordFormatter {
         push_json_str(&mut j, device);
         key(&mut j, "id");
         let _ = write!(j, "\"{id:032x}\"");
-        let field_of = |config: &OperatorConfig| -> &str {
+        fn field_of(config: &OperatorConfig) -> &str {
             match config {
                 OperatorConfig::Hysteresis(c) => &c.field,
                 OperatorConfig::Baseline(c) => &c.field,
                 OperatorConfig::Window(_) => "",
             }
-        };
-        let severity_name = |sev: Option<u8>| -> Option<&str> {
+        }
+        fn severity_name(config: &OperatorConfig, sev: Option<u8>) -> Option<&str> {
             match (config, sev) {
                 (OperatorConfig::Hysteresis(c), Some(i)) => c.severity.get(i as usize).map(|(n, _)| n.as_str()),
                 _ => None,
             }
-        };
+        }
         match emit {
             Emit::Window { start, end, count, values, .. } => {
                 key(&mut j, "window_start");
@@ -190,7 +190,7 @@ impl RecordFormatter {
                 push_i64(&mut j, *start_ts);
                 key(&mut j, "value");
                 push_f64(&mut j, *value);
-                if let Some(s) = severity_name(*severity) {
+                if let Some(s) = severity_name(config, *severity) {
                     key(&mut j, "severity");
                     push_json_str(&mut j, s);
                 }
@@ -208,7 +208,7 @@ impl RecordFormatter {
                 push_f64(&mut j, *peak);
                 key(&mut j, "mean");
                 push_f64(&mut j, *mean);
-                if let Some(s) = severity_name(*severity) {
+                if let Some(s) = severity_name(config, *severity) {
                     key(&mut j, "severity");
                     push_json_str(&mut j, s);
                 }

@@ -150,6 +150,23 @@ impl CompiledPipeline {
         Ok(CompiledPipeline { name: spec.pipeline.clone(), spec, fields, operators, decoder })
     }
 
+    /// How often device actors need processing-time ticks (idle flush, offline detection):
+    /// a quarter of the shortest such timeout, between 50 ms and 5 s; `None` if nothing needs them.
+    pub fn tick_interval_ms(&self) -> Option<i64> {
+        let mut shortest: Option<i64> = None;
+        for op in &self.spec.operators {
+            let timeout = match op {
+                OperatorSpec::Window(w) => w.idle_flush.map(|d| d.as_millis()),
+                OperatorSpec::Health(h) => h.offline_after.map(|d| d.as_millis()),
+                _ => None,
+            };
+            if let Some(t) = timeout {
+                shortest = Some(shortest.map_or(t, |s: i64| s.min(t)));
+            }
+        }
+        shortest.map(|t| (t / 4).clamp(50, 5000))
+    }
+
     /// A fresh operator chain for one device.
     pub fn new_chain(&self, device: &str) -> DeviceChain {
         DeviceChain::new(&self.operators, device)

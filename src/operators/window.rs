@@ -197,30 +197,30 @@ impl WindowOp {
 
     #[inline]
     pub fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
-        let cfg = &*self.config;
+        let (index, size, slide) = (self.config.index, self.config.size_ms, self.config.slide_ms);
         let ts = reading.ts;
-        let last_start = ts.div_euclid(cfg.slide_ms).saturating_mul(cfg.slide_ms);
-        let last_end = last_start.saturating_add(cfg.size_ms);
+        let last_start = ts.div_euclid(slide).saturating_mul(slide);
+        let last_end = last_start.saturating_add(size);
         let watermark = self.watermark();
         if let Some(wm) = watermark
             && last_end <= wm
         {
-            out.push(Emit::Late { op: cfg.index, ts });
+            out.push(Emit::Late { op: index, ts });
             return Flow::Late;
         }
         self.state.last_seen = now;
         // add to every window holding `ts` that is still open, newest start first
         let mut start = last_start;
         loop {
-            let end = start.saturating_add(cfg.size_ms);
+            let end = start.saturating_add(size);
             if end <= ts || watermark.is_some_and(|wm| end <= wm) {
                 break;
             }
             self.add_to_window(start, reading);
-            if cfg.slide_ms == cfg.size_ms {
+            if slide == size {
                 break;
             }
-            match start.checked_sub(cfg.slide_ms) {
+            match start.checked_sub(slide) {
                 Some(s) => start = s,
                 None => break,
             }

@@ -1,0 +1,165 @@
+//! [`OutputHub`]: fans records out to the sinks. Each sink has a queue bounded in records; when
+//! one is full the hub waits (its mailbox pauses) until the sink catches up, while the chunk
+//! tickets held by the waiting records keep the sources from reading more. Memory stays
+//! bounded and no record is dropped.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::ChunkTicket;
+use crate::output::OutputRecord;
+use crate::sinks::routes::RouteTable;
+use crate::sinks::{SinkCommand, SinkError, SinkHandle};
+
+/// Records from a shard, in the order the shard produced them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouteRecords {
+    pub records: Vec<OutputRecord>,
+    pub ticket: Option<Arc<ChunkTicket>>,
+}
+
+/// End of the run: route the summary, then flush and close every sink.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, SinkError>")]
+pub struct FinishOutputs {
+    pub summary: Option<OutputRecord>,
+}
+
+/// Make every sink durable (a checkpoint); replies with each sink's position.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, SinkError>")]
+pub struct FlushSinks;
+
+/// For tests and the admin view.
+#[derive(Message)]
+#[rtype(result = "HubCounters")]
+pub struct ReportHubCounters;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubCounters {
+    pub batches: u64,
+    pub records: u64,
+    /// Times the hub had to wait for a full sink queue.
+    pub waits: u64,
+    /// Records queued per sink, not yet written.
+    pub waiting: Vec<usize>,
+    pub written: Vec<u64>,
+}
+
+pub struct OutputHub {
+    routes: RouteTable,
+    sinks: Vec<SinkHandle>,
+    counters: HubCounters,
+}
+
+impl OutputHub {
+    pub fn new(routes: RouteTable, sinks: Vec<SinkHandle>) -> Self {
+        OutputHub { routes, sinks, counters: HubCounters::default() }
+    }
+
+    fn route(&mut self, records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
+        self.counters.batches += 1;
+        self.counters.records += records.len() as u64;
+        let mut per_sink: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.sinks.len()];
+        for record in records {
+            let targets = self.routes.sinks_for(&record);
+            if let Some((&last, rest)) = targets.split_last() {
+                for &s in rest {
+                    per_sink[s].push(record.clone());
+                }
+                per_sink[last].push(record);
+            }
+        }
+        for (sink, batch) in self.sinks.iter().zip(per_sink) {
+            if batch.is_empty() {
+                continue;
+            }
+            let n = batch.len().min(sink.capacity_total) as u32;
+            match sink.capacity.clone().try_acquire_many_owned(n) {
+                Ok(permit) => {
+                    let _ = sink.tx.send(SinkCommand::Write { records: batch, _permit: permit, _ticket: ticket.clone() });
+                }
+                Err(_) => {
+                    self.counters.waits += 1;
+                    debug!(sink = %sink.name, waiting = sink.waiting(), "sink queue full: waiting");
+                    let sem = sink.capacity.clone();
+                    let tx = sink.tx.clone();
+                    let ticket = ticket.clone();
+                    ctx.wait(
+                        async move {
+                            if let Ok(permit) = sem.acquire_many_owned(n).await {
+                                let _ = tx.send(SinkCommand::Write { records: batch, _permit: permit, _ticket: ticket });
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+            }
+        }
+    }
+
+    fn send_to_all<F>(&self, make: F) -> impl Future<Output = Result<Vec<u64>, SinkError>> + use<F>
+    where
+        F: Fn(oneshot::Sender<Result<u64, SinkError>>) -> SinkCommand,
+    {
+        let replies: Vec<_> = self
+            .sinks
+            .iter()
+            .map(|s| {
+                let (tx, rx) = oneshot::channel();
+                let _ = s.tx.send(make(tx));
+                let name = s.name.clone();
+                async move { rx.await.unwrap_or(Err(SinkError::Gone { sink: name })) }
+            })
+            .collect();
+        async move { join_all(replies).await.into_iter().collect() }
+    }
+}
+
+impl Actor for OutputHub {
+    type Context = Context<Self>;
+}
+
+impl Handler<RouteRecords> for OutputHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouteRecords, ctx: &mut Context<Self>) {
+        self.route(msg.records, msg.ticket, ctx);
+    }
+}
+
+impl Handler<FinishOutputs> for OutputHub {
+    type Result = ResponseActFuture<Self, Result<Vec<u64>, SinkError>>;
+
+    fn handle(&mut self, msg: FinishOutputs, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(summary) = msg.summary {
+            self.route(vec![summary], None, ctx);
+        }
+        // sent after the summary's write (or after the wait for its permits completes)
+        Box::pin(async {}.into_actor(self).then(|(), act, _ctx| act.send_to_all(SinkCommand::Finish).into_actor(act)))
+    }
+}
+
+impl Handler<FlushSinks> for OutputHub {
+    type Result = ResponseActFuture<Self, Result<Vec<u64>, SinkError>>;
+
+    fn handle(&mut self, _: FlushSinks, _ctx: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.send_to_all(SinkCommand::Flush).into_actor(self))
+    }
+}
+
+impl Handler<ReportHubCounters> for OutputHub {
+    type Result = MessageResult<ReportHubCounters>;
+
+    fn handle(&mut self, _: ReportHubCounters, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut c = self.counters.clone();
+        c.waiting = self.sinks.iter().map(|s| s.waiting()).collect();
+        c.written = self.sinks.iter().map(|s| s.stats.records.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        MessageResult(c)
+    }
+}

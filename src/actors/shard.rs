@@ -1,0 +1,318 @@
+//! [`ShardSupervisor`]: one per shard thread. It owns the devices of its key groups: activates
+//! a [`DeviceActor`] (under an actix `Supervisor`, so a panicking device is restarted) on a
+//! device's first reading, passivates actors idle longer than `runtime.passivate_after` (their
+//! encoded state is kept and restored on the next reading), and flushes every device at the
+//! end of the input.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use rustc_hash::FxHashMap;
+use tracing::{debug, info_span};
+
+use super::device::{self, DeviceActor};
+use super::{ChunkProgress, RuntimeMetrics, ShardOutput};
+use crate::clock;
+use crate::operators::{DeviceChain, DeviceSnapshot, Emit, Reading};
+use crate::output::RecordFormatter;
+use crate::pipeline::CompiledPipeline;
+
+/// A test hook called before every reading a device actor applies (a panic in it is treated as
+/// an operator panic). Production runs have none.
+pub type FaultHook = Arc<dyn Fn(&str, &Reading) + Send + Sync>;
+
+/// What every device actor of a shard shares (they all live on the shard's thread).
+pub struct ShardLocal {
+    pub shard: usize,
+    pub pipeline: Arc<CompiledPipeline>,
+    pub formatter: RecordFormatter,
+    pub output: Arc<ShardOutput>,
+    pub metrics: Arc<RuntimeMetrics>,
+    pub fault_hook: Option<FaultHook>,
+    scratch: RefCell<Vec<Vec<Emit>>>,
+}
+
+impl ShardLocal {
+    pub fn take_scratch(&self) -> Vec<Emit> {
+        self.scratch.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub fn return_scratch(&self, mut v: Vec<Emit>) {
+        v.clear();
+        self.scratch.borrow_mut().push(v);
+    }
+}
+
+/// Readings for several devices of this shard, from one chunk.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceBatches {
+    pub batches: Vec<(Box<str>, Vec<Reading>)>,
+    pub now: i64,
+    pub progress: Arc<ChunkProgress>,
+}
+
+/// End of input: flush every device, reply with the shard's totals.
+#[derive(Message)]
+#[rtype(result = "ShardTotals")]
+pub struct FinishShard;
+
+/// For tests and the admin view.
+#[derive(Message)]
+#[rtype(result = "ShardCounters")]
+pub struct ReportShardCounters;
+
+/// Per-device actor counters (tests).
+#[derive(Message)]
+#[rtype(result = "Option<device::DeviceActorCounters>")]
+pub struct ReportDeviceCounters(pub String);
+
+/// Passivate the idle devices now (tests; the timer does it in normal runs).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct PassivateIdleNow {
+    /// Idle for at least this long (ms of processing time).
+    pub idle_ms: i64,
+}
+
+/// Sums over the devices of one shard at the end of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardTotals {
+    pub readings: u64,
+    pub late: u64,
+    pub devices: u64,
+}
+
+/// What a shard supervisor has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub active: u64,
+    pub passive: u64,
+    pub activations: u64,
+    pub reactivations: u64,
+    pub passivations: u64,
+    pub batches: u64,
+    pub readings: u64,
+}
+
+struct ActiveDevice {
+    addr: Addr<DeviceActor>,
+    last_active: i64,
+}
+
+pub struct ShardSupervisor {
+    local: Rc<ShardLocal>,
+    active: FxHashMap<Arc<str>, ActiveDevice>,
+    /// Encoded state of passivated devices.
+    passive: FxHashMap<Arc<str>, Vec<u8>>,
+    counters: ShardCounters,
+    passivate_after_ms: i64,
+    tick_ms: Option<i64>,
+}
+
+impl ShardSupervisor {
+    pub fn new(
+        shard: usize,
+        pipeline: Arc<CompiledPipeline>,
+        output: Arc<ShardOutput>,
+        metrics: Arc<RuntimeMetrics>,
+        fault_hook: Option<FaultHook>,
+    ) -> Self {
+        let passivate_after_ms = pipeline.spec.runtime.passivate_after.as_millis();
+        let tick_ms = pipeline.tick_interval_ms();
+        let local = Rc::new(ShardLocal {
+            shard,
+            formatter: RecordFormatter::new(&pipeline),
+            pipeline,
+            output,
+            metrics,
+            fault_hook,
+            scratch: RefCell::new(Vec::new()),
+        });
+        ShardSupervisor {
+            local,
+            active: FxHashMap::default(),
+            passive: FxHashMap::default(),
+            counters: ShardCounters::default(),
+            passivate_after_ms,
+            tick_ms,
+        }
+    }
+
+    fn activate(&mut self, device: &str, now: i64) -> &mut ActiveDevice {
+        let key: Arc<str> = Arc::from(device);
+        let (chain, reactivated) = match self.passive.remove(&key) {
+            Some(bytes) => (self.restore(&key, &bytes), true),
+            None => (self.local.pipeline.new_chain(device), false),
+        };
+        let _span = info_span!("device_activate", device = %key, shard = self.local.shard, reactivated).entered();
+        if reactivated {
+            self.counters.reactivations += 1;
+            self.local.metrics.devices_passive.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.counters.activations += 1;
+        self.local.metrics.activations.fetch_add(1, Ordering::Relaxed);
+        self.local.metrics.devices_active.fetch_add(1, Ordering::Relaxed);
+        let local = self.local.clone();
+        let id = key.clone();
+        let addr = actix::Supervisor::start(move |_| DeviceActor::new(id, local, chain, reactivated));
+        self.active.entry(key).or_insert(ActiveDevice { addr, last_active: now })
+    }
+
+    fn restore(&self, device: &str, bytes: &[u8]) -> DeviceChain {
+        let pipeline = &self.local.pipeline;
+        DeviceSnapshot::decode(bytes)
+            .and_then(|snapshot| DeviceChain::restore(&pipeline.operators, device, snapshot, false))
+            .expect("a snapshot this process wrote itself restores")
+    }
+
+    /// Passivates devices idle for at least `idle_ms`; the mailbox waits until they replied.
+    fn passivate_idle(&mut self, idle_ms: i64, ctx: &mut Context<Self>) -> usize {
+        let now = clock::now_ms();
+        let idle: Vec<Arc<str>> = self
+            .active
+            .iter()
+            .filter(|(_, d)| now - d.last_active >= idle_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if idle.is_empty() {
+            return 0;
+        }
+        let n = idle.len();
+        let requests: Vec<_> = idle
+            .into_iter()
+            .map(|device| {
+                let entry = self.active.remove(&device).expect("listed above");
+                let reply = entry.addr.send(device::Passivate);
+                async move { (device, reply.await) }
+            })
+            .collect();
+        let fut = join_all(requests).into_actor(self).map(|replies, act, _ctx| {
+            for (device, reply) in replies {
+                let bytes = reply.expect("a device actor answers before it stops");
+                act.passive.insert(device, bytes);
+                act.counters.passivations += 1;
+                act.local.metrics.passivations.fetch_add(1, Ordering::Relaxed);
+                act.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
+                act.local.metrics.devices_passive.fetch_add(1, Ordering::Relaxed);
+            }
+            debug!(shard = act.local.shard, passive = act.passive.len(), "passivated idle devices");
+        });
+        ctx.wait(fut);
+        n
+    }
+}
+
+impl Actor for ShardSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let check = Duration::from_millis((self.passivate_after_ms / 4).clamp(50, 10_000) as u64);
+        let after = self.passivate_after_ms;
+        ctx.run_interval(check, move |act, ctx| {
+            act.passivate_idle(after, ctx);
+        });
+        if let Some(tick) = self.tick_ms {
+            ctx.run_interval(Duration::from_millis(tick as u64), |act, _ctx| {
+                let now = clock::now_ms();
+                for d in act.active.values() {
+                    d.addr.do_send(device::Tick { now });
+                }
+            });
+        }
+    }
+}
+
+impl Handler<DeviceBatches> for ShardSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceBatches, _ctx: &mut Context<Self>) {
+        self.counters.batches += msg.batches.len() as u64;
+        for (device, readings) in msg.batches {
+            self.counters.readings += readings.len() as u64;
+            let entry = match self.active.get_mut(&*device) {
+                Some(entry) => entry,
+                None => self.activate(&device, msg.now),
+            };
+            entry.last_active = msg.now;
+            entry.addr.do_send(device::ApplyReadings { readings, now: msg.now, progress: msg.progress.clone() });
+        }
+    }
+}
+
+impl Handler<FinishShard> for ShardSupervisor {
+    type Result = ResponseActFuture<Self, ShardTotals>;
+
+    fn handle(&mut self, _: FinishShard, _ctx: &mut Context<Self>) -> Self::Result {
+        let flush = self.local.pipeline.spec.shutdown.flush;
+        // passive devices: restore and flush right here (no actor needed)
+        let mut totals = ShardTotals::default();
+        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self.passive.drain().collect();
+        passive.sort_by(|a, b| a.0.cmp(&b.0));
+        for (device, bytes) in passive {
+            let mut chain = self.restore(&device, &bytes);
+            if flush {
+                let mut emits = Vec::new();
+                chain.on_end(&mut emits);
+                let records: Vec<_> = emits.iter().map(|e| self.local.formatter.format(&device, e)).collect();
+                self.local.output.extend(records);
+            }
+            let c = chain.counters();
+            totals.readings += c.readings;
+            totals.late += c.late;
+            totals.devices += 1;
+            self.passive.insert(device, chain.snapshot().encode());
+        }
+        let mut devices: Vec<(&Arc<str>, &ActiveDevice)> = self.active.iter().collect();
+        devices.sort_by(|a, b| a.0.cmp(b.0));
+        let requests: Vec<_> = devices.into_iter().map(|(_, d)| d.addr.send(device::FlushAtEnd { flush })).collect();
+        Box::pin(join_all(requests).into_actor(self).map(move |replies, act, _ctx| {
+            for reply in replies {
+                let c = reply.expect("a device actor answers");
+                totals.readings += c.readings;
+                totals.late += c.late;
+                totals.devices += 1;
+            }
+            act.local.output.flush(None);
+            totals
+        }))
+    }
+}
+
+impl Handler<ReportShardCounters> for ShardSupervisor {
+    type Result = MessageResult<ReportShardCounters>;
+
+    fn handle(&mut self, _: ReportShardCounters, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut c = self.counters;
+        c.active = self.active.len() as u64;
+        c.passive = self.passive.len() as u64;
+        MessageResult(c)
+    }
+}
+
+impl Handler<ReportDeviceCounters> for ShardSupervisor {
+    type Result = ResponseFuture<Option<device::DeviceActorCounters>>;
+
+    fn handle(&mut self, msg: ReportDeviceCounters, _ctx: &mut Context<Self>) -> Self::Result {
+        let addr = self.active.get(msg.0.as_str()).map(|d| d.addr.clone());
+        Box::pin(async move {
+            match addr {
+                Some(addr) => addr.send(device::ReportCounters).await.ok(),
+                None => None,
+            }
+        })
+    }
+}
+
+impl Handler<PassivateIdleNow> for ShardSupervisor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: PassivateIdleNow, ctx: &mut Context<Self>) -> usize {
+        self.passivate_idle(msg.idle_ms, ctx)
+    }
+}

@@ -1,0 +1,129 @@
+//! Standard output: JSON lines, or one readable line per record (the demo).
+
+use std::io::Write;
+
+use serde_json::Value;
+
+use super::{Sink, SinkError};
+use crate::config::StdoutFormat;
+use crate::output::OutputRecord;
+
+pub struct StdoutSink {
+    format: StdoutFormat,
+}
+
+impl StdoutSink {
+    pub fn new(format: StdoutFormat) -> Self {
+        StdoutSink { format }
+    }
+}
+
+fn clock(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        Err(_) => ms.to_string(),
+    }
+}
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// One readable line for a record.
+pub fn render_text(record: &OutputRecord) -> String {
+    let v: Value = match serde_json::from_str(&record.json) {
+        Ok(v) => v,
+        Err(_) => return record.json.clone(),
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let i = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let severity = v.get("severity").and_then(Value::as_str).map(|s| format!(" [{s}]")).unwrap_or_default();
+    match record.kind {
+        "event_start" => format!(
+            "{}  {:<12} {} STARTED  {}={}{}",
+            clock(i("start_ts")),
+            s("device"),
+            s("operator"),
+            s("field"),
+            num(&v["value"]),
+            severity
+        ),
+        "event_end" => format!(
+            "{}  {:<12} {} ended    peak {}={}, mean {}, lasted {}{}",
+            clock(i("end_ts")),
+            s("device"),
+            s("operator"),
+            s("field"),
+            num(&v["peak"]),
+            num(&v["mean"]),
+            duration(i("duration_ms")),
+            severity
+        ),
+        "window" => {
+            let mut line = format!("{}  {:<12} {} count={}", clock(i("window_start")), s("device"), s("operator"), i("count"));
+            if let Some(obj) = v.as_object() {
+                for (k, val) in obj {
+                    if !matches!(k.as_str(), "v" | "type" | "operator" | "device" | "id" | "window_start" | "window_end" | "count") {
+                        line.push_str(&format!(" {k}={}", num(val)));
+                    }
+                }
+            }
+            line
+        }
+        "baseline" => format!("{:<12} {} baseline {}={}", s("device"), s("operator"), s("field"), num(&v["baseline"])),
+        "health" => format!("{}  {:<12} health: {}", clock(i("ts")), s("device"), s("status")),
+        "dead_letter" => format!("dead letter from {} ({}): {}", s("source"), s("position"), s("reason")),
+        "summary" => format!(
+            "summary: {} readings, {} late, {} dead letters, {} devices",
+            i("readings"),
+            i("late"),
+            i("dead_letters"),
+            i("devices")
+        ),
+        _ => record.json.clone(),
+    }
+}
+
+impl Sink for StdoutSink {
+    fn describe(&self) -> String {
+        "stdout".into()
+    }
+
+    fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
+        let mut out = std::io::stdout().lock();
+        let err = |e| SinkError::Io { sink: "stdout".into(), operation: "writing", source: e };
+        for r in records {
+            match self.format {
+                StdoutFormat::Json => writeln!(out, "{}", r.json).map_err(err)?,
+                StdoutFormat::Text => writeln!(out, "{}", render_text(r)).map_err(err)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<u64, SinkError> {
+        std::io::stdout()
+            .flush()
+            .map_err(|e| SinkError::Io { sink: "stdout".into(), operation: "flushing", source: e })?;
+        Ok(0)
+    }
+
+    fn finish(&mut self) -> Result<u64, SinkError> {
+        self.flush()
+    }
+}

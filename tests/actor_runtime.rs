@@ -1,0 +1,271 @@
+//! The actor runtime in-process: activation, passivation and re-activation keep state exactly;
+//! a device whose operator panics is restarted from its last good state and the other devices
+//! are untouched; a blocked sink loses nothing and bounds memory (the source stops).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::System;
+use plume::actors::shard::{PassivateIdleNow, ReportDeviceCounters, ReportShardCounters};
+use plume::actors::{ChunkData, RuntimeMetrics};
+use plume::config::parse_pipeline;
+use plume::engine::{self, OutputPlan, RuntimeOptions};
+use plume::output::OutputRecord;
+use plume::pipeline::CompiledPipeline;
+use plume::plain::PlainRun;
+use plume::sinks::routes::RouteTable;
+use plume::sinks::{Sink, SinkError};
+
+fn aq1_pipeline(sink_queue: usize) -> Arc<CompiledPipeline> {
+    let text = std::fs::read_to_string(common::repo().join("pipelines/aq1.yaml")).unwrap();
+    let mut spec = parse_pipeline("pipelines/aq1.yaml", &text, &|_| None).unwrap();
+    spec.runtime.sink_queue = sink_queue;
+    Arc::new(CompiledPipeline::compile(spec).unwrap())
+}
+
+/// Collects records in memory; optionally blocks every write until the gate opens.
+#[derive(Clone, Default)]
+struct MemorySink {
+    records: Arc<Mutex<Vec<String>>>,
+    gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+}
+
+impl Sink for MemorySink {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+    fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
+        if let Some(gate) = &self.gate {
+            let (open, cv) = &**gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+        }
+        self.records.lock().unwrap().extend(records.iter().map(|r| r.json.clone()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<u64, SinkError> {
+        Ok(0)
+    }
+    fn finish(&mut self) -> Result<u64, SinkError> {
+        Ok(0)
+    }
+}
+
+fn plan(pipeline: &CompiledPipeline, sink: &MemorySink) -> OutputPlan {
+    OutputPlan { sinks: vec![Box::new(sink.clone())], routes: RouteTable::everything_to(pipeline, 0) }
+}
+
+/// The plain loop's records for these lines.
+fn oracle(pipeline: &CompiledPipeline, lines: &[String]) -> Vec<String> {
+    let mut run = PlainRun::new(pipeline);
+    let mut out = Vec::new();
+    let mut sink = |r: OutputRecord| out.push(r.json);
+    for (i, l) in lines.iter().enumerate() {
+        run.push_line(l.as_bytes(), "test", i as u64 + 1, 0, &mut sink);
+    }
+    run.finish(&mut sink);
+    out
+}
+
+/// Records grouped per device in order (dead letters and summary apart, sorted).
+fn by_device(records: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in records {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let device = v.get("device").and_then(|d| d.as_str()).unwrap_or("").to_string();
+        map.entry(device).or_default().push(line.clone());
+    }
+    if let Some(v) = map.get_mut("") {
+        v.sort();
+    }
+    map
+}
+
+fn aq1_lines(devices: u32, events: u64, seed: u64) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::aq1_input(dir.path(), devices, events, seed);
+    std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+}
+
+fn chunk_of(lines: &[String], first_line: u64) -> ChunkData {
+    let mut bytes = Vec::new();
+    for l in lines {
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    ChunkData::Lines { bytes, first_line, start_offset: 0 }
+}
+
+async fn settle(metrics: &RuntimeMetrics) {
+    let started = Instant::now();
+    while metrics.chunks_in_flight.load(Ordering::Relaxed) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "chunks never finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn passivation_and_reactivation_keep_state_exactly() {
+    let pipeline = aq1_pipeline(10_000);
+    let lines = aq1_lines(40, 8_000, 5);
+    let expected = oracle(&pipeline, &lines);
+    let sink = MemorySink::default();
+    let (got, shard_counters) = System::new().block_on({
+        let (pipeline, sink, lines) = (pipeline.clone(), sink.clone(), lines.clone());
+        async move {
+            let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, RuntimeOptions { shards: Some(2), ..Default::default() });
+            let mut feeder = rt.feeder(0, "test");
+            let mut passivated = 0;
+            for (i, part) in lines.chunks(1_000).enumerate() {
+                let permit = feeder.room().await;
+                feeder.send(chunk_of(part, (i * 1000 + 1) as u64), 0, permit);
+                settle(&rt.metrics).await;
+                // passivate every device between chunks: each is re-activated from its
+                // encoded state by the next reading
+                for s in &rt.shards {
+                    passivated += s.send(PassivateIdleNow { idle_ms: 0 }).await.unwrap();
+                }
+            }
+            assert!(passivated >= 40 * 7, "devices were passivated ({passivated})");
+            let mut counters = Vec::new();
+            for s in &rt.shards {
+                counters.push(s.send(ReportShardCounters).await.unwrap());
+            }
+            feeder.end();
+            let outcome = done.await.unwrap();
+            assert_eq!(outcome.totals.readings, 8_000);
+            rt.shut_down();
+            (sink.records.lock().unwrap().clone(), counters)
+        }
+    });
+    let reactivations: u64 = shard_counters.iter().map(|c| c.reactivations).sum();
+    let passive: u64 = shard_counters.iter().map(|c| c.passive).sum();
+    assert!(reactivations >= 40 * 6, "re-activations: {reactivations}");
+    assert_eq!(passive, 40, "every device passive at the end");
+    assert_eq!(by_device(&got), by_device(&expected));
+}
+
+#[test]
+fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched() {
+    let pipeline = aq1_pipeline(10_000);
+    let mut lines = aq1_lines(30, 6_000, 9);
+    let clean = lines.clone();
+    // a poison reading for one device in the middle of the stream
+    let victim = "dev-000003";
+    let poison_at = 3_000;
+    let ts: i64 = serde_json::from_str::<serde_json::Value>(&lines[poison_at]).unwrap()["ts"].as_i64().unwrap();
+    lines.insert(poison_at, format!(r#"{{"device":"{victim}","ts":{ts},"pm25":666.0,"co2":500.0}}"#));
+    let expected = oracle(&pipeline, &clean);
+    let pm25 = pipeline.slot_of("pm25").unwrap();
+    let hook: plume::actors::shard::FaultHook = Arc::new(move |device, reading| {
+        if device == victim && reading.values[pm25] == 666.0 {
+            panic!("injected operator fault");
+        }
+    });
+    let sink = MemorySink::default();
+    let (got, victim_counters, other_counters, restarts) = System::new().block_on({
+        let (pipeline, sink) = (pipeline.clone(), sink.clone());
+        async move {
+            let options = RuntimeOptions { shards: Some(2), fault_hook: Some(hook), ..Default::default() };
+            let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
+            let mut feeder = rt.feeder(0, "test");
+            for (i, part) in lines.chunks(500).enumerate() {
+                let permit = feeder.room().await;
+                feeder.send(chunk_of(part, (i * 500 + 1) as u64), 0, permit);
+            }
+            settle(&rt.metrics).await;
+            let mut victim_counters = None;
+            let mut other_counters = None;
+            for s in &rt.shards {
+                if let Some(c) = s.send(ReportDeviceCounters(victim.into())).await.unwrap() {
+                    victim_counters = Some(c);
+                }
+                if let Some(c) = s.send(ReportDeviceCounters("dev-000004".into())).await.unwrap() {
+                    other_counters = Some(c);
+                }
+            }
+            feeder.end();
+            let outcome = done.await.unwrap();
+            assert_eq!(outcome.totals.dead_letters, 1);
+            let restarts = RuntimeMetrics::get(&rt.metrics.restarts);
+            rt.shut_down();
+            (sink.records.lock().unwrap().clone(), victim_counters.unwrap(), other_counters.unwrap(), restarts)
+        }
+    });
+    assert_eq!(restarts, 1);
+    assert_eq!(victim_counters.restarts, 1);
+    assert_eq!(victim_counters.poisoned_readings, 1);
+    assert_eq!(other_counters.restarts, 0);
+    let mut got = by_device(&got);
+    let mut expected = by_device(&expected);
+    // apart from the dead letter and the summary's dead-letter count, exactly the clean run
+    let extra = got.remove("").unwrap();
+    let want_extra = expected.remove("").unwrap();
+    assert_eq!(got, expected);
+    let dead: Vec<&String> = extra.iter().filter(|l| l.contains("\"dead_letter\"")).collect();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].contains("injected operator fault"), "{}", dead[0]);
+    assert!(dead[0].contains("666"), "the raw reading is kept: {}", dead[0]);
+    let summary = extra.iter().find(|l| l.contains("\"summary\"")).unwrap();
+    assert_eq!(summary, &want_extra[0].replace("\"dead_letters\":0", "\"dead_letters\":1"));
+}
+
+#[test]
+fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory() {
+    let pipeline = aq1_pipeline(200);
+    let lines = aq1_lines(100, 40_000, 2);
+    let expected = oracle(&pipeline, &lines);
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let sink = MemorySink { gate: Some(gate.clone()), ..Default::default() };
+    let got = System::new().block_on({
+        let (pipeline, sink) = (pipeline.clone(), sink.clone());
+        async move {
+            let options = RuntimeOptions { shards: Some(2), chunks_in_flight: 3, ..Default::default() };
+            let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
+            let mut feeder = rt.feeder(0, "test");
+            let finished = Arc::new(AtomicBool::new(false));
+            let source = {
+                let finished = finished.clone();
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    for (i, part) in lines.chunks(400).enumerate() {
+                        let permit = feeder.wait_for_room();
+                        feeder.send(chunk_of(part, (i * 400 + 1) as u64), 0, permit);
+                    }
+                    feeder.end();
+                    finished.store(true, Ordering::Relaxed);
+                })
+            };
+            // the sink is blocked: the source must stall with a bounded amount in flight
+            let mut max_in_flight = 0;
+            let mut max_waiting = 0;
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                max_in_flight = max_in_flight.max(rt.metrics.chunks_in_flight.load(Ordering::Relaxed));
+                max_waiting = max_waiting.max(rt.sinks[0].waiting());
+            }
+            assert!(!finished.load(Ordering::Relaxed), "the source should be stalled by the blocked sink");
+            assert!(max_in_flight <= 3, "chunks in flight: {max_in_flight}");
+            assert!(max_waiting <= 200, "records queued for the sink: {max_waiting}");
+            // unblock: everything arrives
+            {
+                let (open, cv) = &*gate;
+                *open.lock().unwrap() = true;
+                cv.notify_all();
+            }
+            source.join().unwrap();
+            let outcome = done.await.unwrap();
+            assert_eq!(outcome.totals.readings, 40_000);
+            rt.shut_down();
+            sink.records.lock().unwrap().clone()
+        }
+    });
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(by_device(&got), by_device(&expected));
+}

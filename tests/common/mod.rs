@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: aq1 inputs, the plume binary, output comparison.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn workloads() -> PathBuf {
+    repo().join("../shared/workloads")
+}
+
+pub fn plume() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_plume"));
+    c.current_dir(repo());
+    c
+}
+
+/// Generates (once per process and arguments) an aq1 input with the shared generator.
+pub fn aq1_input(dir: &Path, devices: u32, events: u64, seed: u64) -> PathBuf {
+    let path = dir.join(format!("aq1-{devices}-{events}-{seed}.jsonl"));
+    if !path.exists() {
+        let status = Command::new("python3")
+            .arg(workloads().join("gen_aq1.py"))
+            .args(["--devices", &devices.to_string(), "--events", &events.to_string(), "--seed", &seed.to_string()])
+            .arg("--out")
+            .arg(&path)
+            .status()
+            .expect("python3 runs the aq1 generator");
+        assert!(status.success(), "gen_aq1.py failed");
+    }
+    path
+}
+
+/// `scripts/aq1-summary OUT` -> the summary line.
+pub fn aq1_summary(output: &Path) -> String {
+    let out = Command::new(repo().join("scripts/aq1-summary")).arg(output).output().expect("aq1-summary runs");
+    assert!(out.status.success(), "aq1-summary failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The expected summary line of a shared expected-results file.
+pub fn expected_summary(name: &str) -> String {
+    let text = std::fs::read_to_string(workloads().join(name)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["summary_line"].as_str().unwrap().to_string()
+}
+
+/// Runs `plume run PIPELINE --input IN --output OUT [extra…]` and checks it succeeded.
+pub fn plume_run(pipeline: &str, input: &Path, output: &Path, extra: &[&str]) {
+    let out = plume()
+        .args(["run", pipeline, "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .expect("plume runs");
+    assert!(
+        out.status.success(),
+        "plume run {pipeline} {extra:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Output lines grouped by device (records without a device under ""), each device's lines in
+/// file order. Two runs are equivalent when these are equal: the order across devices may
+/// differ, each device's own order may not.
+pub fn lines_by_device(output: &Path) -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(output).unwrap();
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let device = v.get("device").and_then(|d| d.as_str()).unwrap_or("").to_string();
+        map.entry(device).or_default().push(line.to_string());
+    }
+    for lines in map.values_mut() {
+        // dead letters and the summary have no device: their order is not defined
+        let _ = lines;
+    }
+    if let Some(v) = map.get_mut("") {
+        v.sort();
+    }
+    map
+}
+
+pub fn assert_same_output(a: &Path, b: &Path) {
+    let (x, y) = (lines_by_device(a), lines_by_device(b));
+    assert_eq!(x.len(), y.len(), "different device sets");
+    for (device, lines) in &x {
+        let other = y.get(device).unwrap_or_else(|| panic!("device {device} missing from {}", b.display()));
+        if lines != other {
+            let first = lines.iter().zip(other).position(|(p, q)| p != q).unwrap_or(lines.len().min(other.len()));
+            panic!(
+                "device {device:?} differs at its record {first}:\n  {}: {:?}\n  {}: {:?}\n({} vs {} records)",
+                a.display(),
+                lines.get(first),
+                b.display(),
+                other.get(first),
+                lines.len(),
+                other.len()
+            );
+        }
+    }
+}
