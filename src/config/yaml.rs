@@ -1,0 +1,660 @@
+//! A YAML document as a tree of nodes that remember their line and column.
+//!
+//! # Layout
+//! - [`parse`]: `saphyr-parser` events into a [`Node`] tree. Maps keep their key nodes (with
+//!   positions), scalars keep their style (plain or quoted), aliases are resolved by cloning the
+//!   anchored node. A syntax error becomes a [`YamlError`] with the parser's position.
+//! - [`interpolate`]: `${VAR}`, `${VAR:-default}` and `$$` inside scalar values (never keys), so
+//!   every position stays exact. A plain scalar keeps its plain style and is typed after
+//!   interpolation (`port: ${PORT:-1883}` is a number).
+//! - [`Resolved`]: how a plain scalar reads under the YAML 1.2 core schema (null, bool, integer,
+//!   float or text).
+//! - [`duplicate_keys`]: the same key twice in one map.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
+
+/// A line and column, both counted from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Position {
+    pub const START: Position = Position { line: 1, column: 1 };
+
+    fn from_span(span: &Span) -> Position {
+        Position {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// How a scalar was written: plain scalars are typed (`12` is a number), every other style
+/// (quoted, block literal, folded) is text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Plain,
+    Quoted,
+}
+
+/// A scalar value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar {
+    pub text: String,
+    pub style: Style,
+}
+
+/// One entry of a map: the key node and the value node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: Node,
+    pub value: Node,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(Scalar),
+    Sequence(Vec<Node>),
+    Mapping(Vec<Entry>),
+}
+
+/// A node of the document and where it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub position: Position,
+    pub value: Value,
+}
+
+/// A plain scalar read under the YAML 1.2 core schema.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resolved<'a> {
+    Null,
+    Bool(bool),
+    Integer(i128),
+    Float(f64),
+    Text(&'a str),
+}
+
+impl Scalar {
+    /// The scalar's value: a quoted scalar is always text.
+    pub fn resolve(&self) -> Resolved<'_> {
+        if self.style == Style::Quoted {
+            return Resolved::Text(&self.text);
+        }
+        resolve_plain(&self.text)
+    }
+}
+
+fn resolve_plain(text: &str) -> Resolved<'_> {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Resolved::Null,
+        "true" | "True" | "TRUE" => return Resolved::Bool(true),
+        "false" | "False" | "FALSE" => return Resolved::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Resolved::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Resolved::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Resolved::Float(f64::NAN),
+        _ => {}
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(i) = i128::from_str_radix(hex, 16) {
+                return Resolved::Integer(i);
+            }
+        }
+        return Resolved::Text(text);
+    }
+    if let Some(oct) = text.strip_prefix("0o") {
+        if !oct.is_empty() && oct.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            if let Ok(i) = i128::from_str_radix(oct, 8) {
+                return Resolved::Integer(i);
+            }
+        }
+        return Resolved::Text(text);
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(i) = text.parse::<i128>() {
+            return Resolved::Integer(i);
+        }
+    }
+    if is_core_float(digits) {
+        if let Ok(x) = text.parse::<f64>() {
+            return Resolved::Float(x);
+        }
+    }
+    Resolved::Text(text)
+}
+
+/// `(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?` (the sign is already stripped).
+fn is_core_float(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let int_digits = i - int_start;
+    let mut frac_digits = 0;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        let frac_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        frac_digits = i - frac_start;
+    }
+    if int_digits == 0 && frac_digits == 0 {
+        return false;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        let exp_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == exp_start {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+impl Node {
+    pub fn as_scalar(&self) -> Option<&Scalar> {
+        match &self.value {
+            Value::Scalar(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The text of a scalar node (plain or quoted), if it is one.
+    pub fn as_text(&self) -> Option<&str> {
+        self.as_scalar().map(|s| s.text.as_str())
+    }
+
+    pub fn as_mapping(&self) -> Option<&[Entry]> {
+        match &self.value {
+            Value::Mapping(entries) => Some(entries),
+            _ => None,
+        }
+    }
+
+    pub fn as_sequence(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Sequence(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a null scalar (`~`, `null` or nothing).
+    pub fn is_null(&self) -> bool {
+        matches!(self.as_scalar().map(Scalar::resolve), Some(Resolved::Null))
+    }
+
+    /// The entry of a map whose key is `key` (the first one if it is given twice).
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        self.as_mapping()?.iter().find(|e| e.key.as_text() == Some(key))
+    }
+
+    /// The value under `key` in a map.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entry(key).map(|e| &e.value)
+    }
+
+    /// Item `index` of a sequence.
+    pub fn index(&self, index: usize) -> Option<&Node> {
+        self.as_sequence()?.get(index)
+    }
+
+    /// What this node is, in words, for error messages: `the string `high``, `a list`, …
+    pub fn describe(&self) -> String {
+        match &self.value {
+            Value::Sequence(_) => "a list".to_string(),
+            Value::Mapping(_) => "a map".to_string(),
+            Value::Scalar(s) => describe_scalar(s),
+        }
+    }
+
+    fn scalars_mut(&mut self, f: &mut impl FnMut(Position, &mut Scalar)) {
+        match &mut self.value {
+            Value::Scalar(s) => f(self.position, s),
+            Value::Sequence(items) => items.iter_mut().for_each(|n| n.scalars_mut(f)),
+            Value::Mapping(entries) => entries.iter_mut().for_each(|e| e.value.scalars_mut(f)),
+        }
+    }
+}
+
+fn describe_scalar(s: &Scalar) -> String {
+    match s.resolve() {
+        Resolved::Null => "nothing (null)".to_string(),
+        Resolved::Bool(b) => format!("`{b}`"),
+        Resolved::Integer(_) | Resolved::Float(_) => format!("the number {}", s.text),
+        Resolved::Text(t) => format!("the string `{t}`"),
+    }
+}
+
+/// A problem in the YAML text itself (syntax, interpolation, duplicate keys), with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    pub position: Position,
+    pub message: String,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.position, self.message)
+    }
+}
+
+fn scan_error(e: &ScanError) -> YamlError {
+    let mark = e.marker();
+    YamlError {
+        position: Position {
+            line: mark.line().max(1),
+            column: mark.col() + 1,
+        },
+        message: format!("YAML syntax error: {}", e.info()),
+    }
+}
+
+/// A collection being built.
+enum Frame {
+    Sequence {
+        position: Position,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Mapping {
+        position: Position,
+        anchor: usize,
+        entries: Vec<Entry>,
+        key: Option<Node>,
+    },
+}
+
+/// Parses one YAML document into a node tree. An empty document is an error.
+pub fn parse(text: &str) -> Result<Node, YamlError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0;
+    while let Some(next) = parser.next_event() {
+        let (event, span) = next.map_err(|e| scan_error(&e))?;
+        let position = Position::from_span(&span);
+        let finished: Option<(Node, usize)> = match event {
+            Event::StreamStart | Event::Nothing | Event::DocumentEnd => None,
+            Event::StreamEnd => break,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(YamlError {
+                        position,
+                        message: "a pipeline file holds one YAML document; a second one starts here".to_string(),
+                    });
+                }
+                None
+            }
+            Event::Alias(id) => {
+                let node = anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                    position,
+                    message: "YAML alias to an anchor that is not complete yet".to_string(),
+                })?;
+                Some((node, 0))
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                let mut style = match style {
+                    ScalarStyle::Plain => Style::Plain,
+                    _ => Style::Quoted,
+                };
+                if let Some(tag) = tag {
+                    match (tag.is_yaml_core_schema(), tag.suffix.as_str()) {
+                        (true, "str") => style = Style::Quoted,
+                        (true, "int" | "float" | "bool" | "null") => {}
+                        _ => {
+                            return Err(YamlError {
+                                position,
+                                message: format!("YAML tag `{tag}` is not supported in pipeline files"),
+                            });
+                        }
+                    }
+                }
+                Some((
+                    Node {
+                        position,
+                        value: Value::Scalar(Scalar {
+                            text: value.into_owned(),
+                            style,
+                        }),
+                    },
+                    anchor,
+                ))
+            }
+            Event::SequenceStart(anchor, tag) => {
+                reject_collection_tag(position, tag.as_deref())?;
+                stack.push(Frame::Sequence {
+                    position,
+                    anchor,
+                    items: Vec::new(),
+                });
+                None
+            }
+            Event::MappingStart(anchor, tag) => {
+                reject_collection_tag(position, tag.as_deref())?;
+                stack.push(Frame::Mapping {
+                    position,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                });
+                None
+            }
+            Event::SequenceEnd => match stack.pop() {
+                Some(Frame::Sequence {
+                    position,
+                    anchor,
+                    items,
+                }) => Some((
+                    Node {
+                        position,
+                        value: Value::Sequence(items),
+                    },
+                    anchor,
+                )),
+                _ => {
+                    return Err(YamlError {
+                        position,
+                        message: "YAML syntax error: unbalanced sequence".into(),
+                    });
+                }
+            },
+            Event::MappingEnd => match stack.pop() {
+                Some(Frame::Mapping {
+                    position,
+                    anchor,
+                    entries,
+                    ..
+                }) => Some((
+                    Node {
+                        position,
+                        value: Value::Mapping(entries),
+                    },
+                    anchor,
+                )),
+                _ => {
+                    return Err(YamlError {
+                        position,
+                        message: "YAML syntax error: unbalanced mapping".into(),
+                    });
+                }
+            },
+        };
+        let Some((node, anchor)) = finished else { continue };
+        if anchor > 0 {
+            anchors.insert(anchor, node.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some(Frame::Sequence { items, .. }) => items.push(node),
+            Some(Frame::Mapping { entries, key, .. }) => match key.take() {
+                None => {
+                    if node.as_scalar().is_none() {
+                        return Err(YamlError {
+                            position: node.position,
+                            message: "a key must be plain text, not a list or a map".to_string(),
+                        });
+                    }
+                    *key = Some(node);
+                }
+                Some(k) => entries.push(Entry { key: k, value: node }),
+            },
+        }
+    }
+    root.ok_or(YamlError {
+        position: Position::START,
+        message: "the file is empty: a pipeline needs at least `version`, `pipeline` and `decode`".to_string(),
+    })
+}
+
+fn reject_collection_tag(position: Position, tag: Option<&saphyr_parser::Tag>) -> Result<(), YamlError> {
+    match tag {
+        Some(tag) if !(tag.is_yaml_core_schema() && matches!(tag.suffix.as_str(), "map" | "seq")) => Err(YamlError {
+            position,
+            message: format!("YAML tag `{tag}` is not supported in pipeline files"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Every key that appears twice in the same map (the second occurrence is reported).
+pub fn duplicate_keys(node: &Node) -> Vec<YamlError> {
+    let mut errors = Vec::new();
+    collect_duplicates(node, &mut errors);
+    errors
+}
+
+fn collect_duplicates(node: &Node, errors: &mut Vec<YamlError>) {
+    match &node.value {
+        Value::Scalar(_) => {}
+        Value::Sequence(items) => items.iter().for_each(|n| collect_duplicates(n, errors)),
+        Value::Mapping(entries) => {
+            for (i, entry) in entries.iter().enumerate() {
+                let key = entry.key.as_text().unwrap_or_default();
+                if let Some(first) = entries[..i].iter().find(|e| e.key.as_text() == Some(key)) {
+                    errors.push(YamlError {
+                        position: entry.key.position,
+                        message: format!("key `{key}` is given twice (first at line {})", first.key.position.line),
+                    });
+                }
+                collect_duplicates(&entry.value, errors);
+            }
+        }
+    }
+}
+
+/// Whether `name` is a valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Replaces `${VAR}`, `${VAR:-default}` and `$$` in `text`. A `$` followed by anything else
+/// stays as it is (`$share/…`, `$SYS/…`). `${VAR:-default}` uses the default when the variable
+/// is unset or empty, as a shell does.
+pub fn interpolate_text(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !text.contains('$') {
+        return Ok(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner_and_tail) = after.strip_prefix('{') {
+            let Some(close) = inner_and_tail.find('}') else {
+                return Err(format!("`${{` without its closing `}}` in `{text}`"));
+            };
+            let inner = &inner_and_tail[..close];
+            let (name, default) = match inner.find(":-") {
+                Some(i) => (&inner[..i], Some(&inner[i + 2..])),
+                None => (inner, None),
+            };
+            if !is_env_name(name) {
+                return Err(format!(
+                    "`${{{inner}}}` is not a valid reference: write `${{NAME}}` or `${{NAME:-default}}` \
+                     (letters, digits and `_`; write `$$` for a literal `$`)"
+                ));
+            }
+            match (env(name).filter(|v| !(default.is_some() && v.is_empty())), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (set it, or give a default: `${{{name}:-value}}`)"
+                    ));
+                }
+            }
+            rest = &inner_and_tail[close + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Interpolates every scalar value of the tree (keys are left alone). A scalar that fails is
+/// left as written and reported; the positions of failed scalars are returned with the errors
+/// so that later stages do not report them a second time.
+pub fn interpolate(node: &mut Node, env: &dyn Fn(&str) -> Option<String>) -> Vec<YamlError> {
+    let mut errors = Vec::new();
+    node.scalars_mut(&mut |position, scalar| match interpolate_text(&scalar.text, env) {
+        Ok(text) => scalar.text = text,
+        Err(message) => errors.push(YamlError { position, message }),
+    });
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("1884".into()),
+            "EMPTY" => Some(String::new()),
+            "HOST" => Some("broker.local".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn nodes_remember_line_and_column() {
+        let doc = parse("a: 1\nb:\n  - x\n  - { c: 'q' }\n").unwrap();
+        assert_eq!(doc.position, Position { line: 1, column: 1 });
+        let a = doc.entry("a").unwrap();
+        assert_eq!(a.key.position, Position { line: 1, column: 1 });
+        assert_eq!(a.value.position, Position { line: 1, column: 4 });
+        let b = doc.get("b").unwrap();
+        assert_eq!(b.index(0).unwrap().position, Position { line: 3, column: 5 });
+        let c = b.index(1).unwrap().entry("c").unwrap();
+        assert_eq!(c.key.position, Position { line: 4, column: 7 });
+        assert_eq!(c.value.position, Position { line: 4, column: 10 });
+        assert_eq!(c.value.as_scalar().unwrap().style, Style::Quoted);
+    }
+
+    #[test]
+    fn plain_scalars_follow_the_core_schema() {
+        let plain = |t: &'static str| resolve_plain(t);
+        assert_eq!(plain("12"), Resolved::Integer(12));
+        assert_eq!(plain("-3"), Resolved::Integer(-3));
+        assert_eq!(plain("0x1f"), Resolved::Integer(31));
+        assert_eq!(plain("1.5"), Resolved::Float(1.5));
+        assert_eq!(plain("1e3"), Resolved::Float(1000.0));
+        assert_eq!(plain("true"), Resolved::Bool(true));
+        assert_eq!(plain("~"), Resolved::Null);
+        assert_eq!(plain(""), Resolved::Null);
+        assert_eq!(plain("60s"), Resolved::Text("60s"));
+        assert_eq!(plain("3.1.1"), Resolved::Text("3.1.1"));
+        assert_eq!(plain("yes"), Resolved::Text("yes"));
+        assert_eq!(
+            Scalar {
+                text: "12".into(),
+                style: Style::Quoted
+            }
+            .resolve(),
+            Resolved::Text("12")
+        );
+    }
+
+    #[test]
+    fn aliases_clone_the_anchored_node() {
+        let doc = parse("base: &b { x: 1 }\ncopy: *b\n").unwrap();
+        assert_eq!(doc.get("copy").unwrap().get("x").unwrap().as_text(), Some("1"));
+    }
+
+    #[test]
+    fn syntax_errors_have_the_parser_position() {
+        let err = parse("a: 1\nb: [1, 2\nc: 3\n").unwrap_err();
+        assert!(err.message.starts_with("YAML syntax error"), "{err}");
+        assert!(err.position.line >= 2, "{err}");
+        let err = parse("a: b: c\n").unwrap_err();
+        assert_eq!(err.position.line, 1, "{err}");
+        assert!(parse("").unwrap_err().message.contains("empty"));
+        assert!(
+            parse("a: 1\n---\nb: 2\n")
+                .unwrap_err()
+                .message
+                .contains("one YAML document")
+        );
+        assert!(parse("a: !custom 1\n").unwrap_err().message.contains("tag"));
+    }
+
+    #[test]
+    fn duplicate_keys_point_at_the_second() {
+        let doc = parse("a: 1\nb: 2\na: 3\n").unwrap();
+        let errors = duplicate_keys(&doc);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].position, Position { line: 3, column: 1 });
+        assert!(errors[0].message.contains("first at line 1"));
+    }
+
+    #[test]
+    fn interpolation_forms() {
+        assert_eq!(interpolate_text("${PORT}", &env).unwrap(), "1884");
+        assert_eq!(interpolate_text("${MISSING:-1883}", &env).unwrap(), "1883");
+        assert_eq!(interpolate_text("${EMPTY:-x}", &env).unwrap(), "x");
+        assert_eq!(interpolate_text("${EMPTY}", &env).unwrap(), "");
+        assert_eq!(
+            interpolate_text("mqtt://${HOST}:${PORT}", &env).unwrap(),
+            "mqtt://broker.local:1884"
+        );
+        assert_eq!(interpolate_text("cost: $$5", &env).unwrap(), "cost: $5");
+        assert_eq!(interpolate_text("$share/g/t", &env).unwrap(), "$share/g/t");
+        assert_eq!(interpolate_text("${MISSING:-}", &env).unwrap(), "");
+        let err = interpolate_text("${MISSING}", &env).unwrap_err();
+        assert!(err.contains("`MISSING` is not set"), "{err}");
+        assert!(interpolate_text("${PORT", &env).unwrap_err().contains("closing"));
+        assert!(
+            interpolate_text("${1X}", &env)
+                .unwrap_err()
+                .contains("not a valid reference")
+        );
+    }
+
+    #[test]
+    fn interpolation_keeps_plain_style_so_values_are_typed_after_it() {
+        let mut doc = parse("port: ${PORT:-1883}\nquoted: \"${PORT}\"\n${KEY}: x\nbad: ${NOPE}\n").unwrap();
+        let errors = interpolate(&mut doc, &env);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].position, Position { line: 4, column: 6 });
+        assert_eq!(
+            doc.get("port").unwrap().as_scalar().unwrap().resolve(),
+            Resolved::Integer(1884)
+        );
+        assert_eq!(
+            doc.get("quoted").unwrap().as_scalar().unwrap().resolve(),
+            Resolved::Text("1884")
+        );
+        assert!(doc.get("${KEY}").is_some(), "keys are not interpolated");
+    }
+}
