@@ -44,6 +44,9 @@ impl DurationSpec {
         if s.is_empty() {
             return Err(explain());
         }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("`{s}` has no unit: write it with one, such as {s}s or {s}ms"));
+        }
         let bytes = s.as_bytes();
         let mut i = 0;
         let mut total: u64 = 0;
@@ -127,7 +130,9 @@ impl<'de> Deserialize<'de> for DurationSpec {
                 )))
             }
         }
-        deserializer.deserialize_any(Visitor)
+        // Asked for as text: a plain `60` in YAML arrives as the text `60` and gets the
+        // "has no unit" message; other formats that only have numbers reach `visit_u64`.
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -147,10 +152,14 @@ mod tests {
 
     #[test]
     fn rejects_words_spaces_and_bare_numbers() {
-        for bad in ["5 minutes", "5minutes", "60", "s", "", "1.5s", "-1s", "10 s"] {
+        for bad in ["5 minutes", "5minutes", "s", "", "1.5s", "-1s", "10 s"] {
             let err = DurationSpec::parse(bad).unwrap_err();
             assert!(err.contains("not a duration"), "{bad}: {err}");
         }
+        assert_eq!(
+            DurationSpec::parse("60").unwrap_err(),
+            "`60` has no unit: write it with one, such as 60s or 60ms"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   with `${VAR}` / `${VAR:-default}` interpolated inside scalars (positions stay exact).
 //! - `de`: a serde deserializer over that tree, so errors point at file:line:col.
 //! - `validate`: semantic checks on the typed config (no IO), every error at once.
-//! - `diagnostic`: errors with file, line, column and a sentence a person understands.
+//! - `load`: the whole way from a file to a checked spec, part by part, with
+//!   [`Diagnostic`]s (file, line, column and a sentence a person understands).
+//! - `probe`: every key path of the types (walked through serde), for the loader and the docs.
+//! - `reference`: the README's key reference, generated and checked against `probe`.
 //!
 //! The format carries a `version` key; [`CURRENT_VERSION`] is the one this plume writes and reads.
 
@@ -15,11 +18,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod de;
 pub mod duration;
 pub mod load;
+pub mod probe;
+pub mod reference;
+pub mod validate;
+pub mod yaml;
 
 pub use duration::DurationSpec;
-pub use load::{Diagnostic, Diagnostics, load_pipeline, parse_pipeline};
+pub use load::{Diagnostic, Diagnostics, LoadedPipeline, load_pipeline, parse_pipeline, pipeline_hash};
 
 /// The pipeline file format version this build understands.
 pub const CURRENT_VERSION: u32 = 1;
@@ -285,17 +293,39 @@ pub struct DeviceIdSpec {
 
 impl Default for DeviceIdSpec {
     fn default() -> Self {
-        DeviceIdSpec { field: Some("device".to_string()), tag: None, topic: false }
+        DeviceIdSpec {
+            field: Some("device".to_string()),
+            tag: None,
+            topic: false,
+        }
     }
 }
 
-/// The event-time field and its unit.
+/// The event time and its unit. JSON: `field` names the payload key (required). Influx line
+/// protocol: the line's own timestamp (no `field`), in `unit` (default `ns`, as influx writes it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeSpec {
-    pub field: String,
     #[serde(default)]
-    pub unit: TimeUnit,
+    pub field: Option<String>,
+    /// Default: `ms` for JSON, `ns` for influx line protocol ([`TimeSpec::unit_for`]).
+    #[serde(default)]
+    pub unit: Option<TimeUnit>,
+}
+
+impl TimeSpec {
+    /// The unit, or the format's default when none is written.
+    pub fn unit_for(&self, format: DecodeFormat) -> TimeUnit {
+        self.unit.unwrap_or(Self::default_unit(format))
+    }
+
+    /// `ms` for JSON, `ns` for influx line protocol.
+    pub fn default_unit(format: DecodeFormat) -> TimeUnit {
+        match format {
+            DecodeFormat::Json => TimeUnit::Ms,
+            DecodeFormat::Influx => TimeUnit::Ns,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -420,12 +450,74 @@ pub struct WindowSpec {
     pub idle_flush: Option<DurationSpec>,
 }
 
-/// Aggregates of a window, for all fields or per field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Aggregates of a window, for all fields or per field. Deserialized by hand (a list or a map)
+/// so that an error inside either form keeps its position and says what is wrong.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AggregatesSpec {
     All(Vec<Aggregate>),
     PerField(BTreeMap<String, Vec<Aggregate>>),
+}
+
+impl<'de> Deserialize<'de> for AggregatesSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListOrMap;
+        impl<'de> serde::de::Visitor<'de> for ListOrMap {
+            type Value = AggregatesSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of aggregates such as `[avg, max]`, or a map of field to aggregates such as `{ pm25: [avg, max] }`")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(AggregatesSpec::All)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                BTreeMap::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(AggregatesSpec::PerField)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found the string `{v}`",
+                    Expecting(&self)
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found the number {v}",
+                    Expecting(&self)
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found the number {v}",
+                    Expecting(&self)
+                )))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found the number {v}",
+                    Expecting(&self)
+                )))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Err(E::custom(format!("expected {}, found `{v}`", Expecting(&self))))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found nothing (null)",
+                    Expecting(&self)
+                )))
+            }
+        }
+        deserializer.deserialize_any(ListOrMap)
+    }
+}
+
+/// A visitor's `expecting` text, for hand-written messages.
+struct Expecting<'v, V>(&'v V);
+
+impl<'de, V: serde::de::Visitor<'de>> std::fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -672,12 +764,58 @@ pub struct OutputRoute {
     pub to: Vec<SinkSpec>,
 }
 
-/// A string or a list of strings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A string or a list of strings. Deserialized by hand so that errors keep their position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrList;
+        impl<'de> serde::de::Visitor<'de> for OneOrList {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
+                Err(serde::de::Error::custom(format!(
+                    "expected {}, found a map",
+                    Expecting(&self)
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found the number {v}",
+                    Expecting(&self)
+                )))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Err(E::custom(format!("expected {}, found `{v}`", Expecting(&self))))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "expected {}, found nothing (null)",
+                    Expecting(&self)
+                )))
+            }
+        }
+        deserializer.deserialize_any(OneOrList)
+    }
 }
 
 impl OneOrMany {
@@ -918,7 +1056,10 @@ pub struct ShutdownSpec {
 
 impl Default for ShutdownSpec {
     fn default() -> Self {
-        ShutdownSpec { flush: true, drain_timeout: defaults::drain_timeout() }
+        ShutdownSpec {
+            flush: true,
+            drain_timeout: defaults::drain_timeout(),
+        }
     }
 }
 
