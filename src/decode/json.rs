@@ -353,7 +353,7 @@ mod tests {
         let spec = DecodeSpec {
             format: Default::default(),
             device: DeviceIdSpec::default(),
-            time: Some(TimeSpec { field: "ts".into(), unit }),
+            time: Some(TimeSpec { field: Some("ts".into()), unit: Some(unit) }),
             fields,
             dead_letter_max_bytes: 64,
         };

@@ -5,13 +5,15 @@
 //!   a [`Reading`]; `device_of` finds only the device id (cheap: numbers are skipped, not
 //!   converted), so that each shard fully decodes only the readings of its own devices.
 //! - `json`: one JSON object per payload, read with a serde visitor straight into field slots.
+//! - `influx`: one InfluxDB line protocol line per payload (tags, fields, timestamp).
 //! - [`DecodeError`]: the reason a payload is a dead letter.
 
 use std::borrow::Cow;
 
-use crate::config::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeUnit};
+use crate::config::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeSpec, TimeUnit};
 use crate::operators::{FieldSlot, Reading};
 
+pub mod influx;
 pub mod json;
 
 /// Why a payload could not become a reading. The message is for people reading dead letters.
@@ -23,6 +25,8 @@ pub enum DecodeError {
     Influx(String),
     #[error("no device id: the payload has no `{0}`")]
     MissingDevice(String),
+    #[error("no device id: the line has no tag `{0}`")]
+    MissingTag(String),
     #[error("no device id: the topic did not capture `{{device}}`")]
     MissingTopicDevice,
     #[error("the device id is empty")]
@@ -76,8 +80,15 @@ impl Decoder {
             device_field: spec.device.field.clone(),
             device_tag: spec.device.tag.clone(),
             device_from_topic: spec.device.topic,
-            time_field: spec.time.as_ref().map(|t| t.field.clone()),
-            time_unit: spec.time.as_ref().map_or(TimeUnit::Ms, |t| t.unit),
+            time_field: match spec.format {
+                DecodeFormat::Json => spec.time.as_ref().and_then(|t| t.field.clone()),
+                // influx: the line's own timestamp
+                DecodeFormat::Influx => None,
+            },
+            time_unit: match &spec.time {
+                Some(t) => t.unit_for(spec.format),
+                None => TimeSpec::default_unit(spec.format),
+            },
             fields: spec
                 .fields
                 .iter()
@@ -103,9 +114,7 @@ impl Decoder {
     ) -> Result<Decoded<'a>, DecodeError> {
         let decoded = match self.format {
             DecodeFormat::Json => json::decode(self, payload, topic_device, arrival_ms)?,
-            DecodeFormat::Influx => {
-                return Err(DecodeError::Influx("influx line protocol is not built into this plume yet".into()));
-            }
+            DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
         };
         if decoded.device.is_empty() {
             return Err(DecodeError::EmptyDevice);
@@ -120,7 +129,7 @@ impl Decoder {
         }
         match self.format {
             DecodeFormat::Json => json::device_of(self, payload),
-            DecodeFormat::Influx => None,
+            DecodeFormat::Influx => influx::device_of(self, payload),
         }
     }
 
