@@ -167,6 +167,17 @@ pub fn resolve(root: &Node, path: &Path) -> Position {
     position
 }
 
+/// The entries of a map, each key once: the first of a key given twice (the second is reported
+/// by `yaml::duplicate_keys`, and the deserializer reads the first too).
+fn unique_entries(node: &Node) -> impl Iterator<Item = &yaml::Entry> {
+    let entries = node.as_mapping().unwrap_or_default();
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| !entries[..*i].iter().any(|f| f.key.as_text() == e.key.as_text()))
+        .map(|(_, e)| e)
+}
+
 /// Deserializes the file part by part, collecting every problem.
 struct Parts<'b> {
     problems: Vec<(Position, String)>,
@@ -191,7 +202,7 @@ impl Parts<'_> {
     /// Reports unknown and missing keys of a map whose keys are those of the probe path `parent`.
     fn check_keys(&mut self, node: &Node, parent: &str, within: &str) {
         let known = probe::children(parent);
-        for entry in node.as_mapping().unwrap_or_default() {
+        for entry in unique_entries(node) {
             let key = entry.key.as_text().unwrap_or_default();
             if !known.contains(&key) {
                 self.problems
@@ -228,7 +239,7 @@ impl Parts<'_> {
             checkpoint: Some(CheckpointSpec::default()),
             ..PartialPipeline::default()
         };
-        for entry in root.as_mapping().unwrap_or_default() {
+        for entry in unique_entries(root) {
             let value = &entry.value;
             let Some(key) = entry.key.as_text() else { continue };
             match key {
@@ -296,7 +307,7 @@ impl Parts<'_> {
             time: Some(None),
             fields: None,
         };
-        for entry in node.as_mapping().unwrap_or_default() {
+        for entry in unique_entries(node) {
             let value = &entry.value;
             let Some(key) = entry.key.as_text() else { continue };
             match key {
@@ -365,7 +376,7 @@ impl Parts<'_> {
             events: Some(Vec::new()),
             ..RoutePart::default()
         };
-        for entry in node.as_mapping().unwrap_or_default() {
+        for entry in unique_entries(node) {
             let value = &entry.value;
             let Some(key) = entry.key.as_text() else { continue };
             match key {

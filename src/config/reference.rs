@@ -885,12 +885,8 @@ fn heading(parent: &str) -> String {
 /// The reference as Markdown: one table per map, in the order of the types.
 pub fn reference_markdown() -> String {
     let keys = probe::keys();
-    let mut parents: Vec<&str> = Vec::new();
-    for key in keys {
-        if !parents.contains(&key.parent()) {
-            parents.push(key.parent());
-        }
-    }
+    let mut parents: Vec<String> = Vec::new();
+    tree_order("", keys, &mut parents);
     let mut out = String::new();
     out.push_str(
         "Generated from the config types (`cargo test` checks that it is current; \
@@ -900,7 +896,8 @@ pub fn reference_markdown() -> String {
     );
     // Maps whose rows all come from `*` rows are written once, under every path they appear at.
     let mut shared_written: Vec<Vec<&str>> = Vec::new();
-    for parent in parents {
+    for parent in &parents {
+        let parent = parent.as_str();
         let rows: Vec<&KeyInfo> = keys.iter().filter(|k| k.parent() == parent).collect();
         let patterns: Vec<&str> = rows.iter().filter_map(|k| doc_for(&k.path)).map(|d| d.path).collect();
         let shared = patterns.iter().all(|p| p.starts_with('*'));
@@ -939,6 +936,18 @@ pub fn reference_markdown() -> String {
         }
     }
     out
+}
+
+/// The maps that have keys, each after the map that holds it, in the order of the types.
+fn tree_order(parent: &str, keys: &[KeyInfo], out: &mut Vec<String>) {
+    out.push(parent.to_string());
+    for key in keys.iter().filter(|k| k.parent() == parent) {
+        for candidate in [key.path.clone(), format!("{}[]", key.path)] {
+            if !out.contains(&candidate) && keys.iter().any(|k| k.parent() == candidate) {
+                tree_order(&candidate, keys, out);
+            }
+        }
+    }
 }
 
 fn parents_with_patterns<'k>(keys: &'k [KeyInfo], patterns: &[&str]) -> Vec<&'k str> {

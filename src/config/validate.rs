@@ -1461,6 +1461,20 @@ mod tests {
     }
 
     #[test]
+    fn specs_built_in_code_are_checked_too() {
+        let text = "version: 1\npipeline: t\ndecode: { fields: { pm25: {} } }\noperators:\n  - hysteresis: { field: pm25, enter: 35, exit: 25 }\n";
+        let mut spec = crate::config::parse_pipeline("t.yaml", text, &|_| None).unwrap();
+        assert_eq!(validate_spec(&spec), []);
+        if let OperatorSpec::Hysteresis(h) = &mut spec.operators[0] {
+            h.exit = 40.0;
+        }
+        spec.version = 3;
+        spec.pipeline = "a b".to_string();
+        let paths: Vec<String> = validate_spec(&spec).iter().map(|p| p.path.to_string()).collect();
+        assert_eq!(paths, ["version", "pipeline", "operators[0].hysteresis.exit"]);
+    }
+
+    #[test]
     fn paths_display_like_the_file() {
         let p = Path::root().key("operators").index(2).key("hysteresis").key("exit");
         assert_eq!(p.to_string(), "operators[2].hysteresis.exit");
