@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::de::{self, DeserializeSeed, Visitor};
 
 use super::yaml::{Entry, Node, Position, Resolved, Scalar, Style, Value};
 
@@ -714,11 +714,6 @@ impl<'a> de::VariantAccess<'a> for Variant<'a> {
             visitor,
         )
     }
-}
-
-/// Reads a unit enum from a bare string (used by hand-written `Deserialize` impls).
-pub fn unit_enum_from_str<'de, T: de::Deserialize<'de>, E: de::Error>(text: &'de str) -> Result<T, E> {
-    T::deserialize(IntoDeserializer::<E>::into_deserializer(text))
 }
 
 #[cfg(test)]

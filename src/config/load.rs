@@ -480,6 +480,31 @@ outputs:
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any edit of a valid file loads or gives diagnostics inside the file; it never panics.
+        #[test]
+        fn edited_files_never_panic_and_point_inside_the_file(
+            at in 0usize..GOOD.len(),
+            cut in 0usize..12,
+            insert in "[ a-z0-9:{}\\[\\],#&*!|>'\"$-]{0,6}",
+        ) {
+            let mut text = GOOD.to_string();
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (at + cut).min(text.len());
+            let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.replace_range(at..end, &insert);
+            let lines = text.lines().count().max(1) + 1;
+            if let Err(diagnostics) = parse_pipeline("p.yaml", &text, &no_env) {
+                proptest::prop_assert!(!diagnostics.0.is_empty());
+                for d in &diagnostics.0 {
+                    proptest::prop_assert!(d.line >= 1 && d.line <= lines && d.column >= 1, "{d} in\n{text}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_hash_ignores_formatting_and_follows_meaning() {
         let a = parse_pipeline("a", GOOD, &no_env).unwrap();
