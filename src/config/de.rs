@@ -598,11 +598,13 @@ impl<'a> de::MapAccess<'a> for Entries<'a> {
     fn next_value_seed<S: DeserializeSeed<'a>>(&mut self, seed: S) -> Result<S::Value, Error> {
         let node = self.value.take().unwrap_or(&NULL);
         let key = self.value_key.or(self.parent_key);
+        // errors a seed makes after our deserializer returned (untagged enums) get the value's position
         seed.deserialize(NodeDeserializer {
             node,
             position: node.position,
             key,
         })
+        .map_err(|e| e.or_position(node.position))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -627,7 +629,8 @@ impl<'a> de::SeqAccess<'a> for Items<'a> {
                     position: node.position,
                     key: self.key,
                 })
-                .map(Some),
+                .map(Some)
+                .map_err(|e| e.or_position(node.position)),
             None => Ok(None),
         }
     }
@@ -680,6 +683,7 @@ impl<'a> de::VariantAccess<'a> for Variant<'a> {
             position,
             key: self.variant.as_text(),
         })
+        .map_err(|e| e.or_position(position))
     }
 
     fn tuple_variant<V: Visitor<'a>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
@@ -860,6 +864,29 @@ mod tests {
     fn an_enum_needs_exactly_one_key() {
         let e = err("ops:\n  - { window: { every: 1s }, stdin: {} }\n");
         assert!(e.starts_with("2:5: expected one of: window, stdin; found"), "{e}");
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(untagged)]
+    enum NumberOrWords {
+        Number(f64),
+        Words(Vec<String>),
+        Flag(bool),
+    }
+
+    #[test]
+    fn untagged_enums_go_through_deserialize_any() {
+        let read = |text: &str| {
+            let node = parse(text).unwrap();
+            from_node::<BTreeMap<String, NumberOrWords>>(&node, None).map_err(|e| e.to_string())
+        };
+        let got = read("a: 1.5\nb: [x, y]\nc: true\nd: 7\n").unwrap();
+        assert_eq!(got["a"], NumberOrWords::Number(1.5));
+        assert_eq!(got["b"], NumberOrWords::Words(vec!["x".into(), "y".into()]));
+        assert_eq!(got["c"], NumberOrWords::Flag(true));
+        assert_eq!(got["d"], NumberOrWords::Number(7.0));
+        let e = read("a: { x: 1 }\n").unwrap_err();
+        assert!(e.starts_with("1:4: data did not match any variant"), "{e}");
     }
 
     #[test]
