@@ -119,9 +119,10 @@ impl CompiledPipeline {
                 }
                 OperatorSpec::Baseline(b) => {
                     let slot = lookup(&b.field, &slots)?;
-                    let output_slot = fields.len();
-                    fields.push(FieldInfo { name: name.clone(), declared: false });
-                    slots.insert(name.clone(), output_slot);
+                    if b.method == crate::config::BaselineMethod::RollingMin && b.days == 0 {
+                        return Err(invalid(&name, "a rolling minimum needs `days` of at least 1"));
+                    }
+                    let output_slot = add_derived(&mut fields, &mut slots, &name, &name)?;
                     OperatorConfig::Baseline(Arc::new(BaselineConfig {
                         index,
                         name: name.clone(),
@@ -129,6 +130,10 @@ impl CompiledPipeline {
                         field: b.field.clone(),
                         method: b.method,
                         alpha: b.alpha,
+                        zscore: b.zscore,
+                        warmup: b.warmup,
+                        days: b.days,
+                        utc_offset_hours: b.utc_offset_hours,
                         emit: b.emit,
                         output_slot: Some(output_slot),
                     }))
@@ -180,4 +185,33 @@ impl CompiledPipeline {
     pub fn slot_of(&self, field: &str) -> Option<FieldSlot> {
         self.fields.iter().position(|f| f.name == field)
     }
+}
+
+fn invalid(operator: &str, message: &str) -> CompileError {
+    CompileError::Invalid {
+        operator: operator.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Registers the derived field `field` of `operator` in the next slot.
+fn add_derived(
+    fields: &mut Vec<FieldInfo>,
+    slots: &mut FxHashMap<String, FieldSlot>,
+    operator: &str,
+    field: &str,
+) -> Result<FieldSlot, CompileError> {
+    if slots.contains_key(field) {
+        return Err(invalid(
+            operator,
+            &format!("its derived field `{field}` has the name of an existing field"),
+        ));
+    }
+    let slot = fields.len();
+    fields.push(FieldInfo {
+        name: field.to_string(),
+        declared: false,
+    });
+    slots.insert(field.to_string(), slot);
+    Ok(slot)
 }

@@ -279,7 +279,7 @@ impl Operator {
         match (&mut op, state) {
             (Operator::Window(o), OperatorState::Window(s)) => o.restore(s),
             (Operator::Hysteresis(o), OperatorState::Hysteresis(s)) => o.restore(s),
-            (Operator::Baseline(o), OperatorState::Baseline(s)) => o.restore(s),
+            (Operator::Baseline(o), OperatorState::Baseline(s)) => o.restore(s)?,
             (_, s) => return Err(mismatch(s.kind())),
         }
         Ok(op)
