@@ -326,15 +326,25 @@ fn add_derived(
 mod tests {
     use super::*;
 
+    const DECODE: &str =
+        "version: 1\npipeline: t\ndecode:\n  fields:\n    pm25: { min: 0 }\n    co2: {}\n    temp: { max: 60 }\n";
+
+    /// Compiles a pipeline file with `operators` (YAML list items).
     fn compile(operators: &str) -> Result<CompiledPipeline, CompileError> {
-        let text = format!(
-            "version: 1\npipeline: t\ndecode:\n  fields:\n    pm25: {{ min: 0 }}\n    co2: {{}}\n    temp: {{ max: 60 }}\noperators:\n{operators}"
-        );
+        let text = format!("{DECODE}operators:\n{operators}");
         CompiledPipeline::compile(crate::config::parse_pipeline("t.yaml", &text, &|_| None).expect("parses"))
     }
 
-    fn message(result: Result<CompiledPipeline, CompileError>) -> String {
-        result.expect_err("does not compile").to_string()
+    /// Compiles operators given as JSON (`[{"threshold": {...}}]`), bypassing the file checks, as a
+    /// spec built in code would: the compiler is the last line of defence.
+    fn compile_unchecked(operators: serde_json::Value) -> Result<CompiledPipeline, CompileError> {
+        let mut spec = crate::config::parse_pipeline("t.yaml", DECODE, &|_| None).expect("parses");
+        spec.operators = serde_json::from_value(operators).expect("operator specs");
+        CompiledPipeline::compile(spec)
+    }
+
+    fn message(operators: serde_json::Value) -> String {
+        compile_unchecked(operators).expect_err("does not compile").to_string()
     }
 
     #[test]
@@ -344,7 +354,7 @@ mod tests {
   - smooth: { field: pm25 }
   - smooth: { name: s2, field: pm25_smooth, method: holt, output: pm25_holt }
   - calibrate: { field: co2, baseline: co2_base, reference: 420 }
-  - threshold: { field: pm25_holt, relative_to: co2_base, factor: 0.1 }
+  - threshold: { field: pm25_holt, above: 5, relative_to: co2_base, factor: 0.1 }
   - health: { flatline: [ { field: co2, readings: 3 } ] }
 ",
         )
@@ -371,8 +381,8 @@ mod tests {
         match &p.operators[4] {
             OperatorConfig::Threshold(c) => {
                 assert_eq!(
-                    (c.slot, c.relative_slot, c.above, c.below),
-                    (5, Some(3), Some(0.0), None)
+                    (c.slot, c.relative_slot, c.above, c.below, c.factor),
+                    (5, Some(3), Some(5.0), None, 0.1)
                 );
             }
             other => panic!("{other:?}"),
@@ -387,42 +397,63 @@ mod tests {
     }
 
     #[test]
+    fn a_threshold_relative_to_a_field_without_a_limit_is_above_factor_times_it() {
+        let p =
+            compile_unchecked(serde_json::json!([{ "threshold": { "field": "pm25", "relative_to": "co2" } }])).unwrap();
+        match &p.operators[0] {
+            OperatorConfig::Threshold(c) => assert_eq!((c.above, c.below, c.relative_slot), (Some(0.0), None, Some(0))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn operator_settings_that_cannot_run_are_refused() {
-        assert!(
-            message(compile("  - threshold: { field: pm25 }\n")).contains("needs `above`, `below` or `relative_to`")
-        );
-        assert!(
-            message(compile(
-                "  - calibrate: { field: co2, baseline: b, reference: 420 }\n  - baseline: { name: b, field: co2 }\n"
-            ))
-            .contains("must name a baseline operator earlier in the chain")
-        );
-        assert!(
-            message(compile("  - smooth: { name: b, field: co2 }\n  - calibrate: { field: co2, baseline: co2_smooth, reference: 420 }\n"))
-                .contains("must name a baseline operator")
-        );
-        assert!(
-            message(compile("  - calibrate: { field: co2, reference: 420 }\n")).contains("only used with `baseline`")
-        );
-        assert!(
-            message(compile(
-                "  - baseline: { name: b, field: co2 }\n  - calibrate: { field: co2, baseline: b }\n"
-            ))
-            .contains("needs the `reference`")
-        );
-        assert!(
-            message(compile("  - smooth: { field: co2, output: pm25 }\n"))
-                .contains("derived field `pm25` has the name of an existing field")
-        );
-        assert!(message(compile("  - smooth: { field: co2, n: 0 }\n")).contains("`n` of at least 1"));
-        assert!(
-            message(compile("  - baseline: { field: co2, method: rolling_min, days: 0 }\n"))
-                .contains("`days` of at least 1")
-        );
-        assert!(message(compile("  - health: { flatline: [ { field: co2, readings: 1 } ] }\n")).contains("at least 2"));
-        assert!(message(compile("  - health: { report_every: 0 }\n")).contains("at least 1"));
+        use serde_json::json;
+        let cases = [
+            (
+                json!([{ "threshold": { "field": "pm25" } }]),
+                "needs `above`, `below` or `relative_to`",
+            ),
+            (
+                json!([{ "calibrate": { "field": "co2", "baseline": "b", "reference": 420 } }, { "baseline": { "name": "b", "field": "co2" } }]),
+                "must name a baseline operator earlier in the chain",
+            ),
+            (
+                json!([{ "smooth": { "name": "b", "field": "co2" } }, { "calibrate": { "field": "co2", "baseline": "b", "reference": 420 } }]),
+                "must name a baseline operator earlier in the chain",
+            ),
+            (
+                json!([{ "calibrate": { "field": "co2", "reference": 420 } }]),
+                "only used with `baseline`",
+            ),
+            (
+                json!([{ "baseline": { "name": "b", "field": "co2" } }, { "calibrate": { "field": "co2", "baseline": "b" } }]),
+                "needs the `reference`",
+            ),
+            (
+                json!([{ "smooth": { "field": "co2", "output": "pm25" } }]),
+                "derived field `pm25` has the name of an existing field",
+            ),
+            (json!([{ "smooth": { "field": "co2", "n": 0 } }]), "`n` of at least 1"),
+            (
+                json!([{ "baseline": { "field": "co2", "method": "rolling_min", "days": 0 } }]),
+                "`days` of at least 1",
+            ),
+            (
+                json!([{ "health": { "flatline": [{ "field": "co2", "readings": 1 }] } }]),
+                "`readings` of at least 2",
+            ),
+            (
+                json!([{ "health": { "report_every": 0 } }]),
+                "`report_every` must be at least 1",
+            ),
+        ];
+        for (operators, expected) in cases {
+            let got = message(operators.clone());
+            assert!(got.contains(expected), "{operators}: {got}");
+        }
         assert_eq!(
-            compile("  - threshold: { field: voc, above: 1 }\n").unwrap_err(),
+            compile_unchecked(json!([{ "threshold": { "field": "voc", "above": 1 } }])).unwrap_err(),
             CompileError::UnknownField {
                 operator: "threshold".into(),
                 field: "voc".into()

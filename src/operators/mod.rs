@@ -35,6 +35,9 @@ pub mod smooth;
 pub mod threshold;
 pub mod window;
 
+#[cfg(test)]
+mod properties;
+
 pub use baseline::{BaselineConfig, BaselineOp, BaselineState};
 pub use calibrate::{CalibrateConfig, CalibrateOp, CalibrateState};
 pub use health::{HealthConfig, HealthOp, HealthState};
