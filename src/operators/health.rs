@@ -152,8 +152,7 @@ impl HealthOp {
             }
         }
         if let Some(every) = cfg.report_every
-            && every > 0
-            && st.readings % u64::from(every) == 0
+            && st.readings.is_multiple_of(u64::from(every))
         {
             out.push(emit(self.report()));
         }
