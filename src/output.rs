@@ -137,11 +137,11 @@ impl RecordFormatter {
         let (a, b) = match emit {
             Emit::Window { start, .. } => (*start, 0),
             Emit::EventStart { start_ts, seq, .. } | Emit::EventEnd { start_ts, seq, .. } => (*start_ts, *seq),
+            Emit::Health { ts, event, .. } => (*ts, health_discriminant(event)),
             Emit::Baseline { ts, .. }
             | Emit::Deviation { ts, .. }
             | Emit::Smoothed { ts, .. }
             | Emit::Threshold { ts, .. }
-            | Emit::Health { ts, .. }
             | Emit::Late { ts, .. } => (*ts, 0),
         };
         let id = self.id(device, op_name, kind, a, b);
@@ -159,7 +159,10 @@ impl RecordFormatter {
             match config {
                 OperatorConfig::Hysteresis(c) => &c.field,
                 OperatorConfig::Baseline(c) => &c.field,
-                OperatorConfig::Window(_) => "",
+                OperatorConfig::Smooth(c) => &c.field,
+                OperatorConfig::Threshold(c) => &c.field,
+                OperatorConfig::Calibrate(c) => &c.field,
+                OperatorConfig::Window(_) | OperatorConfig::Health(_) => "",
             }
         }
         fn severity_name(config: &OperatorConfig, sev: Option<u8>) -> Option<&str> {
@@ -353,6 +356,19 @@ impl RecordFormatter {
         push_i64(&mut j, totals.devices as i64);
         j.push('}');
         OutputRecord { op: None, kind: "summary", id: 0, device: None, json: j }
+    }
+}
+
+/// Tells apart the health results of one reading in the record id: the status, the field of a
+/// flatline, the processing time of an offline, the total count of a report (counts only grow,
+/// so two reports with the same id say the same).
+fn health_discriminant(event: &HealthEvent) -> u64 {
+    match event {
+        HealthEvent::Offline { last_seen } => 1 | ((*last_seen as u64) << 3),
+        HealthEvent::Online => 2,
+        HealthEvent::Flatline { field, .. } => 3 | ((*field as u64) << 3),
+        HealthEvent::FlatlineCleared { field } => 4 | ((*field as u64) << 3),
+        HealthEvent::Report { out_of_range } => 5 | (out_of_range.iter().map(|(_, n)| *n).sum::<u64>() << 3),
     }
 }
 

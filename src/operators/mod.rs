@@ -8,6 +8,14 @@
 //!   processing-time idle flush.
 //! - `hysteresis`: pollution events with enter/exit thresholds and debounce.
 //! - `baseline`: learned baselines (EWMA, Welford z-score, rolling minimum, hourly profile).
+//! - `smooth`: moving average, exponential and Holt smoothing into a derived field.
+//! - `threshold`: instant threshold crossings, against a constant or another field.
+//! - `calibrate`: per-device offset and gain, or a shift learned from a baseline.
+//! - `health`: offline/online, flatlines, out-of-range counts.
+//!
+//! Operators that derive a value (baselines, smoothing) write it into a derived field slot of the
+//! reading, and calibration rewrites its field in place, so every later operator of the chain
+//! reads the new value.
 //!
 //! Every operator is a plain struct: `on_reading(&mut self, reading, now, out)`, `after_reading`
 //! (the watermark step that runs once every operator has seen the reading), `on_time(now, out)`
@@ -20,11 +28,22 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 pub mod baseline;
+pub mod calibrate;
+pub mod health;
 pub mod hysteresis;
+pub mod smooth;
+pub mod threshold;
 pub mod window;
 
+#[cfg(test)]
+mod properties;
+
 pub use baseline::{BaselineConfig, BaselineOp, BaselineState};
+pub use calibrate::{CalibrateConfig, CalibrateOp, CalibrateState};
+pub use health::{HealthConfig, HealthOp, HealthState};
 pub use hysteresis::{HysteresisConfig, HysteresisOp, HysteresisState};
+pub use smooth::{SmoothConfig, SmoothOp, SmoothState};
+pub use threshold::{ThresholdConfig, ThresholdOp, ThresholdState};
 pub use window::{WindowConfig, WindowOp, WindowState};
 
 /// Index of a field in a reading's value vector (declared fields first, then derived ones).
@@ -159,6 +178,10 @@ pub enum OperatorConfig {
     Window(Arc<WindowConfig>),
     Hysteresis(Arc<HysteresisConfig>),
     Baseline(Arc<BaselineConfig>),
+    Smooth(Arc<SmoothConfig>),
+    Threshold(Arc<ThresholdConfig>),
+    Calibrate(Arc<CalibrateConfig>),
+    Health(Arc<HealthConfig>),
 }
 
 impl OperatorConfig {
@@ -167,6 +190,10 @@ impl OperatorConfig {
             OperatorConfig::Window(c) => &c.name,
             OperatorConfig::Hysteresis(c) => &c.name,
             OperatorConfig::Baseline(c) => &c.name,
+            OperatorConfig::Smooth(c) => &c.name,
+            OperatorConfig::Threshold(c) => &c.name,
+            OperatorConfig::Calibrate(c) => &c.name,
+            OperatorConfig::Health(c) => &c.name,
         }
     }
 
@@ -175,16 +202,23 @@ impl OperatorConfig {
             OperatorConfig::Window(_) => "window",
             OperatorConfig::Hysteresis(_) => "hysteresis",
             OperatorConfig::Baseline(_) => "baseline",
+            OperatorConfig::Smooth(_) => "smooth",
+            OperatorConfig::Threshold(_) => "threshold",
+            OperatorConfig::Calibrate(_) => "calibrate",
+            OperatorConfig::Health(_) => "health",
         }
     }
 
-    /// A fresh operator for one device.
+    /// A fresh operator for one device (calibration picks the device's correction).
     pub fn instantiate(&self, device: &str) -> Operator {
-        let _ = device;
         match self {
             OperatorConfig::Window(c) => Operator::Window(WindowOp::new(c.clone())),
             OperatorConfig::Hysteresis(c) => Operator::Hysteresis(HysteresisOp::new(c.clone())),
             OperatorConfig::Baseline(c) => Operator::Baseline(BaselineOp::new(c.clone())),
+            OperatorConfig::Smooth(c) => Operator::Smooth(SmoothOp::new(c.clone())),
+            OperatorConfig::Threshold(c) => Operator::Threshold(ThresholdOp::new(c.clone())),
+            OperatorConfig::Calibrate(c) => Operator::Calibrate(CalibrateOp::new(c.clone(), device)),
+            OperatorConfig::Health(c) => Operator::Health(HealthOp::new(c.clone())),
         }
     }
 }
@@ -195,6 +229,10 @@ pub enum Operator {
     Window(WindowOp),
     Hysteresis(HysteresisOp),
     Baseline(BaselineOp),
+    Smooth(SmoothOp),
+    Threshold(ThresholdOp),
+    Calibrate(CalibrateOp),
+    Health(HealthOp),
 }
 
 /// The stored state of one operator (versioned with the [`DeviceSnapshot`]).
@@ -203,6 +241,10 @@ pub enum OperatorState {
     Window(WindowState),
     Hysteresis(HysteresisState),
     Baseline(BaselineState),
+    Smooth(SmoothState),
+    Threshold(ThresholdState),
+    Calibrate(CalibrateState),
+    Health(HealthState),
 }
 
 /// A state that does not fit the operator it is restored into.
@@ -224,17 +266,38 @@ impl OperatorState {
             OperatorState::Window(_) => "window",
             OperatorState::Hysteresis(_) => "hysteresis",
             OperatorState::Baseline(_) => "baseline",
+            OperatorState::Smooth(_) => "smooth",
+            OperatorState::Threshold(_) => "threshold",
+            OperatorState::Calibrate(_) => "calibrate",
+            OperatorState::Health(_) => "health",
         }
     }
 }
 
 impl Operator {
+    /// The operator's name (the key of its stored state).
+    pub fn name(&self) -> &str {
+        match self {
+            Operator::Window(o) => &o.config().name,
+            Operator::Hysteresis(o) => &o.config().name,
+            Operator::Baseline(o) => &o.config().name,
+            Operator::Smooth(o) => &o.config().name,
+            Operator::Threshold(o) => &o.config().name,
+            Operator::Calibrate(o) => &o.config().name,
+            Operator::Health(o) => &o.config().name,
+        }
+    }
+
     #[inline]
     pub fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
         match self {
             Operator::Window(op) => op.on_reading(reading, now, out),
             Operator::Hysteresis(op) => op.on_reading(reading, now, out),
             Operator::Baseline(op) => op.on_reading(reading, now, out),
+            Operator::Smooth(op) => op.on_reading(reading, now, out),
+            Operator::Threshold(op) => op.on_reading(reading, now, out),
+            Operator::Calibrate(op) => op.on_reading(reading, now, out),
+            Operator::Health(op) => op.on_reading(reading, now, out),
         }
     }
 
@@ -248,15 +311,21 @@ impl Operator {
     pub fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
         match self {
             Operator::Window(op) => op.on_time(now, out),
-            Operator::Hysteresis(_) | Operator::Baseline(_) => {}
+            Operator::Health(op) => op.on_time(now, out),
+            Operator::Hysteresis(_)
+            | Operator::Baseline(_)
+            | Operator::Smooth(_)
+            | Operator::Threshold(_)
+            | Operator::Calibrate(_) => {}
         }
     }
 
     pub fn on_end(&mut self, out: &mut Vec<Emit>) {
         match self {
             Operator::Window(op) => op.on_end(out),
-            Operator::Hysteresis(_) => {}
             Operator::Baseline(op) => op.on_end(out),
+            Operator::Health(op) => op.on_end(out),
+            Operator::Hysteresis(_) | Operator::Smooth(_) | Operator::Threshold(_) | Operator::Calibrate(_) => {}
         }
     }
 
@@ -265,6 +334,10 @@ impl Operator {
             Operator::Window(op) => OperatorState::Window(op.snapshot()),
             Operator::Hysteresis(op) => OperatorState::Hysteresis(op.snapshot()),
             Operator::Baseline(op) => OperatorState::Baseline(op.snapshot()),
+            Operator::Smooth(op) => OperatorState::Smooth(op.snapshot()),
+            Operator::Threshold(op) => OperatorState::Threshold(op.snapshot()),
+            Operator::Calibrate(op) => OperatorState::Calibrate(op.snapshot()),
+            Operator::Health(op) => OperatorState::Health(op.snapshot()),
         }
     }
 
@@ -279,7 +352,11 @@ impl Operator {
         match (&mut op, state) {
             (Operator::Window(o), OperatorState::Window(s)) => o.restore(s),
             (Operator::Hysteresis(o), OperatorState::Hysteresis(s)) => o.restore(s),
-            (Operator::Baseline(o), OperatorState::Baseline(s)) => o.restore(s),
+            (Operator::Baseline(o), OperatorState::Baseline(s)) => o.restore(s)?,
+            (Operator::Smooth(o), OperatorState::Smooth(s)) => o.restore(s)?,
+            (Operator::Threshold(o), OperatorState::Threshold(s)) => o.restore(s),
+            (Operator::Calibrate(o), OperatorState::Calibrate(s)) => o.restore(s),
+            (Operator::Health(o), OperatorState::Health(s)) => o.restore(s),
             (_, s) => return Err(mismatch(s.kind())),
         }
         Ok(op)
@@ -407,17 +484,13 @@ impl DeviceChain {
                 .operators
                 .iter()
                 .zip(self.names())
-                .map(|(op, name)| NamedState { name, state: op.snapshot() })
+                .map(|(op, name)| NamedState { name: name.to_string(), state: op.snapshot() })
                 .collect(),
         }
     }
 
-    fn names(&self) -> impl Iterator<Item = String> + '_ {
-        self.operators.iter().map(|op| match op {
-            Operator::Window(o) => o.config().name.clone(),
-            Operator::Hysteresis(o) => o.config().name.clone(),
-            Operator::Baseline(o) => o.config().name.clone(),
-        })
+    fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.operators.iter().map(Operator::name)
     }
 
     /// Rebuilds a chain from a snapshot. Operators are matched by name; with
