@@ -56,7 +56,10 @@ impl OutputPlan {
     pub fn for_pipeline(pipeline: &CompiledPipeline, output: Option<&PathBuf>) -> Result<Self, EngineError> {
         if let Some(path) = output {
             let sink = FileSink::open(path, 0)?;
-            return Ok(OutputPlan { sinks: vec![Box::new(sink)], routes: RouteTable::everything_to(pipeline, 0) });
+            return Ok(OutputPlan {
+                sinks: vec![Box::new(sink)],
+                routes: RouteTable::everything_to(pipeline, 0),
+            });
         }
         let (specs, of_route) = distinct_sinks(&pipeline.spec.outputs);
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -72,7 +75,10 @@ impl OutputPlan {
                 }
             });
         }
-        Ok(OutputPlan { sinks, routes: RouteTable::compile(pipeline, &pipeline.spec.outputs, &of_route) })
+        Ok(OutputPlan {
+            sinks,
+            routes: RouteTable::compile(pipeline, &pipeline.spec.outputs, &of_route),
+        })
     }
 }
 
@@ -101,7 +107,12 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { shards: None, chunk_bytes: 4 << 20, chunks_in_flight: 4, fault_hook: None }
+        RuntimeOptions {
+            shards: None,
+            chunk_bytes: 4 << 20,
+            chunks_in_flight: 4,
+            fault_hook: None,
+        }
     }
 }
 
@@ -122,7 +133,13 @@ impl Runtime {
     /// A feeder for source number `source` (there must be exactly `sources` of them, as given
     /// to [`start`], each ending with [`ChunkFeeder::end`]).
     pub fn feeder(&self, source: usize, name: &str) -> ChunkFeeder {
-        ChunkFeeder::new(source, name, self.routers.clone(), self.permits.clone(), self.metrics.clone())
+        ChunkFeeder::new(
+            source,
+            name,
+            self.routers.clone(),
+            self.permits.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Stops the arbiters and joins the sink threads (after `done`).
@@ -139,7 +156,11 @@ impl Runtime {
 /// The number of shards a run uses.
 pub fn shard_count(pipeline: &CompiledPipeline, options: &RuntimeOptions) -> usize {
     let configured = options.shards.unwrap_or(pipeline.spec.runtime.shards as usize);
-    if configured == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { configured }
+    if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        configured
+    }
 }
 
 /// Builds the runtime. Must be called inside a running actix `System`. The receiver resolves
@@ -176,13 +197,34 @@ pub fn start(
         let arbiter = Arbiter::new();
         let output = ShardOutput::new(hub.clone());
         let supervisor = {
-            let (pipeline, output, metrics, hook) = (pipeline.clone(), output.clone(), metrics.clone(), options.fault_hook.clone());
-            ShardSupervisor::start_in_arbiter(&arbiter.handle(), move |_| ShardSupervisor::new(shard, pipeline, output, metrics, hook))
+            let (pipeline, output, metrics, hook) = (
+                pipeline.clone(),
+                output.clone(),
+                metrics.clone(),
+                options.fault_hook.clone(),
+            );
+            ShardSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                ShardSupervisor::new(shard, pipeline, output, metrics, hook)
+            })
         };
         let router = {
-            let (pipeline, supervisor, metrics, coordinator) = (pipeline.clone(), supervisor.clone(), metrics.clone(), coordinator.clone());
+            let (pipeline, supervisor, metrics, coordinator) = (
+                pipeline.clone(),
+                supervisor.clone(),
+                metrics.clone(),
+                coordinator.clone(),
+            );
             Router::start_in_arbiter(&arbiter.handle(), move |_| {
-                Router::new(shard, shards, &pipeline, supervisor, output, metrics, coordinator, sources)
+                Router::new(
+                    shard,
+                    shards,
+                    &pipeline,
+                    supervisor,
+                    output,
+                    metrics,
+                    coordinator,
+                    sources,
+                )
             })
         };
         supervisors.push(supervisor);
@@ -247,7 +289,13 @@ enum SourcePlan {
 fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec<(String, SourcePlan)>, EngineError> {
     let chunk_bytes = options.runtime.chunk_bytes;
     let lines = |input: LineInput, pace: Option<f64>| {
-        SourcePlan::Lines(LineSource { input, start_offset: 0, start_line: 1, chunk_bytes, pace })
+        SourcePlan::Lines(LineSource {
+            input,
+            start_offset: 0,
+            start_line: 1,
+            chunk_bytes,
+            pace,
+        })
     };
     if let Some(input) = &options.input {
         return Ok(vec![match input {
@@ -260,16 +308,29 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
         plans.push(match source {
             SourceSpec::File(f) => {
                 let pace = (f.pace == Pace::EventTime).then_some(f.speed);
-                (format!("file:{}", f.path), lines(LineInput::File(PathBuf::from(&f.path)), pace))
+                (
+                    format!("file:{}", f.path),
+                    lines(LineInput::File(PathBuf::from(&f.path)), pace),
+                )
             }
             SourceSpec::Stdin(_) => ("stdin".to_string(), lines(LineInput::Stdin, None)),
             SourceSpec::Simulator(s) => ("simulator".to_string(), SourcePlan::Simulator(s.clone())),
-            SourceSpec::Mqtt(_) => return Err(EngineError::Unsupported("the mqtt source is not built into this plume yet".into())),
-            SourceSpec::Kafka(_) => return Err(EngineError::Unsupported("the kafka source is not built into this plume yet".into())),
+            SourceSpec::Mqtt(_) => {
+                return Err(EngineError::Unsupported(
+                    "the mqtt source is not built into this plume yet".into(),
+                ));
+            }
+            SourceSpec::Kafka(_) => {
+                return Err(EngineError::Unsupported(
+                    "the kafka source is not built into this plume yet".into(),
+                ));
+            }
         });
     }
     if plans.is_empty() {
-        return Err(EngineError::Unsupported("the pipeline has no sources: add one, or pass --input FILE".into()));
+        return Err(EngineError::Unsupported(
+            "the pipeline has no sources: add one, or pass --input FILE".into(),
+        ));
     }
     Ok(plans)
 }
@@ -313,6 +374,10 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         }
         if let Some(every) = options.progress {
             let metrics = runtime.metrics.clone();
+            // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line
+            // every ten seconds.
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let every = if terminal { every } else { every.max(Duration::from_secs(10)) };
             actix_rt::spawn(async move {
                 let mut last = (Instant::now(), 0u64);
                 loop {
@@ -321,11 +386,13 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
                     let now = Instant::now();
                     let rate = (readings - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
                     last = (now, readings);
+                    let (start, end) = if terminal { ("\r\x1b[K", "") } else { ("", "\n") };
                     eprint!(
-                        "\r{:>10} readings  {:>9.0}/s  {:>6} devices  {:>4} open events  {:>5} dead letters ",
+                        "{start}{:>10} readings  {:>9.0}/s  {:>6} devices  {:>4} open events  {:>5} dead letters{end}",
                         readings,
                         rate,
-                        metrics.devices_active.load(Ordering::Relaxed) + metrics.devices_passive.load(Ordering::Relaxed),
+                        metrics.devices_active.load(Ordering::Relaxed)
+                            + metrics.devices_passive.load(Ordering::Relaxed),
                         metrics.events_open.load(Ordering::Relaxed),
                         RuntimeMetrics::get(&metrics.dead_letters),
                     );
@@ -354,5 +421,11 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
     });
     System::current().stop();
     let (totals, shards, restarts, passivations) = result?;
-    Ok(RunReport { totals, elapsed: started.elapsed(), shards, restarts, passivations })
+    Ok(RunReport {
+        totals,
+        elapsed: started.elapsed(),
+        shards,
+        restarts,
+        passivations,
+    })
 }

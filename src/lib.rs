@@ -14,14 +14,14 @@
 //! - [`sinks`]: stdout and JSON-lines files behind bounded queues; output routes.
 //! - [`clock`]: processing time.
 
+pub mod actors;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod engine;
 pub mod operators;
 pub mod output;
 pub mod pipeline;
 pub mod plain;
-pub mod actors;
-pub mod engine;
 pub mod sinks;
 pub mod sources;

@@ -15,7 +15,11 @@ use plume::engine::{self, InputOverride, RunOptions, RuntimeOptions};
 use plume::pipeline::CompiledPipeline;
 
 #[derive(Parser)]
-#[command(name = "plume", version, about = "Stateful stream processing for air-quality sensor fleets")]
+#[command(
+    name = "plume",
+    version,
+    about = "Stateful stream processing for air-quality sensor fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,9 +102,15 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
         },
     };
     let started = std::time::Instant::now();
-    let reader = BufReader::with_capacity(1 << 20, File::open(&input).with_context(|| format!("opening {}", input.display()))?);
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        File::open(&input).with_context(|| format!("opening {}", input.display()))?,
+    );
     let mut out: Box<dyn Write> = match output {
-        Some(path) => Box::new(BufWriter::with_capacity(1 << 20, File::create(&path).with_context(|| format!("creating {}", path.display()))?)),
+        Some(path) => Box::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     let totals = plume::plain::run(compiled, &format!("file:{}", input.display()), reader, &mut out)?;
@@ -119,9 +129,7 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -175,16 +183,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
-        Command::Run { pipeline, input, output, engine, shards } => {
+        Command::Run {
+            pipeline,
+            input,
+            output,
+            engine,
+            shards,
+        } => {
             let compiled = load(&pipeline)?;
             match engine {
                 Engine::Plain => run_plain(&compiled, input, output),
                 Engine::Actors => {
-                    let input = input.map(|p| if p.as_os_str() == "-" { InputOverride::Stdin } else { InputOverride::File(p) });
+                    let input = input.map(|p| {
+                        if p.as_os_str() == "-" {
+                            InputOverride::Stdin
+                        } else {
+                            InputOverride::File(p)
+                        }
+                    });
                     let options = RunOptions {
                         input,
                         output,
-                        runtime: RuntimeOptions { shards, ..Default::default() },
+                        runtime: RuntimeOptions {
+                            shards,
+                            ..Default::default()
+                        },
                         progress: None,
                     };
                     let report = engine::run(Arc::new(compiled), options)?;
@@ -193,7 +216,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Demo { pipeline, devices, duration, speed } => {
+        Command::Demo {
+            pipeline,
+            devices,
+            duration,
+            speed,
+        } => {
             let mut compiled = load(&pipeline)?;
             let mut sim = compiled
                 .spec
@@ -216,7 +244,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "plume demo: {} simulated rooms, one reading every {} each, {}x real time, for {} of simulated time (Ctrl-C stops early)",
                 sim.devices, sim.interval, sim.speed, duration
             );
-            let options = RunOptions { progress: Some(std::time::Duration::from_millis(500)), ..Default::default() };
+            let options = RunOptions {
+                progress: Some(std::time::Duration::from_millis(500)),
+                ..Default::default()
+            };
             let report = engine::run(Arc::new(compiled), options)?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)

@@ -8,7 +8,7 @@
 //! | type | keys besides v, type, operator, device, id |
 //! | --- | --- |
 //! | `window` | `window_start`, `window_end` (epoch ms), `count`, `<field>_<aggregate>`… |
-//! | `event_start` | `field`, `start_ts`, `value`, `severity` (if bands are set) |
+//! | `event_start` | `field`, `start_ts`, `value` (first), `peak` (so far), `severity` (of `peak`, if bands are set) |
 //! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `peak`, `mean`, `severity` |
 //! | `baseline` | `field`, `ts`, `baseline` |
 //! | `deviation` | `field`, `ts`, `value`, `mean`, `stddev`, `zscore` |
@@ -119,7 +119,12 @@ impl RecordFormatter {
 
     fn id(&self, device: &str, op: &str, kind: &str, a: i64, b: u64) -> u128 {
         let mut h = Xxh3::new();
-        for part in [self.pipeline.as_bytes(), device.as_bytes(), op.as_bytes(), kind.as_bytes()] {
+        for part in [
+            self.pipeline.as_bytes(),
+            device.as_bytes(),
+            op.as_bytes(),
+            kind.as_bytes(),
+        ] {
             h.update(&(part.len() as u32).to_le_bytes());
             h.update(part);
         }
@@ -172,7 +177,13 @@ impl RecordFormatter {
             }
         }
         match emit {
-            Emit::Window { start, end, count, values, .. } => {
+            Emit::Window {
+                start,
+                end,
+                count,
+                values,
+                ..
+            } => {
                 key(&mut j, "window_start");
                 push_i64(&mut j, *start);
                 key(&mut j, "window_end");
@@ -186,19 +197,34 @@ impl RecordFormatter {
                     }
                 }
             }
-            Emit::EventStart { start_ts, value, severity, .. } => {
+            Emit::EventStart {
+                start_ts,
+                value,
+                peak,
+                severity,
+                ..
+            } => {
                 key(&mut j, "field");
                 push_json_str(&mut j, field_of(config));
                 key(&mut j, "start_ts");
                 push_i64(&mut j, *start_ts);
                 key(&mut j, "value");
                 push_f64(&mut j, *value);
+                key(&mut j, "peak");
+                push_f64(&mut j, *peak);
                 if let Some(s) = severity_name(config, *severity) {
                     key(&mut j, "severity");
                     push_json_str(&mut j, s);
                 }
             }
-            Emit::EventEnd { start_ts, end_ts, peak, mean, severity, .. } => {
+            Emit::EventEnd {
+                start_ts,
+                end_ts,
+                peak,
+                mean,
+                severity,
+                ..
+            } => {
                 key(&mut j, "field");
                 push_json_str(&mut j, field_of(config));
                 key(&mut j, "start_ts");
@@ -224,7 +250,14 @@ impl RecordFormatter {
                 key(&mut j, "baseline");
                 push_f64(&mut j, *value);
             }
-            Emit::Deviation { ts, value, mean, stddev, zscore, .. } => {
+            Emit::Deviation {
+                ts,
+                value,
+                mean,
+                stddev,
+                zscore,
+                ..
+            } => {
                 key(&mut j, "field");
                 push_json_str(&mut j, field_of(config));
                 key(&mut j, "ts");
@@ -250,7 +283,13 @@ impl RecordFormatter {
                     push_f64(&mut j, *t);
                 }
             }
-            Emit::Threshold { ts, value, limit, beyond, .. } => {
+            Emit::Threshold {
+                ts,
+                value,
+                limit,
+                beyond,
+                ..
+            } => {
                 key(&mut j, "field");
                 push_json_str(&mut j, field_of(config));
                 key(&mut j, "ts");
@@ -309,7 +348,13 @@ impl RecordFormatter {
             }
         }
         j.push('}');
-        OutputRecord { op: Some(op_index), kind, id, device: Some(device.into()), json: j }
+        OutputRecord {
+            op: Some(op_index),
+            kind,
+            id,
+            device: Some(device.into()),
+            json: j,
+        }
     }
 
     fn field_name(&self, slot: usize) -> &str {
@@ -337,7 +382,13 @@ impl RecordFormatter {
         key(&mut j, "raw");
         push_json_str(&mut j, &String::from_utf8_lossy(raw));
         j.push('}');
-        OutputRecord { op: None, kind: "dead_letter", id, device: None, json: j }
+        OutputRecord {
+            op: None,
+            kind: "dead_letter",
+            id,
+            device: None,
+            json: j,
+        }
     }
 
     /// The end-of-run summary.
@@ -355,7 +406,13 @@ impl RecordFormatter {
         key(&mut j, "devices");
         push_i64(&mut j, totals.devices as i64);
         j.push('}');
-        OutputRecord { op: None, kind: "summary", id: 0, device: None, json: j }
+        OutputRecord {
+            op: None,
+            kind: "summary",
+            id: 0,
+            device: None,
+            json: j,
+        }
     }
 }
 

@@ -37,7 +37,9 @@ pub struct CompiledPipeline {
 /// this is the last line of defence for specs built in code.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CompileError {
-    #[error("operator `{operator}` reads field `{field}`, which is neither declared in decode.fields nor produced by an earlier operator")]
+    #[error(
+        "operator `{operator}` reads field `{field}`, which is neither declared in decode.fields nor produced by an earlier operator"
+    )]
     UnknownField { operator: String, field: String },
     #[error("operator `{operator}`: {message}")]
     Invalid { operator: String, message: String },
@@ -51,7 +53,10 @@ impl CompiledPipeline {
             .decode
             .fields
             .keys()
-            .map(|name| FieldInfo { name: name.clone(), declared: true })
+            .map(|name| FieldInfo {
+                name: name.clone(),
+                declared: true,
+            })
             .collect();
         let mut slots: FxHashMap<String, FieldSlot> =
             fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
@@ -101,8 +106,7 @@ impl CompiledPipeline {
                 }
                 OperatorSpec::Hysteresis(h) => {
                     let slot = lookup(&h.field, &slots)?;
-                    let mut severity: Vec<(String, f64)> =
-                        h.severity.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    let mut severity: Vec<(String, f64)> = h.severity.iter().map(|(k, v)| (k.clone(), *v)).collect();
                     severity.sort_by(|a, b| a.1.total_cmp(&b.1));
                     if h.direction == crate::config::Direction::Below {
                         severity.reverse();
@@ -258,7 +262,13 @@ impl CompiledPipeline {
         }
         let _ = BaselineEmit::End;
         let decoder = Arc::new(Decoder::new(&spec.decode, fields.len()));
-        Ok(CompiledPipeline { name: spec.pipeline.clone(), spec, fields, operators, decoder })
+        Ok(CompiledPipeline {
+            name: spec.pipeline.clone(),
+            spec,
+            fields,
+            operators,
+            decoder,
+        })
     }
 
     /// How often device actors need processing-time ticks (idle flush, offline detection):

@@ -51,7 +51,9 @@ impl<'p> PlainRun<'p> {
                     Some(chain) => chain,
                     None => {
                         let device: Box<str> = decoded.device.as_ref().into();
-                        self.devices.entry(device).or_insert_with_key(|d| self.pipeline.new_chain(d))
+                        self.devices
+                            .entry(device)
+                            .or_insert_with_key(|d| self.pipeline.new_chain(d))
                     }
                 };
                 chain.on_reading(decoded.reading, now, &mut self.emits);
@@ -62,7 +64,10 @@ impl<'p> PlainRun<'p> {
             Err(reason) => {
                 self.dead_letters += 1;
                 let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
-                sink(self.formatter.dead_letter(source, &format!("line {line_no}"), &reason.to_string(), raw));
+                sink(
+                    self.formatter
+                        .dead_letter(source, &format!("line {line_no}"), &reason.to_string(), raw),
+                );
             }
         }
     }
@@ -72,7 +77,11 @@ impl<'p> PlainRun<'p> {
         let mut ids: Vec<&Box<str>> = self.devices.keys().collect();
         ids.sort();
         let ids: Vec<Box<str>> = ids.into_iter().cloned().collect();
-        let mut totals = RunTotals { dead_letters: self.dead_letters, devices: ids.len() as u64, ..Default::default() };
+        let mut totals = RunTotals {
+            dead_letters: self.dead_letters,
+            devices: ids.len() as u64,
+            ..Default::default()
+        };
         for id in ids {
             let chain = self.devices.get_mut(&id).expect("listed above");
             if self.pipeline.spec.shutdown.flush {
@@ -101,7 +110,9 @@ pub fn run(
     let mut write_error = None;
     let mut sink = |record: OutputRecord| {
         if write_error.is_none()
-            && let Err(e) = output.write_all(record.json.as_bytes()).and_then(|()| output.write_all(b"\n"))
+            && let Err(e) = output
+                .write_all(record.json.as_bytes())
+                .and_then(|()| output.write_all(b"\n"))
         {
             write_error = Some(e);
         }

@@ -46,7 +46,10 @@ impl Sink for MemorySink {
                 open = cv.wait(open).unwrap();
             }
         }
-        self.records.lock().unwrap().extend(records.iter().map(|r| r.json.clone()));
+        self.records
+            .lock()
+            .unwrap()
+            .extend(records.iter().map(|r| r.json.clone()));
         Ok(())
     }
     fn flush(&mut self) -> Result<u64, SinkError> {
@@ -58,7 +61,10 @@ impl Sink for MemorySink {
 }
 
 fn plan(pipeline: &CompiledPipeline, sink: &MemorySink) -> OutputPlan {
-    OutputPlan { sinks: vec![Box::new(sink.clone())], routes: RouteTable::everything_to(pipeline, 0) }
+    OutputPlan {
+        sinks: vec![Box::new(sink.clone())],
+        routes: RouteTable::everything_to(pipeline, 0),
+    }
 }
 
 /// The plain loop's records for these lines.
@@ -90,7 +96,11 @@ fn by_device(records: &[String]) -> BTreeMap<String, Vec<String>> {
 fn aq1_lines(devices: u32, events: u64, seed: u64) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = common::aq1_input(dir.path(), devices, events, seed);
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn chunk_of(lines: &[String], first_line: u64) -> ChunkData {
@@ -99,7 +109,11 @@ fn chunk_of(lines: &[String], first_line: u64) -> ChunkData {
         bytes.extend_from_slice(l.as_bytes());
         bytes.push(b'\n');
     }
-    ChunkData::Lines { bytes, first_line, start_offset: 0 }
+    ChunkData::Lines {
+        bytes,
+        first_line,
+        start_offset: 0,
+    }
 }
 
 async fn settle(metrics: &RuntimeMetrics) {
@@ -119,7 +133,15 @@ fn passivation_and_reactivation_keep_state_exactly() {
     let (got, shard_counters) = System::new().block_on({
         let (pipeline, sink, lines) = (pipeline.clone(), sink.clone(), lines.clone());
         async move {
-            let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, RuntimeOptions { shards: Some(2), ..Default::default() });
+            let (rt, done) = engine::start(
+                pipeline.clone(),
+                plan(&pipeline, &sink),
+                1,
+                RuntimeOptions {
+                    shards: Some(2),
+                    ..Default::default()
+                },
+            );
             let mut feeder = rt.feeder(0, "test");
             let mut passivated = 0;
             for (i, part) in lines.chunks(1_000).enumerate() {
@@ -159,8 +181,13 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
     // a poison reading for one device in the middle of the stream
     let victim = "dev-000003";
     let poison_at = 3_000;
-    let ts: i64 = serde_json::from_str::<serde_json::Value>(&lines[poison_at]).unwrap()["ts"].as_i64().unwrap();
-    lines.insert(poison_at, format!(r#"{{"device":"{victim}","ts":{ts},"pm25":666.0,"co2":500.0}}"#));
+    let ts: i64 = serde_json::from_str::<serde_json::Value>(&lines[poison_at]).unwrap()["ts"]
+        .as_i64()
+        .unwrap();
+    lines.insert(
+        poison_at,
+        format!(r#"{{"device":"{victim}","ts":{ts},"pm25":666.0,"co2":500.0}}"#),
+    );
     let expected = oracle(&pipeline, &clean);
     let pm25 = pipeline.slot_of("pm25").unwrap();
     let hook: plume::actors::shard::FaultHook = Arc::new(move |device, reading| {
@@ -172,7 +199,11 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
     let (got, victim_counters, other_counters, restarts) = System::new().block_on({
         let (pipeline, sink) = (pipeline.clone(), sink.clone());
         async move {
-            let options = RuntimeOptions { shards: Some(2), fault_hook: Some(hook), ..Default::default() };
+            let options = RuntimeOptions {
+                shards: Some(2),
+                fault_hook: Some(hook),
+                ..Default::default()
+            };
             let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
             let mut feeder = rt.feeder(0, "test");
             for (i, part) in lines.chunks(500).enumerate() {
@@ -195,7 +226,12 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
             assert_eq!(outcome.totals.dead_letters, 1);
             let restarts = RuntimeMetrics::get(&rt.metrics.restarts);
             rt.shut_down();
-            (sink.records.lock().unwrap().clone(), victim_counters.unwrap(), other_counters.unwrap(), restarts)
+            (
+                sink.records.lock().unwrap().clone(),
+                victim_counters.unwrap(),
+                other_counters.unwrap(),
+                restarts,
+            )
         }
     });
     assert_eq!(restarts, 1);
@@ -213,7 +249,10 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
     assert!(dead[0].contains("injected operator fault"), "{}", dead[0]);
     assert!(dead[0].contains("666"), "the raw reading is kept: {}", dead[0]);
     let summary = extra.iter().find(|l| l.contains("\"summary\"")).unwrap();
-    assert_eq!(summary, &want_extra[0].replace("\"dead_letters\":0", "\"dead_letters\":1"));
+    assert_eq!(
+        summary,
+        &want_extra[0].replace("\"dead_letters\":0", "\"dead_letters\":1")
+    );
 }
 
 #[test]
@@ -222,11 +261,18 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
     let lines = aq1_lines(100, 40_000, 2);
     let expected = oracle(&pipeline, &lines);
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let sink = MemorySink { gate: Some(gate.clone()), ..Default::default() };
+    let sink = MemorySink {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
     let got = System::new().block_on({
         let (pipeline, sink) = (pipeline.clone(), sink.clone());
         async move {
-            let options = RuntimeOptions { shards: Some(2), chunks_in_flight: 3, ..Default::default() };
+            let options = RuntimeOptions {
+                shards: Some(2),
+                chunks_in_flight: 3,
+                ..Default::default()
+            };
             let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
             let mut feeder = rt.feeder(0, "test");
             let finished = Arc::new(AtomicBool::new(false));
@@ -250,7 +296,10 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
                 max_in_flight = max_in_flight.max(rt.metrics.chunks_in_flight.load(Ordering::Relaxed));
                 max_waiting = max_waiting.max(rt.sinks[0].waiting());
             }
-            assert!(!finished.load(Ordering::Relaxed), "the source should be stalled by the blocked sink");
+            assert!(
+                !finished.load(Ordering::Relaxed),
+                "the source should be stalled by the blocked sink"
+            );
             assert!(max_in_flight <= 3, "chunks in flight: {max_in_flight}");
             assert!(max_waiting <= 200, "records queued for the sink: {max_waiting}");
             // unblock: everything arrives

@@ -24,7 +24,11 @@ fn edge_cases_match_the_expected_summary_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
     let input = workloads().join("aq1-edge.jsonl");
     let expected = expected_summary("aq1-edge.expected.json");
-    for (engine, extra) in [("plain", vec!["--engine", "plain"]), ("actors1", vec!["--shards", "1"]), ("actors4", vec!["--shards", "4"])] {
+    for (engine, extra) in [
+        ("plain", vec!["--engine", "plain"]),
+        ("actors1", vec!["--shards", "1"]),
+        ("actors4", vec!["--shards", "4"]),
+    ] {
         let out = dir.path().join(format!("out-{engine}.jsonl"));
         plume_run("pipelines/aq1.yaml", &input, &out, &extra);
         assert_eq!(aq1_summary(&out), expected, "{engine}");
@@ -35,13 +39,20 @@ fn edge_cases_match_the_expected_summary_on_both_engines() {
 fn edge_case_records_are_the_expected_ones() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
-    plume_run("pipelines/aq1.yaml", &workloads().join("aq1-edge.jsonl"), &out, &["--shards", "2"]);
+    plume_run(
+        "pipelines/aq1.yaml",
+        &workloads().join("aq1-edge.jsonl"),
+        &out,
+        &["--shards", "2"],
+    );
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(workloads().join("aq1-edge.expected.json")).unwrap()).unwrap();
     // per device, the expected records in order, in plume's schema
     let mut want: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
     for r in expected["records"].as_array().unwrap() {
-        want.entry(r["device"].as_str().unwrap().to_string()).or_default().push(r.clone());
+        want.entry(r["device"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r.clone());
     }
     let got = lines_by_device(&out);
     for (device, records) in want {

@@ -9,8 +9,8 @@ use futures::future::join_all;
 use tokio::sync::oneshot;
 use tracing::info;
 
-use super::output_hub::{FinishOutputs, OutputHub};
 use super::RuntimeMetrics;
+use super::output_hub::{FinishOutputs, OutputHub};
 use super::shard::{FinishShard, ShardSupervisor, ShardTotals};
 use crate::output::{RecordFormatter, RunTotals};
 use crate::sinks::SinkError;
@@ -47,7 +47,14 @@ impl RunCoordinator {
         metrics: Arc<RuntimeMetrics>,
         done: oneshot::Sender<RunOutcome>,
     ) -> Self {
-        RunCoordinator { shards, hub, formatter, metrics, drained: 0, done: Some(done) }
+        RunCoordinator {
+            shards,
+            hub,
+            formatter,
+            metrics,
+            drained: 0,
+            done: Some(done),
+        }
     }
 }
 
@@ -60,7 +67,12 @@ impl Handler<RouterDrained> for RunCoordinator {
 
     fn handle(&mut self, msg: RouterDrained, ctx: &mut Context<Self>) {
         self.drained += 1;
-        info!(shard = msg.shard, drained = self.drained, shards = self.shards.len(), "router drained");
+        info!(
+            shard = msg.shard,
+            drained = self.drained,
+            shards = self.shards.len(),
+            "router drained"
+        );
         if self.drained < self.shards.len() {
             return;
         }
@@ -69,7 +81,10 @@ impl Handler<RouterDrained> for RunCoordinator {
             // routers count undecodable payloads, device actors the readings that made an
             // operator panic: both are in the shared metrics
             let dead_letters = RuntimeMetrics::get(&act.metrics.dead_letters);
-            let mut totals = RunTotals { dead_letters, ..Default::default() };
+            let mut totals = RunTotals {
+                dead_letters,
+                ..Default::default()
+            };
             for reply in replies {
                 let t: ShardTotals = reply.unwrap_or_default();
                 totals.readings += t.readings;
@@ -77,12 +92,19 @@ impl Handler<RouterDrained> for RunCoordinator {
                 totals.devices += t.devices;
             }
             let summary = act.formatter.summary(&totals);
-            act.hub.send(FinishOutputs { summary: Some(summary) }).into_actor(act).map(move |positions, act, _ctx| {
-                let sink_positions = positions.unwrap_or_else(|_| Err(SinkError::Gone { sink: "output hub".into() }));
-                if let Some(done) = act.done.take() {
-                    let _ = done.send(RunOutcome { totals, sink_positions });
-                }
-            })
+            act.hub
+                .send(FinishOutputs { summary: Some(summary) })
+                .into_actor(act)
+                .map(move |positions, act, _ctx| {
+                    let sink_positions = positions.unwrap_or_else(|_| {
+                        Err(SinkError::Gone {
+                            sink: "output hub".into(),
+                        })
+                    });
+                    if let Some(done) = act.done.take() {
+                        let _ = done.send(RunOutcome { totals, sink_positions });
+                    }
+                })
         });
         ctx.wait(fut);
     }

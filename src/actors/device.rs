@@ -87,10 +87,25 @@ pub struct DeviceActor {
 
 impl DeviceActor {
     pub fn new(device: Arc<str>, local: Rc<ShardLocal>, chain: DeviceChain, dirty: bool) -> Self {
-        DeviceActor { device, local, chain, last_good: None, failed: None, counters: Default::default(), dirty }
+        DeviceActor {
+            device,
+            local,
+            chain,
+            last_good: None,
+            failed: None,
+            counters: Default::default(),
+            dirty,
+        }
     }
 
-    fn apply(chain: &mut DeviceChain, local: &ShardLocal, device: &str, readings: &[Reading], now: i64, emits: &mut Vec<Emit>) {
+    fn apply(
+        chain: &mut DeviceChain,
+        local: &ShardLocal,
+        device: &str,
+        readings: &[Reading],
+        now: i64,
+        emits: &mut Vec<Emit>,
+    ) {
         for reading in readings {
             if let Some(hook) = &local.fault_hook {
                 hook(device, reading);
@@ -132,7 +147,14 @@ impl DeviceActor {
             let device = &*self.device;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 let mut out = Vec::new();
-                Self::apply(&mut self.chain, local, device, std::slice::from_ref(&reading), failed.now, &mut out);
+                Self::apply(
+                    &mut self.chain,
+                    local,
+                    device,
+                    std::slice::from_ref(&reading),
+                    failed.now,
+                    &mut out,
+                );
                 out
             }));
             match result {
@@ -214,7 +236,11 @@ impl Handler<ApplyReadings> for DeviceActor {
             }
             Err(_) => {
                 self.last_good = Some(before);
-                self.failed = Some(FailedBatch { readings: msg.readings, now: msg.now, progress: msg.progress });
+                self.failed = Some(FailedBatch {
+                    readings: msg.readings,
+                    now: msg.now,
+                    progress: msg.progress,
+                });
                 ctx.stop();
             }
         }

@@ -58,7 +58,11 @@ pub struct SourcePosition {
 pub enum ChunkData {
     /// Newline-separated lines (file, stdin, simulator). `first_line` is the 1-based line
     /// number of the first line, `start_offset` its byte offset in the source.
-    Lines { bytes: Vec<u8>, first_line: u64, start_offset: u64 },
+    Lines {
+        bytes: Vec<u8>,
+        first_line: u64,
+        start_offset: u64,
+    },
     /// Separate messages (MQTT, Kafka), each with its own position and device capture.
     Messages(Vec<Message>),
 }
@@ -99,7 +103,10 @@ pub struct ChunkTicket {
 
 impl ChunkTicket {
     pub fn new(permit: Option<OwnedSemaphorePermit>, metrics: Arc<RuntimeMetrics>) -> Arc<Self> {
-        Arc::new(ChunkTicket { _permit: permit, metrics })
+        Arc::new(ChunkTicket {
+            _permit: permit,
+            metrics,
+        })
     }
 }
 
@@ -117,7 +124,10 @@ pub struct ShardOutput {
 
 impl ShardOutput {
     pub fn new(hub: Addr<output_hub::OutputHub>) -> Arc<Self> {
-        Arc::new(ShardOutput { records: Mutex::new(Vec::new()), hub })
+        Arc::new(ShardOutput {
+            records: Mutex::new(Vec::new()),
+            hub,
+        })
     }
 
     pub fn push(&self, record: OutputRecord) {

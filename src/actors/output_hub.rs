@@ -59,7 +59,11 @@ pub struct OutputHub {
 
 impl OutputHub {
     pub fn new(routes: RouteTable, sinks: Vec<SinkHandle>) -> Self {
-        OutputHub { routes, sinks, counters: HubCounters::default() }
+        OutputHub {
+            routes,
+            sinks,
+            counters: HubCounters::default(),
+        }
     }
 
     fn route(&mut self, records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
@@ -82,7 +86,11 @@ impl OutputHub {
             let n = batch.len().min(sink.capacity_total) as u32;
             match sink.capacity.clone().try_acquire_many_owned(n) {
                 Ok(permit) => {
-                    let _ = sink.tx.send(SinkCommand::Write { records: batch, _permit: permit, _ticket: ticket.clone() });
+                    let _ = sink.tx.send(SinkCommand::Write {
+                        records: batch,
+                        _permit: permit,
+                        _ticket: ticket.clone(),
+                    });
                 }
                 Err(_) => {
                     self.counters.waits += 1;
@@ -93,7 +101,11 @@ impl OutputHub {
                     ctx.wait(
                         async move {
                             if let Ok(permit) = sem.acquire_many_owned(n).await {
-                                let _ = tx.send(SinkCommand::Write { records: batch, _permit: permit, _ticket: ticket });
+                                let _ = tx.send(SinkCommand::Write {
+                                    records: batch,
+                                    _permit: permit,
+                                    _ticket: ticket,
+                                });
                             }
                         }
                         .into_actor(self),
@@ -141,7 +153,11 @@ impl Handler<FinishOutputs> for OutputHub {
             self.route(vec![summary], None, ctx);
         }
         // sent after the summary's write (or after the wait for its permits completes)
-        Box::pin(async {}.into_actor(self).then(|(), act, _ctx| act.send_to_all(SinkCommand::Finish).into_actor(act)))
+        Box::pin(
+            async {}
+                .into_actor(self)
+                .then(|(), act, _ctx| act.send_to_all(SinkCommand::Finish).into_actor(act)),
+        )
     }
 }
 
@@ -159,7 +175,11 @@ impl Handler<ReportHubCounters> for OutputHub {
     fn handle(&mut self, _: ReportHubCounters, _ctx: &mut Context<Self>) -> Self::Result {
         let mut c = self.counters.clone();
         c.waiting = self.sinks.iter().map(|s| s.waiting()).collect();
-        c.written = self.sinks.iter().map(|s| s.stats.records.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        c.written = self
+            .sinks
+            .iter()
+            .map(|s| s.stats.records.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
         MessageResult(c)
     }
 }

@@ -95,7 +95,8 @@ impl Router {
         self.counters.dead_letters += 1;
         self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
         let raw = bounded_raw(payload, self.decoder.max_dead_letter_bytes);
-        self.output.push(self.formatter.dead_letter(source, position, reason, raw));
+        self.output
+            .push(self.formatter.dead_letter(source, position, reason, raw));
     }
 }
 
@@ -185,9 +186,16 @@ impl Handler<RouteChunk> for Router {
         }
         self.counters.readings += readings;
         self.metrics.readings.fetch_add(readings, Ordering::Relaxed);
-        let progress = Arc::new(ChunkProgress { output: self.output.clone(), ticket: chunk.ticket.clone() });
+        let progress = Arc::new(ChunkProgress {
+            output: self.output.clone(),
+            ticket: chunk.ticket.clone(),
+        });
         if !grouping.batches.is_empty() {
-            self.supervisor.do_send(DeviceBatches { batches: grouping.batches, now, progress });
+            self.supervisor.do_send(DeviceBatches {
+                batches: grouping.batches,
+                now,
+                progress,
+            });
         }
         // with no readings for this shard, dropping `progress` flushes the dead letters now
     }
@@ -200,7 +208,10 @@ impl Handler<SourceEnded> for Router {
         self.sources_open = self.sources_open.saturating_sub(1);
         if self.sources_open == 0 {
             self.output.flush(None);
-            self.coordinator.do_send(RouterDrained { shard: self.shard, dead_letters: self.counters.dead_letters });
+            self.coordinator.do_send(RouterDrained {
+                shard: self.shard,
+                dead_letters: self.counters.dead_letters,
+            });
         }
     }
 }

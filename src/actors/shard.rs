@@ -161,7 +161,9 @@ impl ShardSupervisor {
         let local = self.local.clone();
         let id = key.clone();
         let addr = actix::Supervisor::start(move |_| DeviceActor::new(id, local, chain, reactivated));
-        self.active.entry(key).or_insert(ActiveDevice { addr, last_active: now })
+        self.active
+            .entry(key)
+            .or_insert(ActiveDevice { addr, last_active: now })
     }
 
     fn restore(&self, device: &str, bytes: &[u8]) -> DeviceChain {
@@ -201,7 +203,11 @@ impl ShardSupervisor {
                 act.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
                 act.local.metrics.devices_passive.fetch_add(1, Ordering::Relaxed);
             }
-            debug!(shard = act.local.shard, passive = act.passive.len(), "passivated idle devices");
+            debug!(
+                shard = act.local.shard,
+                passive = act.passive.len(),
+                "passivated idle devices"
+            );
         });
         ctx.wait(fut);
         n
@@ -240,7 +246,11 @@ impl Handler<DeviceBatches> for ShardSupervisor {
                 None => self.activate(&device, msg.now),
             };
             entry.last_active = msg.now;
-            entry.addr.do_send(device::ApplyReadings { readings, now: msg.now, progress: msg.progress.clone() });
+            entry.addr.do_send(device::ApplyReadings {
+                readings,
+                now: msg.now,
+                progress: msg.progress.clone(),
+            });
         }
     }
 }
@@ -270,7 +280,10 @@ impl Handler<FinishShard> for ShardSupervisor {
         }
         let mut devices: Vec<(&Arc<str>, &ActiveDevice)> = self.active.iter().collect();
         devices.sort_by(|a, b| a.0.cmp(b.0));
-        let requests: Vec<_> = devices.into_iter().map(|(_, d)| d.addr.send(device::FlushAtEnd { flush })).collect();
+        let requests: Vec<_> = devices
+            .into_iter()
+            .map(|(_, d)| d.addr.send(device::FlushAtEnd { flush }))
+            .collect();
         Box::pin(join_all(requests).into_actor(self).map(move |replies, act, _ctx| {
             for reply in replies {
                 let c = reply.expect("a device actor answers");

@@ -679,7 +679,7 @@ pub struct ThresholdSpec {
     pub above: Option<f64>,
     #[serde(default)]
     pub below: Option<f64>,
-    /// Compare `field` with `factor` × this field (e.g. a baseline's name) instead of a constant.
+    /// Move the limits with this field (e.g. a baseline): beyond when above `above + factor × it`.
     #[serde(default)]
     pub relative_to: Option<String>,
     #[serde(default = "defaults::one")]

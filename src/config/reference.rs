@@ -466,9 +466,9 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     doc(
         "operators[].threshold.relative_to",
         "field name",
-        "Compare with `factor` × this field (such as a baseline) instead of a constant.",
+        "Move the limits with this field (such as a baseline): beyond when above `above` + `factor` × it (or below `below` + `factor` × it); without `above`/`below`, above `factor` × it.",
     ),
-    doc("operators[].threshold.factor", "number", "Multiplier of `relative_to`."),
+    doc("operators[].threshold.factor", "number", "Multiplier of `relative_to` (default 1)."),
     doc(
         "operators[].threshold.changes_only",
         "true/false",

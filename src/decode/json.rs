@@ -282,7 +282,9 @@ pub(super) fn decode<'a>(
         time: &mut time,
         problem: &mut problem,
     };
-    de.deserialize_map(visitor).and_then(|()| de.end()).map_err(|e| DecodeError::Json(e.to_string()))?;
+    de.deserialize_map(visitor)
+        .and_then(|()| de.end())
+        .map_err(|e| DecodeError::Json(e.to_string()))?;
     if let Some(p) = problem {
         return Err(p);
     }
@@ -345,15 +347,29 @@ mod tests {
 
     fn decoder(unit: TimeUnit) -> Decoder {
         let mut fields = BTreeMap::new();
-        fields.insert("co2".to_string(), FieldSpec { required: true, ..Default::default() });
+        fields.insert(
+            "co2".to_string(),
+            FieldSpec {
+                required: true,
+                ..Default::default()
+            },
+        );
         fields.insert(
             "pm25".to_string(),
-            FieldSpec { min: Some(0.0), max: Some(1000.0), required: true, ..Default::default() },
+            FieldSpec {
+                min: Some(0.0),
+                max: Some(1000.0),
+                required: true,
+                ..Default::default()
+            },
         );
         let spec = DecodeSpec {
             format: Default::default(),
             device: DeviceIdSpec::default(),
-            time: Some(TimeSpec { field: Some("ts".into()), unit: Some(unit) }),
+            time: Some(TimeSpec {
+                field: Some("ts".into()),
+                unit: Some(unit),
+            }),
             fields,
             dead_letter_max_bytes: 64,
         };
@@ -364,12 +380,22 @@ mod tests {
     fn decodes_any_field_order_escapes_integers_and_exponents() {
         let dec = decoder(TimeUnit::Ms);
         let d = dec
-            .decode(br#"{"co2": 612, "ts": -1, "device": "b\"q", "hum":1,"pm25": 1e2}"#, None, 0)
+            .decode(
+                br#"{"co2": 612, "ts": -1, "device": "b\"q", "hum":1,"pm25": 1e2}"#,
+                None,
+                0,
+            )
             .unwrap();
         assert_eq!(d.device, "b\"q");
         assert_eq!(d.reading.ts, -1);
         assert_eq!(d.reading.values.as_slice(), &[612.0, 100.0]);
-        let d = dec.decode("{\"device\":\"dev\\u00e9\",\"ts\":5,\"pm25\":1,\"co2\":2}".as_bytes(), None, 0).unwrap();
+        let d = dec
+            .decode(
+                "{\"device\":\"dev\\u00e9\",\"ts\":5,\"pm25\":1,\"co2\":2}".as_bytes(),
+                None,
+                0,
+            )
+            .unwrap();
         assert_eq!(d.device, "devé");
     }
 
@@ -377,7 +403,11 @@ mod tests {
     fn floats_are_correctly_rounded() {
         let dec = decoder(TimeUnit::Ms);
         let d = dec
-            .decode(br#"{"device":"a","ts":1,"pm25":25.0000001,"co2":1000.0500000000001}"#, None, 0)
+            .decode(
+                br#"{"device":"a","ts":1,"pm25":25.0000001,"co2":1000.0500000000001}"#,
+                None,
+                0,
+            )
             .unwrap();
         assert_eq!(d.reading.values[1], "25.0000001".parse::<f64>().unwrap());
         assert_eq!(d.reading.values[0], "1000.0500000000001".parse::<f64>().unwrap());
@@ -386,7 +416,10 @@ mod tests {
     #[test]
     fn device_of_stops_at_the_device_and_agrees_with_decode() {
         let dec = decoder(TimeUnit::Ms);
-        assert_eq!(dec.device_of(br#"{"ts":1,"device":"x\ty","pm25":}"#, None).as_deref(), Some("x\ty"));
+        assert_eq!(
+            dec.device_of(br#"{"ts":1,"device":"x\ty","pm25":}"#, None).as_deref(),
+            Some("x\ty")
+        );
         assert_eq!(dec.device_of(br#"{"ts":1}"#, None), None);
         assert_eq!(dec.device_of(b"not json", None), None);
     }
@@ -408,22 +441,46 @@ mod tests {
     #[test]
     fn out_of_range_is_flagged_not_silently_dropped() {
         let dec = decoder(TimeUnit::Ms);
-        let d = dec.decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":1}"#, None, 0).unwrap();
+        let d = dec
+            .decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":1}"#, None, 0)
+            .unwrap();
         assert!(d.reading.values[1].is_nan());
         assert_eq!(d.reading.out_of_range, 0b10);
         let mut strict = decoder(TimeUnit::Ms);
         strict.fields[1].spec.out_of_range = OutOfRange::DeadLetter;
-        assert!(strict.decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":1}"#, None, 0).is_err());
+        assert!(
+            strict
+                .decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":1}"#, None, 0)
+                .is_err()
+        );
     }
 
     #[test]
     fn time_units() {
         let s = decoder(TimeUnit::S);
-        assert_eq!(s.decode(br#"{"device":"a","ts":1.5,"pm25":1,"co2":1}"#, None, 0).unwrap().reading.ts, 1500);
+        assert_eq!(
+            s.decode(br#"{"device":"a","ts":1.5,"pm25":1,"co2":1}"#, None, 0)
+                .unwrap()
+                .reading
+                .ts,
+            1500
+        );
         let rfc = decoder(TimeUnit::Rfc3339);
-        let d = rfc.decode(br#"{"device":"a","ts":"2026-01-01T00:00:00.123Z","pm25":1,"co2":1}"#, None, 0).unwrap();
+        let d = rfc
+            .decode(
+                br#"{"device":"a","ts":"2026-01-01T00:00:00.123Z","pm25":1,"co2":1}"#,
+                None,
+                0,
+            )
+            .unwrap();
         assert_eq!(d.reading.ts, 1767225600123);
         let ns = decoder(TimeUnit::Ns);
-        assert_eq!(ns.decode(br#"{"device":"a","ts":1767225600123456789,"pm25":1,"co2":1}"#, None, 0).unwrap().reading.ts, 1767225600123);
+        assert_eq!(
+            ns.decode(br#"{"device":"a","ts":1767225600123456789,"pm25":1,"co2":1}"#, None, 0)
+                .unwrap()
+                .reading
+                .ts,
+            1767225600123
+        );
     }
 }

@@ -38,9 +38,18 @@ pub enum DecodeError {
     #[error("required field `{0}` is missing")]
     MissingField(String),
     #[error("field `{field}` should be {expected}, found {found}")]
-    WrongType { field: String, expected: &'static str, found: String },
+    WrongType {
+        field: String,
+        expected: &'static str,
+        found: String,
+    },
     #[error("field `{field}` is {value}, outside its range [{min}, {max}]")]
-    OutOfRange { field: String, value: f64, min: f64, max: f64 },
+    OutOfRange {
+        field: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
 }
 
 /// A decoded payload: the device id (borrowed from the payload when possible) and the reading.
@@ -93,7 +102,11 @@ impl Decoder {
                 .fields
                 .iter()
                 .enumerate()
-                .map(|(slot, (name, spec))| FieldDecoder { name: name.clone(), slot, spec: spec.clone() })
+                .map(|(slot, (name, spec))| FieldDecoder {
+                    name: name.clone(),
+                    slot,
+                    spec: spec.clone(),
+                })
                 .collect(),
             slots,
             max_dead_letter_bytes: spec.dead_letter_max_bytes,
@@ -176,7 +189,10 @@ impl Decoder {
 
     /// Converts an integer or float event time in the configured unit to epoch milliseconds.
     pub(crate) fn time_from_number(&self, field: &str, x: f64, integer: Option<i64>) -> Result<i64, DecodeError> {
-        let bad = |reason: &str| DecodeError::BadTime { field: field.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| DecodeError::BadTime {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
         if let Some(i) = integer {
             return match self.time_unit {
                 TimeUnit::S => i.checked_mul(1000).ok_or_else(|| bad("out of range")),
@@ -203,13 +219,19 @@ impl Decoder {
     }
 
     pub(crate) fn time_from_text(&self, field: &str, text: &str) -> Result<i64, DecodeError> {
-        let bad = |reason: String| DecodeError::BadTime { field: field.to_string(), reason };
+        let bad = |reason: String| DecodeError::BadTime {
+            field: field.to_string(),
+            reason,
+        };
         match self.time_unit {
             TimeUnit::Rfc3339 => {
                 let ts: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| bad(format!("`{text}`: {e}")))?;
                 Ok(ts.as_millisecond())
             }
-            _ => Err(bad(format!("expected a number of {}, found the string `{text}`", unit_name(self.time_unit)))),
+            _ => Err(bad(format!(
+                "expected a number of {}, found the string `{text}`",
+                unit_name(self.time_unit)
+            ))),
         }
     }
 }

@@ -85,7 +85,13 @@ pub struct EventStats {
 
 impl EventStats {
     fn new(ts: i64, x: f64) -> Self {
-        EventStats { start_ts: ts, first_value: x, peak: x, sum: x, n: 1 }
+        EventStats {
+            start_ts: ts,
+            first_value: x,
+            peak: x,
+            sum: x,
+            n: 1,
+        }
     }
 }
 
@@ -110,7 +116,10 @@ pub struct HysteresisOp {
 
 impl HysteresisOp {
     pub fn new(config: Arc<HysteresisConfig>) -> Self {
-        HysteresisOp { config, state: HysteresisState::default() }
+        HysteresisOp {
+            config,
+            state: HysteresisState::default(),
+        }
     }
 
     pub fn config(&self) -> &HysteresisConfig {
@@ -160,6 +169,7 @@ impl HysteresisOp {
                         seq: st.seq,
                         start_ts: run.start_ts,
                         value: run.first_value,
+                        peak: run.peak,
                         severity: cfg.severity_of(run.peak),
                     });
                 } else {
@@ -226,7 +236,11 @@ mod tests {
     fn run(op: &mut HysteresisOp, readings: &[(i64, f64)]) -> Vec<Emit> {
         let mut out = Vec::new();
         for &(ts, x) in readings {
-            let mut r = Reading { ts, values: smallvec::smallvec![x], out_of_range: 0 };
+            let mut r = Reading {
+                ts,
+                values: smallvec::smallvec![x],
+                out_of_range: 0,
+            };
             op.on_reading(&mut r, 0, &mut out);
         }
         out
@@ -235,11 +249,37 @@ mod tests {
     #[test]
     fn exact_thresholds_open_and_close_and_the_band_never_changes_state() {
         let mut op = detector(Direction::Above, 35.0, 25.0, 0, 0);
-        let out = run(&mut op, &[(0, 34.9), (1, 35.0), (2, 30.0), (3, 60.0), (4, 25.0000001), (5, 25.0), (6, 30.0)]);
+        let out = run(
+            &mut op,
+            &[
+                (0, 34.9),
+                (1, 35.0),
+                (2, 30.0),
+                (3, 60.0),
+                (4, 25.0000001),
+                (5, 25.0),
+                (6, 30.0),
+            ],
+        );
         assert_eq!(out.len(), 2);
-        assert!(matches!(out[0], Emit::EventStart { start_ts: 1, value: 35.0, seq: 1, .. }));
+        assert!(matches!(
+            out[0],
+            Emit::EventStart {
+                start_ts: 1,
+                value: 35.0,
+                seq: 1,
+                ..
+            }
+        ));
         match out[1] {
-            Emit::EventEnd { start_ts, end_ts, peak, mean, severity, .. } => {
+            Emit::EventEnd {
+                start_ts,
+                end_ts,
+                peak,
+                mean,
+                severity,
+                ..
+            } => {
                 assert_eq!((start_ts, end_ts, peak), (1, 5, 60.0));
                 assert_eq!(mean, (35.0 + 30.0 + 60.0 + 25.0000001) / 4.0);
                 assert_eq!(severity, Some(1));
@@ -253,7 +293,15 @@ mod tests {
         let mut op = detector(Direction::Below, 20.0, 30.0, 0, 0);
         let out = run(&mut op, &[(0, 25.0), (1, 19.0), (2, 10.0), (3, 29.0), (4, 31.0)]);
         assert_eq!(out.len(), 2);
-        assert!(matches!(out[1], Emit::EventEnd { start_ts: 1, end_ts: 4, peak: 10.0, .. }));
+        assert!(matches!(
+            out[1],
+            Emit::EventEnd {
+                start_ts: 1,
+                end_ts: 4,
+                peak: 10.0,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -265,11 +313,35 @@ mod tests {
         // a long one does, starting at its first reading
         let out = run(&mut op, &[(30_000, 40.0), (40_000, 45.0), (60_000, 41.0)]);
         assert_eq!(out.len(), 1);
-        assert!(matches!(out[0], Emit::EventStart { start_ts: 30_000, value: 40.0, .. }));
+        assert!(matches!(
+            out[0],
+            Emit::EventStart {
+                start_ts: 30_000,
+                value: 40.0,
+                ..
+            }
+        ));
         // a short dip does not close it, a long one does, ending at its first reading
-        let out = run(&mut op, &[(70_000, 20.0), (80_000, 36.0), (90_000, 20.0), (100_000, 10.0), (110_000, 10.0)]);
+        let out = run(
+            &mut op,
+            &[
+                (70_000, 20.0),
+                (80_000, 36.0),
+                (90_000, 20.0),
+                (100_000, 10.0),
+                (110_000, 10.0),
+            ],
+        );
         assert_eq!(out.len(), 1);
-        assert!(matches!(out[0], Emit::EventEnd { start_ts: 30_000, end_ts: 90_000, peak: 45.0, .. }));
+        assert!(matches!(
+            out[0],
+            Emit::EventEnd {
+                start_ts: 30_000,
+                end_ts: 90_000,
+                peak: 45.0,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -279,6 +351,15 @@ mod tests {
         let mut restored = detector(Direction::Above, 35.0, 25.0, 0, 0);
         restored.restore(op.snapshot());
         let out = run(&mut restored, &[(2, 20.0)]);
-        assert!(matches!(out[0], Emit::EventEnd { start_ts: 0, end_ts: 2, peak: 80.0, seq: 1, .. }));
+        assert!(matches!(
+            out[0],
+            Emit::EventEnd {
+                start_ts: 0,
+                end_ts: 2,
+                peak: 80.0,
+                seq: 1,
+                ..
+            }
+        ));
     }
 }

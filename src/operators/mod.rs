@@ -76,7 +76,11 @@ pub struct Reading {
 
 impl Reading {
     pub fn new(ts: i64, slots: usize) -> Self {
-        Reading { ts, values: SmallVec::from_elem(ABSENT, slots), out_of_range: 0 }
+        Reading {
+            ts,
+            values: SmallVec::from_elem(ABSENT, slots),
+            out_of_range: 0,
+        }
     }
 
     #[inline]
@@ -102,7 +106,11 @@ pub enum HealthEvent {
     /// Data again after being offline.
     Online,
     /// `readings` readings in a row with the same value.
-    Flatline { field: FieldSlot, value: f64, readings: u32 },
+    Flatline {
+        field: FieldSlot,
+        value: f64,
+        readings: u32,
+    },
     /// The field changes again after a flatline.
     FlatlineCleared { field: FieldSlot },
     /// Out-of-range counts per declared field since the start, every `report_every` readings.
@@ -114,9 +122,24 @@ pub enum HealthEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emit {
     /// A window closed (watermark, idle flush or end of input).
-    Window { op: OpIndex, start: i64, end: i64, count: u64, values: SmallVec<[f64; 6]> },
+    Window {
+        op: OpIndex,
+        start: i64,
+        end: i64,
+        count: u64,
+        values: SmallVec<[f64; 6]>,
+    },
     /// A hysteresis event opened.
-    EventStart { op: OpIndex, seq: u64, start_ts: i64, value: f64, severity: Option<u8> },
+    EventStart {
+        op: OpIndex,
+        seq: u64,
+        start_ts: i64,
+        /// The value that began the event (first reading beyond `enter`).
+        value: f64,
+        /// The worst value while the event was being confirmed (`min_duration`).
+        peak: f64,
+        severity: Option<u8>,
+    },
     /// A hysteresis event closed.
     EventEnd {
         op: OpIndex,
@@ -130,11 +153,29 @@ pub enum Emit {
     /// A baseline's current value.
     Baseline { op: OpIndex, ts: i64, value: f64 },
     /// Welford: a reading far from the learned mean.
-    Deviation { op: OpIndex, ts: i64, value: f64, mean: f64, stddev: f64, zscore: f64 },
+    Deviation {
+        op: OpIndex,
+        ts: i64,
+        value: f64,
+        mean: f64,
+        stddev: f64,
+        zscore: f64,
+    },
     /// A smoothed value (`smooth` with `emit: true`).
-    Smoothed { op: OpIndex, ts: i64, value: f64, trend: Option<f64> },
+    Smoothed {
+        op: OpIndex,
+        ts: i64,
+        value: f64,
+        trend: Option<f64>,
+    },
     /// A threshold crossing (`beyond`: now past the threshold).
-    Threshold { op: OpIndex, ts: i64, value: f64, limit: f64, beyond: bool },
+    Threshold {
+        op: OpIndex,
+        ts: i64,
+        value: f64,
+        limit: f64,
+        beyond: bool,
+    },
     /// A device health result.
     Health { op: OpIndex, ts: i64, event: HealthEvent },
     /// A late reading (side output).
@@ -251,7 +292,11 @@ pub enum OperatorState {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RestoreError {
     #[error("operator `{operator}` is a {expected} but the stored state is for a {found}")]
-    KindMismatch { operator: String, expected: &'static str, found: &'static str },
+    KindMismatch {
+        operator: String,
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("device snapshot has format version {found}; this plume reads versions up to {supported}")]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("device snapshot does not decode: {0}")]
@@ -406,9 +451,8 @@ impl DeviceSnapshot {
         let version = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
         match version {
             SNAPSHOT_VERSION => {
-                let (snapshot, used) =
-                    bincode::serde::decode_from_slice(&bytes[4..], bincode::config::standard())
-                        .map_err(|e| RestoreError::Decode(e.to_string()))?;
+                let (snapshot, used) = bincode::serde::decode_from_slice(&bytes[4..], bincode::config::standard())
+                    .map_err(|e| RestoreError::Decode(e.to_string()))?;
                 if used != bytes.len() - 4 {
                     return Err(RestoreError::Decode(format!(
                         "{} trailing bytes after the snapshot",
@@ -417,7 +461,10 @@ impl DeviceSnapshot {
                 }
                 Ok(snapshot)
             }
-            found => Err(RestoreError::UnsupportedVersion { found, supported: SNAPSHOT_VERSION }),
+            found => Err(RestoreError::UnsupportedVersion {
+                found,
+                supported: SNAPSHOT_VERSION,
+            }),
         }
     }
 }
@@ -484,7 +531,10 @@ impl DeviceChain {
                 .operators
                 .iter()
                 .zip(self.names())
-                .map(|(op, name)| NamedState { name: name.to_string(), state: op.snapshot() })
+                .map(|(op, name)| NamedState {
+                    name: name.to_string(),
+                    state: op.snapshot(),
+                })
                 .collect(),
         }
     }
@@ -521,6 +571,9 @@ impl DeviceChain {
                 None => return Err(RestoreError::MissingOperator(config.name().to_string())),
             }
         }
-        Ok(DeviceChain { operators, counters: snapshot.counters })
+        Ok(DeviceChain {
+            operators,
+            counters: snapshot.counters,
+        })
     }
 }

@@ -54,7 +54,10 @@ impl WindowConfig {
         idle_flush_ms: Option<i64>,
         fields: Vec<(FieldSlot, String, Vec<Aggregate>)>,
     ) -> Self {
-        assert!(size_ms > 0 && slide_ms > 0 && slide_ms <= size_ms, "validated before compiling");
+        assert!(
+            size_ms > 0 && slide_ms > 0 && slide_ms <= size_ms,
+            "validated before compiling"
+        );
         let mut value_names = Vec::new();
         let mut compiled = Vec::new();
         let mut needs_moments = false;
@@ -175,7 +178,11 @@ pub struct WindowOp {
 
 impl WindowOp {
     pub fn new(config: Arc<WindowConfig>) -> Self {
-        WindowOp { config, state: WindowState::default(), pending: None }
+        WindowOp {
+            config,
+            state: WindowState::default(),
+            pending: None,
+        }
     }
 
     pub fn config(&self) -> &WindowConfig {
@@ -336,7 +343,11 @@ impl WindowOp {
 }
 
 fn new_window(start: i64, fields: usize) -> OpenWindow {
-    OpenWindow { start, count: 0, fields: SmallVec::from_elem(FieldAccumulator::default(), fields) }
+    OpenWindow {
+        start,
+        count: 0,
+        fields: SmallVec::from_elem(FieldAccumulator::default(), fields),
+    }
 }
 
 #[cfg(test)]
@@ -352,12 +363,19 @@ mod tests {
             60_000,
             lateness,
             None,
-            vec![(0, "pm25".into(), vec![Aggregate::Avg, Aggregate::Max]), (1, "co2".into(), vec![Aggregate::Avg])],
+            vec![
+                (0, "pm25".into(), vec![Aggregate::Avg, Aggregate::Max]),
+                (1, "co2".into(), vec![Aggregate::Avg]),
+            ],
         )))
     }
 
     fn reading(ts: i64, pm25: f64, co2: f64) -> Reading {
-        Reading { ts, values: smallvec::smallvec![pm25, co2], out_of_range: 0 }
+        Reading {
+            ts,
+            values: smallvec::smallvec![pm25, co2],
+            out_of_range: 0,
+        }
     }
 
     fn feed(op: &mut WindowOp, r: Reading, out: &mut Vec<Emit>) -> Flow {
@@ -376,7 +394,13 @@ mod tests {
         feed(&mut op, reading(65_000, 35.0, 500.0), &mut out);
         assert_eq!(out.len(), 1, "watermark 60000 closes [0,60000)");
         match &out[0] {
-            Emit::Window { start, end, count, values, .. } => {
+            Emit::Window {
+                start,
+                end,
+                count,
+                values,
+                ..
+            } => {
                 assert_eq!((*start, *end, *count), (0, 60_000, 1));
                 assert_eq!(values.as_slice(), &[10.0, 10.0, 400.0]);
             }
@@ -391,7 +415,9 @@ mod tests {
         assert!(out.is_empty());
         op.on_end(&mut out);
         match &out[0] {
-            Emit::Window { start, count, values, .. } => {
+            Emit::Window {
+                start, count, values, ..
+            } => {
                 assert_eq!((*start, *count), (60_000, 2));
                 assert_eq!(values[0], 30.0);
                 assert_eq!(values[1], 35.0);
@@ -409,7 +435,14 @@ mod tests {
         feed(&mut op, reading(-60_000, 0.0, 0.1), &mut out);
         op.on_end(&mut out);
         assert_eq!(out.len(), 1);
-        assert!(matches!(out[0], Emit::Window { start: -60_000, count: 2, .. }));
+        assert!(matches!(
+            out[0],
+            Emit::Window {
+                start: -60_000,
+                count: 2,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -431,10 +464,26 @@ mod tests {
 
     #[test]
     fn sliding_windows_hold_a_reading_in_each_overlapping_window() {
-        let cfg = WindowConfig::new(0, "s", 60_000, 20_000, 0, None, vec![(0, "pm25".into(), vec![Aggregate::Sum])]);
+        let cfg = WindowConfig::new(
+            0,
+            "s",
+            60_000,
+            20_000,
+            0,
+            None,
+            vec![(0, "pm25".into(), vec![Aggregate::Sum])],
+        );
         let mut op = WindowOp::new(Arc::new(cfg));
         let mut out = Vec::new();
-        feed(&mut op, Reading { ts: 50_000, values: smallvec::smallvec![1.0], out_of_range: 0 }, &mut out);
+        feed(
+            &mut op,
+            Reading {
+                ts: 50_000,
+                values: smallvec::smallvec![1.0],
+                out_of_range: 0,
+            },
+            &mut out,
+        );
         op.on_end(&mut out);
         let starts: Vec<i64> = out
             .iter()
@@ -448,10 +497,22 @@ mod tests {
 
     #[test]
     fn idle_flush_closes_windows_and_they_stay_closed() {
-        let cfg = WindowConfig::new(0, "w", 60_000, 60_000, 0, Some(30_000), vec![(0, "pm25".into(), vec![Aggregate::Max])]);
+        let cfg = WindowConfig::new(
+            0,
+            "w",
+            60_000,
+            60_000,
+            0,
+            Some(30_000),
+            vec![(0, "pm25".into(), vec![Aggregate::Max])],
+        );
         let mut op = WindowOp::new(Arc::new(cfg));
         let mut out = Vec::new();
-        let mut r = Reading { ts: 10_000, values: smallvec::smallvec![1.0], out_of_range: 0 };
+        let mut r = Reading {
+            ts: 10_000,
+            values: smallvec::smallvec![1.0],
+            out_of_range: 0,
+        };
         op.on_reading(&mut r, 1_000, &mut out);
         op.after_reading(1_000, &mut out);
         op.on_time(20_000, &mut out);
@@ -459,7 +520,11 @@ mod tests {
         op.on_time(31_000, &mut out);
         assert_eq!(out.len(), 1);
         out.clear();
-        let mut r = Reading { ts: 20_000, values: smallvec::smallvec![2.0], out_of_range: 0 };
+        let mut r = Reading {
+            ts: 20_000,
+            values: smallvec::smallvec![2.0],
+            out_of_range: 0,
+        };
         assert_eq!(op.on_reading(&mut r, 32_000, &mut out), Flow::Late);
     }
 }

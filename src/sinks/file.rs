@@ -17,20 +17,40 @@ impl FileSink {
     /// Opens `path` for appending, first cutting it to `keep_bytes` (what the last checkpoint
     /// covered) or to nothing for a fresh run.
     pub fn open(path: &Path, keep_bytes: u64) -> Result<Self, SinkError> {
-        let err = |operation, source| SinkError::Io { sink: format!("file:{}", path.display()), operation, source };
+        let err = |operation, source| SinkError::Io {
+            sink: format!("file:{}", path.display()),
+            operation,
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| err("creating its directory", e))?;
         }
-        let file = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(|e| err("opening", e))?;
-        file.set_len(keep_bytes).map_err(|e| err("truncating to the checkpointed length", e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| err("opening", e))?;
+        file.set_len(keep_bytes)
+            .map_err(|e| err("truncating to the checkpointed length", e))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
         use std::io::Seek;
-        writer.seek(std::io::SeekFrom::Start(keep_bytes)).map_err(|e| err("seeking", e))?;
-        Ok(FileSink { path: path.to_path_buf(), writer, position: keep_bytes })
+        writer
+            .seek(std::io::SeekFrom::Start(keep_bytes))
+            .map_err(|e| err("seeking", e))?;
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            writer,
+            position: keep_bytes,
+        })
     }
 
     fn err(&self, operation: &'static str, source: std::io::Error) -> SinkError {
-        SinkError::Io { sink: self.describe(), operation, source }
+        SinkError::Io {
+            sink: self.describe(),
+            operation,
+            source,
+        }
     }
 }
 
@@ -41,7 +61,9 @@ impl Sink for FileSink {
 
     fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
         for r in records {
-            self.writer.write_all(r.json.as_bytes()).map_err(|e| self.err("writing", e))?;
+            self.writer
+                .write_all(r.json.as_bytes())
+                .map_err(|e| self.err("writing", e))?;
             self.writer.write_all(b"\n").map_err(|e| self.err("writing", e))?;
             self.position += r.json.len() as u64 + 1;
         }

@@ -27,7 +27,11 @@ pub mod stdout;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("sink {sink}: {operation}: {source}")]
-    Io { sink: String, operation: &'static str, source: std::io::Error },
+    Io {
+        sink: String,
+        operation: &'static str,
+        source: std::io::Error,
+    },
     #[error("sink {sink} stopped unexpectedly")]
     Gone { sink: String },
 }
@@ -57,7 +61,11 @@ pub trait Sink: Send + 'static {
 }
 
 pub enum SinkCommand {
-    Write { records: Vec<OutputRecord>, _permit: OwnedSemaphorePermit, _ticket: Option<Arc<ChunkTicket>> },
+    Write {
+        records: Vec<OutputRecord>,
+        _permit: OwnedSemaphorePermit,
+        _ticket: Option<Arc<ChunkTicket>>,
+    },
     Flush(oneshot::Sender<Result<u64, SinkError>>),
     Finish(oneshot::Sender<Result<u64, SinkError>>),
 }
@@ -146,7 +154,13 @@ pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, Join
         .expect("spawning a sink thread");
     let capacity = capacity.max(1);
     (
-        SinkHandle { name, tx, capacity: Arc::new(Semaphore::new(capacity)), capacity_total: capacity, stats },
+        SinkHandle {
+            name,
+            tx,
+            capacity: Arc::new(Semaphore::new(capacity)),
+            capacity_total: capacity,
+            stats,
+        },
         thread,
     )
 }

@@ -54,11 +54,17 @@ pub struct RouteTable {
 impl RouteTable {
     /// `sink_of_route[i][j]` is the sink index of `routes[i].to[j]`.
     pub fn compile(pipeline: &CompiledPipeline, routes: &[OutputRoute], sink_of_route: &[Vec<usize>]) -> Self {
-        let mut table = RouteTable { by_operator: vec![Vec::new(); pipeline.operators.len()], ..Default::default() };
+        let mut table = RouteTable {
+            by_operator: vec![Vec::new(); pipeline.operators.len()],
+            ..Default::default()
+        };
         for (route, sinks) in routes.iter().zip(sink_of_route) {
             let kinds: Vec<&'static str> = route.events.iter().filter_map(|e| record_kind(e)).collect();
             for &sink in sinks {
-                let target = Target { sink, kinds: kinds.clone() };
+                let target = Target {
+                    sink,
+                    kinds: kinds.clone(),
+                };
                 for name in route.when.to_vec() {
                     match name.as_str() {
                         "all" => {
@@ -85,7 +91,10 @@ impl RouteTable {
 
     /// Every record to one sink (`--output FILE`).
     pub fn everything_to(pipeline: &CompiledPipeline, sink: usize) -> Self {
-        let t = Target { sink, kinds: Vec::new() };
+        let t = Target {
+            sink,
+            kinds: Vec::new(),
+        };
         RouteTable {
             by_operator: vec![vec![t.clone()]; pipeline.operators.len()],
             late: Vec::new(),

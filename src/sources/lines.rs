@@ -40,12 +40,17 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<(), SourceError> {
     let name = feeder.name.to_string();
-    let io_err = |operation, error| SourceError::Io { source_name: name.clone(), operation, error };
+    let io_err = |operation, error| SourceError::Io {
+        source_name: name.clone(),
+        operation,
+        error,
+    };
     let mut reader: Box<dyn Read> = match &source.input {
         LineInput::File(path) => {
             let mut f = File::open(path).map_err(|e| io_err("opening", e))?;
             if source.start_offset > 0 {
-                f.seek(SeekFrom::Start(source.start_offset)).map_err(|e| io_err("seeking", e))?;
+                f.seek(SeekFrom::Start(source.start_offset))
+                    .map_err(|e| io_err("seeking", e))?;
             }
             Box::new(f)
         }
@@ -106,7 +111,15 @@ pub fn run(
                 let first_line = line;
                 line += lines;
                 let permit = feeder.wait_for_room();
-                feeder.send(ChunkData::Lines { bytes: slice, first_line, start_offset: start }, offset, permit);
+                feeder.send(
+                    ChunkData::Lines {
+                        bytes: slice,
+                        first_line,
+                        start_offset: start,
+                    },
+                    offset,
+                    permit,
+                );
             });
             continue;
         }
@@ -114,7 +127,15 @@ pub fn run(
         offset += buf.len() as u64;
         let first_line = line;
         line += memchr::memchr_iter(b'\n', &buf).count() as u64;
-        feeder.send(ChunkData::Lines { bytes: buf, first_line, start_offset: start }, offset, permit);
+        feeder.send(
+            ChunkData::Lines {
+                bytes: buf,
+                first_line,
+                start_offset: start,
+            },
+            offset,
+            permit,
+        );
     }
     feeder.end();
     Ok(())
@@ -129,7 +150,11 @@ struct Pacer {
 
 impl Pacer {
     fn new(speed: f64) -> Self {
-        Pacer { speed: if speed > 0.0 { speed } else { 1.0 }, started: Instant::now(), first_ts: None }
+        Pacer {
+            speed: if speed > 0.0 { speed } else { 1.0 },
+            started: Instant::now(),
+            first_ts: None,
+        }
     }
 
     /// Cuts `buf` into slices of about 50 ms of (scaled) event time, sleeping before each.

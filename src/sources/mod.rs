@@ -24,7 +24,11 @@ pub mod simulator;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source {source_name}: {operation}: {error}")]
-    Io { source_name: String, operation: &'static str, error: std::io::Error },
+    Io {
+        source_name: String,
+        operation: &'static str,
+        error: std::io::Error,
+    },
 }
 
 /// Numbers chunks, hands out tickets and broadcasts to every router.
@@ -45,7 +49,14 @@ impl ChunkFeeder {
         permits: Arc<Semaphore>,
         metrics: Arc<RuntimeMetrics>,
     ) -> Self {
-        ChunkFeeder { source, name: name.into(), routers, permits, metrics, seq: 0 }
+        ChunkFeeder {
+            source,
+            name: name.into(),
+            routers,
+            permits,
+            metrics,
+            seq: 0,
+        }
     }
 
     /// Waits (blocking the calling thread) until another chunk may be in flight.
@@ -55,7 +66,11 @@ impl ChunkFeeder {
 
     /// Waits (async) until another chunk may be in flight.
     pub async fn room(&self) -> OwnedSemaphorePermit {
-        self.permits.clone().acquire_owned().await.expect("the semaphore is never closed")
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Sends a chunk to every router.
@@ -67,7 +82,10 @@ impl ChunkFeeder {
             seq: self.seq,
             source_name: self.name.clone(),
             data,
-            end: SourcePosition { source: self.source, offset: end_offset },
+            end: SourcePosition {
+                source: self.source,
+                offset: end_offset,
+            },
             read_at_ms: clock::now_ms(),
             ticket,
         });

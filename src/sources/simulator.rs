@@ -69,7 +69,13 @@ impl Simulator {
                 silent_until: i64::MIN,
             })
             .collect();
-        Simulator { spec, rng, devices, interval_ms, start_ms }
+        Simulator {
+            spec,
+            rng,
+            devices,
+            interval_ms,
+            start_ms,
+        }
     }
 
     /// Every reading with event time before `until`, as JSON lines, in time order per device.
@@ -181,7 +187,15 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicB
                 offset += bytes.len() as u64;
                 let first_line = line;
                 line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-                feeder.send(ChunkData::Lines { bytes, first_line, start_offset: start }, offset, permit);
+                feeder.send(
+                    ChunkData::Lines {
+                        bytes,
+                        first_line,
+                        start_offset: start,
+                    },
+                    offset,
+                    permit,
+                );
             }
         }
         if end_ms.is_some_and(|end| simulated_until >= end) {

@@ -25,7 +25,14 @@ pub fn aq1_input(dir: &Path, devices: u32, events: u64, seed: u64) -> PathBuf {
     if !path.exists() {
         let status = Command::new("python3")
             .arg(workloads().join("gen_aq1.py"))
-            .args(["--devices", &devices.to_string(), "--events", &events.to_string(), "--seed", &seed.to_string()])
+            .args([
+                "--devices",
+                &devices.to_string(),
+                "--events",
+                &events.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
             .arg("--out")
             .arg(&path)
             .status()
@@ -37,8 +44,15 @@ pub fn aq1_input(dir: &Path, devices: u32, events: u64, seed: u64) -> PathBuf {
 
 /// `scripts/aq1-summary OUT` -> the summary line.
 pub fn aq1_summary(output: &Path) -> String {
-    let out = Command::new(repo().join("scripts/aq1-summary")).arg(output).output().expect("aq1-summary runs");
-    assert!(out.status.success(), "aq1-summary failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(repo().join("scripts/aq1-summary"))
+        .arg(output)
+        .output()
+        .expect("aq1-summary runs");
+    assert!(
+        out.status.success(),
+        "aq1-summary failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -91,9 +105,15 @@ pub fn assert_same_output(a: &Path, b: &Path) {
     let (x, y) = (lines_by_device(a), lines_by_device(b));
     assert_eq!(x.len(), y.len(), "different device sets");
     for (device, lines) in &x {
-        let other = y.get(device).unwrap_or_else(|| panic!("device {device} missing from {}", b.display()));
+        let other = y
+            .get(device)
+            .unwrap_or_else(|| panic!("device {device} missing from {}", b.display()));
         if lines != other {
-            let first = lines.iter().zip(other).position(|(p, q)| p != q).unwrap_or(lines.len().min(other.len()));
+            let first = lines
+                .iter()
+                .zip(other)
+                .position(|(p, q)| p != q)
+                .unwrap_or(lines.len().min(other.len()));
             panic!(
                 "device {device:?} differs at its record {first}:\n  {}: {:?}\n  {}: {:?}\n({} vs {} records)",
                 a.display(),
