@@ -377,11 +377,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
             // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line
             // every ten seconds.
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let every = if terminal {
-                every
-            } else {
-                every.max(Duration::from_secs(10))
-            };
+            let every = if terminal { every } else { every.max(Duration::from_secs(10)) };
             actix_rt::spawn(async move {
                 let mut last = (Instant::now(), 0u64);
                 loop {
