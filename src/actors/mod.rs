@@ -33,6 +33,48 @@ pub mod output_hub;
 pub mod router;
 pub mod shard;
 
+/// [`futures::future::join_all`] outside tokio's cooperative budget. Each reply of a request to
+/// an actor is a tokio oneshot, which spends budget when polled: once the budget (128 polls) is
+/// spent, every other reply is deferred, and `join_all` polls all of them again on each wake, so
+/// waiting for the replies of N device actors (passivation, end of input) took O(N²) polls:
+/// minutes for 100,000 devices. Unconstrained, it is linear.
+pub fn join_all<I>(futures: I) -> tokio::task::Unconstrained<futures::future::JoinAll<I::Item>>
+where
+    I: IntoIterator,
+    I::Item: std::future::Future,
+{
+    tokio::task::unconstrained(futures::future::join_all(futures))
+}
+
+/// Replies in flight at once in [`ask_in_batches`].
+pub const REQUEST_BATCH: usize = 1024;
+
+/// Sends `make()` to every actor of `targets`, [`REQUEST_BATCH`] at a time, and returns the replies
+/// in the order of `targets`. A request waiting for its reply costs hundreds of bytes, so asking
+/// every device of a shard at once (passivating a million devices) would need as much memory as
+/// the devices themselves; each batch's addresses are dropped as soon as it has answered.
+pub async fn ask_in_batches<K, A, M>(
+    targets: Vec<(K, Addr<A>)>,
+    make: impl Fn() -> M,
+) -> Vec<(K, Result<M::Result, actix::MailboxError>)>
+where
+    A: actix::Actor + actix::Handler<M>,
+    A::Context: actix::dev::ToEnvelope<A, M>,
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+{
+    let mut replies = Vec::with_capacity(targets.len());
+    let mut rest = targets.into_iter();
+    loop {
+        let batch: Vec<(K, Addr<A>)> = rest.by_ref().take(REQUEST_BATCH).collect();
+        if batch.is_empty() {
+            return replies;
+        }
+        let answers = join_all(batch.iter().map(|(_, addr)| addr.send(make()))).await;
+        replies.extend(batch.into_iter().map(|(key, _)| key).zip(answers));
+    }
+}
+
 /// The key group of a device: a stable hash of its id, modulo the fixed number of key groups.
 /// (xxh3 is a specified algorithm: the mapping does not change between versions or machines.)
 pub fn key_group_of(device: &str, key_groups: u32) -> u32 {

@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::future::join_all;
 use rustc_hash::FxHashMap;
 use tracing::{debug, info_span};
 
 use super::device::{self, DeviceActor};
 use super::{ChunkProgress, RuntimeMetrics, ShardOutput};
+use super::{ask_in_batches, join_all};
 use crate::clock;
 use crate::operators::{DeviceChain, DeviceSnapshot, Emit, Reading};
 use crate::output::RecordFormatter;
@@ -186,15 +186,15 @@ impl ShardSupervisor {
             return 0;
         }
         let n = idle.len();
-        let requests: Vec<_> = idle
+        let targets: Vec<_> = idle
             .into_iter()
             .map(|device| {
                 let entry = self.active.remove(&device).expect("listed above");
-                let reply = entry.addr.send(device::Passivate);
-                async move { (device, reply.await) }
+                (device, entry.addr)
             })
             .collect();
-        let fut = join_all(requests).into_actor(self).map(|replies, act, _ctx| {
+        let requests = ask_in_batches(targets, || device::Passivate);
+        let fut = requests.into_actor(self).map(|replies, act, _ctx| {
             for (device, reply) in replies {
                 let bytes = reply.expect("a device actor answers before it stops");
                 act.passive.insert(device, bytes);
