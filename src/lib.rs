@@ -12,6 +12,7 @@
 //! - [`engine`]: assembling the runtime for a pipeline and running it (`plume run`).
 //! - [`sources`]: files, stdin, the simulator (each on its own thread, broadcasting chunks).
 //! - [`sinks`]: stdout and JSON-lines files behind bounded queues; output routes.
+//! - [`store`]: the RocksDB state store, retained checkpoints, export and import.
 //! - [`clock`]: processing time.
 
 pub mod actors;
@@ -25,3 +26,4 @@ pub mod pipeline;
 pub mod plain;
 pub mod sinks;
 pub mod sources;
+pub mod store;

@@ -36,22 +36,24 @@ pub struct Tick {
     pub now: i64,
 }
 
-/// Passivation: reply with the encoded state; the supervisor then drops the address and the
-/// actor stops once its mailbox is empty.
+/// Passivation: answer with the encoded state and whether it changed since the last
+/// checkpoint; the supervisor has dropped the address and the actor stops once its mailbox is
+/// empty.
 #[derive(Message)]
-#[rtype(result = "Vec<u8>")]
-pub struct Passivate;
+#[rtype(result = "()")]
+pub struct Passivate(pub super::Answer<(Arc<str>, Vec<u8>, bool)>);
 
-/// Checkpoint: the encoded state if it changed since the last one.
+/// Checkpoint: the encoded state, if it changed since the last one, into the collector.
 #[derive(Message)]
-#[rtype(result = "Option<Vec<u8>>")]
-pub struct SnapshotIfDirty;
+#[rtype(result = "()")]
+pub struct SnapshotIfDirty(pub super::Answer<(Arc<str>, Vec<u8>)>);
 
 /// End of input / graceful shutdown: flush (if the pipeline says so) and report the counters.
 #[derive(Message)]
-#[rtype(result = "DeviceCounters")]
+#[rtype(result = "()")]
 pub struct FlushAtEnd {
     pub flush: bool,
+    pub answer: super::Answer<DeviceCounters>,
 }
 
 /// For tests and the admin view.
@@ -263,37 +265,36 @@ impl Handler<Tick> for DeviceActor {
 }
 
 impl Handler<Passivate> for DeviceActor {
-    type Result = MessageResult<Passivate>;
+    type Result = ();
 
-    fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Passivate(answer): Passivate, _ctx: &mut Context<Self>) {
         let _span = info_span!("device_passivate", device = %self.device, shard = self.local.shard).entered();
-        MessageResult(self.chain.snapshot().encode())
+        answer.give((self.device.clone(), self.chain.snapshot().encode(), self.dirty));
     }
 }
 
 impl Handler<SnapshotIfDirty> for DeviceActor {
-    type Result = MessageResult<SnapshotIfDirty>;
+    type Result = ();
 
-    fn handle(&mut self, _: SnapshotIfDirty, _ctx: &mut Context<Self>) -> Self::Result {
-        if !self.dirty {
-            return MessageResult(None);
+    fn handle(&mut self, SnapshotIfDirty(answer): SnapshotIfDirty, _ctx: &mut Context<Self>) {
+        if self.dirty {
+            self.dirty = false;
+            answer.give((self.device.clone(), self.chain.snapshot().encode()));
         }
-        self.dirty = false;
-        MessageResult(Some(self.chain.snapshot().encode()))
     }
 }
 
 impl Handler<FlushAtEnd> for DeviceActor {
-    type Result = MessageResult<FlushAtEnd>;
+    type Result = ();
 
-    fn handle(&mut self, msg: FlushAtEnd, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: FlushAtEnd, _ctx: &mut Context<Self>) {
         if msg.flush {
             let mut emits = Vec::new();
             self.chain.on_end(&mut emits);
             self.dirty = true;
             self.publish(&mut emits);
         }
-        MessageResult(self.chain.counters())
+        msg.answer.give(self.chain.counters());
     }
 }
 

@@ -27,53 +27,12 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::output::OutputRecord;
 
+pub mod checkpointer;
 pub mod coordinator;
 pub mod device;
 pub mod output_hub;
 pub mod router;
 pub mod shard;
-
-/// [`futures::future::join_all`] outside tokio's cooperative budget. Each reply of a request to
-/// an actor is a tokio oneshot, which spends budget when polled: once the budget (128 polls) is
-/// spent, every other reply is deferred, and `join_all` polls all of them again on each wake, so
-/// waiting for the replies of N device actors (passivation, end of input) took O(N²) polls:
-/// minutes for 100,000 devices. Unconstrained, it is linear.
-pub fn join_all<I>(futures: I) -> tokio::task::Unconstrained<futures::future::JoinAll<I::Item>>
-where
-    I: IntoIterator,
-    I::Item: std::future::Future,
-{
-    tokio::task::unconstrained(futures::future::join_all(futures))
-}
-
-/// Replies in flight at once in [`ask_in_batches`].
-pub const REQUEST_BATCH: usize = 1024;
-
-/// Sends `make()` to every actor of `targets`, [`REQUEST_BATCH`] at a time, and returns the replies
-/// in the order of `targets`. A request waiting for its reply costs hundreds of bytes, so asking
-/// every device of a shard at once (passivating a million devices) would need as much memory as
-/// the devices themselves; each batch's addresses are dropped as soon as it has answered.
-pub async fn ask_in_batches<K, A, M>(
-    targets: Vec<(K, Addr<A>)>,
-    make: impl Fn() -> M,
-) -> Vec<(K, Result<M::Result, actix::MailboxError>)>
-where
-    A: actix::Actor + actix::Handler<M>,
-    A::Context: actix::dev::ToEnvelope<A, M>,
-    M: actix::Message + Send + 'static,
-    M::Result: Send,
-{
-    let mut replies = Vec::with_capacity(targets.len());
-    let mut rest = targets.into_iter();
-    loop {
-        let batch: Vec<(K, Addr<A>)> = rest.by_ref().take(REQUEST_BATCH).collect();
-        if batch.is_empty() {
-            return replies;
-        }
-        let answers = join_all(batch.iter().map(|(_, addr)| addr.send(make()))).await;
-        replies.extend(batch.into_iter().map(|(key, _)| key).zip(answers));
-    }
-}
 
 /// The key group of a device: a stable hash of its id, modulo the fixed number of key groups.
 /// (xxh3 is a specified algorithm: the mapping does not change between versions or machines.)
@@ -93,6 +52,8 @@ pub struct SourcePosition {
     pub source: usize,
     /// Source-specific position after this chunk (the file source: byte offset).
     pub offset: u64,
+    /// The file source: the 1-based number of the next line.
+    pub line: u64,
 }
 
 /// The payloads of one chunk.
@@ -162,14 +123,20 @@ impl Drop for ChunkTicket {
 pub struct ShardOutput {
     records: Mutex<Vec<OutputRecord>>,
     hub: Addr<output_hub::OutputHub>,
+    shard: usize,
 }
 
 impl ShardOutput {
-    pub fn new(hub: Addr<output_hub::OutputHub>) -> Arc<Self> {
+    pub fn new(hub: Addr<output_hub::OutputHub>, shard: usize) -> Arc<Self> {
         Arc::new(ShardOutput {
             records: Mutex::new(Vec::new()),
             hub,
+            shard,
         })
+    }
+
+    pub fn hub(&self) -> &Addr<output_hub::OutputHub> {
+        &self.hub
     }
 
     pub fn push(&self, record: OutputRecord) {
@@ -184,7 +151,11 @@ impl ShardOutput {
     pub fn flush(&self, ticket: Option<Arc<ChunkTicket>>) {
         let records = std::mem::take(&mut *self.records.lock().expect("shard output lock"));
         if !records.is_empty() {
-            self.hub.do_send(output_hub::RouteRecords { records, ticket });
+            self.hub.do_send(output_hub::RouteRecords {
+                records,
+                ticket,
+                shard: Some(self.shard),
+            });
         }
     }
 }
@@ -199,6 +170,75 @@ pub struct ChunkProgress {
 impl Drop for ChunkProgress {
     fn drop(&mut self) {
         self.output.flush(Some(self.ticket.clone()));
+    }
+}
+
+/// Gathers one answer from each of many device actors without one future per actor (joining
+/// tens of thousands of reply futures costs far more than the answers themselves). Each
+/// [`Answer`] is sent inside a message; whether the actor answers or the message is dropped
+/// unanswered (the actor is gone), it counts once; the receiver resolves after the last one.
+pub struct Collector<T> {
+    answers: Mutex<Vec<T>>,
+    remaining: std::sync::atomic::AtomicUsize,
+    done: Mutex<Option<tokio::sync::oneshot::Sender<Vec<T>>>>,
+}
+
+/// One expected answer of a [`Collector`].
+pub struct Answer<T: Send + 'static> {
+    collector: Option<Arc<Collector<T>>>,
+}
+
+impl<T: Send + 'static> Collector<T> {
+    /// A collector expecting `n` answers, and the receiver of all of them.
+    pub fn new(n: usize) -> (Vec<Answer<T>>, tokio::sync::oneshot::Receiver<Vec<T>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let c = Arc::new(Collector {
+            answers: Mutex::new(Vec::with_capacity(n)),
+            remaining: std::sync::atomic::AtomicUsize::new(n),
+            done: Mutex::new(Some(tx)),
+        });
+        if n == 0 {
+            let _ = c
+                .done
+                .lock()
+                .expect("collector lock")
+                .take()
+                .map(|tx| tx.send(Vec::new()));
+        }
+        let answers = (0..n)
+            .map(|_| Answer {
+                collector: Some(c.clone()),
+            })
+            .collect();
+        (answers, rx)
+    }
+
+    fn arrive(&self, answer: Option<T>) {
+        if let Some(a) = answer {
+            self.answers.lock().expect("collector lock").push(a);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let all = std::mem::take(&mut *self.answers.lock().expect("collector lock"));
+            if let Some(tx) = self.done.lock().expect("collector lock").take() {
+                let _ = tx.send(all);
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Answer<T> {
+    pub fn give(mut self, answer: T) {
+        if let Some(c) = self.collector.take() {
+            c.arrive(Some(answer));
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Answer<T> {
+    fn drop(&mut self) {
+        if let Some(c) = self.collector.take() {
+            c.arrive(None);
+        }
     }
 }
 
@@ -217,6 +257,12 @@ pub struct RuntimeMetrics {
     pub restarts: AtomicU64,
     pub chunks_in_flight: AtomicI64,
     pub records_waiting: AtomicI64,
+    pub checkpoints: AtomicU64,
+    /// Longest time a shard stopped processing for a checkpoint (µs).
+    pub checkpoint_pause_max_us: AtomicU64,
+    pub devices_loaded: AtomicU64,
+    pub devices_evicted: AtomicU64,
+    pub store_errors: AtomicU64,
 }
 
 impl RuntimeMetrics {

@@ -127,6 +127,7 @@ pub fn run(
                         start_offset: start,
                     },
                     offset,
+                    line,
                     permit,
                 );
             });
@@ -143,6 +144,7 @@ pub fn run(
                 start_offset: start,
             },
             offset,
+            line,
             permit,
         );
     }
