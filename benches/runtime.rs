@@ -14,9 +14,10 @@
 //! 1. **Throughput**: aq1 with 10,000 devices and 5,000,000 readings from a file, written to an
 //!    output file. Each repetition runs, in turn, `plume run --engine plain` (parse + operator
 //!    chain + format on one thread: the single-core ceiling) and the actor runtime with 2 and
-//!    with 1 shard (`plume run pipelines/aq1.yaml --input FILE --output OUT --shards N`); the
-//!    order rotates between repetitions so that a burst of load elsewhere does not always hit
-//!    the same engine. Reports median readings/s (wall time of the whole process), the ratio
+//!    with 1 shard (`plume run pipelines/aq1.yaml --input FILE --output OUT --shards N`, each run
+//!    with a fresh `--data-dir`, so it ends with its RocksDB checkpoint as `plume run` does), and
+//!    with 2 shards and `--no-checkpoints` (in memory, like the plain loop); the order rotates
+//!    between repetitions so that a burst of load elsewhere does not always hit the same engine. Reports median readings/s (wall time of the whole process), the ratio
 //!    actors / plain, CPU seconds and peak RSS; checks that every run wrote the same summary.
 //! 2. **Idle devices**: 200,000 devices send two readings each through stdin and then stay
 //!    idle but active (`passivate_after: 1h`); once the process has stopped using CPU, its RSS
@@ -121,11 +122,23 @@ fn wait_measured(child: std::process::Child, started: Instant, stderr_path: &Pat
     }
 }
 
+/// A fresh state directory for an actor run (`plume run` resumes from an existing one).
+fn fresh_state_dir() -> PathBuf {
+    let dir = data_dir().join("state");
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Starts `plume ARGS`; an actor run (`run` without `--engine plain` or `--no-checkpoints`) gets a
+/// fresh `--data-dir`, so every run starts from nothing, as the plain loop does.
 fn plume(args: &[&str], stdin: Stdio, stderr_path: &Path) -> (std::process::Child, Instant) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plume"));
+    command.current_dir(repo()).args(args);
+    if args[0] == "run" && !args.contains(&"plain") && !args.contains(&"--no-checkpoints") {
+        command.arg("--data-dir").arg(fresh_state_dir());
+    }
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_plume"))
-        .current_dir(repo())
-        .args(args)
+    let child = command
         .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(File::create(stderr_path).expect("stderr file"))
@@ -140,10 +153,16 @@ fn run_file(args: &[&str]) -> Measured {
     wait_measured(child, started, &stderr_path)
 }
 
-/// The summary record: the last line of an output file.
+/// The summary record: the last line of an output file. (Only its tail is read: a child's
+/// `ru_maxrss` starts from this process's peak RSS at the fork, so this process stays small.)
 fn summary_of(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("reading an output");
-    text.lines().last().unwrap_or("").to_string()
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path).expect("opening an output");
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).expect("seeking");
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).expect("reading an output");
+    String::from_utf8_lossy(&tail).lines().last().unwrap_or("").to_string()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -171,9 +190,13 @@ fn throughput(reps: usize) {
     let input = input.to_str().expect("utf-8 path");
     let out = data_dir().join("out.jsonl");
     let out_s = out.to_str().expect("utf-8 path");
-    let engines: [(&str, Vec<&str>); 3] = [
+    let engines: [(&str, Vec<&str>); 4] = [
         ("plain loop (1 thread)", vec!["--engine", "plain"]),
         ("actors, 2 shards", vec!["--shards", "2"]),
+        (
+            "actors, 2 shards, no state store",
+            vec!["--shards", "2", "--no-checkpoints"],
+        ),
         ("actors, 1 shard", vec!["--shards", "1"]),
     ];
     let mut results: Vec<Vec<Measured>> = engines.iter().map(|_| Vec::new()).collect();
@@ -195,7 +218,7 @@ fn throughput(reps: usize) {
                 Some(first) => assert_eq!(first, &s, "{name} wrote a different summary"),
             }
             eprintln!(
-                "  rep {rep} {name:<22} {:>7.3} s  {:>10.0} readings/s  cpu {:>6.2} s  peak RSS {:>7.1} MiB  (load {})",
+                "  rep {rep} {name:<33} {:>7.3} s  {:>10.0} readings/s  cpu {:>6.2} s  peak RSS {:>7.1} MiB  (load {})",
                 m.wall.as_secs_f64(),
                 THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64(),
                 m.cpu.as_secs_f64(),
@@ -275,11 +298,15 @@ fn idle_rss(pipeline: &Path, input: &Path) -> (u64, Measured) {
     let (mut child, started) = plume(&args, Stdio::piped(), &stderr_path);
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut data = Vec::new();
-    File::open(input)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .expect("reading the input");
-    stdin.write_all(&data).expect("feeding plume");
+    let mut file = File::open(input).expect("opening the input");
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).expect("reading the input");
+        if n == 0 {
+            break;
+        }
+        stdin.write_all(&buf[..n]).expect("feeding plume");
+    }
     stdin.flush().ok();
     let mut last = cpu_ticks(pid);
     let mut still = 0;
@@ -382,6 +409,9 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         env!("CARGO_BIN_EXE_plume")
     );
+    // children's ru_maxrss cannot be below this process's own peak (see `summary_of`)
+    let own = proc_field(std::process::id(), "status", "VmHWM:").unwrap_or(0);
+    println!("(this process's peak RSS: {:.1} MiB)", mib(own));
     if want("throughput") {
         throughput(reps.max(1));
     }
