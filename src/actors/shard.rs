@@ -29,6 +29,9 @@ use crate::store::{StateStore, device_key};
 /// an operator panic). Production runs have none.
 pub type FaultHook = Arc<dyn Fn(&str, &Reading) + Send + Sync>;
 
+/// Devices asked to passivate at once (see `passivate_idle`).
+const PASSIVATION_BATCH: usize = 4096;
+
 /// What every device actor of a shard shares (they all live on the shard's thread).
 pub struct ShardLocal {
     pub shard: usize,
@@ -277,16 +280,30 @@ impl ShardSupervisor {
             return 0;
         }
         let n = idle.len();
-        let (answers, all) = super::Collector::new(idle.len());
-        // the addresses live until every answer is in, so no actor stops before answering
-        let mut keep_alive = Vec::with_capacity(n);
-        for (device, answer) in idle.into_iter().zip(answers) {
-            let entry = self.active.remove(&device).expect("listed above");
-            entry.addr.do_send(device::Passivate(answer));
-            keep_alive.push(entry.addr);
-        }
+        let addrs: Vec<_> = idle
+            .into_iter()
+            .map(|device| self.active.remove(&device).expect("listed above").addr)
+            .collect();
+        // in batches: each batch's actors (and their messages) are freed once it has answered,
+        // so passivating most of a million devices at once does not hold them all until the end
+        let all = async move {
+            let mut replies = Vec::with_capacity(addrs.len());
+            let mut rest = addrs.into_iter();
+            loop {
+                // the addresses live until every answer of the batch is in, so no actor stops
+                // before answering
+                let batch: Vec<_> = rest.by_ref().take(PASSIVATION_BATCH).collect();
+                if batch.is_empty() {
+                    return Ok::<_, oneshot::error::RecvError>(replies);
+                }
+                let (answers, all) = super::Collector::new(batch.len());
+                for (addr, answer) in batch.iter().zip(answers) {
+                    addr.do_send(device::Passivate(answer));
+                }
+                replies.extend(all.await?);
+            }
+        };
         let fut = all.into_actor(self).map(move |replies, act, _ctx| {
-            drop(keep_alive);
             let replies = replies.expect("the collector answers");
             for (device, bytes, dirty) in replies {
                 let clean_as_of = act.barrier_seen;
