@@ -41,6 +41,8 @@ pub enum EngineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("the runtime stopped before the run ended")]
     Aborted,
 }
@@ -67,6 +69,7 @@ impl OutputPlan {
             sinks.push(match spec {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
                 SinkSpec::File(f) => Box::new(FileSink::open(std::path::Path::new(&f.path), 0)?),
+                SinkSpec::Webhook(_) | SinkSpec::Push(_) => Box::new(crate::notify::notifier_for(pipeline, &spec)?),
                 other => {
                     return Err(EngineError::Unsupported(format!(
                         "the {} sink is not built into this plume yet",
@@ -377,7 +380,11 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
             // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line
             // every ten seconds.
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let every = if terminal { every } else { every.max(Duration::from_secs(10)) };
+            let every = if terminal {
+                every
+            } else {
+                every.max(Duration::from_secs(10))
+            };
             actix_rt::spawn(async move {
                 let mut last = (Instant::now(), 0u64);
                 loop {
