@@ -115,6 +115,10 @@ pub trait Transport: Send + Sync + 'static {
     fn deliver<'a>(&'a self, entry: &'a OutboxEntry) -> BoxFuture<'a, Result<(), DeliveryError>>;
     /// The provider reported the token of `entry` as unregistered: stop sending to it.
     fn token_unregistered(&self, _entry: &OutboxEntry) {}
+    /// Whether `entry` should still be sent (false once its token was removed).
+    fn wanted(&self, _entry: &OutboxEntry) -> bool {
+        true
+    }
 }
 
 /// Retry and protection settings of one endpoint.
@@ -374,6 +378,13 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
     let mut attempts = 0u32;
     let mut last_error: Option<DeliveryError> = None;
     loop {
+        if !shared.transport.wanted(&entry) {
+            debug!(endpoint = %endpoint, id = %entry.id, "token no longer subscribed: dropped");
+            if let Err(e) = shared.outbox.acknowledge(&entry.id) {
+                warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
+            }
+            return;
+        }
         let age_left = entry.created_ms + max_age_ms - now_ms();
         if age_left <= 0 {
             let error = last_error.map_or("not delivered within max_age".to_string(), |e| e.to_string());
@@ -390,7 +401,11 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
             Ok(a) => a,
             Err(_) => continue, // max_age passed while the breaker was open
         };
-        let permit = shared.limit.acquire().await.expect("the limit is never closed");
+        let age_left = (entry.created_ms + max_age_ms - now_ms()).max(1) as u64;
+        let Ok(permit) = tokio::time::timeout(Duration::from_millis(age_left), shared.limit.acquire()).await else {
+            continue; // max_age passed while other lanes held every slot
+        };
+        let permit = permit.expect("the limit is never closed");
         attempts += 1;
         shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
         if attempts > 1 {

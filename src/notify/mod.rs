@@ -399,13 +399,7 @@ impl Sink for NotifierSink {
             let (decision, rendered) = self.policy.decide(&value);
             if rendered.time_ms >= self.release_at {
                 // the event-time clock passed the end of the quiet hours
-                if !batch.is_empty() {
-                    let added = self
-                        .outbox
-                        .put(std::mem::take(&mut batch))
-                        .map_err(|e| self.outbox_error(e))?;
-                    self.delivery.submit(added);
-                }
+                self.enqueue(std::mem::take(&mut batch))?;
                 self.release_digest()?;
             }
             let held = match decision {
@@ -444,18 +438,7 @@ impl Sink for NotifierSink {
                 batch.push(entry);
             }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let offered = batch.len();
-        let added = self.outbox.put(batch).map_err(|e| self.outbox_error(e))?;
-        self.stats
-            .duplicates
-            .fetch_add((offered - added.len()) as u64, std::sync::atomic::Ordering::Relaxed);
-        let (held, send): (Vec<_>, Vec<_>) = added.into_iter().partition(|e| e.held);
-        self.held.extend(held);
-        self.delivery.submit(send);
-        Ok(())
+        self.enqueue(batch)
     }
 
     fn flush(&mut self) -> Result<u64, SinkError> {
@@ -486,4 +469,22 @@ pub fn notifier_for(
         drain_timeout: pipeline.spec.shutdown.drain_timeout.as_duration(),
     };
     Ok(NotifierSink::build(spec, parts)?.expect("a webhook or push sink spec"))
+}
+
+impl NotifierSink {
+    /// Puts entries in the outbox; sends those not held (and not already there or acknowledged).
+    fn enqueue(&mut self, batch: Vec<OutboxEntry>) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let offered = batch.len();
+        let added = self.outbox.put(batch).map_err(|e| self.outbox_error(e))?;
+        self.stats
+            .duplicates
+            .fetch_add((offered - added.len()) as u64, std::sync::atomic::Ordering::Relaxed);
+        let (held, send): (Vec<_>, Vec<_>) = added.into_iter().partition(|e| e.held);
+        self.held.extend(held);
+        self.delivery.submit(send);
+        Ok(())
+    }
 }
