@@ -44,6 +44,8 @@ pub enum EngineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("the runtime stopped before the run ended")]
     Aborted,
     #[error(transparent)]
@@ -82,6 +84,7 @@ impl OutputPlan {
             sinks.push(match spec {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
                 SinkSpec::File(f) => Box::new(file_sink(std::path::Path::new(&f.path))?),
+                SinkSpec::Webhook(_) | SinkSpec::Push(_) => Box::new(crate::notify::notifier_for(pipeline, &spec)?),
                 other => {
                     return Err(EngineError::Unsupported(format!(
                         "the {} sink is not built into this plume yet",
