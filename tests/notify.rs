@@ -716,6 +716,9 @@ fn webhook_aq1_against_a_flaky_receiver_delivers_every_event_of_the_file_output(
     let result = common::plume()
         .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
         .arg(&input)
+        // its own state: the pipeline's default directory would resume another run's devices
+        .arg("--data-dir")
+        .arg(dir.path().join("state"))
         .env("PLUME_OUTPUT", &out)
         .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
         .env("PLUME_WEBHOOK_SECRET", SECRET)
