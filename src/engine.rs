@@ -41,6 +41,8 @@ pub enum EngineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
     #[error("the runtime stopped before the run ended")]
     Aborted,
 }
@@ -67,6 +69,13 @@ impl OutputPlan {
             sinks.push(match spec {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
                 SinkSpec::File(f) => Box::new(FileSink::open(std::path::Path::new(&f.path), 0)?),
+                SinkSpec::Mqtt(m) => Box::new(crate::sinks::mqtt::MqttSink::connect(
+                    &m,
+                    &format!("plume-{}-out-{}", pipeline.name, sinks.len()),
+                    (0..pipeline.operators.len())
+                        .map(|i| pipeline.operator_name(i as _).to_string())
+                        .collect(),
+                )?),
                 other => {
                     return Err(EngineError::Unsupported(format!(
                         "the {} sink is not built into this plume yet",
@@ -284,6 +293,7 @@ pub struct RunReport {
 enum SourcePlan {
     Lines(LineSource),
     Simulator(crate::config::SimulatorSourceSpec),
+    Mqtt(crate::sources::mqtt::MqttSource),
 }
 
 fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec<(String, SourcePlan)>, EngineError> {
@@ -315,11 +325,14 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
             }
             SourceSpec::Stdin(_) => ("stdin".to_string(), lines(LineInput::Stdin, None)),
             SourceSpec::Simulator(s) => ("simulator".to_string(), SourcePlan::Simulator(s.clone())),
-            SourceSpec::Mqtt(_) => {
-                return Err(EngineError::Unsupported(
-                    "the mqtt source is not built into this plume yet".into(),
-                ));
-            }
+            SourceSpec::Mqtt(m) => (
+                format!("mqtt:{}", m.topic),
+                SourcePlan::Mqtt(crate::sources::mqtt::MqttSource {
+                    spec: m.clone(),
+                    default_client_id: format!("plume-{}-{}", pipeline.name, plans.len()),
+                    stats: Default::default(),
+                }),
+            ),
             SourceSpec::Kafka(_) => {
                 return Err(EngineError::Unsupported(
                     "the kafka source is not built into this plume yet".into(),
@@ -338,6 +351,7 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
 /// Runs a pipeline to the end of its input (or Ctrl-C). Blocks the calling thread.
 pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunReport, EngineError> {
     let sources = plan_sources(&pipeline, &options)?;
+    let _broker = crate::broker::start_for(&pipeline.spec)?;
     let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref())?;
     let system = System::new();
     let started = Instant::now();
@@ -356,6 +370,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
                     .spawn(move || match source {
                         SourcePlan::Lines(s) => crate::sources::lines::run(s, feeder, decoder, stop),
                         SourcePlan::Simulator(s) => crate::sources::simulator::run(s, feeder, stop),
+                        SourcePlan::Mqtt(s) => crate::sources::mqtt::run(s, feeder, stop),
                     })
                     .expect("spawning a source thread"),
             );
@@ -377,7 +392,11 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
             // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line
             // every ten seconds.
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let every = if terminal { every } else { every.max(Duration::from_secs(10)) };
+            let every = if terminal {
+                every
+            } else {
+                every.max(Duration::from_secs(10))
+            };
             actix_rt::spawn(async move {
                 let mut last = (Instant::now(), 0u64);
                 loop {

@@ -468,7 +468,11 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "field name",
         "Move the limits with this field (such as a baseline): beyond when above `above` + `factor` × it (or below `below` + `factor` × it); without `above`/`below`, above `factor` × it.",
     ),
-    doc("operators[].threshold.factor", "number", "Multiplier of `relative_to` (default 1)."),
+    doc(
+        "operators[].threshold.factor",
+        "number",
+        "Multiplier of `relative_to` (default 1).",
+    ),
     doc(
         "operators[].threshold.changes_only",
         "true/false",

@@ -144,13 +144,24 @@ fn render_line(record: &OutputRecord) -> String {
             num(&v["baseline"])
         ),
         "health" => {
-            let field = v.get("field").and_then(Value::as_str).map(|f| format!(" {f}")).unwrap_or_default();
+            let field = v
+                .get("field")
+                .and_then(Value::as_str)
+                .map(|f| format!(" {f}"))
+                .unwrap_or_default();
             let detail = match s("status").as_str() {
                 "flatline" => format!(" (stuck at {} for {} readings)", num(&v["value"]), i("readings")),
                 "offline" => format!(" (last seen {})", clock(i("last_seen"))),
                 _ => String::new(),
             };
-            format!("{}  {:<12} health: {}{}{}", clock(i("ts")), s("device"), s("status"), field, detail)
+            format!(
+                "{}  {:<12} health: {}{}{}",
+                clock(i("ts")),
+                s("device"),
+                s("status"),
+                field,
+                detail
+            )
         }
         "dead_letter" => format!("dead letter from {} ({}): {}", s("source"), s("position"), s("reason")),
         "summary" => format!(

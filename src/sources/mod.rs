@@ -6,6 +6,7 @@
 //! - [`ChunkFeeder`]: chunk numbering, tickets, broadcast, end of source.
 //! - `lines`: JSON-lines files and standard input (full speed, or paced by event time).
 //! - `simulator`: a fleet of simulated air-quality monitors.
+//! - `mqtt`: an MQTT subscription (rumqttc), with manual acks.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ use crate::actors::{Chunk, ChunkData, ChunkTicket, RuntimeMetrics, SourcePositio
 use crate::clock;
 
 pub mod lines;
+pub mod mqtt;
 pub mod simulator;
 
 /// A source failed.
@@ -29,6 +31,8 @@ pub enum SourceError {
         operation: &'static str,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
 }
 
 /// Numbers chunks, hands out tickets and broadcasts to every router.
