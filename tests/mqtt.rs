@@ -544,3 +544,103 @@ fn the_broker_keeps_what_arrives_while_plume_is_down() {
         "no loss, no double count"
     );
 }
+
+#[test]
+fn mqtt_5_with_a_shared_subscription_equals_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 6_000, 11);
+    let mut broker = Mosquitto::start(dir.path());
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let v5 = dir.path().join("mqtt-aq1-v5.yaml");
+    std::fs::write(
+        &v5,
+        text.replace(
+            "qos: 1\n",
+            "qos: 1\n      version: \"5\"\n      shared_group: plume-nodes\n",
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&v5, &broker.url(), &out);
+    plume.wait_subscribed();
+    assert!(plume.logged("filter=$share/plume-nodes/aq1/+"), "{}", plume.log_text());
+    let messages = aq1_messages(&input);
+    publish_all(broker.port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    broker.stop();
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn the_mqtt_sink_publishes_results_on_the_topic_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 10, 3_000, 13);
+    let port = free_port();
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    // results to a file and, per device and operator, to the embedded broker
+    let with_sink = dir.path().join("mqtt-aq1-sink.yaml");
+    let text = text.replace(
+        "      - file: { path: \"${PLUME_OUTPUT:-out.jsonl}\" }\n",
+        &format!(
+            "      - file: {{ path: \"${{PLUME_OUTPUT:-out.jsonl}}\" }}\n      - mqtt: {{ url: \"mqtt://127.0.0.1:{port}\", topic: \"plume/{{device}}/{{operator}}\", qos: 1 }}\n"
+        ),
+    );
+    std::fs::write(&with_sink, format!("{text}\nembedded_broker: {{ port: {port} }}\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&with_sink, &format!("mqtt://127.0.0.1:{port}"), &out);
+    plume.wait_subscribed();
+    // a subscriber to every result
+    let received: Arc<Mutex<Vec<(String, String)>>> = Default::default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let subscriber = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut o = rumqttc::MqttOptions::new("results-subscriber", "127.0.0.1", port);
+            o.set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut connection) = rumqttc::Client::new(o, 100);
+            client.subscribe("plume/#", rumqttc::QoS::AtLeastOnce).unwrap();
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => ready_tx.send(()).unwrap(),
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => received
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), String::from_utf8(p.payload.to_vec()).unwrap())),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let messages = aq1_messages(&input);
+    publish_all(port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    let records: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // plume exits only after the broker acknowledged every publish; they reach the subscriber soon after
+    wait_for("every result over MQTT", Duration::from_secs(30), || {
+        received.lock().unwrap().len() >= records.len()
+    });
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), records.len());
+    let mut payloads: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
+    let mut want: Vec<&str> = records.iter().map(String::as_str).collect();
+    payloads.sort();
+    want.sort();
+    assert_eq!(payloads, want, "the same records as the file sink");
+    for (topic, payload) in &got {
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let expected = match (v["device"].as_str(), v["operator"].as_str()) {
+            (Some(d), Some(op)) => format!("plume/{d}/{op}"),
+            _ => format!("plume/_/{}", v["type"].as_str().unwrap()),
+        };
+        assert_eq!(topic, &expected);
+    }
+    drop(subscriber);
+}
