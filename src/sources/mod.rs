@@ -7,6 +7,7 @@
 //! - `lines`: JSON-lines files and standard input (full speed, or paced by event time).
 //! - `simulator`: a fleet of simulated air-quality monitors.
 //! - `mqtt`: an MQTT subscription (rumqttc), with manual acks.
+//! - `simulator_mqtt`: `plume demo --mqtt`: the simulator publishing through the embedded broker.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,7 @@ use crate::clock;
 pub mod lines;
 pub mod mqtt;
 pub mod simulator;
+pub mod simulator_mqtt;
 
 /// A source failed.
 #[derive(Debug, thiserror::Error)]
