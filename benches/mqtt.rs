@@ -63,7 +63,10 @@ fn brokers(dir: &Path) -> Vec<Broker> {
 fn throughput(dir: &Path, broker: &Broker, qos: u8, messages: &[(String, Vec<u8>)]) {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mqtt-aq1.yaml"))
         .unwrap()
-        .replace("qos: 1\n", &format!("qos: {qos}\n"));
+        .replace(
+            "qos: 1\n",
+            &format!("qos: {qos}\n      client_id: bench-{}-{qos}\n", broker.name()),
+        );
     let file = dir.join(format!("tp-{}-{qos}.yaml", broker.name()));
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
     let port = broker.port();

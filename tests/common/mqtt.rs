@@ -186,9 +186,10 @@ impl Plume {
             .unwrap_or(0)
     }
 
+    /// Until the subscription is confirmed, or the broker kept it from an earlier session.
     pub fn wait_subscribed(&self) {
         wait_for("plume to subscribe", Duration::from_secs(30), || {
-            self.logged("mqtt subscription confirmed")
+            self.logged("mqtt subscription confirmed") || self.logged("session_present=true")
         });
     }
 
