@@ -17,11 +17,12 @@ use actix::prelude::*;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{info, warn};
 
+use crate::actors::checkpointer::{CheckpointSettings, Checkpointer, SourceIdentity};
 use crate::actors::coordinator::{RunCoordinator, RunOutcome};
-use crate::actors::output_hub::OutputHub;
+use crate::actors::output_hub::{OutputHub, SetCheckpointer};
 use crate::actors::router::Router;
-use crate::actors::shard::{FaultHook, ShardSupervisor};
-use crate::actors::{RuntimeMetrics, ShardOutput};
+use crate::actors::shard::{FaultHook, ShardCheckpointing, ShardSupervisor};
+use crate::actors::{RuntimeMetrics, ShardOutput, SourcePosition};
 use crate::config::{Pace, SinkSpec, SourceSpec};
 use crate::output::{RecordFormatter, RunTotals};
 use crate::pipeline::CompiledPipeline;
@@ -29,8 +30,10 @@ use crate::sinks::file::FileSink;
 use crate::sinks::routes::{RouteTable, distinct_sinks};
 use crate::sinks::stdout::StdoutSink;
 use crate::sinks::{Sink, SinkError, SinkHandle, spawn_sink};
+use crate::sources::BarrierSignal;
 use crate::sources::lines::{LineInput, LineSource};
 use crate::sources::{ChunkFeeder, SourceError};
+use crate::store::{PipelineIdentity, StateStore, StoreError};
 
 /// Why a run could not start or did not end well.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,12 @@ pub enum EngineError {
     Broker(#[from] crate::broker::BrokerError),
     #[error("the runtime stopped before the run ended")]
     Aborted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Resume(String),
+    #[error("the last checkpoint of the run failed: {0}")]
+    Checkpoint(String),
 }
 
 /// Sinks and the routes to them.
@@ -54,10 +63,16 @@ pub struct OutputPlan {
 }
 
 impl OutputPlan {
-    /// The pipeline's own `outputs`, or everything to one file with `--output`.
-    pub fn for_pipeline(pipeline: &CompiledPipeline, output: Option<&PathBuf>) -> Result<Self, EngineError> {
+    /// The pipeline's own `outputs`, or everything to one file with `--output`. File sinks
+    /// are cut back to `keep(name)` bytes (the length the resumed checkpoint recorded).
+    pub fn for_pipeline(
+        pipeline: &CompiledPipeline,
+        output: Option<&PathBuf>,
+        keep: &dyn Fn(&str) -> u64,
+    ) -> Result<Self, EngineError> {
+        let file_sink = |path: &std::path::Path| FileSink::open(path, keep(&FileSink::name_of(path)));
         if let Some(path) = output {
-            let sink = FileSink::open(path, 0)?;
+            let sink = file_sink(path)?;
             return Ok(OutputPlan {
                 sinks: vec![Box::new(sink)],
                 routes: RouteTable::everything_to(pipeline, 0),
@@ -68,7 +83,7 @@ impl OutputPlan {
         for spec in specs {
             sinks.push(match spec {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
-                SinkSpec::File(f) => Box::new(FileSink::open(std::path::Path::new(&f.path), 0)?),
+                SinkSpec::File(f) => Box::new(file_sink(std::path::Path::new(&f.path))?),
                 SinkSpec::Mqtt(m) => Box::new(crate::sinks::mqtt::MqttSink::connect(
                     &m,
                     &format!("plume-{}-out-{}", pipeline.name, sinks.len()),
@@ -89,6 +104,21 @@ impl OutputPlan {
             routes: RouteTable::compile(pipeline, &pipeline.spec.outputs, &of_route),
         })
     }
+}
+
+/// The names of the sinks a run will have, in order (as checkpoints record their lengths).
+pub fn sink_names(pipeline: &CompiledPipeline, output: Option<&PathBuf>) -> Vec<String> {
+    if let Some(path) = output {
+        return vec![FileSink::name_of(path)];
+    }
+    let (specs, _) = distinct_sinks(&pipeline.spec.outputs);
+    specs
+        .iter()
+        .map(|spec| match spec {
+            SinkSpec::File(f) => FileSink::name_of(std::path::Path::new(&f.path)),
+            other => sink_kind(other).to_string(),
+        })
+        .collect()
 }
 
 fn sink_kind(spec: &SinkSpec) -> &'static str {
@@ -133,7 +163,9 @@ pub struct Runtime {
     pub coordinator: Addr<RunCoordinator>,
     pub metrics: Arc<RuntimeMetrics>,
     pub sinks: Vec<SinkHandle>,
+    pub checkpointer: Option<Addr<Checkpointer>>,
     permits: Arc<Semaphore>,
+    barriers: Option<Arc<BarrierSignal>>,
     arbiters: Vec<Arbiter>,
     sink_threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -142,13 +174,17 @@ impl Runtime {
     /// A feeder for source number `source` (there must be exactly `sources` of them, as given
     /// to [`start`], each ending with [`ChunkFeeder::end`]).
     pub fn feeder(&self, source: usize, name: &str) -> ChunkFeeder {
-        ChunkFeeder::new(
+        let feeder = ChunkFeeder::new(
             source,
             name,
             self.routers.clone(),
             self.permits.clone(),
             self.metrics.clone(),
-        )
+        );
+        match &self.barriers {
+            Some(signal) => feeder.with_barriers(signal.clone()),
+            None => feeder,
+        }
     }
 
     /// Stops the arbiters and joins the sink threads (after `done`).
@@ -180,8 +216,50 @@ pub fn start(
     sources: usize,
     options: RuntimeOptions,
 ) -> (Runtime, oneshot::Receiver<RunOutcome>) {
+    start_with_state(pipeline, plan, sources, options, None)
+}
+
+/// What a run with a state store needs besides the pipeline.
+pub struct RunState {
+    pub settings: CheckpointSettings,
+    pub allow_pipeline_change: bool,
+}
+
+/// [`start`], taking part in checkpoints when `state` is given (and resuming from the
+/// checkpoint it names).
+pub fn start_with_state(
+    pipeline: Arc<CompiledPipeline>,
+    plan: OutputPlan,
+    sources: usize,
+    options: RuntimeOptions,
+    state: Option<RunState>,
+) -> (Runtime, oneshot::Receiver<RunOutcome>) {
     let shards = shard_count(&pipeline, &options);
     let metrics = Arc::new(RuntimeMetrics::default());
+    let resumed = state.as_ref().and_then(|s| s.settings.resumed.clone());
+    let last_checkpoint = resumed.as_ref().map_or(0, |r| r.id);
+    if let Some(r) = &resumed {
+        metrics.dead_letters.store(r.dead_letters, Ordering::Relaxed);
+    }
+    let positions: Vec<SourcePosition> = (0..sources)
+        .map(|source| {
+            resumed
+                .as_ref()
+                .and_then(|r| r.sources.iter().find(|p| p.source == source))
+                .map(|p| SourcePosition {
+                    source,
+                    offset: p.offset,
+                    line: p.line,
+                })
+                .unwrap_or(SourcePosition {
+                    source,
+                    offset: 0,
+                    line: 1,
+                })
+        })
+        .collect();
+    let checkpointer_ctx = state.as_ref().map(|_| Context::<Checkpointer>::new());
+    let checkpointer = checkpointer_ctx.as_ref().map(|c| c.address());
     let mut sink_handles = Vec::new();
     let mut sink_threads = Vec::new();
     for sink in plan.sinks {
@@ -204,7 +282,16 @@ pub fn start(
     let mut routers = Vec::new();
     for shard in 0..shards {
         let arbiter = Arbiter::new();
-        let output = ShardOutput::new(hub.clone());
+        let output = ShardOutput::new(hub.clone(), shard);
+        let checkpointing = match (&state, &checkpointer) {
+            (Some(s), Some(c)) => Some(ShardCheckpointing {
+                store: s.settings.store.clone(),
+                checkpointer: c.clone().recipient(),
+                last_checkpoint,
+                allow_pipeline_change: s.allow_pipeline_change,
+            }),
+            _ => None,
+        };
         let supervisor = {
             let (pipeline, output, metrics, hook) = (
                 pipeline.clone(),
@@ -213,15 +300,16 @@ pub fn start(
                 options.fault_hook.clone(),
             );
             ShardSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                ShardSupervisor::new(shard, pipeline, output, metrics, hook)
+                ShardSupervisor::new(shard, pipeline, output, metrics, hook, shards, checkpointing)
             })
         };
         let router = {
-            let (pipeline, supervisor, metrics, coordinator) = (
+            let (pipeline, supervisor, metrics, coordinator, positions) = (
                 pipeline.clone(),
                 supervisor.clone(),
                 metrics.clone(),
                 coordinator.clone(),
+                positions.clone(),
             );
             Router::start_in_arbiter(&arbiter.handle(), move |_| {
                 Router::new(
@@ -233,6 +321,8 @@ pub fn start(
                     metrics,
                     coordinator,
                     sources,
+                    positions,
+                    last_checkpoint,
                 )
             })
         };
@@ -241,13 +331,31 @@ pub fn start(
         arbiters.push(arbiter);
     }
     let (done_tx, done) = oneshot::channel();
-    coordinator_ctx.run(RunCoordinator::new(
+    let mut coordinator_actor = RunCoordinator::new(
         supervisors.clone(),
         hub.clone(),
         RecordFormatter::new(&pipeline),
         metrics.clone(),
         done_tx,
-    ));
+    );
+    let mut barriers = None;
+    if let (Some(ctx), Some(addr), Some(state)) = (checkpointer_ctx, checkpointer.clone(), state) {
+        let signal = Arc::new(BarrierSignal::default());
+        hub.do_send(SetCheckpointer {
+            checkpointer: addr.clone().recipient(),
+            shards,
+        });
+        coordinator_actor = coordinator_actor.with_checkpointer(addr);
+        ctx.run(Checkpointer::new(
+            state.settings,
+            routers.clone(),
+            supervisors.clone(),
+            signal.clone(),
+            metrics.clone(),
+        ));
+        barriers = Some(signal);
+    }
+    coordinator_ctx.run(coordinator_actor);
     info!(pipeline = %pipeline.name, shards, sources, "runtime started");
     let runtime = Runtime {
         shards: supervisors,
@@ -256,6 +364,8 @@ pub fn start(
         coordinator,
         metrics,
         sinks: sink_handles,
+        checkpointer,
+        barriers,
         permits: Arc::new(Semaphore::new(options.chunks_in_flight.max(1))),
         arbiters,
         sink_threads,
@@ -278,6 +388,47 @@ pub struct RunOptions {
     pub runtime: RuntimeOptions,
     /// Print a live progress line to stderr every this often.
     pub progress: Option<Duration>,
+    pub state: StateOptions,
+}
+
+/// Where state lives and how checkpoints are taken (command-line overrides).
+#[derive(Clone, Debug, Default)]
+pub struct StateOptions {
+    /// Overrides `checkpoint.data_dir` (default `checkpoints/<pipeline>`).
+    pub data_dir: Option<PathBuf>,
+    /// No store at all: an in-memory run.
+    pub disabled: bool,
+    /// Overrides `checkpoint.interval`.
+    pub interval: Option<Duration>,
+    /// Resume even though the pipeline's operators or decode settings changed.
+    pub allow_pipeline_change: bool,
+}
+
+/// The data directory a run of `pipeline` uses, if state is kept.
+pub fn data_dir_of(pipeline: &CompiledPipeline, state: &StateOptions) -> Option<PathBuf> {
+    if state.disabled || !pipeline.spec.checkpoint.enabled {
+        return None;
+    }
+    Some(
+        state
+            .data_dir
+            .clone()
+            .or_else(|| pipeline.spec.checkpoint.data_dir.as_ref().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("checkpoints").join(&pipeline.name)),
+    )
+}
+
+/// xxh3 of the first 64 KiB of a file (0 when it cannot be read).
+pub fn file_fingerprint(path: &std::path::Path) -> u64 {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            let _ = f.take(64 << 10).read_to_end(&mut buf);
+            xxhash_rust::xxh3::xxh3_64(&buf)
+        }
+        Err(_) => 0,
+    }
 }
 
 /// What a run did.
@@ -348,15 +499,98 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
     Ok(plans)
 }
 
+/// Opens the store (if any), matches the sources with the checkpoint they resume from (a
+/// file source continues at its stored offset), and returns the state for [`start_with_state`].
+fn prepare_state(
+    pipeline: &CompiledPipeline,
+    options: &RunOptions,
+    sources: &mut [(String, SourcePlan)],
+    sink_names: Vec<String>,
+) -> Result<Option<RunState>, EngineError> {
+    let Some(dir) = data_dir_of(pipeline, &options.state) else {
+        return Ok(None);
+    };
+    let identity = PipelineIdentity::of(&pipeline.spec);
+    let opened = StateStore::open(&dir, &identity, options.state.allow_pipeline_change)?;
+    for note in &opened.notes {
+        warn!(dir = %dir.display(), "{note}");
+    }
+    let mut identities = Vec::new();
+    for (index, (name, plan)) in sources.iter_mut().enumerate() {
+        let fingerprint = match plan {
+            SourcePlan::Lines(LineSource {
+                input: LineInput::File(path),
+                ..
+            }) => file_fingerprint(path),
+            _ => 0,
+        };
+        let stored = opened
+            .resume
+            .as_ref()
+            .and_then(|r| r.sources.iter().find(|p| p.source == index));
+        if let (Some(p), SourcePlan::Lines(source)) = (stored, &mut *plan)
+            && matches!(source.input, LineInput::File(_))
+        {
+            if p.name != *name || p.fingerprint != fingerprint {
+                return Err(EngineError::Resume(format!(
+                    "{} holds the state of a run that read `{}`, and this run reads `{name}`{}: resuming would skip or repeat readings. Use another --data-dir, or remove {} to start over",
+                    dir.display(),
+                    p.name,
+                    if p.name == *name {
+                        " with different contents"
+                    } else {
+                        ""
+                    },
+                    dir.display()
+                )));
+            }
+            source.start_offset = p.offset;
+            source.start_line = p.line.max(1);
+            info!(source = %name, offset = p.offset, line = p.line, "resuming the source");
+        }
+        identities.push(SourceIdentity {
+            name: name.clone(),
+            fingerprint,
+        });
+    }
+    let interval = options.state.interval.or_else(|| {
+        pipeline
+            .spec
+            .checkpoint
+            .interval
+            .map(|d| Duration::from_millis(d.as_millis() as u64))
+    });
+    Ok(Some(RunState {
+        settings: CheckpointSettings {
+            store: opened.store,
+            interval,
+            retain: pipeline.spec.checkpoint.retain,
+            pipeline: identity,
+            sources: identities,
+            sinks: sink_names,
+            resumed: opened.resume,
+        },
+        allow_pipeline_change: options.state.allow_pipeline_change,
+    }))
+}
+
 /// Runs a pipeline to the end of its input (or Ctrl-C). Blocks the calling thread.
 pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunReport, EngineError> {
-    let sources = plan_sources(&pipeline, &options)?;
+    let mut sources = plan_sources(&pipeline, &options)?;
     let _broker = crate::broker::start_for(&pipeline.spec)?;
-    let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref())?;
+    let planned_sinks = sink_names(&pipeline, options.output.as_ref());
+    let state = prepare_state(&pipeline, &options, &mut sources, planned_sinks)?;
+    let resumed_sinks: Vec<(String, u64)> = state
+        .as_ref()
+        .and_then(|s| s.settings.resumed.as_ref())
+        .map(|r| r.sinks.iter().map(|s| (s.name.clone(), s.length)).collect())
+        .unwrap_or_default();
+    let keep = |name: &str| resumed_sinks.iter().find(|(n, _)| n == name).map_or(0, |(_, len)| *len);
+    let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep)?;
     let system = System::new();
     let started = Instant::now();
     let result = system.block_on(async move {
-        let (runtime, done) = start(pipeline.clone(), plan, sources.len(), options.runtime.clone());
+        let (runtime, done) = start_with_state(pipeline.clone(), plan, sources.len(), options.runtime.clone(), state);
         let shards = runtime.shards.len();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -433,6 +667,9 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         runtime.shut_down();
         let outcome = outcome.map_err(|_| EngineError::Aborted)?;
         outcome.sink_positions?;
+        if let Some(Err(e)) = outcome.final_checkpoint {
+            return Err(EngineError::Checkpoint(e));
+        }
         if let Some(e) = source_error {
             return Err(EngineError::Source(e));
         }

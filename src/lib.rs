@@ -13,6 +13,7 @@
 //! - [`sources`]: files, stdin, the simulator (each on its own thread, broadcasting chunks).
 //! - [`sinks`]: stdout and JSON-lines files behind bounded queues; output routes.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
+//! - [`store`]: the RocksDB state store, retained checkpoints, export and import.
 //! - [`clock`]: processing time.
 
 pub mod actors;
@@ -27,3 +28,4 @@ pub mod pipeline;
 pub mod plain;
 pub mod sinks;
 pub mod sources;
+pub mod store;

@@ -14,6 +14,9 @@ use plume::config::{self, DurationSpec, SourceSpec};
 use plume::engine::{self, InputOverride, RunOptions, RuntimeOptions};
 use plume::pipeline::CompiledPipeline;
 
+#[path = "cli_checkpoints.rs"]
+mod plume_cli;
+
 #[derive(Parser)]
 #[command(
     name = "plume",
@@ -54,6 +57,31 @@ enum Command {
         /// Shard threads (default: the pipeline's setting; 0 = one per core).
         #[arg(long)]
         shards: Option<usize>,
+        /// Where state and checkpoints live (default: the pipeline's `checkpoint.data_dir`, or
+        /// checkpoints/<pipeline>). An existing directory is resumed from.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Take a checkpoint this often (overrides the pipeline's `checkpoint.interval`), e.g. 200ms.
+        #[arg(long)]
+        checkpoint_interval: Option<String>,
+        /// Resume even though the pipeline's operators or decode settings changed (the state of
+        /// operators that still exist is kept).
+        #[arg(long)]
+        allow_pipeline_change: bool,
+        /// Keep no state at all (an in-memory run).
+        #[arg(long, conflicts_with = "data_dir")]
+        no_checkpoints: bool,
+    },
+    /// Inspect and manage the checkpoints of a data directory.
+    Checkpoints {
+        /// The data directory (as given to `plume run --data-dir`).
+        #[arg(long, global = true, default_value = ".")]
+        data_dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: plume_cli::CheckpointCommand,
     },
     /// The zero-setup demo: a simulated fleet through pipelines/indoor-air.yaml, live.
     Demo {
@@ -195,8 +223,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             engine,
             shards,
+            data_dir,
+            checkpoint_interval,
+            allow_pipeline_change,
+            no_checkpoints,
         } => {
             let compiled = load(&pipeline)?;
+            let interval = checkpoint_interval
+                .map(|s| DurationSpec::parse(&s).map_err(|e| anyhow::anyhow!("--checkpoint-interval: {e}")))
+                .transpose()?
+                .map(|d| std::time::Duration::from_millis(d.as_millis() as u64));
             match engine {
                 Engine::Plain => run_plain(&compiled, input, output),
                 Engine::Actors => {
@@ -215,6 +251,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             ..Default::default()
                         },
                         progress: None,
+                        state: engine::StateOptions {
+                            data_dir,
+                            disabled: no_checkpoints,
+                            interval,
+                            allow_pipeline_change,
+                        },
                     };
                     let report = engine::run(Arc::new(compiled), options)?;
                     print_report(&report);
@@ -260,14 +302,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 simulator_mqtt::spawn_publisher(sim.clone(), port);
             }
+            // the demo keeps no state: every demo starts afresh
             let options = RunOptions {
                 progress: Some(std::time::Duration::from_millis(500)),
+                state: engine::StateOptions {
+                    disabled: true,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let report = engine::run(Arc::new(compiled), options)?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Checkpoints {
+            data_dir,
+            json,
+            command,
+        } => plume_cli::checkpoints(&data_dir, json, command),
     }
 }
 

@@ -146,7 +146,7 @@ fn passivation_and_reactivation_keep_state_exactly() {
             let mut passivated = 0;
             for (i, part) in lines.chunks(1_000).enumerate() {
                 let permit = feeder.room().await;
-                feeder.send(chunk_of(part, (i * 1000 + 1) as u64), 0, permit);
+                feeder.send(chunk_of(part, (i * 1000 + 1) as u64), 0, 0, permit);
                 settle(&rt.metrics).await;
                 // passivate every device between chunks: each is re-activated from its
                 // encoded state by the next reading
@@ -208,7 +208,7 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
             let mut feeder = rt.feeder(0, "test");
             for (i, part) in lines.chunks(500).enumerate() {
                 let permit = feeder.room().await;
-                feeder.send(chunk_of(part, (i * 500 + 1) as u64), 0, permit);
+                feeder.send(chunk_of(part, (i * 500 + 1) as u64), 0, 0, permit);
             }
             settle(&rt.metrics).await;
             let mut victim_counters = None;
@@ -282,7 +282,7 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
                 std::thread::spawn(move || {
                     for (i, part) in lines.chunks(400).enumerate() {
                         let permit = feeder.wait_for_room();
-                        feeder.send(chunk_of(part, (i * 400 + 1) as u64), 0, permit);
+                        feeder.send(chunk_of(part, (i * 400 + 1) as u64), 0, 0, permit);
                     }
                     feeder.end();
                     finished.store(true, Ordering::Relaxed);

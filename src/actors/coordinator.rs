@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::RuntimeMetrics;
+use super::checkpointer::{CheckpointNow, Checkpointer};
 use super::output_hub::{FinishOutputs, OutputHub};
 use super::shard::{FinishShard, ShardSupervisor, ShardTotals};
 use crate::output::{RecordFormatter, RunTotals};
@@ -28,6 +29,8 @@ pub struct RouterDrained {
 pub struct RunOutcome {
     pub totals: RunTotals,
     pub sink_positions: Result<Vec<u64>, SinkError>,
+    /// The last checkpoint of the run (none without a store), or why it failed.
+    pub final_checkpoint: Option<Result<u64, String>>,
 }
 
 pub struct RunCoordinator {
@@ -37,6 +40,8 @@ pub struct RunCoordinator {
     metrics: Arc<RuntimeMetrics>,
     drained: usize,
     done: Option<oneshot::Sender<RunOutcome>>,
+    checkpointer: Option<Addr<Checkpointer>>,
+    final_checkpoint: Option<Result<u64, String>>,
 }
 
 impl RunCoordinator {
@@ -54,7 +59,19 @@ impl RunCoordinator {
             metrics,
             drained: 0,
             done: Some(done),
+            checkpointer: None,
+            final_checkpoint: None,
         }
+    }
+
+    pub fn with_checkpointer(mut self, checkpointer: Addr<Checkpointer>) -> Self {
+        self.checkpointer = Some(checkpointer);
+        self
+    }
+
+    /// After the last checkpoint (if any): flush the devices, write the summary, close.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.finish_run(ctx);
     }
 }
 
@@ -76,6 +93,23 @@ impl Handler<RouterDrained> for RunCoordinator {
         if self.drained < self.shards.len() {
             return;
         }
+        match self.checkpointer.clone() {
+            // the state as the sources left it is checkpointed before the end-of-input flush:
+            // a later run over more input continues from there, and the flushed records,
+            // written after the checkpoint's sink lengths, are cut off again on resume
+            Some(checkpointer) => ctx.wait(checkpointer.send(CheckpointNow).into_actor(self).map(
+                |result, act, ctx| {
+                    act.final_checkpoint = Some(result.unwrap_or_else(|e| Err(e.to_string())));
+                    act.finish(ctx);
+                },
+            )),
+            None => self.finish(ctx),
+        }
+    }
+}
+
+impl RunCoordinator {
+    fn finish_run(&mut self, ctx: &mut Context<Self>) {
         let finishing: Vec<_> = self.shards.iter().map(|s| s.send(FinishShard)).collect();
         let fut = join_all(finishing).into_actor(self).then(|replies, act, _ctx| {
             // routers count undecodable payloads, device actors the readings that made an
@@ -102,7 +136,11 @@ impl Handler<RouterDrained> for RunCoordinator {
                         })
                     });
                     if let Some(done) = act.done.take() {
-                        let _ = done.send(RunOutcome { totals, sink_positions });
+                        let _ = done.send(RunOutcome {
+                            totals,
+                            sink_positions,
+                            final_checkpoint: act.final_checkpoint.take(),
+                        });
                     }
                 })
         });

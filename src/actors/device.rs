@@ -36,10 +36,10 @@ pub struct Tick {
     pub now: i64,
 }
 
-/// Passivation: reply with the encoded state; the supervisor then drops the address and the
-/// actor stops once its mailbox is empty.
+/// Passivation: reply with the encoded state and whether it changed since the last checkpoint;
+/// the supervisor then drops the address and the actor stops once its mailbox is empty.
 #[derive(Message)]
-#[rtype(result = "Vec<u8>")]
+#[rtype(result = "(Vec<u8>, bool)")]
 pub struct Passivate;
 
 /// Checkpoint: the encoded state if it changed since the last one.
@@ -265,7 +265,7 @@ impl Handler<Passivate> for DeviceActor {
 
     fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
         let _span = info_span!("device_passivate", device = %self.device, shard = self.local.shard).entered();
-        MessageResult(self.chain.snapshot().encode())
+        MessageResult((self.chain.snapshot().encode(), self.dirty))
     }
 }
 

@@ -27,6 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::output::OutputRecord;
 
+pub mod checkpointer;
 pub mod coordinator;
 pub mod device;
 pub mod output_hub;
@@ -51,6 +52,8 @@ pub struct SourcePosition {
     pub source: usize,
     /// Source-specific position after this chunk (the file source: byte offset).
     pub offset: u64,
+    /// The file source: the 1-based number of the next line.
+    pub line: u64,
 }
 
 /// The payloads of one chunk.
@@ -120,14 +123,20 @@ impl Drop for ChunkTicket {
 pub struct ShardOutput {
     records: Mutex<Vec<OutputRecord>>,
     hub: Addr<output_hub::OutputHub>,
+    shard: usize,
 }
 
 impl ShardOutput {
-    pub fn new(hub: Addr<output_hub::OutputHub>) -> Arc<Self> {
+    pub fn new(hub: Addr<output_hub::OutputHub>, shard: usize) -> Arc<Self> {
         Arc::new(ShardOutput {
             records: Mutex::new(Vec::new()),
             hub,
+            shard,
         })
+    }
+
+    pub fn hub(&self) -> &Addr<output_hub::OutputHub> {
+        &self.hub
     }
 
     pub fn push(&self, record: OutputRecord) {
@@ -142,7 +151,11 @@ impl ShardOutput {
     pub fn flush(&self, ticket: Option<Arc<ChunkTicket>>) {
         let records = std::mem::take(&mut *self.records.lock().expect("shard output lock"));
         if !records.is_empty() {
-            self.hub.do_send(output_hub::RouteRecords { records, ticket });
+            self.hub.do_send(output_hub::RouteRecords {
+                records,
+                ticket,
+                shard: Some(self.shard),
+            });
         }
     }
 }
@@ -175,6 +188,12 @@ pub struct RuntimeMetrics {
     pub restarts: AtomicU64,
     pub chunks_in_flight: AtomicI64,
     pub records_waiting: AtomicI64,
+    pub checkpoints: AtomicU64,
+    /// Longest time a shard stopped processing for a checkpoint (µs).
+    pub checkpoint_pause_max_us: AtomicU64,
+    pub devices_loaded: AtomicU64,
+    pub devices_evicted: AtomicU64,
+    pub store_errors: AtomicU64,
 }
 
 impl RuntimeMetrics {

@@ -3,6 +3,7 @@
 //! tickets held by the waiting records keep the sources from reading more. Memory stays
 //! bounded and no record is dropped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -11,6 +12,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::ChunkTicket;
+use super::checkpointer::SinksFlushed;
 use crate::output::OutputRecord;
 use crate::sinks::routes::RouteTable;
 use crate::sinks::{SinkCommand, SinkError, SinkHandle};
@@ -21,6 +23,31 @@ use crate::sinks::{SinkCommand, SinkError, SinkHandle};
 pub struct RouteRecords {
     pub records: Vec<OutputRecord>,
     pub ticket: Option<Arc<ChunkTicket>>,
+    /// The shard that produced them (none: the coordinator).
+    pub shard: Option<usize>,
+}
+
+/// A shard has sent every record of checkpoint `id`. Once every shard has, the hub makes the
+/// sinks durable and reports their lengths to the checkpointer; records a shard sends after
+/// its mark wait until then, so the lengths cover exactly the checkpoint's records.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BarrierReached {
+    pub shard: usize,
+    pub id: u64,
+}
+
+/// Where the sinks' lengths at a checkpoint go.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetCheckpointer {
+    pub checkpointer: Recipient<SinksFlushed>,
+    pub shards: usize,
+}
+
+enum HubItem {
+    Records(RouteRecords),
+    Barrier { shard: usize, id: u64 },
 }
 
 /// End of the run: route the summary, then flush and close every sink.
@@ -55,6 +82,15 @@ pub struct OutputHub {
     routes: RouteTable,
     sinks: Vec<SinkHandle>,
     counters: HubCounters,
+    /// In arrival order; routed one after the other, pausing while a sink queue is full.
+    backlog: VecDeque<HubItem>,
+    /// Waits for full sink queues in progress.
+    blocked: usize,
+    /// The checkpoint being marked: which shards have reached it, and what they sent after.
+    barrier: Option<(u64, Vec<bool>)>,
+    held: Vec<RouteRecords>,
+    checkpointer: Option<Recipient<SinksFlushed>>,
+    shards: usize,
 }
 
 impl OutputHub {
@@ -63,7 +99,62 @@ impl OutputHub {
             routes,
             sinks,
             counters: HubCounters::default(),
+            backlog: VecDeque::new(),
+            blocked: 0,
+            barrier: None,
+            held: Vec::new(),
+            checkpointer: None,
+            shards: 0,
         }
+    }
+
+    fn enqueue(&mut self, item: HubItem, ctx: &mut Context<Self>) {
+        self.backlog.push_back(item);
+        self.drain(ctx);
+    }
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while self.blocked == 0 {
+            let Some(item) = self.backlog.pop_front() else { break };
+            match item {
+                HubItem::Records(rr) => {
+                    if let (Some(shard), Some((_, reached))) = (rr.shard, &self.barrier)
+                        && reached.get(shard).copied().unwrap_or(false)
+                    {
+                        self.held.push(rr);
+                        continue;
+                    }
+                    self.route(rr.records, rr.ticket, ctx);
+                }
+                HubItem::Barrier { shard, id } => {
+                    let shards = self.shards.max(shard + 1);
+                    let (_, reached) = self.barrier.get_or_insert_with(|| (id, vec![false; shards]));
+                    reached[shard] = true;
+                    if reached.iter().all(|&r| r) {
+                        self.barrier = None;
+                        self.flush_for_checkpoint(id, ctx);
+                        for rr in std::mem::take(&mut self.held).into_iter().rev() {
+                            self.backlog.push_front(HubItem::Records(rr));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every record of checkpoint `id` is queued to its sink: make them durable, report.
+    fn flush_for_checkpoint(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let flushed = self.send_to_all(SinkCommand::Flush);
+        let checkpointer = self.checkpointer.clone();
+        ctx.spawn(
+            async move {
+                let lengths = flushed.await;
+                if let Some(c) = checkpointer {
+                    c.do_send(SinksFlushed { id, lengths });
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     fn route(&mut self, records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
@@ -98,6 +189,7 @@ impl OutputHub {
                     let sem = sink.capacity.clone();
                     let tx = sink.tx.clone();
                     let ticket = ticket.clone();
+                    self.blocked += 1;
                     ctx.wait(
                         async move {
                             if let Ok(permit) = sem.acquire_many_owned(n).await {
@@ -108,7 +200,11 @@ impl OutputHub {
                                 });
                             }
                         }
-                        .into_actor(self),
+                        .into_actor(self)
+                        .map(|(), act, ctx| {
+                            act.blocked -= 1;
+                            act.drain(ctx);
+                        }),
                     );
                 }
             }
@@ -141,7 +237,30 @@ impl Handler<RouteRecords> for OutputHub {
     type Result = ();
 
     fn handle(&mut self, msg: RouteRecords, ctx: &mut Context<Self>) {
-        self.route(msg.records, msg.ticket, ctx);
+        self.enqueue(HubItem::Records(msg), ctx);
+    }
+}
+
+impl Handler<BarrierReached> for OutputHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: BarrierReached, ctx: &mut Context<Self>) {
+        self.enqueue(
+            HubItem::Barrier {
+                shard: msg.shard,
+                id: msg.id,
+            },
+            ctx,
+        );
+    }
+}
+
+impl Handler<SetCheckpointer> for OutputHub {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetCheckpointer, _ctx: &mut Context<Self>) {
+        self.checkpointer = Some(msg.checkpointer);
+        self.shards = msg.shards;
     }
 }
 
@@ -150,7 +269,14 @@ impl Handler<FinishOutputs> for OutputHub {
 
     fn handle(&mut self, msg: FinishOutputs, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(summary) = msg.summary {
-            self.route(vec![summary], None, ctx);
+            self.enqueue(
+                HubItem::Records(RouteRecords {
+                    records: vec![summary],
+                    ticket: None,
+                    shard: None,
+                }),
+                ctx,
+            );
         }
         // sent after the summary's write (or after the wait for its permits completes)
         Box::pin(

@@ -6,6 +6,7 @@
 //! (the owner of its device, or shard 0 when no device id can be found).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,8 +15,8 @@ use actix::prelude::*;
 use rustc_hash::FxHashMap;
 
 use super::coordinator::{RouterDrained, RunCoordinator};
-use super::shard::{DeviceBatches, ShardSupervisor};
-use super::{Chunk, ChunkData, ChunkProgress, RuntimeMetrics, ShardOutput, key_group_of, shard_of};
+use super::shard::{DeviceBatches, ShardBarrier, ShardSupervisor};
+use super::{Chunk, ChunkData, ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
 use crate::decode::{Decoder, bounded_raw};
 use crate::operators::Reading;
 use crate::output::RecordFormatter;
@@ -30,6 +31,45 @@ pub struct RouteChunk(pub Arc<Chunk>);
 #[rtype(result = "()")]
 pub struct SourceEnded {
     pub source: usize,
+}
+
+/// A checkpoint barrier from a source: everything the source sent before it belongs to
+/// checkpoint `id`, everything after to the next.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SourceBarrier {
+    pub source: usize,
+    pub id: u64,
+}
+
+/// Every source has ended: take checkpoint `id` now (the final one of a run).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForceBarrier {
+    pub id: u64,
+}
+
+/// What arrives from the sources, in order.
+enum Input {
+    Chunk(Arc<Chunk>),
+    Barrier(SourceBarrier),
+    Ended(usize),
+}
+
+impl Input {
+    fn source(&self) -> usize {
+        match self {
+            Input::Chunk(c) => c.end.source,
+            Input::Barrier(b) => b.source,
+            Input::Ended(s) => *s,
+        }
+    }
+}
+
+/// A barrier some sources have sent and others not yet.
+struct Alignment {
+    id: u64,
+    got: Vec<bool>,
 }
 
 /// What a router has done.
@@ -57,6 +97,16 @@ pub struct Router {
     coordinator: Addr<RunCoordinator>,
     sources_open: usize,
     counters: RouterCounters,
+    /// Per source: still sending.
+    open: Vec<bool>,
+    /// Per source: the end of the last chunk routed (the position a checkpoint records).
+    positions: Vec<SourcePosition>,
+    aligning: Option<Alignment>,
+    /// Input waiting: of sources that already sent the pending barrier, or anything while the
+    /// shard takes its snapshot.
+    held: VecDeque<Input>,
+    waiting: bool,
+    last_forwarded: u64,
 }
 
 impl Router {
@@ -70,6 +120,8 @@ impl Router {
         metrics: Arc<RuntimeMetrics>,
         coordinator: Addr<RunCoordinator>,
         sources: usize,
+        positions: Vec<SourcePosition>,
+        last_checkpoint: u64,
     ) -> Self {
         Router {
             shard,
@@ -83,6 +135,98 @@ impl Router {
             coordinator,
             sources_open: sources,
             counters: RouterCounters::default(),
+            open: vec![true; sources],
+            positions,
+            aligning: None,
+            held: VecDeque::new(),
+            waiting: false,
+            last_forwarded: last_checkpoint,
+        }
+    }
+
+    fn accept(&mut self, input: Input, ctx: &mut Context<Self>) {
+        if self.waiting {
+            self.held.push_back(input);
+        } else {
+            self.process(input, ctx);
+        }
+    }
+
+    fn process(&mut self, input: Input, ctx: &mut Context<Self>) {
+        if let Some(a) = &self.aligning
+            && a.got[input.source()]
+        {
+            self.held.push_back(input);
+            return;
+        }
+        match input {
+            Input::Chunk(chunk) => {
+                self.route(&chunk);
+                self.positions[chunk.end.source] = chunk.end.clone();
+            }
+            Input::Barrier(b) => {
+                if b.id <= self.last_forwarded {
+                    return; // already taken (forced at the end of the sources)
+                }
+                let sources = self.open.len();
+                let a = self.aligning.get_or_insert_with(|| Alignment {
+                    id: b.id,
+                    got: vec![false; sources],
+                });
+                a.got[b.source] = true;
+                self.check_aligned(ctx);
+            }
+            Input::Ended(source) => {
+                self.open[source] = false;
+                self.check_aligned(ctx);
+                self.sources_open = self.sources_open.saturating_sub(1);
+                if self.sources_open == 0 {
+                    self.output.flush(None);
+                    self.coordinator.do_send(RouterDrained {
+                        shard: self.shard,
+                        dead_letters: self.counters.dead_letters,
+                    });
+                }
+            }
+        }
+    }
+
+    fn check_aligned(&mut self, ctx: &mut Context<Self>) {
+        let aligned = self
+            .aligning
+            .as_ref()
+            .is_some_and(|a| a.got.iter().zip(&self.open).all(|(&got, &open)| got || !open));
+        if aligned {
+            let id = self.aligning.take().expect("checked").id;
+            self.forward(id, ctx);
+        }
+    }
+
+    /// Hands barrier `id` to the shard and waits (holding new input) until it has taken its
+    /// snapshot, then goes on with what was held.
+    fn forward(&mut self, id: u64, ctx: &mut Context<Self>) {
+        self.last_forwarded = id;
+        self.waiting = true;
+        let barrier = ShardBarrier {
+            id,
+            positions: self.positions.clone(),
+            dead_letters: self.counters.dead_letters,
+        };
+        ctx.wait(self.supervisor.send(barrier).into_actor(self).map(|_, act, ctx| {
+            act.waiting = false;
+            act.release(ctx);
+        }));
+    }
+
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        let mut items = std::mem::take(&mut self.held).into_iter();
+        while let Some(item) = items.next() {
+            if self.waiting {
+                self.held.push_back(item);
+                self.held.extend(items);
+                return;
+            }
+            self.process(item, ctx);
         }
     }
 
@@ -127,7 +271,32 @@ impl<'a> Grouping<'a> {
 impl Handler<RouteChunk> for Router {
     type Result = ();
 
-    fn handle(&mut self, RouteChunk(chunk): RouteChunk, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, RouteChunk(chunk): RouteChunk, ctx: &mut Context<Self>) {
+        self.accept(Input::Chunk(chunk), ctx);
+    }
+}
+
+impl Handler<SourceBarrier> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: SourceBarrier, ctx: &mut Context<Self>) {
+        self.accept(Input::Barrier(msg), ctx);
+    }
+}
+
+impl Handler<ForceBarrier> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForceBarrier, ctx: &mut Context<Self>) {
+        if msg.id > self.last_forwarded {
+            self.aligning = None;
+            self.forward(msg.id, ctx);
+        }
+    }
+}
+
+impl Router {
+    fn route(&mut self, chunk: &Chunk) {
         self.counters.chunks += 1;
         let now = chunk.read_at_ms;
         let decoder = self.decoder.clone();
@@ -204,15 +373,8 @@ impl Handler<RouteChunk> for Router {
 impl Handler<SourceEnded> for Router {
     type Result = ();
 
-    fn handle(&mut self, _msg: SourceEnded, _ctx: &mut Context<Self>) {
-        self.sources_open = self.sources_open.saturating_sub(1);
-        if self.sources_open == 0 {
-            self.output.flush(None);
-            self.coordinator.do_send(RouterDrained {
-                shard: self.shard,
-                dead_letters: self.counters.dead_letters,
-            });
-        }
+    fn handle(&mut self, msg: SourceEnded, ctx: &mut Context<Self>) {
+        self.accept(Input::Ended(msg.source), ctx);
     }
 }
 

@@ -8,19 +8,23 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::join_all;
 use rustc_hash::FxHashMap;
-use tracing::{debug, info_span};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info_span};
 
+use super::checkpointer::{CheckpointDone, ShardCheckpointed};
 use super::device::{self, DeviceActor};
-use super::{ChunkProgress, RuntimeMetrics, ShardOutput};
+use super::output_hub::BarrierReached;
+use super::{ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
 use crate::clock;
 use crate::operators::{DeviceChain, DeviceSnapshot, Emit, Reading};
 use crate::output::RecordFormatter;
 use crate::pipeline::CompiledPipeline;
+use crate::store::{StateStore, device_key};
 
 /// A test hook called before every reading a device actor applies (a panic in it is treated as
 /// an operator panic). Production runs have none.
@@ -55,6 +59,17 @@ pub struct DeviceBatches {
     pub batches: Vec<(Box<str>, Vec<Reading>)>,
     pub now: i64,
     pub progress: Arc<ChunkProgress>,
+}
+
+/// A checkpoint barrier, after every reading of the checkpoint has been handed to this shard:
+/// snapshot the changed devices, mark the end of the checkpoint's records for the hub, and
+/// reply once done (the router holds new input until then).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShardBarrier {
+    pub id: u64,
+    pub positions: Vec<SourcePosition>,
+    pub dead_letters: u64,
 }
 
 /// End of input: flush every device, reply with the shard's totals.
@@ -105,14 +120,38 @@ struct ActiveDevice {
     last_active: i64,
 }
 
+/// A passivated device's encoded state, kept until the store holds it.
+struct PassiveDevice {
+    bytes: Vec<u8>,
+    /// Changed since the last checkpoint that included it.
+    dirty: bool,
+    /// When clean: the checkpoint whose durability makes this copy redundant.
+    clean_as_of: u64,
+}
+
+/// How a shard takes part in checkpoints.
+pub struct ShardCheckpointing {
+    pub store: Arc<StateStore>,
+    pub checkpointer: Recipient<ShardCheckpointed>,
+    pub last_checkpoint: u64,
+    pub allow_pipeline_change: bool,
+}
+
 pub struct ShardSupervisor {
     local: Rc<ShardLocal>,
     active: FxHashMap<Arc<str>, ActiveDevice>,
     /// Encoded state of passivated devices.
-    passive: FxHashMap<Arc<str>, Vec<u8>>,
+    passive: FxHashMap<Arc<str>, PassiveDevice>,
     counters: ShardCounters,
     passivate_after_ms: i64,
     tick_ms: Option<i64>,
+    shards: usize,
+    checkpointing: Option<ShardCheckpointing>,
+    /// Devices that got readings (or ticks) since the last barrier.
+    touched: rustc_hash::FxHashSet<Arc<str>>,
+    /// Devices created (not found anywhere) since the last barrier.
+    created: u64,
+    barrier_seen: u64,
 }
 
 impl ShardSupervisor {
@@ -122,6 +161,8 @@ impl ShardSupervisor {
         output: Arc<ShardOutput>,
         metrics: Arc<RuntimeMetrics>,
         fault_hook: Option<FaultHook>,
+        shards: usize,
+        checkpointing: Option<ShardCheckpointing>,
     ) -> Self {
         let passivate_after_ms = pipeline.spec.runtime.passivate_after.as_millis();
         let tick_ms = pipeline.tick_interval_ms();
@@ -141,14 +182,65 @@ impl ShardSupervisor {
             counters: ShardCounters::default(),
             passivate_after_ms,
             tick_ms,
+            shards,
+            barrier_seen: checkpointing.as_ref().map_or(0, |c| c.last_checkpoint),
+            checkpointing,
+            touched: Default::default(),
+            created: 0,
+        }
+    }
+
+    fn key_groups(&self) -> u32 {
+        self.local.pipeline.spec.runtime.key_groups
+    }
+
+    /// The stored state of a device, if the store has one that restores.
+    fn load(&self, device: &str) -> Option<DeviceChain> {
+        let c = self.checkpointing.as_ref()?;
+        let kg = key_group_of(device, self.key_groups());
+        match c.store.load_device(kg, device) {
+            Ok(Some(bytes)) => {
+                let _span = info_span!("device_restore", device, shard = self.local.shard).entered();
+                let restored = DeviceSnapshot::decode(&bytes).and_then(|snapshot| {
+                    DeviceChain::restore(
+                        &self.local.pipeline.operators,
+                        device,
+                        snapshot,
+                        c.allow_pipeline_change,
+                    )
+                });
+                match restored {
+                    Ok(chain) => {
+                        self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
+                        Some(chain)
+                    }
+                    Err(e) => {
+                        self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(device, error = %e, "stored device state does not restore: the device starts afresh");
+                        None
+                    }
+                }
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                error!(device, error = %e, "stored device state is damaged: the device starts afresh");
+                None
+            }
         }
     }
 
     fn activate(&mut self, device: &str, now: i64) -> &mut ActiveDevice {
         let key: Arc<str> = Arc::from(device);
         let (chain, reactivated) = match self.passive.remove(&key) {
-            Some(bytes) => (self.restore(&key, &bytes), true),
-            None => (self.local.pipeline.new_chain(device), false),
+            Some(p) => (self.restore(&key, &p.bytes), true),
+            None => match self.load(device) {
+                Some(chain) => (chain, true),
+                None => {
+                    self.created += 1;
+                    (self.local.pipeline.new_chain(device), false)
+                }
+            },
         };
         let _span = info_span!("device_activate", device = %key, shard = self.local.shard, reactivated).entered();
         if reactivated {
@@ -169,7 +261,7 @@ impl ShardSupervisor {
     fn restore(&self, device: &str, bytes: &[u8]) -> DeviceChain {
         let pipeline = &self.local.pipeline;
         DeviceSnapshot::decode(bytes)
-            .and_then(|snapshot| DeviceChain::restore(&pipeline.operators, device, snapshot, false))
+            .and_then(|snapshot| DeviceChain::restore(&pipeline.operators, device, snapshot, true))
             .expect("a snapshot this process wrote itself restores")
     }
 
@@ -196,8 +288,16 @@ impl ShardSupervisor {
             .collect();
         let fut = join_all(requests).into_actor(self).map(|replies, act, _ctx| {
             for (device, reply) in replies {
-                let bytes = reply.expect("a device actor answers before it stops");
-                act.passive.insert(device, bytes);
+                let (bytes, dirty) = reply.expect("a device actor answers before it stops");
+                let clean_as_of = act.barrier_seen;
+                act.passive.insert(
+                    device,
+                    PassiveDevice {
+                        bytes,
+                        dirty,
+                        clean_as_of,
+                    },
+                );
                 act.counters.passivations += 1;
                 act.local.metrics.passivations.fetch_add(1, Ordering::Relaxed);
                 act.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
@@ -226,8 +326,11 @@ impl Actor for ShardSupervisor {
         if let Some(tick) = self.tick_ms {
             ctx.run_interval(Duration::from_millis(tick as u64), |act, _ctx| {
                 let now = clock::now_ms();
-                for d in act.active.values() {
+                for (id, d) in &act.active {
                     d.addr.do_send(device::Tick { now });
+                    if act.checkpointing.is_some() {
+                        act.touched.insert(id.clone());
+                    }
                 }
             });
         }
@@ -241,6 +344,9 @@ impl Handler<DeviceBatches> for ShardSupervisor {
         self.counters.batches += msg.batches.len() as u64;
         for (device, readings) in msg.batches {
             self.counters.readings += readings.len() as u64;
+            if self.checkpointing.is_some() && !self.touched.contains(&*device) {
+                self.touched.insert(Arc::from(&*device));
+            }
             let entry = match self.active.get_mut(&*device) {
                 Some(entry) => entry,
                 None => self.activate(&device, msg.now),
@@ -262,7 +368,25 @@ impl Handler<FinishShard> for ShardSupervisor {
         let flush = self.local.pipeline.spec.shutdown.flush;
         // passive devices: restore and flush right here (no actor needed)
         let mut totals = ShardTotals::default();
-        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self.passive.drain().collect();
+        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self.passive.drain().map(|(k, p)| (k, p.bytes)).collect();
+        // devices only in the store (not seen in this run) end too
+        let in_memory: rustc_hash::FxHashSet<Arc<str>> = passive.iter().map(|(d, _)| d.clone()).collect();
+        if let Some(c) = &self.checkpointing {
+            let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
+            for item in c.store.devices_in(from, to) {
+                match item {
+                    Ok((device, bytes)) => {
+                        if !self.active.contains_key(device.as_str()) && !in_memory.contains(device.as_str()) {
+                            passive.push((Arc::from(device.as_str()), bytes));
+                        }
+                    }
+                    Err(e) => {
+                        self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(error = %e, "a stored device could not be read at the end of the run");
+                    }
+                }
+            }
+        }
         passive.sort_by(|a, b| a.0.cmp(&b.0));
         for (device, bytes) in passive {
             let mut chain = self.restore(&device, &bytes);
@@ -276,7 +400,6 @@ impl Handler<FinishShard> for ShardSupervisor {
             totals.readings += c.readings;
             totals.late += c.late;
             totals.devices += 1;
-            self.passive.insert(device, chain.snapshot().encode());
         }
         let mut devices: Vec<(&Arc<str>, &ActiveDevice)> = self.active.iter().collect();
         devices.sort_by(|a, b| a.0.cmp(b.0));
@@ -294,6 +417,103 @@ impl Handler<FinishShard> for ShardSupervisor {
             act.local.output.flush(None);
             totals
         }))
+    }
+}
+
+/// The key groups `from..to` that shard `shard` owns (contiguous, see [`shard_of`]).
+pub fn key_group_range(shard: usize, key_groups: u32, shards: usize) -> (u32, u32) {
+    let from = (0..key_groups)
+        .find(|&kg| shard_of(kg, key_groups, shards) == shard)
+        .unwrap_or(key_groups);
+    let to = (from..key_groups)
+        .find(|&kg| shard_of(kg, key_groups, shards) != shard)
+        .unwrap_or(key_groups);
+    (from, to)
+}
+
+impl Handler<ShardBarrier> for ShardSupervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: ShardBarrier, ctx: &mut Context<Self>) -> Self::Result {
+        let _span = info_span!("checkpoint_barrier", shard = self.local.shard, checkpoint = msg.id).entered();
+        let started = Instant::now();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let touched: Vec<Arc<str>> = self.touched.drain().collect();
+        let requests: Vec<_> = touched
+            .into_iter()
+            .filter_map(|device| {
+                let addr = self.active.get(&device)?.addr.clone();
+                Some(async move { (device, addr.send(device::SnapshotIfDirty).await) })
+            })
+            .collect();
+        let id = msg.id;
+        // The shard pauses (ctx.wait) until every changed device has answered: their earlier
+        // readings are all applied by then, and nothing after the barrier has started.
+        let fut = join_all(requests).into_actor(self).map(move |replies, act, _ctx| {
+            let key_groups = act.key_groups();
+            let mut devices = Vec::new();
+            for (device, reply) in replies {
+                if let Ok(Some(bytes)) = reply {
+                    devices.push((device_key(key_group_of(&device, key_groups), &device), bytes));
+                }
+            }
+            for (device, p) in act.passive.iter_mut() {
+                if p.dirty {
+                    devices.push((device_key(key_group_of(device, key_groups), device), p.bytes.clone()));
+                    p.dirty = false;
+                    p.clean_as_of = id;
+                }
+            }
+            act.barrier_seen = id;
+            // the records of the checkpoint's readings, then the mark
+            act.local.output.flush(None);
+            act.local.output.hub().do_send(BarrierReached {
+                shard: act.local.shard,
+                id,
+            });
+            let pause = started.elapsed();
+            act.local
+                .metrics
+                .checkpoint_pause_max_us
+                .fetch_max(pause.as_micros() as u64, Ordering::Relaxed);
+            if let Some(c) = &act.checkpointing {
+                c.checkpointer.do_send(ShardCheckpointed {
+                    id,
+                    shard: act.local.shard,
+                    devices,
+                    positions: msg.positions,
+                    dead_letters: msg.dead_letters,
+                    new_devices: std::mem::take(&mut act.created),
+                    pause,
+                });
+            }
+            let _ = done_tx.send(());
+        });
+        ctx.wait(fut);
+        Box::pin(async move {
+            let _ = done_rx.await;
+        })
+    }
+}
+
+impl Handler<CheckpointDone> for ShardSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CheckpointDone, _ctx: &mut Context<Self>) {
+        // passive devices whose state the store now holds durably need no copy in memory
+        let before = self.passive.len();
+        self.passive.retain(|_, p| p.dirty || p.clean_as_of > msg.id);
+        let evicted = before - self.passive.len();
+        if evicted > 0 {
+            self.local
+                .metrics
+                .devices_evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+            self.local
+                .metrics
+                .devices_passive
+                .fetch_sub(evicted as i64, Ordering::Relaxed);
+        }
     }
 }
 

@@ -14,6 +14,11 @@ pub struct FileSink {
 }
 
 impl FileSink {
+    /// How checkpoints name the sink writing `path`.
+    pub fn name_of(path: &Path) -> String {
+        format!("file:{}", path.display())
+    }
+
     /// Opens `path` for appending, first cutting it to `keep_bytes` (what the last checkpoint
     /// covered) or to nothing for a fresh run.
     pub fn open(path: &Path, keep_bytes: u64) -> Result<Self, SinkError> {
@@ -31,6 +36,15 @@ impl FileSink {
             .truncate(false)
             .open(path)
             .map_err(|e| err("opening", e))?;
+        let length = file.metadata().map_err(|e| err("reading its length", e))?.len();
+        if length < keep_bytes {
+            return Err(err(
+                "resuming",
+                std::io::Error::other(format!(
+                    "it is {length} bytes, shorter than the {keep_bytes} bytes the checkpoint covered: it was changed outside plume"
+                )),
+            ));
+        }
         file.set_len(keep_bytes)
             .map_err(|e| err("truncating to the checkpointed length", e))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
@@ -56,7 +70,7 @@ impl FileSink {
 
 impl Sink for FileSink {
     fn describe(&self) -> String {
-        format!("file:{}", self.path.display())
+        Self::name_of(&self.path)
     }
 
     fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {

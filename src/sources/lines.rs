@@ -118,6 +118,7 @@ pub fn run(
                         start_offset: start,
                     },
                     offset,
+                    line,
                     permit,
                 );
             });
@@ -134,6 +135,7 @@ pub fn run(
                 start_offset: start,
             },
             offset,
+            line,
             permit,
         );
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use actix::Addr;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::actors::router::{RouteChunk, Router, SourceEnded};
+use crate::actors::router::{RouteChunk, Router, SourceBarrier, SourceEnded};
 use crate::actors::{Chunk, ChunkData, ChunkTicket, RuntimeMetrics, SourcePosition};
 use crate::clock;
 
@@ -37,6 +37,16 @@ pub enum SourceError {
     Mqtt(#[from] mqtt::MqttError),
 }
 
+/// How the checkpointer asks the sources for a barrier, and tells them what is durable.
+#[derive(Debug, Default)]
+pub struct BarrierSignal {
+    /// The newest checkpoint id asked for: a source sends a barrier with it before its next
+    /// chunk (so the barrier sits between two chunks, at the end position of the first).
+    pub requested: std::sync::atomic::AtomicU64,
+    /// The newest checkpoint that is durable: upstream positions up to it may be committed.
+    pub durable: std::sync::atomic::AtomicU64,
+}
+
 /// Numbers chunks, hands out tickets and broadcasts to every router.
 pub struct ChunkFeeder {
     pub source: usize,
@@ -45,6 +55,8 @@ pub struct ChunkFeeder {
     permits: Arc<Semaphore>,
     metrics: Arc<RuntimeMetrics>,
     seq: u64,
+    barriers: Option<Arc<BarrierSignal>>,
+    last_barrier: u64,
 }
 
 impl ChunkFeeder {
@@ -62,6 +74,32 @@ impl ChunkFeeder {
             permits,
             metrics,
             seq: 0,
+            barriers: None,
+            last_barrier: 0,
+        }
+    }
+
+    /// Takes part in checkpoints.
+    pub fn with_barriers(mut self, signal: Arc<BarrierSignal>) -> Self {
+        self.last_barrier = signal.requested.load(Ordering::Acquire);
+        self.barriers = Some(signal);
+        self
+    }
+
+    /// Sends a checkpoint barrier if one was asked for. Called before every chunk; a source
+    /// that may sit idle for long calls it while idle too.
+    pub fn poll_barrier(&mut self) {
+        if let Some(signal) = &self.barriers {
+            let requested = signal.requested.load(Ordering::Acquire);
+            if requested > self.last_barrier {
+                self.last_barrier = requested;
+                for router in &self.routers {
+                    router.do_send(SourceBarrier {
+                        source: self.source,
+                        id: requested,
+                    });
+                }
+            }
         }
     }
 
@@ -80,7 +118,8 @@ impl ChunkFeeder {
     }
 
     /// Sends a chunk to every router.
-    pub fn send(&mut self, data: ChunkData, end_offset: u64, permit: OwnedSemaphorePermit) {
+    pub fn send(&mut self, data: ChunkData, end_offset: u64, end_line: u64, permit: OwnedSemaphorePermit) {
+        self.poll_barrier();
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = ChunkTicket::new(Some(permit), self.metrics.clone());
@@ -91,6 +130,7 @@ impl ChunkFeeder {
             end: SourcePosition {
                 source: self.source,
                 offset: end_offset,
+                line: end_line,
             },
             read_at_ms: clock::now_ms(),
             ticket,

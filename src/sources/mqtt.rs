@@ -628,6 +628,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                     Ok(Some(batch)) => pending = batch,
                     Ok(None) => break,
                     Err(_) => {
+                        // idle: checkpoints still need this source's barrier
+                        feeder.poll_barrier();
                         progress(true);
                         continue;
                     }
@@ -676,7 +678,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
             }
             if !messages.is_empty() {
                 stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                feeder.send(ChunkData::Messages(messages), seq, permit);
+                feeder.send(ChunkData::Messages(messages), seq, seq, permit);
             }
             gate.release(&acks).await;
             progress(false);

@@ -173,6 +173,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicB
     let mut simulated_until = start_ms;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        feeder.poll_barrier();
         let mut until = start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speed) as i64;
         if let Some(end) = end_ms {
             until = until.min(end);
@@ -194,6 +195,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicB
                         start_offset: start,
                     },
                     offset,
+                    line,
                     permit,
                 );
             }

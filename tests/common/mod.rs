@@ -64,15 +64,21 @@ pub fn expected_summary(name: &str) -> String {
 }
 
 /// Runs `plume run PIPELINE --input IN --output OUT [extra…]` and checks it succeeded.
+/// Unless `extra` names a data directory, the run keeps its state next to `output`
+/// (`OUT.state/`, emptied first), so every run checkpoints and none shares state.
 pub fn plume_run(pipeline: &str, input: &Path, output: &Path, extra: &[&str]) {
-    let out = plume()
-        .args(["run", pipeline, "--input"])
+    let mut cmd = plume();
+    cmd.args(["run", pipeline, "--input"])
         .arg(input)
         .arg("--output")
         .arg(output)
-        .args(extra)
-        .output()
-        .expect("plume runs");
+        .args(extra);
+    if !extra.iter().any(|a| *a == "--data-dir" || *a == "--no-checkpoints") {
+        let state = output.with_extension("state");
+        let _ = std::fs::remove_dir_all(&state);
+        cmd.arg("--data-dir").arg(state);
+    }
+    let out = cmd.output().expect("plume runs");
     assert!(
         out.status.success(),
         "plume run {pipeline} {extra:?} failed:\n{}",

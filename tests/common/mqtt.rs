@@ -140,6 +140,9 @@ impl Plume {
         let mut child = plume()
             .arg("run")
             .arg(pipeline)
+            // state and checkpoints next to the output, one directory per output file
+            .arg("--data-dir")
+            .arg(output.with_extension("state"))
             .env("PLUME_MQTT_URL", url)
             .env("PLUME_OUTPUT", output)
             .env("PLUME_LOG", "warn,plume::sources::mqtt=debug,plume::broker=info")

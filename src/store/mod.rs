@@ -1,0 +1,470 @@
+//! The state store: RocksDB under the pipeline's data directory, and its retained checkpoints.
+//!
+//! # Layout
+//! - this file: [`StateStore`] (open with recovery, device reads, one atomic write per
+//!   checkpoint), the [`CheckpointRecord`], keys and the value envelope.
+//! - `retained`: retained checkpoints (RocksDB checkpoints, hard-linked, with a manifest):
+//!   create, list, verify, prune, and make one the live state again.
+//! - `export`: one portable file per checkpoint (export / import).
+//!
+//! On disk, under the data directory (default `checkpoints/<pipeline>/`):
+//! ```text
+//! live/                  RocksDB: column families devices, positions, outbox, meta
+//! retained/<id>/         a RocksDB checkpoint of live/ right after checkpoint <id>, and
+//! retained/<id>/plume-manifest.json
+//! ```
+//! `live/` only ever changes by one synced write batch per checkpoint, so it always holds
+//! exactly the last complete checkpoint. Values are enveloped: a magic byte, the format
+//! version and an xxh3 checksum of the payload. Device keys are the key group (2 bytes, big
+//! endian) followed by the device id, so all devices of a key group (and of a shard's
+//! contiguous range of key groups) are one range scan: they can be read, moved or dropped
+//! together.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use tracing::{info, instrument, warn};
+
+pub mod export;
+pub mod retained;
+
+/// The stored format version (envelopes, keys, records). Bump it and add a migration when any
+/// of them changes; the fixture test in `tests/checkpoints.rs` catches accidental changes.
+pub const FORMAT_VERSION: u16 = 1;
+
+pub const CF_DEVICES: &str = "devices";
+pub const CF_POSITIONS: &str = "positions";
+pub const CF_OUTBOX: &str = "outbox";
+pub const CF_META: &str = "meta";
+pub const COLUMN_FAMILIES: [&str; 4] = [CF_DEVICES, CF_POSITIONS, CF_OUTBOX, CF_META];
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const MAGIC: u8 = b'P';
+const HEADER: usize = 1 + 2 + 8;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {error}")]
+    Rocks { path: String, error: rocksdb::Error },
+    #[error("state store {path}: {operation}: {error}")]
+    Io {
+        path: String,
+        operation: String,
+        error: std::io::Error,
+    },
+    #[error("{what}: {problem}")]
+    Corrupt { what: String, problem: String },
+    #[error(
+        "{dir} holds the state of pipeline `{stored_name}` (hash {stored}), but this is `{name}` (hash {current}): its operators or decode settings changed. Run with --allow-pipeline-change to keep the state of the operators that still exist, or use another --data-dir"
+    )]
+    PipelineChanged {
+        dir: String,
+        stored_name: String,
+        stored: String,
+        name: String,
+        current: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    fn rocks(path: &Path, error: rocksdb::Error) -> Self {
+        StoreError::Rocks {
+            path: path.display().to_string(),
+            error,
+        }
+    }
+
+    pub fn io(path: &Path, operation: impl Into<String>, error: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.display().to_string(),
+            operation: operation.into(),
+            error,
+        }
+    }
+}
+
+/// Wraps a payload: magic, format version, xxh3 of the payload, payload.
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER + payload.len());
+    v.push(MAGIC);
+    v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    v.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Checks an envelope and returns its payload.
+pub fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < HEADER {
+        return Err(format!(
+            "{} bytes is shorter than the {HEADER}-byte envelope",
+            bytes.len()
+        ));
+    }
+    if bytes[0] != MAGIC {
+        return Err(format!("not a plume value (first byte {:#04x})", bytes[0]));
+    }
+    let version = u16::from_le_bytes([bytes[1], bytes[2]]);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "stored format version {version}, this plume reads version {FORMAT_VERSION}"
+        ));
+    }
+    let sum = u64::from_le_bytes(bytes[3..11].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER..];
+    let actual = xxhash_rust::xxh3::xxh3_64(payload);
+    if sum != actual {
+        return Err(format!("checksum mismatch (stored {sum:016x}, computed {actual:016x})"));
+    }
+    Ok(payload)
+}
+
+/// `key group (u16 big endian) ++ device id`.
+pub fn device_key(key_group: u32, device: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + device.len());
+    k.extend_from_slice(&(key_group as u16).to_be_bytes());
+    k.extend_from_slice(device.as_bytes());
+    k
+}
+
+/// The key group and device id of a device key.
+pub fn parse_device_key(key: &[u8]) -> Option<(u32, String)> {
+    if key.len() < 2 {
+        return None;
+    }
+    let kg = u16::from_be_bytes([key[0], key[1]]) as u32;
+    Some((kg, String::from_utf8_lossy(&key[2..]).into_owned()))
+}
+
+fn bincode_encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encoding to a Vec cannot fail")
+}
+
+fn bincode_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+/// How far a source had read when a checkpoint was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPosition {
+    pub source: usize,
+    /// `file:PATH`, `stdin`, `simulator`, …
+    pub name: String,
+    /// Source-specific (files: byte offset of the next line).
+    pub offset: u64,
+    /// Files: the 1-based number of the next line.
+    pub line: u64,
+    /// Files: xxh3 of the first 64 KiB, so a different file under the same name is noticed.
+    pub fingerprint: u64,
+}
+
+/// A sink's length at a checkpoint (files: bytes; the file is cut back to it on recovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSink {
+    pub name: String,
+    pub length: u64,
+}
+
+/// What a checkpoint is: written in the same batch as the device states it describes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub id: u64,
+    pub pipeline: String,
+    pub pipeline_hash: String,
+    pub created_ms: i64,
+    pub sources: Vec<StoredPosition>,
+    pub sinks: Vec<StoredSink>,
+    /// Dead letters reported up to this checkpoint.
+    pub dead_letters: u64,
+    /// Devices in the store after this checkpoint.
+    pub devices: u64,
+    pub key_groups: u32,
+    /// The devices written by this checkpoint (the dirty ones).
+    pub devices_written: u64,
+}
+
+impl CheckpointRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        seal(&bincode_encode(self))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        bincode_decode(unseal(bytes)?)
+    }
+}
+
+/// Which pipeline a store belongs to: the name, and a hash of what shapes the state (decode
+/// settings, operators, key groups), so formatting, sources and sinks may change freely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineIdentity {
+    pub name: String,
+    pub hash: String,
+    pub key_groups: u32,
+}
+
+impl PipelineIdentity {
+    pub fn of(spec: &crate::config::PipelineSpec) -> Self {
+        let json = serde_json::to_vec(&(&spec.decode, &spec.operators, spec.runtime.key_groups))
+            .expect("specs serialize to JSON");
+        PipelineIdentity {
+            name: spec.pipeline.clone(),
+            hash: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json)),
+            key_groups: spec.runtime.key_groups,
+        }
+    }
+}
+
+/// What one checkpoint writes.
+pub struct CheckpointWrite {
+    pub record: CheckpointRecord,
+    /// `(device key, encoded DeviceSnapshot)` of every device changed since the last one.
+    pub devices: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The live state of one data directory.
+pub struct StateStore {
+    dir: PathBuf,
+    db: DB,
+    /// Per SST file name: (size, xxh3), so retained manifests hash each immutable file once.
+    file_sums: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+}
+
+/// How a store was opened.
+pub struct Opened {
+    pub store: Arc<StateStore>,
+    /// The checkpoint to resume from (none: a fresh directory).
+    pub resume: Option<CheckpointRecord>,
+    /// What recovery had to do (a corrupt live state replaced by a retained checkpoint, …).
+    pub notes: Vec<String>,
+}
+
+pub fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_compression_type(rocksdb::DBCompressionType::None);
+    o.set_paranoid_checks(true);
+    o.set_max_open_files(256);
+    o.set_keep_log_file_num(2);
+    o
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    COLUMN_FAMILIES
+        .iter()
+        .map(|n| ColumnFamilyDescriptor::new(*n, db_options()))
+        .collect()
+}
+
+/// Opens (creating it if needed) the RocksDB at `path` with plume's column families.
+pub fn open_db(path: &Path) -> Result<DB, StoreError> {
+    DB::open_cf_descriptors(&db_options(), path, cf_descriptors()).map_err(|e| StoreError::rocks(path, e))
+}
+
+/// Opens a RocksDB read-only (a retained checkpoint, or live/ for the CLI).
+pub fn open_db_read_only(path: &Path) -> Result<DB, StoreError> {
+    DB::open_cf_for_read_only(&db_options(), path, COLUMN_FAMILIES, false).map_err(|e| StoreError::rocks(path, e))
+}
+
+/// The checkpoint record of a database, if it has one.
+pub fn read_record(db: &DB, path: &Path) -> Result<Option<CheckpointRecord>, StoreError> {
+    let meta = db.cf_handle(CF_META).expect("opened with every column family");
+    match db
+        .get_cf(meta, CHECKPOINT_KEY)
+        .map_err(|e| StoreError::rocks(path, e))?
+    {
+        None => Ok(None),
+        Some(bytes) => CheckpointRecord::decode(&bytes)
+            .map(Some)
+            .map_err(|problem| StoreError::Corrupt {
+                what: format!("checkpoint record in {}", path.display()),
+                problem,
+            }),
+    }
+}
+
+impl StateStore {
+    pub fn live_dir(dir: &Path) -> PathBuf {
+        dir.join("live")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Opens the data directory `dir` for a run of `pipeline`: the live state if it is sound,
+    /// otherwise the newest retained checkpoint that verifies (reported in `notes`).
+    #[instrument(skip_all, fields(dir = %dir.display(), pipeline = %pipeline.name))]
+    pub fn open(dir: &Path, pipeline: &PipelineIdentity, allow_pipeline_change: bool) -> Result<Opened, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, "creating the data directory", e))?;
+        retained::clean_partial(dir);
+        let live = Self::live_dir(dir);
+        let mut notes = Vec::new();
+        let mut opened = None;
+        if live.exists() {
+            match open_db(&live) {
+                Ok(db) => match read_record(&db, &live) {
+                    Ok(record) => opened = Some((db, record)),
+                    Err(e) => {
+                        notes.push(format!("the live state is damaged ({e})"));
+                        drop(db);
+                    }
+                },
+                Err(e @ StoreError::Rocks { .. }) if e.to_string().contains("lock") => {
+                    return Err(StoreError::Refused(format!(
+                        "{} is in use by another plume process ({e})",
+                        dir.display()
+                    )));
+                }
+                Err(e) => notes.push(format!("the live state does not open ({e})")),
+            }
+        }
+        if opened.is_none() && (live.exists() || !retained::list(dir)?.is_empty()) {
+            // fall back to the newest retained checkpoint that verifies
+            let mut restored = false;
+            for manifest in retained::list(dir)?.into_iter().rev() {
+                match retained::verify(dir, manifest.id) {
+                    Ok(_) => {
+                        notes.push(format!("resuming from retained checkpoint {} instead", manifest.id));
+                        retained::make_live(dir, manifest.id)?;
+                        restored = true;
+                        break;
+                    }
+                    Err(e) => notes.push(format!("retained checkpoint {} is not usable: {e}", manifest.id)),
+                }
+            }
+            if !restored && live.exists() {
+                return Err(StoreError::Corrupt {
+                    what: dir.display().to_string(),
+                    problem: format!("no usable state: {}", notes.join("; ")),
+                });
+            }
+            let db = open_db(&live)?;
+            let record = read_record(&db, &live)?;
+            opened = Some((db, record));
+        }
+        let (db, record) = match opened {
+            Some(x) => x,
+            None => (open_db(&live)?, None),
+        };
+        for n in &notes {
+            warn!(dir = %dir.display(), "{n}");
+        }
+        if let Some(r) = &record {
+            if r.pipeline_hash != pipeline.hash || r.pipeline != pipeline.name {
+                if !allow_pipeline_change {
+                    return Err(StoreError::PipelineChanged {
+                        dir: dir.display().to_string(),
+                        stored_name: r.pipeline.clone(),
+                        stored: r.pipeline_hash.clone(),
+                        name: pipeline.name.clone(),
+                        current: pipeline.hash.clone(),
+                    });
+                }
+                notes.push(format!(
+                    "the pipeline changed (hash {} -> {}): keeping the state of operators that still exist",
+                    r.pipeline_hash, pipeline.hash
+                ));
+            }
+            if r.key_groups != pipeline.key_groups {
+                return Err(StoreError::Refused(format!(
+                    "{} was written with {} key groups, the pipeline now has {}: key groups cannot change",
+                    dir.display(),
+                    r.key_groups,
+                    pipeline.key_groups
+                )));
+            }
+            info!(checkpoint = r.id, devices = r.devices, "resuming from checkpoint");
+        }
+        Ok(Opened {
+            store: Arc::new(StateStore {
+                dir: dir.to_path_buf(),
+                db,
+                file_sums: Default::default(),
+            }),
+            resume: record,
+            notes,
+        })
+    }
+
+    /// The stored snapshot of one device (envelope checked), if any.
+    pub fn load_device(&self, key_group: u32, device: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let cf = self.db.cf_handle(CF_DEVICES).expect("column family");
+        let key = device_key(key_group, device);
+        match self
+            .db
+            .get_pinned_cf(cf, &key)
+            .map_err(|e| StoreError::rocks(&self.dir, e))?
+        {
+            None => Ok(None),
+            Some(v) => unseal(&v)
+                .map(|p| Some(p.to_vec()))
+                .map_err(|problem| StoreError::Corrupt {
+                    what: format!("stored state of device {device}"),
+                    problem,
+                }),
+        }
+    }
+
+    /// Every stored device of the key groups `from..to`, in key order.
+    pub fn devices_in(&self, from: u32, to: u32) -> impl Iterator<Item = Result<(String, Vec<u8>), StoreError>> + '_ {
+        let cf = self.db.cf_handle(CF_DEVICES).expect("column family");
+        let start = (from as u16).to_be_bytes();
+        self.db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+            .map(|item| item.map_err(|e| StoreError::rocks(&self.dir, e)))
+            .take_while(move |item| match item {
+                Ok((k, _)) => parse_device_key(k).is_some_and(|(kg, _)| kg < to),
+                Err(_) => true,
+            })
+            .map(|item| {
+                let (k, v) = item?;
+                let (_, device) = parse_device_key(&k).expect("checked above");
+                let payload = unseal(&v).map_err(|problem| StoreError::Corrupt {
+                    what: format!("stored state of device {device}"),
+                    problem,
+                })?;
+                Ok((device, payload.to_vec()))
+            })
+    }
+
+    /// Writes one checkpoint: every changed device, the source positions and the record, in
+    /// one synced batch. Blocking: call it from the checkpoint writer thread only.
+    #[instrument(skip_all, fields(checkpoint = write.record.id, devices = write.devices.len()))]
+    pub fn commit(&self, write: &CheckpointWrite) -> Result<(), StoreError> {
+        let devices = self.db.cf_handle(CF_DEVICES).expect("column family");
+        let positions = self.db.cf_handle(CF_POSITIONS).expect("column family");
+        let meta = self.db.cf_handle(CF_META).expect("column family");
+        let mut batch = WriteBatch::default();
+        for (key, snapshot) in &write.devices {
+            batch.put_cf(devices, key, seal(snapshot));
+        }
+        for p in &write.record.sources {
+            batch.put_cf(positions, p.name.as_bytes(), seal(&bincode_encode(p)));
+        }
+        batch.put_cf(meta, CHECKPOINT_KEY, write.record.encode());
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| StoreError::rocks(&self.dir, e))
+    }
+
+    /// Keeps the state right after checkpoint `record` as a retained checkpoint, and drops all
+    /// but the newest `keep`.
+    pub fn retain(&self, record: &CheckpointRecord, keep: u32) -> Result<(), StoreError> {
+        retained::create(self, record, &self.file_sums)?;
+        retained::prune(&self.dir, keep.max(1) as usize)?;
+        Ok(())
+    }
+}

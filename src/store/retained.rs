@@ -1,0 +1,311 @@
+//! Retained checkpoints: after each checkpoint, a RocksDB checkpoint of `live/` (SST files
+//! hard-linked, so cheap) in `retained/<id>/`, with `plume-manifest.json` describing it: id,
+//! pipeline name and hash, time, source positions, sink lengths, device count, every file with
+//! its size and xxh3, and a checksum of the manifest itself. A checkpoint directory only gets
+//! its final name once complete, so a crash mid-way leaves a `.partial` directory that the next
+//! start removes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use super::{
+    CF_DEVICES, COLUMN_FAMILIES, CheckpointRecord, FORMAT_VERSION, StateStore, StoreError, StoredPosition, StoredSink,
+    open_db_read_only, read_record, unseal,
+};
+
+pub const MANIFEST: &str = "plume-manifest.json";
+
+/// One file of a retained checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    pub name: String,
+    pub size: u64,
+    pub xxh3: String,
+}
+
+/// The description of a retained checkpoint (`plume-manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u16,
+    pub id: u64,
+    pub pipeline: String,
+    pub pipeline_hash: String,
+    pub created_ms: i64,
+    pub created: String,
+    pub sources: Vec<StoredPosition>,
+    pub sinks: Vec<StoredSink>,
+    pub devices: u64,
+    pub devices_written: u64,
+    pub dead_letters: u64,
+    pub files: Vec<ManifestFile>,
+    /// xxh3 of this manifest written with an empty checksum.
+    pub checksum: String,
+}
+
+impl Manifest {
+    fn compute_checksum(&self) -> String {
+        let mut copy = self.clone();
+        copy.checksum = String::new();
+        let json = serde_json::to_vec(&copy).expect("manifests serialize");
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+    }
+
+    /// Reads and checks the manifest of checkpoint `id`.
+    pub fn read(dir: &Path, id: u64) -> Result<Manifest, String> {
+        let path = checkpoint_dir(dir, id).join(MANIFEST);
+        let text = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| format!("{} is not a manifest: {e}", path.display()))?;
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "written by a newer plume (format version {}, this one reads {FORMAT_VERSION})",
+                manifest.format_version
+            ));
+        }
+        let sum = manifest.compute_checksum();
+        if sum != manifest.checksum {
+            return Err(format!(
+                "the manifest's checksum does not match (stored {}, computed {sum})",
+                manifest.checksum
+            ));
+        }
+        Ok(manifest)
+    }
+}
+
+pub fn retained_root(dir: &Path) -> PathBuf {
+    dir.join("retained")
+}
+
+pub fn checkpoint_dir(dir: &Path, id: u64) -> PathBuf {
+    retained_root(dir).join(format!("{id:020}"))
+}
+
+fn hash_file(path: &Path) -> std::io::Result<(u64, u64)> {
+    let bytes = std::fs::read(path)?;
+    Ok((bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes)))
+}
+
+/// Creates `retained/<id>/` from the live state, which must be exactly checkpoint `record`.
+pub fn create(
+    store: &StateStore,
+    record: &CheckpointRecord,
+    sums: &Mutex<HashMap<String, (u64, u64)>>,
+) -> Result<(), StoreError> {
+    let dir = store.dir();
+    let root = retained_root(dir);
+    std::fs::create_dir_all(&root).map_err(|e| StoreError::io(&root, "creating", e))?;
+    let partial = root.join(format!("{:020}.partial", record.id));
+    if partial.exists() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    rocksdb::checkpoint::Checkpoint::new(store.db())
+        .and_then(|c| c.create_checkpoint(&partial))
+        .map_err(|e| StoreError::Rocks {
+            path: partial.display().to_string(),
+            error: e,
+        })?;
+    let mut files = Vec::new();
+    let mut cache = sums.lock().expect("file sums lock");
+    let mut entries: Vec<_> = std::fs::read_dir(&partial)
+        .map_err(|e| StoreError::io(&partial, "listing", e))?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        // SST files never change once written: hash each once
+        let (size, sum) = match cache.get(&name) {
+            Some(&v) if name.ends_with(".sst") => v,
+            _ => {
+                let v = hash_file(&path).map_err(|e| StoreError::io(&path, "reading", e))?;
+                if name.ends_with(".sst") {
+                    cache.insert(name.clone(), v);
+                }
+                v
+            }
+        };
+        files.push(ManifestFile {
+            name,
+            size,
+            xxh3: format!("{sum:016x}"),
+        });
+    }
+    drop(cache);
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id: record.id,
+        pipeline: record.pipeline.clone(),
+        pipeline_hash: record.pipeline_hash.clone(),
+        created_ms: record.created_ms,
+        created: jiff::Timestamp::from_millisecond(record.created_ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        sources: record.sources.clone(),
+        sinks: record.sinks.clone(),
+        devices: record.devices,
+        devices_written: record.devices_written,
+        dead_letters: record.dead_letters,
+        files,
+        checksum: String::new(),
+    };
+    manifest.checksum = manifest.compute_checksum();
+    let path = partial.join(MANIFEST);
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&manifest).expect("manifests serialize"),
+    )
+    .map_err(|e| StoreError::io(&path, "writing", e))?;
+    let final_dir = checkpoint_dir(dir, record.id);
+    if final_dir.exists() {
+        let _ = std::fs::remove_dir_all(&final_dir);
+    }
+    std::fs::rename(&partial, &final_dir).map_err(|e| StoreError::io(&final_dir, "renaming into place", e))?;
+    debug!(checkpoint = record.id, "retained checkpoint written");
+    Ok(())
+}
+
+/// The ids of the retained checkpoints, oldest first (directories with a final name).
+pub fn ids(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let root = retained_root(dir);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<u64> = std::fs::read_dir(&root)
+        .map_err(|e| StoreError::io(&root, "listing", e))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The manifests that read and check, oldest first (the others are reported).
+pub fn list(dir: &Path) -> Result<Vec<Manifest>, StoreError> {
+    let mut out = Vec::new();
+    for id in ids(dir)? {
+        match Manifest::read(dir, id) {
+            Ok(m) => out.push(m),
+            Err(e) => warn!(checkpoint = id, error = %e, "retained checkpoint has no usable manifest"),
+        }
+    }
+    Ok(out)
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub id: u64,
+    pub files: usize,
+    pub bytes: u64,
+    pub values: u64,
+    pub devices: u64,
+}
+
+/// Checks every checksum of checkpoint `id`: the manifest, each file's size and xxh3, and every
+/// stored value's envelope.
+pub fn verify(dir: &Path, id: u64) -> Result<Verified, String> {
+    let manifest = Manifest::read(dir, id)?;
+    let cdir = checkpoint_dir(dir, id);
+    let mut bytes = 0;
+    for f in &manifest.files {
+        let path = cdir.join(&f.name);
+        let (size, sum) = hash_file(&path).map_err(|e| format!("file {}: {e}", f.name))?;
+        if size != f.size {
+            return Err(format!("file {} is {size} bytes, the manifest says {}", f.name, f.size));
+        }
+        if format!("{sum:016x}") != f.xxh3 {
+            return Err(format!("file {} does not match its checksum", f.name));
+        }
+        bytes += size;
+    }
+    let db = open_db_read_only(&cdir).map_err(|e| e.to_string())?;
+    let record = read_record(&db, &cdir)
+        .map_err(|e| e.to_string())?
+        .ok_or("no checkpoint record inside")?;
+    if record.id != id {
+        return Err(format!("holds checkpoint {} instead of {id}", record.id));
+    }
+    let mut values = 0;
+    let mut devices = 0;
+    for cf_name in COLUMN_FAMILIES {
+        let cf = db.cf_handle(cf_name).expect("column family");
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| format!("reading {cf_name}: {e}"))?;
+            unseal(&v).map_err(|e| format!("{cf_name} value {}: {e}", String::from_utf8_lossy(&k)))?;
+            values += 1;
+            if cf_name == CF_DEVICES {
+                devices += 1;
+            }
+        }
+    }
+    if devices != record.devices {
+        return Err(format!(
+            "holds {devices} devices, the checkpoint record says {}",
+            record.devices
+        ));
+    }
+    Ok(Verified {
+        id,
+        files: manifest.files.len(),
+        bytes,
+        values,
+        devices,
+    })
+}
+
+/// Drops all but the newest `keep` retained checkpoints.
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<u64>, StoreError> {
+    let ids = ids(dir)?;
+    let mut removed = Vec::new();
+    if ids.len() > keep {
+        for &id in &ids[..ids.len() - keep] {
+            let path = checkpoint_dir(dir, id);
+            std::fs::remove_dir_all(&path).map_err(|e| StoreError::io(&path, "removing", e))?;
+            removed.push(id);
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes what a crash left half-written.
+pub fn clean_partial(dir: &Path) {
+    let root = retained_root(dir);
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Makes retained checkpoint `id` the live state (a copy: the retained one stays). The old
+/// live state is kept aside as `replaced-<time>/` for inspection.
+pub fn make_live(dir: &Path, id: u64) -> Result<(), StoreError> {
+    let cdir = checkpoint_dir(dir, id);
+    let live = StateStore::live_dir(dir);
+    if live.exists() {
+        let aside = dir.join(format!("replaced-{}", crate::clock::now_ms()));
+        std::fs::rename(&live, &aside).map_err(|e| StoreError::io(&live, "moving aside", e))?;
+        warn!(from = %live.display(), to = %aside.display(), "previous live state moved aside");
+    }
+    let tmp = dir.join("live.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| StoreError::io(&tmp, "creating", e))?;
+    for entry in std::fs::read_dir(&cdir).map_err(|e| StoreError::io(&cdir, "listing", e))? {
+        let entry = entry.map_err(|e| StoreError::io(&cdir, "listing", e))?;
+        if entry.file_name() == MANIFEST {
+            continue;
+        }
+        let to = tmp.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).map_err(|e| StoreError::io(&to, "copying", e))?;
+    }
+    std::fs::rename(&tmp, &live).map_err(|e| StoreError::io(&live, "renaming into place", e))?;
+    Ok(())
+}

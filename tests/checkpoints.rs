@@ -1,0 +1,478 @@
+//! Checkpoints, crash recovery and the checkpoint CLI, through the real binary and RocksDB on
+//! disk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{aq1_input, plume};
+
+/// Each device's output lines, in order (lines of different devices may interleave
+/// differently between runs; a device's own lines may not).
+fn lines_per_device(path: &Path) -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line}: {e}"));
+        let device = v.get("device").and_then(|d| d.as_str()).unwrap_or("").to_string();
+        out.entry(device).or_default().push(line.to_string());
+    }
+    out
+}
+
+fn assert_same_output(expected: &Path, actual: &Path) {
+    let (e, a) = (lines_per_device(expected), lines_per_device(actual));
+    assert_eq!(e.len(), a.len(), "number of devices with output differs");
+    for (device, lines) in &e {
+        let got = a
+            .get(device)
+            .unwrap_or_else(|| panic!("no output for device {device:?}"));
+        if got != lines {
+            let first = lines
+                .iter()
+                .zip(got)
+                .position(|(x, y)| x != y)
+                .unwrap_or(lines.len().min(got.len()));
+            panic!(
+                "device {device:?}: {} lines expected, {} found; first difference at {first}:\n expected {:?}\n found    {:?}",
+                lines.len(),
+                got.len(),
+                lines.get(first),
+                got.get(first)
+            );
+        }
+    }
+}
+
+fn run_cmd(pipeline: &str, input: &Path, output: &Path, data_dir: &Path, extra: &[&str]) -> Command {
+    let mut c = plume();
+    c.args(["run", pipeline, "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra);
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let out = c.output().expect("plume runs");
+    assert!(
+        out.status.success(),
+        "plume failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn fails(mut c: Command) -> String {
+    let out = c.output().expect("plume runs");
+    assert!(!out.status.success(), "plume should have failed");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn checkpoints(data_dir: &Path, args: &[&str]) -> Command {
+    let mut c = plume();
+    c.arg("checkpoints").arg("--data-dir").arg(data_dir).args(args);
+    c
+}
+
+/// The reference: the plain single-threaded loop, without any state.
+fn reference(input: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join("reference.jsonl");
+    ok({
+        let mut c = plume();
+        c.args(["run", "pipelines/aq1.yaml", "--engine", "plain", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(&out);
+        c
+    });
+    out
+}
+
+/// aq1 with every checkpoint kept (the pipeline file plus `checkpoint: { retain: 1000 }`).
+fn pipeline_keeping_all(dir: &Path) -> String {
+    let text = std::fs::read_to_string(common::repo().join("pipelines/aq1.yaml")).unwrap();
+    let path = dir.join("aq1-keep.yaml");
+    std::fs::write(&path, format!("{text}\ncheckpoint:\n  retain: 1000\n")).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn killed_at_random_moments_the_output_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 300, 1_500_000, 11);
+    let expected = reference(&input, dir.path());
+    let output = dir.path().join("out.jsonl");
+    let state = dir.path().join("state");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut kills = 0;
+    let mut mid_checkpoint = 0;
+    let mut runs = 0;
+    while kills < 22 {
+        runs += 1;
+        assert!(runs < 200, "too many runs without finishing the kills");
+        let mut child = run_cmd(
+            "pipelines/aq1.yaml",
+            &input,
+            &output,
+            &state,
+            &["--checkpoint-interval", "200ms"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        // 50 ms .. 1.05 s: before, during and between checkpoints
+        let delay = Duration::from_millis(50 + next() % 1000);
+        let started = Instant::now();
+        let mut finished = false;
+        while started.elapsed() < delay {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if finished {
+            // the whole input was done before the kill: start over so every kill counts
+            std::fs::remove_dir_all(&state).unwrap();
+            continue;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let retained = state.join("retained");
+        if std::fs::read_dir(&retained)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            })
+            .unwrap_or(false)
+        {
+            mid_checkpoint += 1;
+        }
+    }
+    eprintln!("{kills} kills, {mid_checkpoint} while a retained checkpoint was being written");
+    ok(run_cmd(
+        "pipelines/aq1.yaml",
+        &input,
+        &output,
+        &state,
+        &["--checkpoint-interval", "200ms"],
+    ));
+    assert_same_output(&expected, &output);
+    // the summary line too
+    assert_eq!(common::aq1_summary(&expected), common::aq1_summary(&output));
+}
+
+#[test]
+fn export_then_import_gives_identical_device_states_and_restore_replays_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = pipeline_keeping_all(dir.path());
+    let input = aq1_input(dir.path(), 200, 600_000, 5);
+    let expected = reference(&input, dir.path());
+    let state = dir.path().join("state");
+    let output = dir.path().join("out.jsonl");
+    ok(run_cmd(
+        &pipeline,
+        &input,
+        &output,
+        &state,
+        &["--checkpoint-interval", "100ms"],
+    ));
+    assert_same_output(&expected, &output);
+
+    let list = ok(checkpoints(&state, &["list", "--json"]));
+    let manifests: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert!(
+        manifests.len() >= 2,
+        "expected several checkpoints, got {}",
+        manifests.len()
+    );
+    let first = manifests[0]["id"].as_u64().unwrap();
+    let last = manifests.last().unwrap()["id"].as_u64().unwrap();
+    assert!(ok(checkpoints(&state, &["verify", "all"])).contains("ok"));
+
+    // export / import round trip: byte-identical device states
+    let file = dir.path().join("savepoint.plume");
+    ok(checkpoints(&state, &["export", &last.to_string()])
+        .arg(&file)
+        .to_owned_cmd());
+    let moved = dir.path().join("moved");
+    ok(checkpoints(&moved_dir(&moved), &["import"]).arg(&file).to_owned_cmd());
+    let a = device_values(&plume::store::retained::checkpoint_dir(&state, last));
+    let b = device_values(&plume::store::StateStore::live_dir(&moved));
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "imported device states differ from the exported ones");
+    // inspect shows a device's state readably
+    let device = a.keys().next().unwrap().clone();
+    let shown = ok(checkpoints(&moved, &["inspect", "latest", "--device", &device]));
+    assert!(
+        shown.contains("window") && shown.contains("pm25_event") && shown.contains("co2_baseline"),
+        "{shown}"
+    );
+    let diff = ok(checkpoints(&state, &["diff", &first.to_string(), &last.to_string()]));
+    assert!(diff.contains("changed"), "{diff}");
+
+    // restore the first checkpoint, run again: the same results
+    ok(checkpoints(&state, &["restore", &first.to_string()]));
+    let before = std::fs::metadata(&output).unwrap().len();
+    ok(run_cmd(
+        &pipeline,
+        &input,
+        &output,
+        &state,
+        &["--checkpoint-interval", "100ms"],
+    ));
+    assert_eq!(std::fs::metadata(&output).unwrap().len(), before);
+    assert_same_output(&expected, &output);
+}
+
+/// The import target must not exist yet or be empty.
+fn moved_dir(p: &Path) -> PathBuf {
+    std::fs::create_dir_all(p).unwrap();
+    p.to_path_buf()
+}
+
+trait OwnedCmd {
+    fn to_owned_cmd(&mut self) -> Command;
+}
+
+impl OwnedCmd for Command {
+    fn to_owned_cmd(&mut self) -> Command {
+        std::mem::replace(self, Command::new("true"))
+    }
+}
+
+/// Every stored device value of a RocksDB directory (read-only).
+fn device_values(db_dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let db = plume::store::open_db_read_only(db_dir).unwrap();
+    let cf = db.cf_handle(plume::store::CF_DEVICES).unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            (plume::store::parse_device_key(&k).unwrap().1, v.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn a_damaged_live_state_is_reported_and_the_newest_good_checkpoint_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 100, 300_000, 3);
+    let expected = reference(&input, dir.path());
+    let state = dir.path().join("state");
+    let output = dir.path().join("out.jsonl");
+    ok(run_cmd(
+        "pipelines/aq1.yaml",
+        &input,
+        &output,
+        &state,
+        &["--checkpoint-interval", "100ms"],
+    ));
+    // damage the live database: its CURRENT file no longer names a manifest
+    std::fs::write(state.join("live/CURRENT"), b"MANIFEST-999999\n").unwrap();
+    let log = ok(run_cmd("pipelines/aq1.yaml", &input, &output, &state, &[]));
+    assert!(log.contains("resuming from retained checkpoint"), "{log}");
+    assert_same_output(&expected, &output);
+
+    // a damaged retained checkpoint: verify says what is wrong
+    let ids = plume::store::retained::ids(&state).unwrap();
+    let newest = *ids.last().unwrap();
+    let cdir = plume::store::retained::checkpoint_dir(&state, newest);
+    let sst = std::fs::read_dir(&cdir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+        .expect("a retained checkpoint has SST files")
+        .path();
+    // a copy, so the hard-linked live file stays intact
+    let bytes = std::fs::read(&sst).unwrap();
+    std::fs::remove_file(&sst).unwrap();
+    std::fs::write(&sst, &bytes[..bytes.len() / 2]).unwrap();
+    let report = fails(checkpoints(&state, &["verify", &newest.to_string()]));
+    assert!(report.contains("DAMAGED") && report.contains(".sst"), "{report}");
+}
+
+#[test]
+fn a_changed_pipeline_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 50, 50_000, 2);
+    let state = dir.path().join("state");
+    let output = dir.path().join("out.jsonl");
+    ok(run_cmd("pipelines/aq1.yaml", &input, &output, &state, &[]));
+    let text = std::fs::read_to_string(common::repo().join("pipelines/aq1.yaml")).unwrap();
+    let changed = dir.path().join("aq1-changed.yaml");
+    std::fs::write(&changed, text.replace("alpha: 0.01", "alpha: 0.02")).unwrap();
+    let changed = changed.display().to_string();
+    let err = fails(run_cmd(&changed, &input, &output, &state, &[]));
+    assert!(
+        err.contains("--allow-pipeline-change") && err.contains("changed"),
+        "{err}"
+    );
+    ok(run_cmd(&changed, &input, &output, &state, &["--allow-pipeline-change"]));
+
+    // a different input under the same data directory is refused too
+    let other = aq1_input(dir.path(), 50, 50_000, 3);
+    let err = fails(run_cmd(
+        "pipelines/aq1.yaml",
+        &other,
+        &output,
+        &state,
+        &["--allow-pipeline-change"],
+    ));
+    assert!(err.contains("resuming would skip or repeat readings"), "{err}");
+}
+
+#[test]
+fn imports_of_foreign_or_newer_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 20_000, 4);
+    let state = dir.path().join("state");
+    ok(run_cmd(
+        "pipelines/aq1.yaml",
+        &input,
+        &dir.path().join("o.jsonl"),
+        &state,
+        &[],
+    ));
+    let file = dir.path().join("x.plume");
+    ok(checkpoints(&state, &["export", "latest"]).arg(&file).to_owned_cmd());
+    let target = dir.path().join("target");
+    std::fs::write(dir.path().join("foreign"), b"hello, not a checkpoint").unwrap();
+    let err = fails(
+        checkpoints(&moved_dir(&target), &["import"])
+            .arg(dir.path().join("foreign"))
+            .to_owned_cmd(),
+    );
+    assert!(err.contains("not a plume checkpoint export"), "{err}");
+    let mut newer = std::fs::read(&file).unwrap();
+    newer[8] = 99;
+    std::fs::write(dir.path().join("newer"), &newer).unwrap();
+    let err = fails(
+        checkpoints(&target, &["import"])
+            .arg(dir.path().join("newer"))
+            .to_owned_cmd(),
+    );
+    assert!(err.contains("format version 99") && err.contains("newer"), "{err}");
+    let mut cut = std::fs::read(&file).unwrap();
+    cut.truncate(cut.len() - 10);
+    std::fs::write(dir.path().join("cut"), &cut).unwrap();
+    let err = fails(
+        checkpoints(&target, &["import"])
+            .arg(dir.path().join("cut"))
+            .to_owned_cmd(),
+    );
+    assert!(err.contains("damaged or truncated"), "{err}");
+    // and an import into a directory that has state is refused
+    let err = fails(checkpoints(&state, &["import"]).arg(&file).to_owned_cmd());
+    assert!(err.contains("already holds state"), "{err}");
+}
+
+#[test]
+fn restore_is_refused_while_a_run_uses_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 300, 1_500_000, 11);
+    let state = dir.path().join("state");
+    let mut child = run_cmd(
+        "pipelines/aq1.yaml",
+        &input,
+        &dir.path().join("o.jsonl"),
+        &state,
+        &["--checkpoint-interval", "50ms"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plume::store::retained::ids(&state)
+        .map(|i| i.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = checkpoints(&state, &["restore", "latest"]).output().unwrap();
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().unwrap();
+    if still_running {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("a pipeline is running"), "{err}");
+    }
+}
+
+/// The stored format cannot change by accident: an export written by this version (format 1)
+/// is kept in `checkpoints/fixtures/`, and it must still import, verify, and restore every
+/// device to the state recorded next to it.
+#[test]
+fn the_stored_format_fixture_still_loads() {
+    let fixtures = common::repo().join("checkpoints/fixtures");
+    let file = fixtures.join("aq1-format1.plume");
+    let expected_states = fixtures.join("aq1-format1.states.json");
+    if std::env::var_os("PLUME_UPDATE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::copy(common::workloads().join("aq1-edge.jsonl"), &input).unwrap();
+        let state = dir.path().join("state");
+        ok(run_cmd(
+            "pipelines/aq1.yaml",
+            &input,
+            &dir.path().join("o.jsonl"),
+            &state,
+            &[],
+        ));
+        std::fs::create_dir_all(&fixtures).unwrap();
+        ok(checkpoints(&state, &["export", "latest"]).arg(&file).to_owned_cmd());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("imported");
+    ok(checkpoints(&moved_dir(&target), &["import"]).arg(&file).to_owned_cmd());
+    assert!(ok(checkpoints(&target, &["verify", "latest"])).contains("ok"));
+    let values = device_values(&plume::store::StateStore::live_dir(&target));
+    assert!(!values.is_empty());
+    let mut states = serde_json::Map::new();
+    for (device, stored) in &values {
+        let payload = plume::store::unseal(stored).expect("the envelope checks");
+        let snapshot = plume::operators::DeviceSnapshot::decode(payload).expect("format 1 snapshots decode");
+        states.insert(device.clone(), serde_json::to_value(&snapshot).unwrap());
+    }
+    let states = serde_json::Value::Object(states);
+    if std::env::var_os("PLUME_UPDATE_FIXTURES").is_some() {
+        std::fs::write(&expected_states, serde_json::to_string_pretty(&states).unwrap()).unwrap();
+    }
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&expected_states).unwrap()).unwrap();
+    assert_eq!(
+        states, expected,
+        "the fixture's device states decode differently than recorded"
+    );
+}
