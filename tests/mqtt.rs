@@ -393,3 +393,160 @@ fn the_mqtt_sink_publishes_results_on_the_topic_template() {
     }
     drop(subscriber);
 }
+
+fn sh(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_with_a_custom_ca_and_a_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // a CA of our own and a broker certificate for 127.0.0.1 signed by it
+    sh(
+        d,
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=plume test CA",
+        ],
+    );
+    sh(
+        d,
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    sh(
+        d,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let password = "s3cret-Pa55-do-not-log";
+    sh(d, "mosquitto_passwd", &["-b", "-c", "passwd", "plume", password]);
+    sh(d, "mosquitto_passwd", &["-b", "passwd", "publisher", "pub-pass"]);
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut broker = Mosquitto::start_with(
+        d,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\npassword_file {}\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key"),
+            p("passwd")
+        ),
+    );
+    // (`allow_anonymous true` in the base config is overridden: a password file requires one)
+    let text = std::fs::read_to_string(pipeline()).unwrap().replace(
+        "qos: 1\n",
+        &format!(
+            "qos: 1\n      ca_file: \"{}\"\n      username: plume\n      password_env: PLUME_TEST_MQTT_PASSWORD\n",
+            p("ca.crt")
+        ),
+    );
+    let tls_pipeline = d.join("mqtt-aq1-tls.yaml");
+    std::fs::write(&tls_pipeline, text).unwrap();
+    let input = aq1_input(d, 6, 1_200, 17);
+    let out = d.join("out-mqtt.jsonl");
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let plume = Plume::run_with_env(&tls_pipeline, &url, &out, &[("PLUME_TEST_MQTT_PASSWORD", password)]);
+    plume.wait_subscribed();
+    let mut per_device: std::collections::BTreeMap<String, String> = Default::default();
+    for (topic, payload) in aq1_messages(&input) {
+        let lines = per_device.entry(topic).or_default();
+        lines.push_str(std::str::from_utf8(&payload).unwrap());
+        lines.push('\n');
+    }
+    let total: usize = per_device.values().map(|l| l.lines().count()).sum();
+    for (topic, lines) in &per_device {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "--cafile",
+                &p("ca.crt"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+            ])
+            .args(["-u", "publisher", "-P", "pub-pass", "-q", "1", "-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    plume.wait_messages(total as u64);
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(!log.contains(password), "the password must not be logged:\n{log}");
+    assert_same_as_file_run(&out, &file_run(d, &input));
+
+    // a wrong password: refused, retried with backoff, and still never printed
+    let mut broker = Mosquitto::start_with(
+        d,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\npassword_file {}\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key"),
+            p("passwd")
+        ),
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let wrong = "wrong-Pa55-do-not-log";
+    let plume = Plume::run_with_env(
+        &tls_pipeline,
+        &url,
+        &d.join("out-refused.jsonl"),
+        &[("PLUME_TEST_MQTT_PASSWORD", wrong)],
+    );
+    wait_for("the refusal in the log", Duration::from_secs(30), || {
+        plume.logged("refused")
+    });
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(!log.contains(wrong), "{log}");
+}

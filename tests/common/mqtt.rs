@@ -48,6 +48,11 @@ impl Mosquitto {
     /// Starts mosquitto on a free loopback port; persistence (sessions and queued messages) in
     /// `dir`, so a restart keeps what plume has not acknowledged yet.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    /// Like [`Mosquitto::start`], with more configuration lines (they apply to its listener).
+    pub fn start_with(dir: &Path, extra: &str) -> Self {
         let port = free_port();
         let config = dir.join("mosquitto.conf");
         // mosquitto started as root drops to user `mosquitto`, which cannot write the temporary
@@ -61,7 +66,7 @@ impl Mosquitto {
                  max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {}\nlog_type error\nlog_type warning\n",
                 dir.display(),
                 dir.join("mosquitto.log").display()
-            ),
+            ) + extra,
         )
         .unwrap();
         let mut m = Mosquitto {
@@ -137,6 +142,10 @@ pub struct Plume {
 
 impl Plume {
     pub fn run(pipeline: &Path, url: &str, output: &Path) -> Self {
+        Self::run_with_env(pipeline, url, output, &[])
+    }
+
+    pub fn run_with_env(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = plume()
             .arg("run")
             .arg(pipeline)
@@ -147,6 +156,7 @@ impl Plume {
             .env("PLUME_OUTPUT", output)
             .env("PLUME_LOG", "warn,plume::sources::mqtt=debug,plume::broker=info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
