@@ -546,6 +546,10 @@ fn tls_with_a_custom_ca_and_a_password_from_the_environment() {
     wait_for("the refusal in the log", Duration::from_secs(30), || {
         plume.logged("refused")
     });
+    // and a second attempt after the backoff
+    wait_for("a retry", Duration::from_secs(30), || {
+        plume.logged("mqtt reconnect failed")
+    });
     let log = plume.interrupt();
     broker.stop();
     assert!(!log.contains(wrong), "{log}");
