@@ -142,7 +142,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             shards: None,
-            chunk_bytes: 4 << 20,
+            chunk_bytes: 16 << 20,
             chunks_in_flight: 4,
             fault_hook: None,
         }

@@ -81,8 +81,10 @@ pub struct DeviceActor {
     local: Rc<ShardLocal>,
     chain: DeviceChain,
     /// The state before the batch that panicked.
-    last_good: Option<DeviceChain>,
-    failed: Option<FailedBatch>,
+    /// (Both boxed: they are only set between a panic and the restart, and the actor's size is
+    /// part of every active device's memory.)
+    last_good: Option<Box<DeviceChain>>,
+    failed: Option<Box<FailedBatch>>,
     counters: DeviceActorCounters,
     dirty: bool,
 }
@@ -197,7 +199,7 @@ impl Actor for DeviceActor {
 
     fn started(&mut self, _ctx: &mut Context<Self>) {
         if let Some(failed) = self.failed.take() {
-            self.replay_failed(failed);
+            self.replay_failed(*failed);
         }
     }
 }
@@ -206,7 +208,7 @@ impl Supervised for DeviceActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         let _span = info_span!("device_restart", device = %self.device, shard = self.local.shard).entered();
         if let Some(good) = self.last_good.take() {
-            self.chain = good;
+            self.chain = *good;
         }
         self.counters.restarts += 1;
         self.local.metrics.restarts.fetch_add(1, Ordering::Relaxed);
@@ -237,12 +239,12 @@ impl Handler<ApplyReadings> for DeviceActor {
                 self.local.return_scratch(emits);
             }
             Err(_) => {
-                self.last_good = Some(before);
-                self.failed = Some(FailedBatch {
+                self.last_good = Some(Box::new(before));
+                self.failed = Some(Box::new(FailedBatch {
                     readings: msg.readings,
                     now: msg.now,
                     progress: msg.progress,
-                });
+                }));
                 ctx.stop();
             }
         }
