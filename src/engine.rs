@@ -46,6 +46,8 @@ pub enum EngineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("the runtime stopped before the run ended")]
     Aborted,
     #[error(transparent)]
@@ -84,6 +86,7 @@ impl OutputPlan {
             sinks.push(match spec {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
                 SinkSpec::File(f) => Box::new(file_sink(std::path::Path::new(&f.path))?),
+                SinkSpec::Webhook(_) | SinkSpec::Push(_) => Box::new(crate::notify::notifier_for(pipeline, &spec)?),
                 SinkSpec::Mqtt(m) => Box::new(crate::sinks::mqtt::MqttSink::connect(
                     &m,
                     &format!("plume-{}-out-{}", pipeline.name, sinks.len()),
@@ -148,7 +151,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             shards: None,
-            chunk_bytes: 4 << 20,
+            chunk_bytes: 16 << 20,
             chunks_in_flight: 4,
             fault_hook: None,
         }
@@ -189,8 +192,12 @@ impl Runtime {
 
     /// Stops the arbiters and joins the sink threads (after `done`).
     pub fn shut_down(self) {
-        for a in self.arbiters {
+        for a in &self.arbiters {
             a.stop();
+        }
+        // joined, so every actor (and what it holds, such as the state store) is gone
+        for a in self.arbiters {
+            let _ = a.join();
         }
         for t in self.sink_threads {
             let _ = t.join();
@@ -531,22 +538,21 @@ fn prepare_state(
         if let (Some(p), SourcePlan::Lines(source)) = (stored, &mut *plan)
             && matches!(source.input, LineInput::File(_))
         {
-            if p.name != *name || p.fingerprint != fingerprint {
+            if p.name != *name {
+                // another file: the device state goes on, the new file is read from its start
+                info!(source = %name, previous = %p.name, "a new input: reading it from the start");
+            } else if p.fingerprint != fingerprint {
                 return Err(EngineError::Resume(format!(
-                    "{} holds the state of a run that read `{}`, and this run reads `{name}`{}: resuming would skip or repeat readings. Use another --data-dir, or remove {} to start over",
+                    "{} holds the state of a run that read `{name}` up to byte {}, but that file's contents changed since: resuming would skip or repeat readings. Use another --data-dir, or remove {} to start over",
                     dir.display(),
-                    p.name,
-                    if p.name == *name {
-                        " with different contents"
-                    } else {
-                        ""
-                    },
+                    p.offset,
                     dir.display()
                 )));
+            } else {
+                source.start_offset = p.offset;
+                source.start_line = p.line.max(1);
+                info!(source = %name, offset = p.offset, line = p.line, "resuming the source");
             }
-            source.start_offset = p.offset;
-            source.start_line = p.line.max(1);
-            info!(source = %name, offset = p.offset, line = p.line, "resuming the source");
         }
         identities.push(SourceIdentity {
             name: name.clone(),
@@ -587,6 +593,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         .unwrap_or_default();
     let keep = |name: &str| resumed_sinks.iter().find(|(n, _)| n == name).map_or(0, |(_, len)| *len);
     let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep)?;
+    let store = state.as_ref().map(|s| s.settings.store.clone());
     let system = System::new();
     let started = Instant::now();
     let result = system.block_on(async move {
@@ -664,6 +671,9 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         }
         let restarts = RuntimeMetrics::get(&runtime.metrics.restarts);
         let passivations = RuntimeMetrics::get(&runtime.metrics.passivations);
+        if let Some(c) = &runtime.checkpointer {
+            let _ = c.send(crate::actors::checkpointer::StopCheckpointer).await;
+        }
         runtime.shut_down();
         let outcome = outcome.map_err(|_| EngineError::Aborted)?;
         outcome.sink_positions?;
@@ -676,6 +686,10 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         Ok::<_, EngineError>((outcome.totals, shards, restarts, passivations))
     });
     System::current().stop();
+    drop(system);
+    if let Some(store) = store {
+        StateStore::close(store);
+    }
     let (totals, shards, restarts, passivations) = result?;
     Ok(RunReport {
         totals,

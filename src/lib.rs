@@ -13,6 +13,7 @@
 //! - [`sources`]: files, stdin, the simulator (each on its own thread, broadcasting chunks).
 //! - [`sinks`]: stdout and JSON-lines files behind bounded queues; output routes.
 //! - [`broker`]: the embedded MQTT broker (rumqttd).
+//! - [`notify`]: notifier sinks (signed webhooks, FCM, APNs, ntfy) with a durable outbox.
 //! - [`store`]: the RocksDB state store, retained checkpoints, export and import.
 //! - [`clock`]: processing time.
 
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod notify;
 pub mod operators;
 pub mod output;
 pub mod pipeline;

@@ -160,7 +160,9 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
 }
 
 fn main() -> ExitCode {
+    plume::clock::mark_start();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
         )

@@ -338,16 +338,14 @@ fn a_changed_pipeline_is_refused_unless_allowed() {
     );
     ok(run_cmd(&changed, &input, &output, &state, &["--allow-pipeline-change"]));
 
-    // a different input under the same data directory is refused too
+    // the same input file with other contents is refused (another file would be read afresh)
     let other = aq1_input(dir.path(), 50, 50_000, 3);
-    let err = fails(run_cmd(
-        "pipelines/aq1.yaml",
-        &other,
-        &output,
-        &state,
-        &["--allow-pipeline-change"],
-    ));
-    assert!(err.contains("resuming would skip or repeat readings"), "{err}");
+    std::fs::copy(&other, &input).unwrap();
+    let err = fails(run_cmd(&changed, &input, &output, &state, &[]));
+    assert!(
+        err.contains("contents changed") && err.contains("resuming would skip or repeat readings"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -108,6 +108,20 @@ pub struct CheckpointerCounters {
 #[rtype(result = "CheckpointerCounters")]
 pub struct ReportCheckpointerCounters;
 
+/// The run is over: stop the writer thread (after what it is writing) and the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopCheckpointer;
+
+impl Handler<StopCheckpointer> for Checkpointer {
+    type Result = ();
+
+    fn handle(&mut self, _: StopCheckpointer, ctx: &mut Context<Self>) {
+        self.stop_writer();
+        ctx.stop();
+    }
+}
+
 struct WriteJob {
     write: CheckpointWrite,
     retain: u32,
@@ -315,6 +329,14 @@ impl Checkpointer {
         }
     }
 
+    fn stop_writer(&mut self) {
+        let (tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.writer, tx));
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+
     fn fail(&mut self, id: u64, e: String) {
         error!(checkpoint = id, error = %e, "checkpoint failed: the previous one stays the latest");
         self.counters.failed += 1;
@@ -339,11 +361,7 @@ impl Actor for Checkpointer {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        let (tx, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut self.writer, tx));
-        if let Some(t) = self.writer_thread.take() {
-            let _ = t.join();
-        }
+        self.stop_writer();
     }
 }
 

@@ -36,22 +36,24 @@ pub struct Tick {
     pub now: i64,
 }
 
-/// Passivation: reply with the encoded state and whether it changed since the last checkpoint;
-/// the supervisor then drops the address and the actor stops once its mailbox is empty.
+/// Passivation: answer with the encoded state and whether it changed since the last
+/// checkpoint; the supervisor has dropped the address and the actor stops once its mailbox is
+/// empty.
 #[derive(Message)]
-#[rtype(result = "(Vec<u8>, bool)")]
-pub struct Passivate;
+#[rtype(result = "()")]
+pub struct Passivate(pub super::Answer<(Arc<str>, Vec<u8>, bool)>);
 
-/// Checkpoint: the encoded state if it changed since the last one.
+/// Checkpoint: the encoded state, if it changed since the last one, into the collector.
 #[derive(Message)]
-#[rtype(result = "Option<Vec<u8>>")]
-pub struct SnapshotIfDirty;
+#[rtype(result = "()")]
+pub struct SnapshotIfDirty(pub super::Answer<(Arc<str>, Vec<u8>)>);
 
 /// End of input / graceful shutdown: flush (if the pipeline says so) and report the counters.
 #[derive(Message)]
-#[rtype(result = "DeviceCounters")]
+#[rtype(result = "()")]
 pub struct FlushAtEnd {
     pub flush: bool,
+    pub answer: super::Answer<DeviceCounters>,
 }
 
 /// For tests and the admin view.
@@ -79,8 +81,10 @@ pub struct DeviceActor {
     local: Rc<ShardLocal>,
     chain: DeviceChain,
     /// The state before the batch that panicked.
-    last_good: Option<DeviceChain>,
-    failed: Option<FailedBatch>,
+    /// (Both boxed: they are only set between a panic and the restart, and the actor's size is
+    /// part of every active device's memory.)
+    last_good: Option<Box<DeviceChain>>,
+    failed: Option<Box<FailedBatch>>,
     counters: DeviceActorCounters,
     dirty: bool,
 }
@@ -195,7 +199,7 @@ impl Actor for DeviceActor {
 
     fn started(&mut self, _ctx: &mut Context<Self>) {
         if let Some(failed) = self.failed.take() {
-            self.replay_failed(failed);
+            self.replay_failed(*failed);
         }
     }
 }
@@ -204,7 +208,7 @@ impl Supervised for DeviceActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         let _span = info_span!("device_restart", device = %self.device, shard = self.local.shard).entered();
         if let Some(good) = self.last_good.take() {
-            self.chain = good;
+            self.chain = *good;
         }
         self.counters.restarts += 1;
         self.local.metrics.restarts.fetch_add(1, Ordering::Relaxed);
@@ -235,12 +239,12 @@ impl Handler<ApplyReadings> for DeviceActor {
                 self.local.return_scratch(emits);
             }
             Err(_) => {
-                self.last_good = Some(before);
-                self.failed = Some(FailedBatch {
+                self.last_good = Some(Box::new(before));
+                self.failed = Some(Box::new(FailedBatch {
                     readings: msg.readings,
                     now: msg.now,
                     progress: msg.progress,
-                });
+                }));
                 ctx.stop();
             }
         }
@@ -261,37 +265,36 @@ impl Handler<Tick> for DeviceActor {
 }
 
 impl Handler<Passivate> for DeviceActor {
-    type Result = MessageResult<Passivate>;
+    type Result = ();
 
-    fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Passivate(answer): Passivate, _ctx: &mut Context<Self>) {
         let _span = info_span!("device_passivate", device = %self.device, shard = self.local.shard).entered();
-        MessageResult((self.chain.snapshot().encode(), self.dirty))
+        answer.give((self.device.clone(), self.chain.snapshot().encode(), self.dirty));
     }
 }
 
 impl Handler<SnapshotIfDirty> for DeviceActor {
-    type Result = MessageResult<SnapshotIfDirty>;
+    type Result = ();
 
-    fn handle(&mut self, _: SnapshotIfDirty, _ctx: &mut Context<Self>) -> Self::Result {
-        if !self.dirty {
-            return MessageResult(None);
+    fn handle(&mut self, SnapshotIfDirty(answer): SnapshotIfDirty, _ctx: &mut Context<Self>) {
+        if self.dirty {
+            self.dirty = false;
+            answer.give((self.device.clone(), self.chain.snapshot().encode()));
         }
-        self.dirty = false;
-        MessageResult(Some(self.chain.snapshot().encode()))
     }
 }
 
 impl Handler<FlushAtEnd> for DeviceActor {
-    type Result = MessageResult<FlushAtEnd>;
+    type Result = ();
 
-    fn handle(&mut self, msg: FlushAtEnd, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: FlushAtEnd, _ctx: &mut Context<Self>) {
         if msg.flush {
             let mut emits = Vec::new();
             self.chain.on_end(&mut emits);
             self.dirty = true;
             self.publish(&mut emits);
         }
-        MessageResult(self.chain.counters())
+        msg.answer.give(self.chain.counters());
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::future::join_all;
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info_span};
@@ -278,17 +277,18 @@ impl ShardSupervisor {
             return 0;
         }
         let n = idle.len();
-        let requests: Vec<_> = idle
-            .into_iter()
-            .map(|device| {
-                let entry = self.active.remove(&device).expect("listed above");
-                let reply = entry.addr.send(device::Passivate);
-                async move { (device, reply.await) }
-            })
-            .collect();
-        let fut = join_all(requests).into_actor(self).map(|replies, act, _ctx| {
-            for (device, reply) in replies {
-                let (bytes, dirty) = reply.expect("a device actor answers before it stops");
+        let (answers, all) = super::Collector::new(idle.len());
+        // the addresses live until every answer is in, so no actor stops before answering
+        let mut keep_alive = Vec::with_capacity(n);
+        for (device, answer) in idle.into_iter().zip(answers) {
+            let entry = self.active.remove(&device).expect("listed above");
+            entry.addr.do_send(device::Passivate(answer));
+            keep_alive.push(entry.addr);
+        }
+        let fut = all.into_actor(self).map(move |replies, act, _ctx| {
+            drop(keep_alive);
+            let replies = replies.expect("the collector answers");
+            for (device, bytes, dirty) in replies {
                 let clean_as_of = act.barrier_seen;
                 act.passive.insert(
                     device,
@@ -341,6 +341,13 @@ impl Handler<DeviceBatches> for ShardSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceBatches, _ctx: &mut Context<Self>) {
+        if self.counters.batches == 0 {
+            tracing::info!(
+                shard = self.local.shard,
+                since_start_ms = crate::clock::since_start().as_secs_f64() * 1000.0,
+                "first readings reached the devices"
+            );
+        }
         self.counters.batches += msg.batches.len() as u64;
         for (device, readings) in msg.batches {
             self.counters.readings += readings.len() as u64;
@@ -403,13 +410,12 @@ impl Handler<FinishShard> for ShardSupervisor {
         }
         let mut devices: Vec<(&Arc<str>, &ActiveDevice)> = self.active.iter().collect();
         devices.sort_by(|a, b| a.0.cmp(b.0));
-        let requests: Vec<_> = devices
-            .into_iter()
-            .map(|(_, d)| d.addr.send(device::FlushAtEnd { flush }))
-            .collect();
-        Box::pin(join_all(requests).into_actor(self).map(move |replies, act, _ctx| {
-            for reply in replies {
-                let c = reply.expect("a device actor answers");
+        let (answers, all) = super::Collector::new(devices.len());
+        for ((_, d), answer) in devices.into_iter().zip(answers) {
+            d.addr.do_send(device::FlushAtEnd { flush, answer });
+        }
+        Box::pin(all.into_actor(self).map(move |replies, act, _ctx| {
+            for c in replies.unwrap_or_default() {
                 totals.readings += c.readings;
                 totals.late += c.late;
                 totals.devices += 1;
@@ -438,24 +444,23 @@ impl Handler<ShardBarrier> for ShardSupervisor {
         let _span = info_span!("checkpoint_barrier", shard = self.local.shard, checkpoint = msg.id).entered();
         let started = Instant::now();
         let (done_tx, done_rx) = oneshot::channel::<()>();
-        let touched: Vec<Arc<str>> = self.touched.drain().collect();
-        let requests: Vec<_> = touched
-            .into_iter()
-            .filter_map(|device| {
-                let addr = self.active.get(&device)?.addr.clone();
-                Some(async move { (device, addr.send(device::SnapshotIfDirty).await) })
-            })
+        let touched: Vec<Addr<DeviceActor>> = self
+            .touched
+            .drain()
+            .filter_map(|device| Some(self.active.get(&device)?.addr.clone()))
             .collect();
+        let (answers, all) = super::Collector::new(touched.len());
+        for (addr, answer) in touched.into_iter().zip(answers) {
+            addr.do_send(device::SnapshotIfDirty(answer));
+        }
         let id = msg.id;
         // The shard pauses (ctx.wait) until every changed device has answered: their earlier
         // readings are all applied by then, and nothing after the barrier has started.
-        let fut = join_all(requests).into_actor(self).map(move |replies, act, _ctx| {
+        let fut = all.into_actor(self).map(move |replies, act, _ctx| {
             let key_groups = act.key_groups();
             let mut devices = Vec::new();
-            for (device, reply) in replies {
-                if let Ok(Some(bytes)) = reply {
-                    devices.push((device_key(key_group_of(&device, key_groups), &device), bytes));
-                }
+            for (device, bytes) in replies.unwrap_or_default() {
+                devices.push((device_key(key_group_of(&device, key_groups), &device), bytes));
             }
             for (device, p) in act.passive.iter_mut() {
                 if p.dirty {

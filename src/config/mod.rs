@@ -876,6 +876,12 @@ pub struct WebhookSinkSpec {
     pub max_age: DurationSpec,
     #[serde(default = "defaults::concurrency")]
     pub concurrency: u32,
+    /// First retry delay (doubled per attempt, with jitter).
+    #[serde(default = "defaults::backoff")]
+    pub backoff: DurationSpec,
+    /// How long the circuit breaker stays open after repeated failures.
+    #[serde(default = "defaults::breaker_open")]
+    pub breaker_open: DurationSpec,
     #[serde(default)]
     pub policy: NotifyPolicySpec,
 }
@@ -898,6 +904,9 @@ pub struct FcmSpec {
     pub endpoint: Option<String>,
     #[serde(default)]
     pub token_endpoint: Option<String>,
+    /// JSON file of device tokens (`{"<device>": ["<token>"], "*": [...]}`).
+    #[serde(default)]
+    pub subscribers: Option<String>,
     #[serde(default)]
     pub policy: NotifyPolicySpec,
 }
@@ -913,6 +922,9 @@ pub struct ApnsSpec {
     pub topic: String,
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// JSON file of device tokens (`{"<device>": ["<token>"], "*": [...]}`).
+    #[serde(default)]
+    pub subscribers: Option<String>,
     #[serde(default)]
     pub policy: NotifyPolicySpec,
 }
@@ -1144,6 +1156,12 @@ pub mod defaults {
     }
     pub fn concurrency() -> u32 {
         4
+    }
+    pub fn backoff() -> DurationSpec {
+        DurationSpec::from_millis(1000)
+    }
+    pub fn breaker_open() -> DurationSpec {
+        DurationSpec::from_millis(30_000)
     }
     pub fn ntfy_server() -> String {
         "https://ntfy.sh".to_string()

@@ -616,6 +616,16 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "Deliveries in flight at once.",
     ),
     doc(
+        "outputs[].to[].webhook.backoff",
+        "duration",
+        "First retry delay; doubled per attempt (at most 5m), with jitter, never before `Retry-After`.",
+    ),
+    doc(
+        "outputs[].to[].webhook.breaker_open",
+        "duration",
+        "After 5 failures in a row the endpoint gets one probe request per this long.",
+    ),
+    doc(
         "outputs[].to[].push",
         "map",
         "Mobile push: exactly one of `fcm`, `apns`, `ntfy`.",
@@ -636,6 +646,11 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "URL",
         "Override of the OAuth token endpoint (tests).",
     ),
+    doc(
+        "outputs[].to[].push.fcm.subscribers",
+        "path",
+        "JSON file of device tokens: `{\"<device>\": [\"<token>\", …], \"*\": […]}` (`*`: every device).",
+    ),
     doc("outputs[].to[].push.apns", "map", "Apple Push Notification service."),
     doc("outputs[].to[].push.apns.team_id", "text", "Apple developer team id."),
     doc("outputs[].to[].push.apns.key_id", "text", "Id of the signing key."),
@@ -653,6 +668,11 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "outputs[].to[].push.apns.endpoint",
         "URL",
         "Override of the APNs endpoint (tests).",
+    ),
+    doc(
+        "outputs[].to[].push.apns.subscribers",
+        "path",
+        "JSON file of device tokens: `{\"<device>\": [\"<token>\", …], \"*\": […]}` (`*`: every device).",
     ),
     doc(
         "outputs[].to[].push.ntfy",

@@ -332,10 +332,67 @@ impl<'de> Visitor<'de> for DeviceOnly<'_, 'de> {
 }
 
 pub(super) fn device_of<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, str>> {
+    if let Some(id) = dec
+        .device_field
+        .as_deref()
+        .and_then(|key| device_at_start(key, payload))
+    {
+        return Some(Cow::Borrowed(id));
+    }
     let mut found = None;
     let mut de = serde_json::Deserializer::from_slice(payload);
     let _ = de.deserialize_map(DeviceOnly { dec, found: &mut found });
     found
+}
+
+/// The fast path of [`device_of`], for the way producers write readings: the object starts with
+/// the device key and its value is a string without escapes (`{"device":"dev-1",…`, any JSON
+/// whitespace between the tokens). Anything else (another first key, an escape, a number, a
+/// control character, invalid UTF-8) gives `None` and the full scan decides. The value found
+/// is the one the full scan and [`decode`] find: the first device key's, unescaped.
+#[inline]
+fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
+    #[inline]
+    fn skip_ws(p: &[u8], mut i: usize) -> usize {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = p.get(i) {
+            i += 1;
+        }
+        i
+    }
+    let key = key.as_bytes();
+    if key.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+        return None;
+    }
+    let mut i = skip_ws(payload, 0);
+    if payload.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(payload, i + 1);
+    if payload.get(i) != Some(&b'"') || payload.get(i + 1..i + 1 + key.len()) != Some(key) {
+        return None;
+    }
+    i += 1 + key.len();
+    if payload.get(i) != Some(&b'"') {
+        return None;
+    }
+    i = skip_ws(payload, i + 1);
+    if payload.get(i) != Some(&b':') {
+        return None;
+    }
+    i = skip_ws(payload, i + 1);
+    if payload.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let len = memchr::memchr2(b'"', b'\\', payload.get(start..)?)?;
+    if payload[start + len] != b'"' {
+        return None;
+    }
+    let id = &payload[start..start + len];
+    if id.iter().any(|&b| b < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(id).ok()
 }
 
 #[cfg(test)]
@@ -421,6 +478,37 @@ mod tests {
             Some("x\ty")
         );
         assert_eq!(dec.device_of(br#"{"ts":1}"#, None), None);
+        // the fast path (device key first) and the full scan agree
+        for payload in [
+            &br#"{"device":"dev-1","ts":1}"#[..],
+            br#" { "device" : "dev-1" ,"ts":1}"#,
+            br#"{"device":"d\u00e9v","ts":1}"#,
+            br#"{"device":"a\"b","ts":1}"#,
+            br#"{"device":"","ts":1}"#,
+            br#"{"device":12,"ts":1}"#,
+            br#"{"device":"tab	in","ts":1}"#,
+            br#"{"devices":"x","device":"y"}"#,
+            br#"{"device":"x","device":"y"}"#,
+            br#"{"device":"unterminated"#,
+            "{\"device\":\"d\u{e9}v\",\"ts\":1}".as_bytes(),
+            b"{\"device\":\"\xff\",\"ts\":1}",
+        ] {
+            let mut found = None;
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            let _ = de.deserialize_map(DeviceOnly {
+                dec: &dec,
+                found: &mut found,
+            });
+            assert_eq!(
+                dec.device_of(payload, None),
+                found,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+            if let Ok(d) = dec.decode(payload, None, 0) {
+                assert_eq!(dec.device_of(payload, None), Some(d.device));
+            }
+        }
         assert_eq!(dec.device_of(b"not json", None), None);
     }
 

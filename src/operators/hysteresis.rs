@@ -101,7 +101,9 @@ pub struct HysteresisState {
     /// The open event, if any.
     pub open: Option<EventStats>,
     /// Debounce: a run of readings meeting the enter condition, not yet long enough.
-    pub entering: Option<EventStats>,
+    /// (Boxed: it is only used with `min_duration`, and inline it would make every operator of
+    /// every device larger; serde writes a box as its content, so snapshots do not change.)
+    pub entering: Option<Box<EventStats>>,
     /// Debounce: event time of the first reading of a run meeting the exit condition.
     pub clearing_since: Option<i64>,
     /// Number of events opened so far (part of each event's id).
@@ -155,7 +157,7 @@ impl HysteresisOp {
                         }
                         run.sum += x;
                         run.n += 1;
-                        *run
+                        **run
                     }
                     None => EventStats::new(ts, x),
                 };
@@ -173,7 +175,7 @@ impl HysteresisOp {
                         severity: cfg.severity_of(run.peak),
                     });
                 } else {
-                    st.entering = Some(run);
+                    st.entering = Some(Box::new(run));
                 }
             }
             Some(event) => {

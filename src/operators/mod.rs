@@ -472,7 +472,8 @@ impl DeviceSnapshot {
 /// The operator chain of one device: every operator in pipeline order, and its counters.
 #[derive(Debug, Clone)]
 pub struct DeviceChain {
-    operators: Vec<Operator>,
+    /// (A boxed slice: one word smaller than a `Vec` in every device actor.)
+    operators: Box<[Operator]>,
     counters: DeviceCounters,
 }
 
@@ -572,7 +573,7 @@ impl DeviceChain {
             }
         }
         Ok(DeviceChain {
-            operators,
+            operators: operators.into_boxed_slice(),
             counters: snapshot.counters,
         })
     }

@@ -243,13 +243,13 @@ impl WindowOp {
         // windows are few and ascending; most readings land in the newest one
         let pos = match windows.iter().rposition(|w| w.start <= start) {
             Some(p) if windows[p].start == start => p,
-            Some(p) => {
-                windows.insert(p + 1, new_window(start, cfg.fields.len()));
-                p + 1
-            }
-            None => {
-                windows.insert(0, new_window(start, cfg.fields.len()));
-                0
+            found => {
+                let p = found.map_or(0, |p| p + 1);
+                // grow one at a time: a device keeps few windows open, and the spare capacity
+                // of a doubling `Vec` would be most of an idle device's memory
+                windows.reserve_exact(1);
+                windows.insert(p, new_window(start, cfg.fields.len()));
+                p
             }
         };
         let window = &mut windows[pos];

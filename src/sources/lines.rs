@@ -15,6 +15,9 @@ use super::{ChunkFeeder, SourceError};
 use crate::actors::ChunkData;
 use crate::decode::Decoder;
 
+/// Bytes made room for per read from stdin.
+const STDIN_READ_BYTES: usize = 1 << 20;
+
 /// Where the lines come from.
 pub enum LineInput {
     File(PathBuf),
@@ -64,11 +67,17 @@ pub fn run(
     while !eof && !stop.load(Ordering::Relaxed) {
         let permit = feeder.wait_for_room();
         let mut buf = std::mem::take(&mut carry);
-        buf.reserve(source.chunk_bytes);
+        // stdin sends what one read gave (up to a line end): no need to make room for a whole
+        // chunk each time (zeroing it would cost more than the data)
+        let room = match source.input {
+            LineInput::Stdin => source.chunk_bytes.min(STDIN_READ_BYTES),
+            LineInput::File(_) => source.chunk_bytes,
+        };
+        buf.reserve(room);
         // fill the buffer (a pipe or terminal gives less per read)
         while buf.len() < source.chunk_bytes {
             let start = buf.len();
-            buf.resize(source.chunk_bytes, 0);
+            buf.resize(source.chunk_bytes.min(start + room), 0);
             match reader.read(&mut buf[start..]) {
                 Ok(0) => {
                     buf.truncate(start);

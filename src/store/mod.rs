@@ -397,6 +397,32 @@ impl StateStore {
         })
     }
 
+    /// Closes the database once every other holder has let go (RocksDB must be closed before
+    /// the process exits, or its background threads may touch freed locks).
+    pub fn close(store: Arc<StateStore>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut store = store;
+        loop {
+            match Arc::try_unwrap(store) {
+                Ok(s) => {
+                    s.db.cancel_all_background_work(true);
+                    drop(s);
+                    return;
+                }
+                Err(shared) if std::time::Instant::now() < deadline => {
+                    store = shared;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(shared) => {
+                    warn!("the state store is still in use at exit: stopping its background work");
+                    shared.db.cancel_all_background_work(true);
+                    std::mem::forget(shared);
+                    return;
+                }
+            }
+        }
+    }
+
     /// The stored snapshot of one device (envelope checked), if any.
     pub fn load_device(&self, key_group: u32, device: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let cf = self.db.cf_handle(CF_DEVICES).expect("column family");

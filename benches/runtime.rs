@@ -1,0 +1,394 @@
+//! The actor runtime against the single-core plain loop, side by side, on the aq1 workload; and
+//! the memory the runtime needs per device. Not a test: it only measures and prints.
+//!
+//! ```text
+//! cargo bench --bench runtime                  # everything (about 5 minutes on 2 cores)
+//! cargo bench --bench runtime -- --reps 5      # more repetitions of the throughput runs
+//! cargo bench --bench runtime -- --only throughput   (or: idle, passivation)
+//! ```
+//!
+//! Every run is a child process of the release `plume` binary, so its peak RSS (`ru_maxrss`
+//! from `wait4`) and CPU time are its own. Inputs are generated once with the shared generator
+//! (`../shared/workloads/gen_aq1.py`) and cached in `<target dir>/plume-bench/`.
+//!
+//! 1. **Throughput**: aq1 with 10,000 devices and 5,000,000 readings from a file, written to an
+//!    output file. Each repetition runs, in turn, `plume run --engine plain` (parse + operator
+//!    chain + format on one thread: the single-core ceiling) and the actor runtime with 2 and
+//!    with 1 shard (`plume run pipelines/aq1.yaml --input FILE --output OUT --shards N`); the
+//!    order rotates between repetitions so that a burst of load elsewhere does not always hit
+//!    the same engine. Reports median readings/s (wall time of the whole process), the ratio
+//!    actors / plain, CPU seconds and peak RSS; checks that every run wrote the same summary.
+//! 2. **Idle devices**: 200,000 devices send two readings each through stdin and then stay
+//!    idle but active (`passivate_after: 1h`); once the process has stopped using CPU, its RSS
+//!    is compared with the same run over 1,000 devices (same number of readings). The
+//!    difference divided by the difference in devices is the memory per idle active device.
+//! 3. **Passivation**: 1,000,000 distinct devices (two readings each) with
+//!    `passivate_after: 1s`; reports peak RSS (target: under 2 GiB) and the passivations.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const THROUGHPUT_DEVICES: u32 = 10_000;
+const THROUGHPUT_READINGS: u64 = 5_000_000;
+const IDLE_DEVICES: u32 = 200_000;
+const IDLE_FEW_DEVICES: u32 = 1_000;
+const PASSIVATION_DEVICES: u32 = 1_000_000;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `<target dir>/plume-bench`: the bench executable is `<target dir>/<profile>/deps/runtime-…`.
+fn data_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("plume-bench");
+    std::fs::create_dir_all(&dir).expect("creating the bench data directory");
+    dir
+}
+
+/// An aq1 input from the shared generator, generated once.
+fn aq1_input(devices: u32, readings: u64) -> PathBuf {
+    let path = data_dir().join(format!("aq1-{devices}-{readings}-1.jsonl"));
+    if path.exists() {
+        return path;
+    }
+    eprintln!("generating {} (once) …", path.display());
+    let partial = path.with_extension("partial");
+    let status = Command::new("python3")
+        .arg(repo().join("../shared/workloads/gen_aq1.py"))
+        .args(["--devices", &devices.to_string(), "--events", &readings.to_string()])
+        .args(["--seed", "1", "--out"])
+        .arg(&partial)
+        .status()
+        .expect("python3 runs the aq1 generator");
+    assert!(status.success(), "gen_aq1.py failed");
+    std::fs::rename(&partial, &path).expect("renaming the generated input");
+    path
+}
+
+/// `pipelines/aq1.yaml` with a `runtime:` section of our own.
+fn aq1_pipeline_with(name: &str, runtime: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).expect("reading pipelines/aq1.yaml");
+    assert!(
+        !text.contains("\nruntime:"),
+        "pipelines/aq1.yaml has its own runtime section"
+    );
+    let path = data_dir().join(name);
+    std::fs::write(&path, format!("{text}\nruntime:\n{runtime}")).expect("writing a bench pipeline");
+    path
+}
+
+/// What one child process did.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+    stderr: String,
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// Waits for `child` with `wait4`, which gives its own resource usage.
+fn wait_measured(child: std::process::Child, started: Instant, stderr_path: &Path) -> Measured {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: plain syscall on our own child; `rusage` is plain old data.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child); // reaped above
+    let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "plume failed ({status}):\n{stderr}"
+    );
+    Measured {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+        stderr,
+    }
+}
+
+fn plume(args: &[&str], stdin: Stdio, stderr_path: &Path) -> (std::process::Child, Instant) {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_plume"))
+        .current_dir(repo())
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(File::create(stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("starting plume");
+    (child, started)
+}
+
+fn run_file(args: &[&str]) -> Measured {
+    let stderr_path = data_dir().join("stderr.txt");
+    let (child, started) = plume(args, Stdio::null(), &stderr_path);
+    wait_measured(child, started, &stderr_path)
+}
+
+/// The summary record: the last line of an output file.
+fn summary_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("reading an output");
+    text.lines().last().unwrap_or("").to_string()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn throughput(reps: usize) {
+    let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+    let input = input.to_str().expect("utf-8 path");
+    let out = data_dir().join("out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let engines: [(&str, Vec<&str>); 3] = [
+        ("plain loop (1 thread)", vec!["--engine", "plain"]),
+        ("actors, 2 shards", vec!["--shards", "2"]),
+        ("actors, 1 shard", vec!["--shards", "1"]),
+    ];
+    let mut results: Vec<Vec<Measured>> = engines.iter().map(|_| Vec::new()).collect();
+    let mut summary: Option<String> = None;
+    println!(
+        "\n## Throughput: aq1, {THROUGHPUT_DEVICES} devices, {THROUGHPUT_READINGS} readings, {reps} repetitions (load average before: {})",
+        load_average()
+    );
+    for rep in 0..reps {
+        for k in 0..engines.len() {
+            let e = (k + rep) % engines.len();
+            let (name, extra) = &engines[e];
+            let mut args = vec!["run", "pipelines/aq1.yaml", "--input", input, "--output", out_s];
+            args.extend(extra.iter().copied());
+            let m = run_file(&args);
+            let s = summary_of(&out);
+            match &summary {
+                None => summary = Some(s),
+                Some(first) => assert_eq!(first, &s, "{name} wrote a different summary"),
+            }
+            eprintln!(
+                "  rep {rep} {name:<22} {:>7.3} s  {:>10.0} readings/s  cpu {:>6.2} s  peak RSS {:>7.1} MiB  (load {})",
+                m.wall.as_secs_f64(),
+                THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64(),
+                m.cpu.as_secs_f64(),
+                mib(m.max_rss_kib),
+                load_average()
+            );
+            results[e].push(m);
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let rate = |ms: &[Measured]| {
+        median(
+            ms.iter()
+                .map(|m| THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64())
+                .collect(),
+        )
+    };
+    let plain = rate(&results[0]);
+    println!("\n| run | median readings/s | × plain loop | median CPU s | peak RSS (max) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (e, (name, _)) in engines.iter().enumerate() {
+        let r = rate(&results[e]);
+        let cpu = median(results[e].iter().map(|m| m.cpu.as_secs_f64()).collect());
+        let rss = results[e].iter().map(|m| m.max_rss_kib).max().unwrap_or(0);
+        println!(
+            "| {name} | {:.0} | {:.2} | {cpu:.2} | {:.0} MiB |",
+            r,
+            r / plain,
+            mib(rss)
+        );
+    }
+    // ratio per repetition (each pair ran back to back)
+    let per_rep: Vec<String> = (0..reps)
+        .map(|i| {
+            format!(
+                "{:.2}",
+                results[0][i].wall.as_secs_f64() / results[1][i].wall.as_secs_f64()
+            )
+        })
+        .collect();
+    println!(
+        "\nactors (2 shards) / plain, per repetition: {}; summary: {}",
+        per_rep.join(", "),
+        summary.unwrap_or_default()
+    );
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Feeds `input` to `plume run PIPELINE --input -` and keeps stdin open; once the process is
+/// idle (no CPU used for a second), returns its resident memory (KiB) and lets it finish.
+fn idle_rss(pipeline: &Path, input: &Path) -> (u64, Measured) {
+    let stderr_path = data_dir().join("stderr.txt");
+    let out = data_dir().join("idle-out.jsonl");
+    let args = [
+        "run",
+        pipeline.to_str().unwrap(),
+        "--input",
+        "-",
+        "--output",
+        out.to_str().unwrap(),
+        "--shards",
+        "2",
+    ];
+    let (mut child, started) = plume(&args, Stdio::piped(), &stderr_path);
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut data = Vec::new();
+    File::open(input)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .expect("reading the input");
+    stdin.write_all(&data).expect("feeding plume");
+    stdin.flush().ok();
+    let mut last = cpu_ticks(pid);
+    let mut still = 0;
+    while still < 4 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = cpu_ticks(pid);
+        if now == last {
+            still += 1
+        } else {
+            still = 0
+        }
+        last = now;
+    }
+    let rss = proc_field(pid, "status", "VmRSS:").expect("VmRSS");
+    drop(stdin);
+    let m = wait_measured(child, started, &stderr_path);
+    let _ = std::fs::remove_file(&out);
+    (rss, m)
+}
+
+fn idle_devices() {
+    println!(
+        "\n## Memory per idle active device (load average before: {})",
+        load_average()
+    );
+    let pipeline = aq1_pipeline_with("aq1-no-passivation.yaml", "  passivate_after: 1h\n");
+    let readings = 2 * IDLE_DEVICES as u64;
+    let many = aq1_input(IDLE_DEVICES, readings);
+    let few = aq1_input(IDLE_FEW_DEVICES, readings);
+    let (rss_few, _) = idle_rss(&pipeline, &few);
+    let (rss_many, m) = idle_rss(&pipeline, &many);
+    let per_device = (rss_many as f64 - rss_few as f64) * 1024.0 / (IDLE_DEVICES - IDLE_FEW_DEVICES) as f64;
+    println!("\n| devices (all active, idle) | readings | RSS when idle | peak RSS |");
+    println!("| ---: | ---: | ---: | ---: |");
+    println!("| {IDLE_FEW_DEVICES} | {readings} | {:.1} MiB | |", mib(rss_few));
+    println!(
+        "| {IDLE_DEVICES} | {readings} | {:.1} MiB | {:.1} MiB |",
+        mib(rss_many),
+        mib(m.max_rss_kib)
+    );
+    println!("\nper idle active device: {per_device:.0} bytes (target: at most 1024)");
+}
+
+fn passivation() {
+    println!(
+        "\n## {PASSIVATION_DEVICES} distinct devices with passivation (load average before: {})",
+        load_average()
+    );
+    let pipeline = aq1_pipeline_with("aq1-passivate-1s.yaml", "  passivate_after: 1s\n");
+    let readings = 2 * PASSIVATION_DEVICES as u64;
+    let input = aq1_input(PASSIVATION_DEVICES, readings);
+    let out = data_dir().join("passivation-out.jsonl");
+    let m = run_file(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--shards",
+        "2",
+    ]);
+    let _ = std::fs::remove_file(&out);
+    let report = m
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("done:"))
+        .unwrap_or("")
+        .to_string();
+    println!(
+        "\npeak RSS {:.1} MiB (target: under 2048 MiB), {:.2} s, cpu {:.2} s\n`{report}`",
+        mib(m.max_rss_kib),
+        m.wall.as_secs_f64(),
+        m.cpu.as_secs_f64()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut reps = 3;
+    let mut only: Option<String> = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--reps" => {
+                reps = args.get(i + 1).and_then(|s| s.parse().ok()).expect("--reps N");
+                i += 1;
+            }
+            "--only" => {
+                only = args.get(i + 1).cloned();
+                i += 1;
+            }
+            _ => {} // `--bench` and filters from cargo
+        }
+        i += 1;
+    }
+    let want = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    println!(
+        "plume runtime bench: {} CPUs, plume = {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        env!("CARGO_BIN_EXE_plume")
+    );
+    if want("throughput") {
+        throughput(reps.max(1));
+    }
+    if want("idle") {
+        idle_devices();
+    }
+    if want("passivation") {
+        passivation();
+    }
+}

@@ -1,0 +1,509 @@
+//! Delivering outbox entries: retries, backoff, dead letters, the per-endpoint concurrency
+//! limit and circuit breaker, and order per device.
+//!
+//! Each notifier sink has its own [`Delivery`] engine on a tokio runtime of its own (one worker
+//! thread), so a slow or dead endpoint only ever holds its own deliveries: the sink's `write`
+//! only puts entries in the outbox and hands them over.
+//!
+//! - **Lanes**: deliveries of one device to one target (an endpoint, or one device token) form a
+//!   lane, delivered one at a time in the order they were put: an event's end never overtakes
+//!   its start. Lanes run concurrently, at most `concurrency` requests in flight per endpoint.
+//! - **Retries**: a retryable failure (timeout, connection error, 408, 429, 5xx) is retried after
+//!   `backoff · 2^(attempt-1)` (capped at `max_backoff`) with full jitter, and never sooner than
+//!   the receiver's `Retry-After`. Other 4xx are permanent: the entry goes to the dead letters at
+//!   once. An entry still undelivered `max_age` after it was put goes to the dead letters with its
+//!   last error.
+//! - **Circuit breaker**: after `breaker_failures` failures in a row the endpoint is considered
+//!   down for `breaker_open`; then one probe request goes out, and only its success lets the
+//!   other lanes send again. A dead endpoint costs one request per `breaker_open`, not one per
+//!   lane per backoff.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use super::outbox::{Outbox, OutboxEntry};
+
+/// A failed delivery attempt. Says whether trying again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// The receiver answered with a status that is not success.
+    #[error("HTTP {status}{}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// No answer: connection refused or reset, timeout, TLS failure.
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// The provider says the device token is no longer valid (FCM `UNREGISTERED`, APNs 410).
+    #[error("device token unregistered ({0})")]
+    Unregistered(String),
+    /// Credentials could not be made or were refused for good (bad key, bad token endpoint).
+    #[error("credentials: {message}")]
+    Credentials { message: String, retryable: bool },
+}
+
+impl DeliveryError {
+    /// Whether a later attempt can succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DeliveryError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500 || *status < 400,
+            DeliveryError::Transport(_) => true,
+            DeliveryError::Unregistered(_) => false,
+            DeliveryError::Credentials { retryable, .. } => *retryable,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// From a reqwest error, without the URL's query (never holds secrets, but stays short).
+    pub fn from_reqwest(e: reqwest::Error) -> Self {
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "could not connect"
+        } else {
+            "failed"
+        };
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        DeliveryError::Transport(if cause.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}: {cause}")
+        })
+    }
+}
+
+/// Parses a `Retry-After` header: seconds, or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let now = jiff::Timestamp::now();
+    let d = when.duration_since(now);
+    Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One kind of receiver (webhook, FCM, APNs, ntfy).
+pub trait Transport: Send + Sync + 'static {
+    /// For logs: `webhook https://host/path`, never with credentials.
+    fn describe(&self) -> String;
+    /// One attempt to deliver `entry`; `Ok` means the receiver acknowledged it.
+    fn deliver<'a>(&'a self, entry: &'a OutboxEntry) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    /// The provider reported the token of `entry` as unregistered: stop sending to it.
+    fn token_unregistered(&self, _entry: &OutboxEntry) {}
+    /// Whether `entry` should still be sent (false once its token was removed).
+    fn wanted(&self, _entry: &OutboxEntry) -> bool {
+        true
+    }
+}
+
+/// Retry and protection settings of one endpoint.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Timeout of one attempt (the transports apply it to their requests).
+    pub timeout: Duration,
+    pub max_age: Duration,
+    pub concurrency: usize,
+    /// First retry delay (before jitter).
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout: Duration::from_secs(10),
+            max_age: Duration::from_secs(24 * 3600),
+            concurrency: 4,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of one notifier.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Deliveries acknowledged by the receiver.
+    pub delivered: AtomicU64,
+    /// Attempts (first tries and retries).
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Device tokens removed because the provider reported them unregistered.
+    pub tokens_removed: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Events not notified because of the cooldown.
+    pub suppressed: AtomicU64,
+    /// Events held by quiet hours (later folded into a digest).
+    pub held: AtomicU64,
+    /// Events skipped because the outbox already had them acknowledged or pending.
+    pub duplicates: AtomicU64,
+}
+
+impl DeliveryStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+/// Circuit breaker of one endpoint.
+struct Breaker {
+    state: Mutex<BreakerState>,
+    failures: u32,
+    open_for: Duration,
+}
+
+enum Admission {
+    Closed,
+    Probe,
+}
+
+impl Breaker {
+    /// Waits until a request may go out.
+    async fn admit(&self) -> Admission {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap();
+                match s.open_until {
+                    None => return Admission::Closed,
+                    Some(until) => {
+                        let now = Instant::now();
+                        if now >= until && !s.probing {
+                            s.probing = true;
+                            return Admission::Probe;
+                        }
+                        if now >= until {
+                            // another lane's probe is out: check again shortly
+                            Duration::from_millis(20)
+                        } else {
+                            until - now
+                        }
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn success(&self) {
+        let mut s = self.state.lock().unwrap();
+        *s = BreakerState::default();
+    }
+
+    /// Returns true when this failure opened the breaker.
+    fn failure(&self, probe: bool) -> bool {
+        let mut s = self.state.lock().unwrap();
+        s.failures += 1;
+        if probe || (s.open_until.is_none() && s.failures >= self.failures) {
+            let opened = s.open_until.is_none();
+            s.open_until = Some(Instant::now() + self.open_for);
+            s.probing = false;
+            return opened;
+        }
+        false
+    }
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<OutboxEntry>,
+    running: bool,
+}
+
+struct Shared {
+    transport: Arc<dyn Transport>,
+    outbox: Arc<dyn Outbox>,
+    config: DeliveryConfig,
+    stats: Arc<DeliveryStats>,
+    limit: Semaphore,
+    breaker: Breaker,
+    lanes: Mutex<HashMap<(String, String), Lane>>,
+    /// Entries handed over and not yet finished.
+    outstanding: watch::Sender<usize>,
+}
+
+/// The delivery engine of one notifier sink.
+pub struct Delivery {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Delivery {
+    /// Starts the engine and resumes the outbox's pending (not held) entries.
+    pub fn start(
+        name: &str,
+        transport: Arc<dyn Transport>,
+        outbox: Arc<dyn Outbox>,
+        config: DeliveryConfig,
+        stats: Arc<DeliveryStats>,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("notify {name}"))
+            .enable_all()
+            .build()?;
+        let shared = Arc::new(Shared {
+            limit: Semaphore::new(config.concurrency.max(1)),
+            breaker: Breaker {
+                state: Mutex::new(BreakerState::default()),
+                failures: config.breaker_failures.max(1),
+                open_for: config.breaker_open,
+            },
+            transport,
+            outbox,
+            config,
+            stats,
+            lanes: Mutex::new(HashMap::new()),
+            outstanding: watch::channel(0).0,
+        });
+        Ok(Delivery { runtime, shared })
+    }
+
+    /// Hands entries (already in the outbox) over for delivery, in order.
+    pub fn submit(&self, entries: Vec<OutboxEntry>) {
+        let _guard = self.runtime.enter();
+        for entry in entries {
+            submit(&self.shared, entry);
+        }
+    }
+
+    /// Entries handed over and not yet acknowledged or given up.
+    pub fn outstanding(&self) -> usize {
+        *self.shared.outstanding.borrow()
+    }
+
+    /// Blocks until every handed-over entry is finished (acknowledged, dead letter, dropped
+    /// token), or `deadline` passes. Returns how many are still outstanding.
+    pub fn drain(&self, deadline: Option<Instant>) -> usize {
+        let mut rx = self.shared.outstanding.subscribe();
+        self.runtime.block_on(async move {
+            let wait = rx.wait_for(|n| *n == 0);
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), wait).await;
+                }
+                None => {
+                    let _ = wait.await;
+                }
+            }
+        });
+        self.outstanding()
+    }
+}
+
+fn submit(shared: &Arc<Shared>, entry: OutboxEntry) {
+    shared.outstanding.send_modify(|n| *n += 1);
+    let key = (entry.device.clone(), entry.target.clone());
+    let mut lanes = shared.lanes.lock().unwrap();
+    let lane = lanes.entry(key.clone()).or_default();
+    lane.queue.push_back(entry);
+    if !lane.running {
+        lane.running = true;
+        tokio::spawn(run_lane(shared.clone(), key));
+    }
+}
+
+async fn run_lane(shared: Arc<Shared>, key: (String, String)) {
+    loop {
+        let entry = {
+            let mut lanes = shared.lanes.lock().unwrap();
+            let lane = lanes.get_mut(&key).expect("a running lane is in the map");
+            match lane.queue.pop_front() {
+                Some(e) => e,
+                None => {
+                    lanes.remove(&key);
+                    return;
+                }
+            }
+        };
+        deliver_one(&shared, entry).await;
+        shared.outstanding.send_modify(|n| *n -= 1);
+    }
+}
+
+fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff
+        .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20))
+        .min(config.max_backoff);
+    // full jitter, but at least half the step so retries do not bunch up at zero
+    let half = exp / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
+    let endpoint = shared.transport.describe();
+    let max_age_ms = shared.config.max_age.as_millis() as i64;
+    let mut attempts = 0u32;
+    let mut last_error: Option<DeliveryError> = None;
+    loop {
+        if !shared.transport.wanted(&entry) {
+            debug!(endpoint = %endpoint, id = %entry.id, "token no longer subscribed: dropped");
+            if let Err(e) = shared.outbox.acknowledge(&entry.id) {
+                warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
+            }
+            return;
+        }
+        let age_left = entry.created_ms + max_age_ms - now_ms();
+        if age_left <= 0 {
+            let error = last_error.map_or("not delivered within max_age".to_string(), |e| e.to_string());
+            give_up(
+                shared,
+                &entry,
+                &format!("max_age reached; last error: {error}"),
+                attempts,
+            );
+            return;
+        }
+        let admission = match tokio::time::timeout(Duration::from_millis(age_left as u64), shared.breaker.admit()).await
+        {
+            Ok(a) => a,
+            Err(_) => continue, // max_age passed while the breaker was open
+        };
+        let age_left = (entry.created_ms + max_age_ms - now_ms()).max(1) as u64;
+        let Ok(permit) = tokio::time::timeout(Duration::from_millis(age_left), shared.limit.acquire()).await else {
+            continue; // max_age passed while other lanes held every slot
+        };
+        let permit = permit.expect("the limit is never closed");
+        attempts += 1;
+        shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        if attempts > 1 {
+            shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = shared.transport.deliver(&entry).await;
+        drop(permit);
+        match result {
+            Ok(()) => {
+                shared.breaker.success();
+                if let Err(e) = shared.outbox.acknowledge(&entry.id) {
+                    // delivered but not recorded: a restart sends it again, with the same id
+                    warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
+                }
+                shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                debug!(endpoint = %endpoint, id = %entry.id, attempts, "delivered");
+                return;
+            }
+            Err(DeliveryError::Unregistered(detail)) => {
+                shared.breaker.success();
+                shared.transport.token_unregistered(&entry);
+                shared.stats.tokens_removed.fetch_add(1, Ordering::Relaxed);
+                info!(endpoint = %endpoint, device = %entry.device, detail = %detail, "device token unregistered: removed");
+                if let Err(e) = shared.outbox.acknowledge(&entry.id) {
+                    warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
+                }
+                return;
+            }
+            Err(e) if !e.retryable() => {
+                // the endpoint answered: it is up
+                shared.breaker.success();
+                give_up(shared, &entry, &e.to_string(), attempts);
+                return;
+            }
+            Err(e) => {
+                if shared.breaker.failure(matches!(admission, Admission::Probe)) {
+                    shared.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
+                    warn!(endpoint = %endpoint, error = %e, open_for = ?shared.config.breaker_open, "endpoint failing: circuit breaker open");
+                }
+                let delay = backoff(&shared.config, attempts).max(e.retry_after().unwrap_or_default());
+                debug!(endpoint = %endpoint, id = %entry.id, attempts, error = %e, delay = ?delay, "delivery failed: will retry");
+                last_error = Some(e);
+                let age_left = (entry.created_ms + max_age_ms - now_ms()).max(0) as u64;
+                tokio::time::sleep(delay.min(Duration::from_millis(age_left))).await;
+            }
+        }
+    }
+}
+
+fn give_up(shared: &Shared, entry: &OutboxEntry, error: &str, attempts: u32) {
+    shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    warn!(endpoint = %shared.transport.describe(), id = %entry.id, device = %entry.device, attempts, error = %error, "delivery given up: dead letter");
+    if let Err(e) = shared.outbox.dead_letter(&entry.id, error, attempts) {
+        warn!(id = %entry.id, error = %e, "outbox dead letter failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_failures_are_retried() {
+        let status = |s| DeliveryError::Status {
+            status: s,
+            retry_after: None,
+            detail: String::new(),
+        };
+        for s in [408, 429, 500, 502, 503] {
+            assert!(status(s).retryable(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 410, 413] {
+            assert!(!status(s).retryable(), "{s}");
+        }
+        assert!(DeliveryError::Transport("timed out".into()).retryable());
+        assert!(!DeliveryError::Unregistered("x".into()).retryable());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = DeliveryConfig {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..Default::default()
+        };
+        for _ in 0..50 {
+            let b1 = backoff(&c, 1);
+            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100));
+            let b3 = backoff(&c, 3);
+            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400));
+            assert!(backoff(&c, 30) <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Notifiers: sinks that tell people and systems about events — signed webhooks, FCM, APNs and
+//! ntfy — at least once, with deterministic ids, through a durable outbox.
+//!
+//! A notifier is a [`Sink`] like the file sink: the OutputHub hands it records through the
+//! bounded queue of its sink thread. `write` only decides (policy), puts the deliveries in the
+//! outbox and hands them to the delivery engine, which runs on a tokio runtime of its own: a slow
+//! or dead endpoint never holds the hub, the devices or the other sinks.
+//!
+//! # Layout
+//! - [`NotifierSink`]: records → policy → outbox entries → delivery; digests after quiet hours;
+//!   drains at the end of the run.
+//! - `policy`: cooldown, quiet hours, severity, title/body templates (on event time).
+//! - `outbox`: the [`Outbox`] trait (durable pending deliveries, acknowledged ids, dead letters)
+//!   and [`MemoryOutbox`].
+//! - `delivery`: the engine: per device-and-target lanes in order, retries with backoff and
+//!   jitter honouring `Retry-After`, max age → dead letters, concurrency limit, circuit breaker;
+//!   the [`Transport`] trait every receiver kind implements.
+//! - `webhook`: Standard Webhooks signing and the HTTP transport.
+//! - `fcm`, `apns`, `ntfy`: the push transports; `jwt`: RS256/ES256 JWTs with `ring`.
+//! - `subscribers`: the [`Subscribers`] trait (device → push tokens) and [`FileSubscribers`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracing::{info, warn};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
+use crate::output::{OutputRecord, push_json_str};
+use crate::sinks::{Sink, SinkError};
+
+pub mod apns;
+pub mod delivery;
+pub mod fcm;
+pub mod jwt;
+pub mod ntfy;
+pub mod outbox;
+pub mod policy;
+pub mod subscribers;
+pub mod webhook;
+
+pub use delivery::{Delivery, DeliveryConfig, DeliveryError, DeliveryStats, Transport};
+pub use outbox::{DeadLetter, MemoryOutbox, Outbox, OutboxEntry, OutboxError};
+pub use policy::{Decision, Policy};
+pub use subscribers::{FileSubscribers, Subscribers};
+
+/// A notifier could not be set up. None of these gets better by retrying: the configuration or
+/// the environment must change. Messages name variables and files, never their secret values.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("environment variable `{0}` is not set (it should hold the {1})")]
+    MissingEnv(String, &'static str),
+    #[error("webhook secret in `{var}`: {message}")]
+    Secret { var: String, message: String },
+    #[error("{0}")]
+    Credentials(String),
+    #[error("{0} needs `subscribers`: the JSON file of device tokens")]
+    NoSubscribers(&'static str),
+    #[error(transparent)]
+    Subscribers(#[from] subscribers::SubscribersError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error("http client: {0}")]
+    Client(String),
+    #[error("starting the delivery runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// rustls needs a process-wide crypto provider; plume uses `ring` (a second call is a no-op).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn env(var: &str, what: &'static str) -> Result<String, NotifyError> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| NotifyError::MissingEnv(var.to_string(), what))
+}
+
+/// Deliveries fan out per target: one endpoint, or one delivery per subscribed token.
+enum Targets {
+    Endpoint,
+    Tokens(Arc<dyn Subscribers>),
+}
+
+/// A notifier sink (webhook, FCM, APNs or ntfy).
+pub struct NotifierSink {
+    name: String,
+    pipeline: String,
+    webhook_body: bool,
+    targets: Targets,
+    policy: Policy,
+    outbox: Arc<dyn Outbox>,
+    delivery: Delivery,
+    stats: Arc<DeliveryStats>,
+    /// Held by quiet hours (also in the outbox, `held`), and when the quiet hours end.
+    held: Vec<OutboxEntry>,
+    release_at: i64,
+    drain_timeout: Duration,
+}
+
+/// What a notifier is built from besides its spec.
+pub struct NotifierParts {
+    pub pipeline: String,
+    pub outbox: Arc<dyn Outbox>,
+    /// For FCM and APNs; `None`: the spec's `subscribers` file.
+    pub subscribers: Option<Arc<dyn Subscribers>>,
+    /// How long the end of a run waits for pending deliveries.
+    pub drain_timeout: Duration,
+}
+
+fn delivery_config(timeout: DurationSpec, max_age: DurationSpec, concurrency: u32) -> DeliveryConfig {
+    DeliveryConfig {
+        timeout: timeout.as_duration(),
+        max_age: max_age.as_duration(),
+        concurrency: concurrency.max(1) as usize,
+        ..Default::default()
+    }
+}
+
+impl NotifierSink {
+    /// Builds the notifier for a webhook or push sink spec; `None` for other sinks.
+    pub fn build(spec: &SinkSpec, parts: NotifierParts) -> Result<Option<Self>, NotifyError> {
+        let subscribers = |path: &Option<String>, what: &'static str| -> Result<Arc<dyn Subscribers>, NotifyError> {
+            if let Some(s) = &parts.subscribers {
+                return Ok(s.clone());
+            }
+            let path = path.as_deref().ok_or(NotifyError::NoSubscribers(what))?;
+            Ok(Arc::new(FileSubscribers::open(std::path::Path::new(path))?))
+        };
+        let defaults = crate::config::WebhookSinkSpec {
+            url: String::new(),
+            secret_env: None,
+            timeout: crate::config::defaults::http_timeout(),
+            max_age: crate::config::defaults::max_age(),
+            concurrency: crate::config::defaults::concurrency(),
+            backoff: crate::config::defaults::backoff(),
+            breaker_open: crate::config::defaults::breaker_open(),
+            policy: NotifyPolicySpec::default(),
+        };
+        let push_config = delivery_config(defaults.timeout, defaults.max_age, defaults.concurrency);
+        let (transport, targets, config, policy, webhook_body): (Arc<dyn Transport>, _, _, _, _) = match spec {
+            SinkSpec::Webhook(w) => {
+                let secret = match &w.secret_env {
+                    Some(var) => Some(
+                        webhook::WebhookSecret::parse(&env(var, "webhook secret (whsec_…)")?).map_err(|message| {
+                            NotifyError::Secret {
+                                var: var.clone(),
+                                message,
+                            }
+                        })?,
+                    ),
+                    None => None,
+                };
+                let mut config = delivery_config(w.timeout, w.max_age, w.concurrency);
+                config.backoff = w.backoff.as_duration();
+                config.breaker_open = w.breaker_open.as_duration();
+                let t = webhook::WebhookTransport::new(&w.url, secret, config.timeout)?;
+                (Arc::new(t), Targets::Endpoint, config, &w.policy, true)
+            }
+            SinkSpec::Push(PushSinkSpec::Ntfy(n)) => {
+                let token = match &n.token_env {
+                    Some(var) => Some(env(var, "ntfy access token")?),
+                    None => None,
+                };
+                let critical = n
+                    .policy
+                    .quiet_hours
+                    .as_ref()
+                    .map(|q| q.critical.clone())
+                    .unwrap_or_default();
+                let t = ntfy::NtfyTransport::new(&n.server, &n.topic, token, critical, push_config.timeout)?;
+                (Arc::new(t), Targets::Endpoint, push_config, &n.policy, false)
+            }
+            SinkSpec::Push(PushSinkSpec::Fcm(f)) => {
+                let subs = subscribers(&f.subscribers, "fcm")?;
+                let key = env(&f.service_account_env, "FCM service-account key (JSON or a path)")?;
+                let t = fcm::FcmTransport::new(
+                    &key,
+                    f.endpoint.as_deref(),
+                    f.token_endpoint.as_deref(),
+                    subs.clone(),
+                    push_config.timeout,
+                )?;
+                (Arc::new(t), Targets::Tokens(subs), push_config, &f.policy, false)
+            }
+            SinkSpec::Push(PushSinkSpec::Apns(a)) => {
+                let subs = subscribers(&a.subscribers, "apns")?;
+                let key = env(&a.key_env, "APNs .p8 signing key (PEM)")?;
+                let t = apns::ApnsTransport::new(
+                    &a.team_id,
+                    &a.key_id,
+                    &key,
+                    &a.topic,
+                    a.endpoint.as_deref(),
+                    subs.clone(),
+                    push_config.timeout,
+                )?;
+                (Arc::new(t), Targets::Tokens(subs), push_config, &a.policy, false)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Self::new(
+            transport,
+            targets,
+            config,
+            policy,
+            webhook_body,
+            parts,
+        )?))
+    }
+
+    fn new(
+        transport: Arc<dyn Transport>,
+        targets: Targets,
+        config: DeliveryConfig,
+        policy: &NotifyPolicySpec,
+        webhook_body: bool,
+        parts: NotifierParts,
+    ) -> Result<Self, NotifyError> {
+        let name = transport.describe();
+        let stats = Arc::new(DeliveryStats::default());
+        let delivery = Delivery::start(&name, transport, parts.outbox.clone(), config, stats.clone())
+            .map_err(NotifyError::Runtime)?;
+        let mut sink = NotifierSink {
+            name,
+            pipeline: parts.pipeline,
+            webhook_body,
+            targets,
+            policy: Policy::new(policy)?,
+            outbox: parts.outbox,
+            delivery,
+            stats,
+            held: Vec::new(),
+            release_at: i64::MAX,
+            drain_timeout: parts.drain_timeout,
+        };
+        sink.resume()
+            .map_err(|e| NotifyError::Credentials(format!("outbox: {e}")))?;
+        Ok(sink)
+    }
+
+    /// After a restart: every pending delivery is resumed; held ones go out in the next digest.
+    fn resume(&mut self) -> Result<(), OutboxError> {
+        let pending = self.outbox.pending()?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (held, send): (Vec<_>, Vec<_>) = pending.into_iter().partition(|e| e.held);
+        info!(notifier = %self.name, pending = send.len(), held = held.len(), "resuming pending deliveries");
+        if !held.is_empty() {
+            self.held = held;
+            self.release_at = i64::MIN;
+        }
+        self.delivery.submit(send);
+        Ok(())
+    }
+
+    /// The notifier's counters.
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.stats.clone()
+    }
+
+    fn outbox_error(&self, e: OutboxError) -> SinkError {
+        let kind = if e.retryable() {
+            std::io::ErrorKind::Interrupted
+        } else {
+            std::io::ErrorKind::Other
+        };
+        SinkError::Io {
+            sink: self.name.clone(),
+            operation: "writing the outbox",
+            source: std::io::Error::new(kind, e.to_string()),
+        }
+    }
+
+    /// The webhook body: see the README, "Notifications".
+    fn webhook_payload(&self, kind: &str, id: &str, device: &str, r: &policy::Rendered, data: &str) -> String {
+        let mut j = String::with_capacity(data.len() + 256);
+        j.push_str("{\"type\":");
+        push_json_str(&mut j, kind);
+        j.push_str(",\"timestamp\":");
+        let ts = jiff::Timestamp::from_millisecond(r.time_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        push_json_str(&mut j, &ts.to_string());
+        j.push_str(",\"id\":");
+        push_json_str(&mut j, id);
+        j.push_str(",\"pipeline\":");
+        push_json_str(&mut j, &self.pipeline);
+        j.push_str(",\"device\":");
+        push_json_str(&mut j, device);
+        j.push_str(",\"severity\":");
+        match &r.severity {
+            Some(s) => push_json_str(&mut j, s),
+            None => j.push_str("null"),
+        }
+        j.push_str(",\"title\":");
+        push_json_str(&mut j, &r.title);
+        j.push_str(",\"body\":");
+        push_json_str(&mut j, &r.body);
+        j.push_str(",\"data\":");
+        j.push_str(data);
+        j.push('}');
+        j
+    }
+
+    fn target_list(&self, device: &str) -> Result<Vec<String>, SinkError> {
+        match &self.targets {
+            Targets::Endpoint => Ok(vec![String::new()]),
+            Targets::Tokens(subs) => subs.tokens_for(device).map_err(|e| SinkError::Io {
+                sink: self.name.clone(),
+                operation: "reading the subscribers",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    fn delivery_id(event_id: &str, target: &str) -> String {
+        if target.is_empty() {
+            event_id.to_string()
+        } else {
+            format!("{event_id}:{:016x}", xxh3_64(target.as_bytes()))
+        }
+    }
+
+    /// Folds the held notifications into one digest per target and sends it.
+    fn release_digest(&mut self) -> Result<(), SinkError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut self.held);
+        self.release_at = i64::MAX;
+        let mut targets: Vec<String> = held.iter().map(|e| e.target.clone()).collect();
+        targets.sort();
+        targets.dedup();
+        let mut digests = Vec::new();
+        for target in targets {
+            let items: Vec<&OutboxEntry> = held.iter().filter(|e| e.target == target).collect();
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for e in &items {
+                h.update(e.id.as_bytes());
+                h.update(b"\n");
+            }
+            let event_id = format!("{:032x}", h.digest128());
+            let title = format!("{} notifications during quiet hours", items.len());
+            let body = items.iter().map(|e| e.title.as_str()).collect::<Vec<_>>().join("\n");
+            let mut payload = String::from("{\"type\":\"digest\",\"id\":");
+            push_json_str(&mut payload, &event_id);
+            payload.push_str(",\"pipeline\":");
+            push_json_str(&mut payload, &self.pipeline);
+            payload.push_str(",\"title\":");
+            push_json_str(&mut payload, &title);
+            payload.push_str(",\"items\":[");
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    payload.push(',');
+                }
+                payload.push_str(&e.payload);
+            }
+            payload.push_str("]}");
+            digests.push(OutboxEntry {
+                id: Self::delivery_id(&event_id, &target),
+                event_id,
+                device: String::new(),
+                target: target.clone(),
+                kind: "digest".into(),
+                severity: None,
+                title,
+                body,
+                payload,
+                created_ms: jiff::Timestamp::now().as_millisecond(),
+                held: false,
+            });
+        }
+        // the digest is durable before the held entries leave the outbox
+        let added = self.outbox.put(digests).map_err(|e| self.outbox_error(e))?;
+        for e in &held {
+            self.outbox.acknowledge(&e.id).map_err(|e| self.outbox_error(e))?;
+        }
+        info!(notifier = %self.name, notifications = held.len(), digests = added.len(), "quiet hours over: sending the digest");
+        self.delivery.submit(added);
+        Ok(())
+    }
+}
+
+impl Sink for NotifierSink {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
+        let mut batch = Vec::new();
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        for record in records {
+            let Ok(value) = serde_json::from_str::<Value>(&record.json) else {
+                continue;
+            };
+            let (decision, rendered) = self.policy.decide(&value);
+            if rendered.time_ms >= self.release_at {
+                // the event-time clock passed the end of the quiet hours
+                self.enqueue(std::mem::take(&mut batch))?;
+                self.release_digest()?;
+            }
+            let held = match decision {
+                Decision::Suppress => {
+                    self.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                Decision::Hold { until_ms } => {
+                    self.release_at = self.release_at.min(until_ms);
+                    self.stats.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    true
+                }
+                Decision::Send => false,
+            };
+            let event_id = record.id_hex();
+            let device = record.device.as_deref().unwrap_or("");
+            let payload = if self.webhook_body {
+                self.webhook_payload(record.kind, &event_id, device, &rendered, &record.json)
+            } else {
+                String::new()
+            };
+            for target in self.target_list(device)? {
+                let entry = OutboxEntry {
+                    id: Self::delivery_id(&event_id, &target),
+                    event_id: event_id.clone(),
+                    device: device.to_string(),
+                    target,
+                    kind: record.kind.to_string(),
+                    severity: rendered.severity.clone(),
+                    title: rendered.title.clone(),
+                    body: rendered.body.clone(),
+                    payload: payload.clone(),
+                    created_ms: now_ms,
+                    held,
+                };
+                batch.push(entry);
+            }
+        }
+        self.enqueue(batch)
+    }
+
+    fn flush(&mut self) -> Result<u64, SinkError> {
+        Ok(DeliveryStats::get(&self.stats.delivered))
+    }
+
+    fn finish(&mut self) -> Result<u64, SinkError> {
+        // the end of the input ends the quiet hours' story too
+        self.release_digest()?;
+        let left = self.delivery.drain(Some(Instant::now() + self.drain_timeout));
+        if left > 0 {
+            warn!(notifier = %self.name, pending = left, "deliveries still pending at the end of the run: they stay in the outbox");
+        }
+        Ok(DeliveryStats::get(&self.stats.delivered))
+    }
+}
+
+/// The notifier of a pipeline's webhook or push sink, with an in-memory outbox (the durable one
+/// comes with the store) and subscribers from the spec's file.
+pub fn notifier_for(
+    pipeline: &crate::pipeline::CompiledPipeline,
+    spec: &SinkSpec,
+) -> Result<NotifierSink, NotifyError> {
+    let parts = NotifierParts {
+        pipeline: pipeline.name.clone(),
+        outbox: Arc::new(MemoryOutbox::new()),
+        subscribers: None,
+        drain_timeout: pipeline.spec.shutdown.drain_timeout.as_duration(),
+    };
+    Ok(NotifierSink::build(spec, parts)?.expect("a webhook or push sink spec"))
+}
+
+impl NotifierSink {
+    /// Puts entries in the outbox; sends those not held (and not already there or acknowledged).
+    fn enqueue(&mut self, batch: Vec<OutboxEntry>) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let offered = batch.len();
+        let added = self.outbox.put(batch).map_err(|e| self.outbox_error(e))?;
+        self.stats
+            .duplicates
+            .fetch_add((offered - added.len()) as u64, std::sync::atomic::Ordering::Relaxed);
+        let (held, send): (Vec<_>, Vec<_>) = added.into_iter().partition(|e| e.held);
+        self.held.extend(held);
+        self.delivery.submit(send);
+        Ok(())
+    }
+}

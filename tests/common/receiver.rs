@@ -1,0 +1,220 @@
+//! A local HTTP receiver for the notifier tests and bench: HTTP/1.1 and HTTP/2 with prior
+//! knowledge (h2c) on 127.0.0.1, recording every request and answering what the test says.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Arrival order across every receiver sharing the same sequence counter.
+    pub seq: u64,
+    pub at: Instant,
+    pub version: hyper::Version,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// How many earlier requests carried the same `webhook-id` (0: the first).
+    pub attempt: usize,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// Wait this long before answering (a slow or hung receiver).
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn ok() -> Self {
+        Self::status(200)
+    }
+    pub fn json(status: u16, body: &str) -> Self {
+        let mut r = Self::status(status);
+        r.headers.push(("content-type", "application/json".into()));
+        r.body = body.to_string();
+        r
+    }
+    pub fn with_header(mut self, k: &'static str, v: &str) -> Self {
+        self.headers.push((k, v.to_string()));
+        self
+    }
+    pub fn delayed(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+pub type Behaviour = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Receiver {
+    /// Starts on a free port.
+    pub fn start(seq: Arc<AtomicU64>, behaviour: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_on(0, seq, behaviour)
+    }
+
+    /// Starts on `port` (0: any).
+    pub fn start_on(
+        port: u16,
+        seq: Arc<AtomicU64>,
+        behaviour: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("binding the receiver");
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let behaviour: Behaviour = Arc::new(behaviour);
+        let (reqs, b) = (requests.clone(), behaviour.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (reqs, b, seq) = (reqs.clone(), b.clone(), seq.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (reqs, b, seq) = (reqs.clone(), b.clone(), seq.clone());
+                        async move { Ok::<_, Infallible>(handle(req, reqs, b, seq).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            requests,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// Stops listening and drops every connection.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    reqs: Arc<Mutex<Vec<Recorded>>>,
+    behaviour: Behaviour,
+    seq: Arc<AtomicU64>,
+) -> Response<Full<Bytes>> {
+    let version = req.version();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let recorded = {
+        let mut all = reqs.lock().unwrap();
+        let id = headers.iter().find(|(k, _)| k == "webhook-id").map(|(_, v)| v.clone());
+        let attempt = match &id {
+            Some(id) => all.iter().filter(|r| r.header("webhook-id") == Some(id)).count(),
+            None => 0,
+        };
+        let r = Recorded {
+            seq: seq.fetch_add(1, Ordering::SeqCst),
+            at: Instant::now(),
+            version,
+            method,
+            path,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            attempt,
+        };
+        all.push(r.clone());
+        r
+    };
+    let reply = behaviour(&recorded);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = Response::builder().status(reply.status);
+    for (k, v) in &reply.headers {
+        response = response.header(*k, v);
+    }
+    response.body(Full::new(Bytes::from(reply.body))).unwrap()
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}

@@ -1,0 +1,771 @@
+//! Notifiers against local receivers on 127.0.0.1: what a real receiver verifies (Standard
+//! Webhooks signatures, the FCM JWT and token exchange, the APNs JWT over HTTP/2, the ntfy
+//! request), and the delivery guarantees under faults (500, timeouts, 429 with Retry-After, a
+//! receiver that is down for a while, one dead endpoint next to a healthy one): every event
+//! reaches the receiver's deduplicating view (by `webhook-id`) exactly once, in order per device.
+//!
+//! Not here yet: SIGKILL with deliveries pending needs the durable (RocksDB) outbox.
+
+mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use plume::config::{
+    ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, SinkSpec, WebhookSinkSpec,
+};
+use plume::notify::{DeliveryStats, FileSubscribers, MemoryOutbox, NotifierParts, NotifierSink, Outbox, Subscribers};
+use plume::output::OutputRecord;
+use plume::sinks::Sink;
+use receiver::{Receiver, Recorded, Reply, wait_for};
+use ring::signature::{self, KeyPair};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const FCM_KEY: &str = include_str!("fixtures/fcm-test-key.pem");
+
+static ENV: Once = Once::new();
+
+/// Every variable the tests use, set once before any notifier reads one.
+fn env() {
+    ENV.call_once(|| {
+        let apns_key = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(apns_key.as_ref())
+        );
+        // SAFETY: set once, before any test thread reads the environment (every test calls
+        // env() first and Once blocks them until it is done).
+        unsafe {
+            std::env::set_var("PLUME_TEST_WEBHOOK_SECRET", SECRET);
+            std::env::set_var("PLUME_TEST_APNS_KEY", pem);
+            std::env::set_var("PLUME_TEST_NTFY_TOKEN", "tk_ntfy_test");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// an independent Standard Webhooks verifier (from the specification)
+
+/// Verifies one request as a Standard Webhooks receiver does: the id, a timestamp within the
+/// tolerance, and one of the space-separated `v1,` signatures equal to
+/// base64(HMAC-SHA256(base64decode(secret without `whsec_`), "{id}.{timestamp}.{body}")).
+fn verify_standard_webhook(r: &Recorded, secret: &str, tolerance_s: i64) -> Result<String, String> {
+    let id = r.header("webhook-id").ok_or("no webhook-id")?;
+    let ts = r.header("webhook-timestamp").ok_or("no webhook-timestamp")?;
+    let sigs = r.header("webhook-signature").ok_or("no webhook-signature")?;
+    let ts_n: i64 = ts.parse().map_err(|_| "bad timestamp")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    if (now - ts_n).abs() > tolerance_s {
+        return Err(format!("timestamp {ts_n} outside the tolerance"));
+    }
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let signed = format!("{id}.{ts}.{}", r.body);
+    for sig in sigs.split(' ') {
+        if let Some(b64) = sig.strip_prefix("v1,")
+            && let Ok(mac) = STANDARD.decode(b64)
+            && ring::hmac::verify(&key, signed.as_bytes(), &mac).is_ok()
+        {
+            return Ok(id.to_string());
+        }
+    }
+    Err("no signature matches".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// records and notifiers
+
+/// `events` pm25 events (start, end) for each of `devices` devices, interleaved across devices.
+fn records(devices: usize, events: usize) -> Vec<OutputRecord> {
+    let mut out = Vec::new();
+    for e in 0..events {
+        for d in 0..devices {
+            let device = format!("room-{d}");
+            let start = 1_700_000_000_000i64 + e as i64 * 600_000;
+            for (kind, n) in [("event_start", 0u128), ("event_end", 1)] {
+                let id: u128 = ((d as u128) << 64) | ((e as u128) << 1) | n;
+                let json = if kind == "event_start" {
+                    format!(
+                        r#"{{"v":1,"type":"event_start","operator":"pm25_event","device":"{device}","id":"{id:032x}","field":"pm25","start_ts":{start},"value":40.5,"peak":48.0,"severity":"high"}}"#
+                    )
+                } else {
+                    let end = start + 300_000;
+                    format!(
+                        r#"{{"v":1,"type":"event_end","operator":"pm25_event","device":"{device}","id":"{id:032x}","field":"pm25","start_ts":{start},"end_ts":{end},"duration_ms":300000,"peak":48.0,"mean":41.5,"severity":"high"}}"#
+                    )
+                };
+                out.push(OutputRecord {
+                    op: Some(1),
+                    kind,
+                    id,
+                    device: Some(device.clone().into()),
+                    json,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn webhook_spec(url: &str) -> WebhookSinkSpec {
+    WebhookSinkSpec {
+        url: url.to_string(),
+        secret_env: Some("PLUME_TEST_WEBHOOK_SECRET".into()),
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
+        policy: NotifyPolicySpec::default(),
+    }
+}
+
+fn notifier(spec: SinkSpec, outbox: Arc<MemoryOutbox>, subscribers: Option<Arc<dyn Subscribers>>) -> NotifierSink {
+    env();
+    NotifierSink::build(
+        &spec,
+        NotifierParts {
+            pipeline: "test".into(),
+            outbox,
+            subscribers,
+            drain_timeout: Duration::from_secs(60),
+        },
+    )
+    .unwrap()
+    .unwrap()
+}
+
+/// Sends `records` through a webhook notifier in batches (as the hub does) and waits for the end.
+fn run_webhook(spec: WebhookSinkSpec, records: &[OutputRecord]) -> (Arc<MemoryOutbox>, Arc<DeliveryStats>) {
+    let outbox = Arc::new(MemoryOutbox::new());
+    let mut sink = notifier(SinkSpec::Webhook(spec), outbox.clone(), None);
+    for batch in records.chunks(7) {
+        sink.write(batch).unwrap();
+    }
+    sink.finish().unwrap();
+    (outbox, sink.stats())
+}
+
+/// The receiver's deduplicating view: every record delivered exactly once (by valid
+/// `webhook-id`, acknowledged with 2xx exactly once), and per device in the order sent (by the
+/// first arrival of each id).
+fn assert_exactly_once_in_order(requests: &[Recorded], acked: impl Fn(&Recorded) -> bool, sent: &[OutputRecord]) {
+    let mut first_arrival: Vec<(u64, String, String)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut acks: HashMap<String, usize> = HashMap::new();
+    for r in requests {
+        let id = verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("invalid request: {e}"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["id"], id.as_str(), "body id == webhook-id");
+        if seen.insert(id.clone()) {
+            first_arrival.push((r.seq, body["device"].as_str().unwrap().to_string(), id.clone()));
+        }
+        if acked(r) {
+            *acks.entry(id).or_default() += 1;
+        }
+    }
+    let want: BTreeSet<String> = sent.iter().map(|r| r.id_hex()).collect();
+    assert_eq!(seen, want, "distinct valid webhook-ids == records sent");
+    for id in &want {
+        assert_eq!(acks.get(id), Some(&1), "{id} acknowledged exactly once");
+    }
+    first_arrival.sort();
+    let mut by_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, device, id) in first_arrival {
+        by_device.entry(device).or_default().push(id);
+    }
+    let mut sent_by_device: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in sent {
+        sent_by_device
+            .entry(r.device.as_deref().unwrap().to_string())
+            .or_default()
+            .push(r.id_hex());
+    }
+    assert_eq!(by_device, sent_by_device, "per device, in the order sent");
+}
+
+// ---------------------------------------------------------------------------------------------
+// webhooks
+
+#[test]
+fn webhook_requests_are_signed_per_standard_webhooks_with_the_documented_body() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |_| Reply::ok());
+    let sent = records(2, 2);
+    let (outbox, stats) = run_webhook(webhook_spec(&rx.url("/hook")), &sent);
+    let requests = rx.requests();
+    assert_eq!(requests.len(), sent.len());
+    assert_exactly_once_in_order(&requests, |_| true, &sent);
+    let r = &requests[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/hook");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let record = sent.iter().find(|s| s.id_hex() == body["id"]).unwrap();
+    assert_eq!(body["type"], record.kind);
+    assert_eq!(body["pipeline"], "test");
+    assert_eq!(body["severity"], "high");
+    assert!(
+        body["timestamp"].as_str().unwrap().starts_with("2023-11-14T22:"),
+        "{body}"
+    );
+    assert_eq!(
+        body["data"],
+        serde_json::from_str::<serde_json::Value>(&record.json).unwrap()
+    );
+    assert!(body["title"].as_str().unwrap().starts_with("room-"), "{body}");
+    // a signature made with another secret does not verify
+    assert!(verify_standard_webhook(r, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 300).is_err());
+    assert!(outbox.is_empty());
+    assert_eq!(DeliveryStats::get(&stats.delivered), sent.len() as u64);
+}
+
+#[test]
+fn receiver_answering_500_at_first_gets_every_event_once_in_order() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |r| if r.attempt < 2 { Reply::status(500) } else { Reply::ok() });
+    let sent = records(4, 3);
+    let (outbox, stats) = run_webhook(webhook_spec(&rx.url("/")), &sent);
+    assert_exactly_once_in_order(&rx.requests(), |r| r.attempt >= 2, &sent);
+    assert!(DeliveryStats::get(&stats.retries) >= 2 * sent.len() as u64);
+    assert!(outbox.is_empty() && outbox.dead_letters().unwrap().is_empty());
+}
+
+#[test]
+fn receiver_timing_out_gets_every_event_once_in_order() {
+    let seq = Arc::new(AtomicU64::new(0));
+    // the first attempt of every event hangs past the client's timeout (the receiver may well
+    // have processed it: the retry carries the same webhook-id)
+    let rx = Receiver::start(seq, |r| {
+        if r.attempt == 0 {
+            Reply::ok().delayed(Duration::from_millis(1_500))
+        } else {
+            Reply::ok()
+        }
+    });
+    let mut spec = webhook_spec(&rx.url("/"));
+    spec.timeout = DurationSpec::from_millis(300);
+    let sent = records(3, 2);
+    let (outbox, stats) = run_webhook(spec, &sent);
+    assert_exactly_once_in_order(&rx.requests(), |r| r.attempt == 1, &sent);
+    assert!(DeliveryStats::get(&stats.retries) >= sent.len() as u64);
+    assert!(outbox.is_empty());
+}
+
+#[test]
+fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |r| {
+        if r.attempt == 0 {
+            Reply::status(429).with_header("retry-after", "1")
+        } else {
+            Reply::ok()
+        }
+    });
+    let sent = records(2, 1);
+    let (outbox, _) = run_webhook(webhook_spec(&rx.url("/")), &sent);
+    let requests = rx.requests();
+    assert_exactly_once_in_order(&requests, |r| r.attempt == 1, &sent);
+    for id in sent.iter().map(|r| r.id_hex()) {
+        let tries: Vec<_> = requests
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some(&id))
+            .collect();
+        assert_eq!(tries.len(), 2);
+        // backoff is 20 ms: only Retry-After explains a full second
+        assert!(tries[1].at - tries[0].at >= Duration::from_secs(1), "{id}");
+    }
+    assert!(outbox.is_empty());
+}
+
+#[test]
+fn receiver_down_for_a_while_gets_every_event_once_in_order_when_back() {
+    // a port nobody listens on (yet)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let outbox = Arc::new(MemoryOutbox::new());
+    let mut sink = notifier(SinkSpec::Webhook(webhook_spec(&url)), outbox.clone(), None);
+    let sent = records(5, 2);
+    sink.write(&sent).unwrap();
+    let stats = sink.stats();
+    // failing long enough to open the circuit breaker
+    assert!(wait_for(Duration::from_secs(20), || DeliveryStats::get(
+        &stats.breaker_opened
+    ) >= 1));
+    assert_eq!(outbox.len(), sent.len(), "nothing lost while the receiver is down");
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start_on(port, seq, |_| Reply::ok());
+    sink.finish().unwrap();
+    assert_exactly_once_in_order(&rx.requests(), |_| true, &sent);
+    assert!(outbox.is_empty());
+}
+
+#[test]
+fn permanent_4xx_and_max_age_go_to_dead_letters_with_the_last_error() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq.clone(), |_| Reply::json(400, r#"{"error":"bad payload"}"#));
+    let sent = records(1, 1);
+    let (outbox, stats) = run_webhook(webhook_spec(&rx.url("/")), &sent);
+    assert_eq!(rx.count(), 2, "a 400 is not retried");
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].error.contains("HTTP 400") && dead[0].error.contains("bad payload"));
+    assert_eq!(DeliveryStats::get(&stats.dead_letters), 2);
+
+    let failing = Receiver::start(seq, |_| Reply::status(503));
+    let mut spec = webhook_spec(&failing.url("/"));
+    spec.max_age = DurationSpec::from_millis(500);
+    let (outbox, _) = run_webhook(spec, &sent);
+    let dead = outbox.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead[0].error.contains("max_age") && dead[0].error.contains("HTTP 503"),
+        "{}",
+        dead[0].error
+    );
+    assert!(dead[0].attempts >= 2);
+    // the secret never shows in what is kept
+    assert!(!format!("{dead:?}").contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+}
+
+#[test]
+fn an_acknowledged_event_replayed_is_not_sent_again() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |_| Reply::ok());
+    let outbox = Arc::new(MemoryOutbox::new());
+    let sent = records(2, 2);
+    let mut sink = notifier(SinkSpec::Webhook(webhook_spec(&rx.url("/"))), outbox.clone(), None);
+    sink.write(&sent).unwrap();
+    sink.finish().unwrap();
+    drop(sink);
+    // a restart replays the same records into the same outbox
+    let mut again = notifier(SinkSpec::Webhook(webhook_spec(&rx.url("/"))), outbox.clone(), None);
+    again.write(&sent).unwrap();
+    again.finish().unwrap();
+    assert_eq!(rx.count(), sent.len());
+    assert_eq!(DeliveryStats::get(&again.stats().duplicates), sent.len() as u64);
+}
+
+#[test]
+fn pending_deliveries_in_the_outbox_are_resumed_by_a_new_notifier() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let outbox = Arc::new(MemoryOutbox::new());
+    let sent = records(3, 1);
+    {
+        let mut sink = notifier(SinkSpec::Webhook(webhook_spec(&url)), outbox.clone(), None);
+        sink.write(&sent).unwrap();
+        // stopped without finishing, the receiver never up
+    }
+    assert_eq!(outbox.len(), sent.len());
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start_on(port, seq, |_| Reply::ok());
+    let mut sink = notifier(SinkSpec::Webhook(webhook_spec(&url)), outbox.clone(), None);
+    sink.finish().unwrap();
+    assert_exactly_once_in_order(&rx.requests(), |_| true, &sent);
+    assert!(outbox.is_empty());
+}
+
+#[test]
+fn a_dead_endpoint_does_not_delay_a_healthy_one() {
+    let seq = Arc::new(AtomicU64::new(0));
+    // hangs every request for longer than the client waits; one request at a time
+    let dead = Receiver::start(seq.clone(), |_| Reply::ok().delayed(Duration::from_secs(30)));
+    let healthy = Receiver::start(seq.clone(), |_| Reply::ok());
+    let mut dead_spec = webhook_spec(&dead.url("/"));
+    dead_spec.timeout = DurationSpec::from_millis(3_000);
+    dead_spec.max_age = DurationSpec::from_millis(1_000);
+    dead_spec.concurrency = 1;
+    let (dead_outbox, healthy_outbox) = (Arc::new(MemoryOutbox::new()), Arc::new(MemoryOutbox::new()));
+    let mut dead_sink = notifier(SinkSpec::Webhook(dead_spec), dead_outbox.clone(), None);
+    let mut healthy_sink = notifier(SinkSpec::Webhook(webhook_spec(&healthy.url("/"))), healthy_outbox, None);
+    let sent = records(10, 3);
+    for batch in sent.chunks(5) {
+        // as the hub does: the dead endpoint's sink first
+        dead_sink.write(batch).unwrap();
+        healthy_sink.write(batch).unwrap();
+    }
+    healthy_sink.finish().unwrap();
+    let healthy_requests = healthy.requests();
+    assert_exactly_once_in_order(&healthy_requests, |_| true, &sent);
+    // by arrival order: every healthy delivery arrived while the dead endpoint had seen at most
+    // its one concurrent request
+    let last_healthy = healthy_requests.iter().map(|r| r.seq).max().unwrap();
+    let dead_before = dead.requests().iter().filter(|r| r.seq < last_healthy).count();
+    assert!(
+        dead_before <= 1,
+        "{dead_before} dead requests before the healthy ones were done"
+    );
+    dead_sink.finish().unwrap();
+    assert_eq!(dead_outbox.dead_letters().unwrap().len(), sent.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// push
+
+fn jwt_parts(jwt: &str) -> (serde_json::Value, serde_json::Value, Vec<u8>, String) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "{jwt}");
+    let dec = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap();
+    (
+        serde_json::from_slice(&dec(parts[0])).unwrap(),
+        serde_json::from_slice(&dec(parts[1])).unwrap(),
+        dec(parts[2]),
+        format!("{}.{}", parts[0], parts[1]),
+    )
+}
+
+fn form_value<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn fcm_signs_an_rs256_assertion_exchanges_it_once_and_drops_unregistered_tokens() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |r| {
+        if r.path == "/token" {
+            return Reply::json(
+                200,
+                r#"{"access_token":"ya29.test-token","expires_in":3599,"token_type":"Bearer"}"#,
+            );
+        }
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if body["message"]["token"] == "tok-gone" {
+            return Reply::json(
+                404,
+                r#"{"error":{"code":404,"status":"NOT_FOUND","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}]}}"#,
+            );
+        }
+        Reply::json(200, r#"{"name":"projects/plume-test/messages/1"}"#)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("sa.json");
+    let token_uri = rx.url("/token");
+    std::fs::write(
+        &key_file,
+        serde_json::json!({
+            "type": "service_account", "project_id": "plume-test",
+            "private_key": FCM_KEY, "client_email": "plume@plume-test.iam.gserviceaccount.com",
+            "token_uri": token_uri,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // the variable holds a path to the key here
+    let var = "PLUME_TEST_FCM_KEY_PATH";
+    env();
+    unsafe { std::env::set_var(var, &key_file) };
+    let subs = Arc::new(FileSubscribers::in_memory());
+    subs.add("room-0", "tok-a").unwrap();
+    subs.add("room-0", "tok-gone").unwrap();
+    subs.add("*", "tok-ops").unwrap();
+    let spec = SinkSpec::Push(PushSinkSpec::Fcm(FcmSpec {
+        service_account_env: var.into(),
+        endpoint: Some(rx.url("")),
+        token_endpoint: None,
+        subscribers: None,
+        policy: NotifyPolicySpec::default(),
+    }));
+    let outbox = Arc::new(MemoryOutbox::new());
+    let mut sink = notifier(spec, outbox.clone(), Some(subs.clone()));
+    let sent = records(2, 1);
+    sink.write(&sent).unwrap();
+    sink.finish().unwrap();
+    let requests = rx.requests();
+
+    // one token exchange, with a valid RS256 assertion
+    let exchanges: Vec<_> = requests.iter().filter(|r| r.path == "/token").collect();
+    assert_eq!(exchanges.len(), 1, "the access token is cached");
+    let ex = exchanges[0];
+    assert_eq!(ex.header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        form_value(&ex.body, "grant_type"),
+        Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+    );
+    let (header, claims, sig, signed) = jwt_parts(form_value(&ex.body, "assertion").unwrap());
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(claims["iss"], "plume@plume-test.iam.gserviceaccount.com");
+    assert_eq!(claims["scope"], "https://www.googleapis.com/auth/firebase.messaging");
+    assert_eq!(claims["aud"], token_uri.as_str());
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    let der = STANDARD
+        .decode(FCM_KEY.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+        .unwrap();
+    let public = ring::rsa::KeyPair::from_pkcs8(&der)
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, public)
+        .verify(signed.as_bytes(), &sig)
+        .expect("the assertion verifies with the service account's public key");
+
+    // room-0: tok-a, tok-gone (once: then it is gone), tok-ops; room-1: tok-ops; two records each
+    let sends: Vec<_> = requests.iter().filter(|r| r.path.ends_with("messages:send")).collect();
+    assert_eq!(sends.len(), 7);
+    for s in &sends {
+        assert_eq!(s.path, "/v1/projects/plume-test/messages:send");
+        assert_eq!(s.header("authorization"), Some("Bearer ya29.test-token"));
+        let m: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+        assert!(
+            m["message"]["notification"]["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("room-")
+        );
+        assert!(m["message"]["data"]["id"].as_str().unwrap().len() == 32);
+    }
+    assert_eq!(DeliveryStats::get(&sink.stats().tokens_removed), 1);
+    assert_eq!(
+        subs.tokens_for("room-0").unwrap(),
+        ["tok-a", "tok-ops"],
+        "UNREGISTERED removes the token"
+    );
+    assert!(outbox.is_empty() && outbox.dead_letters().unwrap().is_empty());
+}
+
+#[test]
+fn apns_sends_an_es256_provider_token_over_http2_and_drops_a_410_token() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |r| {
+        if r.path.ends_with("/tok-gone") {
+            Reply::json(410, r#"{"reason":"Unregistered","timestamp":1700000000000}"#)
+        } else {
+            Reply::ok().with_header("apns-id", "00000000-0000-0000-0000-000000000001")
+        }
+    });
+    let subs = Arc::new(FileSubscribers::in_memory());
+    subs.add("room-0", "tok-a").unwrap();
+    subs.add("room-0", "tok-gone").unwrap();
+    let spec = SinkSpec::Push(PushSinkSpec::Apns(ApnsSpec {
+        team_id: "TEAM123456".into(),
+        key_id: "KEY1234567".into(),
+        key_env: "PLUME_TEST_APNS_KEY".into(),
+        topic: "org.example.air".into(),
+        endpoint: Some(rx.url("")),
+        subscribers: None,
+        policy: NotifyPolicySpec::default(),
+    }));
+    let outbox = Arc::new(MemoryOutbox::new());
+    let mut sink = notifier(spec, outbox.clone(), Some(subs.clone()));
+    let sent = records(1, 1);
+    sink.write(&sent).unwrap();
+    sink.finish().unwrap();
+    let requests = rx.requests();
+    assert_eq!(requests.len(), 3, "tok-a twice, tok-gone once (then removed)");
+    let pem = std::env::var("PLUME_TEST_APNS_KEY").unwrap();
+    let der = STANDARD
+        .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+        .unwrap();
+    let key = signature::EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &der,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let public = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, key.public_key().as_ref());
+    for r in &requests {
+        assert_eq!(r.version, hyper::Version::HTTP_2);
+        assert_eq!(r.method, "POST");
+        assert!(r.path.starts_with("/3/device/tok-"));
+        assert_eq!(r.header("apns-topic"), Some("org.example.air"));
+        assert_eq!(r.header("apns-push-type"), Some("alert"));
+        let collapse = r.header("apns-collapse-id").unwrap();
+        assert!(sent.iter().any(|s| s.id_hex() == collapse));
+        let jwt = r.header("authorization").unwrap().strip_prefix("bearer ").unwrap();
+        let (header, claims, sig, signed) = jwt_parts(jwt);
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["kid"], "KEY1234567");
+        assert_eq!(claims["iss"], "TEAM123456");
+        assert!(claims["iat"].as_i64().unwrap() > 1_700_000_000);
+        public
+            .verify(signed.as_bytes(), &sig)
+            .expect("ES256 signature verifies");
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert!(body["aps"]["alert"]["title"].as_str().unwrap().starts_with("room-0"));
+    }
+    assert_eq!(subs.tokens_for("room-0").unwrap(), ["tok-a"]);
+    assert_eq!(DeliveryStats::get(&sink.stats().tokens_removed), 1);
+}
+
+#[test]
+fn ntfy_gets_title_priority_tags_and_the_bearer_token() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |_| Reply::json(200, r#"{"id":"x"}"#));
+    let spec = SinkSpec::Push(PushSinkSpec::Ntfy(NtfySpec {
+        server: rx.url(""),
+        topic: "office-air".into(),
+        token_env: Some("PLUME_TEST_NTFY_TOKEN".into()),
+        policy: NotifyPolicySpec {
+            title: Some("Air in {device}: {field} {peak} µg/m³".into()),
+            ..Default::default()
+        },
+    }));
+    let outbox = Arc::new(MemoryOutbox::new());
+    let mut sink = notifier(spec, outbox, None);
+    let sent = records(1, 1);
+    sink.write(&sent).unwrap();
+    sink.finish().unwrap();
+    let requests = rx.requests();
+    assert_eq!(requests.len(), 2);
+    let (start, end) = (&requests[0], &requests[1]);
+    for r in &requests {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/office-air");
+        assert_eq!(r.header("authorization"), Some("Bearer tk_ntfy_test"));
+        // not ASCII: an RFC 2047 encoded word
+        let title = r.header("title").unwrap();
+        let b64 = title.strip_prefix("=?UTF-8?B?").unwrap().strip_suffix("?=").unwrap();
+        assert_eq!(
+            String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap(),
+            "Air in room-0: pm25 48 µg/m³"
+        );
+    }
+    assert_eq!(start.header("priority"), Some("4"));
+    assert_eq!(start.header("tags"), Some("warning,high"));
+    assert_eq!(end.header("priority"), Some("3"));
+    assert_eq!(end.header("tags"), Some("white_check_mark,high"));
+    assert!(
+        start.body.starts_with("pm25 reached 48 at 2023-11-14"),
+        "{}",
+        start.body
+    );
+    assert!(end.body.starts_with("pm25 event over after 5m 0s"), "{}", end.body);
+}
+
+#[test]
+fn quiet_hours_hold_notifications_and_send_one_digest_after() {
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = Receiver::start(seq, |_| Reply::ok());
+    let mut spec = webhook_spec(&rx.url("/"));
+    // records() starts 2023-11-14 22:13:20 UTC; events every 10 minutes
+    spec.policy.quiet_hours = Some(plume::config::QuietHoursSpec {
+        from: "22:00".into(),
+        to: "22:30".into(),
+        timezone: "UTC".into(),
+        critical: vec![],
+    });
+    let sent = records(1, 4);
+    let (outbox, stats) = run_webhook(spec, &sent);
+    let requests = rx.requests();
+    // events 0 and 1 (22:13–22:28) are held; 22:33 releases them as one digest
+    let kinds: Vec<String> = requests
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["digest", "event_end", "event_end", "event_start", "event_start"]
+    );
+    let digest_request = &requests[kinds.iter().position(|k| k == "digest").unwrap()];
+    let digest: serde_json::Value = serde_json::from_str(&digest_request.body).unwrap();
+    assert_eq!(
+        digest["items"].as_array().unwrap().len(),
+        4,
+        "events 0 and 1, start and end"
+    );
+    assert!(verify_standard_webhook(digest_request, SECRET, 300).is_ok());
+    assert_eq!(DeliveryStats::get(&stats.held), 4);
+    assert!(outbox.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// the aq1 webhook pipeline, end to end through `plume run`
+
+#[test]
+fn webhook_aq1_against_a_flaky_receiver_delivers_every_event_of_the_file_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 50, 20_000, 3);
+    let out = dir.path().join("out.jsonl");
+    let seq = Arc::new(AtomicU64::new(0));
+    // fails part of the time: every third request, with 500, 503 or 429
+    let rx = Receiver::start(seq, |r| match r.seq % 9 {
+        0 => Reply::status(500),
+        3 => Reply::status(503),
+        6 => Reply::status(429).with_header("retry-after", "0"),
+        _ => Reply::ok(),
+    });
+    let result = common::plume()
+        .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
+        .arg(&input)
+        .env("PLUME_OUTPUT", &out)
+        .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
+        .env("PLUME_WEBHOOK_SECRET", SECRET)
+        .env("PLUME_WEBHOOK_BACKOFF", "10ms")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "plume run failed:\n{stderr}");
+    assert!(
+        !stderr.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        "the secret never shows"
+    );
+    // the events the file output holds, per device in order
+    let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lines: HashMap<String, serde_json::Value> = HashMap::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if matches!(v["type"].as_str(), Some("event_start" | "event_end")) {
+            let id = v["id"].as_str().unwrap().to_string();
+            want.entry(v["device"].as_str().unwrap().to_string())
+                .or_default()
+                .push(id.clone());
+            lines.insert(id, v);
+        }
+    }
+    let events: usize = want.values().map(Vec::len).sum();
+    assert!(events >= 20, "the input should have pm25 events, found {events}");
+    let requests = rx.requests();
+    assert!(requests.len() > events, "some requests failed and were retried");
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    let mut sorted = requests.clone();
+    sorted.sort_by_key(|r| r.seq);
+    for r in &sorted {
+        let id = verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            body["data"], lines[&id],
+            "the body carries the record of the file output"
+        );
+        if seen.insert(id.clone()) {
+            got.entry(body["device"].as_str().unwrap().to_string())
+                .or_default()
+                .push(id);
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        events,
+        "distinct valid webhook-ids == events in the file output"
+    );
+    assert_eq!(got, want, "per device in the order of the file output");
+}
