@@ -45,6 +45,8 @@ pub enum EngineError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
     #[error("the runtime stopped before the run ended")]
     Aborted,
@@ -85,6 +87,13 @@ impl OutputPlan {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
                 SinkSpec::File(f) => Box::new(file_sink(std::path::Path::new(&f.path))?),
                 SinkSpec::Webhook(_) | SinkSpec::Push(_) => Box::new(crate::notify::notifier_for(pipeline, &spec)?),
+                SinkSpec::Mqtt(m) => Box::new(crate::sinks::mqtt::MqttSink::connect(
+                    &m,
+                    &format!("plume-{}-out-{}", pipeline.name, sinks.len()),
+                    (0..pipeline.operators.len())
+                        .map(|i| pipeline.operator_name(i as _).to_string())
+                        .collect(),
+                )?),
                 other => {
                     return Err(EngineError::Unsupported(format!(
                         "the {} sink is not built into this plume yet",
@@ -442,6 +451,7 @@ pub struct RunReport {
 enum SourcePlan {
     Lines(LineSource),
     Simulator(crate::config::SimulatorSourceSpec),
+    Mqtt(crate::sources::mqtt::MqttSource),
 }
 
 fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec<(String, SourcePlan)>, EngineError> {
@@ -473,11 +483,14 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
             }
             SourceSpec::Stdin(_) => ("stdin".to_string(), lines(LineInput::Stdin, None)),
             SourceSpec::Simulator(s) => ("simulator".to_string(), SourcePlan::Simulator(s.clone())),
-            SourceSpec::Mqtt(_) => {
-                return Err(EngineError::Unsupported(
-                    "the mqtt source is not built into this plume yet".into(),
-                ));
-            }
+            SourceSpec::Mqtt(m) => (
+                format!("mqtt:{}", m.topic),
+                SourcePlan::Mqtt(crate::sources::mqtt::MqttSource {
+                    spec: m.clone(),
+                    default_client_id: format!("plume-{}-{}", pipeline.name, plans.len()),
+                    stats: Default::default(),
+                }),
+            ),
             SourceSpec::Kafka(_) => {
                 return Err(EngineError::Unsupported(
                     "the kafka source is not built into this plume yet".into(),
@@ -570,6 +583,7 @@ fn prepare_state(
 /// Runs a pipeline to the end of its input (or Ctrl-C). Blocks the calling thread.
 pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunReport, EngineError> {
     let mut sources = plan_sources(&pipeline, &options)?;
+    let _broker = crate::broker::start_for(&pipeline.spec)?;
     let planned_sinks = sink_names(&pipeline, options.output.as_ref());
     let state = prepare_state(&pipeline, &options, &mut sources, planned_sinks)?;
     let resumed_sinks: Vec<(String, u64)> = state
@@ -597,6 +611,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
                     .spawn(move || match source {
                         SourcePlan::Lines(s) => crate::sources::lines::run(s, feeder, decoder, stop),
                         SourcePlan::Simulator(s) => crate::sources::simulator::run(s, feeder, stop),
+                        SourcePlan::Mqtt(s) => crate::sources::mqtt::run(s, feeder, stop),
                     })
                     .expect("spawning a source thread"),
             );

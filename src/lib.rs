@@ -12,11 +12,13 @@
 //! - [`engine`]: assembling the runtime for a pipeline and running it (`plume run`).
 //! - [`sources`]: files, stdin, the simulator (each on its own thread, broadcasting chunks).
 //! - [`sinks`]: stdout and JSON-lines files behind bounded queues; output routes.
+//! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`notify`]: notifier sinks (signed webhooks, FCM, APNs, ntfy) with a durable outbox.
 //! - [`store`]: the RocksDB state store, retained checkpoints, export and import.
 //! - [`clock`]: processing time.
 
 pub mod actors;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod decode;

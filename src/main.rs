@@ -96,6 +96,10 @@ enum Command {
         /// Simulated seconds per second.
         #[arg(long)]
         speed: Option<f64>,
+        /// Publish the simulated readings over MQTT through an embedded broker on this port
+        /// (`--mqtt` alone: 1883), and read them with the pipeline's MQTT source.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1883", value_name = "PORT")]
+        mqtt: Option<u16>,
     },
 }
 
@@ -159,7 +163,9 @@ fn main() -> ExitCode {
     plume::clock::mark_start();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -265,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             devices,
             duration,
             speed,
+            mqtt,
         } => {
             let mut compiled = load(&pipeline)?;
             let mut sim = compiled
@@ -288,6 +295,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "plume demo: {} simulated rooms, one reading every {} each, {}x real time, for {} of simulated time (Ctrl-C stops early)",
                 sim.devices, sim.interval, sim.speed, duration
             );
+            if let Some(port) = mqtt {
+                use plume::sources::simulator_mqtt;
+                simulator_mqtt::use_embedded_broker(&mut compiled.spec, port);
+                eprintln!(
+                    "plume demo: over MQTT: embedded broker on 127.0.0.1:{port}, the rooms publish to {}",
+                    simulator_mqtt::TOPIC
+                );
+                simulator_mqtt::spawn_publisher(sim.clone(), port);
+            }
             // the demo keeps no state: every demo starts afresh
             let options = RunOptions {
                 progress: Some(std::time::Duration::from_millis(500)),

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`Sink`]: the blocking interface a sink implements.
 //! - [`SinkHandle`]: the queue in front of a sink thread, with its counters.
-//! - `file`: JSON lines appended to a file. `stdout`: JSON lines or readable text.
+//! - `file`: JSON lines appended to a file. `stdout`: JSON lines or readable text. `mqtt`:
+//!   one message per record on a topic template.
 //! - `routes`: which records go to which sinks (`outputs:` in the pipeline).
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::actors::ChunkTicket;
 use crate::output::OutputRecord;
 
 pub mod file;
+pub mod mqtt;
 pub mod routes;
 pub mod stdout;
 

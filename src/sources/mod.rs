@@ -6,6 +6,8 @@
 //! - [`ChunkFeeder`]: chunk numbering, tickets, broadcast, end of source.
 //! - `lines`: JSON-lines files and standard input (full speed, or paced by event time).
 //! - `simulator`: a fleet of simulated air-quality monitors.
+//! - `mqtt`: an MQTT subscription (rumqttc), with manual acks.
+//! - `simulator_mqtt`: `plume demo --mqtt`: the simulator publishing through the embedded broker.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +20,9 @@ use crate::actors::{Chunk, ChunkData, ChunkTicket, RuntimeMetrics, SourcePositio
 use crate::clock;
 
 pub mod lines;
+pub mod mqtt;
 pub mod simulator;
+pub mod simulator_mqtt;
 
 /// A source failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,8 @@ pub enum SourceError {
         operation: &'static str,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
 }
 
 /// How the checkpointer asks the sources for a barrier, and tells them what is durable.

@@ -1,0 +1,244 @@
+//! MQTT into the full pipeline, against mosquitto and the embedded broker (`cargo bench --bench
+//! mqtt`; mosquitto must be installed: `scripts/setup`).
+//!
+//! - Throughput: plume runs `pipelines/mqtt-aq1.yaml` (QoS 0 or 1); one publisher sends N aq1
+//!   readings (1000 devices) as fast as the broker takes them; timed from the first publish until
+//!   plume's MQTT source has handed all N to the routers (its progress log, which it writes
+//!   within 100 ms of going idle). Readings lost on the way (possible at QoS 0) are reported.
+//! - Latency: a pipeline whose `smooth` operator emits a result for every reading, published by
+//!   the MQTT sink (QoS 0) to the same broker; readings are published at a steady rate and the
+//!   time from a reading's publish to the arrival of its result is measured (p50, p99).
+//!
+//! Sizes: `PLUME_BENCH_MQTT_N` readings (default 100 000), latency at `PLUME_BENCH_MQTT_RATE`
+//! readings/s (default 1000) for 5 s.
+
+#[path = "../tests/common/mqtt.rs"]
+mod mqtt_support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_support::*;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+enum Broker {
+    Mosquitto(Mosquitto),
+    Embedded(u16),
+}
+
+impl Broker {
+    fn port(&self) -> u16 {
+        match self {
+            Broker::Mosquitto(m) => m.port,
+            Broker::Embedded(p) => *p,
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Broker::Mosquitto(_) => "mosquitto",
+            Broker::Embedded(_) => "embedded",
+        }
+    }
+    /// The pipeline text with the embedded broker added when it is the one.
+    fn pipeline(&self, text: &str) -> String {
+        match self {
+            Broker::Mosquitto(_) => text.to_string(),
+            Broker::Embedded(port) => format!("{text}\nembedded_broker: {{ port: {port} }}\n"),
+        }
+    }
+}
+
+fn brokers(dir: &Path) -> Vec<Broker> {
+    let m = dir.join("mosquitto");
+    std::fs::create_dir_all(&m).unwrap();
+    vec![Broker::Mosquitto(Mosquitto::start(&m)), Broker::Embedded(free_port())]
+}
+
+fn throughput(dir: &Path, broker: &Broker, qos: u8, messages: &[(String, Vec<u8>)]) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mqtt-aq1.yaml"))
+        .unwrap()
+        .replace(
+            "qos: 1\n",
+            &format!("qos: {qos}\n      client_id: bench-{}-{qos}\n", broker.name()),
+        );
+    let file = dir.join(format!("tp-{}-{qos}.yaml", broker.name()));
+    std::fs::write(&file, broker.pipeline(&text)).unwrap();
+    let port = broker.port();
+    let out = dir.join("tp-out.jsonl");
+    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
+    plume.wait_subscribed();
+    let q = if qos == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    };
+    let n = messages.len() as u64;
+    let started = Instant::now();
+    publish_all(port, &format!("bench-pub-{qos}"), messages, q);
+    let published = started.elapsed();
+    // until every reading is in, or nothing more came for 3 s (lost at QoS 0)
+    let (mut last, mut last_change) = (0, Instant::now());
+    loop {
+        let now = plume.messages();
+        if now >= n {
+            break;
+        }
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let counted = plume.messages();
+    let secs = if counted >= n {
+        started.elapsed().as_secs_f64()
+    } else {
+        (last_change - started).as_secs_f64()
+    };
+    plume.interrupt();
+    println!(
+        "throughput {:<9} qos {qos}: {counted} of {n} readings in {secs:.2} s = {:.0} readings/s (publishing took {:.2} s)",
+        broker.name(),
+        counted as f64 / secs,
+        published.as_secs_f64()
+    );
+}
+
+fn latency(dir: &Path, broker: &Broker, rate: u64) {
+    let port = broker.port();
+    let text = format!(
+        r#"version: 1
+pipeline: mqtt-latency
+sources:
+  - mqtt: {{ url: "mqtt://127.0.0.1:{port}", topic: "lat-in/{{device}}", qos: 1 }}
+decode:
+  format: json
+  device: {{ topic: true }}
+  time: {{ field: ts, unit: ms }}
+  fields:
+    pm25: {{}}
+operators:
+  - smooth: {{ name: s, field: pm25, method: ewma, alpha: 0.3, emit: true }}
+outputs:
+  - when: s
+    to:
+      - mqtt: {{ url: "mqtt://127.0.0.1:{port}", topic: "lat-out/{{device}}", qos: 0 }}
+"#
+    );
+    let file = dir.join(format!("lat-{}.yaml", broker.name()));
+    std::fs::write(&file, broker.pipeline(&text)).unwrap();
+    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &dir.join("lat-out.jsonl"));
+    plume.wait_subscribed();
+    let sent: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Default::default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    {
+        let (sent, latencies) = (sent.clone(), latencies.clone());
+        std::thread::spawn(move || {
+            let (client, mut connection) =
+                rumqttc::Client::new(rumqttc::MqttOptions::new("lat-sub", "127.0.0.1", port), 1000);
+            client.subscribe("lat-out/#", rumqttc::QoS::AtMostOnce).unwrap();
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let at = Instant::now();
+                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                        if let Some(t) = sent.lock().unwrap().get(&v["ts"].as_i64().unwrap()) {
+                            latencies.lock().unwrap().push(at - *t);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let total = rate * 5;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, mut events) =
+            rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("lat-pub", "127.0.0.1", port), 1000);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let started = Instant::now();
+        for i in 0..total as i64 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let payload = format!(r#"{{"ts":{},"pm25":{}}}"#, 1_000_000 + i, 10 + i % 7);
+            sent.lock().unwrap().insert(1_000_000 + i, Instant::now());
+            client
+                .publish(
+                    format!("lat-in/d{}", i % 100),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (latencies.lock().unwrap().len() as u64) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    plume.interrupt();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+    println!(
+        "latency    {:<9} publish -> result at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {total} results)",
+        broker.name(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        l.last().unwrap().as_secs_f64() * 1e3,
+        l.len()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this without it: skip then
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let n = env_or("PLUME_BENCH_MQTT_N", 100_000);
+    let rate = env_or("PLUME_BENCH_MQTT_RATE", 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("aq1.jsonl");
+    let status = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workloads/gen_aq1.py"))
+        .args(["--devices", "1000", "--events", &n.to_string(), "--seed", "1", "--out"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let messages: Vec<(String, Vec<u8>)> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                format!("aq1/{}", v["device"].as_str().unwrap()),
+                line.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    for broker in brokers(dir.path()) {
+        for qos in [0, 1] {
+            throughput(dir.path(), &broker, qos, &messages);
+        }
+        latency(dir.path(), &broker, rate);
+    }
+}

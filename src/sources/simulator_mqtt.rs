@@ -1,0 +1,138 @@
+//! `plume demo --mqtt`: the simulated fleet publishes over real MQTT through the embedded broker,
+//! and the pipeline reads it with its MQTT source, as it would read real monitors.
+//!
+//! [`use_embedded_broker`] rewrites a demo pipeline: an embedded broker on `port`, and one MQTT
+//! source on `sensors/{device}/air` instead of its simulator. [`spawn_publisher`] runs the
+//! simulator on its own thread and publishes every reading (QoS 1) to `sensors/<device>/air`;
+//! when the simulated duration is over and the broker has acknowledged everything, it asks the
+//! process to stop the way Ctrl-C does.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::simulator::Simulator;
+use crate::clock;
+use crate::config::{
+    DurationSpec, EmbeddedBrokerSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos, SimulatorSourceSpec, SourceSpec,
+};
+
+/// The topic the simulated monitors publish to.
+pub const TOPIC: &str = "sensors/{device}/air";
+
+/// Makes `spec` read MQTT from its own embedded broker on `port`.
+pub fn use_embedded_broker(spec: &mut PipelineSpec, port: u16) {
+    spec.embedded_broker = Some(EmbeddedBrokerSpec {
+        port,
+        bind: "127.0.0.1".to_string(),
+    });
+    spec.sources = vec![SourceSpec::Mqtt(MqttSourceSpec {
+        url: format!("mqtt://127.0.0.1:{port}"),
+        topic: TOPIC.to_string(),
+        qos: Qos::AtLeastOnce,
+        client_id: Some(format!("plume-demo-{}", spec.pipeline)),
+        username: None,
+        password_env: None,
+        ca_file: None,
+        version: MqttVersion::V311,
+        persistent_session: false,
+        shared_group: None,
+        durable: false,
+        keep_alive: DurationSpec::from_millis(30_000),
+    })];
+}
+
+/// Publishes the simulated fleet's readings to the broker on `port` until the simulated
+/// `duration` is over, then raises SIGINT (the graceful stop of `plume run`).
+pub fn spawn_publisher(sim: SimulatorSourceSpec, port: u16) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("simulator publisher".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            runtime.block_on(publish(sim, port));
+            // SAFETY: raising a signal on our own process; tokio's Ctrl-C handler takes it
+            unsafe { libc::raise(libc::SIGINT) };
+        })
+        .expect("spawning the simulator publisher")
+}
+
+async fn publish(spec: SimulatorSourceSpec, port: u16) {
+    let mut o = rumqttc::MqttOptions::new("plume-demo-simulator", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 10_000);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let connected = std::sync::Arc::new(tokio::sync::Notify::new());
+    let poller = {
+        let (acked, connected) = (acked.clone(), connected.clone());
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => connected.notify_one(),
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "simulator publisher: connection lost, retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        })
+    };
+    // the broker starts with the pipeline; the pipeline's source subscribes right after it
+    connected.notified().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start_ms = clock::now_ms();
+    let speed = if spec.speed > 0.0 { spec.speed } else { 1.0 };
+    let end_ms = spec.duration.map(|d| start_ms + d.as_millis());
+    let mut sim = Simulator::new(spec, start_ms);
+    let started = Instant::now();
+    let mut simulated_until = start_ms;
+    let mut published = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut until = start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speed) as i64;
+        if let Some(end) = end_ms {
+            until = until.min(end);
+        }
+        if until > simulated_until {
+            let mut bytes = Vec::new();
+            sim.generate_until(until, &mut bytes);
+            simulated_until = until;
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let device = device_of(line).unwrap_or_else(|| "unknown".to_string());
+                let topic = TOPIC.replace("{device}", &device);
+                if client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, line.to_vec())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                published += 1;
+            }
+        }
+        if end_ms.is_some_and(|end| simulated_until >= end) {
+            break;
+        }
+    }
+    // the broker has everything; give the pipeline a moment to take the last messages
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < published && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    info!(published, "simulator publisher done");
+    poller.abort();
+}
+
+/// The `device` of a simulated JSON line (malformed lines still start with it).
+fn device_of(line: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(line).ok()?;
+    let rest = &text[text.find("\"device\":\"")? + 10..];
+    Some(rest[..rest.find('"')?].to_string())
+}

@@ -1,0 +1,283 @@
+//! MQTT test and bench support: a mosquitto on a free loopback port, plume as a subprocess
+//! whose log is read, and a publisher. Shared by `tests/mqtt.rs` and `benches/mqtt.rs`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn plume() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_plume"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `timeout` with `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn accepts(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// mosquitto
+
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    config: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free loopback port; persistence (sessions and queued messages) in
+    /// `dir`, so a restart keeps what plume has not acknowledged yet.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    /// Like [`Mosquitto::start`], with more configuration lines (they apply to its listener).
+    pub fn start_with(dir: &Path, extra: &str) -> Self {
+        let port = free_port();
+        let config = dir.join("mosquitto.conf");
+        // mosquitto started as root drops to user `mosquitto`, which cannot write the temporary
+        // directory: stay the current user
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let user = user.trim();
+        std::fs::write(
+            &config,
+            format!(
+                "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {}\nlog_type error\nlog_type warning\n",
+                dir.display(),
+                dir.join("mosquitto.log").display()
+            ) + extra,
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            config,
+        };
+        m.restart();
+        m
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto runs (scripts/setup installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("mosquitto to listen", Duration::from_secs(10), || accepts(port));
+    }
+
+    /// SIGTERM: mosquitto writes its persistence file and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// plume as a subprocess
+
+/// The log line without terminal colour codes.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub struct Plume {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Plume {
+    pub fn run(pipeline: &Path, url: &str, output: &Path) -> Self {
+        Self::run_with_env(pipeline, url, output, &[])
+    }
+
+    pub fn run_with_env(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = plume()
+            .arg("run")
+            .arg(pipeline)
+            // state and checkpoints next to the output, one directory per output file
+            .arg("--data-dir")
+            .arg(output.with_extension("state"))
+            .env("PLUME_MQTT_URL", url)
+            .env("PLUME_OUTPUT", output)
+            .env("PLUME_LOG", "warn,plume::sources::mqtt=debug,plume::broker=info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("plume runs");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(strip_ansi(&line));
+                }
+            })
+        };
+        Plume {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Messages the MQTT source has handed to the routers (its latest progress line).
+    pub fn messages(&self) -> u64 {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .rev()
+            .find_map(|l| {
+                let i = l.find("messages=")?;
+                l[i + 9..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Until the subscription is confirmed, or the broker kept it from an earlier session.
+    pub fn wait_subscribed(&self) {
+        wait_for("plume to subscribe", Duration::from_secs(30), || {
+            self.logged("mqtt subscription confirmed") || self.logged("session_present=true")
+        });
+    }
+
+    pub fn wait_messages(&self, n: u64) {
+        let started = Instant::now();
+        while self.messages() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "plume counted {} of {n} messages:\n{}",
+                self.messages(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ctrl-C, then waits for the graceful end; returns the log.
+    pub fn interrupt(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        let text = self.log_text();
+        assert!(status.success(), "plume failed ({status}):\n{text}");
+        text
+    }
+}
+
+impl Drop for Plume {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// publishing
+
+/// Publishes `(topic, payload)` pairs in order with QoS `qos` from one client, and waits until
+/// the broker has acknowledged every QoS 1 message.
+pub fn publish_all(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], qos: rumqttc::QoS) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_max_packet_size(1 << 20, 1 << 20)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = rumqttc::AsyncClient::new(o, 1000);
+        let total = messages.len();
+        let expect_acks = qos != rumqttc::QoS::AtMostOnce;
+        let poller = tokio::spawn(async move {
+            let (mut acks, mut sent) = (0usize, 0usize);
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acks += 1,
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("publisher: {e}"),
+                }
+                if (expect_acks && acks == total) || (!expect_acks && sent == total) {
+                    return;
+                }
+            }
+        });
+        for (topic, payload) in messages {
+            client
+                .publish(topic.clone(), qos, false, payload.clone())
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(120), poller)
+            .await
+            .expect("the broker acknowledges every publish")
+            .unwrap();
+        let _ = client.disconnect().await;
+    });
+}

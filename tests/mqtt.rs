@@ -1,0 +1,556 @@
+//! MQTT end to end, on loopback only: a real mosquitto (started by the test on a free port, with
+//! persistence in a temporary directory) or plume's embedded broker; plume as a subprocess
+//! running `pipelines/mqtt-aq1.yaml`, stopped with SIGINT once it has counted every published
+//! message; the output compared with the file run of the same readings.
+//!
+//! Not here yet: plume killed with SIGKILL mid-stream (needs the checkpoints and the ingest log).
+
+mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt_support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use mqtt_support::{Mosquitto, Plume, free_port, publish_all, wait_for};
+
+/// The aq1 lines as MQTT messages to `aq1/<device>`, in file order.
+fn aq1_messages(input: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                format!("aq1/{}", v["device"].as_str().unwrap()),
+                line.as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// The file run of the same readings with `pipelines/aq1.yaml`.
+fn file_run(dir: &Path, input: &Path) -> PathBuf {
+    let out = dir.join("out-file.jsonl");
+    plume_run("pipelines/aq1.yaml", input, &out, &[]);
+    out
+}
+
+/// Output records by device without their ids (which hash the pipeline name).
+fn records_without_ids(path: &Path) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    lines_by_device(path)
+        .into_iter()
+        .map(|(device, lines)| {
+            let records = lines
+                .iter()
+                .map(|l| {
+                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let o = v.as_object_mut().unwrap();
+                    o.remove("id");
+                    o.remove("pipeline");
+                    v
+                })
+                .collect();
+            (device, records)
+        })
+        .collect()
+}
+
+fn assert_same_as_file_run(mqtt_out: &Path, file_out: &Path) {
+    assert_eq!(aq1_summary(mqtt_out), aq1_summary(file_out));
+    let (a, b) = (records_without_ids(mqtt_out), records_without_ids(file_out));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (device, records) in &a {
+        assert_eq!(records, &b[device], "device {device}");
+    }
+}
+
+fn pipeline() -> PathBuf {
+    repo().join("pipelines/mqtt-aq1.yaml")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn readings_of_many_devices_over_mosquitto_equal_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 50, 20_000, 1);
+    let mut broker = Mosquitto::start(dir.path());
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&pipeline(), &broker.url(), &out);
+    plume.wait_subscribed();
+    let messages = aq1_messages(&input);
+    publish_all(broker.port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    broker.stop();
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn a_broker_restart_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 40, 16_000, 3);
+    let mut broker = Mosquitto::start(dir.path());
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&pipeline(), &broker.url(), &out);
+    plume.wait_subscribed();
+    let messages = aq1_messages(&input);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    publish_all(broker.port, "aq1-publisher", first, rumqttc::QoS::AtLeastOnce);
+    // the broker goes down while plume is still receiving the first half
+    let counted_at_stop = plume.messages();
+    broker.stop();
+    broker.restart();
+    publish_all(broker.port, "aq1-publisher", second, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(log.contains("mqtt connection lost"), "{log}");
+    assert!(
+        log.contains("mqtt reconnected") && log.contains("disconnected_ms="),
+        "{log}"
+    );
+    eprintln!(
+        "plume had counted {counted_at_stop} of {} messages when the broker stopped",
+        first.len()
+    );
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn malformed_payloads_become_dead_letters_with_topic_and_raw_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(dir.path());
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&pipeline(), &broker.url(), &out);
+    plume.wait_subscribed();
+    let big = vec![b'x'; 10_000];
+    let messages = vec![
+        (
+            "aq1/dev-ok".to_string(),
+            br#"{"ts":1767225600000,"pm25":10.0,"co2":500.0}"#.to_vec(),
+        ),
+        ("aq1/dev-bad".to_string(), b"not json at all".to_vec()),
+        (
+            "aq1/dev-bad".to_string(),
+            br#"{"ts":1767225600000,"pm25":10.0}"#.to_vec(),
+        ),
+        ("aq1/dev-big".to_string(), big.clone()),
+        // an empty device level does not fit `aq1/{device}`: counted, skipped
+        (
+            "aq1/".to_string(),
+            br#"{"ts":1767225600000,"pm25":1.0,"co2":1.0}"#.to_vec(),
+        ),
+        (
+            "aq1/".to_string(),
+            br#"{"ts":1767225600000,"pm25":1.0,"co2":1.0}"#.to_vec(),
+        ),
+    ];
+    publish_all(broker.port, "bad-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(4);
+    let log = plume.interrupt();
+    broker.stop();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dead: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "dead_letter").collect();
+    assert_eq!(dead.len(), 3, "{records:?}");
+    let find = |raw_start: &str| {
+        *dead
+            .iter()
+            .find(|r| r["raw"].as_str().unwrap().starts_with(raw_start))
+            .unwrap_or_else(|| panic!("no dead letter with raw {raw_start}: {dead:?}"))
+    };
+    let not_json = find("not json");
+    assert!(not_json["position"].as_str().unwrap().starts_with("topic aq1/dev-bad "));
+    assert!(not_json["reason"].as_str().unwrap().contains("not valid JSON"));
+    assert_eq!(not_json["source"], "mqtt:aq1/{device}");
+    let missing = find("{\"ts\"");
+    assert!(missing["reason"].as_str().unwrap().contains("`co2`"), "{missing}");
+    let big_letter = find("xxx");
+    assert_eq!(big_letter["raw"].as_str().unwrap().len(), 4096, "bounded raw bytes");
+    assert!(
+        big_letter["position"]
+            .as_str()
+            .unwrap()
+            .starts_with("topic aq1/dev-big ")
+    );
+    let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["readings"], 1);
+    assert_eq!(summary["dead_letters"], 3);
+    // the mismatching topic is logged once, however many messages it has
+    assert_eq!(
+        log.matches("mqtt topic does not match the template").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("topic_mismatches=2"), "{log}");
+}
+
+#[test]
+fn the_embedded_broker_carries_the_same_end_to_end_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 30, 9_000, 5);
+    let port = free_port();
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let embedded = dir.path().join("mqtt-aq1-embedded.yaml");
+    std::fs::write(&embedded, format!("{text}\nembedded_broker: {{ port: {port} }}\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&embedded, &format!("mqtt://127.0.0.1:{port}"), &out);
+    plume.wait_subscribed();
+    assert!(plume.logged("embedded mqtt broker listening"), "{}", plume.log_text());
+    let messages = aq1_messages(&input);
+    publish_all(port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn mosquitto_pub_feeds_plume() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 8, 2_000, 7);
+    let mut broker = Mosquitto::start(dir.path());
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&pipeline(), &broker.url(), &out);
+    plume.wait_subscribed();
+    // one mosquitto_pub per device, its lines in file order on stdin (`-l`: a message per line)
+    let mut per_device: std::collections::BTreeMap<String, String> = Default::default();
+    for (topic, payload) in aq1_messages(&input) {
+        let lines = per_device.entry(topic).or_default();
+        lines.push_str(std::str::from_utf8(&payload).unwrap());
+        lines.push('\n');
+    }
+    let total: usize = per_device.values().map(|l| l.lines().count()).sum();
+    for (topic, lines) in &per_device {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub runs (scripts/setup installs mosquitto-clients)");
+        child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    plume.wait_messages(total as u64);
+    plume.interrupt();
+    broker.stop();
+    // each device's readings arrive in order; the order across devices does not change aq1
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn the_broker_keeps_what_arrives_while_plume_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 6_000, 9);
+    let mut broker = Mosquitto::start(dir.path());
+    let messages = aq1_messages(&input);
+    let (first, second) = messages.split_at(messages.len() / 3);
+    let summary_of = |path: &Path| -> serde_json::Value {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["type"] == "summary")
+            .expect("a summary record")
+    };
+    let out1 = dir.path().join("out-1.jsonl");
+    let plume = Plume::run(&pipeline(), &broker.url(), &out1);
+    plume.wait_subscribed();
+    publish_all(broker.port, "aq1-publisher", first, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(first.len() as u64);
+    plume.interrupt();
+    // plume is down: the broker queues the rest for its persistent session
+    publish_all(broker.port, "aq1-publisher", second, rumqttc::QoS::AtLeastOnce);
+    let out2 = dir.path().join("out-2.jsonl");
+    let plume = Plume::run(&pipeline(), &broker.url(), &out2);
+    plume.wait_messages(second.len() as u64);
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(log.contains("session_present=true"), "{log}");
+    let (s1, s2) = (summary_of(&out1), summary_of(&out2));
+    assert_eq!(s1["readings"].as_u64().unwrap(), first.len() as u64);
+    assert_eq!(
+        s2["readings"].as_u64().unwrap(),
+        second.len() as u64,
+        "no loss, no double count"
+    );
+}
+
+#[test]
+fn mqtt_5_with_a_shared_subscription_equals_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 6_000, 11);
+    let mut broker = Mosquitto::start(dir.path());
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let v5 = dir.path().join("mqtt-aq1-v5.yaml");
+    std::fs::write(
+        &v5,
+        text.replace(
+            "qos: 1\n",
+            "qos: 1\n      version: \"5\"\n      shared_group: plume-nodes\n",
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&v5, &broker.url(), &out);
+    plume.wait_subscribed();
+    assert!(plume.logged("filter=$share/plume-nodes/aq1/+"), "{}", plume.log_text());
+    let messages = aq1_messages(&input);
+    publish_all(broker.port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    broker.stop();
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn the_mqtt_sink_publishes_results_on_the_topic_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 10, 3_000, 13);
+    let port = free_port();
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    // results to a file and, per device and operator, to the embedded broker
+    let with_sink = dir.path().join("mqtt-aq1-sink.yaml");
+    let text = text.replace(
+        "      - file: { path: \"${PLUME_OUTPUT:-out.jsonl}\" }\n",
+        &format!(
+            "      - file: {{ path: \"${{PLUME_OUTPUT:-out.jsonl}}\" }}\n      - mqtt: {{ url: \"mqtt://127.0.0.1:{port}\", topic: \"plume/{{device}}/{{operator}}\", qos: 1 }}\n"
+        ),
+    );
+    std::fs::write(&with_sink, format!("{text}\nembedded_broker: {{ port: {port} }}\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&with_sink, &format!("mqtt://127.0.0.1:{port}"), &out);
+    plume.wait_subscribed();
+    // a subscriber to every result
+    let received: Arc<Mutex<Vec<(String, String)>>> = Default::default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let subscriber = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut o = rumqttc::MqttOptions::new("results-subscriber", "127.0.0.1", port);
+            o.set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut connection) = rumqttc::Client::new(o, 100);
+            client.subscribe("plume/#", rumqttc::QoS::AtLeastOnce).unwrap();
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => ready_tx.send(()).unwrap(),
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => received
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), String::from_utf8(p.payload.to_vec()).unwrap())),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let messages = aq1_messages(&input);
+    publish_all(port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    let records: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // plume exits only after the broker acknowledged every publish; they reach the subscriber soon after
+    wait_for("every result over MQTT", Duration::from_secs(30), || {
+        received.lock().unwrap().len() >= records.len()
+    });
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), records.len());
+    let mut payloads: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
+    let mut want: Vec<&str> = records.iter().map(String::as_str).collect();
+    payloads.sort();
+    want.sort();
+    assert_eq!(payloads, want, "the same records as the file sink");
+    for (topic, payload) in &got {
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let expected = match (v["device"].as_str(), v["operator"].as_str()) {
+            (Some(d), Some(op)) => format!("plume/{d}/{op}"),
+            _ => format!("plume/_/{}", v["type"].as_str().unwrap()),
+        };
+        assert_eq!(topic, &expected);
+    }
+    drop(subscriber);
+}
+
+fn sh(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_with_a_custom_ca_and_a_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // a CA of our own and a broker certificate for 127.0.0.1 signed by it
+    sh(
+        d,
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=plume test CA",
+        ],
+    );
+    sh(
+        d,
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    sh(
+        d,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let password = "s3cret-Pa55-do-not-log";
+    sh(d, "mosquitto_passwd", &["-b", "-c", "passwd", "plume", password]);
+    sh(d, "mosquitto_passwd", &["-b", "passwd", "publisher", "pub-pass"]);
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut broker = Mosquitto::start_with(
+        d,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\npassword_file {}\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key"),
+            p("passwd")
+        ),
+    );
+    // (`allow_anonymous true` in the base config is overridden: a password file requires one)
+    let text = std::fs::read_to_string(pipeline()).unwrap().replace(
+        "qos: 1\n",
+        &format!(
+            "qos: 1\n      ca_file: \"{}\"\n      username: plume\n      password_env: PLUME_TEST_MQTT_PASSWORD\n",
+            p("ca.crt")
+        ),
+    );
+    let tls_pipeline = d.join("mqtt-aq1-tls.yaml");
+    std::fs::write(&tls_pipeline, text).unwrap();
+    let input = aq1_input(d, 6, 1_200, 17);
+    let out = d.join("out-mqtt.jsonl");
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let plume = Plume::run_with_env(&tls_pipeline, &url, &out, &[("PLUME_TEST_MQTT_PASSWORD", password)]);
+    plume.wait_subscribed();
+    let mut per_device: std::collections::BTreeMap<String, String> = Default::default();
+    for (topic, payload) in aq1_messages(&input) {
+        let lines = per_device.entry(topic).or_default();
+        lines.push_str(std::str::from_utf8(&payload).unwrap());
+        lines.push('\n');
+    }
+    let total: usize = per_device.values().map(|l| l.lines().count()).sum();
+    for (topic, lines) in &per_device {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "--cafile",
+                &p("ca.crt"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+            ])
+            .args(["-u", "publisher", "-P", "pub-pass", "-q", "1", "-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    plume.wait_messages(total as u64);
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(!log.contains(password), "the password must not be logged:\n{log}");
+    assert_same_as_file_run(&out, &file_run(d, &input));
+
+    // a wrong password: refused, retried with backoff, and still never printed
+    let mut broker = Mosquitto::start_with(
+        d,
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\npassword_file {}\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key"),
+            p("passwd")
+        ),
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let wrong = "wrong-Pa55-do-not-log";
+    let plume = Plume::run_with_env(
+        &tls_pipeline,
+        &url,
+        &d.join("out-refused.jsonl"),
+        &[("PLUME_TEST_MQTT_PASSWORD", wrong)],
+    );
+    wait_for("the refusal in the log", Duration::from_secs(30), || {
+        plume.logged("refused")
+    });
+    // and a second attempt after the backoff
+    wait_for("a retry", Duration::from_secs(30), || {
+        plume.logged("mqtt reconnect failed")
+    });
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(!log.contains(wrong), "{log}");
+}
