@@ -12,14 +12,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-fn plume() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_plume"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::plume;
 
 /// One reading per device, `devices` devices.
 fn one_reading_each(path: &Path, devices: u64, prefix: &str) {
@@ -148,22 +146,7 @@ fn main() {
     }
     println!("== aq1 throughput with and without checkpoints ==");
     let (devices, events) = if quick { (1_000, 500_000) } else { (10_000, 5_000_000) };
-    let input = dir.join("aq1.jsonl");
-    let status = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/workloads/gen_aq1.py"))
-        .args([
-            "--devices",
-            &devices.to_string(),
-            "--events",
-            &events.to_string(),
-            "--seed",
-            "1",
-            "--out",
-        ])
-        .arg(&input)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let input = common::aq1_input(dir, devices, events, 1);
     let mut none = Vec::new();
     let mut every10 = Vec::new();
     let mut every1 = Vec::new();

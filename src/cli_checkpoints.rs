@@ -114,14 +114,19 @@ pub fn checkpoints(dir: &Path, as_json: bool, command: CheckpointCommand) -> any
                     "id", "time", "pipeline", "devices", "written"
                 );
                 for m in &manifests {
-                    let positions: Vec<String> = m.sources.iter().map(|p| format!("{}@{}", p.name, p.offset)).collect();
+                    let positions: Vec<String> = m
+                        .record
+                        .sources
+                        .iter()
+                        .map(|p| format!("{}@{}", p.name, p.offset))
+                        .collect();
                     println!(
                         "{:>8}  {:<27}  {:<16}  {:>9}  {:>9}  {}",
-                        m.id,
-                        time_of(m.created_ms),
-                        m.pipeline,
-                        m.devices,
-                        m.devices_written,
+                        m.record.id,
+                        time_of(m.record.created_ms),
+                        m.record.pipeline,
+                        m.record.devices,
+                        m.record.devices_written,
                         positions.join(", ")
                     );
                 }
@@ -135,18 +140,18 @@ pub fn checkpoints(dir: &Path, as_json: bool, command: CheckpointCommand) -> any
             } else {
                 println!(
                     "checkpoint {} of pipeline `{}` (hash {})",
-                    m.id, m.pipeline, m.pipeline_hash
+                    m.record.id, m.record.pipeline, m.record.pipeline_hash
                 );
-                println!("  taken       {}", time_of(m.created_ms));
+                println!("  taken       {}", time_of(m.record.created_ms));
                 println!(
                     "  devices     {} stored, {} written by this checkpoint",
-                    m.devices, m.devices_written
+                    m.record.devices, m.record.devices_written
                 );
-                println!("  dead letters so far {}", m.dead_letters);
-                for p in &m.sources {
+                println!("  dead letters so far {}", m.record.dead_letters);
+                for p in &m.record.sources {
                     println!("  source      {}: offset {} (next line {})", p.name, p.offset, p.line);
                 }
-                for s in &m.sinks {
+                for s in &m.record.sinks {
                     println!("  sink        {}: {} bytes", s.name, s.length);
                 }
                 let bytes: u64 = m.files.iter().map(|f| f.size).sum();

@@ -59,8 +59,8 @@ fn run_cmd(pipeline: &str, input: &Path, output: &Path, data_dir: &Path, extra: 
     c
 }
 
-fn ok(mut c: Command) -> String {
-    let out = c.output().expect("plume runs");
+fn ok(mut c: impl std::borrow::BorrowMut<Command>) -> String {
+    let out = c.borrow_mut().output().expect("plume runs");
     assert!(
         out.status.success(),
         "plume failed:\n{}{}",
@@ -74,8 +74,8 @@ fn ok(mut c: Command) -> String {
     )
 }
 
-fn fails(mut c: Command) -> String {
-    let out = c.output().expect("plume runs");
+fn fails(mut c: impl std::borrow::BorrowMut<Command>) -> String {
+    let out = c.borrow_mut().output().expect("plume runs");
     assert!(!out.status.success(), "plume should have failed");
     format!(
         "{}{}",
@@ -221,11 +221,9 @@ fn export_then_import_gives_identical_device_states_and_restore_replays_exactly(
 
     // export / import round trip: byte-identical device states
     let file = dir.path().join("savepoint.plume");
-    ok(checkpoints(&state, &["export", &last.to_string()])
-        .arg(&file)
-        .to_owned_cmd());
+    ok(checkpoints(&state, &["export", &last.to_string()]).arg(&file));
     let moved = dir.path().join("moved");
-    ok(checkpoints(&moved_dir(&moved), &["import"]).arg(&file).to_owned_cmd());
+    ok(checkpoints(&moved_dir(&moved), &["import"]).arg(&file));
     let a = device_values(&plume::store::retained::checkpoint_dir(&state, last));
     let b = device_values(&plume::store::StateStore::live_dir(&moved));
     assert!(!a.is_empty());
@@ -258,16 +256,6 @@ fn export_then_import_gives_identical_device_states_and_restore_replays_exactly(
 fn moved_dir(p: &Path) -> PathBuf {
     std::fs::create_dir_all(p).unwrap();
     p.to_path_buf()
-}
-
-trait OwnedCmd {
-    fn to_owned_cmd(&mut self) -> Command;
-}
-
-impl OwnedCmd for Command {
-    fn to_owned_cmd(&mut self) -> Command {
-        std::mem::replace(self, Command::new("true"))
-    }
 }
 
 /// Every stored device value of a RocksDB directory (read-only).
@@ -361,35 +349,23 @@ fn imports_of_foreign_or_newer_files_are_refused() {
         &[],
     ));
     let file = dir.path().join("x.plume");
-    ok(checkpoints(&state, &["export", "latest"]).arg(&file).to_owned_cmd());
+    ok(checkpoints(&state, &["export", "latest"]).arg(&file));
     let target = dir.path().join("target");
     std::fs::write(dir.path().join("foreign"), b"hello, not a checkpoint").unwrap();
-    let err = fails(
-        checkpoints(&moved_dir(&target), &["import"])
-            .arg(dir.path().join("foreign"))
-            .to_owned_cmd(),
-    );
+    let err = fails(checkpoints(&moved_dir(&target), &["import"]).arg(dir.path().join("foreign")));
     assert!(err.contains("not a plume checkpoint export"), "{err}");
     let mut newer = std::fs::read(&file).unwrap();
     newer[8] = 99;
     std::fs::write(dir.path().join("newer"), &newer).unwrap();
-    let err = fails(
-        checkpoints(&target, &["import"])
-            .arg(dir.path().join("newer"))
-            .to_owned_cmd(),
-    );
+    let err = fails(checkpoints(&target, &["import"]).arg(dir.path().join("newer")));
     assert!(err.contains("format version 99") && err.contains("newer"), "{err}");
     let mut cut = std::fs::read(&file).unwrap();
     cut.truncate(cut.len() - 10);
     std::fs::write(dir.path().join("cut"), &cut).unwrap();
-    let err = fails(
-        checkpoints(&target, &["import"])
-            .arg(dir.path().join("cut"))
-            .to_owned_cmd(),
-    );
+    let err = fails(checkpoints(&target, &["import"]).arg(dir.path().join("cut")));
     assert!(err.contains("damaged or truncated"), "{err}");
     // and an import into a directory that has state is refused
-    let err = fails(checkpoints(&state, &["import"]).arg(&file).to_owned_cmd());
+    let err = fails(checkpoints(&state, &["import"]).arg(&file));
     assert!(err.contains("already holds state"), "{err}");
 }
 
@@ -449,11 +425,11 @@ fn the_stored_format_fixture_still_loads() {
             &[],
         ));
         std::fs::create_dir_all(&fixtures).unwrap();
-        ok(checkpoints(&state, &["export", "latest"]).arg(&file).to_owned_cmd());
+        ok(checkpoints(&state, &["export", "latest"]).arg(&file));
     }
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("imported");
-    ok(checkpoints(&moved_dir(&target), &["import"]).arg(&file).to_owned_cmd());
+    ok(checkpoints(&moved_dir(&target), &["import"]).arg(&file));
     assert!(ok(checkpoints(&target, &["verify", "latest"])).contains("ok"));
     let values = device_values(&plume::store::StateStore::live_dir(&target));
     assert!(!values.is_empty());

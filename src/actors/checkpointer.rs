@@ -195,7 +195,7 @@ impl Checkpointer {
         }
     }
 
-    fn begin(&mut self, ctx: &mut Context<Self>, forced: bool) {
+    fn begin(&mut self, forced: bool) {
         let id = self.next_id;
         self.next_id += 1;
         self.in_progress = Some(InProgress {
@@ -213,7 +213,6 @@ impl Checkpointer {
         } else {
             self.signal.requested.store(id, Ordering::Release);
         }
-        let _ = ctx;
     }
 
     fn try_write(&mut self, ctx: &mut Context<Self>) {
@@ -277,24 +276,17 @@ impl Checkpointer {
             self.fail(id, "the checkpoint writer stopped".into());
             return;
         }
-        ctx.wait(written.into_actor(self).map(move |result, act, ctx| {
+        ctx.wait(written.into_actor(self).map(move |result, act, _ctx| {
             let result = result.unwrap_or_else(|_| Err("the checkpoint writer stopped".into()));
             match result {
-                Ok(write) => act.completed(record, n, write, pause, ctx),
+                Ok(write) => act.completed(record, n, write, pause),
                 Err(e) => act.fail(id, e),
             }
         }));
     }
 
     #[instrument(skip_all, fields(checkpoint = record.id))]
-    fn completed(
-        &mut self,
-        record: CheckpointRecord,
-        devices_written: u64,
-        write: Duration,
-        pause: Duration,
-        ctx: &mut Context<Self>,
-    ) {
+    fn completed(&mut self, record: CheckpointRecord, devices_written: u64, write: Duration, pause: Duration) {
         let p = self.in_progress.take().expect("a checkpoint in progress");
         self.devices = record.devices;
         self.dead_letters_base = record.dead_letters;
@@ -325,7 +317,7 @@ impl Checkpointer {
             }
         } else if self.finishing.is_some() {
             // the sources ended while this one was under way: now the last one
-            self.begin(ctx, true);
+            self.begin(true);
         }
     }
 
@@ -352,9 +344,9 @@ impl Actor for Checkpointer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(every) = self.settings.interval {
-            ctx.run_interval(every, |act, ctx| {
+            ctx.run_interval(every, |act, _ctx| {
                 if act.in_progress.is_none() && act.finishing.is_none() {
-                    act.begin(ctx, false);
+                    act.begin(false);
                 }
             });
         }
@@ -407,7 +399,7 @@ impl Handler<SinksFlushed> for Checkpointer {
 impl Handler<CheckpointNow> for Checkpointer {
     type Result = ResponseFuture<Result<u64, String>>;
 
-    fn handle(&mut self, _: CheckpointNow, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: CheckpointNow, _ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.finishing = Some(tx);
         match &self.in_progress {
@@ -419,7 +411,7 @@ impl Handler<CheckpointNow> for Checkpointer {
                 }
             }
             Some(_) => {}
-            None => self.begin(ctx, true),
+            None => self.begin(true),
         }
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the checkpointer stopped".into())) })
     }

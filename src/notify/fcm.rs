@@ -236,17 +236,10 @@ impl Transport for FcmTransport {
     }
 
     fn wanted(&self, entry: &OutboxEntry) -> bool {
-        // a digest spans devices: it goes out while its token is subscribed anywhere
-        entry.kind == "digest"
-            || self
-                .subscribers
-                .tokens_for(&entry.device)
-                .map_or(true, |tokens| tokens.contains(&entry.target))
+        self.subscribers.still_wanted(entry)
     }
 
     fn token_unregistered(&self, entry: &OutboxEntry) {
-        if let Err(e) = self.subscribers.remove("*", &entry.target) {
-            tracing::warn!(error = %e, "removing an unregistered fcm token failed");
-        }
+        self.subscribers.forget_unregistered(&entry.target, "fcm");
     }
 }

@@ -39,6 +39,22 @@ pub trait Subscribers: Send + Sync + 'static {
     fn tokens_for(&self, device: &str) -> Result<Vec<String>, SubscribersError>;
     /// Every subscription, by device.
     fn list(&self) -> Result<BTreeMap<String, Vec<String>>, SubscribersError>;
+
+    /// Whether a push of `entry` should still go out: its token is still subscribed to its
+    /// device (a digest spans devices: while the token is subscribed anywhere).
+    fn still_wanted(&self, entry: &super::outbox::OutboxEntry) -> bool {
+        entry.kind == "digest"
+            || self
+                .tokens_for(&entry.device)
+                .map_or(true, |tokens| tokens.contains(&entry.target))
+    }
+
+    /// A provider (`fcm`, `apns`) reported `token` as unregistered: remove it everywhere.
+    fn forget_unregistered(&self, token: &str, provider: &str) {
+        if let Err(e) = self.remove("*", token) {
+            tracing::warn!(error = %e, provider, "removing an unregistered token failed");
+        }
+    }
 }
 
 /// Subscriptions in memory, optionally backed by a JSON file.

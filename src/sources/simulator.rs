@@ -38,6 +38,46 @@ struct SimDevice {
     silent_until: i64,
 }
 
+/// Simulated time: from the start, `speed` times faster than real time, up to the end of the
+/// spec's `duration` (if any). Both the line source and the MQTT publisher follow it.
+pub struct SimulatedClock {
+    start_ms: i64,
+    speed: f64,
+    end_ms: Option<i64>,
+    started: Instant,
+    /// Simulated time generated up to.
+    until: i64,
+}
+
+impl SimulatedClock {
+    pub fn new(spec: &SimulatorSourceSpec, start_ms: i64) -> Self {
+        SimulatedClock {
+            start_ms,
+            speed: if spec.speed > 0.0 { spec.speed } else { 1.0 },
+            end_ms: spec.duration.map(|d| start_ms + d.as_millis()),
+            started: Instant::now(),
+            until: start_ms,
+        }
+    }
+
+    /// The simulated time reached now, if it moved on since the last call.
+    pub fn advance(&mut self) -> Option<i64> {
+        let mut now = self.start_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.speed) as i64;
+        if let Some(end) = self.end_ms {
+            now = now.min(end);
+        }
+        (now > self.until).then(|| {
+            self.until = now;
+            now
+        })
+    }
+
+    /// The simulated duration is over.
+    pub fn finished(&self) -> bool {
+        self.end_ms.is_some_and(|end| self.until >= end)
+    }
+}
+
 /// The simulator's state: deterministic for a seed and a start time.
 pub struct Simulator {
     spec: SimulatorSourceSpec,
@@ -164,24 +204,16 @@ impl Simulator {
 /// Runs the simulator until its `duration` of simulated time has passed or `stop` is set.
 pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> Result<(), SourceError> {
     let start_ms = clock::now_ms();
-    let speed = if spec.speed > 0.0 { spec.speed } else { 1.0 };
-    let end_ms = spec.duration.map(|d| start_ms + d.as_millis());
+    let mut simulated = SimulatedClock::new(&spec, start_ms);
     let mut sim = Simulator::new(spec, start_ms);
-    let started = Instant::now();
     let mut offset = 0u64;
     let mut line = 1u64;
-    let mut simulated_until = start_ms;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         feeder.poll_barrier();
-        let mut until = start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speed) as i64;
-        if let Some(end) = end_ms {
-            until = until.min(end);
-        }
-        if until > simulated_until {
+        if let Some(until) = simulated.advance() {
             let mut bytes = Vec::new();
             sim.generate_until(until, &mut bytes);
-            simulated_until = until;
             if !bytes.is_empty() {
                 let permit = feeder.wait_for_room();
                 let start = offset;
@@ -200,7 +232,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicB
                 );
             }
         }
-        if end_ms.is_some_and(|end| simulated_until >= end) {
+        if simulated.finished() {
             break;
         }
     }

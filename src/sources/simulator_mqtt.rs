@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::simulator::Simulator;
+use super::simulator::{SimulatedClock, Simulator};
 use crate::clock;
 use crate::config::{
     DurationSpec, EmbeddedBrokerSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos, SimulatorSourceSpec, SourceSpec,
@@ -87,22 +87,14 @@ async fn publish(spec: SimulatorSourceSpec, port: u16) {
     connected.notified().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start_ms = clock::now_ms();
-    let speed = if spec.speed > 0.0 { spec.speed } else { 1.0 };
-    let end_ms = spec.duration.map(|d| start_ms + d.as_millis());
+    let mut simulated = SimulatedClock::new(&spec, start_ms);
     let mut sim = Simulator::new(spec, start_ms);
-    let started = Instant::now();
-    let mut simulated_until = start_ms;
     let mut published = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut until = start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speed) as i64;
-        if let Some(end) = end_ms {
-            until = until.min(end);
-        }
-        if until > simulated_until {
+        if let Some(until) = simulated.advance() {
             let mut bytes = Vec::new();
             sim.generate_until(until, &mut bytes);
-            simulated_until = until;
             for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let device = device_of(line).unwrap_or_else(|| "unknown".to_string());
                 let topic = TOPIC.replace("{device}", &device);
@@ -116,7 +108,7 @@ async fn publish(spec: SimulatorSourceSpec, port: u16) {
                 published += 1;
             }
         }
-        if end_ms.is_some_and(|end| simulated_until >= end) {
+        if simulated.finished() {
             break;
         }
     }

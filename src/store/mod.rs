@@ -252,6 +252,10 @@ pub fn db_options() -> Options {
     o.set_paranoid_checks(true);
     o.set_max_open_files(256);
     o.set_keep_log_file_num(2);
+    // most device lookups on activation are for devices the store has never seen
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&table);
     o
 }
 
@@ -333,14 +337,15 @@ impl StateStore {
             // fall back to the newest retained checkpoint that verifies
             let mut restored = false;
             for manifest in retained::list(dir)?.into_iter().rev() {
-                match retained::verify(dir, manifest.id) {
+                let id = manifest.record.id;
+                match retained::verify(dir, id) {
                     Ok(_) => {
-                        notes.push(format!("resuming from retained checkpoint {} instead", manifest.id));
-                        retained::make_live(dir, manifest.id)?;
+                        notes.push(format!("resuming from retained checkpoint {id} instead"));
+                        retained::make_live(dir, id)?;
                         restored = true;
                         break;
                     }
-                    Err(e) => notes.push(format!("retained checkpoint {} is not usable: {e}", manifest.id)),
+                    Err(e) => notes.push(format!("retained checkpoint {id} is not usable: {e}")),
                 }
             }
             if !restored && live.exists() {

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use super::{
-    CF_DEVICES, COLUMN_FAMILIES, CheckpointRecord, FORMAT_VERSION, StateStore, StoreError, StoredPosition, StoredSink,
-    open_db_read_only, read_record, unseal,
+    CF_DEVICES, COLUMN_FAMILIES, CheckpointRecord, FORMAT_VERSION, StateStore, StoreError, open_db_read_only,
+    read_record, unseal,
 };
 
 pub const MANIFEST: &str = "plume-manifest.json";
@@ -27,20 +27,15 @@ pub struct ManifestFile {
     pub xxh3: String,
 }
 
-/// The description of a retained checkpoint (`plume-manifest.json`).
+/// The description of a retained checkpoint (`plume-manifest.json`): its checkpoint record,
+/// readable, and its files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u16,
-    pub id: u64,
-    pub pipeline: String,
-    pub pipeline_hash: String,
-    pub created_ms: i64,
+    #[serde(flatten)]
+    pub record: CheckpointRecord,
+    /// `created_ms` as a readable time.
     pub created: String,
-    pub sources: Vec<StoredPosition>,
-    pub sinks: Vec<StoredSink>,
-    pub devices: u64,
-    pub devices_written: u64,
-    pub dead_letters: u64,
     pub files: Vec<ManifestFile>,
     /// xxh3 of this manifest written with an empty checksum.
     pub checksum: String,
@@ -85,9 +80,21 @@ pub fn checkpoint_dir(dir: &Path, id: u64) -> PathBuf {
     retained_root(dir).join(format!("{id:020}"))
 }
 
+/// Size and xxh3 of a file, read in pieces (SST files can be large).
 fn hash_file(path: &Path) -> std::io::Result<(u64, u64)> {
-    let bytes = std::fs::read(path)?;
-    Ok((bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes)))
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, hasher.digest()));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
 }
 
 /// Creates `retained/<id>/` from the live state, which must be exactly checkpoint `record`.
@@ -139,18 +146,10 @@ pub fn create(
     drop(cache);
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
-        id: record.id,
-        pipeline: record.pipeline.clone(),
-        pipeline_hash: record.pipeline_hash.clone(),
-        created_ms: record.created_ms,
+        record: record.clone(),
         created: jiff::Timestamp::from_millisecond(record.created_ms)
             .map(|t| t.to_string())
             .unwrap_or_default(),
-        sources: record.sources.clone(),
-        sinks: record.sinks.clone(),
-        devices: record.devices,
-        devices_written: record.devices_written,
-        dead_letters: record.dead_letters,
         files,
         checksum: String::new(),
     };
