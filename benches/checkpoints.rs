@@ -114,10 +114,11 @@ fn main() {
     }
     if let Some((state, n)) = big_state {
         println!("== start-up with {n} devices in the store ==");
-        let input = dir.join("one.jsonl");
-        one_reading_each(&input, 1, "new-");
         let mut firsts = Vec::new();
-        for _ in 0..3 {
+        for round in 0..3 {
+            // a new file each time: a file the store has read to its end gives no readings
+            let input = dir.join(format!("one-{round}.jsonl"));
+            one_reading_each(&input, 1, &format!("new-{round}-"));
             let (_, log) = run(
                 "pipelines/aq1.yaml",
                 &input,
@@ -126,6 +127,8 @@ fn main() {
             );
             firsts.push(log_field(&log, "first readings reached the devices", "since_start_ms").unwrap_or(f64::NAN));
         }
+        let input = dir.join("one-fresh.jsonl");
+        one_reading_each(&input, 1, "new-");
         let empty = dir.join("empty-state");
         let mut fresh = Vec::new();
         for _ in 0..3 {
