@@ -94,12 +94,10 @@ impl OutputPlan {
                         .map(|i| pipeline.operator_name(i as _).to_string())
                         .collect(),
                 )?),
-                other => {
-                    return Err(EngineError::Unsupported(format!(
-                        "the {} sink is not built into this plume yet",
-                        sink_kind(&other)
-                    )));
-                }
+                SinkSpec::Kafka(k) => Box::new(crate::sinks::kafka::KafkaSink::connect(
+                    &k,
+                    &format!("plume-{}-out-{}", pipeline.name, sinks.len()),
+                )?),
             });
         }
         Ok(OutputPlan {
@@ -253,15 +251,29 @@ pub fn start_with_state(
             resumed
                 .as_ref()
                 .and_then(|r| r.sources.iter().find(|p| p.source == source))
-                .map(|p| SourcePosition {
-                    source,
-                    offset: p.offset,
-                    line: p.line,
+                .map(|p| {
+                    // a Kafka source keeps one position per partition: carry them all on
+                    let partitions: Vec<(String, i32, i64)> = resumed
+                        .iter()
+                        .flat_map(|r| r.sources.iter())
+                        .filter(|q| q.source == source)
+                        .filter_map(|q| {
+                            let (topic, partition) = crate::store::partitions::parse_position_name(&q.name)?;
+                            Some((topic, partition, q.offset as i64))
+                        })
+                        .collect();
+                    SourcePosition {
+                        source,
+                        offset: p.offset,
+                        line: p.line,
+                        partitions: (!partitions.is_empty()).then(|| Arc::new(partitions)),
+                    }
                 })
                 .unwrap_or(SourcePosition {
                     source,
                     offset: 0,
                     line: 1,
+                    partitions: None,
                 })
         })
         .collect();
@@ -452,6 +464,7 @@ enum SourcePlan {
     Lines(LineSource),
     Simulator(crate::config::SimulatorSourceSpec),
     Mqtt(crate::sources::mqtt::MqttSource),
+    Kafka(Box<crate::sources::kafka::KafkaSource>),
 }
 
 fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec<(String, SourcePlan)>, EngineError> {
@@ -491,11 +504,21 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
                     stats: Default::default(),
                 }),
             ),
-            SourceSpec::Kafka(_) => {
-                return Err(EngineError::Unsupported(
-                    "the kafka source is not built into this plume yet".into(),
-                ));
-            }
+            SourceSpec::Kafka(k) => (
+                format!("kafka:{}", k.topics.join(",")),
+                SourcePlan::Kafka(Box::new(crate::sources::kafka::KafkaSource {
+                    spec: k.clone(),
+                    name: format!("kafka:{}", k.topics.join(",")),
+                    decoder: pipeline.decoder.clone(),
+                    store: None,
+                    pipeline: None,
+                    key_groups: pipeline.spec.runtime.key_groups,
+                    handoff_dir: None,
+                    checkpointer: None,
+                    shards: Vec::new(),
+                    stats: Default::default(),
+                })),
+            ),
         });
     }
     if plans.is_empty() {
@@ -554,6 +577,18 @@ fn prepare_state(
                 info!(source = %name, offset = p.offset, line = p.line, "resuming the source");
             }
         }
+        if let SourcePlan::Kafka(k) = plan {
+            k.store = Some(opened.store.clone());
+            k.pipeline = Some(identity.clone());
+            k.handoff_dir = Some(match &k.spec.handoff_dir {
+                Some(d) => PathBuf::from(d),
+                None => dir
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf())
+                    .join("kafka-handoff")
+                    .join(&k.spec.group),
+            });
+        }
         identities.push(SourceIdentity {
             name: name.clone(),
             fingerprint,
@@ -601,8 +636,12 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         let shards = runtime.shards.len();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (index, (name, source)) in sources.into_iter().enumerate() {
+        for (index, (name, mut source)) in sources.into_iter().enumerate() {
             let feeder = runtime.feeder(index, &name);
+            if let SourcePlan::Kafka(k) = &mut source {
+                k.checkpointer = runtime.checkpointer.clone();
+                k.shards = runtime.shards.clone();
+            }
             let stop = stop.clone();
             let decoder = pipeline.decoder.clone();
             threads.push(
@@ -612,6 +651,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
                         SourcePlan::Lines(s) => crate::sources::lines::run(s, feeder, decoder, stop),
                         SourcePlan::Simulator(s) => crate::sources::simulator::run(s, feeder, stop),
                         SourcePlan::Mqtt(s) => crate::sources::mqtt::run(s, feeder, stop),
+                        SourcePlan::Kafka(s) => crate::sources::kafka::run(*s, feeder, stop),
                     })
                     .expect("spawning a source thread"),
             );

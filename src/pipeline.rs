@@ -261,7 +261,13 @@ impl CompiledPipeline {
             return Err(CompileError::TooManyFields(fields.len()));
         }
         let _ = BaselineEmit::End;
-        let decoder = Arc::new(Decoder::new(&spec.decode, fields.len()));
+        let mut decoder = Decoder::new(&spec.decode, fields.len());
+        if spec.sources.iter().any(|s| {
+            matches!(s, crate::config::SourceSpec::Kafka(k) if k.device_from == crate::config::KafkaDeviceFrom::Key)
+        }) {
+            decoder = decoder.with_device_from_source();
+        }
+        let decoder = Arc::new(decoder);
         Ok(CompiledPipeline {
             name: spec.pipeline.clone(),
             spec,

@@ -65,6 +65,12 @@ pub struct CheckpointDone {
 #[rtype(result = "Result<u64, String>")]
 pub struct CheckpointNow;
 
+/// Take a checkpoint that covers everything the sources have sent so far (a Kafka source
+/// giving up partitions); replies with its id once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct CheckpointSoon;
+
 /// The sources of a run, as checkpoints record them.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity {
@@ -145,6 +151,8 @@ pub struct Checkpointer {
     final_id: Option<u64>,
     counters: CheckpointerCounters,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// [`CheckpointSoon`] callers: the first checkpoint id that answers them.
+    waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
 }
 
 impl Checkpointer {
@@ -192,6 +200,7 @@ impl Checkpointer {
             final_id: None,
             counters: Default::default(),
             writer_thread: Some(writer_thread),
+            waiters: Vec::new(),
         }
     }
 
@@ -236,14 +245,27 @@ impl Checkpointer {
             created_ms: crate::clock::now_ms(),
             sources: positions
                 .iter()
-                .map(|p| {
+                .flat_map(|p| {
                     let s = &self.settings.sources[p.source];
-                    StoredPosition {
-                        source: p.source,
-                        name: s.name.clone(),
-                        offset: p.offset,
-                        line: p.line,
-                        fingerprint: s.fingerprint,
+                    match &p.partitions {
+                        // a Kafka source: one position per partition
+                        Some(partitions) => partitions
+                            .iter()
+                            .map(|(topic, partition, offset)| StoredPosition {
+                                source: p.source,
+                                name: crate::store::partitions::position_name(topic, *partition),
+                                offset: *offset as u64,
+                                line: 0,
+                                fingerprint: 0,
+                            })
+                            .collect::<Vec<_>>(),
+                        None => vec![StoredPosition {
+                            source: p.source,
+                            name: s.name.clone(),
+                            offset: p.offset,
+                            line: p.line,
+                            fingerprint: s.fingerprint,
+                        }],
                     }
                 })
                 .collect(),
@@ -311,13 +333,25 @@ impl Checkpointer {
         for s in &self.shards {
             s.do_send(CheckpointDone { id: record.id });
         }
+        let (answered, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|(needed, _)| *needed <= record.id);
+        self.waiters = waiting;
+        for (_, reply) in answered {
+            let _ = reply.send(Ok(record.id));
+        }
         if self.final_id == Some(record.id) {
+            // the last checkpoint covers everything
+            for (_, reply) in self.waiters.drain(..) {
+                let _ = reply.send(Ok(record.id));
+            }
             if let Some(reply) = self.finishing.take() {
                 let _ = reply.send(Ok(record.id));
             }
         } else if self.finishing.is_some() {
             // the sources ended while this one was under way: now the last one
             self.begin(true);
+        } else if !self.waiters.is_empty() {
+            self.begin(false);
         }
     }
 
@@ -333,6 +367,9 @@ impl Checkpointer {
         error!(checkpoint = id, error = %e, "checkpoint failed: the previous one stays the latest");
         self.counters.failed += 1;
         self.in_progress = None;
+        for (_, reply) in self.waiters.drain(..) {
+            let _ = reply.send(Err(e.clone()));
+        }
         if let Some(reply) = self.finishing.take() {
             let _ = reply.send(Err(e));
         }
@@ -412,6 +449,21 @@ impl Handler<CheckpointNow> for Checkpointer {
             }
             Some(_) => {}
             None => self.begin(true),
+        }
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the checkpointer stopped".into())) })
+    }
+}
+
+impl Handler<CheckpointSoon> for Checkpointer {
+    type Result = ResponseFuture<Result<u64, String>>;
+
+    fn handle(&mut self, _: CheckpointSoon, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        // the checkpoint under way may have its barrier before what was sent last: the next one
+        let needed = self.next_id;
+        self.waiters.push((needed, tx));
+        if self.in_progress.is_none() && self.finishing.is_none() {
+            self.begin(false);
         }
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the checkpointer stopped".into())) })
     }

@@ -54,6 +54,9 @@ pub struct SourcePosition {
     pub offset: u64,
     /// The file source: the 1-based number of the next line.
     pub line: u64,
+    /// A Kafka source: the next offset of every partition it reads, `(topic, partition,
+    /// offset)` (one stored position each in the checkpoint).
+    pub partitions: Option<Arc<Vec<(String, i32, i64)>>>,
 }
 
 /// The payloads of one chunk.

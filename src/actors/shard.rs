@@ -97,6 +97,13 @@ pub struct PassivateIdleNow {
     pub idle_ms: i64,
 }
 
+/// Forget these devices (a Kafka partition was handed to another member right after a
+/// checkpoint that holds their state): active ones stop, passive copies go. Replies with how
+/// many were in memory.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct EvictDevices(pub Vec<String>);
+
 /// Sums over the devices of one shard at the end of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardTotals {
@@ -561,6 +568,40 @@ impl Handler<ReportDeviceCounters> for ShardSupervisor {
                 None => None,
             }
         })
+    }
+}
+
+impl Handler<EvictDevices> for ShardSupervisor {
+    type Result = ResponseActFuture<Self, usize>;
+
+    fn handle(&mut self, msg: EvictDevices, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut evicted = 0;
+        let mut addrs = Vec::new();
+        for device in &msg.0 {
+            self.touched.remove(device.as_str());
+            if let Some(p) = self.passive.remove(device.as_str()) {
+                if p.dirty {
+                    error!(device = %device, "evicting a device with changes no checkpoint holds");
+                }
+                self.local.metrics.devices_passive.fetch_sub(1, Ordering::Relaxed);
+                evicted += 1;
+            }
+            if let Some(d) = self.active.remove(device.as_str()) {
+                addrs.push(d.addr);
+                self.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
+                evicted += 1;
+            }
+        }
+        // the actors stop once they have answered (their state is in the store)
+        let (answers, all) = super::Collector::new(addrs.len());
+        for (addr, answer) in addrs.iter().zip(answers) {
+            addr.do_send(device::Passivate(answer));
+        }
+        Box::pin(all.into_actor(self).map(move |_, act, _ctx| {
+            drop(addrs);
+            debug!(shard = act.local.shard, evicted, "evicted the devices of a handed-off partition");
+            evicted
+        }))
     }
 }
 

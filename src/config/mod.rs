@@ -243,6 +243,11 @@ pub struct KafkaSourceSpec {
     /// (`sasl.password: KAFKA_PASSWORD`).
     #[serde(default)]
     pub secret_properties_env: BTreeMap<String, String>,
+    /// A directory shared by the group's members (the same disk, or a network mount) where a
+    /// member leaves the device state and offset of each partition it gives up, for the next
+    /// owner. Default: `kafka-handoff/<group>` beside the data directory.
+    #[serde(default)]
+    pub handoff_dir: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -207,6 +207,11 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "env var name",
         "The variable that holds this property's value.",
     ),
+    doc(
+        "sources[].kafka.handoff_dir",
+        "path",
+        "Directory shared by the group's members for partition hand-offs (default `kafka-handoff/<group>` beside the data directory).",
+    ),
     // decode
     doc(
         "decode.format",

@@ -99,7 +99,7 @@ fn device<'a>(
     line: &ParsedLine<'a>,
     topic_device: Option<&'a str>,
 ) -> Result<Cow<'a, str>, DecodeError> {
-    if dec.device_from_topic {
+    if dec.device_from_topic && (topic_device.is_some() || dec.device_tag.is_none()) {
         return topic_device.map(Cow::Borrowed).ok_or(DecodeError::MissingTopicDevice);
     }
     if let Some(tag) = &dec.device_tag {

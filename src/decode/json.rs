@@ -39,7 +39,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
                 return Ok(Key::Field(i));
             }
         }
-        if dec.device_field.as_deref() == Some(key) && !dec.device_from_topic {
+        if dec.device_field.as_deref() == Some(key) {
             return Ok(Key::Device);
         }
         if dec.time_field.as_deref() == Some(key) {
@@ -288,7 +288,7 @@ pub(super) fn decode<'a>(
     if let Some(p) = problem {
         return Err(p);
     }
-    let device = if dec.device_from_topic {
+    let device = if dec.device_from_topic && (topic_device.is_some() || dec.device_field.is_none()) {
         Cow::Borrowed(topic_device.ok_or(DecodeError::MissingTopicDevice)?)
     } else {
         device.ok_or_else(|| DecodeError::MissingDevice(dec.device_field.clone().unwrap_or_default()))?

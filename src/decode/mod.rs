@@ -113,6 +113,14 @@ impl Decoder {
         }
     }
 
+    /// Takes the device id from the source (an MQTT topic capture, a Kafka record key) when
+    /// the source gives one; the payload's device field or tag otherwise (a file run of the
+    /// same pipeline).
+    pub fn with_device_from_source(mut self) -> Self {
+        self.device_from_topic = true;
+        self
+    }
+
     pub fn format(&self) -> DecodeFormat {
         self.format
     }
@@ -137,7 +145,7 @@ impl Decoder {
 
     /// Only the device id of a payload (for routing), or `None` if it has none.
     pub fn device_of<'a>(&self, payload: &'a [u8], topic_device: Option<&'a str>) -> Option<Cow<'a, str>> {
-        if self.device_from_topic {
+        if self.device_from_topic && (topic_device.is_some() || self.device_field.is_none() && self.device_tag.is_none()) {
             return topic_device.map(Cow::Borrowed);
         }
         match self.format {

@@ -21,6 +21,7 @@ use crate::actors::ChunkTicket;
 use crate::output::OutputRecord;
 
 pub mod file;
+pub mod kafka;
 pub mod mqtt;
 pub mod routes;
 pub mod stdout;

@@ -19,6 +19,7 @@ use crate::actors::router::{RouteChunk, Router, SourceBarrier, SourceEnded};
 use crate::actors::{Chunk, ChunkData, ChunkTicket, RuntimeMetrics, SourcePosition};
 use crate::clock;
 
+pub mod kafka;
 pub mod lines;
 pub mod mqtt;
 pub mod simulator;
@@ -35,6 +36,8 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSourceError),
 }
 
 /// How the checkpointer asks the sources for a barrier, and tells them what is durable.
@@ -88,7 +91,8 @@ impl ChunkFeeder {
 
     /// Sends a checkpoint barrier if one was asked for. Called before every chunk; a source
     /// that may sit idle for long calls it while idle too.
-    pub fn poll_barrier(&mut self) {
+    /// Returns the id of the barrier it sent, if any.
+    pub fn poll_barrier(&mut self) -> Option<u64> {
         if let Some(signal) = &self.barriers {
             let requested = signal.requested.load(Ordering::Acquire);
             if requested > self.last_barrier {
@@ -99,13 +103,25 @@ impl ChunkFeeder {
                         id: requested,
                     });
                 }
+                return Some(requested);
             }
         }
+        None
+    }
+
+    /// The checkpoint signal, when the run takes checkpoints.
+    pub fn barrier_signal(&self) -> Option<&Arc<BarrierSignal>> {
+        self.barriers.as_ref()
     }
 
     /// Waits (blocking the calling thread) until another chunk may be in flight.
     pub fn wait_for_room(&self) -> OwnedSemaphorePermit {
         futures::executor::block_on(self.permits.clone().acquire_owned()).expect("the semaphore is never closed")
+    }
+
+    /// Room for another chunk, if there is some now.
+    pub fn try_room(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Waits (async) until another chunk may be in flight.
@@ -119,6 +135,18 @@ impl ChunkFeeder {
 
     /// Sends a chunk to every router.
     pub fn send(&mut self, data: ChunkData, end_offset: u64, end_line: u64, permit: OwnedSemaphorePermit) {
+        self.send_at(data, end_offset, end_line, None, permit)
+    }
+
+    /// [`ChunkFeeder::send`] with the offsets of a partitioned source (Kafka).
+    pub fn send_at(
+        &mut self,
+        data: ChunkData,
+        end_offset: u64,
+        end_line: u64,
+        partitions: Option<Arc<Vec<(String, i32, i64)>>>,
+        permit: OwnedSemaphorePermit,
+    ) {
         self.poll_barrier();
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -131,6 +159,7 @@ impl ChunkFeeder {
                 source: self.source,
                 offset: end_offset,
                 line: end_line,
+                partitions,
             },
             read_at_ms: clock::now_ms(),
             ticket,

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
 
 pub mod export;
+pub mod partitions;
 pub mod retained;
 
 /// The stored format version (envelopes, keys, records). Bump it and add a migration when any

@@ -1,0 +1,244 @@
+//! Kafka partitions in the store: which devices came from which partition, and the hand-off
+//! of a partition's devices and offset to the next member of the consumer group.
+//!
+//! # Layout
+//! - the partition index: keys `PARTITION_PREFIX topic 0x00 partition(4, BE) device` in the
+//!   `positions` column family, empty sealed values. Written by the Kafka source when a device
+//!   first arrives on a partition (a fact that never becomes false, so writing it ahead of the
+//!   checkpoint is safe: the checkpoint's synced batch makes it durable with the device states).
+//! - [`PartitionHandoff`]: one file per partition in the group's hand-off directory
+//!   (`<topic>-<partition>.handoff`), sealed bincode: the partition's next offset and the
+//!   encoded state of each of its devices, written (temp file, fsync, rename) by the member
+//!   that gives the partition up, after a checkpoint that covers everything it read from it.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use super::{CF_DEVICES, CF_POSITIONS, StateStore, StoreError, bincode_decode, bincode_encode, device_key, seal, unseal};
+
+const PARTITION_PREFIX: &[u8] = b"\x00kafka-partition\x00";
+
+/// The stored-position name of a Kafka partition (one `StoredPosition` per partition).
+pub fn position_name(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}:{partition}")
+}
+
+/// The `(topic, partition)` of a stored-position name written by [`position_name`].
+pub fn parse_position_name(name: &str) -> Option<(String, i32)> {
+    let rest = name.strip_prefix("kafka:")?;
+    let (topic, partition) = rest.rsplit_once(':')?;
+    Some((topic.to_string(), partition.parse().ok()?))
+}
+
+fn index_prefix(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = PARTITION_PREFIX.to_vec();
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// A partition's devices and where its reading stopped, for the next owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionHandoff {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to read.
+    pub next_offset: i64,
+    pub pipeline_hash: String,
+    pub key_groups: u32,
+    /// The checkpoint of the giving member that covers `next_offset`.
+    pub checkpoint: u64,
+    pub written_ms: i64,
+    /// `(device, encoded DeviceSnapshot)`.
+    pub devices: Vec<(String, Vec<u8>)>,
+}
+
+impl PartitionHandoff {
+    pub fn file_in(dir: &Path, topic: &str, partition: i32) -> PathBuf {
+        dir.join(format!("{topic}-{partition}.handoff"))
+    }
+
+    /// Writes atomically: a reader sees the old file or the whole new one.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, StoreError> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, "creating the hand-off directory", e))?;
+        let path = Self::file_in(dir, &self.topic, self.partition);
+        let tmp = path.with_extension("handoff.tmp");
+        let bytes = seal(&bincode_encode(self));
+        let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, "creating", e))?;
+        f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, "writing", e))?;
+        f.sync_all().map_err(|e| StoreError::io(&tmp, "syncing", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, "renaming into place", e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(path)
+    }
+
+    /// The hand-off of `topic`/`partition` in `dir`, if there is one.
+    pub fn read(dir: &Path, topic: &str, partition: i32) -> Result<Option<Self>, StoreError> {
+        let path = Self::file_in(dir, topic, partition);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, "reading", e)),
+        };
+        let corrupt = |problem: String| StoreError::Corrupt {
+            what: path.display().to_string(),
+            problem,
+        };
+        let payload = unseal(&bytes).map_err(corrupt)?;
+        bincode_decode(payload).map(Some).map_err(corrupt)
+    }
+}
+
+impl StateStore {
+    /// Records that `devices` arrived on `topic`/`partition` (not synced: the next
+    /// checkpoint's synced batch makes it durable together with their state).
+    pub fn index_partition_devices<'a>(
+        &self,
+        topic: &str,
+        partition: i32,
+        devices: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), StoreError> {
+        let cf = self.db.cf_handle(CF_POSITIONS).expect("column family");
+        let prefix = index_prefix(topic, partition);
+        let mut batch = WriteBatch::default();
+        for d in devices {
+            let mut k = prefix.clone();
+            k.extend_from_slice(d.as_bytes());
+            batch.put_cf(cf, k, seal(&[]));
+        }
+        self.db.write(batch).map_err(|e| StoreError::rocks(&self.dir, e))
+    }
+
+    /// The devices indexed for `topic`/`partition`.
+    pub fn partition_devices(&self, topic: &str, partition: i32) -> Result<Vec<String>, StoreError> {
+        let cf = self.db.cf_handle(CF_POSITIONS).expect("column family");
+        let prefix = index_prefix(topic, partition);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, _) = item.map_err(|e| StoreError::rocks(&self.dir, e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// The stored states of a partition's devices (those the store has).
+    pub fn partition_states(
+        &self,
+        topic: &str,
+        partition: i32,
+        key_group_of: impl Fn(&str) -> u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for device in self.partition_devices(topic, partition)? {
+            if let Some(state) = self.load_device(key_group_of(&device), &device)? {
+                out.push((device, state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops a partition's devices and their index entries (the partition was handed off).
+    /// Synced.
+    pub fn drop_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        key_group_of: impl Fn(&str) -> u32,
+    ) -> Result<usize, StoreError> {
+        let devices = self.partition_devices(topic, partition)?;
+        let (dcf, pcf) = (
+            self.db.cf_handle(CF_DEVICES).expect("column family"),
+            self.db.cf_handle(CF_POSITIONS).expect("column family"),
+        );
+        let prefix = index_prefix(topic, partition);
+        let mut batch = WriteBatch::default();
+        for d in &devices {
+            batch.delete_cf(dcf, device_key(key_group_of(d), d));
+            let mut k = prefix.clone();
+            k.extend_from_slice(d.as_bytes());
+            batch.delete_cf(pcf, k);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| StoreError::rocks(&self.dir, e))?;
+        Ok(devices.len())
+    }
+
+    /// Takes over the devices of a hand-off (their states replace any stored ones). Synced.
+    pub fn import_partition(
+        &self,
+        handoff: &PartitionHandoff,
+        key_group_of: impl Fn(&str) -> u32,
+    ) -> Result<(), StoreError> {
+        let (dcf, pcf) = (
+            self.db.cf_handle(CF_DEVICES).expect("column family"),
+            self.db.cf_handle(CF_POSITIONS).expect("column family"),
+        );
+        let prefix = index_prefix(&handoff.topic, handoff.partition);
+        let mut batch = WriteBatch::default();
+        for (device, state) in &handoff.devices {
+            batch.put_cf(dcf, device_key(key_group_of(device), device), seal(state));
+            let mut k = prefix.clone();
+            k.extend_from_slice(device.as_bytes());
+            batch.put_cf(pcf, k, seal(&[]));
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| StoreError::rocks(&self.dir, e))
+    }
+
+    /// The checkpoint record `live/` holds now (the newest durable one).
+    pub fn latest_record(&self) -> Result<Option<super::CheckpointRecord>, StoreError> {
+        super::read_record(&self.db, &self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_names_round_trip() {
+        let n = position_name("aq1.readings", 3);
+        assert_eq!(n, "kafka:aq1.readings:3");
+        assert_eq!(parse_position_name(&n), Some(("aq1.readings".to_string(), 3)));
+        assert_eq!(parse_position_name("file:x"), None);
+    }
+
+    #[test]
+    fn handoffs_round_trip_and_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = PartitionHandoff {
+            topic: "t".into(),
+            partition: 2,
+            next_offset: 41,
+            pipeline_hash: "abc".into(),
+            key_groups: 256,
+            checkpoint: 7,
+            written_ms: 1,
+            devices: vec![("dev-1".into(), vec![1, 2, 3])],
+        };
+        let path = h.write(dir.path()).unwrap();
+        assert_eq!(PartitionHandoff::read(dir.path(), "t", 2).unwrap(), Some(h));
+        assert_eq!(PartitionHandoff::read(dir.path(), "t", 3).unwrap(), None);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let e = PartitionHandoff::read(dir.path(), "t", 2).unwrap_err().to_string();
+        assert!(e.contains("t-2.handoff"), "{e}");
+    }
+}

@@ -1,0 +1,157 @@
+//! Kafka test and bench support: a tansu broker (a Kafka-protocol broker, in memory) on a free
+//! loopback port, topics, a producer and a reader built on rdkafka. Shared by `tests/kafka.rs`
+//! and `benches/kafka.rs`.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The tansu binary: `PLUME_TANSU`, on the PATH, or in `~/.cargo/bin` (where `scripts/setup`
+/// installs it).
+pub fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PLUME_TANSU") {
+        return PathBuf::from(p);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("tansu");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = PathBuf::from(home).join(".cargo/bin/tansu");
+    assert!(
+        p.is_file(),
+        "tansu is not installed: run scripts/setup (it runs `cargo install tansu --locked --features dynostore`)"
+    );
+    p
+}
+
+/// A tansu broker with in-memory storage, stopped on drop.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tansu { child, port }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(tansu_binary())
+            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--partitions", &partitions.to_string(), name])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu topic create runs");
+        assert!(status.success(), "creating topic {name} failed");
+    }
+
+    /// Produces `(key, value)` records in order (one producer: the per-key order is kept, and
+    /// records with the same key go to the same partition), and waits until all are delivered.
+    pub fn produce(&self, topic: &str, records: &[(String, Vec<u8>)]) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("linger.ms", "5")
+            .set("acks", "all")
+            .create()
+            .expect("producer");
+        for (key, value) in records {
+            let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60)).expect("every record delivered");
+    }
+
+    /// Reads `topic` from the beginning until `n` records arrived (or `timeout`): `(key, value,
+    /// plume-id header)`.
+    pub fn read(&self, topic: &str, n: usize, timeout: Duration) -> Vec<(String, String, Option<String>)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let started = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < n && started.elapsed() < timeout {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let value = m
+                    .payload()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let id = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "plume-id")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                });
+                out.push((key, value, id));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The aq1 lines of `input` as `(device, line)` records, in file order.
+pub fn aq1_records(input: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (v["device"].as_str().unwrap().to_string(), line.as_bytes().to_vec())
+        })
+        .collect()
+}

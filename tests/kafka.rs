@@ -1,0 +1,355 @@
+//! Kafka end to end, on loopback only: a real Kafka-protocol broker (tansu, in memory, started
+//! by each test on a free port), plume as a subprocess running `pipelines/kafka-aq1.yaml`, and
+//! the output compared with the file run of the same readings.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_support::{Tansu, aq1_records};
+
+/// plume running the Kafka pipeline, its log collected.
+struct Plume {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Plume {
+    fn start(pipeline: &Path, broker: &Tansu, topic: &str, group: &str, output: &Path, extra: &[&str]) -> Self {
+        let mut child = plume()
+            .arg("run")
+            .arg(pipeline)
+            .arg("--data-dir")
+            .arg(output.with_extension("state"))
+            .args(extra)
+            .env("PLUME_KAFKA_BROKERS", broker.brokers())
+            .env("PLUME_KAFKA_TOPIC", topic)
+            .env("PLUME_KAFKA_GROUP", group)
+            .env("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("PLUME_OUTPUT", output)
+            .env("PLUME_LOG", "warn,plume::sources::kafka=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("plume runs");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(line);
+                }
+            })
+        };
+        Plume {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn count(&self, text: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).count()
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the log has `text` at least `n` times.
+    fn wait_logged(&self, text: &str, n: usize, timeout: Duration) {
+        let started = Instant::now();
+        while self.count(text) < n {
+            assert!(
+                started.elapsed() < timeout,
+                "timed out waiting for `{text}` x{n}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ctrl-C, then the graceful end.
+    fn interrupt(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        let text = self.log_text();
+        assert!(status.success(), "plume failed ({status}):\n{text}");
+        text
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Plume {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pipeline() -> PathBuf {
+    repo().join("pipelines/kafka-aq1.yaml")
+}
+
+fn file_run(dir: &Path, input: &Path) -> PathBuf {
+    let out = dir.join("out-file.jsonl");
+    plume_run("pipelines/aq1.yaml", input, &out, &[]);
+    out
+}
+
+/// Output records by device without their ids (which hash the pipeline name).
+fn records_without_ids(lines: BTreeMapLines) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    lines
+        .into_iter()
+        .map(|(device, lines)| {
+            let records = lines
+                .iter()
+                .map(|l| {
+                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let o = v.as_object_mut().unwrap();
+                    o.remove("id");
+                    o.remove("pipeline");
+                    v
+                })
+                .collect();
+            (device, records)
+        })
+        .collect()
+}
+
+type BTreeMapLines = std::collections::BTreeMap<String, Vec<String>>;
+
+fn assert_same_records(a: BTreeMapLines, b: BTreeMapLines) {
+    let (a, b) = (records_without_ids(a), records_without_ids(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (device, records) in &a {
+        assert_eq!(records, &b[device], "device {device}");
+    }
+}
+
+fn assert_same_as_file_run(kafka_out: &Path, file_out: &Path) {
+    assert_eq!(aq1_summary(kafka_out), aq1_summary(file_out));
+    assert_same_records(lines_by_device(kafka_out), lines_by_device(file_out));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn kafka_aq1_gives_the_file_runs_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 60, 30_000, 41);
+    let broker = Tansu::start();
+    broker.create_topic("aq1", 4);
+    broker.produce("aq1", &aq1_records(&input));
+    let out = dir.path().join("out-kafka.jsonl");
+    let plume = Plume::start(&pipeline(), &broker, "aq1", "plume-aq1", &out, &[]);
+    plume.wait_logged("kafka source caught up", 1, Duration::from_secs(120));
+    let log = plume.interrupt();
+    assert!(log.contains("kafka partition assigned"), "{log}");
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn undecodable_records_become_dead_letters_with_partition_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start();
+    broker.create_topic("aq1", 1);
+    let good = |ts: i64| format!(r#"{{"device":"d1","ts":{ts},"pm25":10.0,"co2":400.0}}"#).into_bytes();
+    broker.produce(
+        "aq1",
+        &[
+            ("d1".to_string(), good(1_700_000_000_000)),
+            ("d1".to_string(), b"{not json".to_vec()),
+            ("d1".to_string(), good(1_700_000_001_000)),
+        ],
+    );
+    let out = dir.path().join("out.jsonl");
+    let plume = Plume::start(&pipeline(), &broker, "aq1", "plume-dl", &out, &[]);
+    plume.wait_logged("kafka source caught up", 1, Duration::from_secs(60));
+    plume.interrupt();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let dead: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "dead_letter")
+        .collect();
+    assert_eq!(dead.len(), 1, "{text}");
+    let d = dead[0].to_string();
+    assert!(d.contains("partition 0 offset 1"), "{d}");
+    assert!(d.contains("{not json"), "{d}");
+    // the offset advanced past it: a restart does not see it again
+    let plume = Plume::start(&pipeline(), &broker, "aq1", "plume-dl", &out, &[]);
+    plume.wait_logged("kafka source caught up", 1, Duration::from_secs(60));
+    plume.interrupt();
+    let again = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(again.lines().filter(|l| l.contains("\"dead_letter\"")).count(), 1, "{again}");
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 200, 300_000, 43);
+    let broker = Tansu::start();
+    broker.create_topic("aq1", 4);
+    broker.produce("aq1", &aq1_records(&input));
+    let out = dir.path().join("out-kafka.jsonl");
+    // a deterministic spread of kill moments (xorshift), from early to late
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut kills = 0;
+    for round in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let plume = Plume::start(
+            &pipeline(),
+            &broker,
+            "aq1",
+            "plume-crash",
+            &out,
+            &["--checkpoint-interval", "200ms"],
+        );
+        // wait until it reads, then kill it somewhere in the next second and a half
+        plume.wait_logged("kafka partition assigned", 1, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100 + x % 1500));
+        if plume.count("kafka source caught up") > 0 && round > 3 {
+            plume.kill();
+            kills += 1;
+            break;
+        }
+        plume.kill();
+        kills += 1;
+    }
+    assert!(kills >= 10, "only {kills} kills");
+    let plume = Plume::start(&pipeline(), &broker, "aq1", "plume-crash", &out, &[]);
+    plume.wait_logged("kafka source caught up", 1, Duration::from_secs(180));
+    plume.interrupt();
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn the_kafka_sink_carries_every_window_and_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 40, 20_000, 44);
+    let broker = Tansu::start();
+    broker.create_topic("aq1-out", 4);
+    // the aq1 pipeline from a file, to a file and to the topic
+    let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let text = text.replace(
+        "      - file: { path: \"${PLUME_OUTPUT:-out.jsonl}\" }",
+        "      - file: { path: \"${PLUME_OUTPUT:-out.jsonl}\" }\n      - kafka: { brokers: \"${PLUME_KAFKA_BROKERS}\", topic: aq1-out }",
+    );
+    assert!(text.contains("aq1-out"));
+    let pipeline = dir.path().join("aq1-to-kafka.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let status = plume()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--data-dir")
+        .arg(dir.path().join("state"))
+        .env("PLUME_INPUT", &input)
+        .env("PLUME_OUTPUT", &out)
+        .env("PLUME_KAFKA_BROKERS", broker.brokers())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let file_lines: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<&String> = file_lines.iter().filter(|l| !l.contains("\"summary\"")).collect();
+    assert!(expected.len() > 1000, "{} records", expected.len());
+    let read = broker.read("aq1-out", file_lines.len(), Duration::from_secs(60));
+    let mut got: Vec<String> = Vec::new();
+    for (key, value, id) in &read {
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(id.as_deref(), v["id"].as_str(), "the plume-id header is the record's id");
+        if let Some(device) = v["device"].as_str() {
+            assert_eq!(key, device, "the key is the device");
+        }
+        got.push(value.clone());
+    }
+    let mut want: Vec<String> = file_lines.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "the topic holds exactly the file's records");
+}
+
+#[test]
+fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 80, 60_000, 45);
+    let records = aq1_records(&input);
+    let (first, second) = records.split_at(records.len() / 2);
+    let broker = Tansu::start();
+    broker.create_topic("aq1", 4);
+    broker.produce("aq1", first);
+    let (out_a, out_b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let a = Plume::start(&pipeline(), &broker, "aq1", "plume-pair", &out_a, &["--checkpoint-interval", "500ms"]);
+    a.wait_logged("kafka partition assigned", 4, Duration::from_secs(60));
+    a.wait_logged("kafka source caught up", 1, Duration::from_secs(120));
+    let b = Plume::start(&pipeline(), &broker, "aq1", "plume-pair", &out_b, &["--checkpoint-interval", "500ms"]);
+    // the group splits the partitions between the two
+    b.wait_logged("kafka partition assigned", 1, Duration::from_secs(60));
+    a.wait_logged("kafka partitions revoked", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let a_log = a.interrupt();
+    assert!(a_log.contains("kafka partition handed off"), "{a_log}");
+    // b takes a's partitions from their hand-offs, then reads the rest of the readings
+    b.wait_logged("taken over from a hand-off", 1, Duration::from_secs(60));
+    broker.produce("aq1", second);
+    std::thread::sleep(Duration::from_secs(1));
+    b.wait_logged("kafka source caught up", 1, Duration::from_secs(120));
+    let started = Instant::now();
+    loop {
+        // caught up again after the second half
+        let n = b.count("kafka source caught up");
+        std::thread::sleep(Duration::from_secs(2));
+        if b.count("kafka source caught up") == n && n > 0 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    b.interrupt();
+    // a's output up to its last checkpoint (what it flushed after that is its end-of-run flush,
+    // which b continues instead), then b's
+    let show = plume()
+        .args(["checkpoints", "--data-dir"])
+        .arg(out_a.with_extension("state"))
+        .args(["show", "--json"])
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let length = manifest["sinks"][0]["length"].as_u64().unwrap() as usize;
+    let a_text = std::fs::read(&out_a).unwrap();
+    let mut combined = a_text[..length].to_vec();
+    combined.extend(std::fs::read(&out_b).unwrap());
+    let merged = dir.path().join("merged.jsonl");
+    std::fs::write(&merged, &combined).unwrap();
+    let mut merged_lines: BTreeMapLines = lines_by_device(&merged);
+    let file_out = file_run(dir.path(), &input);
+    let mut file_lines = lines_by_device(&file_out);
+    // the summaries count each process's own readings
+    merged_lines.remove("");
+    file_lines.remove("");
+    // b continued a's devices with their state: nothing repeated, nothing missing
+    assert_same_records(merged_lines, file_lines);
+}
