@@ -125,10 +125,15 @@ impl KafkaSink {
     fn produce(&self, outgoing: Outgoing) -> Result<(), SinkError> {
         let mut outgoing = Box::new(outgoing);
         loop {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "plume-id",
-                value: Some(outgoing.id.as_bytes()),
-            });
+            // records without an id (the summary) carry no header
+            let headers = if outgoing.id.is_empty() {
+                OwnedHeaders::new()
+            } else {
+                OwnedHeaders::new().insert(Header {
+                    key: "plume-id",
+                    value: Some(outgoing.id.as_bytes()),
+                })
+            };
             let (key, value) = (outgoing.key.clone(), outgoing.value.clone());
             let record = BaseRecord::with_opaque_to(&self.topic, outgoing)
                 .key(&key)
@@ -183,7 +188,7 @@ impl Sink for KafkaSink {
             self.produce(Outgoing {
                 key,
                 value: r.json.clone(),
-                id: r.id_hex(),
+                id: if r.id == 0 { String::new() } else { r.id_hex() },
                 resends: 0,
             })?;
             self.written += 1;

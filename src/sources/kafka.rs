@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -137,6 +137,10 @@ struct Inner {
     stats: Arc<KafkaStats>,
     /// The next offset of every partition read (as of what was sent).
     consumed: BTreeMap<PartitionKey, i64>,
+    /// Checkpointed offsets of partitions this member does not read now but whose state its
+    /// store holds (not handed off): carried into every checkpoint, so none is forgotten while
+    /// the group gives the partition to a member that may never come back.
+    carried: BTreeMap<PartitionKey, i64>,
     /// Offsets as of each barrier this source sent, until that checkpoint is durable.
     at_barrier: Vec<(u64, BTreeMap<PartitionKey, i64>)>,
     /// Messages read but not yet sent, with their partition and offset.
@@ -153,12 +157,9 @@ struct Inner {
 
 impl Inner {
     fn snapshot(&self) -> Option<Arc<Vec<(String, i32, i64)>>> {
-        Some(Arc::new(
-            self.consumed
-                .iter()
-                .map(|((t, p), o)| (t.clone(), *p, *o))
-                .collect(),
-        ))
+        let mut all = self.carried.clone();
+        all.extend(self.consumed.iter().map(|(k, o)| (k.clone(), *o)));
+        Some(Arc::new(all.into_iter().map(|((t, p), o)| (t, p, o)).collect()))
     }
 
     /// Sends a barrier if one is asked for, remembering the offsets it stands for.
@@ -166,6 +167,11 @@ impl Inner {
         if let Some(id) = self.feeder.poll_barrier() {
             self.at_barrier.push((id, self.consumed.clone()));
         }
+    }
+
+    /// The position for `key` this member's own state is at, if any.
+    fn own_offset(&self, key: &PartitionKey) -> Option<i64> {
+        self.consumed.get(key).or_else(|| self.carried.get(key)).copied()
     }
 
     fn push(&mut self, key: PartitionKey, offset: i64, message: Message) {
@@ -349,6 +355,7 @@ impl Inner {
                 }
             }
         }
+        let mut handed_off = BTreeSet::new();
         if let (Some(id), Some(store)) = (checkpoint, self.store.clone()) {
             let kgs = self.key_groups;
             for key in &revoked {
@@ -356,6 +363,7 @@ impl Inner {
                 if self.write_handoff(key, *offset, id).is_none() {
                     continue;
                 }
+                handed_off.insert(key.clone());
                 // the next owner has the state now: forget it here
                 let devices = store.partition_devices(&key.0, key.1).unwrap_or_default();
                 let evictions: Vec<_> = self
@@ -374,7 +382,15 @@ impl Inner {
             }
         }
         for key in &revoked {
-            self.consumed.remove(key);
+            if let Some(o) = self.consumed.remove(key)
+                && !handed_off.contains(key)
+            {
+                // not handed off: the state stays here, and so does its position
+                self.carried.insert(key.clone(), o);
+            }
+            if handed_off.contains(key) {
+                self.carried.remove(key);
+            }
             self.known.remove(key);
             self.assigned.remove(key);
             self.at_end.remove(key);
@@ -385,29 +401,24 @@ impl Inner {
     }
 
     /// The partitions in `assigned` are ours now: where does each one start?
-    fn assign(&mut self, consumer: &BaseConsumer<SourceContext>, assigned: Vec<PartitionKey>) {
-        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        let record = self
-            .store
-            .as_ref()
-            .and_then(|s| s.latest_record().map_err(|e| error!(source = %self.name, error = %e, "reading the checkpoint record")).ok())
-            .flatten();
-        let own: BTreeMap<PartitionKey, i64> = record
+    fn assign(&mut self, tpl: &mut TopicPartitionList) {
+        let assigned: Vec<PartitionKey> = tpl
+            .elements()
             .iter()
-            .flat_map(|r| r.sources.iter())
-            .filter(|p| p.source == self.feeder.source)
-            .filter_map(|p| parse_position_name(&p.name).map(|k| (k, p.offset as i64)))
+            .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let mut tpl = TopicPartitionList::new();
+        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
         for key in &assigned {
-            let mut start = own.get(key).copied();
+            let mut start = self.own_offset(key);
             let mut from = if start.is_some() { "checkpoint" } else { "group" };
             if let (Some(dir), Some(store), Some(pipeline)) = (&self.handoff_dir, &self.store, &self.pipeline) {
                 match PartitionHandoff::read(dir, &key.0, key.1) {
                     Ok(Some(h)) if h.pipeline_hash != pipeline.hash || h.key_groups != pipeline.key_groups => {
                         warn!(source = %self.name, topic = %key.0, partition = key.1, "a hand-off of another pipeline is ignored");
                     }
-                    Ok(Some(h)) if start.is_none_or(|s| h.next_offset > s) => {
+                    // the newer state wins (a member's own hand-off, written at its last
+                    // revoke, is as new as its own state: taking it restores what was dropped)
+                    Ok(Some(h)) if start.is_none_or(|s| h.next_offset >= s) => {
                         let kgs = self.key_groups;
                         match store.import_partition(&h, |d| key_group_of(d, kgs)) {
                             Ok(()) => {
@@ -425,17 +436,17 @@ impl Inner {
             }
             let offset = match start {
                 Some(o) => {
+                    self.carried.remove(key);
                     self.consumed.insert(key.clone(), o);
                     Offset::Offset(o)
                 }
                 None => Offset::Stored,
             };
             info!(source = %self.name, topic = %key.0, partition = key.1, offset = ?offset, from, "kafka partition assigned");
-            let _ = tpl.add_partition_offset(&key.0, key.1, offset);
+            if let Err(e) = tpl.set_partition_offset(&key.0, key.1, offset) {
+                error!(source = %self.name, error = %e, "setting the start offset of a kafka partition");
+            }
             self.assigned.insert(key.clone());
-        }
-        if let Err(e) = consumer.assign(&tpl) {
-            error!(source = %self.name, error = %e, "kafka assignment with checkpointed offsets failed");
         }
         self.caught_up_logged = false;
     }
@@ -446,40 +457,70 @@ pub struct SourceContext {
     inner: Arc<Mutex<Inner>>,
 }
 
-impl ClientContext for SourceContext {}
-
-impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut inner = self.inner.lock().expect("kafka source lock");
-            if inner.closing {
-                return;
-            }
-            let revoked: Vec<PartitionKey> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            inner.revoke(consumer, revoked);
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // the end of a partition is reported through `poll` too: not an error
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            error!(error = %error, reason, "librdkafka error");
         }
     }
+}
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let mut inner = self.inner.lock().expect("kafka source lock");
-                if inner.closing {
-                    return;
+impl ConsumerContext for SourceContext {
+    /// Replaces rdkafka's default so that an assignment starts at the offsets plume chose (set
+    /// in the list before `assign`: assigning twice would let librdkafka fetch from the group's
+    /// offsets first and skip what it had fetched).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                {
+                    let mut inner = self.inner.lock().expect("kafka source lock");
+                    if !inner.closing {
+                        inner.assign(tpl);
+                    }
                 }
-                let assigned = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                inner.assign(consumer, assigned);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "kafka assignment failed");
+                }
             }
-            Rebalance::Error(e) => warn!(error = %e, "kafka rebalance error"),
-            Rebalance::Revoke(_) => {}
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                {
+                    let mut inner = self.inner.lock().expect("kafka source lock");
+                    if !inner.closing {
+                        let revoked: Vec<PartitionKey> = tpl
+                            .elements()
+                            .iter()
+                            .map(|e| (e.topic().to_string(), e.partition()))
+                            .collect();
+                        inner.revoke(consumer, revoked);
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "kafka unassignment failed");
+                }
+            }
+            other => {
+                warn!(error = ?other, "kafka rebalance error: dropping the assignment");
+                let _ = consumer.unassign();
+            }
         }
     }
 }
@@ -526,6 +567,23 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         }
     }
     let signal = feeder.barrier_signal().cloned();
+    // the partitions the resumed checkpoint holds positions (and state) for
+    let record = match &source.store {
+        Some(store) => match store.latest_record() {
+            Ok(r) => r,
+            Err(e) => {
+                error!(source = %name, error = %e, "reading the checkpoint record");
+                None
+            }
+        },
+        None => None,
+    };
+    let carried: BTreeMap<PartitionKey, i64> = record
+        .iter()
+        .flat_map(|r| r.sources.iter())
+        .filter(|p| p.source == feeder.source)
+        .filter_map(|p| parse_position_name(&p.name).map(|k| (k, p.offset as i64)))
+        .collect();
     let inner = Arc::new(Mutex::new(Inner {
         name: name.clone(),
         feeder,
@@ -540,6 +598,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         decoder: source.decoder,
         stats: source.stats.clone(),
         consumed: BTreeMap::new(),
+        carried,
         at_barrier: Vec::new(),
         pending: Vec::new(),
         pending_bytes: 0,
