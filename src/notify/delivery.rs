@@ -247,7 +247,11 @@ struct Lane {
     running: bool,
 }
 
+/// Called when a delivery is given up (after the outbox recorded the dead letter).
+pub type DeadLetterHook = Arc<dyn Fn(&OutboxEntry, &str, u32) + Send + Sync>;
+
 struct Shared {
+    on_dead_letter: Option<DeadLetterHook>,
     transport: Arc<dyn Transport>,
     outbox: Arc<dyn Outbox>,
     config: DeliveryConfig,
@@ -277,6 +281,7 @@ impl Delivery {
         outbox: Arc<dyn Outbox>,
         config: DeliveryConfig,
         stats: Arc<DeliveryStats>,
+        on_dead_letter: Option<DeadLetterHook>,
     ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -284,6 +289,7 @@ impl Delivery {
             .enable_all()
             .build()?;
         let shared = Arc::new(Shared {
+            on_dead_letter,
             limit: Semaphore::new(config.concurrency.max(1)),
             breaker: Breaker {
                 state: Mutex::new(BreakerState::default()),
@@ -362,6 +368,24 @@ async fn run_lane(shared: Arc<Shared>, key: (String, String)) {
     }
 }
 
+/// Runs a blocking outbox call (a synced RocksDB write) off the async worker.
+async fn outbox_call(
+    shared: &Shared,
+    id: &str,
+    what: &'static str,
+    call: impl FnOnce(&dyn Outbox) -> Result<(), super::outbox::OutboxError> + Send + 'static,
+) {
+    let outbox = shared.outbox.clone();
+    let result = tokio::task::spawn_blocking(move || call(outbox.as_ref())).await;
+    let error = match result {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    // e.g. delivered but not recorded: a restart sends it again, with the same id
+    warn!(endpoint = %shared.transport.describe(), id = %id, error = %error, operation = what, "outbox write failed");
+}
+
 fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
     let exp = config
         .backoff
@@ -380,9 +404,8 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
     loop {
         if !shared.transport.wanted(&entry) {
             debug!(endpoint = %endpoint, id = %entry.id, "token no longer subscribed: dropped");
-            if let Err(e) = shared.outbox.acknowledge(&entry.id) {
-                warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
-            }
+            let id = entry.id.clone();
+            outbox_call(shared, &entry.id, "discard", move |o| o.discard(&id)).await;
             return;
         }
         let age_left = entry.created_ms + max_age_ms - now_ms();
@@ -393,7 +416,8 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
                 &entry,
                 &format!("max_age reached; last error: {error}"),
                 attempts,
-            );
+            )
+            .await;
             return;
         }
         let admission = match tokio::time::timeout(Duration::from_millis(age_left as u64), shared.breaker.admit()).await
@@ -416,28 +440,29 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
         match result {
             Ok(()) => {
                 shared.breaker.success();
-                if let Err(e) = shared.outbox.acknowledge(&entry.id) {
-                    // delivered but not recorded: a restart sends it again, with the same id
-                    warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
-                }
+                let id = entry.id.clone();
+                outbox_call(shared, &entry.id, "acknowledge", move |o| o.acknowledge(&id)).await;
                 shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 debug!(endpoint = %endpoint, id = %entry.id, attempts, "delivered");
                 return;
             }
             Err(DeliveryError::Unregistered(detail)) => {
                 shared.breaker.success();
-                shared.transport.token_unregistered(&entry);
-                shared.stats.tokens_removed.fetch_add(1, Ordering::Relaxed);
-                info!(endpoint = %endpoint, device = %entry.device, detail = %detail, "device token unregistered: removed");
-                if let Err(e) = shared.outbox.acknowledge(&entry.id) {
-                    warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
+                {
+                    // removing the token is a store write too
+                    let (transport, entry) = (shared.transport.clone(), entry.clone());
+                    let _ = tokio::task::spawn_blocking(move || transport.token_unregistered(&entry)).await;
                 }
+                shared.stats.tokens_removed.fetch_add(1, Ordering::Relaxed);
+                info!(endpoint = %endpoint, device = %entry.device, token = %super::subscribers::token_hint(&entry.target), detail = %detail, "device token unregistered: removed");
+                let id = entry.id.clone();
+                outbox_call(shared, &entry.id, "discard", move |o| o.discard(&id)).await;
                 return;
             }
             Err(e) if !e.retryable() => {
                 // the endpoint answered: it is up
                 shared.breaker.success();
-                give_up(shared, &entry, &e.to_string(), attempts);
+                give_up(shared, &entry, &e.to_string(), attempts).await;
                 return;
             }
             Err(e) => {
@@ -455,11 +480,16 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
     }
 }
 
-fn give_up(shared: &Shared, entry: &OutboxEntry, error: &str, attempts: u32) {
+async fn give_up(shared: &Shared, entry: &OutboxEntry, error: &str, attempts: u32) {
     shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
     warn!(endpoint = %shared.transport.describe(), id = %entry.id, device = %entry.device, attempts, error = %error, "delivery given up: dead letter");
-    if let Err(e) = shared.outbox.dead_letter(&entry.id, error, attempts) {
-        warn!(id = %entry.id, error = %e, "outbox dead letter failed");
+    let (id, message) = (entry.id.clone(), error.to_string());
+    outbox_call(shared, &entry.id, "dead letter", move |o| {
+        o.dead_letter(&id, &message, attempts)
+    })
+    .await;
+    if let Some(hook) = &shared.on_dead_letter {
+        hook(entry, error, attempts);
     }
 }
 
