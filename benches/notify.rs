@@ -39,9 +39,11 @@ fn main() {
             &spec,
             NotifierParts {
                 pipeline: "bench".into(),
+                name: None,
                 outbox: Arc::new(MemoryOutbox::new()),
                 subscribers: None,
                 drain_timeout: Duration::from_secs(600),
+                dead_letters: None,
             },
         )
         .unwrap()

@@ -139,9 +139,11 @@ fn notifier(spec: SinkSpec, outbox: Arc<MemoryOutbox>, subscribers: Option<Arc<d
         &spec,
         NotifierParts {
             pipeline: "test".into(),
+            name: None,
             outbox,
             subscribers,
             drain_timeout: Duration::from_secs(60),
+            dead_letters: None,
         },
     )
     .unwrap()
@@ -485,6 +487,11 @@ fn fcm_signs_an_rs256_assertion_exchanges_it_once_and_drops_unregistered_tokens(
         endpoint: Some(rx.url("")),
         token_endpoint: None,
         subscribers: None,
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
         policy: NotifyPolicySpec::default(),
     }));
     let outbox = Arc::new(MemoryOutbox::new());
@@ -565,6 +572,11 @@ fn apns_sends_an_es256_provider_token_over_http2_and_drops_a_410_token() {
         topic: "org.example.air".into(),
         endpoint: Some(rx.url("")),
         subscribers: None,
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
         policy: NotifyPolicySpec::default(),
     }));
     let outbox = Arc::new(MemoryOutbox::new());
@@ -617,6 +629,11 @@ fn ntfy_gets_title_priority_tags_and_the_bearer_token() {
         server: rx.url(""),
         topic: "office-air".into(),
         token_env: Some("PLUME_TEST_NTFY_TOKEN".into()),
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
         policy: NotifyPolicySpec {
             title: Some("Air in {device}: {field} {peak} µg/m³".into()),
             ..Default::default()
