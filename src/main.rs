@@ -88,9 +88,9 @@ enum Command {
     /// Manage which push tokens (FCM, APNs) follow which device (works while a run holds the
     /// data directory: the run applies the change within a second).
     Subscribers {
-        /// The data directory (as given to `plume run --data-dir`).
+        /// The data directory (as given to `plume run --data-dir`): required.
         #[arg(long, global = true)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long, global = true)]
         json: bool,
@@ -350,7 +350,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             json,
             command,
-        } => subscribers_cli::subscribers(&data_dir, json, command),
+        } => {
+            // (a global argument cannot be required in clap: it may come before or after the
+            // subcommand)
+            let data_dir = data_dir.context("--data-dir is required: the data directory of the runs")?;
+            subscribers_cli::subscribers(&data_dir, json, command)
+        }
         Command::Outbox {
             data_dir,
             json,

@@ -430,6 +430,11 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
             continue; // max_age passed while other lanes held every slot
         };
         let permit = permit.expect("the limit is never closed");
+        if !shared.transport.wanted(&entry) {
+            // its token was removed while this lane waited for a slot
+            drop(permit);
+            continue;
+        }
         attempts += 1;
         shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
         if attempts > 1 {

@@ -556,6 +556,10 @@ impl Sink for NotifierSink {
         self.outbox.delivered().map_err(|e| self.outbox_error(e))
     }
 
+    fn finishes_first(&self) -> bool {
+        true
+    }
+
     fn finish(&mut self) -> Result<u64, SinkError> {
         // the end of the input ends the quiet hours' story too
         self.release_digest()?;
