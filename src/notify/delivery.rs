@@ -259,6 +259,9 @@ struct Shared {
     limit: Semaphore,
     breaker: Breaker,
     lanes: Mutex<HashMap<(String, String), Lane>>,
+    /// Device tokens reported unregistered whose removal from the subscribers is being written:
+    /// no lane sends to them meanwhile.
+    gone: Mutex<std::collections::HashSet<String>>,
     /// Entries handed over and not yet finished.
     outstanding: watch::Sender<usize>,
 }
@@ -301,6 +304,7 @@ impl Delivery {
             config,
             stats,
             lanes: Mutex::new(HashMap::new()),
+            gone: Mutex::new(Default::default()),
             outstanding: watch::channel(0).0,
         });
         Ok(Delivery { runtime, shared })
@@ -396,13 +400,18 @@ fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
+fn wanted(shared: &Shared, entry: &OutboxEntry) -> bool {
+    let gone = !entry.target.is_empty() && shared.gone.lock().unwrap().contains(&entry.target);
+    !gone && shared.transport.wanted(entry)
+}
+
 async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
     let endpoint = shared.transport.describe();
     let max_age_ms = shared.config.max_age.as_millis() as i64;
     let mut attempts = 0u32;
     let mut last_error: Option<DeliveryError> = None;
     loop {
-        if !shared.transport.wanted(&entry) {
+        if !wanted(shared, &entry) {
             debug!(endpoint = %endpoint, id = %entry.id, "token no longer subscribed: dropped");
             let id = entry.id.clone();
             outbox_call(shared, &entry.id, "discard", move |o| o.discard(&id)).await;
@@ -430,7 +439,7 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
             continue; // max_age passed while other lanes held every slot
         };
         let permit = permit.expect("the limit is never closed");
-        if !shared.transport.wanted(&entry) {
+        if !wanted(shared, &entry) {
             // its token was removed while this lane waited for a slot
             drop(permit);
             continue;
@@ -454,9 +463,12 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
             Err(DeliveryError::Unregistered(detail)) => {
                 shared.breaker.success();
                 {
-                    // removing the token is a store write too
-                    let (transport, entry) = (shared.transport.clone(), entry.clone());
-                    let _ = tokio::task::spawn_blocking(move || transport.token_unregistered(&entry)).await;
+                    // removing the token is a store write too; until it is done, no lane sends
+                    // to the token
+                    shared.gone.lock().unwrap().insert(entry.target.clone());
+                    let (transport, e) = (shared.transport.clone(), entry.clone());
+                    let _ = tokio::task::spawn_blocking(move || transport.token_unregistered(&e)).await;
+                    shared.gone.lock().unwrap().remove(&entry.target);
                 }
                 shared.stats.tokens_removed.fetch_add(1, Ordering::Relaxed);
                 info!(endpoint = %endpoint, device = %entry.device, token = %super::subscribers::token_hint(&entry.target), detail = %detail, "device token unregistered: removed");
