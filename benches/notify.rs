@@ -23,7 +23,15 @@ fn main() {
     let n_devices = 200usize;
     let per_device = 25usize;
     let rx = receiver::Receiver::start(Arc::new(AtomicU64::new(0)), |_| receiver::Reply::ok());
-    for concurrency in [4u32, 16] {
+    // the in-memory outbox (runs without a data directory), then the RocksDB one (every put,
+    // acknowledgement a synced write)
+    for (concurrency, durable) in [(4u32, false), (16, false), (4, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = durable.then(|| plume::store::StateStore::open_tool(dir.path()).unwrap());
+        let outbox: Arc<dyn plume::notify::Outbox> = match &store {
+            Some(store) => Arc::new(plume::notify::StoreOutbox::open(store.clone(), "webhook:0").unwrap()),
+            None => Arc::new(MemoryOutbox::new()),
+        };
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let spec = SinkSpec::Webhook(WebhookSinkSpec {
             url: rx.url("/bench"),
@@ -39,9 +47,11 @@ fn main() {
             &spec,
             NotifierParts {
                 pipeline: "bench".into(),
-                outbox: Arc::new(MemoryOutbox::new()),
+                name: None,
+                outbox,
                 subscribers: None,
                 drain_timeout: Duration::from_secs(600),
+                dead_letters: None,
             },
         )
         .unwrap()
@@ -51,7 +61,7 @@ fn main() {
         for e in 0..per_device {
             let mut batch = Vec::new();
             for d in 0..n_devices {
-                let id: u128 = (concurrency as u128) << 100 | (d as u128) << 32 | e as u128;
+                let id: u128 = (concurrency as u128 + 32 * durable as u128) << 100 | (d as u128) << 32 | e as u128;
                 let device = format!("room-{d}");
                 let ts = 1_700_000_000_000i64 + e as i64 * 60_000;
                 batch.push(OutputRecord {
@@ -86,7 +96,8 @@ fn main() {
         assert_eq!(n, n_devices * per_device);
         let pct = |p: f64| latencies[((n as f64 * p) as usize).min(n - 1)];
         println!(
-            "webhook concurrency {concurrency}: {n} notifications in {:.2?}: {:.0}/s; latency p50 {:.2?}, p99 {:.2?}",
+            "webhook concurrency {concurrency}, {} outbox: {n} notifications in {:.2?}: {:.0}/s; latency p50 {:.2?}, p99 {:.2?}",
+            if durable { "RocksDB" } else { "memory" },
             elapsed,
             n as f64 / elapsed.as_secs_f64(),
             pct(0.50),

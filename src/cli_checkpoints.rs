@@ -70,6 +70,20 @@ fn time_of(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// A sink's recorded position: bytes for files, deliveries acknowledged for notifiers.
+fn sink_position(name: &str, n: u64) -> String {
+    let notifier = ["webhook:", "fcm:", "apns:", "ntfy:"]
+        .iter()
+        .any(|p| name.starts_with(p));
+    if name.starts_with("file:") {
+        format!("{n} bytes")
+    } else if notifier {
+        format!("{n} delivered")
+    } else {
+        n.to_string()
+    }
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON values print"));
 }
@@ -152,7 +166,7 @@ pub fn checkpoints(dir: &Path, as_json: bool, command: CheckpointCommand) -> any
                     println!("  source      {}: offset {} (next line {})", p.name, p.offset, p.line);
                 }
                 for s in &m.record.sinks {
-                    println!("  sink        {}: {} bytes", s.name, s.length);
+                    println!("  sink        {}: {}", s.name, sink_position(&s.name, s.length));
                 }
                 let bytes: u64 = m.files.iter().map(|f| f.size).sum();
                 println!("  files       {} ({} bytes)", m.files.len(), bytes);
@@ -222,7 +236,12 @@ pub fn checkpoints(dir: &Path, as_json: bool, command: CheckpointCommand) -> any
                     println!("  source {}: offset {} -> {}", pa.name, pa.offset, pb.offset);
                 }
                 for (sa, sb) in ra.sinks.iter().zip(&rb.sinks) {
-                    println!("  sink {}: {} -> {} bytes", sa.name, sa.length, sb.length);
+                    println!(
+                        "  sink {}: {} -> {}",
+                        sa.name,
+                        sa.length,
+                        sink_position(&sb.name, sb.length)
+                    );
                 }
                 let show = |label: &str, list: &[&String]| {
                     if !list.is_empty() {

@@ -62,31 +62,44 @@ pub enum EngineError {
 pub struct OutputPlan {
     pub sinks: Vec<Box<dyn Sink>>,
     pub routes: RouteTable,
+    /// The notifiers' dead letters, routed like every other dead letter once the hub runs.
+    pub dead_letters: crate::notify::DeadLetterOutlet,
 }
 
 impl OutputPlan {
     /// The pipeline's own `outputs`, or everything to one file with `--output`. File sinks
-    /// are cut back to `keep(name)` bytes (the length the resumed checkpoint recorded).
+    /// are cut back to `keep(name)` bytes (the length the resumed checkpoint recorded);
+    /// notifiers keep their outboxes in `store` when the run has one.
     pub fn for_pipeline(
         pipeline: &CompiledPipeline,
         output: Option<&PathBuf>,
         keep: &dyn Fn(&str) -> u64,
+        store: Option<&crate::notify::NotifyStore>,
     ) -> Result<Self, EngineError> {
         let file_sink = |path: &std::path::Path| FileSink::open(path, keep(&FileSink::name_of(path)));
+        let dead_letters = crate::notify::DeadLetterOutlet::default();
         if let Some(path) = output {
             let sink = file_sink(path)?;
             return Ok(OutputPlan {
                 sinks: vec![Box::new(sink)],
                 routes: RouteTable::everything_to(pipeline, 0),
+                dead_letters,
             });
         }
         let (specs, of_route) = distinct_sinks(&pipeline.spec.outputs);
+        let names = names_of(&specs);
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        for spec in specs {
+        for (spec, name) in specs.into_iter().zip(names) {
             sinks.push(match spec {
                 SinkSpec::Stdout(s) => Box::new(StdoutSink::new(s.format)),
                 SinkSpec::File(f) => Box::new(file_sink(std::path::Path::new(&f.path))?),
-                SinkSpec::Webhook(_) | SinkSpec::Push(_) => Box::new(crate::notify::notifier_for(pipeline, &spec)?),
+                SinkSpec::Webhook(_) | SinkSpec::Push(_) => Box::new(crate::notify::notifier_for(
+                    pipeline,
+                    &spec,
+                    &name,
+                    store,
+                    dead_letters.clone(),
+                )?),
                 SinkSpec::Mqtt(m) => Box::new(crate::sinks::mqtt::MqttSink::connect(
                     &m,
                     &format!("plume-{}-out-{}", pipeline.name, sinks.len()),
@@ -103,8 +116,32 @@ impl OutputPlan {
         Ok(OutputPlan {
             sinks,
             routes: RouteTable::compile(pipeline, &pipeline.spec.outputs, &of_route),
+            dead_letters,
         })
     }
+}
+
+/// The stable name of each sink: `file:<path>`, `stdout`, …; notifiers `<kind>:<n>` (`webhook:0`,
+/// `fcm:0`, `apns:1`: the n-th of its kind in the order the outputs list them), which names their
+/// outbox in the store, so a changed URL keeps its pending deliveries.
+fn names_of(specs: &[SinkSpec]) -> Vec<String> {
+    let mut counts: std::collections::HashMap<&'static str, usize> = Default::default();
+    specs
+        .iter()
+        .map(|spec| {
+            let kind = match spec {
+                SinkSpec::File(f) => return FileSink::name_of(std::path::Path::new(&f.path)),
+                SinkSpec::Webhook(_) => "webhook",
+                SinkSpec::Push(crate::config::PushSinkSpec::Fcm(_)) => "fcm",
+                SinkSpec::Push(crate::config::PushSinkSpec::Apns(_)) => "apns",
+                SinkSpec::Push(crate::config::PushSinkSpec::Ntfy(_)) => "ntfy",
+                other => return sink_kind(other).to_string(),
+            };
+            let n = counts.entry(kind).or_default();
+            *n += 1;
+            format!("{kind}:{}", *n - 1)
+        })
+        .collect()
 }
 
 /// The names of the sinks a run will have, in order (as checkpoints record their lengths).
@@ -113,13 +150,7 @@ pub fn sink_names(pipeline: &CompiledPipeline, output: Option<&PathBuf>) -> Vec<
         return vec![FileSink::name_of(path)];
     }
     let (specs, _) = distinct_sinks(&pipeline.spec.outputs);
-    specs
-        .iter()
-        .map(|spec| match spec {
-            SinkSpec::File(f) => FileSink::name_of(std::path::Path::new(&f.path)),
-            other => sink_kind(other).to_string(),
-        })
-        .collect()
+    names_of(&specs)
 }
 
 fn sink_kind(spec: &SinkSpec) -> &'static str {
@@ -293,6 +324,16 @@ pub fn start_with_state(
         let handles = sink_handles.clone();
         OutputHub::start_in_arbiter(&hub_arbiter.handle(), move |_| OutputHub::new(routes, handles))
     };
+    {
+        let hub = hub.clone();
+        plan.dead_letters.connect(move |record| {
+            hub.do_send(crate::actors::output_hub::RouteRecords {
+                records: vec![record],
+                ticket: None,
+                shard: None,
+            })
+        });
+    }
     arbiters.push(hub_arbiter);
 
     let coordinator_ctx = Context::<RunCoordinator>::new();
@@ -627,7 +668,34 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
         .map(|r| r.sinks.iter().map(|s| (s.name.clone(), s.length)).collect())
         .unwrap_or_default();
     let keep = |name: &str| resumed_sinks.iter().find(|(n, _)| n == name).map_or(0, |(_, len)| *len);
-    let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep)?;
+    let notify_store = match &state {
+        Some(s) => Some(crate::notify::NotifyStore::open(s.settings.store.clone())?),
+        None => None,
+    };
+    // `plume subscribers add|remove` while this run holds the store: applied within a second
+    let applier_stop = Arc::new(AtomicBool::new(false));
+    let applier = notify_store.as_ref().map(|n| {
+        crate::notify::subscribers::spawn_request_applier(
+            n.subscribers.clone(),
+            n.store.dir().to_path_buf(),
+            applier_stop.clone(),
+        )
+    });
+    let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep, notify_store.as_ref());
+    drop(notify_store);
+    let stop_applier = || {
+        applier_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = applier {
+            let _ = t.join();
+        }
+    };
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            stop_applier();
+            return Err(e);
+        }
+    };
     let store = state.as_ref().map(|s| s.settings.store.clone());
     let system = System::new();
     let started = Instant::now();
@@ -727,6 +795,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
     });
     System::current().stop();
     drop(system);
+    stop_applier();
     if let Some(store) = store {
         StateStore::close(store);
     }

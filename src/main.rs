@@ -16,6 +16,8 @@ use plume::pipeline::CompiledPipeline;
 
 #[path = "cli_checkpoints.rs"]
 mod plume_cli;
+#[path = "cli_subscribers.rs"]
+mod subscribers_cli;
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +84,28 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         command: plume_cli::CheckpointCommand,
+    },
+    /// Manage which push tokens (FCM, APNs) follow which device (works while a run holds the
+    /// data directory: the run applies the change within a second).
+    Subscribers {
+        /// The data directory (as given to `plume run --data-dir`): required.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: subscribers_cli::SubscribersCommand,
+    },
+    /// The notifiers' outboxes of a data directory: pending deliveries, deliveries, dead letters.
+    Outbox {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// List the dead letters too.
+        #[arg(long)]
+        dead_letters: bool,
     },
     /// The zero-setup demo: a simulated fleet through pipelines/indoor-air.yaml, live.
     Demo {
@@ -322,6 +346,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             command,
         } => plume_cli::checkpoints(&data_dir, json, command),
+        Command::Subscribers {
+            data_dir,
+            json,
+            command,
+        } => {
+            // (a global argument cannot be required in clap: it may come before or after the
+            // subcommand)
+            let data_dir = data_dir.context("--data-dir is required: the data directory of the runs")?;
+            subscribers_cli::subscribers(&data_dir, json, command)
+        }
+        Command::Outbox {
+            data_dir,
+            json,
+            dead_letters,
+        } => subscribers_cli::outbox(&data_dir, json, dead_letters),
     }
 }
 

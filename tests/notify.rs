@@ -4,15 +4,17 @@
 //! receiver that is down for a while, one dead endpoint next to a healthy one): every event
 //! reaches the receiver's deduplicating view (by `webhook-id`) exactly once, in order per device.
 //!
-//! Not here yet: SIGKILL with deliveries pending needs the durable (RocksDB) outbox.
+//! Through `plume run` with a data directory: the outbox in the store survives SIGKILL (pending
+//! deliveries resumed, acknowledged ones never sent again), and push subscriptions managed with
+//! `plume subscribers` (also while the run holds the store) are used and pruned.
 
 mod common;
 #[path = "common/receiver.rs"]
 mod receiver;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Once};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -139,9 +141,11 @@ fn notifier(spec: SinkSpec, outbox: Arc<MemoryOutbox>, subscribers: Option<Arc<d
         &spec,
         NotifierParts {
             pipeline: "test".into(),
+            name: None,
             outbox,
             subscribers,
             drain_timeout: Duration::from_secs(60),
+            dead_letters: None,
         },
     )
     .unwrap()
@@ -485,6 +489,11 @@ fn fcm_signs_an_rs256_assertion_exchanges_it_once_and_drops_unregistered_tokens(
         endpoint: Some(rx.url("")),
         token_endpoint: None,
         subscribers: None,
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
         policy: NotifyPolicySpec::default(),
     }));
     let outbox = Arc::new(MemoryOutbox::new());
@@ -565,6 +574,11 @@ fn apns_sends_an_es256_provider_token_over_http2_and_drops_a_410_token() {
         topic: "org.example.air".into(),
         endpoint: Some(rx.url("")),
         subscribers: None,
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
         policy: NotifyPolicySpec::default(),
     }));
     let outbox = Arc::new(MemoryOutbox::new());
@@ -617,6 +631,11 @@ fn ntfy_gets_title_priority_tags_and_the_bearer_token() {
         server: rx.url(""),
         topic: "office-air".into(),
         token_env: Some("PLUME_TEST_NTFY_TOKEN".into()),
+        timeout: DurationSpec::from_millis(2_000),
+        max_age: DurationSpec::from_millis(60_000),
+        concurrency: 4,
+        backoff: DurationSpec::from_millis(20),
+        breaker_open: DurationSpec::from_millis(100),
         policy: NotifyPolicySpec {
             title: Some("Air in {device}: {field} {peak} µg/m³".into()),
             ..Default::default()
@@ -771,4 +790,530 @@ fn webhook_aq1_against_a_flaky_receiver_delivers_every_event_of_the_file_output(
         "distinct valid webhook-ids == events in the file output"
     );
     assert_eq!(got, want, "per device in the order of the file output");
+}
+
+// ---------------------------------------------------------------------------------------------
+// the durable outbox and subscriptions, through `plume run` with a data directory
+
+/// `plume ARGS…` that must succeed; its stdout.
+fn plume_ok(args: &[&str], dir: &std::path::Path) -> String {
+    let out = common::plume().args(args).arg("--data-dir").arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "plume {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn outbox_of(state: &std::path::Path, sink: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&plume_ok(&["outbox", "--json"], state)).unwrap();
+    v["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sink"] == sink)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The event ids of a file output, per device in order, and the records by id.
+fn events_of(out: &std::path::Path) -> (BTreeMap<String, Vec<String>>, HashMap<String, serde_json::Value>) {
+    let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lines = HashMap::new();
+    for line in std::fs::read_to_string(out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if matches!(v["type"].as_str(), Some("event_start" | "event_end")) {
+            let id = v["id"].as_str().unwrap().to_string();
+            want.entry(v["device"].as_str().unwrap().to_string())
+                .or_default()
+                .push(id.clone());
+            lines.insert(id, v);
+        }
+    }
+    (want, lines)
+}
+
+#[test]
+fn webhook_aq1_killed_with_deliveries_pending_delivers_them_after_a_restart_and_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 50, 20_000, 3);
+    let out = dir.path().join("out.jsonl");
+    let state = dir.path().join("state");
+    let seq = Arc::new(AtomicU64::new(0));
+    let healthy = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    // ids the receiver acknowledged (answered 2xx), with the arrival number of the request
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let rx = {
+        let (healthy, answered, acked) = (healthy.clone(), answered.clone(), acked.clone());
+        // acknowledges the first 10 requests, then fails (503) until it is healthy again
+        Receiver::start(seq, move |r| {
+            let ok = healthy.load(Ordering::SeqCst) || answered.fetch_add(1, Ordering::SeqCst) < 10;
+            if ok {
+                let id = r.header("webhook-id").unwrap_or("").to_string();
+                acked.lock().unwrap().push((r.seq, id));
+                Reply::ok()
+            } else {
+                Reply::status(503)
+            }
+        })
+    };
+    let run = || {
+        let mut c = common::plume();
+        c.args(["run", "pipelines/webhook-aq1.yaml", "--input"])
+            .arg(&input)
+            .arg("--data-dir")
+            .arg(&state)
+            .env("PLUME_OUTPUT", &out)
+            .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
+            .env("PLUME_WEBHOOK_SECRET", SECRET)
+            .env("PLUME_WEBHOOK_BACKOFF", "50ms");
+        c
+    };
+    let log = std::fs::File::create(dir.path().join("first.log")).unwrap();
+    let mut first = run().stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+    // the 10 acknowledged, then failures (the breaker opens after 5 in a row)
+    assert!(
+        wait_for(Duration::from_secs(60), || rx.count() >= 15),
+        "the receiver saw {} requests",
+        rx.count()
+    );
+    // every acknowledgement was answered well before the kill
+    std::thread::sleep(Duration::from_millis(500));
+    let pending = outbox_of(&state, "webhook:0");
+    assert!(
+        pending["pending"].as_u64().unwrap() > 0,
+        "deliveries pending in the store before the kill: {pending}"
+    );
+    assert_eq!(pending["delivered"], 10, "{pending}");
+    first.kill().unwrap(); // SIGKILL
+    let status = first.wait().unwrap();
+    assert!(!status.success(), "killed, not finished");
+    let before_kill = rx.count() as u64;
+    let acked_before: BTreeSet<String> = acked.lock().unwrap().iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(acked_before.len(), 10);
+
+    healthy.store(true, Ordering::SeqCst);
+    let second = run().output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "the restarted run failed:\n{stderr}");
+    assert!(
+        !stderr.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        "the secret never shows"
+    );
+
+    let (want, lines) = events_of(&out);
+    let events: usize = want.values().map(Vec::len).sum();
+    assert!(events > 20, "the input should have pm25 events, found {events}");
+    let mut requests = rx.requests();
+    requests.sort_by_key(|r| r.seq);
+    let mut seen = BTreeSet::new();
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &requests {
+        let id = verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            body["data"], lines[&id],
+            "the body carries the record of the file output"
+        );
+        if r.seq >= before_kill {
+            assert!(
+                !acked_before.contains(&id),
+                "{id} was acknowledged before the kill and sent again after the restart"
+            );
+        }
+        if seen.insert(id.clone()) {
+            got.entry(body["device"].as_str().unwrap().to_string())
+                .or_default()
+                .push(id);
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        events,
+        "distinct valid webhook-ids == events in the file output"
+    );
+    assert_eq!(got, want, "per device in the order of the file output");
+    let after = outbox_of(&state, "webhook:0");
+    assert_eq!(after["pending"], 0, "{after}");
+    assert_eq!(after["dead_letters"], 0, "{after}");
+    assert_eq!(
+        after["delivered"], events as u64,
+        "each event acknowledged once: {after}"
+    );
+}
+
+/// The webhook-aq1 pipeline with its webhook replaced by an APNs push to `endpoint`.
+fn apns_pipeline(dir: &std::path::Path, endpoint: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::repo().join("pipelines/webhook-aq1.yaml")).unwrap();
+    let head = &text[..text.find("      - webhook:").unwrap()];
+    let tail = &text[text.find("\nshutdown:").unwrap()..];
+    let push = format!(
+        r#"      - push:
+          apns:
+            team_id: TEAM123456
+            key_id: KEY1234567
+            key_env: PLUME_TEST_APNS_KEY
+            topic: org.example.air
+            endpoint: "{endpoint}"
+            backoff: 20ms
+            breaker_open: 100ms
+"#
+    );
+    let path = dir.join("apns-aq1.yaml");
+    std::fs::write(
+        &path,
+        format!("{head}{push}{tail}").replace("drain_timeout: 5m", "drain_timeout: 1m"),
+    )
+    .unwrap();
+    path
+}
+
+/// The device with the highest pm25 reading of an aq1 input (it certainly has an event).
+fn device_with_an_event(input: &std::path::Path) -> String {
+    let mut best = (0.0f64, String::new());
+    for line in std::fs::read_to_string(input).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let pm25 = v["pm25"].as_f64().unwrap_or(0.0);
+        if pm25 > best.0 {
+            best = (pm25, v["device"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(best.0 > 40.0);
+    best.1
+}
+
+fn subscriptions(state: &std::path::Path) -> (BTreeSet<(String, String, String)>, serde_json::Value) {
+    let v: serde_json::Value =
+        serde_json::from_str(&plume_ok(&["subscribers", "list", "--json", "--show-tokens"], state)).unwrap();
+    let set = v["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["provider"].as_str().unwrap().to_string(),
+                s["device"].as_str().unwrap().to_string(),
+                s["token"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (set, v)
+}
+
+fn apns_receiver(seq: Arc<AtomicU64>) -> Receiver {
+    Receiver::start(seq, |r| {
+        if r.path.ends_with("/tok-gone") {
+            Reply::json(410, r#"{"reason":"Unregistered","timestamp":1700000000000}"#)
+        } else {
+            Reply::ok().with_header("apns-id", "00000000-0000-0000-0000-000000000001")
+        }
+    })
+}
+
+/// (device token, collapse id = event id) of every APNs request.
+fn pushes(rx: &Receiver) -> Vec<(String, String)> {
+    rx.requests()
+        .iter()
+        .map(|r| {
+            (
+                r.path.strip_prefix("/3/device/").unwrap().to_string(),
+                r.header("apns-collapse-id").unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn subscribers_cli_roundtrip_drives_an_apns_run_and_unregistered_tokens_leave_the_store() {
+    env();
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 50, 20_000, 3);
+    let state = dir.path().join("state");
+    let device = device_with_an_event(&input);
+    let add = |device: &str, token: &str| {
+        plume_ok(
+            &[
+                "subscribers",
+                "add",
+                "--provider",
+                "apns",
+                "--device",
+                device,
+                "--token",
+                token,
+            ],
+            &state,
+        )
+    };
+    assert!(add(&device, "tok-one").starts_with("added"));
+    assert!(add(&device, "tok-one").starts_with("unchanged"), "added once");
+    add("*", "tok-all");
+    add("*", "tok-gone");
+    add(&device, "tok-removed");
+    plume_ok(
+        &[
+            "subscribers",
+            "add",
+            "--provider",
+            "fcm",
+            "--device",
+            &device,
+            "--token",
+            "tok-fcm",
+        ],
+        &state,
+    );
+    let (set, _) = subscriptions(&state);
+    let row = |p: &str, d: &str, t: &str| (p.to_string(), d.to_string(), t.to_string());
+    assert_eq!(
+        set,
+        BTreeSet::from([
+            row("apns", "*", "tok-all"),
+            row("apns", "*", "tok-gone"),
+            row("apns", &device, "tok-one"),
+            row("apns", &device, "tok-removed"),
+            row("fcm", &device, "tok-fcm"),
+        ])
+    );
+    let removed = plume_ok(
+        &[
+            "subscribers",
+            "remove",
+            "--provider",
+            "apns",
+            "--device",
+            &device,
+            "--token",
+            "tok-removed",
+        ],
+        &state,
+    );
+    assert!(removed.starts_with("removed"), "{removed}");
+    // the readable list shows tokens shortened only
+    let text = plume_ok(&["subscribers", "list", "--device", &device], &state);
+    assert!(
+        text.contains(&device) && !text.contains("tok-one") && text.contains("tok-…"),
+        "{text}"
+    );
+
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = apns_receiver(seq);
+    let pipeline = apns_pipeline(dir.path(), &rx.url(""));
+    let out = dir.path().join("out.jsonl");
+    let result = common::plume()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--input")
+        .arg(&input)
+        .arg("--data-dir")
+        .arg(&state)
+        .env("PLUME_OUTPUT", &out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "plume run failed:\n{stderr}");
+    assert!(!stderr.contains("tok-gone"), "tokens never show in full in the log");
+
+    let (want, _) = events_of(&out);
+    let all_events: BTreeSet<String> = want.values().flatten().cloned().collect();
+    let got = pushes(&rx);
+    let to = |token: &str| -> Vec<String> {
+        got.iter()
+            .filter(|(t, _)| t == token)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let mut all = to("tok-all");
+    all.sort();
+    assert_eq!(
+        all.into_iter().collect::<BTreeSet<_>>(),
+        all_events,
+        "`*` follows every device"
+    );
+    assert_eq!(to("tok-all").len(), all_events.len(), "each event once");
+    assert_eq!(
+        to("tok-one").into_iter().collect::<BTreeSet<_>>(),
+        want[&device].iter().cloned().collect::<BTreeSet<_>>(),
+        "a device's token gets that device's events"
+    );
+    assert!(to("tok-removed").is_empty(), "a removed token gets nothing");
+    assert!(
+        to("tok-fcm").is_empty(),
+        "another provider's token is not an APNs token"
+    );
+    let gone = to("tok-gone").len();
+    assert!((1..=8).contains(&gone), "{gone} pushes to the unregistered token");
+
+    // the 410 removed the token from the store, and it was counted
+    let (set, v) = subscriptions(&state);
+    assert!(!set.iter().any(|(_, _, t)| t == "tok-gone"), "{set:?}");
+    assert!(set.contains(&row("apns", "*", "tok-all")));
+    assert_eq!(v["removed_unregistered"]["apns"], 1, "{v}");
+    let outbox = outbox_of(&state, "apns:0");
+    assert_eq!(outbox["pending"], 0, "{outbox}");
+    assert_eq!(outbox["dead_letters"], 0, "{outbox}");
+}
+
+#[test]
+fn a_subscriber_added_while_plume_runs_is_applied_by_the_run_within_a_second() {
+    env();
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 50, 20_000, 3);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first_half, second_half) = lines.split_at(lines.len() / 2);
+    let state = dir.path().join("state");
+    plume_ok(
+        &[
+            "subscribers",
+            "add",
+            "--provider",
+            "apns",
+            "--device",
+            "*",
+            "--token",
+            "tok-early",
+        ],
+        &state,
+    );
+    let seq = Arc::new(AtomicU64::new(0));
+    let rx = apns_receiver(seq);
+    let pipeline = apns_pipeline(dir.path(), &rx.url(""));
+    let out = dir.path().join("out.jsonl");
+    let mut child = common::plume()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--input", "-", "--data-dir"])
+        .arg(&state)
+        .env("PLUME_OUTPUT", &out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write as _;
+    stdin.write_all((first_half.join("\n") + "\n").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // the run holds the store once it pushes
+    assert!(
+        wait_for(Duration::from_secs(60), || rx.count() > 0),
+        "no push from the first half"
+    );
+    // and has pushed everything of the first half (the count stays put)
+    let mut last = (rx.count(), std::time::Instant::now());
+    assert!(wait_for(Duration::from_secs(60), || {
+        let n = rx.count();
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+        }
+        last.1.elapsed() > Duration::from_millis(700)
+    }));
+    let started = std::time::Instant::now();
+    let added = plume_ok(
+        &[
+            "subscribers",
+            "add",
+            "--provider",
+            "apns",
+            "--device",
+            "*",
+            "--token",
+            "tok-late",
+        ],
+        &state,
+    );
+    assert!(added.starts_with("added by the running plume"), "{added}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "applied within a second or so"
+    );
+    // readable while the run holds the store
+    let (set, _) = subscriptions(&state);
+    assert!(
+        set.contains(&("apns".to_string(), "*".to_string(), "tok-late".to_string())),
+        "{set:?}"
+    );
+    let before = pushes(&rx).len();
+    stdin.write_all((second_half.join("\n") + "\n").as_bytes()).unwrap();
+    drop(stdin);
+    let result = child.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "plume run failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let got = pushes(&rx);
+    assert!(got[..before].iter().all(|(t, _)| t == "tok-early"));
+    let ids = |from: usize, token: &str| -> Vec<String> {
+        got[from..]
+            .iter()
+            .filter(|(t, _)| t == token)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let (late, early_after) = (ids(0, "tok-late"), ids(before, "tok-early"));
+    assert!(!early_after.is_empty(), "the second half has events");
+    // from the change on, both tokens get every event, once
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(set(&late), set(&early_after));
+    assert_eq!(late.len(), set(&late).len());
+}
+
+#[test]
+fn webhook_dead_letters_reach_the_dead_letters_route_and_stay_in_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 50, 20_000, 3);
+    let out = dir.path().join("out.jsonl");
+    let state = dir.path().join("state");
+    let seq = Arc::new(AtomicU64::new(0));
+    // refuses every payload for good
+    let rx = Receiver::start(seq, |_| Reply::json(400, r#"{"error":"schema"}"#));
+    let result = common::plume()
+        .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
+        .arg(&input)
+        .arg("--data-dir")
+        .arg(&state)
+        .env("PLUME_OUTPUT", &out)
+        .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
+        .env("PLUME_WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "plume run failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let (want, lines) = events_of(&out);
+    let events: BTreeSet<String> = want.values().flatten().cloned().collect();
+    assert_eq!(rx.count(), events.len(), "a 400 is not retried");
+    // the file output (the `all` route) holds one dead letter per event, the last ones too
+    let mut dead = BTreeSet::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "dead_letter" {
+            assert_eq!(v["source"], "notify:webhook:0");
+            assert!(v["reason"].as_str().unwrap().contains("HTTP 400"), "{v}");
+            let id = v["position"].as_str().unwrap().to_string();
+            assert_eq!(v["device"], lines[&id]["device"]);
+            let body: serde_json::Value = serde_json::from_str(v["raw"].as_str().unwrap()).unwrap();
+            assert_eq!(body["data"], lines[&id], "raw is the webhook body");
+            assert!(!line.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+            assert!(dead.insert(id), "one dead letter per delivery");
+        }
+    }
+    assert_eq!(dead, events);
+    let v: serde_json::Value =
+        serde_json::from_str(&plume_ok(&["outbox", "--json", "--dead-letters"], &state)).unwrap();
+    assert_eq!(v["sinks"][0]["dead_letters"], events.len() as u64, "{v}");
+    assert_eq!(v["sinks"][0]["pending"], 0);
+    let kept: BTreeSet<String> = v["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept, events, "the outbox keeps every dead letter");
 }

@@ -211,6 +211,23 @@ impl OutputHub {
         }
     }
 
+    /// Finishes the sinks whose `finishes_first` is `first`; their results by sink index.
+    fn finish_sinks(&self, first: bool) -> impl Future<Output = Vec<(usize, Result<u64, SinkError>)>> + use<> {
+        let replies: Vec<_> = self
+            .sinks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.finishes_first == first)
+            .map(|(i, s)| {
+                let (tx, rx) = oneshot::channel();
+                let _ = s.tx.send(SinkCommand::Finish(tx));
+                let name = s.name.clone();
+                async move { (i, rx.await.unwrap_or(Err(SinkError::Gone { sink: name }))) }
+            })
+            .collect();
+        join_all(replies)
+    }
+
     fn send_to_all<F>(&self, make: F) -> impl Future<Output = Result<Vec<u64>, SinkError>> + use<F>
     where
         F: Fn(oneshot::Sender<Result<u64, SinkError>>) -> SinkCommand,
@@ -278,11 +295,23 @@ impl Handler<FinishOutputs> for OutputHub {
                 ctx,
             );
         }
-        // sent after the summary's write (or after the wait for its permits completes)
+        // sent after the summary's write (or after the wait for its permits completes). The
+        // notifiers finish first: the dead letters of their last deliveries still reach the
+        // other sinks (they arrive as messages, handled before this future goes on).
         Box::pin(
             async {}
                 .into_actor(self)
-                .then(|(), act, _ctx| act.send_to_all(SinkCommand::Finish).into_actor(act)),
+                .then(|(), act, _ctx| act.finish_sinks(true).into_actor(act))
+                .then(|first, act, _ctx| {
+                    let rest = act.finish_sinks(false);
+                    async move {
+                        let mut all: Vec<(usize, Result<u64, SinkError>)> =
+                            first.into_iter().chain(rest.await).collect();
+                        all.sort_by_key(|(i, _)| *i);
+                        all.into_iter().map(|(_, r)| r).collect()
+                    }
+                    .into_actor(act)
+                }),
         )
     }
 }

@@ -909,9 +909,23 @@ pub struct FcmSpec {
     pub endpoint: Option<String>,
     #[serde(default)]
     pub token_endpoint: Option<String>,
-    /// JSON file of device tokens (`{"<device>": ["<token>"], "*": [...]}`).
+    /// JSON file of device tokens (`{"<device>": ["<token>"], "*": [...]}`), for runs without a
+    /// data directory (with one, the store's subscriptions are used: `plume subscribers`).
     #[serde(default)]
     pub subscribers: Option<String>,
+    #[serde(default = "defaults::http_timeout")]
+    pub timeout: DurationSpec,
+    /// After this long without success a notification goes to dead letters.
+    #[serde(default = "defaults::max_age")]
+    pub max_age: DurationSpec,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u32,
+    /// First retry delay (doubled per attempt, with jitter).
+    #[serde(default = "defaults::backoff")]
+    pub backoff: DurationSpec,
+    /// How long the circuit breaker stays open after repeated failures.
+    #[serde(default = "defaults::breaker_open")]
+    pub breaker_open: DurationSpec,
     #[serde(default)]
     pub policy: NotifyPolicySpec,
 }
@@ -927,9 +941,23 @@ pub struct ApnsSpec {
     pub topic: String,
     #[serde(default)]
     pub endpoint: Option<String>,
-    /// JSON file of device tokens (`{"<device>": ["<token>"], "*": [...]}`).
+    /// JSON file of device tokens (`{"<device>": ["<token>"], "*": [...]}`), for runs without a
+    /// data directory (with one, the store's subscriptions are used: `plume subscribers`).
     #[serde(default)]
     pub subscribers: Option<String>,
+    #[serde(default = "defaults::http_timeout")]
+    pub timeout: DurationSpec,
+    /// After this long without success a notification goes to dead letters.
+    #[serde(default = "defaults::max_age")]
+    pub max_age: DurationSpec,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u32,
+    /// First retry delay (doubled per attempt, with jitter).
+    #[serde(default = "defaults::backoff")]
+    pub backoff: DurationSpec,
+    /// How long the circuit breaker stays open after repeated failures.
+    #[serde(default = "defaults::breaker_open")]
+    pub breaker_open: DurationSpec,
     #[serde(default)]
     pub policy: NotifyPolicySpec,
 }
@@ -942,6 +970,19 @@ pub struct NtfySpec {
     pub topic: String,
     #[serde(default)]
     pub token_env: Option<String>,
+    #[serde(default = "defaults::http_timeout")]
+    pub timeout: DurationSpec,
+    /// After this long without success a notification goes to dead letters.
+    #[serde(default = "defaults::max_age")]
+    pub max_age: DurationSpec,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u32,
+    /// First retry delay (doubled per attempt, with jitter).
+    #[serde(default = "defaults::backoff")]
+    pub backoff: DurationSpec,
+    /// How long the circuit breaker stays open after repeated failures.
+    #[serde(default = "defaults::breaker_open")]
+    pub breaker_open: DurationSpec,
     #[serde(default)]
     pub policy: NotifyPolicySpec,
 }

@@ -654,7 +654,32 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     doc(
         "outputs[].to[].push.fcm.subscribers",
         "path",
-        "JSON file of device tokens: `{\"<device>\": [\"<token>\", …], \"*\": […]}` (`*`: every device).",
+        "Runs without a data directory: JSON file of device tokens, `{\"<device>\": [\"<token>\", …], \"*\": […]}` (`*`: every device). With one, the store's subscriptions (`plume subscribers`).",
+    ),
+    doc(
+        "outputs[].to[].push.fcm.timeout",
+        "duration",
+        "Timeout of one delivery attempt.",
+    ),
+    doc(
+        "outputs[].to[].push.fcm.max_age",
+        "duration",
+        "After this long without success a notification goes to dead letters.",
+    ),
+    doc(
+        "outputs[].to[].push.fcm.concurrency",
+        "integer",
+        "Deliveries in flight at once.",
+    ),
+    doc(
+        "outputs[].to[].push.fcm.backoff",
+        "duration",
+        "First retry delay; doubled per attempt (at most 5m), with jitter, never before `Retry-After`.",
+    ),
+    doc(
+        "outputs[].to[].push.fcm.breaker_open",
+        "duration",
+        "After 5 failures in a row the service gets one probe request per this long.",
     ),
     doc("outputs[].to[].push.apns", "map", "Apple Push Notification service."),
     doc("outputs[].to[].push.apns.team_id", "text", "Apple developer team id."),
@@ -677,7 +702,32 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     doc(
         "outputs[].to[].push.apns.subscribers",
         "path",
-        "JSON file of device tokens: `{\"<device>\": [\"<token>\", …], \"*\": […]}` (`*`: every device).",
+        "Runs without a data directory: JSON file of device tokens, `{\"<device>\": [\"<token>\", …], \"*\": […]}` (`*`: every device). With one, the store's subscriptions (`plume subscribers`).",
+    ),
+    doc(
+        "outputs[].to[].push.apns.timeout",
+        "duration",
+        "Timeout of one delivery attempt.",
+    ),
+    doc(
+        "outputs[].to[].push.apns.max_age",
+        "duration",
+        "After this long without success a notification goes to dead letters.",
+    ),
+    doc(
+        "outputs[].to[].push.apns.concurrency",
+        "integer",
+        "Deliveries in flight at once.",
+    ),
+    doc(
+        "outputs[].to[].push.apns.backoff",
+        "duration",
+        "First retry delay; doubled per attempt (at most 5m), with jitter, never before `Retry-After`.",
+    ),
+    doc(
+        "outputs[].to[].push.apns.breaker_open",
+        "duration",
+        "After 5 failures in a row the service gets one probe request per this long.",
     ),
     doc(
         "outputs[].to[].push.ntfy",
@@ -694,6 +744,31 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "outputs[].to[].push.ntfy.token_env",
         "env var name",
         "The variable that holds an access token.",
+    ),
+    doc(
+        "outputs[].to[].push.ntfy.timeout",
+        "duration",
+        "Timeout of one delivery attempt.",
+    ),
+    doc(
+        "outputs[].to[].push.ntfy.max_age",
+        "duration",
+        "After this long without success a notification goes to dead letters.",
+    ),
+    doc(
+        "outputs[].to[].push.ntfy.concurrency",
+        "integer",
+        "Deliveries in flight at once.",
+    ),
+    doc(
+        "outputs[].to[].push.ntfy.backoff",
+        "duration",
+        "First retry delay; doubled per attempt (at most 5m), with jitter, never before `Retry-After`.",
+    ),
+    doc(
+        "outputs[].to[].push.ntfy.breaker_open",
+        "duration",
+        "After 5 failures in a row the service gets one probe request per this long.",
     ),
     doc(
         "*.policy",

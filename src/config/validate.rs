@@ -1060,6 +1060,15 @@ impl Checker<'_> {
         }
     }
 
+    /// The retry settings every notifier has.
+    fn delivery(&mut self, path: &Path, timeout: DurationSpec, max_age: DurationSpec, concurrency: u32) {
+        self.duration_positive(path.key("timeout"), "timeout", timeout);
+        self.duration_positive(path.key("max_age"), "max_age", max_age);
+        if concurrency == 0 {
+            self.report(path.key("concurrency"), "`concurrency` must be at least 1");
+        }
+    }
+
     fn sink(&mut self, path: &Path, sink: &SinkSpec) {
         match sink {
             SinkSpec::Stdout(_) => {}
@@ -1072,11 +1081,7 @@ impl Checker<'_> {
                 if let Some(name) = &w.secret_env {
                     self.env_name(path.key("secret_env"), name);
                 }
-                self.duration_positive(path.key("timeout"), "timeout", w.timeout);
-                self.duration_positive(path.key("max_age"), "max_age", w.max_age);
-                if w.concurrency == 0 {
-                    self.report(path.key("concurrency"), "`concurrency` must be at least 1");
-                }
+                self.delivery(&path, w.timeout, w.max_age, w.concurrency);
                 self.policy(&path.key("policy"), &w.policy);
             }
             SinkSpec::Push(push) => {
@@ -1090,6 +1095,7 @@ impl Checker<'_> {
                                 self.report(path.key(key), e);
                             }
                         }
+                        self.delivery(&path, f.timeout, f.max_age, f.concurrency);
                         self.policy(&path.key("policy"), &f.policy);
                     }
                     PushSinkSpec::Apns(a) => {
@@ -1101,6 +1107,7 @@ impl Checker<'_> {
                         if let Some(Err(e)) = a.endpoint.as_deref().map(|u| check_url(u, &["http", "https"], true)) {
                             self.report(path.key("endpoint"), e);
                         }
+                        self.delivery(&path, a.timeout, a.max_age, a.concurrency);
                         self.policy(&path.key("policy"), &a.policy);
                     }
                     PushSinkSpec::Ntfy(n) => {
@@ -1122,6 +1129,7 @@ impl Checker<'_> {
                         if let Some(name) = &n.token_env {
                             self.env_name(path.key("token_env"), name);
                         }
+                        self.delivery(&path, n.timeout, n.max_age, n.concurrency);
                         self.policy(&path.key("policy"), &n.policy);
                     }
                 }

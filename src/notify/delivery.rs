@@ -247,7 +247,11 @@ struct Lane {
     running: bool,
 }
 
+/// Called when a delivery is given up (after the outbox recorded the dead letter).
+pub type DeadLetterHook = Arc<dyn Fn(&OutboxEntry, &str, u32) + Send + Sync>;
+
 struct Shared {
+    on_dead_letter: Option<DeadLetterHook>,
     transport: Arc<dyn Transport>,
     outbox: Arc<dyn Outbox>,
     config: DeliveryConfig,
@@ -255,6 +259,9 @@ struct Shared {
     limit: Semaphore,
     breaker: Breaker,
     lanes: Mutex<HashMap<(String, String), Lane>>,
+    /// Device tokens reported unregistered whose removal from the subscribers is being written:
+    /// no lane sends to them meanwhile.
+    gone: Mutex<std::collections::HashSet<String>>,
     /// Entries handed over and not yet finished.
     outstanding: watch::Sender<usize>,
 }
@@ -277,6 +284,7 @@ impl Delivery {
         outbox: Arc<dyn Outbox>,
         config: DeliveryConfig,
         stats: Arc<DeliveryStats>,
+        on_dead_letter: Option<DeadLetterHook>,
     ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -284,6 +292,7 @@ impl Delivery {
             .enable_all()
             .build()?;
         let shared = Arc::new(Shared {
+            on_dead_letter,
             limit: Semaphore::new(config.concurrency.max(1)),
             breaker: Breaker {
                 state: Mutex::new(BreakerState::default()),
@@ -295,6 +304,7 @@ impl Delivery {
             config,
             stats,
             lanes: Mutex::new(HashMap::new()),
+            gone: Mutex::new(Default::default()),
             outstanding: watch::channel(0).0,
         });
         Ok(Delivery { runtime, shared })
@@ -362,6 +372,24 @@ async fn run_lane(shared: Arc<Shared>, key: (String, String)) {
     }
 }
 
+/// Runs a blocking outbox call (a synced RocksDB write) off the async worker.
+async fn outbox_call(
+    shared: &Shared,
+    id: &str,
+    what: &'static str,
+    call: impl FnOnce(&dyn Outbox) -> Result<(), super::outbox::OutboxError> + Send + 'static,
+) {
+    let outbox = shared.outbox.clone();
+    let result = tokio::task::spawn_blocking(move || call(outbox.as_ref())).await;
+    let error = match result {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    // e.g. delivered but not recorded: a restart sends it again, with the same id
+    warn!(endpoint = %shared.transport.describe(), id = %id, error = %error, operation = what, "outbox write failed");
+}
+
 fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
     let exp = config
         .backoff
@@ -372,17 +400,21 @@ fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
+fn wanted(shared: &Shared, entry: &OutboxEntry) -> bool {
+    let gone = !entry.target.is_empty() && shared.gone.lock().unwrap().contains(&entry.target);
+    !gone && shared.transport.wanted(entry)
+}
+
 async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
     let endpoint = shared.transport.describe();
     let max_age_ms = shared.config.max_age.as_millis() as i64;
     let mut attempts = 0u32;
     let mut last_error: Option<DeliveryError> = None;
     loop {
-        if !shared.transport.wanted(&entry) {
+        if !wanted(shared, &entry) {
             debug!(endpoint = %endpoint, id = %entry.id, "token no longer subscribed: dropped");
-            if let Err(e) = shared.outbox.acknowledge(&entry.id) {
-                warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
-            }
+            let id = entry.id.clone();
+            outbox_call(shared, &entry.id, "discard", move |o| o.discard(&id)).await;
             return;
         }
         let age_left = entry.created_ms + max_age_ms - now_ms();
@@ -393,7 +425,8 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
                 &entry,
                 &format!("max_age reached; last error: {error}"),
                 attempts,
-            );
+            )
+            .await;
             return;
         }
         let admission = match tokio::time::timeout(Duration::from_millis(age_left as u64), shared.breaker.admit()).await
@@ -406,6 +439,11 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
             continue; // max_age passed while other lanes held every slot
         };
         let permit = permit.expect("the limit is never closed");
+        if !wanted(shared, &entry) {
+            // its token was removed while this lane waited for a slot
+            drop(permit);
+            continue;
+        }
         attempts += 1;
         shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
         if attempts > 1 {
@@ -416,28 +454,32 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
         match result {
             Ok(()) => {
                 shared.breaker.success();
-                if let Err(e) = shared.outbox.acknowledge(&entry.id) {
-                    // delivered but not recorded: a restart sends it again, with the same id
-                    warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
-                }
+                let id = entry.id.clone();
+                outbox_call(shared, &entry.id, "acknowledge", move |o| o.acknowledge(&id)).await;
                 shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 debug!(endpoint = %endpoint, id = %entry.id, attempts, "delivered");
                 return;
             }
             Err(DeliveryError::Unregistered(detail)) => {
                 shared.breaker.success();
-                shared.transport.token_unregistered(&entry);
-                shared.stats.tokens_removed.fetch_add(1, Ordering::Relaxed);
-                info!(endpoint = %endpoint, device = %entry.device, detail = %detail, "device token unregistered: removed");
-                if let Err(e) = shared.outbox.acknowledge(&entry.id) {
-                    warn!(endpoint = %endpoint, id = %entry.id, error = %e, "outbox acknowledge failed");
+                {
+                    // removing the token is a store write too; until it is done, no lane sends
+                    // to the token
+                    shared.gone.lock().unwrap().insert(entry.target.clone());
+                    let (transport, e) = (shared.transport.clone(), entry.clone());
+                    let _ = tokio::task::spawn_blocking(move || transport.token_unregistered(&e)).await;
+                    shared.gone.lock().unwrap().remove(&entry.target);
                 }
+                shared.stats.tokens_removed.fetch_add(1, Ordering::Relaxed);
+                info!(endpoint = %endpoint, device = %entry.device, token = %super::subscribers::token_hint(&entry.target), detail = %detail, "device token unregistered: removed");
+                let id = entry.id.clone();
+                outbox_call(shared, &entry.id, "discard", move |o| o.discard(&id)).await;
                 return;
             }
             Err(e) if !e.retryable() => {
                 // the endpoint answered: it is up
                 shared.breaker.success();
-                give_up(shared, &entry, &e.to_string(), attempts);
+                give_up(shared, &entry, &e.to_string(), attempts).await;
                 return;
             }
             Err(e) => {
@@ -455,11 +497,16 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
     }
 }
 
-fn give_up(shared: &Shared, entry: &OutboxEntry, error: &str, attempts: u32) {
+async fn give_up(shared: &Shared, entry: &OutboxEntry, error: &str, attempts: u32) {
     shared.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
     warn!(endpoint = %shared.transport.describe(), id = %entry.id, device = %entry.device, attempts, error = %error, "delivery given up: dead letter");
-    if let Err(e) = shared.outbox.dead_letter(&entry.id, error, attempts) {
-        warn!(id = %entry.id, error = %e, "outbox dead letter failed");
+    let (id, message) = (entry.id.clone(), error.to_string());
+    outbox_call(shared, &entry.id, "dead letter", move |o| {
+        o.dead_letter(&id, &message, attempts)
+    })
+    .await;
+    if let Some(hook) = &shared.on_dead_letter {
+        hook(entry, error, attempts);
     }
 }
 

@@ -10,14 +10,19 @@
 //! - [`NotifierSink`]: records → policy → outbox entries → delivery; digests after quiet hours;
 //!   drains at the end of the run.
 //! - `policy`: cooldown, quiet hours, severity, title/body templates (on event time).
-//! - `outbox`: the [`Outbox`] trait (durable pending deliveries, acknowledged ids, dead letters)
-//!   and [`MemoryOutbox`].
+//! - `outbox`: the [`Outbox`] trait (durable pending deliveries, acknowledged ids, dead letters),
+//!   [`StoreOutbox`] (in the RocksDB state store) and [`MemoryOutbox`].
 //! - `delivery`: the engine: per device-and-target lanes in order, retries with backoff and
 //!   jitter honouring `Retry-After`, max age → dead letters, concurrency limit, circuit breaker;
 //!   the [`Transport`] trait every receiver kind implements.
 //! - `webhook`: Standard Webhooks signing and the HTTP transport.
 //! - `fcm`, `apns`, `ntfy`: the push transports; `jwt`: RS256/ES256 JWTs with `ring`.
-//! - `subscribers`: the [`Subscribers`] trait (device → push tokens) and [`FileSubscribers`].
+//! - `subscribers`: the [`Subscribers`] trait (device → push tokens), [`SubscriberStore`] (in the
+//!   state store, managed with `plume subscribers`) and [`FileSubscribers`].
+//!
+//! A run with a state store gives its notifiers a [`NotifyStore`]: the outbox of each notifier
+//! sink (namespaced by the sink's name, `webhook:0`, `fcm:0`, …) and the push subscriptions live
+//! in the store; without one, [`MemoryOutbox`] and the spec's `subscribers` file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,9 +46,9 @@ pub mod subscribers;
 pub mod webhook;
 
 pub use delivery::{Delivery, DeliveryConfig, DeliveryError, DeliveryStats, Transport};
-pub use outbox::{DeadLetter, MemoryOutbox, Outbox, OutboxEntry, OutboxError};
+pub use outbox::{DeadLetter, MemoryOutbox, Outbox, OutboxEntry, OutboxError, StoreOutbox};
 pub use policy::{Decision, Policy};
-pub use subscribers::{FileSubscribers, Subscribers};
+pub use subscribers::{FileSubscribers, SubscriberStore, Subscribers};
 
 /// A notifier could not be set up. None of these gets better by retrying: the configuration or
 /// the environment must change. Messages name variables and files, never their secret values.
@@ -55,8 +60,12 @@ pub enum NotifyError {
     Secret { var: String, message: String },
     #[error("{0}")]
     Credentials(String),
-    #[error("{0} needs `subscribers`: the JSON file of device tokens")]
+    #[error(
+        "{0} needs device tokens: run with a data directory (`plume subscribers add`), or name a `subscribers` JSON file"
+    )]
     NoSubscribers(&'static str),
+    #[error("notifier outbox: {0}")]
+    Outbox(#[from] OutboxError),
     #[error(transparent)]
     Subscribers(#[from] subscribers::SubscribersError),
     #[error(transparent)]
@@ -104,19 +113,112 @@ pub struct NotifierSink {
 /// What a notifier is built from besides its spec.
 pub struct NotifierParts {
     pub pipeline: String,
+    /// The sink's stable name (`webhook:0`): its outbox namespace, and the `source` of its dead
+    /// letters (`notify:<name>`). `None`: the transport's description.
+    pub name: Option<String>,
     pub outbox: Arc<dyn Outbox>,
     /// For FCM and APNs; `None`: the spec's `subscribers` file.
     pub subscribers: Option<Arc<dyn Subscribers>>,
     /// How long the end of a run waits for pending deliveries.
     pub drain_timeout: Duration,
+    /// Where dead letters go besides the outbox (the pipeline's `dead_letters` route).
+    pub dead_letters: Option<DeadLetterOutlet>,
 }
 
-fn delivery_config(timeout: DurationSpec, max_age: DurationSpec, concurrency: u32) -> DeliveryConfig {
+fn delivery_config(
+    timeout: DurationSpec,
+    max_age: DurationSpec,
+    concurrency: u32,
+    backoff: DurationSpec,
+    breaker_open: DurationSpec,
+) -> DeliveryConfig {
     DeliveryConfig {
         timeout: timeout.as_duration(),
         max_age: max_age.as_duration(),
         concurrency: concurrency.max(1) as usize,
+        backoff: backoff.as_duration(),
+        breaker_open: breaker_open.as_duration(),
         ..Default::default()
+    }
+}
+
+/// The notifiers' dead letters on their way to the pipeline's `dead_letters` route. The sinks
+/// are built before the OutputHub runs: records given up before [`DeadLetterOutlet::connect`]
+/// wait here.
+#[derive(Clone, Default)]
+pub struct DeadLetterOutlet {
+    inner: Arc<std::sync::Mutex<OutletState>>,
+}
+
+#[derive(Default)]
+struct OutletState {
+    send: Option<Box<dyn Fn(OutputRecord) + Send>>,
+    waiting: Vec<OutputRecord>,
+}
+
+impl DeadLetterOutlet {
+    /// From now on records go to `send` (those waiting first).
+    pub fn connect(&self, send: impl Fn(OutputRecord) + Send + 'static) {
+        let mut s = self.inner.lock().unwrap();
+        for r in std::mem::take(&mut s.waiting) {
+            send(r);
+        }
+        s.send = Some(Box::new(send));
+    }
+
+    pub fn send(&self, record: OutputRecord) {
+        let mut s = self.inner.lock().unwrap();
+        match &s.send {
+            Some(send) => send(record),
+            None => s.waiting.push(record),
+        }
+    }
+}
+
+/// The `dead_letter` output record of a notifier's given-up delivery: `source` is
+/// `notify:<sink>`, `position` the delivery id, `reason` the last error, `raw` (at most 1 KiB
+/// of) the webhook body or the notification's title; `device` and `event_id` name the event.
+/// Never the device token.
+pub fn dead_letter_record(pipeline: &str, sink: &str, entry: &OutboxEntry, error: &str, attempts: u32) -> OutputRecord {
+    let source = format!("notify:{sink}");
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(pipeline.as_bytes());
+    h.update(source.as_bytes());
+    h.update(entry.id.as_bytes());
+    let id = h.digest128();
+    let raw = if entry.payload.is_empty() {
+        &entry.title
+    } else {
+        &entry.payload
+    };
+    let mut cut = raw.len().min(1024);
+    while !raw.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut j = String::with_capacity(256 + cut);
+    j.push_str("{\"v\":1,\"type\":\"dead_letter\",\"id\":");
+    push_json_str(&mut j, &format!("{id:032x}"));
+    j.push_str(",\"source\":");
+    push_json_str(&mut j, &source);
+    j.push_str(",\"position\":");
+    push_json_str(&mut j, &entry.id);
+    j.push_str(",\"reason\":");
+    push_json_str(&mut j, error);
+    j.push_str(",\"raw\":");
+    push_json_str(&mut j, &raw[..cut]);
+    j.push_str(",\"device\":");
+    push_json_str(&mut j, &entry.device);
+    j.push_str(",\"event_id\":");
+    push_json_str(&mut j, &entry.event_id);
+    j.push_str(",\"attempts\":");
+    j.push_str(&attempts.to_string());
+    j.push('}');
+    OutputRecord {
+        op: None,
+        kind: "dead_letter",
+        id,
+        device: None,
+        json: j,
     }
 }
 
@@ -130,17 +232,6 @@ impl NotifierSink {
             let path = path.as_deref().ok_or(NotifyError::NoSubscribers(what))?;
             Ok(Arc::new(FileSubscribers::open(std::path::Path::new(path))?))
         };
-        let defaults = crate::config::WebhookSinkSpec {
-            url: String::new(),
-            secret_env: None,
-            timeout: crate::config::defaults::http_timeout(),
-            max_age: crate::config::defaults::max_age(),
-            concurrency: crate::config::defaults::concurrency(),
-            backoff: crate::config::defaults::backoff(),
-            breaker_open: crate::config::defaults::breaker_open(),
-            policy: NotifyPolicySpec::default(),
-        };
-        let push_config = delivery_config(defaults.timeout, defaults.max_age, defaults.concurrency);
         let (transport, targets, config, policy, webhook_body): (Arc<dyn Transport>, _, _, _, _) = match spec {
             SinkSpec::Webhook(w) => {
                 let secret = match &w.secret_env {
@@ -154,9 +245,7 @@ impl NotifierSink {
                     ),
                     None => None,
                 };
-                let mut config = delivery_config(w.timeout, w.max_age, w.concurrency);
-                config.backoff = w.backoff.as_duration();
-                config.breaker_open = w.breaker_open.as_duration();
+                let config = delivery_config(w.timeout, w.max_age, w.concurrency, w.backoff, w.breaker_open);
                 let t = webhook::WebhookTransport::new(&w.url, secret, config.timeout)?;
                 (Arc::new(t), Targets::Endpoint, config, &w.policy, true)
             }
@@ -171,24 +260,27 @@ impl NotifierSink {
                     .as_ref()
                     .map(|q| q.critical.clone())
                     .unwrap_or_default();
-                let t = ntfy::NtfyTransport::new(&n.server, &n.topic, token, critical, push_config.timeout)?;
-                (Arc::new(t), Targets::Endpoint, push_config, &n.policy, false)
+                let config = delivery_config(n.timeout, n.max_age, n.concurrency, n.backoff, n.breaker_open);
+                let t = ntfy::NtfyTransport::new(&n.server, &n.topic, token, critical, config.timeout)?;
+                (Arc::new(t), Targets::Endpoint, config, &n.policy, false)
             }
             SinkSpec::Push(PushSinkSpec::Fcm(f)) => {
                 let subs = subscribers(&f.subscribers, "fcm")?;
                 let key = env(&f.service_account_env, "FCM service-account key (JSON or a path)")?;
+                let config = delivery_config(f.timeout, f.max_age, f.concurrency, f.backoff, f.breaker_open);
                 let t = fcm::FcmTransport::new(
                     &key,
                     f.endpoint.as_deref(),
                     f.token_endpoint.as_deref(),
                     subs.clone(),
-                    push_config.timeout,
+                    config.timeout,
                 )?;
-                (Arc::new(t), Targets::Tokens(subs), push_config, &f.policy, false)
+                (Arc::new(t), Targets::Tokens(subs), config, &f.policy, false)
             }
             SinkSpec::Push(PushSinkSpec::Apns(a)) => {
                 let subs = subscribers(&a.subscribers, "apns")?;
                 let key = env(&a.key_env, "APNs .p8 signing key (PEM)")?;
+                let config = delivery_config(a.timeout, a.max_age, a.concurrency, a.backoff, a.breaker_open);
                 let t = apns::ApnsTransport::new(
                     &a.team_id,
                     &a.key_id,
@@ -196,9 +288,9 @@ impl NotifierSink {
                     &a.topic,
                     a.endpoint.as_deref(),
                     subs.clone(),
-                    push_config.timeout,
+                    config.timeout,
                 )?;
-                (Arc::new(t), Targets::Tokens(subs), push_config, &a.policy, false)
+                (Arc::new(t), Targets::Tokens(subs), config, &a.policy, false)
             }
             _ => return Ok(None),
         };
@@ -221,9 +313,23 @@ impl NotifierSink {
         parts: NotifierParts,
     ) -> Result<Self, NotifyError> {
         let name = transport.describe();
+        let sink_name = parts.name.clone().unwrap_or_else(|| name.clone());
         let stats = Arc::new(DeliveryStats::default());
-        let delivery = Delivery::start(&name, transport, parts.outbox.clone(), config, stats.clone())
-            .map_err(NotifyError::Runtime)?;
+        let on_dead_letter: Option<delivery::DeadLetterHook> = parts.dead_letters.clone().map(|outlet| {
+            let (pipeline, sink) = (parts.pipeline.clone(), sink_name.clone());
+            Arc::new(move |entry: &OutboxEntry, error: &str, attempts: u32| {
+                outlet.send(dead_letter_record(&pipeline, &sink, entry, error, attempts));
+            }) as delivery::DeadLetterHook
+        });
+        let delivery = Delivery::start(
+            &name,
+            transport,
+            parts.outbox.clone(),
+            config,
+            stats.clone(),
+            on_dead_letter,
+        )
+        .map_err(NotifyError::Runtime)?;
         let mut sink = NotifierSink {
             name,
             pipeline: parts.pipeline,
@@ -237,8 +343,7 @@ impl NotifierSink {
             release_at: i64::MAX,
             drain_timeout: parts.drain_timeout,
         };
-        sink.resume()
-            .map_err(|e| NotifyError::Credentials(format!("outbox: {e}")))?;
+        sink.resume()?;
         Ok(sink)
     }
 
@@ -376,7 +481,7 @@ impl NotifierSink {
         // the digest is durable before the held entries leave the outbox
         let added = self.outbox.put(digests).map_err(|e| self.outbox_error(e))?;
         for e in &held {
-            self.outbox.acknowledge(&e.id).map_err(|e| self.outbox_error(e))?;
+            self.outbox.discard(&e.id).map_err(|e| self.outbox_error(e))?;
         }
         info!(notifier = %self.name, notifications = held.len(), digests = added.len(), "quiet hours over: sending the digest");
         self.delivery.submit(added);
@@ -396,6 +501,10 @@ impl Sink for NotifierSink {
             let Ok(value) = serde_json::from_str::<Value>(&record.json) else {
                 continue;
             };
+            if record.kind == "dead_letter" && value["source"].as_str().is_some_and(|s| s.starts_with("notify:")) {
+                // a notifier's own dead letters are not notified again (no loops)
+                continue;
+            }
             let (decision, rendered) = self.policy.decide(&value);
             if rendered.time_ms >= self.release_at {
                 // the event-time clock passed the end of the quiet hours
@@ -441,8 +550,14 @@ impl Sink for NotifierSink {
         self.enqueue(batch)
     }
 
+    /// Every outbox write is already synced; the position is the number of deliveries the
+    /// receivers acknowledged, over the outbox's life.
     fn flush(&mut self) -> Result<u64, SinkError> {
-        Ok(DeliveryStats::get(&self.stats.delivered))
+        self.outbox.delivered().map_err(|e| self.outbox_error(e))
+    }
+
+    fn finishes_first(&self) -> bool {
+        true
     }
 
     fn finish(&mut self) -> Result<u64, SinkError> {
@@ -452,21 +567,64 @@ impl Sink for NotifierSink {
         if left > 0 {
             warn!(notifier = %self.name, pending = left, "deliveries still pending at the end of the run: they stay in the outbox");
         }
-        Ok(DeliveryStats::get(&self.stats.delivered))
+        self.outbox.delivered().map_err(|e| self.outbox_error(e))
     }
 }
 
-/// The notifier of a pipeline's webhook or push sink, with an in-memory outbox (the durable one
-/// comes with the store) and subscribers from the spec's file.
+/// What the notifiers of a run with a state store share: the store (their outboxes) and the
+/// push subscriptions.
+#[derive(Clone)]
+pub struct NotifyStore {
+    pub store: Arc<crate::store::StateStore>,
+    pub subscribers: Arc<SubscriberStore>,
+}
+
+impl NotifyStore {
+    pub fn open(store: Arc<crate::store::StateStore>) -> Result<Self, NotifyError> {
+        Ok(NotifyStore {
+            subscribers: SubscriberStore::open(store.clone())?,
+            store,
+        })
+    }
+}
+
+/// The notifier of a pipeline's webhook or push sink named `name` (`webhook:0`, …). With a
+/// store: its outbox in the store (pending deliveries resumed) and the store's subscriptions;
+/// without: an in-memory outbox and the spec's `subscribers` file.
 pub fn notifier_for(
     pipeline: &crate::pipeline::CompiledPipeline,
     spec: &SinkSpec,
+    name: &str,
+    store: Option<&NotifyStore>,
+    dead_letters: DeadLetterOutlet,
 ) -> Result<NotifierSink, NotifyError> {
+    let (outbox, subscribers): (Arc<dyn Outbox>, Option<Arc<dyn Subscribers>>) = match store {
+        Some(s) => {
+            let provider = match spec {
+                SinkSpec::Push(PushSinkSpec::Fcm(f)) => Some(("fcm", &f.subscribers)),
+                SinkSpec::Push(PushSinkSpec::Apns(a)) => Some(("apns", &a.subscribers)),
+                _ => None,
+            };
+            let subscribers = match provider {
+                Some((provider, file)) => {
+                    if let Some(file) = file {
+                        warn!(sink = %name, file = %file, "the pipeline names a subscribers file, but this run has a state store: using the store's subscriptions (`plume subscribers`)");
+                    }
+                    Some(s.subscribers.for_provider(provider)?)
+                }
+                None => None,
+            };
+            (Arc::new(StoreOutbox::open(s.store.clone(), name)?), subscribers)
+        }
+        None => (Arc::new(MemoryOutbox::new()), None),
+    };
     let parts = NotifierParts {
         pipeline: pipeline.name.clone(),
-        outbox: Arc::new(MemoryOutbox::new()),
-        subscribers: None,
+        name: Some(name.to_string()),
+        outbox,
+        subscribers,
         drain_timeout: pipeline.spec.shutdown.drain_timeout.as_duration(),
+        dead_letters: Some(dead_letters),
     };
     Ok(NotifierSink::build(spec, parts)?.expect("a webhook or push sink spec"))
 }

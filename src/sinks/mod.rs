@@ -61,6 +61,11 @@ pub trait Sink: Send + 'static {
     fn flush(&mut self) -> Result<u64, SinkError>;
     /// End of the run: flush and close.
     fn finish(&mut self) -> Result<u64, SinkError>;
+    /// Whether the end of the run finishes this sink before the others: a notifier's end
+    /// drains its deliveries, whose dead letters go to the other sinks.
+    fn finishes_first(&self) -> bool {
+        false
+    }
 }
 
 pub enum SinkCommand {
@@ -90,6 +95,8 @@ pub struct SinkHandle {
     pub capacity: Arc<Semaphore>,
     pub capacity_total: usize,
     pub stats: Arc<SinkStats>,
+    /// See [`Sink::finishes_first`].
+    pub finishes_first: bool,
 }
 
 impl SinkHandle {
@@ -102,6 +109,7 @@ impl SinkHandle {
 /// Starts `sink` on its own thread behind a queue of `capacity` records.
 pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, JoinHandle<()>) {
     let name = sink.describe();
+    let finishes_first = sink.finishes_first();
     let (tx, mut rx) = mpsc::unbounded_channel::<SinkCommand>();
     let stats = Arc::new(SinkStats::default());
     let thread_stats = stats.clone();
@@ -163,6 +171,7 @@ pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, Join
             capacity: Arc::new(Semaphore::new(capacity)),
             capacity_total: capacity,
             stats,
+            finishes_first,
         },
         thread,
     )

@@ -13,8 +13,10 @@
 //! retained/<id>/         a RocksDB checkpoint of live/ right after checkpoint <id>, and
 //! retained/<id>/plume-manifest.json
 //! ```
-//! `live/` only ever changes by one synced write batch per checkpoint, so it always holds
-//! exactly the last complete checkpoint. Values are enveloped: a magic byte, the format
+//! Device state, positions and the checkpoint record in `live/` only ever change by one synced
+//! write batch per checkpoint, so they always hold exactly the last complete checkpoint. The
+//! `outbox` column family (the notifiers' outboxes and push subscriptions) is written through,
+//! one synced write per change, between checkpoints: see `notify::outbox`. Values are enveloped: a magic byte, the format
 //! version and an xxh3 checksum of the payload. Device keys are the key group (2 bytes, big
 //! endian) followed by the device id, so all devices of a key group (and of a shard's
 //! contiguous range of key groups) are one range scan: they can be read, moved or dropped
@@ -37,6 +39,7 @@ pub const FORMAT_VERSION: u16 = 1;
 
 pub const CF_DEVICES: &str = "devices";
 pub const CF_POSITIONS: &str = "positions";
+/// The notifiers' outboxes and push subscriptions (written through, see `notify::outbox`).
 pub const CF_OUTBOX: &str = "outbox";
 pub const CF_META: &str = "meta";
 pub const COLUMN_FAMILIES: [&str; 4] = [CF_DEVICES, CF_POSITIONS, CF_OUTBOX, CF_META];
@@ -77,6 +80,11 @@ impl StoreError {
             path: path.display().to_string(),
             error,
         }
+    }
+
+    /// The database is locked by another process (a running plume).
+    pub fn is_lock(&self) -> bool {
+        matches!(self, StoreError::Rocks { error, .. } if error.to_string().to_lowercase().contains("lock"))
     }
 
     pub fn io(path: &Path, operation: impl Into<String>, error: std::io::Error) -> Self {
@@ -401,6 +409,36 @@ impl StateStore {
             resume: record,
             notes,
         })
+    }
+
+    /// Opens (creating it if needed) the live state of `dir` without a pipeline, for tools such
+    /// as `plume subscribers`: [`StoreError::Refused`] while a run holds the directory.
+    pub fn open_tool(dir: &Path) -> Result<Arc<StateStore>, StoreError> {
+        let live = Self::live_dir(dir);
+        std::fs::create_dir_all(&live).map_err(|e| StoreError::io(dir, "creating the data directory", e))?;
+        match open_db(&live) {
+            Ok(db) => Ok(Arc::new(StateStore {
+                dir: dir.to_path_buf(),
+                db,
+                file_sums: Default::default(),
+            })),
+            Err(e) if e.is_lock() => Err(StoreError::Refused(format!(
+                "{} is in use by a running plume ({e})",
+                dir.display()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the live state of `dir` read-only: works while a run holds the directory, and
+    /// sees what was durable when it opened.
+    pub fn open_read_only(dir: &Path) -> Result<Arc<StateStore>, StoreError> {
+        let live = Self::live_dir(dir);
+        Ok(Arc::new(StateStore {
+            dir: dir.to_path_buf(),
+            db: open_db_read_only(&live)?,
+            file_sums: Default::default(),
+        }))
     }
 
     /// Closes the database once every other holder has let go (RocksDB must be closed before
