@@ -489,6 +489,7 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
                     spec: m.clone(),
                     default_client_id: format!("plume-{}-{}", pipeline.name, plans.len()),
                     stats: Default::default(),
+                    ingest: None,
                 }),
             ),
             SourceSpec::Kafka(_) => {
@@ -535,6 +536,14 @@ fn prepare_state(
             .resume
             .as_ref()
             .and_then(|r| r.sources.iter().find(|p| p.source == index));
+        if let SourcePlan::Mqtt(source) = &mut *plan {
+            // the log's positions continue where the checkpoint left them
+            source.ingest = Some(crate::sources::mqtt::IngestPlan {
+                dir: crate::sources::ingest::dir_for(&dir, name),
+                resume_from: stored.filter(|p| p.name == *name).map(|p| p.offset),
+                keep_checkpoints: pipeline.spec.checkpoint.retain,
+            });
+        }
         if let (Some(p), SourcePlan::Lines(source)) = (stored, &mut *plan)
             && matches!(source.input, LineInput::File(_))
         {
