@@ -979,10 +979,16 @@ pub struct MqttSinkSpec {
     pub qos: Qos,
     #[serde(default)]
     pub retain: bool,
+    /// MQTT client id; absent: `plume-<pipeline>-out-<sink index>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password_env: Option<String>,
+    /// PEM file with the CA that signed the broker's certificate (`mqtts://`).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
