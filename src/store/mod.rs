@@ -12,6 +12,8 @@
 //! live/                  RocksDB: column families devices, positions, outbox, meta
 //! retained/<id>/         a RocksDB checkpoint of live/ right after checkpoint <id>, and
 //! retained/<id>/plume-manifest.json
+//! ingest/<hash>/         a durable MQTT source's ingest log (`sources::ingest`), outside
+//!                        the checkpoints, which record positions in it
 //! ```
 //! `live/` only ever changes by one synced write batch per checkpoint, so it always holds
 //! exactly the last complete checkpoint. Values are enveloped: a magic byte, the format
