@@ -213,6 +213,9 @@ pub struct MqttStats {
     pub messages: AtomicU64,
     /// Messages replayed from the ingest log at start-up.
     pub replayed: AtomicU64,
+    /// Synced appends to the ingest log, and the time they took in total (µs).
+    pub log_appends: AtomicU64,
+    pub log_append_us: AtomicU64,
     /// QoS 1/2 messages acknowledged to the broker.
     pub acked: AtomicU64,
     /// Redeliveries of messages already handed on (acknowledged, not fed again).
@@ -863,9 +866,14 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                         .collect();
                     let trim = d.trim(feeder.durable_checkpoint());
                     let log = d.log.clone();
+                    let began = Instant::now();
                     let result = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim))
                         .await
                         .expect("the ingest log write does not panic");
+                    stats.log_appends.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .log_append_us
+                        .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
                     match result {
                         Ok(start) => start,
                         Err(e) => {
@@ -913,6 +921,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
         source = %name,
         messages = stats.messages.load(Ordering::Relaxed),
         replayed = stats.replayed.load(Ordering::Relaxed),
+        log_appends = stats.log_appends.load(Ordering::Relaxed),
+        log_append_ms = stats.log_append_us.load(Ordering::Relaxed) / 1000,
         acked = stats.acked.load(Ordering::Relaxed),
         duplicates = stats.duplicates.load(Ordering::Relaxed),
         topic_mismatches = stats.topic_mismatches.load(Ordering::Relaxed),
