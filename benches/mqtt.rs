@@ -65,7 +65,14 @@ fn brokers(dir: &Path) -> Vec<Broker> {
 }
 
 /// One throughput run with a fresh data directory and session; returns readings/s.
-fn throughput(dir: &Path, broker: &Broker, qos: u8, durable: bool, round: usize, messages: &[(String, Vec<u8>)]) -> f64 {
+fn throughput(
+    dir: &Path,
+    broker: &Broker,
+    qos: u8,
+    durable: bool,
+    round: usize,
+    messages: &[(String, Vec<u8>)],
+) -> f64 {
     let run = format!("{}-{qos}-{durable}-{round}", broker.name());
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mqtt-aq1.yaml"))
         .unwrap()
@@ -119,7 +126,11 @@ fn throughput(dir: &Path, broker: &Broker, qos: u8, durable: bool, round: usize,
     if let Some(stopped) = log.lines().find(|l| l.contains("mqtt source stopped")) {
         let fields: Vec<&str> = stopped
             .split_whitespace()
-            .filter(|f| ["messages=", "log_appends=", "log_append_ms="].iter().any(|k| f.starts_with(k)))
+            .filter(|f| {
+                ["messages=", "log_appends=", "log_append_ms="]
+                    .iter()
+                    .any(|k| f.starts_with(k))
+            })
             .collect();
         println!("           {}", fields.join(" "));
     }
@@ -130,7 +141,11 @@ fn throughput(dir: &Path, broker: &Broker, qos: u8, durable: bool, round: usize,
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 fn latency(dir: &Path, broker: &Broker, rate: u64, durable: bool) {

@@ -586,7 +586,11 @@ fn killed_at_random_moments(qos: u8, kills: usize, input: &Path, dir: &Path) {
     let text = std::fs::read_to_string(pipeline()).unwrap();
     let file = dir.join(format!("mqtt-aq1-qos{qos}.yaml"));
     let durable = std::env::var("PLUME_TEST_DURABLE").unwrap_or_else(|_| "true".into());
-    std::fs::write(&file, text.replace("qos: 1\n", &format!("qos: {qos}\n      durable: {durable}\n"))).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("qos: 1\n", &format!("qos: {qos}\n      durable: {durable}\n")),
+    )
+    .unwrap();
     let level = match qos {
         1 => rumqttc::QoS::AtLeastOnce,
         _ => rumqttc::QoS::ExactlyOnce,
@@ -635,10 +639,12 @@ fn killed_at_random_moments(qos: u8, kills: usize, input: &Path, dir: &Path) {
         + usize::from(last.contains("mqtt ingest log replayed"));
     eprintln!(
         "{kills} kills ({} while publishing), {replays} starts replayed the ingest log; last run: {}",
-        if publishing_at_last_kill { "the last" } else { "not the last" },
-        last.lines()
-            .find(|l| l.contains("mqtt source stopped"))
-            .unwrap_or("")
+        if publishing_at_last_kill {
+            "the last"
+        } else {
+            "not the last"
+        },
+        last.lines().find(|l| l.contains("mqtt source stopped")).unwrap_or("")
     );
     if durable == "true" {
         assert!(replays > 0, "no start replayed the log: the kills did not test it");
@@ -744,4 +750,72 @@ fn an_interrupt_as_soon_as_plume_catches_it_ends_the_run_gracefully() {
         );
     }
     broker.stop();
+}
+
+/// Reads one MQTT packet: (first byte, body).
+fn read_packet(s: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    let first = b[0];
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        s.read_exact(&mut b)?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body)?;
+    Ok((first, body))
+}
+
+/// A broker that resumes plume's session owing it a PUBREL (plume had acknowledged a QoS 2
+/// message with PUBREC, then was killed or lost the connection before PUBCOMP): plume completes
+/// it and stays connected (rumqttc alone would call it unsolicited and reconnect forever), then
+/// takes a new QoS 2 message through the whole exchange.
+#[test]
+fn a_pubrel_owed_from_before_a_restart_is_completed_at_qos_2() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let file = dir.path().join("mqtt-aq1-qos2.yaml");
+    std::fs::write(&file, text.replace("qos: 1\n", "qos: 2\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
+    listener.set_nonblocking(false).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (connect, _) = read_packet(&mut s).unwrap();
+    assert_eq!(connect >> 4, 1, "CONNECT first");
+    // CONNACK with the session present, then the PUBREL of packet id 5 from "before"
+    s.write_all(&[0x20, 0x02, 0x01, 0x00]).unwrap();
+    s.write_all(&[0x62, 0x02, 0x00, 0x05]).unwrap();
+    let (kind, body) = read_packet(&mut s).unwrap();
+    assert_eq!((kind, body.as_slice()), (0x70, &[0x00, 0x05][..]), "PUBCOMP 5");
+    // a new QoS 2 message, packet id 6
+    let topic = b"aq1/dev-q2";
+    let payload = br#"{"ts":1767225600000,"pm25":10.0,"co2":500.0}"#;
+    let mut publish = vec![0x34, (2 + topic.len() + 2 + payload.len()) as u8, 0x00, topic.len() as u8];
+    publish.extend_from_slice(topic);
+    publish.extend_from_slice(&[0x00, 0x06]);
+    publish.extend_from_slice(payload);
+    s.write_all(&publish).unwrap();
+    let (kind, body) = read_packet(&mut s).unwrap();
+    assert_eq!((kind, body.as_slice()), (0x50, &[0x00, 0x06][..]), "PUBREC 6");
+    s.write_all(&[0x62, 0x02, 0x00, 0x06]).unwrap();
+    let (kind, body) = read_packet(&mut s).unwrap();
+    assert_eq!((kind, body.as_slice()), (0x70, &[0x00, 0x06][..]), "PUBCOMP 6");
+    plume.wait_messages(1);
+    // the end: plume disconnects (DISCONNECT) after Ctrl-C
+    let log = plume.interrupt();
+    assert!(!log.contains("mqtt connection lost"), "{log}");
+    let (kind, _) = read_packet(&mut s).unwrap();
+    assert_eq!(kind, 0xe0, "DISCONNECT");
+    let summary = std::fs::read_to_string(&out).unwrap();
+    assert!(summary.contains(r#""readings":1"#), "{summary}");
 }

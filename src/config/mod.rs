@@ -194,7 +194,8 @@ pub struct MqttSourceSpec {
     /// MQTT 5 shared subscription group (`$share/<group>/<topic>`).
     #[serde(default)]
     pub shared_group: Option<String>,
-    /// Acknowledge a message only once it is in the local ingest log.
+    /// Acknowledge a message only once it is synced to the ingest log in the data directory
+    /// (replayed after a crash); `false`: once handed to the pipeline. Needs checkpoints on.
     #[serde(default = "defaults::yes")]
     pub durable: bool,
     #[serde(default = "defaults::keep_alive")]

@@ -133,7 +133,8 @@ impl IngestLog {
         let key_of = |item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>| -> Result<Option<u64>, SourceError> {
             match item {
                 Ok((k, _)) => Ok(Some(u64::from_be_bytes(
-                    (*k).try_into().map_err(|_| log.err("reading", "a key is not 8 bytes"))?,
+                    (*k).try_into()
+                        .map_err(|_| log.err("reading", "a key is not 8 bytes"))?,
                 ))),
                 Err(e) => Err(log.err("reading", e)),
             }
@@ -236,7 +237,10 @@ impl IngestLog {
             .take(max)
         {
             let (k, v) = item.map_err(|e| self.err("reading", e))?;
-            let seq = u64::from_be_bytes((*k).try_into().map_err(|_| self.err("reading", "a key is not 8 bytes"))?);
+            let seq = u64::from_be_bytes(
+                (*k).try_into()
+                    .map_err(|_| self.err("reading", "a key is not 8 bytes"))?,
+            );
             let entry = decode_entry(&v).map_err(|e| self.err("reading an entry", format!("entry {seq}: {e}")))?;
             out.push((seq, entry));
         }

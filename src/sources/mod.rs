@@ -115,9 +115,7 @@ impl ChunkFeeder {
 
     /// The newest durable checkpoint (0: none, or no checkpoints).
     pub fn durable_checkpoint(&self) -> u64 {
-        self.barriers
-            .as_ref()
-            .map_or(0, |s| s.durable.load(Ordering::Acquire))
+        self.barriers.as_ref().map_or(0, |s| s.durable.load(Ordering::Acquire))
     }
 
     /// Waits (blocking the calling thread) until another chunk may be in flight.

@@ -985,6 +985,48 @@ mod tests {
     }
 
     #[test]
+    fn a_pubrel_rumqttc_forgot_is_completed_after_a_reconnect() {
+        // rumqttc alone: a PUBREL for a packet id it has no state for is an error (rumqtt #664)
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (_c, mut plain) = rumqttc::AsyncClient::new(options.clone(), 10);
+        assert!(
+            plain
+                .state
+                .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(7)))
+                .is_err()
+        );
+        let (_c, e) = rumqttc::AsyncClient::new(options, 10);
+        let mut events = EventLoop::V4(Box::new(e));
+        events.complete_any_pubrel();
+        let EventLoop::V4(e) = &mut events else { unreachable!() };
+        assert!(e.state.events.is_empty(), "no made-up events are left");
+        for pkid in [1, 7, u16::MAX] {
+            let out = e
+                .state
+                .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(pkid)))
+                .unwrap();
+            assert!(
+                matches!(out, Some(rumqttc::Packet::PubComp(c)) if c.pkid == pkid),
+                "{out:?}"
+            );
+        }
+        let options = rumqttc::v5::MqttOptions::new("t", "127.0.0.1", 1);
+        let (_c, e) = rumqttc::v5::AsyncClient::new(options, 10);
+        let mut events = EventLoop::V5(Box::new(e));
+        events.complete_any_pubrel();
+        let EventLoop::V5(e) = &mut events else { unreachable!() };
+        let pubrel = rumqttc::v5::mqttbytes::v5::PubRel::new(9, None);
+        let out = e
+            .state
+            .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::PubRel(pubrel))
+            .unwrap();
+        assert!(
+            matches!(out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn backoff_grows_with_jitter_up_to_its_cap() {
         let mut b = Backoff::new();
         let first = b.delay();
