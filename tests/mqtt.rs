@@ -800,7 +800,12 @@ fn a_pubrel_owed_from_before_a_restart_is_completed_at_qos_2() {
     // a new QoS 2 message, packet id 6
     let topic = b"aq1/dev-q2";
     let payload = br#"{"ts":1767225600000,"pm25":10.0,"co2":500.0}"#;
-    let mut publish = vec![0x34, (2 + topic.len() + 2 + payload.len()) as u8, 0x00, topic.len() as u8];
+    let mut publish = vec![
+        0x34,
+        (2 + topic.len() + 2 + payload.len()) as u8,
+        0x00,
+        topic.len() as u8,
+    ];
     publish.extend_from_slice(topic);
     publish.extend_from_slice(&[0x00, 0x06]);
     publish.extend_from_slice(payload);

@@ -1006,7 +1006,7 @@ mod tests {
                 .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(pkid)))
                 .unwrap();
             assert!(
-                matches!(out, Some(rumqttc::Packet::PubComp(c)) if c.pkid == pkid),
+                matches!(&out, Some(rumqttc::Packet::PubComp(c)) if c.pkid == pkid),
                 "{out:?}"
             );
         }
@@ -1021,7 +1021,7 @@ mod tests {
             .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::PubRel(pubrel))
             .unwrap();
         assert!(
-            matches!(out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
+            matches!(&out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
             "{out:?}"
         );
     }
