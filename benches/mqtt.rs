@@ -9,6 +9,10 @@
 //!   the MQTT sink (QoS 0) to the same broker; readings are published at a steady rate and the
 //!   time from a reading's publish to the arrival of its result is measured (p50, p99).
 //!
+//! - Each throughput and latency run has a fresh data directory and session, with the ingest log
+//!   (`durable: true`) and without it; throughput runs alternate the two `PLUME_BENCH_MQTT_ROUNDS`
+//!   times (default 3) and the medians and their ratio are printed at the end.
+//!
 //! Sizes: `PLUME_BENCH_MQTT_N` readings (default 100 000), latency at `PLUME_BENCH_MQTT_RATE`
 //! readings/s (default 1000) for 5 s.
 
@@ -60,17 +64,26 @@ fn brokers(dir: &Path) -> Vec<Broker> {
     vec![Broker::Mosquitto(Mosquitto::start(&m)), Broker::Embedded(free_port())]
 }
 
-fn throughput(dir: &Path, broker: &Broker, qos: u8, messages: &[(String, Vec<u8>)]) {
+/// One throughput run with a fresh data directory and session; returns readings/s.
+fn throughput(
+    dir: &Path,
+    broker: &Broker,
+    qos: u8,
+    durable: bool,
+    round: usize,
+    messages: &[(String, Vec<u8>)],
+) -> f64 {
+    let run = format!("{}-{qos}-{durable}-{round}", broker.name());
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mqtt-aq1.yaml"))
         .unwrap()
         .replace(
             "qos: 1\n",
-            &format!("qos: {qos}\n      client_id: bench-{}-{qos}\n", broker.name()),
+            &format!("qos: {qos}\n      client_id: bench-{run}\n      durable: {durable}\n"),
         );
-    let file = dir.join(format!("tp-{}-{qos}.yaml", broker.name()));
+    let file = dir.join(format!("tp-{run}.yaml"));
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
     let port = broker.port();
-    let out = dir.join("tp-out.jsonl");
+    let out = dir.join(format!("tp-{run}.jsonl"));
     let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
     plume.wait_subscribed();
     let q = if qos == 0 {
@@ -102,22 +115,46 @@ fn throughput(dir: &Path, broker: &Broker, qos: u8, messages: &[(String, Vec<u8>
     } else {
         (last_change - started).as_secs_f64()
     };
-    plume.interrupt();
+    let log = plume.interrupt();
+    let rate = counted as f64 / secs;
     println!(
-        "throughput {:<9} qos {qos}: {counted} of {n} readings in {secs:.2} s = {:.0} readings/s (publishing took {:.2} s)",
+        "throughput {:<9} qos {qos} durable {:<5} round {round}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s)",
         broker.name(),
-        counted as f64 / secs,
+        durable,
         published.as_secs_f64()
     );
+    if let Some(stopped) = log.lines().find(|l| l.contains("mqtt source stopped")) {
+        let fields: Vec<&str> = stopped
+            .split_whitespace()
+            .filter(|f| {
+                ["messages=", "log_appends=", "log_append_ms="]
+                    .iter()
+                    .any(|k| f.starts_with(k))
+            })
+            .collect();
+        println!("           {}", fields.join(" "));
+    }
+    let _ = std::fs::remove_dir_all(out.with_extension("state"));
+    rate
 }
 
-fn latency(dir: &Path, broker: &Broker, rate: u64) {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn latency(dir: &Path, broker: &Broker, rate: u64, durable: bool) {
     let port = broker.port();
     let text = format!(
         r#"version: 1
 pipeline: mqtt-latency
 sources:
-  - mqtt: {{ url: "mqtt://127.0.0.1:{port}", topic: "lat-in/{{device}}", qos: 1 }}
+  - mqtt: {{ url: "mqtt://127.0.0.1:{port}", topic: "lat-in/{{device}}", qos: 1, client_id: "lat-{durable}", durable: {durable} }}
 decode:
   format: json
   device: {{ topic: true }}
@@ -132,9 +169,10 @@ outputs:
       - mqtt: {{ url: "mqtt://127.0.0.1:{port}", topic: "lat-out/{{device}}", qos: 0 }}
 "#
     );
-    let file = dir.join(format!("lat-{}.yaml", broker.name()));
+    let file = dir.join(format!("lat-{}-{durable}.yaml", broker.name()));
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
-    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &dir.join("lat-out.jsonl"));
+    let out = dir.join(format!("lat-out-{}-{durable}.jsonl", broker.name()));
+    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
     plume.wait_subscribed();
     let sent: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Default::default();
@@ -199,8 +237,9 @@ outputs:
     l.sort();
     let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
     println!(
-        "latency    {:<9} publish -> result at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {total} results)",
+        "latency    {:<9} durable {:<5} publish -> result at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {total} results)",
         broker.name(),
+        durable,
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         l.last().unwrap().as_secs_f64() * 1e3,
@@ -235,10 +274,29 @@ fn main() {
             )
         })
         .collect();
+    // durable on and off side by side, alternating, so the machine's noise hits both alike
+    let rounds = env_or("PLUME_BENCH_MQTT_ROUNDS", 3) as usize;
+    let mut summary = Vec::new();
     for broker in brokers(dir.path()) {
         for qos in [0, 1] {
-            throughput(dir.path(), &broker, qos, &messages);
+            let (mut on, mut off) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                on.push(throughput(dir.path(), &broker, qos, true, round, &messages));
+                off.push(throughput(dir.path(), &broker, qos, false, round, &messages));
+            }
+            let (on, off) = (median(on), median(off));
+            summary.push(format!(
+                "throughput {:<9} qos {qos}: durable on {on:.0} readings/s, off {off:.0} readings/s (medians of {rounds}); on/off = {:.2}",
+                broker.name(),
+                on / off
+            ));
         }
-        latency(dir.path(), &broker, rate);
+        for durable in [true, false] {
+            latency(dir.path(), &broker, rate, durable);
+        }
+    }
+    println!();
+    for line in summary {
+        println!("{line}");
     }
 }

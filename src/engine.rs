@@ -543,6 +543,7 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
                     spec: m.clone(),
                     default_client_id: format!("plume-{}-{}", pipeline.name, plans.len()),
                     stats: Default::default(),
+                    ingest: None,
                 }),
             ),
             SourceSpec::Kafka(k) => (
@@ -599,6 +600,14 @@ fn prepare_state(
             .resume
             .as_ref()
             .and_then(|r| r.sources.iter().find(|p| p.source == index));
+        if let SourcePlan::Mqtt(source) = &mut *plan {
+            // the log's positions continue where the checkpoint left them
+            source.ingest = Some(crate::sources::mqtt::IngestPlan {
+                dir: crate::sources::ingest::dir_for(&dir, name),
+                resume_from: stored.filter(|p| p.name == *name).map(|p| p.offset),
+                keep_checkpoints: pipeline.spec.checkpoint.retain,
+            });
+        }
         if let (Some(p), SourcePlan::Lines(source)) = (stored, &mut *plan)
             && matches!(source.input, LineInput::File(_))
         {
@@ -656,8 +665,51 @@ fn prepare_state(
     }))
 }
 
+/// Takes Ctrl-C (SIGINT) over for the rest of the process, on a thread of its own, and returns
+/// the flag it sets: the first Ctrl-C stops the sources of [`run`] (graceful: everything in flight
+/// is processed and flushed), the second exits at once. The handler is installed when this
+/// returns; later calls return the same flag. `plume run` calls it before it even loads the
+/// pipeline, so an early Ctrl-C is never missed (it ends the run as soon as it starts).
+pub fn catch_interrupts() -> Arc<AtomicBool> {
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                warn!("no Ctrl-C handling: its runtime could not start");
+                return;
+            };
+            runtime.block_on(async move {
+                let mut interrupts = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        warn!(%error, "no Ctrl-C handling");
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(());
+                interrupts.recv().await;
+                warn!("interrupted: stopping the sources, draining and flushing (Ctrl-C again to quit at once)");
+                flag.store(true, Ordering::Relaxed);
+                interrupts.recv().await;
+                std::process::exit(130);
+            });
+        });
+        if spawned.is_ok() {
+            // returns at once if the thread gave up (its sender is gone)
+            let _ = ready.recv();
+        }
+        stop
+    })
+    .clone()
+}
+
 /// Runs a pipeline to the end of its input (or Ctrl-C). Blocks the calling thread.
 pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunReport, EngineError> {
+    // Ctrl-C is ours before anything starts: one early in the start-up is not missed
+    let stop = catch_interrupts();
     let mut sources = plan_sources(&pipeline, &options)?;
     let _broker = crate::broker::start_for(&pipeline.spec)?;
     let planned_sinks = sink_names(&pipeline, options.output.as_ref());
@@ -702,7 +754,6 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
     let result = system.block_on(async move {
         let (runtime, done) = start_with_state(pipeline.clone(), plan, sources.len(), options.runtime.clone(), state);
         let shards = runtime.shards.len();
-        let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (index, (name, mut source)) in sources.into_iter().enumerate() {
             let feeder = runtime.feeder(index, &name);
@@ -723,18 +774,6 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunRe
                     })
                     .expect("spawning a source thread"),
             );
-        }
-        {
-            let stop = stop.clone();
-            actix_rt::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    warn!("interrupted: stopping the sources, draining and flushing (Ctrl-C again to quit at once)");
-                    stop.store(true, Ordering::Relaxed);
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(130);
-                    }
-                }
-            });
         }
         if let Some(every) = options.progress {
             let metrics = runtime.metrics.clone();

@@ -254,6 +254,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_pipeline_change,
             no_checkpoints,
         } => {
+            if matches!(engine, Engine::Actors) {
+                // before anything else, so an early Ctrl-C still ends the run gracefully
+                engine::catch_interrupts();
+            }
             let compiled = load(&pipeline)?;
             let interval = checkpoint_interval
                 .map(|s| DurationSpec::parse(&s).map_err(|e| anyhow::anyhow!("--checkpoint-interval: {e}")))
@@ -297,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speed,
             mqtt,
         } => {
+            engine::catch_interrupts();
             let mut compiled = load(&pipeline)?;
             let mut sim = compiled
                 .spec

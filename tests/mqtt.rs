@@ -1,9 +1,8 @@
 //! MQTT end to end, on loopback only: a real mosquitto (started by the test on a free port, with
 //! persistence in a temporary directory) or plume's embedded broker; plume as a subprocess
 //! running `pipelines/mqtt-aq1.yaml`, stopped with SIGINT once it has counted every published
-//! message; the output compared with the file run of the same readings.
-//!
-//! Not here yet: plume killed with SIGKILL mid-stream (needs the checkpoints and the ingest log).
+//! message; the output compared with the file run of the same readings. Plume keeps its state
+//! (checkpoints and the MQTT ingest log, `durable: true` by default) next to its output.
 
 mod common;
 #[path = "common/mqtt.rs"]
@@ -553,4 +552,275 @@ fn tls_with_a_custom_ca_and_a_password_from_the_environment() {
     let log = plume.interrupt();
     broker.stop();
     assert!(!log.contains(wrong), "{log}");
+}
+
+/// A little xorshift, seeded from the clock (printed, so a failing schedule can be rerun).
+fn kill_schedule() -> impl FnMut() -> u64 {
+    let seed = std::env::var("PLUME_TEST_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("kill schedule seed {seed} (PLUME_TEST_KILL_SEED)");
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// Plume consumes `input` over mosquitto with QoS `qos` (persistent session, 200 ms checkpoints)
+/// while a publisher publishes it in slices, and is killed with SIGKILL `kills` times at random
+/// moments (start-up and replay included) and restarted at once. After the publisher is done,
+/// the last plume is stopped with SIGINT once it has taken a marker published last: its output
+/// must equal the file run of the same readings (nothing lost, nothing counted twice).
+fn killed_at_random_moments(qos: u8, kills: usize, input: &Path, dir: &Path) {
+    let mut next = kill_schedule();
+    let mut broker = Mosquitto::start(dir);
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let file = dir.join(format!("mqtt-aq1-qos{qos}.yaml"));
+    let durable = std::env::var("PLUME_TEST_DURABLE").unwrap_or_else(|_| "true".into());
+    std::fs::write(
+        &file,
+        text.replace("qos: 1\n", &format!("qos: {qos}\n      durable: {durable}\n")),
+    )
+    .unwrap();
+    let level = match qos {
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    };
+    let out = dir.join("out-mqtt.jsonl");
+    let args = ["--checkpoint-interval", "200ms"];
+    let start = || Plume::spawn(&file, &broker.url(), &out, &[], &args);
+    let plume = start();
+    plume.wait_subscribed();
+    let messages = aq1_messages(input);
+    let total = messages.len();
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        for slice in messages.chunks(total.div_ceil(30)) {
+            publish_all(port, "aq1-publisher", slice, level);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    let mut plume = Some(plume);
+    let mut logs = Vec::new();
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(100 + next() % 1100));
+        logs.push(plume.take().unwrap().kill());
+        plume = Some(start());
+    }
+    let publishing_at_last_kill = !publisher.is_finished();
+    publisher.join().unwrap();
+    // a marker that the subscription takes but the template does not (an empty device level),
+    // published after every reading: once plume has taken it, it has taken everything before it
+    let marker = "aq1/".to_string();
+    publish_all(port, "aq1-marker", &[(marker, b"{}".to_vec())], level);
+    let plume = plume.take().unwrap();
+    let waiting = std::time::Instant::now();
+    while !plume.logged("mqtt topic does not match the template") {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(120),
+            "the marker did not arrive; the last plume's log:\n{}\nthe earlier ones:\n{}",
+            plume.log_text(),
+            logs.join("\n--- killed ---\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last = plume.interrupt();
+    broker.stop();
+    let replays = logs.iter().filter(|l| l.contains("mqtt ingest log replayed")).count()
+        + usize::from(last.contains("mqtt ingest log replayed"));
+    eprintln!(
+        "{kills} kills ({} while publishing), {replays} starts replayed the ingest log; last run: {}",
+        if publishing_at_last_kill {
+            "the last"
+        } else {
+            "not the last"
+        },
+        last.lines().find(|l| l.contains("mqtt source stopped")).unwrap_or("")
+    );
+    if durable == "true" {
+        assert!(replays > 0, "no start replayed the log: the kills did not test it");
+    }
+    assert!(!last.contains("Unsolicited"), "{last}");
+    assert_same_as_file_run(&out, &file_run(dir, input));
+}
+
+#[test]
+fn killed_at_random_moments_at_qos_1_the_output_equals_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 40, 30_000, 19);
+    killed_at_random_moments(1, 8, &input, dir.path());
+}
+
+#[test]
+fn killed_at_random_moments_at_qos_2_the_output_equals_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 12_000, 23);
+    killed_at_random_moments(2, 4, &input, dir.path());
+}
+
+#[test]
+fn qos_2_end_to_end_equals_the_file_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 6_000, 29);
+    let mut broker = Mosquitto::start(dir.path());
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let file = dir.path().join("mqtt-aq1-qos2.yaml");
+    std::fs::write(&file, text.replace("qos: 1\n", "qos: 2\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&file, &broker.url(), &out);
+    plume.wait_subscribed();
+    assert!(plume.logged("qos=2"), "{}", plume.log_text());
+    let messages = aq1_messages(&input);
+    publish_all(broker.port, "aq1-publisher", &messages, rumqttc::QoS::ExactlyOnce);
+    plume.wait_messages(messages.len() as u64);
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(log.contains(&format!("acked={}", messages.len())), "{log}");
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+}
+
+#[test]
+fn without_the_ingest_log_messages_are_acknowledged_once_handed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 10, 2_000, 31);
+    let mut broker = Mosquitto::start(dir.path());
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let file = dir.path().join("mqtt-aq1-not-durable.yaml");
+    std::fs::write(&file, text.replace("qos: 1\n", "qos: 1\n      durable: false\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&file, &broker.url(), &out);
+    plume.wait_subscribed();
+    assert!(plume.logged("durable=false"), "{}", plume.log_text());
+    let messages = aq1_messages(&input);
+    publish_all(broker.port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
+    plume.wait_messages(messages.len() as u64);
+    plume.interrupt();
+    broker.stop();
+    assert!(!out.with_extension("state").join("ingest").exists());
+    assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+    // no data directory (checkpoints off): durable is not possible, and plume says so
+    let mut broker = Mosquitto::start(dir.path());
+    let file = dir.path().join("mqtt-aq1-no-state.yaml");
+    std::fs::write(&file, format!("{text}\ncheckpoint:\n  enabled: false\n")).unwrap();
+    let plume = Plume::run(&file, &broker.url(), &dir.path().join("out-no-state.jsonl"));
+    plume.wait_subscribed();
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(log.contains("durable: true needs a data directory"), "{log}");
+}
+
+/// Whether the process catches SIGINT yet (`SigCgt` in /proc).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+#[test]
+fn an_interrupt_as_soon_as_plume_catches_it_ends_the_run_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(dir.path());
+    let out = dir.path().join("out-mqtt.jsonl");
+    for _ in 0..3 {
+        let plume = Plume::run(&pipeline(), &broker.url(), &out);
+        // the handler is in place before the pipeline is even loaded: interrupt right then,
+        // while the store, the broker connection and the actors are still starting
+        let started = std::time::Instant::now();
+        while !catches_sigint(plume.pid()) {
+            assert!(started.elapsed() < Duration::from_secs(10), "plume never caught SIGINT");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let log = plume.interrupt();
+        assert!(
+            std::fs::read_to_string(&out).unwrap().contains("\"summary\""),
+            "no summary:\n{log}"
+        );
+    }
+    broker.stop();
+}
+
+/// Reads one MQTT packet: (first byte, body).
+fn read_packet(s: &mut std::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    let first = b[0];
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        s.read_exact(&mut b)?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body)?;
+    Ok((first, body))
+}
+
+/// A broker that resumes plume's session owing it a PUBREL (plume had acknowledged a QoS 2
+/// message with PUBREC, then was killed or lost the connection before PUBCOMP): plume completes
+/// it and stays connected (rumqttc alone would call it unsolicited and reconnect forever), then
+/// takes a new QoS 2 message through the whole exchange.
+#[test]
+fn a_pubrel_owed_from_before_a_restart_is_completed_at_qos_2() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    let file = dir.path().join("mqtt-aq1-qos2.yaml");
+    std::fs::write(&file, text.replace("qos: 1\n", "qos: 2\n")).unwrap();
+    let out = dir.path().join("out-mqtt.jsonl");
+    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
+    listener.set_nonblocking(false).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (connect, _) = read_packet(&mut s).unwrap();
+    assert_eq!(connect >> 4, 1, "CONNECT first");
+    // CONNACK with the session present, then the PUBREL of packet id 5 from "before"
+    s.write_all(&[0x20, 0x02, 0x01, 0x00]).unwrap();
+    s.write_all(&[0x62, 0x02, 0x00, 0x05]).unwrap();
+    let (kind, body) = read_packet(&mut s).unwrap();
+    assert_eq!((kind, body.as_slice()), (0x70, &[0x00, 0x05][..]), "PUBCOMP 5");
+    // a new QoS 2 message, packet id 6
+    let topic = b"aq1/dev-q2";
+    let payload = br#"{"ts":1767225600000,"pm25":10.0,"co2":500.0}"#;
+    let mut publish = vec![
+        0x34,
+        (2 + topic.len() + 2 + payload.len()) as u8,
+        0x00,
+        topic.len() as u8,
+    ];
+    publish.extend_from_slice(topic);
+    publish.extend_from_slice(&[0x00, 0x06]);
+    publish.extend_from_slice(payload);
+    s.write_all(&publish).unwrap();
+    let (kind, body) = read_packet(&mut s).unwrap();
+    assert_eq!((kind, body.as_slice()), (0x50, &[0x00, 0x06][..]), "PUBREC 6");
+    s.write_all(&[0x62, 0x02, 0x00, 0x06]).unwrap();
+    let (kind, body) = read_packet(&mut s).unwrap();
+    assert_eq!((kind, body.as_slice()), (0x70, &[0x00, 0x06][..]), "PUBCOMP 6");
+    plume.wait_messages(1);
+    // the end: plume disconnects (DISCONNECT) after Ctrl-C
+    let log = plume.interrupt();
+    assert!(!log.contains("mqtt connection lost"), "{log}");
+    let (kind, _) = read_packet(&mut s).unwrap();
+    assert_eq!(kind, 0xe0, "DISCONNECT");
+    let summary = std::fs::read_to_string(&out).unwrap();
+    assert!(summary.contains(r#""readings":1"#), "{summary}");
 }

@@ -194,7 +194,8 @@ pub struct MqttSourceSpec {
     /// MQTT 5 shared subscription group (`$share/<group>/<topic>`).
     #[serde(default)]
     pub shared_group: Option<String>,
-    /// Acknowledge a message only once it is in the local ingest log.
+    /// Acknowledge a message only once it is synced to the ingest log in the data directory
+    /// (replayed after a crash); `false`: once handed to the pipeline. Needs checkpoints on.
     #[serde(default = "defaults::yes")]
     pub durable: bool,
     #[serde(default = "defaults::keep_alive")]
@@ -1025,10 +1026,16 @@ pub struct MqttSinkSpec {
     pub qos: Qos,
     #[serde(default)]
     pub retain: bool,
+    /// MQTT client id; absent: `plume-<pipeline>-out-<sink index>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password_env: Option<String>,
+    /// PEM file with the CA that signed the broker's certificate (`mqtts://`).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -170,7 +170,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     doc(
         "sources[].mqtt.durable",
         "true/false",
-        "Acknowledge a message only once it is in the local ingest log.",
+        "Acknowledge a message only once it is synced to the ingest log in the data directory (replayed after a crash); `false`: once handed to the pipeline (a crash loses what is in flight). Needs checkpoints on.",
     ),
     doc("sources[].mqtt.keep_alive", "duration", "MQTT keep-alive interval."),
     doc("sources[].kafka", "map", "Consume Kafka topics in a consumer group."),
@@ -820,11 +820,21 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "true/false",
         "Publish with the retain flag.",
     ),
+    doc(
+        "outputs[].to[].mqtt.client_id",
+        "text",
+        "MQTT client id; absent: `plume-<pipeline>-out-<sink index>`.",
+    ),
     doc("outputs[].to[].mqtt.username", "text", "User name for the broker."),
     doc(
         "outputs[].to[].mqtt.password_env",
         "env var name",
         "The variable that holds the password.",
+    ),
+    doc(
+        "outputs[].to[].mqtt.ca_file",
+        "path",
+        "PEM file with the CA that signed the broker's certificate (`mqtts://`).",
     ),
     doc("outputs[].to[].kafka", "map", "Produce results to a Kafka topic."),
     doc("outputs[].to[].kafka.brokers", "text", "`host:port[,host:port…]`."),

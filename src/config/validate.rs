@@ -1145,6 +1145,15 @@ impl Checker<'_> {
                 if let Some(name) = &m.password_env {
                     self.env_name(path.key("password_env"), name);
                 }
+                if m.password_env.is_some() && m.username.is_none() {
+                    self.report(path.key("password_env"), "`password_env` needs `username`");
+                }
+                if m.ca_file.is_some() && !m.url.starts_with("mqtts://") {
+                    self.report(path.key("ca_file"), "`ca_file` is used only with an `mqtts://` url");
+                }
+                if let Some(id) = &m.client_id {
+                    self.not_empty(path.key("client_id"), "`client_id`", id);
+                }
             }
             SinkSpec::Kafka(k) => {
                 let path = path.key("kafka");

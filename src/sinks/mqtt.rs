@@ -55,11 +55,13 @@ fn level(value: &str) -> String {
 }
 
 impl MqttSink {
-    /// Connects (in the background) with a client id stable across restarts.
+    /// Connects (in the background) with the spec's client id, or `client_id` (stable across
+    /// restarts).
     pub fn connect(spec: &MqttSinkSpec, client_id: &str, operators: Vec<String>) -> Result<Self, SinkError> {
         let name = format!("mqtt:{}", spec.topic);
         let endpoint = Endpoint::parse(&spec.url).map_err(|e| error(&name, "parsing the url", e))?;
         let pass = password(spec.password_env.as_deref()).map_err(|e| error(&name, "reading the password", e))?;
+        let client_id = spec.client_id.as_deref().unwrap_or(client_id);
         let mut o = rumqttc::MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
         o.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
@@ -69,7 +71,7 @@ impl MqttSink {
             o.set_credentials(user.clone(), pass.unwrap_or_default());
         }
         if endpoint.tls {
-            let tls = tls_configuration(None).map_err(|e| error(&name, "setting up TLS", e))?;
+            let tls = tls_configuration(spec.ca_file.as_deref()).map_err(|e| error(&name, "setting up TLS", e))?;
             o.set_transport(rumqttc::Transport::Tls(tls));
         }
         let (client, mut events) = rumqttc::AsyncClient::new(o, 10_000);

@@ -7,6 +7,7 @@
 //! - `lines`: JSON-lines files and standard input (full speed, or paced by event time).
 //! - `simulator`: a fleet of simulated air-quality monitors.
 //! - `mqtt`: an MQTT subscription (rumqttc), with manual acks.
+//! - `ingest`: the ingest log (RocksDB) where the MQTT source keeps messages before acking them.
 //! - `simulator_mqtt`: `plume demo --mqtt`: the simulator publishing through the embedded broker.
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::actors::router::{RouteChunk, Router, SourceBarrier, SourceEnded};
 use crate::actors::{Chunk, ChunkData, ChunkTicket, RuntimeMetrics, SourcePosition};
 use crate::clock;
 
+pub mod ingest;
 pub mod kafka;
 pub mod lines;
 pub mod mqtt;
@@ -38,6 +40,12 @@ pub enum SourceError {
     Mqtt(#[from] mqtt::MqttError),
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaSourceError),
+    #[error("ingest log {path}: {operation}: {error}")]
+    Ingest {
+        path: String,
+        operation: &'static str,
+        error: String,
+    },
 }
 
 /// How the checkpointer asks the sources for a barrier, and tells them what is durable.
@@ -89,9 +97,8 @@ impl ChunkFeeder {
         self
     }
 
-    /// Sends a checkpoint barrier if one was asked for. Called before every chunk; a source
-    /// that may sit idle for long calls it while idle too.
-    /// Returns the id of the barrier it sent, if any.
+    /// Sends a checkpoint barrier if one was asked for, and returns its id. Called before every
+    /// chunk; a source that may sit idle for long calls it while idle too.
     pub fn poll_barrier(&mut self) -> Option<u64> {
         if let Some(signal) = &self.barriers {
             let requested = signal.requested.load(Ordering::Acquire);
@@ -112,6 +119,11 @@ impl ChunkFeeder {
     /// The checkpoint signal, when the run takes checkpoints.
     pub fn barrier_signal(&self) -> Option<&Arc<BarrierSignal>> {
         self.barriers.as_ref()
+    }
+
+    /// The newest durable checkpoint (0: none, or no checkpoints).
+    pub fn durable_checkpoint(&self) -> u64 {
+        self.barriers.as_ref().map_or(0, |s| s.durable.load(Ordering::Acquire))
     }
 
     /// Waits (blocking the calling thread) until another chunk may be in flight.

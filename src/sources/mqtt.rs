@@ -7,11 +7,19 @@
 //! - Two tasks on the source thread's own tokio runtime: the *driver* polls the event loop
 //!   (reconnecting with exponential backoff and full jitter, subscribing again when the broker
 //!   has no session for us) and passes the messages of each poll on as one batch; the *feeder*
-//!   waits for room (backpressure), sends the batch as one chunk, then acknowledges its QoS 1/2
-//!   messages through [`AckGate`]. Acks are manual: a message the broker has not had an ack for
-//!   is sent again after a reconnect (persistent session), so nothing handed to us is lost.
+//!   waits for room (backpressure), appends the batch to the ingest log (`durable: true`: one
+//!   synced RocksDB write, on a blocking thread), sends it as one chunk whose end position is the
+//!   log's next sequence number, then acknowledges its QoS 1/2 messages through [`AckGate`].
+//!   Acks are manual: a message the broker has not had an ack for is sent again after a
+//!   reconnect (persistent session), so nothing handed to us is lost.
+//! - Checkpoints record the log position like a file offset; at start-up the source first
+//!   replays the log from the checkpointed position to its end, then takes live messages. The
+//!   log drops entries below the oldest checkpoint recovery could fall back to (`retain`).
 //! - A message the broker sends again (`dup`) with a packet id and content we already handed on
-//!   (the broker lost our ack in a crash or disconnect) is acknowledged and not fed twice.
+//!   (the broker lost our ack in a crash or disconnect) is acknowledged and not fed twice; with
+//!   the log, the packet ids survive a restart.
+//! - `durable: false`, or no data directory (`--no-checkpoints`): no log; messages are
+//!   acknowledged once handed to the routers, so a crash of plume loses what was in flight.
 //! - Passwords come from an environment variable and appear in no log or error.
 
 use std::collections::HashSet;
@@ -22,12 +30,13 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::ChunkFeeder;
+use super::ingest::{IngestLog, Trimmer, encode_entry};
 use crate::actors::{ChunkData, Message};
 use crate::clock;
-use crate::config::{MqttSourceSpec, MqttVersion, Qos};
+use crate::config::{MqttSourceSpec, MqttVersion};
 
 /// Problems of the MQTT source (and of the MQTT sink's connection settings).
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +209,13 @@ impl TopicTemplate {
 /// Live counters of one MQTT source.
 #[derive(Debug, Default)]
 pub struct MqttStats {
-    /// Messages handed to the routers.
+    /// Messages handed to the routers (replayed ones included).
     pub messages: AtomicU64,
+    /// Messages replayed from the ingest log at start-up.
+    pub replayed: AtomicU64,
+    /// Synced appends to the ingest log, and the time they took in total (µs).
+    pub log_appends: AtomicU64,
+    pub log_append_us: AtomicU64,
     /// QoS 1/2 messages acknowledged to the broker.
     pub acked: AtomicU64,
     /// Redeliveries of messages already handed on (acknowledged, not fed again).
@@ -225,12 +239,10 @@ pub struct PendingAck {
     qos: u8,
 }
 
-/// The one place that decides when a QoS 1/2 message is safe to acknowledge.
-///
-/// Today: once its chunk has been handed to the routers (`ChunkFeeder::send`), so a broker
-/// outage or reconnect loses nothing, but a crash of plume can lose the messages of the chunks
-/// in flight. With the ingest log (issue 4: `durable: true`), [`AckGate::release`] is called once
-/// the messages are durable in the RocksDB ingest log instead.
+/// The one place that acknowledges QoS 1/2 messages to the broker. [`run`] calls
+/// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`), or
+/// without the log once its chunk has been handed to the routers (`ChunkFeeder::send`): a
+/// broker outage or reconnect loses nothing either way, a crash of plume only without the log.
 pub struct AckGate {
     client: Client,
     stats: Arc<MqttStats>,
@@ -425,6 +437,46 @@ fn normalize_v5(event: rumqttc::v5::Event) -> Polled {
 }
 
 impl EventLoop {
+    /// Lets rumqttc answer a PUBREL for any packet id with PUBCOMP.
+    ///
+    /// rumqttc forgets its incoming QoS 2 packet ids on every reconnect (and a restarted plume
+    /// never had them), then treats the PUBREL the broker resends for a message we had already
+    /// acknowledged (PUBREC) as unsolicited and drops the connection, again after every
+    /// reconnect (rumqtt issue 664). A PUBREL only ever follows our PUBREC, which we send once
+    /// the message is safe, so completing it is right (MQTT 5 says to answer an unknown PUBREL
+    /// with PUBCOMP). rumqttc's state is only reachable through its public packet handler: feed
+    /// it a QoS 2 publish per packet id (that is what marks an id as awaiting PUBREL) and drop
+    /// the events that produced.
+    fn complete_any_pubrel(&mut self) {
+        match self {
+            EventLoop::V4(e) => {
+                let keep = e.state.events.len();
+                for pkid in 1..=u16::MAX {
+                    let mut p = rumqttc::Publish::new("_", rumqttc::QoS::ExactlyOnce, Vec::new());
+                    p.pkid = pkid;
+                    let _ = e.state.handle_incoming_packet(rumqttc::Packet::Publish(p));
+                }
+                e.state.events.truncate(keep);
+            }
+            EventLoop::V5(e) => {
+                let keep = e.state.events.len();
+                for pkid in 1..=u16::MAX {
+                    let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+                        "_",
+                        rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                        Vec::new(),
+                        None,
+                    );
+                    p.pkid = pkid;
+                    let _ = e
+                        .state
+                        .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::Publish(p));
+                }
+                e.state.events.truncate(keep);
+            }
+        }
+    }
+
     /// Polls once; then takes every event that poll already read (one network read gives many).
     async fn poll_batch(&mut self, out: &mut Vec<Polled>) -> Result<(), String> {
         match self {
@@ -454,6 +506,19 @@ pub struct MqttSource {
     /// Client id when the spec has none: stable across restarts (the persistent session).
     pub default_client_id: String,
     pub stats: Arc<MqttStats>,
+    /// Where the ingest log is (`durable: true` in a run with a data directory).
+    pub ingest: Option<IngestPlan>,
+}
+
+/// Where a durable MQTT source keeps its ingest log.
+#[derive(Debug, Clone)]
+pub struct IngestPlan {
+    /// The log's directory ([`super::ingest::dir_for`]).
+    pub dir: std::path::PathBuf,
+    /// The position the resumed checkpoint recorded for this source (none: replay the log).
+    pub resume_from: Option<u64>,
+    /// Checkpoints kept (`checkpoint.retain`): the log keeps what the oldest of them needs.
+    pub keep_checkpoints: u32,
 }
 
 /// Exponential backoff with full jitter: 100 ms doubling up to 10 s.
@@ -495,11 +560,18 @@ async fn drive(
     let mut down_since: Option<Instant> = None;
     let mut ever_connected = false;
     let mut polled = Vec::new();
+    if qos == 2 {
+        events.complete_any_pubrel();
+    }
     loop {
         polled.clear();
         if let Err(error) = events.poll_batch(&mut polled).await {
             if tx.is_closed() {
                 return;
+            }
+            if qos == 2 {
+                // the failed poll cleared rumqttc's QoS 2 state: before it reconnects
+                events.complete_any_pubrel();
             }
             if stats.connected.swap(false, Ordering::Relaxed) || down_since.is_none() {
                 warn!(source = %name, %error, "mqtt connection lost, reconnecting");
@@ -556,12 +628,94 @@ async fn drive(
 /// Most messages in one chunk.
 const MAX_CHUNK_MESSAGES: usize = 4096;
 
-/// Subscribes and feeds messages until `stop`; then disconnects (what was not handed on stays
-/// unacknowledged, so the broker keeps it for the next run) and ends the source.
+/// A message of the current batch, on its way to the log and the routers.
+struct Taken {
+    topic: String,
+    payload: Vec<u8>,
+    device: Option<String>,
+    at_ms: i64,
+}
+
+/// The durable part of a run: the open log and what to trim.
+struct Durable {
+    log: Arc<IngestLog>,
+    trimmer: Trimmer,
+}
+
+impl Durable {
+    /// Entries below this may go (the oldest checkpoint recovery can fall back to), if more
+    /// than the log already dropped.
+    fn trim(&mut self, durable_checkpoint: u64) -> Option<u64> {
+        self.trimmer
+            .durable(durable_checkpoint)
+            .filter(|&t| t > self.log.first())
+    }
+}
+
+/// Opens the ingest log and replays it from the checkpointed position (on the source thread,
+/// before any live message): every entry there was acknowledged (or is about to be redelivered
+/// and recognised), so the pipeline sees it again exactly as a resumed file is read again.
+fn open_and_replay(
+    plan: &IngestPlan,
+    feeder: &mut ChunkFeeder,
+    template: &TopicTemplate,
+    stats: &MqttStats,
+    stop: &AtomicBool,
+) -> Result<(Durable, FxHashMap<u16, u64>, u64), super::SourceError> {
+    let name = feeder.name.clone();
+    let log = Arc::new(IngestLog::open(&plan.dir, &name)?);
+    let handed = log.handed()?;
+    let mut trimmer = Trimmer::new(plan.keep_checkpoints);
+    let (first, end) = (log.first(), log.next());
+    let mut from = plan.resume_from.unwrap_or(first);
+    if from > end {
+        warn!(source = %name, checkpoint = from, log_end = end, "the checkpoint is ahead of the ingest log: continuing at the log's end");
+        from = end;
+    }
+    if from < first {
+        warn!(source = %name, checkpoint = from, log_first = first, "the ingest log no longer holds the entries from the checkpoint's position: replaying from its oldest entry");
+        from = first;
+    }
+    info!(source = %name, dir = %plan.dir.display(), from, to = end, "mqtt ingest log open");
+    let mut position = from;
+    while position < end && !stop.load(Ordering::Relaxed) {
+        let entries = log.read(position, MAX_CHUNK_MESSAGES)?;
+        let Some(&(last, _)) = entries.last() else { break };
+        let permit = feeder.wait_for_room();
+        let mut messages = Vec::with_capacity(entries.len());
+        for (seq, e) in entries {
+            // a topic the (changed) template no longer takes is skipped, as when it arrived
+            if let Ok(device) = template.capture(&e.topic) {
+                messages.push(Message {
+                    position: format!("topic {} message {seq}", e.topic),
+                    device_hint: device.map(str::to_string),
+                    payload: e.payload,
+                    arrival_ms: e.arrival_ms,
+                });
+            }
+        }
+        if let Some(id) = feeder.poll_barrier() {
+            trimmer.barrier(id, position);
+        }
+        position = last + 1;
+        stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        stats.replayed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        feeder.send(ChunkData::Messages(messages), position, position, permit);
+    }
+    if position > from {
+        info!(source = %name, from, to = position, "mqtt ingest log replayed");
+    }
+    Ok((Durable { log, trimmer }, handed, position))
+}
+
+/// Subscribes and feeds messages until `stop`; then disconnects (what was not acknowledged stays
+/// with the broker for the next run) and ends the source.
 pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> Result<(), super::SourceError> {
     let name = feeder.name.clone();
     let spec = source.spec;
     let client_id = spec.client_id.clone().unwrap_or(source.default_client_id);
+    let stats = source.stats;
+    let template = TopicTemplate::parse(&spec.topic);
     let result = (|| {
         let (client, events) = connect(&spec, &client_id)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -572,28 +726,41 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                 error,
             })?;
         Ok::<_, MqttError>((client, events, runtime))
-    })();
-    let (client, events, runtime) = match result {
+    })()
+    .map_err(super::SourceError::from)
+    .and_then(|(client, events, runtime)| {
+        let durable = match (spec.durable, &source.ingest) {
+            (true, Some(plan)) => Some(open_and_replay(plan, &mut feeder, &template, &stats, &stop)?),
+            (true, None) => {
+                warn!(
+                    source = %name,
+                    "durable: true needs a data directory (checkpoints are off): messages are acknowledged once handed to the routers, and a crash loses those in flight"
+                );
+                None
+            }
+            (false, _) => None,
+        };
+        Ok((client, events, runtime, durable))
+    });
+    let (client, events, runtime, durable) = match result {
         Ok(x) => x,
         Err(e) => {
             feeder.end();
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let template = TopicTemplate::parse(&spec.topic);
+    let (mut durable, mut handed, mut position) = match durable {
+        Some((d, handed, position)) => (Some(d), handed, position),
+        None => (None, FxHashMap::default(), 0),
+    };
     let mut filter = template.filter();
     if let Some(group) = &spec.shared_group {
         filter = format!("$share/{group}/{filter}");
     }
     let qos = spec.qos.level();
-    if spec.durable && spec.qos != Qos::AtMostOnce {
-        info!(
-            source = %name,
-            "the durable ingest log is not built yet: messages are acknowledged once handed to the routers"
-        );
-    }
-    let stats = source.stats;
-    info!(source = %name, url = %spec.url, client_id = %client_id, filter = %filter, qos, "mqtt source starting");
+    let durable_on = durable.is_some();
+    info!(source = %name, url = %spec.url, client_id = %client_id, filter = %filter, qos, durable = durable_on, "mqtt source starting");
+    let mut failure = None;
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);
         let driver = tokio::spawn(drive(
@@ -609,10 +776,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
             client: client.clone(),
             stats: stats.clone(),
         };
-        // packet id -> hash of (topic, payload) of QoS 1/2 messages handed on
-        let mut handed: FxHashMap<u16, u64> = FxHashMap::default();
         let mut mismatched: HashSet<String> = HashSet::new();
-        let mut seq = 0u64;
         let mut pending: Vec<Received> = Vec::new();
         let mut reported = (Instant::now(), 0u64);
         let mut progress = |force: bool| {
@@ -629,7 +793,23 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                     Ok(None) => break,
                     Err(_) => {
                         // idle: checkpoints still need this source's barrier
-                        feeder.poll_barrier();
+                        if let Some(id) = feeder.poll_barrier()
+                            && let Some(d) = durable.as_mut()
+                        {
+                            d.trimmer.barrier(id, position);
+                        }
+                        if let Some(d) = durable.as_mut()
+                            && let Some(trim) = d.trim(feeder.durable_checkpoint())
+                        {
+                            let log = d.log.clone();
+                            let result = tokio::task::spawn_blocking(move || log.append(&[], &[], Some(trim)))
+                                .await
+                                .expect("the ingest log write does not panic");
+                            if let Err(e) = result {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
                         progress(true);
                         continue;
                     }
@@ -645,8 +825,9 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                 p = feeder.room() => p,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
             };
-            let mut messages = Vec::with_capacity(pending.len());
+            let mut taken = Vec::with_capacity(pending.len());
             let mut acks = Vec::new();
+            let mut handed_now = Vec::new();
             for m in pending.drain(..) {
                 if m.qos > 0 {
                     acks.push(PendingAck { pkid: m.pkid, qos: m.qos });
@@ -657,6 +838,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                         continue;
                     }
                     handed.insert(m.pkid, hash);
+                    handed_now.push((m.pkid, hash));
                 }
                 let device = match template.capture(&m.topic) {
                     Ok(device) => device.map(str::to_string),
@@ -668,17 +850,61 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
                         continue;
                     }
                 };
-                seq += 1;
-                messages.push(Message {
-                    position: format!("topic {} message {seq}", m.topic),
-                    device_hint: device,
+                taken.push(Taken {
+                    topic: m.topic,
                     payload: m.payload,
-                    arrival_ms: m.at_ms,
+                    device,
+                    at_ms: m.at_ms,
                 });
             }
-            if !messages.is_empty() {
-                stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                feeder.send(ChunkData::Messages(messages), seq, seq, permit);
+            let start = match durable.as_mut() {
+                // durable: the entries (and their packet ids) are synced to the log first
+                Some(d) if !taken.is_empty() || !handed_now.is_empty() => {
+                    let encoded: Vec<Vec<u8>> = taken
+                        .iter()
+                        .map(|t| encode_entry(&t.topic, &t.payload, t.at_ms))
+                        .collect();
+                    let trim = d.trim(feeder.durable_checkpoint());
+                    let log = d.log.clone();
+                    let began = Instant::now();
+                    let result = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim))
+                        .await
+                        .expect("the ingest log write does not panic");
+                    stats.log_appends.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .log_append_us
+                        .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    match result {
+                        Ok(start) => start,
+                        Err(e) => {
+                            // nothing of this batch is acknowledged: the broker keeps it
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                _ => position,
+            };
+            if !taken.is_empty() {
+                if let Some(id) = feeder.poll_barrier()
+                    && let Some(d) = durable.as_mut()
+                {
+                    d.trimmer.barrier(id, position);
+                }
+                let n = taken.len() as u64;
+                let messages = taken
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| Message {
+                        position: format!("topic {} message {}", t.topic, start + i as u64 + u64::from(!durable_on)),
+                        device_hint: t.device,
+                        payload: t.payload,
+                        arrival_ms: t.at_ms,
+                    })
+                    .collect();
+                position = start + n;
+                stats.messages.fetch_add(n, Ordering::Relaxed);
+                feeder.send(ChunkData::Messages(messages), position, position, permit);
             }
             gate.release(&acks).await;
             progress(false);
@@ -688,9 +914,15 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
         // let the disconnect go out, then stop polling
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     });
+    if let Some(e) = &failure {
+        error!(source = %name, error = %e, "mqtt source stopped: the ingest log cannot be written");
+    }
     info!(
         source = %name,
         messages = stats.messages.load(Ordering::Relaxed),
+        replayed = stats.replayed.load(Ordering::Relaxed),
+        log_appends = stats.log_appends.load(Ordering::Relaxed),
+        log_append_ms = stats.log_append_us.load(Ordering::Relaxed) / 1000,
         acked = stats.acked.load(Ordering::Relaxed),
         duplicates = stats.duplicates.load(Ordering::Relaxed),
         topic_mismatches = stats.topic_mismatches.load(Ordering::Relaxed),
@@ -698,8 +930,9 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -
         disconnected_ms = stats.disconnected_ms.load(Ordering::Relaxed),
         "mqtt source stopped"
     );
+    drop(durable);
     feeder.end();
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 fn content_hash(topic: &str, payload: &[u8]) -> u64 {
@@ -749,6 +982,48 @@ mod tests {
     fn a_missing_password_variable_names_the_variable_only() {
         let e = password(Some("PLUME_TEST_SURELY_UNSET_VAR")).unwrap_err().to_string();
         assert!(e.contains("PLUME_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn a_pubrel_rumqttc_forgot_is_completed_after_a_reconnect() {
+        // rumqttc alone: a PUBREL for a packet id it has no state for is an error (rumqtt #664)
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (_c, mut plain) = rumqttc::AsyncClient::new(options.clone(), 10);
+        assert!(
+            plain
+                .state
+                .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(7)))
+                .is_err()
+        );
+        let (_c, e) = rumqttc::AsyncClient::new(options, 10);
+        let mut events = EventLoop::V4(Box::new(e));
+        events.complete_any_pubrel();
+        let EventLoop::V4(e) = &mut events else { unreachable!() };
+        assert!(e.state.events.is_empty(), "no made-up events are left");
+        for pkid in [1, 7, u16::MAX] {
+            let out = e
+                .state
+                .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(pkid)))
+                .unwrap();
+            assert!(
+                matches!(&out, Some(rumqttc::Packet::PubComp(c)) if c.pkid == pkid),
+                "{out:?}"
+            );
+        }
+        let options = rumqttc::v5::MqttOptions::new("t", "127.0.0.1", 1);
+        let (_c, e) = rumqttc::v5::AsyncClient::new(options, 10);
+        let mut events = EventLoop::V5(Box::new(e));
+        events.complete_any_pubrel();
+        let EventLoop::V5(e) = &mut events else { unreachable!() };
+        let pubrel = rumqttc::v5::mqttbytes::v5::PubRel::new(9, None);
+        let out = e
+            .state
+            .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::PubRel(pubrel))
+            .unwrap();
+        assert!(
+            matches!(&out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! live/                  RocksDB: column families devices, positions, outbox, meta
 //! retained/<id>/         a RocksDB checkpoint of live/ right after checkpoint <id>, and
 //! retained/<id>/plume-manifest.json
+//! ingest/<hash>/         a durable MQTT source's ingest log (`sources::ingest`), outside
+//!                        the checkpoints, which record positions in it
 //! ```
 //! Device state, positions and the checkpoint record in `live/` only ever change by one synced
 //! write batch per checkpoint, so they always hold exactly the last complete checkpoint. The

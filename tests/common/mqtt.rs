@@ -146,9 +146,16 @@ impl Plume {
     }
 
     pub fn run_with_env(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(pipeline, url, output, env, &[])
+    }
+
+    /// `plume run PIPELINE --data-dir OUT.state ARGS…` with the broker url and output in the
+    /// environment.
+    pub fn spawn(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
         let mut child = plume()
             .arg("run")
             .arg(pipeline)
+            .args(args)
             // state and checkpoints next to the output, one directory per output file
             .arg("--data-dir")
             .arg(output.with_extension("state"))
@@ -230,6 +237,22 @@ impl Plume {
     }
 }
 
+impl Plume {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to drain, flush or checkpoint; returns the log so far.
+    pub fn kill(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.log_text()
+    }
+}
+
 impl Drop for Plume {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -241,7 +264,7 @@ impl Drop for Plume {
 // publishing
 
 /// Publishes `(topic, payload)` pairs in order with QoS `qos` from one client, and waits until
-/// the broker has acknowledged every QoS 1 message.
+/// the broker has acknowledged every QoS 1 message (completed every QoS 2 one).
 pub fn publish_all(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], qos: rumqttc::QoS) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -258,7 +281,7 @@ pub fn publish_all(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], q
             let (mut acks, mut sent) = (0usize, 0usize);
             loop {
                 match events.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acks += 1,
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_))) => acks += 1,
                     Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent += 1,
                     Ok(_) => {}
                     Err(e) => panic!("publisher: {e}"),
