@@ -87,10 +87,18 @@ impl Tansu {
     /// batch that holds the offset; `tests/kafka.rs` probes this). With one-record batches
     /// every offset a consumer resumes from is the start of a batch.
     pub fn produce(&self, topic: &str, records: &[(String, Vec<u8>)]) {
+        self.produce_with(topic, records, false)
+    }
+
+    /// [`Tansu::produce`], in batches of up to 10 000 records when `batched` (for a consumer
+    /// that reads from the start only: see above).
+    pub fn produce_with(&self, topic: &str, records: &[(String, Vec<u8>)], batched: bool) {
+        let (linger, batch) = if batched { ("20", "10000") } else { ("0", "1") };
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", self.brokers())
-            .set("linger.ms", "0")
-            .set("batch.num.messages", "1")
+            .set("linger.ms", linger)
+            .set("batch.num.messages", batch)
+            .set("queue.buffering.max.messages", "1000000")
             .set("acks", "all")
             .create()
             .expect("producer");
@@ -107,7 +115,7 @@ impl Tansu {
             }
             producer.poll(Duration::ZERO);
         }
-        producer.flush(Duration::from_secs(60)).expect("every record delivered");
+        producer.flush(Duration::from_secs(600)).expect("every record delivered");
     }
 
     /// Reads `topic` from the beginning until `n` records arrived (or `timeout`): `(key, value,
