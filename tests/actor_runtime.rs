@@ -64,6 +64,7 @@ fn plan(pipeline: &CompiledPipeline, sink: &MemorySink) -> OutputPlan {
     OutputPlan {
         sinks: vec![Box::new(sink.clone())],
         routes: RouteTable::everything_to(pipeline, 0),
+        dead_letters: Default::default(),
     }
 }
 
