@@ -35,7 +35,7 @@ pub struct ShardCheckpointed {
     pub id: u64,
     pub shard: usize,
     /// `(device key, encoded snapshot)` of the devices changed since the last checkpoint.
-    pub devices: Vec<(Vec<u8>, Vec<u8>)>,
+    pub devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)>,
     pub positions: Vec<SourcePosition>,
     /// Undecodable payloads this shard's router reported in this process.
     pub dead_letters: u64,
@@ -170,9 +170,10 @@ impl Checkpointer {
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
                     let started = Instant::now();
+                    let record = job.write.record.clone();
                     let result = store
-                        .commit(&job.write)
-                        .and_then(|()| store.retain(&job.write.record, job.retain))
+                        .commit(job.write)
+                        .and_then(|()| store.retain(&record, job.retain))
                         .map(|()| started.elapsed())
                         .map_err(|e| e.to_string());
                     let _ = job.reply.send(result);
@@ -237,7 +238,7 @@ impl Checkpointer {
         let new_devices: u64 = parts.iter().map(|s| s.new_devices).sum();
         let dead_letters = self.dead_letters_base + parts.iter().map(|s| s.dead_letters).sum::<u64>();
         let pause = parts.iter().map(|s| s.pause).max().unwrap_or_default();
-        let devices: Vec<(Vec<u8>, Vec<u8>)> = parts.into_iter().flat_map(|s| s.devices).collect();
+        let devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)> = parts.into_iter().flat_map(|s| s.devices).collect();
         let record = CheckpointRecord {
             id,
             pipeline: self.settings.pipeline.name.clone(),

@@ -131,7 +131,7 @@ struct ActiveDevice {
 
 /// A passivated device's encoded state, kept until the store holds it.
 struct PassiveDevice {
-    bytes: Vec<u8>,
+    bytes: crate::store::SnapshotBytes,
     /// Changed since the last checkpoint that included it.
     dirty: bool,
     /// When clean: the checkpoint whose durability makes this copy redundant.
@@ -317,7 +317,7 @@ impl ShardSupervisor {
                 act.passive.insert(
                     device,
                     PassiveDevice {
-                        bytes,
+                        bytes: Arc::new(bytes),
                         dirty,
                         clean_as_of,
                     },
@@ -399,7 +399,7 @@ impl Handler<FinishShard> for ShardSupervisor {
         let flush = self.local.pipeline.spec.shutdown.flush;
         // passive devices: restore and flush right here (no actor needed)
         let mut totals = ShardTotals::default();
-        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self.passive.drain().map(|(k, p)| (k, p.bytes)).collect();
+        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self.passive.drain().map(|(k, p)| (k, Arc::unwrap_or_clone(p.bytes))).collect();
         // devices only in the store (not seen in this run) end too
         let in_memory: rustc_hash::FxHashSet<Arc<str>> = passive.iter().map(|(d, _)| d.clone()).collect();
         if let Some(c) = &self.checkpointing {
@@ -484,7 +484,7 @@ impl Handler<ShardBarrier> for ShardSupervisor {
             let key_groups = act.key_groups();
             let mut devices = Vec::new();
             for (device, bytes) in replies.unwrap_or_default() {
-                devices.push((device_key(key_group_of(&device, key_groups), &device), bytes));
+                devices.push((device_key(key_group_of(&device, key_groups), &device), Arc::new(bytes)));
             }
             for (device, p) in act.passive.iter_mut() {
                 if p.dirty {

@@ -231,11 +231,16 @@ impl PipelineIdentity {
     }
 }
 
+/// An encoded device snapshot, shared between a shard's passive copy and the checkpoint that
+/// writes it (a million passive devices' states are not copied for the final checkpoint).
+pub type SnapshotBytes = Arc<Vec<u8>>;
+
 /// What one checkpoint writes.
 pub struct CheckpointWrite {
     pub record: CheckpointRecord,
-    /// `(device key, encoded DeviceSnapshot)` of every device changed since the last one.
-    pub devices: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `(device key, encoded DeviceSnapshot)` of every device changed since the last one (shared
+    /// with the shards' passive copies, not copied).
+    pub devices: Vec<(Vec<u8>, SnapshotBytes)>,
 }
 
 /// The live state of one data directory.
@@ -513,13 +518,14 @@ impl StateStore {
     /// Writes one checkpoint: every changed device, the source positions and the record, in
     /// one synced batch. Blocking: call it from the checkpoint writer thread only.
     #[instrument(skip_all, fields(checkpoint = write.record.id, devices = write.devices.len()))]
-    pub fn commit(&self, write: &CheckpointWrite) -> Result<(), StoreError> {
+    pub fn commit(&self, write: CheckpointWrite) -> Result<(), StoreError> {
         let devices = self.db.cf_handle(CF_DEVICES).expect("column family");
         let positions = self.db.cf_handle(CF_POSITIONS).expect("column family");
         let meta = self.db.cf_handle(CF_META).expect("column family");
         let mut batch = WriteBatch::default();
-        for (key, snapshot) in &write.devices {
-            batch.put_cf(devices, key, seal(snapshot));
+        // each state is dropped as soon as the batch has its copy: the batch, not both, at the peak
+        for (key, snapshot) in write.devices {
+            batch.put_cf(devices, key, seal(&snapshot));
         }
         for p in &write.record.sources {
             batch.put_cf(positions, p.name.as_bytes(), seal(&bincode_encode(p)));
