@@ -133,26 +133,6 @@ fn file_run(dir: &Path, input: &Path) -> PathBuf {
     out
 }
 
-/// Output records by device without their ids (which hash the pipeline name).
-fn records_without_ids(lines: BTreeMapLines) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
-    lines
-        .into_iter()
-        .map(|(device, lines)| {
-            let records = lines
-                .iter()
-                .map(|l| {
-                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    let o = v.as_object_mut().unwrap();
-                    o.remove("id");
-                    o.remove("pipeline");
-                    v
-                })
-                .collect();
-            (device, records)
-        })
-        .collect()
-}
-
 type BTreeMapLines = std::collections::BTreeMap<String, Vec<String>>;
 
 fn assert_same_records(a: BTreeMapLines, b: BTreeMapLines) {

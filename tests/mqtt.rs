@@ -40,29 +40,12 @@ fn file_run(dir: &Path, input: &Path) -> PathBuf {
     out
 }
 
-/// Output records by device without their ids (which hash the pipeline name).
-fn records_without_ids(path: &Path) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
-    lines_by_device(path)
-        .into_iter()
-        .map(|(device, lines)| {
-            let records = lines
-                .iter()
-                .map(|l| {
-                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    let o = v.as_object_mut().unwrap();
-                    o.remove("id");
-                    o.remove("pipeline");
-                    v
-                })
-                .collect();
-            (device, records)
-        })
-        .collect()
-}
-
 fn assert_same_as_file_run(mqtt_out: &Path, file_out: &Path) {
     assert_eq!(aq1_summary(mqtt_out), aq1_summary(file_out));
-    let (a, b) = (records_without_ids(mqtt_out), records_without_ids(file_out));
+    let (a, b) = (
+        records_without_ids(lines_by_device(mqtt_out)),
+        records_without_ids(lines_by_device(file_out)),
+    );
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (device, records) in &a {
         assert_eq!(records, &b[device], "device {device}");

@@ -583,6 +583,14 @@ impl Checker<'_> {
                     }
                     self.not_empty(path.key("group"), "`group`", &k.group);
                     self.kafka_secrets(&path, &k.properties, &k.secret_properties_env);
+                    if k.time_from == crate::config::KafkaTimeFrom::Record
+                        && matches!(&self.pipeline.decode.time, Some(Some(t)) if t.field.is_some())
+                    {
+                        self.report(
+                            path.key("time_from"),
+                            "`time_from: record` uses the record timestamp, but `decode.time.field` takes the time from the payload: remove one of them",
+                        );
+                    }
                     let device_field = self.pipeline.decode.device.as_ref().and_then(|d| d.field.as_ref());
                     if k.device_from == KafkaDeviceFrom::Payload
                         && self.pipeline.decode.device.is_some()

@@ -107,6 +107,27 @@ pub fn lines_by_device(output: &Path) -> BTreeMap<String, Vec<String>> {
     map
 }
 
+/// Output records by device (as [`lines_by_device`] groups them) without their ids and pipeline
+/// names (ids hash the pipeline name, so runs of differently named pipelines compare equal).
+pub fn records_without_ids(lines: BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<serde_json::Value>> {
+    lines
+        .into_iter()
+        .map(|(device, lines)| {
+            let records = lines
+                .iter()
+                .map(|l| {
+                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let o = v.as_object_mut().unwrap();
+                    o.remove("id");
+                    o.remove("pipeline");
+                    v
+                })
+                .collect();
+            (device, records)
+        })
+        .collect()
+}
+
 pub fn assert_same_output(a: &Path, b: &Path) {
     let (x, y) = (lines_by_device(a), lines_by_device(b));
     assert_eq!(x.len(), y.len(), "different device sets");
