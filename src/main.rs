@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use plume::config::{self, DurationSpec, SourceSpec};
+
+// mimalloc: less memory per idle device than glibc's allocator after bursts of activations
+// (BENCHMARKS.md, "Memory per idle active device")
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use plume::engine::{self, InputOverride, RunOptions, RuntimeOptions};
 use plume::pipeline::CompiledPipeline;
 
