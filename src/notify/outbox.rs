@@ -4,7 +4,8 @@
 //! the pipeline (same deterministic id) is recognised as already acknowledged and not sent again.
 //!
 //! [`Outbox`] is the contract; [`StoreOutbox`] keeps it in the RocksDB state store (column
-//! family `outbox`, written through: every method is one synced write), [`MemoryOutbox`] in
+//! family `outbox`, written through: `put` and `dead_letter` synced, acknowledgements to the
+//! log without an fsync), [`MemoryOutbox`] in
 //! memory (runs without a store, and tests).
 //!
 //! # Layout of the `outbox` column family
@@ -85,8 +86,10 @@ pub struct DeadLetter {
 
 /// The durable outbox of one notifier sink (the implementation keys it by the sink's name).
 ///
-/// Every method must be durable when it returns (the store writes through, or within the same
-/// atomic write as the checkpoint that covers the records the entries came from).
+/// `put` and `dead_letter` must be durable when they return (the store writes through, or within
+/// the same atomic write as the checkpoint that covers the records the entries came from);
+/// `acknowledge` must survive a crash of the process (losing one to a power cut repeats one
+/// delivery, with the same id).
 pub trait Outbox: Send + Sync + 'static {
     /// Records `entries` as pending, in order, before any delivery attempt. An entry whose id is
     /// already pending or already acknowledged is skipped; returns the entries that were added
@@ -322,8 +325,9 @@ impl Default for AckRetention {
     }
 }
 
-/// The outbox of one notifier sink in the state store. Every method is one synced RocksDB write
-/// (blocking: call it from the sink thread or a blocking task, never on an async worker).
+/// The outbox of one notifier sink in the state store. Every method is one RocksDB write batch,
+/// synced except acknowledgements (see `write_unsynced`) (blocking: call it from the sink thread
+/// or a blocking task, never on an async worker).
 pub struct StoreOutbox {
     store: Arc<StateStore>,
     ns: String,
@@ -381,6 +385,14 @@ impl StoreOutbox {
         self.store.db().write_opt(batch, &options).map_err(rocks)
     }
 
+    /// Written to RocksDB's log without waiting for the disk: a crash of plume keeps it (the
+    /// operating system has it); a power cut may forget the newest ones, and the next synced
+    /// write makes them durable too (the log is written in order). Used for acknowledgements:
+    /// one forgotten means one delivery repeated with the same id, which receivers deduplicate.
+    fn write_unsynced(&self, batch: WriteBatch) -> Result<(), OutboxError> {
+        self.store.db().write(batch).map_err(rocks)
+    }
+
     /// Every value under `tag` of this namespace, in key order.
     fn scan(&self, tag: u8) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), OutboxError>> + '_ {
         let prefix = self.key(tag, &[]);
@@ -427,7 +439,7 @@ impl StoreOutbox {
         );
         self.forget_old_acks(&mut batch, &mut next, now_ms)?;
         batch.put_cf(self.cf(), outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
-        self.write(batch)?;
+        self.write_unsynced(batch)?;
         *meta = next;
         Ok(())
     }
