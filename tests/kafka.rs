@@ -3,121 +3,67 @@
 //! the output compared with the file run of the same readings.
 
 mod common;
+#[path = "common/child.rs"]
+mod child;
 #[path = "common/kafka.rs"]
 mod kafka_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use child::LoggedChild;
 use kafka_support::{Tansu, aq1_records};
 
 /// plume running the Kafka pipeline, its log collected.
-struct Plume {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+struct Plume(LoggedChild);
 
 impl Plume {
     fn start(pipeline: &Path, broker: &Tansu, topic: &str, group: &str, output: &Path, extra: &[&str]) -> Self {
-        let mut child = plume()
-            .arg("run")
-            .arg(pipeline)
-            .arg("--data-dir")
-            .arg(output.with_extension("state"))
-            .args(extra)
-            .env("PLUME_KAFKA_BROKERS", broker.brokers())
-            .env("PLUME_KAFKA_TOPIC", topic)
-            .env("PLUME_KAFKA_GROUP", group)
-            .env("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000")
-            .env("PLUME_OUTPUT", output)
-            .env("PLUME_LOG", std::env::var("PLUME_TEST_LOG").unwrap_or("warn,plume::sources::kafka=info".into()))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("plume runs");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line);
-                }
-            })
-        };
-        Plume {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn count(&self, text: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).count()
+        Plume(LoggedChild::spawn(
+            plume()
+                .arg("run")
+                .arg(pipeline)
+                .arg("--data-dir")
+                .arg(output.with_extension("state"))
+                .args(extra)
+                .env("PLUME_KAFKA_BROKERS", broker.brokers())
+                .env("PLUME_KAFKA_TOPIC", topic)
+                .env("PLUME_KAFKA_GROUP", group)
+                .env("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000")
+                .env("PLUME_OUTPUT", output)
+                .env(
+                    "PLUME_LOG",
+                    std::env::var("PLUME_TEST_LOG").unwrap_or("warn,plume::sources::kafka=info".into()),
+                )
+                .env("NO_COLOR", "1"),
+        ))
     }
 
     /// Log lines saying it has read every partition of the topic to its end.
     fn caught_up_on_all(&self) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("kafka source caught up") && l.contains(&format!("partitions={PARTITIONS}")))
-            .count()
+        self.0.count(&["kafka source caught up", &format!("partitions={PARTITIONS}")])
     }
 
     fn wait_caught_up_on_all(&self, timeout: Duration) {
-        let started = Instant::now();
-        while self.caught_up_on_all() == 0 {
-            assert!(started.elapsed() < timeout, "not caught up:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_logged(&["kafka source caught up", &format!("partitions={PARTITIONS}")], 1, timeout);
     }
 
     fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.0.log_text()
     }
 
-    /// Waits until the log has `text` at least `n` times.
     fn wait_logged(&self, text: &str, n: usize, timeout: Duration) {
-        let started = Instant::now();
-        while self.count(text) < n {
-            assert!(
-                started.elapsed() < timeout,
-                "timed out waiting for `{text}` x{n}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_logged(&[text], n, timeout);
     }
 
-    /// Ctrl-C, then the graceful end.
-    fn interrupt(mut self) -> String {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        let text = self.log_text();
-        assert!(status.success(), "plume failed ({status}):\n{text}");
-        text
+    fn interrupt(self) -> String {
+        self.0.interrupt()
     }
 
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Plume {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        self.0.kill();
     }
 }
 
@@ -329,7 +275,7 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     let before = b.caught_up_on_all();
     let started = Instant::now();
     while b.caught_up_on_all() == before {
-        let quiet = b.log.lock().unwrap().iter().rev().find(|l| l.contains("kafka")).is_some_and(|l| l.contains("caught up"));
+        let quiet = b.0.newest(|l| l.contains("kafka").then(|| l.contains("caught up"))).unwrap_or(false);
         if started.elapsed() > Duration::from_secs(20) && quiet {
             break;
         }

@@ -2,11 +2,9 @@
 //! whose log is read, and a publisher. Shared by `tests/mqtt.rs` and `benches/mqtt.rs`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn plume() -> Command {
@@ -116,29 +114,13 @@ impl Drop for Mosquitto {
 // ---------------------------------------------------------------------------------------------
 // plume as a subprocess
 
-/// The log line without terminal colour codes.
-pub fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use child::LoggedChild;
 
-pub struct Plume {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+#[path = "child.rs"]
+pub mod child;
+
+/// plume running an MQTT pipeline, its log collected.
+pub struct Plume(LoggedChild);
 
 impl Plume {
     pub fn run(pipeline: &Path, url: &str, output: &Path) -> Self {
@@ -152,54 +134,34 @@ impl Plume {
     /// `plume run PIPELINE --data-dir OUT.state ARGS…` with the broker url and output in the
     /// environment.
     pub fn spawn(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
-        let mut child = plume()
-            .arg("run")
-            .arg(pipeline)
-            .args(args)
-            // state and checkpoints next to the output, one directory per output file
-            .arg("--data-dir")
-            .arg(output.with_extension("state"))
-            .env("PLUME_MQTT_URL", url)
-            .env("PLUME_OUTPUT", output)
-            .env("PLUME_LOG", "warn,plume::sources::mqtt=debug,plume::broker=info")
-            .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("plume runs");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let reader = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(strip_ansi(&line));
-                }
-            })
-        };
-        Plume {
-            child,
-            log,
-            reader: Some(reader),
-        }
+        Plume(LoggedChild::spawn(
+            plume()
+                .arg("run")
+                .arg(pipeline)
+                .args(args)
+                // state and checkpoints next to the output, one directory per output file
+                .arg("--data-dir")
+                .arg(output.with_extension("state"))
+                .env("PLUME_MQTT_URL", url)
+                .env("PLUME_OUTPUT", output)
+                .env("PLUME_LOG", "warn,plume::sources::mqtt=debug,plume::broker=info")
+                .env("NO_COLOR", "1")
+                .envs(env.iter().copied()),
+        ))
     }
 
     pub fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+        self.0.logged(text)
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.0.log_text()
     }
 
     /// Messages the MQTT source has handed to the routers (its latest progress line).
     pub fn messages(&self) -> u64 {
-        let log = self.log.lock().unwrap();
-        log.iter()
-            .rev()
-            .find_map(|l| {
+        self.0
+            .newest(|l| {
                 let i = l.find("messages=")?;
                 l[i + 9..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
             })
@@ -227,36 +189,17 @@ impl Plume {
     }
 
     /// Ctrl-C, then waits for the graceful end; returns the log.
-    pub fn interrupt(mut self) -> String {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        let text = self.log_text();
-        assert!(status.success(), "plume failed ({status}):\n{text}");
-        text
+    pub fn interrupt(self) -> String {
+        self.0.interrupt()
     }
-}
 
-impl Plume {
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// SIGKILL: no chance to drain, flush or checkpoint; returns the log so far.
-    pub fn kill(mut self) -> String {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        self.log_text()
-    }
-}
-
-impl Drop for Plume {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(self) -> String {
+        self.0.kill()
     }
 }
 
