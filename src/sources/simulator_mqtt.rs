@@ -4,8 +4,8 @@
 //! [`use_embedded_broker`] rewrites a demo pipeline: an embedded broker on `port`, and one MQTT
 //! source on `sensors/{device}/air` instead of its simulator. [`spawn_publisher`] runs the
 //! simulator on its own thread and publishes every reading (QoS 1) to `sensors/<device>/air`;
-//! when the simulated duration is over and the broker has acknowledged everything, it asks the
-//! process to stop the way Ctrl-C does.
+//! when the simulated duration is over and the broker has acknowledged everything, it stops the
+//! run the way Ctrl-C does (the same stop flag), without Ctrl-C's warning.
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ pub fn use_embedded_broker(spec: &mut PipelineSpec, port: u16) {
 }
 
 /// Publishes the simulated fleet's readings to the broker on `port` until the simulated
-/// `duration` is over, then raises SIGINT (the graceful stop of `plume run`).
+/// `duration` is over, then sets the run's stop flag (the graceful stop of `plume run`).
 pub fn spawn_publisher(sim: SimulatorSourceSpec, port: u16) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("simulator publisher".into())
@@ -53,8 +53,8 @@ pub fn spawn_publisher(sim: SimulatorSourceSpec, port: u16) -> std::thread::Join
                 .build()
                 .expect("a current-thread runtime");
             runtime.block_on(publish(sim, port));
-            // SAFETY: raising a signal on our own process; tokio's Ctrl-C handler takes it
-            unsafe { libc::raise(libc::SIGINT) };
+            info!("the demo's simulated time is over: stopping");
+            crate::engine::catch_interrupts().store(true, std::sync::atomic::Ordering::Relaxed);
         })
         .expect("spawning the simulator publisher")
 }
