@@ -341,3 +341,60 @@ fn with_one_record_batches_a_fetch_from_any_offset_starts_there() {
         assert_eq!(first, (start, Some(format!("v{start}"))), "fetch from {start}");
     }
 }
+
+#[test]
+fn the_record_timestamp_can_be_the_event_time() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start();
+    broker.create_topic("air", 1);
+    // payloads without a time: the record timestamps are one minute apart, starting at 00:00
+    let start: i64 = 1_767_225_600_000;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for i in 0..5i64 {
+        let payload = format!(r#"{{"pm25":{}.0}}"#, 10 + i);
+        producer
+            .send(BaseRecord::to("air").key("room-1").payload(&payload).timestamp(start + i * 60_000 + 1_000))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let pipeline = dir.path().join("record-time.yaml");
+    std::fs::write(
+        &pipeline,
+        r#"version: 1
+pipeline: record-time
+sources:
+  - kafka: { brokers: "${PLUME_KAFKA_BROKERS}", topics: [air], group: t, time_from: record }
+decode:
+  device: { field: device }
+  fields:
+    pm25: { type: float, required: true }
+operators:
+  - window: { name: w, every: 60s, aggregates: { pm25: [max] } }
+outputs:
+  - when: all
+    to:
+      - file: { path: "${PLUME_OUTPUT}" }
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let plume = Plume::start(&pipeline, &broker, "air", "t", &out, &[]);
+    plume.wait_logged("kafka source caught up", 1, Duration::from_secs(60));
+    plume.interrupt();
+    let windows: Vec<(i64, f64)> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "window")
+        .map(|v| (v["window_start"].as_i64().unwrap(), v["pm25_max"].as_f64().unwrap()))
+        .collect();
+    // one window per record, at the record's minute (the device id from the key)
+    let expected: Vec<(i64, f64)> = (0..5).map(|i| (start + i * 60_000, (10 + i) as f64)).collect();
+    assert_eq!(windows, expected);
+}
