@@ -550,7 +550,6 @@ fn plan_sources(pipeline: &CompiledPipeline, options: &RunOptions) -> Result<Vec
                 format!("kafka:{}", k.topics.join(",")),
                 SourcePlan::Kafka(Box::new(crate::sources::kafka::KafkaSource {
                     spec: k.clone(),
-                    name: format!("kafka:{}", k.topics.join(",")),
                     decoder: pipeline.decoder.clone(),
                     store: None,
                     pipeline: None,

@@ -543,23 +543,9 @@ impl Checker<'_> {
                 }
                 SourceSpec::Mqtt(m) => {
                     let path = path.key("mqtt");
-                    if let Err(e) = check_url(&m.url, &["mqtt", "mqtts"], false) {
-                        self.report(path.key("url"), e);
-                    }
+                    self.mqtt_connection(&path, &m.url, &m.username, &m.password_env, &m.ca_file, &m.client_id);
                     if let Err(e) = check_subscribe_topic(&m.topic) {
                         self.report(path.key("topic"), e);
-                    }
-                    if let Some(name) = &m.password_env {
-                        self.env_name(path.key("password_env"), name);
-                    }
-                    if m.password_env.is_some() && m.username.is_none() {
-                        self.report(path.key("password_env"), "`password_env` needs `username`");
-                    }
-                    if m.ca_file.is_some() && !m.url.starts_with("mqtts://") {
-                        self.report(path.key("ca_file"), "`ca_file` is used only with an `mqtts://` url");
-                    }
-                    if let Some(id) = &m.client_id {
-                        self.not_empty(path.key("client_id"), "`client_id`", id);
                     }
                     if let Some(group) = &m.shared_group {
                         if group.is_empty() || group.contains(['/', '+', '#']) {
@@ -603,6 +589,33 @@ impl Checker<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// What an MQTT source and sink share: url, credentials, TLS CA, client id.
+    fn mqtt_connection(
+        &mut self,
+        path: &Path,
+        url: &str,
+        username: &Option<String>,
+        password_env: &Option<String>,
+        ca_file: &Option<String>,
+        client_id: &Option<String>,
+    ) {
+        if let Err(e) = check_url(url, &["mqtt", "mqtts"], false) {
+            self.report(path.key("url"), e);
+        }
+        if let Some(name) = password_env {
+            self.env_name(path.key("password_env"), name);
+        }
+        if password_env.is_some() && username.is_none() {
+            self.report(path.key("password_env"), "`password_env` needs `username`");
+        }
+        if ca_file.is_some() && !url.starts_with("mqtts://") {
+            self.report(path.key("ca_file"), "`ca_file` is used only with an `mqtts://` url");
+        }
+        if let Some(id) = client_id {
+            self.not_empty(path.key("client_id"), "`client_id`", id);
         }
     }
 
@@ -1144,23 +1157,9 @@ impl Checker<'_> {
             }
             SinkSpec::Mqtt(m) => {
                 let path = path.key("mqtt");
-                if let Err(e) = check_url(&m.url, &["mqtt", "mqtts"], false) {
-                    self.report(path.key("url"), e);
-                }
+                self.mqtt_connection(&path, &m.url, &m.username, &m.password_env, &m.ca_file, &m.client_id);
                 if let Err(e) = check_publish_topic(&m.topic) {
                     self.report(path.key("topic"), e);
-                }
-                if let Some(name) = &m.password_env {
-                    self.env_name(path.key("password_env"), name);
-                }
-                if m.password_env.is_some() && m.username.is_none() {
-                    self.report(path.key("password_env"), "`password_env` needs `username`");
-                }
-                if m.ca_file.is_some() && !m.url.starts_with("mqtts://") {
-                    self.report(path.key("ca_file"), "`ca_file` is used only with an `mqtts://` url");
-                }
-                if let Some(id) = &m.client_id {
-                    self.not_empty(path.key("client_id"), "`client_id`", id);
                 }
             }
             SinkSpec::Kafka(k) => {

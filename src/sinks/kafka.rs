@@ -26,19 +26,25 @@ use crate::output::OutputRecord;
 pub const MAX_RESENDS: u32 = 5;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A record to produce: key, value, id.
-#[derive(Clone)]
-struct Outgoing {
-    key: String,
-    value: String,
-    id: String,
+/// What a produced record carries to its delivery report: its id and how often it was sent
+/// again. Key and value stay in the producer's copy; a failed record is rebuilt from the report.
+struct Attempt {
+    id: Option<String>,
     resends: u32,
+}
+
+/// A record whose delivery failed, to be produced again.
+struct Failed {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    attempt: Attempt,
+    error: String,
 }
 
 #[derive(Default)]
 struct Deliveries {
     delivered: u64,
-    failed: Vec<(Outgoing, String)>,
+    failed: Vec<Failed>,
 }
 
 struct SinkContext {
@@ -48,16 +54,18 @@ struct SinkContext {
 impl ClientContext for SinkContext {}
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = Box<Outgoing>;
+    type DeliveryOpaque = Box<Attempt>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, outgoing: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, attempt: Self::DeliveryOpaque) {
         let mut d = self.deliveries.lock().expect("deliveries lock");
         match result {
             Ok(_) => d.delivered += 1,
-            Err((e, m)) => {
-                let _ = m.topic();
-                d.failed.push((*outgoing, e.to_string()));
-            }
+            Err((e, m)) => d.failed.push(Failed {
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                attempt: *attempt,
+                error: e.to_string(),
+            }),
         }
     }
 }
@@ -67,7 +75,6 @@ pub struct KafkaSink {
     topic: String,
     producer: ThreadedProducer<SinkContext>,
     deliveries: Arc<Mutex<Deliveries>>,
-    written: u64,
 }
 
 fn error(sink: &str, operation: &'static str, message: impl ToString) -> SinkError {
@@ -81,32 +88,21 @@ fn error(sink: &str, operation: &'static str, message: impl ToString) -> SinkErr
 impl KafkaSink {
     pub fn connect(spec: &KafkaSinkSpec, client_id: &str) -> Result<Self, SinkError> {
         let name = format!("kafka:{}", spec.topic);
-        let mut config = crate::sources::kafka::client_config(
+        let defaults = [
+            ("client.id", client_id.to_string()),
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("linger.ms", "5".into()),
+            ("message.timeout.ms", "30000".into()),
+        ];
+        let config = crate::sources::kafka::client_config(
             &name,
             &spec.brokers,
-            &Default::default(),
-            &Default::default(),
+            &defaults,
+            &spec.properties,
+            &spec.secret_properties_env,
         )
         .map_err(|e| error(&name, "configuring the producer", e))?;
-        config
-            .set("client.id", client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &spec.properties {
-            config.set(k, v);
-        }
-        for (property, variable) in &spec.secret_properties_env {
-            let value = std::env::var(variable).map_err(|_| {
-                error(
-                    &name,
-                    "configuring the producer",
-                    format!("the environment variable {variable} (for `{property}`) is not set"),
-                )
-            })?;
-            config.set(property, value);
-        }
         let deliveries = Arc::new(Mutex::new(Deliveries::default()));
         let producer: ThreadedProducer<SinkContext> = config
             .create_with_context(SinkContext {
@@ -118,32 +114,28 @@ impl KafkaSink {
             topic: spec.topic.clone(),
             producer,
             deliveries,
-            written: 0,
         })
     }
 
-    fn produce(&self, outgoing: Outgoing) -> Result<(), SinkError> {
-        let mut outgoing = Box::new(outgoing);
+    /// Produces one record (the producer copies key and value), waiting while its queue is full.
+    fn produce(&self, key: &[u8], value: &[u8], attempt: Attempt) -> Result<(), SinkError> {
+        // records without an id (the summary) carry no header
+        let headers = attempt.id.as_deref().map(|id| {
+            OwnedHeaders::new().insert(Header {
+                key: "plume-id",
+                value: Some(id.as_bytes()),
+            })
+        });
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(attempt)).key(key).payload(value);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
         loop {
-            // records without an id (the summary) carry no header
-            let headers = if outgoing.id.is_empty() {
-                OwnedHeaders::new()
-            } else {
-                OwnedHeaders::new().insert(Header {
-                    key: "plume-id",
-                    value: Some(outgoing.id.as_bytes()),
-                })
-            };
-            let (key, value) = (outgoing.key.clone(), outgoing.value.clone());
-            let record = BaseRecord::with_opaque_to(&self.topic, outgoing)
-                .key(&key)
-                .payload(&value)
-                .headers(headers);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), record)) => {
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
                     // the producer's queue is full: wait for deliveries
-                    outgoing = record.delivery_opaque;
+                    record = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((e, _)) => return Err(error(&self.name, "producing", e)),
@@ -161,17 +153,24 @@ impl KafkaSink {
             if failed.is_empty() {
                 return Ok(self.deliveries.lock().expect("deliveries lock").delivered);
             }
-            for (mut outgoing, e) in failed {
-                if outgoing.resends >= MAX_RESENDS {
+            for Failed {
+                key,
+                value,
+                mut attempt,
+                error: e,
+            } in failed
+            {
+                let id = attempt.id.clone().unwrap_or_default();
+                if attempt.resends >= MAX_RESENDS {
                     return Err(error(
                         &self.name,
                         "delivering",
-                        format!("record {} not delivered after {} attempts: {e}", outgoing.id, outgoing.resends + 1),
+                        format!("record {id} not delivered after {} attempts: {e}", attempt.resends + 1),
                     ));
                 }
-                outgoing.resends += 1;
-                warn!(sink = %self.name, id = %outgoing.id, error = %e, attempt = outgoing.resends + 1, "kafka delivery failed: producing again");
-                self.produce(outgoing)?;
+                attempt.resends += 1;
+                warn!(sink = %self.name, id = %id, error = %e, attempt = attempt.resends + 1, "kafka delivery failed: producing again");
+                self.produce(&key, &value, attempt)?;
             }
         }
     }
@@ -184,14 +183,12 @@ impl Sink for KafkaSink {
 
     fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
         for r in records {
-            let key = r.device.as_deref().unwrap_or(r.kind).to_string();
-            self.produce(Outgoing {
-                key,
-                value: r.json.clone(),
-                id: if r.id == 0 { String::new() } else { r.id_hex() },
+            let key = r.device.as_deref().unwrap_or(r.kind);
+            let attempt = Attempt {
+                id: (r.id != 0).then(|| r.id_hex()),
                 resends: 0,
-            })?;
-            self.written += 1;
+            };
+            self.produce(key.as_bytes(), r.json.as_bytes(), attempt)?;
         }
         Ok(())
     }

@@ -82,7 +82,6 @@ pub struct KafkaStats {
 /// A planned Kafka source.
 pub struct KafkaSource {
     pub spec: KafkaSourceSpec,
-    pub name: String,
     pub decoder: Arc<Decoder>,
     pub store: Option<Arc<StateStore>>,
     pub pipeline: Option<PipelineIdentity>,
@@ -94,16 +93,21 @@ pub struct KafkaSource {
     pub stats: Arc<KafkaStats>,
 }
 
-/// The librdkafka configuration of a source or sink: plume's settings, then the pipeline's
-/// `properties`, then the secret ones from the environment (never logged).
+/// The librdkafka configuration of a source or sink: plume's settings (`defaults`), then the
+/// pipeline's `properties`, then the secret ones from the environment (never logged), each
+/// overriding what came before.
 pub fn client_config(
     source_name: &str,
     brokers: &str,
+    defaults: &[(&str, String)],
     properties: &BTreeMap<String, String>,
     secrets: &BTreeMap<String, String>,
 ) -> Result<ClientConfig, KafkaSourceError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        config.set(*k, v);
+    }
     for (k, v) in properties {
         config.set(k, v);
     }
@@ -195,22 +199,26 @@ impl Inner {
         let mut new_devices: BTreeMap<PartitionKey, Vec<String>> = BTreeMap::new();
         for (key, offset, message) in pending {
             if self.store.is_some() {
+                // allocation only for a device not seen on this partition before
                 let device = match self.device_from {
-                    KafkaDeviceFrom::Key => message.device_hint.clone(),
-                    KafkaDeviceFrom::Payload => self
-                        .decoder
-                        .device_of(&message.payload, None)
-                        .map(|d| d.into_owned()),
+                    KafkaDeviceFrom::Key => message.device_hint.as_deref().map(std::borrow::Cow::Borrowed),
+                    KafkaDeviceFrom::Payload => self.decoder.device_of(&message.payload, None),
                 };
                 if let Some(device) = device {
-                    let known = self.known.entry(key.clone()).or_default();
-                    if !known.contains(&device) {
-                        known.insert(device.clone());
+                    let seen = self.known.get(&key).is_some_and(|k| k.contains(device.as_ref()));
+                    if !seen {
+                        let device = device.into_owned();
+                        self.known.entry(key.clone()).or_default().insert(device.clone());
                         new_devices.entry(key.clone()).or_default().push(device);
                     }
                 }
             }
-            self.consumed.insert(key, offset + 1);
+            match self.consumed.get_mut(&key) {
+                Some(next) => *next = offset + 1,
+                None => {
+                    self.consumed.insert(key, offset + 1);
+                }
+            }
             messages.push(message);
         }
         if let Some(store) = &self.store {
@@ -236,7 +244,7 @@ impl Inner {
         }
     }
 
-    fn offsets_list(&self, offsets: &BTreeMap<PartitionKey, i64>, only: Option<&BTreeSet<PartitionKey>>) -> TopicPartitionList {
+    fn offsets_list(offsets: &BTreeMap<PartitionKey, i64>, only: Option<&BTreeSet<PartitionKey>>) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in offsets {
             if only.is_none_or(|set| set.contains(&(t.clone(), *p))) {
@@ -258,7 +266,7 @@ impl Inner {
         };
         let (id, offsets) = self.at_barrier[i].clone();
         self.at_barrier.drain(..=i);
-        let tpl = self.offsets_list(&offsets, Some(&self.assigned));
+        let tpl = Self::offsets_list(&offsets, Some(&self.assigned));
         if tpl.count() == 0 {
             return;
         }
@@ -345,7 +353,7 @@ impl Inner {
             .collect();
         // without a durable checkpoint, the offsets are not committed: the next owner re-reads
         if checkpoint.is_some() || self.store.is_none() {
-            let tpl = self.offsets_list(&offsets, None);
+            let tpl = Self::offsets_list(&offsets, None);
             if tpl.count() > 0 {
                 match consumer.commit(&tpl, CommitMode::Sync) {
                     Ok(()) => {
@@ -534,38 +542,19 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         feeder.end();
         Err(super::SourceError::Kafka(e))
     };
-    let mut config = match client_config(&name, &spec.brokers, &BTreeMap::new(), &BTreeMap::new()) {
+    let defaults = [
+        ("group.id", spec.group.clone()),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        ("enable.partition.eof", "true".into()),
+        ("queued.max.messages.kbytes", "16384".into()),
+        ("client.id", format!("plume-{name}")),
+    ];
+    let config = match client_config(&name, &spec.brokers, &defaults, &spec.properties, &spec.secret_properties_env) {
         Ok(c) => c,
         Err(e) => return fail(&feeder, e),
     };
-    config
-        .set("group.id", &spec.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("client.id", format!("plume-{name}"));
-    for (k, v) in &spec.properties {
-        config.set(k, v);
-    }
-    for (property, variable) in &spec.secret_properties_env {
-        match std::env::var(variable) {
-            Ok(v) => {
-                config.set(property, v);
-            }
-            Err(_) => {
-                return fail(
-                    &feeder,
-                    KafkaSourceError::MissingSecret {
-                        source_name: name.to_string(),
-                        property: property.clone(),
-                        variable: variable.clone(),
-                    },
-                );
-            }
-        }
-    }
     let signal = feeder.barrier_signal().cloned();
     // the partitions the resumed checkpoint holds positions (and state) for
     let record = match &source.store {
@@ -756,7 +745,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
     };
     if final_checkpoint.is_some() || signal.is_none() {
         let offsets = guard.consumed.clone();
-        let tpl = guard.offsets_list(&offsets, None);
+        let tpl = Inner::offsets_list(&offsets, None);
         if tpl.count() > 0 {
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {
