@@ -121,7 +121,10 @@ fn main() {
         kafka_rates.push(n as f64 / kafka_s);
         kafka_after_join.push(n as f64 / after_join_s);
         // the same results as the file run
-        assert_eq!(common::aq1_summary(&out), common::aq1_summary(&dir.path().join(format!("file-{round}.jsonl"))));
+        assert_eq!(
+            common::aq1_summary(&out),
+            common::aq1_summary(&dir.path().join(format!("file-{round}.jsonl")))
+        );
         println!(
             "round {round}: file {:.0} readings/s ({file_s:.2} s); kafka {:.0} readings/s ({kafka_s:.2} s from start, {:.0}/s after the group join)",
             n as f64 / file_s,

@@ -299,6 +299,19 @@ impl CompiledPipeline {
         DeviceChain::new(&self.operators, device)
     }
 
+    /// A device's chain from its encoded snapshot ([`DeviceSnapshot::encode`]). With
+    /// `allow_change`, an operator the snapshot does not hold (or holds as another kind) starts
+    /// fresh.
+    pub fn restore_chain(
+        &self,
+        device: &str,
+        bytes: &[u8],
+        allow_change: bool,
+    ) -> Result<DeviceChain, crate::operators::RestoreError> {
+        let snapshot = crate::operators::DeviceSnapshot::decode(bytes)?;
+        DeviceChain::restore(&self.operators, device, snapshot, allow_change)
+    }
+
     /// The name of the operator at `index`.
     pub fn operator_name(&self, index: OpIndex) -> &str {
         self.operators[index as usize].name()

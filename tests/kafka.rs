@@ -2,9 +2,9 @@
 //! by each test on a free port), plume as a subprocess running `pipelines/kafka-aq1.yaml`, and
 //! the output compared with the file run of the same readings.
 
-mod common;
 #[path = "common/child.rs"]
 mod child;
+mod common;
 #[path = "common/kafka.rs"]
 mod kafka_support;
 
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
 use child::LoggedChild;
+use common::*;
 use kafka_support::{Tansu, aq1_records};
 
 /// plume running the Kafka pipeline, its log collected.
@@ -43,11 +43,16 @@ impl Plume {
 
     /// Log lines saying it has read every partition of the topic to its end.
     fn caught_up_on_all(&self) -> usize {
-        self.0.count(&["kafka source caught up", &format!("partitions={PARTITIONS}")])
+        self.0
+            .count(&["kafka source caught up", &format!("partitions={PARTITIONS}")])
     }
 
     fn wait_caught_up_on_all(&self, timeout: Duration) {
-        self.0.wait_logged(&["kafka source caught up", &format!("partitions={PARTITIONS}")], 1, timeout);
+        self.0.wait_logged(
+            &["kafka source caught up", &format!("partitions={PARTITIONS}")],
+            1,
+            timeout,
+        );
     }
 
     fn log_text(&self) -> String {
@@ -99,7 +104,10 @@ fn assert_same_as_file_run(kafka_out: &Path, file_out: &Path) {
 #[test]
 fn kafka_aq1_gives_the_file_runs_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let events: u64 = std::env::var("PLUME_KAFKA_TEST_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    let events: u64 = std::env::var("PLUME_KAFKA_TEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
     let input = aq1_input(dir.path(), 60, events, 41);
     let broker = Tansu::start();
     broker.create_topic("aq1", 4);
@@ -145,7 +153,11 @@ fn undecodable_records_become_dead_letters_with_partition_and_offset() {
     plume.wait_logged("kafka source caught up", 1, Duration::from_secs(60));
     plume.interrupt();
     let again = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(again.lines().filter(|l| l.contains("\"dead_letter\"")).count(), 1, "{again}");
+    assert_eq!(
+        again.lines().filter(|l| l.contains("\"dead_letter\"")).count(),
+        1,
+        "{again}"
+    );
 }
 
 #[test]
@@ -159,7 +171,10 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     // a deterministic spread of kill moments (xorshift), from early to late
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut kills = 0;
-    let rounds: u32 = std::env::var("PLUME_KAFKA_TEST_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    let rounds: u32 = std::env::var("PLUME_KAFKA_TEST_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
     for _ in 0..rounds {
         x ^= x << 13;
         x ^= x >> 7;
@@ -235,7 +250,11 @@ fn the_kafka_sink_carries_every_window_and_event() {
     let mut got: Vec<String> = Vec::new();
     for (key, value, id) in &read {
         let v: serde_json::Value = serde_json::from_str(value).unwrap();
-        assert_eq!(id.as_deref(), v["id"].as_str(), "the plume-id header is the record's id");
+        assert_eq!(
+            id.as_deref(),
+            v["id"].as_str(),
+            "the plume-id header is the record's id"
+        );
         if let Some(device) = v["device"].as_str() {
             assert_eq!(key, device, "the key is the device");
         }
@@ -257,10 +276,24 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     broker.create_topic("aq1", 4);
     broker.produce("aq1", first);
     let (out_a, out_b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
-    let a = Plume::start(&pipeline(), &broker, "aq1", "plume-pair", &out_a, &["--checkpoint-interval", "500ms"]);
+    let a = Plume::start(
+        &pipeline(),
+        &broker,
+        "aq1",
+        "plume-pair",
+        &out_a,
+        &["--checkpoint-interval", "500ms"],
+    );
     a.wait_logged("kafka partition assigned", 4, Duration::from_secs(60));
     a.wait_logged("kafka source caught up", 1, Duration::from_secs(120));
-    let b = Plume::start(&pipeline(), &broker, "aq1", "plume-pair", &out_b, &["--checkpoint-interval", "500ms"]);
+    let b = Plume::start(
+        &pipeline(),
+        &broker,
+        "aq1",
+        "plume-pair",
+        &out_b,
+        &["--checkpoint-interval", "500ms"],
+    );
     // the group splits the partitions between the two
     b.wait_logged("kafka partition assigned", 1, Duration::from_secs(60));
     a.wait_logged("kafka partitions revoked", 1, Duration::from_secs(60));
@@ -275,11 +308,17 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     let before = b.caught_up_on_all();
     let started = Instant::now();
     while b.caught_up_on_all() == before {
-        let quiet = b.0.newest(|l| l.contains("kafka").then(|| l.contains("caught up"))).unwrap_or(false);
+        let quiet =
+            b.0.newest(|l| l.contains("kafka").then(|| l.contains("caught up")))
+                .unwrap_or(false);
         if started.elapsed() > Duration::from_secs(20) && quiet {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "b did not catch up:\n{}", b.log_text());
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "b did not catch up:\n{}",
+            b.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     b.interrupt();
@@ -320,7 +359,9 @@ fn with_one_record_batches_a_fetch_from_any_offset_starts_there() {
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
     let broker = Tansu::start();
     broker.create_topic("p", 1);
-    let records: Vec<(String, Vec<u8>)> = (0..5_000).map(|i| (format!("k{i}"), format!("v{i}").into_bytes())).collect();
+    let records: Vec<(String, Vec<u8>)> = (0..5_000)
+        .map(|i| (format!("k{i}"), format!("v{i}").into_bytes()))
+        .collect();
     broker.produce("p", &records);
     for start in [1i64, 777, 2048, 4321] {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -336,7 +377,10 @@ fn with_one_record_batches_a_fetch_from_any_offset_starts_there() {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 break (m.offset(), m.payload().map(|p| String::from_utf8_lossy(p).into_owned()));
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "nothing fetched from {start}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nothing fetched from {start}"
+            );
         };
         assert_eq!(first, (start, Some(format!("v{start}"))), "fetch from {start}");
     }
@@ -359,7 +403,12 @@ fn the_record_timestamp_can_be_the_event_time() {
     for i in 0..5i64 {
         let payload = format!(r#"{{"pm25":{}.0}}"#, 10 + i);
         producer
-            .send(BaseRecord::to("air").key("room-1").payload(&payload).timestamp(start + i * 60_000 + 1_000))
+            .send(
+                BaseRecord::to("air")
+                    .key("room-1")
+                    .payload(&payload)
+                    .timestamp(start + i * 60_000 + 1_000),
+            )
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();

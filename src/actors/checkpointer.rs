@@ -334,8 +334,9 @@ impl Checkpointer {
         for s in &self.shards {
             s.do_send(CheckpointDone { id: record.id });
         }
-        let (answered, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.waiters).into_iter().partition(|(needed, _)| *needed <= record.id);
+        let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(needed, _)| *needed <= record.id);
         self.waiters = waiting;
         for (_, reply) in answered {
             let _ = reply.send(Ok(record.id));

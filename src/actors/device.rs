@@ -1,103 +1,55 @@
 //! [`DeviceActor`]: one per active device. It runs the device's operator chain over batches of
 //! readings and owns the device's state.
 //!
+//! A device actor is a lightweight actor hosted by its [`ShardSupervisor`](super::shard::ShardSupervisor)
+//! rather than an actix actor of its own: the supervisor (an actix actor on the shard's
+//! thread) delivers each message to it in order, one at a time, by a method call. Every device
+//! of a shard ran on the shard's thread anyway; what an actix actor added per device was its
+//! tokio task (512 bytes) and its mailbox (≈ 230 bytes), more than the device's own state,
+//! which made the 1 KiB per idle device of issue 3 unreachable (see ARCHITECTURE.md). The
+//! messages keep their names ([`DeviceActor::apply_readings`], [`DeviceActor::tick`],
+//! [`DeviceActor::passivate`], [`DeviceActor::snapshot_if_dirty`],
+//! [`DeviceActor::flush_at_end`], [`DeviceActor::counters`]).
+//!
 //! A panic inside an operator does not take the shard down: the batch runs under
-//! `catch_unwind`; on a panic the actor keeps the batch aside and stops, actix's
-//! [`Supervisor`](actix::Supervisor) restarts the same instance, [`Supervised::restarting`]
-//! puts back the last good state (the state before the batch), and `started` replays the batch
-//! one reading at a time: the reading that panics again goes to dead letters with the panic
-//! message, every other reading is applied. Other devices never notice.
+//! `catch_unwind`; on a panic the actor is restarted from its last good state (the state before
+//! the batch) and replays the batch one reading at a time: the reading that panics again goes
+//! to dead letters with the panic message, every other reading is applied. Other devices never
+//! notice.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use actix::{Actor, ActorContext, Context, Handler, Message, MessageResult, Supervised};
 use tracing::{info_span, warn};
 
-use super::ChunkProgress;
 use super::shard::ShardLocal;
 use crate::operators::{DeviceChain, DeviceCounters, Emit, Reading};
-
-/// Readings of this device from one chunk, in arrival order.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ApplyReadings {
-    pub readings: Vec<Reading>,
-    pub now: i64,
-    pub progress: Arc<ChunkProgress>,
-}
-
-/// Processing-time work: idle flush, offline detection.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Tick {
-    pub now: i64,
-}
-
-/// Passivation: answer with the encoded state and whether it changed since the last
-/// checkpoint; the supervisor has dropped the address and the actor stops once its mailbox is
-/// empty.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Passivate(pub super::Answer<(Arc<str>, Vec<u8>, bool)>);
-
-/// Checkpoint: the encoded state, if it changed since the last one, into the collector.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SnapshotIfDirty(pub super::Answer<(Arc<str>, Vec<u8>)>);
-
-/// End of input / graceful shutdown: flush (if the pipeline says so) and report the counters.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct FlushAtEnd {
-    pub flush: bool,
-    pub answer: super::Answer<DeviceCounters>,
-}
-
-/// For tests and the admin view.
-#[derive(Message)]
-#[rtype(result = "DeviceActorCounters")]
-pub struct ReportCounters;
 
 /// What one device actor has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeviceActorCounters {
     pub batches: u64,
     pub readings: u64,
-    pub restarts: u64,
-    pub poisoned_readings: u64,
-}
-
-struct FailedBatch {
-    readings: Vec<Reading>,
-    now: i64,
-    progress: Arc<ChunkProgress>,
+    pub restarts: u32,
+    pub poisoned_readings: u32,
 }
 
 pub struct DeviceActor {
-    device: Arc<str>,
-    local: Rc<ShardLocal>,
     chain: DeviceChain,
-    /// The state before the batch that panicked.
-    /// (Both boxed: they are only set between a panic and the restart, and the actor's size is
-    /// part of every active device's memory.)
-    last_good: Option<Box<DeviceChain>>,
-    failed: Option<Box<FailedBatch>>,
     counters: DeviceActorCounters,
+    /// Processing time of the last batch (or of the activation), for passivation.
+    pub last_active: i64,
+    /// Changed since the last checkpoint that took its state.
     dirty: bool,
 }
 
 impl DeviceActor {
-    pub fn new(device: Arc<str>, local: Rc<ShardLocal>, chain: DeviceChain, dirty: bool) -> Self {
+    /// `dirty`: the state is not (yet) the one the store holds.
+    pub fn new(chain: DeviceChain, dirty: bool, now: i64) -> Self {
         DeviceActor {
-            device,
-            local,
             chain,
-            last_good: None,
-            failed: None,
             counters: Default::default(),
+            last_active: now,
             dirty,
         }
     }
@@ -118,11 +70,10 @@ impl DeviceActor {
         }
     }
 
-    fn publish(&self, emits: &mut Vec<Emit>) {
+    fn publish(device: &str, local: &ShardLocal, emits: &mut Vec<Emit>) {
         if emits.is_empty() {
             return;
         }
-        let local = &*self.local;
         let mut records = Vec::with_capacity(emits.len());
         for emit in emits.drain(..) {
             match emit {
@@ -137,28 +88,58 @@ impl DeviceActor {
                 }
                 _ => {}
             }
-            records.push(local.formatter.format(&self.device, &emit));
+            records.push(local.formatter.format(device, &emit));
         }
         local.output.extend(records);
     }
 
+    /// Readings of this device from one chunk, in arrival order.
+    pub fn apply_readings(&mut self, device: &str, local: &ShardLocal, readings: Vec<Reading>, now: i64) {
+        self.counters.batches += 1;
+        self.counters.readings += readings.len() as u64;
+        self.dirty = true;
+        self.last_active = now;
+        let before = self.chain.clone();
+        let chain = &mut self.chain;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut emits = local.take_scratch();
+            Self::apply(chain, local, device, &readings, now, &mut emits);
+            emits
+        }));
+        match result {
+            Ok(mut emits) => {
+                Self::publish(device, local, &mut emits);
+                local.return_scratch(emits);
+            }
+            Err(_) => {
+                self.restart(device, local, before);
+                self.replay(device, local, readings, now);
+            }
+        }
+    }
+
+    /// After a panic: back to the last good state (the one before the batch).
+    fn restart(&mut self, device: &str, local: &ShardLocal, last_good: DeviceChain) {
+        let _span = info_span!("device_restart", device, shard = local.shard).entered();
+        self.chain = last_good;
+        self.counters.restarts += 1;
+        local.metrics.restarts.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            device,
+            restarts = self.counters.restarts,
+            "device actor restarted from its last good state"
+        );
+    }
+
     /// After a restart: the failed batch, one reading at a time.
-    fn replay_failed(&mut self, failed: FailedBatch) {
+    fn replay(&mut self, device: &str, local: &ShardLocal, readings: Vec<Reading>, now: i64) {
         let mut emits = Vec::new();
-        for reading in failed.readings {
+        for reading in readings {
             let before = self.chain.clone();
-            let local = &*self.local;
-            let device = &*self.device;
+            let chain = &mut self.chain;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 let mut out = Vec::new();
-                Self::apply(
-                    &mut self.chain,
-                    local,
-                    device,
-                    std::slice::from_ref(&reading),
-                    failed.now,
-                    &mut out,
-                );
+                Self::apply(chain, local, device, std::slice::from_ref(&reading), now, &mut out);
                 out
             }));
             match result {
@@ -167,11 +148,11 @@ impl DeviceActor {
                     self.chain = before;
                     self.counters.poisoned_readings += 1;
                     let message = panic_message(&panic);
-                    warn!(device = %self.device, ts = reading.ts, panic = %message, "reading made an operator panic: sent to dead letters");
+                    warn!(device, ts = reading.ts, panic = %message, "reading made an operator panic: sent to dead letters");
                     let raw = serde_json::to_vec(&reading).unwrap_or_default();
                     local.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                     local.output.push(local.formatter.dead_letter(
-                        &format!("device:{}", self.device),
+                        &format!("device:{device}"),
                         &format!("ts {}", reading.ts),
                         &format!("an operator panicked on this reading: {message}"),
                         &raw,
@@ -179,8 +160,49 @@ impl DeviceActor {
                 }
             }
         }
-        self.publish(&mut emits);
-        drop(failed.progress);
+        Self::publish(device, local, &mut emits);
+    }
+
+    /// Processing-time work: idle flush, offline detection.
+    pub fn tick(&mut self, device: &str, local: &ShardLocal, now: i64) {
+        let mut emits = Vec::new();
+        self.chain.on_time(now, &mut emits);
+        if !emits.is_empty() {
+            self.dirty = true;
+            Self::publish(device, local, &mut emits);
+        }
+    }
+
+    /// Passivation: the encoded state and whether it changed since the last checkpoint.
+    pub fn passivate(self, device: &str, local: &ShardLocal) -> (Vec<u8>, bool) {
+        let _span = info_span!("device_passivate", device, shard = local.shard).entered();
+        (self.chain.snapshot().encode(), self.dirty)
+    }
+
+    /// Checkpoint: the encoded state, if it changed since the last one.
+    pub fn snapshot_if_dirty(&mut self) -> Option<Vec<u8>> {
+        if self.dirty {
+            self.dirty = false;
+            Some(self.chain.snapshot().encode())
+        } else {
+            None
+        }
+    }
+
+    /// End of input / graceful shutdown: flush (if the pipeline says so); the chain's counters.
+    pub fn flush_at_end(&mut self, device: &str, local: &ShardLocal, flush: bool) -> DeviceCounters {
+        if flush {
+            let mut emits = Vec::new();
+            self.chain.on_end(&mut emits);
+            self.dirty = true;
+            Self::publish(device, local, &mut emits);
+        }
+        self.chain.counters()
+    }
+
+    /// For tests and the admin view.
+    pub fn counters(&self) -> DeviceActorCounters {
+        self.counters
     }
 }
 
@@ -194,114 +216,18 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-impl Actor for DeviceActor {
-    type Context = Context<Self>;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
-        if let Some(failed) = self.failed.take() {
-            self.replay_failed(*failed);
-        }
-    }
-}
-
-impl Supervised for DeviceActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        let _span = info_span!("device_restart", device = %self.device, shard = self.local.shard).entered();
-        if let Some(good) = self.last_good.take() {
-            self.chain = *good;
-        }
-        self.counters.restarts += 1;
-        self.local.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-        warn!(device = %self.device, restarts = self.counters.restarts, "device actor restarted from its last good state");
-    }
-}
-
-impl Handler<ApplyReadings> for DeviceActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: ApplyReadings, ctx: &mut Context<Self>) {
-        self.counters.batches += 1;
-        self.counters.readings += msg.readings.len() as u64;
-        self.dirty = true;
-        let before = self.chain.clone();
-        let local = &*self.local;
-        let device = &*self.device;
-        let chain = &mut self.chain;
-        let readings = &msg.readings;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut emits = local.take_scratch();
-            Self::apply(chain, local, device, readings, msg.now, &mut emits);
-            emits
-        }));
-        match result {
-            Ok(mut emits) => {
-                self.publish(&mut emits);
-                self.local.return_scratch(emits);
-            }
-            Err(_) => {
-                self.last_good = Some(Box::new(before));
-                self.failed = Some(Box::new(FailedBatch {
-                    readings: msg.readings,
-                    now: msg.now,
-                    progress: msg.progress,
-                }));
-                ctx.stop();
-            }
-        }
-    }
-}
-
-impl Handler<Tick> for DeviceActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Tick, _ctx: &mut Context<Self>) {
-        let mut emits = Vec::new();
-        self.chain.on_time(msg.now, &mut emits);
-        if !emits.is_empty() {
-            self.dirty = true;
-            self.publish(&mut emits);
-        }
-    }
-}
-
-impl Handler<Passivate> for DeviceActor {
-    type Result = ();
-
-    fn handle(&mut self, Passivate(answer): Passivate, _ctx: &mut Context<Self>) {
-        let _span = info_span!("device_passivate", device = %self.device, shard = self.local.shard).entered();
-        answer.give((self.device.clone(), self.chain.snapshot().encode(), self.dirty));
-    }
-}
-
-impl Handler<SnapshotIfDirty> for DeviceActor {
-    type Result = ();
-
-    fn handle(&mut self, SnapshotIfDirty(answer): SnapshotIfDirty, _ctx: &mut Context<Self>) {
-        if self.dirty {
-            self.dirty = false;
-            answer.give((self.device.clone(), self.chain.snapshot().encode()));
-        }
-    }
-}
-
-impl Handler<FlushAtEnd> for DeviceActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: FlushAtEnd, _ctx: &mut Context<Self>) {
-        if msg.flush {
-            let mut emits = Vec::new();
-            self.chain.on_end(&mut emits);
-            self.dirty = true;
-            self.publish(&mut emits);
-        }
-        msg.answer.give(self.chain.counters());
-    }
-}
-
-impl Handler<ReportCounters> for DeviceActor {
-    type Result = MessageResult<ReportCounters>;
-
-    fn handle(&mut self, _: ReportCounters, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.counters)
+    #[test]
+    fn a_device_actor_is_small() {
+        // every active device holds one of these (and its key) in its shard's map: its size is
+        // part of the memory per idle device (BENCHMARKS.md)
+        assert!(
+            std::mem::size_of::<DeviceActor>() <= 72,
+            "{}",
+            std::mem::size_of::<DeviceActor>()
+        );
     }
 }

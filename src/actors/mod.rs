@@ -3,9 +3,11 @@
 //!
 //! # Layout
 //! - [`device`]: [`DeviceActor`](device::DeviceActor), one per active device: runs the device's
-//!   operator chain, owns its state, restarts from its last good state after a panic.
-//! - [`shard`]: [`ShardSupervisor`](shard::ShardSupervisor), one per shard thread: activates,
-//!   passivates and restarts the device actors of its key groups.
+//!   operator chain, owns its state, restarts from its last good state after a panic. Hosted by
+//!   its shard supervisor (not an actix actor of its own: see the module).
+//! - [`shard`]: [`ShardSupervisor`](shard::ShardSupervisor), one per shard thread (an actix
+//!   actor): activates, passivates and restarts the device actors of its key groups and
+//!   delivers their messages.
 //! - [`router`]: [`Router`](router::Router), one per shard thread: takes every input chunk,
 //!   decodes the readings of its own key groups (so parsing runs in parallel) and hands them to
 //!   its supervisor in per-device batches; bad payloads become dead letters.
@@ -173,75 +175,6 @@ pub struct ChunkProgress {
 impl Drop for ChunkProgress {
     fn drop(&mut self) {
         self.output.flush(Some(self.ticket.clone()));
-    }
-}
-
-/// Gathers one answer from each of many device actors without one future per actor (joining
-/// tens of thousands of reply futures costs far more than the answers themselves). Each
-/// [`Answer`] is sent inside a message; whether the actor answers or the message is dropped
-/// unanswered (the actor is gone), it counts once; the receiver resolves after the last one.
-pub struct Collector<T> {
-    answers: Mutex<Vec<T>>,
-    remaining: std::sync::atomic::AtomicUsize,
-    done: Mutex<Option<tokio::sync::oneshot::Sender<Vec<T>>>>,
-}
-
-/// One expected answer of a [`Collector`].
-pub struct Answer<T: Send + 'static> {
-    collector: Option<Arc<Collector<T>>>,
-}
-
-impl<T: Send + 'static> Collector<T> {
-    /// A collector expecting `n` answers, and the receiver of all of them.
-    pub fn new(n: usize) -> (Vec<Answer<T>>, tokio::sync::oneshot::Receiver<Vec<T>>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let c = Arc::new(Collector {
-            answers: Mutex::new(Vec::with_capacity(n)),
-            remaining: std::sync::atomic::AtomicUsize::new(n),
-            done: Mutex::new(Some(tx)),
-        });
-        if n == 0 {
-            let _ = c
-                .done
-                .lock()
-                .expect("collector lock")
-                .take()
-                .map(|tx| tx.send(Vec::new()));
-        }
-        let answers = (0..n)
-            .map(|_| Answer {
-                collector: Some(c.clone()),
-            })
-            .collect();
-        (answers, rx)
-    }
-
-    fn arrive(&self, answer: Option<T>) {
-        if let Some(a) = answer {
-            self.answers.lock().expect("collector lock").push(a);
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let all = std::mem::take(&mut *self.answers.lock().expect("collector lock"));
-            if let Some(tx) = self.done.lock().expect("collector lock").take() {
-                let _ = tx.send(all);
-            }
-        }
-    }
-}
-
-impl<T: Send + 'static> Answer<T> {
-    pub fn give(mut self, answer: T) {
-        if let Some(c) = self.collector.take() {
-            c.arrive(Some(answer));
-        }
-    }
-}
-
-impl<T: Send + 'static> Drop for Answer<T> {
-    fn drop(&mut self) {
-        if let Some(c) = self.collector.take() {
-            c.arrive(None);
-        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! [`ShardSupervisor`]: one per shard thread. It owns the devices of its key groups: activates
-//! a [`DeviceActor`] (under an actix `Supervisor`, so a panicking device is restarted) on a
-//! device's first reading, passivates actors idle longer than `runtime.passivate_after` (their
-//! encoded state is kept and restored on the next reading), and flushes every device at the
-//! end of the input.
+//! a [`DeviceActor`] on a device's first reading and delivers its messages to it one at a time
+//! (device actors are hosted by their supervisor, see [`device`]), restarts a device whose
+//! operator panicked from its last good state, passivates actors idle longer than
+//! `runtime.passivate_after` (their encoded state is kept and restored on the next reading),
+//! and flushes every device at the end of the input.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rustc_hash::FxHashMap;
-use tokio::sync::oneshot;
 use tracing::{debug, error, info_span};
 
 use super::checkpointer::{CheckpointDone, ShardCheckpointed};
@@ -20,7 +20,7 @@ use super::device::{self, DeviceActor};
 use super::output_hub::BarrierReached;
 use super::{ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
 use crate::clock;
-use crate::operators::{DeviceChain, DeviceSnapshot, Emit, Reading};
+use crate::operators::{DeviceChain, Emit, Reading};
 use crate::output::RecordFormatter;
 use crate::pipeline::CompiledPipeline;
 use crate::store::{StateStore, device_key};
@@ -28,9 +28,6 @@ use crate::store::{StateStore, device_key};
 /// A test hook called before every reading a device actor applies (a panic in it is treated as
 /// an operator panic). Production runs have none.
 pub type FaultHook = Arc<dyn Fn(&str, &Reading) + Send + Sync>;
-
-/// Devices asked to passivate at once (see `passivate_idle`).
-const PASSIVATION_BATCH: usize = 4096;
 
 /// What every device actor of a shard shares (they all live on the shard's thread).
 pub struct ShardLocal {
@@ -124,11 +121,6 @@ pub struct ShardCounters {
     pub readings: u64,
 }
 
-struct ActiveDevice {
-    addr: Addr<DeviceActor>,
-    last_active: i64,
-}
-
 /// A passivated device's encoded state, kept until the store holds it.
 struct PassiveDevice {
     bytes: crate::store::SnapshotBytes,
@@ -148,7 +140,7 @@ pub struct ShardCheckpointing {
 
 pub struct ShardSupervisor {
     local: Rc<ShardLocal>,
-    active: FxHashMap<Arc<str>, ActiveDevice>,
+    active: FxHashMap<Arc<str>, DeviceActor>,
     /// Encoded state of passivated devices.
     passive: FxHashMap<Arc<str>, PassiveDevice>,
     counters: ShardCounters,
@@ -156,8 +148,6 @@ pub struct ShardSupervisor {
     tick_ms: Option<i64>,
     shards: usize,
     checkpointing: Option<ShardCheckpointing>,
-    /// Devices that got readings (or ticks) since the last barrier.
-    touched: rustc_hash::FxHashSet<Arc<str>>,
     /// Devices created (not found anywhere) since the last barrier.
     created: u64,
     barrier_seen: u64,
@@ -194,7 +184,6 @@ impl ShardSupervisor {
             shards,
             barrier_seen: checkpointing.as_ref().map_or(0, |c| c.last_checkpoint),
             checkpointing,
-            touched: Default::default(),
             created: 0,
         }
     }
@@ -210,15 +199,11 @@ impl ShardSupervisor {
         match c.store.load_device(kg, device) {
             Ok(Some(bytes)) => {
                 let _span = info_span!("device_restore", device, shard = self.local.shard).entered();
-                let restored = DeviceSnapshot::decode(&bytes).and_then(|snapshot| {
-                    DeviceChain::restore(
-                        &self.local.pipeline.operators,
-                        device,
-                        snapshot,
-                        c.allow_pipeline_change,
-                    )
-                });
-                match restored {
+                match self
+                    .local
+                    .pipeline
+                    .restore_chain(device, &bytes, c.allow_pipeline_change)
+                {
                     Ok(chain) => {
                         self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
                         Some(chain)
@@ -239,7 +224,7 @@ impl ShardSupervisor {
         }
     }
 
-    fn activate(&mut self, device: &str, now: i64) -> &mut ActiveDevice {
+    fn activate(&mut self, device: &str, now: i64) -> &mut DeviceActor {
         let key: Arc<str> = Arc::from(device);
         let (chain, reactivated) = match self.passive.remove(&key) {
             Some(p) => (self.restore(&key, &p.bytes), true),
@@ -259,23 +244,20 @@ impl ShardSupervisor {
         self.counters.activations += 1;
         self.local.metrics.activations.fetch_add(1, Ordering::Relaxed);
         self.local.metrics.devices_active.fetch_add(1, Ordering::Relaxed);
-        let local = self.local.clone();
-        let id = key.clone();
-        let addr = actix::Supervisor::start(move |_| DeviceActor::new(id, local, chain, reactivated));
         self.active
             .entry(key)
-            .or_insert(ActiveDevice { addr, last_active: now })
+            .or_insert(DeviceActor::new(chain, reactivated, now))
     }
 
     fn restore(&self, device: &str, bytes: &[u8]) -> DeviceChain {
-        let pipeline = &self.local.pipeline;
-        DeviceSnapshot::decode(bytes)
-            .and_then(|snapshot| DeviceChain::restore(&pipeline.operators, device, snapshot, true))
+        self.local
+            .pipeline
+            .restore_chain(device, bytes, true)
             .expect("a snapshot this process wrote itself restores")
     }
 
-    /// Passivates devices idle for at least `idle_ms`; the mailbox waits until they replied.
-    fn passivate_idle(&mut self, idle_ms: i64, ctx: &mut Context<Self>) -> usize {
+    /// Passivates devices idle for at least `idle_ms`.
+    fn passivate_idle(&mut self, idle_ms: i64) -> usize {
         let now = clock::now_ms();
         let idle: Vec<Arc<str>> = self
             .active
@@ -287,53 +269,35 @@ impl ShardSupervisor {
             return 0;
         }
         let n = idle.len();
-        let addrs: Vec<_> = idle
-            .into_iter()
-            .map(|device| self.active.remove(&device).expect("listed above").addr)
-            .collect();
-        // in batches: each batch's actors (and their messages) are freed once it has answered,
-        // so passivating most of a million devices at once does not hold them all until the end
-        let all = async move {
-            let mut replies = Vec::with_capacity(addrs.len());
-            let mut rest = addrs.into_iter();
-            loop {
-                // the addresses live until every answer of the batch is in, so no actor stops
-                // before answering
-                let batch: Vec<_> = rest.by_ref().take(PASSIVATION_BATCH).collect();
-                if batch.is_empty() {
-                    return Ok::<_, oneshot::error::RecvError>(replies);
-                }
-                let (answers, all) = super::Collector::new(batch.len());
-                for (addr, answer) in batch.iter().zip(answers) {
-                    addr.do_send(device::Passivate(answer));
-                }
-                replies.extend(all.await?);
-            }
-        };
-        let fut = all.into_actor(self).map(move |replies, act, _ctx| {
-            let replies = replies.expect("the collector answers");
-            for (device, bytes, dirty) in replies {
-                let clean_as_of = act.barrier_seen;
-                act.passive.insert(
-                    device,
-                    PassiveDevice {
-                        bytes: Arc::new(bytes),
-                        dirty,
-                        clean_as_of,
-                    },
-                );
-                act.counters.passivations += 1;
-                act.local.metrics.passivations.fetch_add(1, Ordering::Relaxed);
-                act.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
-                act.local.metrics.devices_passive.fetch_add(1, Ordering::Relaxed);
-            }
-            debug!(
-                shard = act.local.shard,
-                passive = act.passive.len(),
-                "passivated idle devices"
+        let clean_as_of = self.barrier_seen;
+        for device in idle {
+            let actor = self.active.remove(&device).expect("listed above");
+            let (bytes, dirty) = actor.passivate(&device, &self.local);
+            self.passive.insert(
+                device,
+                PassiveDevice {
+                    bytes: Arc::new(bytes),
+                    dirty,
+                    clean_as_of,
+                },
             );
-        });
-        ctx.wait(fut);
+        }
+        self.counters.passivations += n as u64;
+        let metrics = &self.local.metrics;
+        metrics.passivations.fetch_add(n as u64, Ordering::Relaxed);
+        metrics.devices_active.fetch_sub(n as i64, Ordering::Relaxed);
+        metrics.devices_passive.fetch_add(n as i64, Ordering::Relaxed);
+        // give back the table of a burst of devices that went quiet (not every round: a table
+        // that keeps its size is not rebuilt)
+        if self.active.capacity() > 4 * self.active.len().max(1024) {
+            self.active.shrink_to_fit();
+        }
+        debug!(
+            shard = self.local.shard,
+            passivated = n,
+            passive = self.passive.len(),
+            "passivated idle devices"
+        );
         n
     }
 }
@@ -344,17 +308,15 @@ impl Actor for ShardSupervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let check = Duration::from_millis((self.passivate_after_ms / 4).clamp(50, 10_000) as u64);
         let after = self.passivate_after_ms;
-        ctx.run_interval(check, move |act, ctx| {
-            act.passivate_idle(after, ctx);
+        ctx.run_interval(check, move |act, _ctx| {
+            act.passivate_idle(after);
         });
         if let Some(tick) = self.tick_ms {
             ctx.run_interval(Duration::from_millis(tick as u64), |act, _ctx| {
                 let now = clock::now_ms();
-                for (id, d) in &act.active {
-                    d.addr.do_send(device::Tick { now });
-                    if act.checkpointing.is_some() {
-                        act.touched.insert(id.clone());
-                    }
+                let local = &*act.local;
+                for (id, d) in act.active.iter_mut() {
+                    d.tick(id, local, now);
                 }
             });
         }
@@ -373,33 +335,32 @@ impl Handler<DeviceBatches> for ShardSupervisor {
             );
         }
         self.counters.batches += msg.batches.len() as u64;
+        let local = self.local.clone();
         for (device, readings) in msg.batches {
             self.counters.readings += readings.len() as u64;
-            if self.checkpointing.is_some() && !self.touched.contains(&*device) {
-                self.touched.insert(Arc::from(&*device));
-            }
-            let entry = match self.active.get_mut(&*device) {
-                Some(entry) => entry,
+            let actor = match self.active.get_mut(&*device) {
+                Some(actor) => actor,
                 None => self.activate(&device, msg.now),
             };
-            entry.last_active = msg.now;
-            entry.addr.do_send(device::ApplyReadings {
-                readings,
-                now: msg.now,
-                progress: msg.progress.clone(),
-            });
+            actor.apply_readings(&device, &local, readings, msg.now);
         }
+        // the chunk's records go to the hub when its last shard is done with it
+        drop(msg.progress);
     }
 }
 
 impl Handler<FinishShard> for ShardSupervisor {
-    type Result = ResponseActFuture<Self, ShardTotals>;
+    type Result = MessageResult<FinishShard>;
 
     fn handle(&mut self, _: FinishShard, _ctx: &mut Context<Self>) -> Self::Result {
         let flush = self.local.pipeline.spec.shutdown.flush;
         // passive devices: restore and flush right here (no actor needed)
         let mut totals = ShardTotals::default();
-        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self.passive.drain().map(|(k, p)| (k, Arc::unwrap_or_clone(p.bytes))).collect();
+        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self
+            .passive
+            .drain()
+            .map(|(k, p)| (k, Arc::unwrap_or_clone(p.bytes)))
+            .collect();
         // devices only in the store (not seen in this run) end too
         let in_memory: rustc_hash::FxHashSet<Arc<str>> = passive.iter().map(|(d, _)| d.clone()).collect();
         if let Some(c) = &self.checkpointing {
@@ -432,21 +393,17 @@ impl Handler<FinishShard> for ShardSupervisor {
             totals.late += c.late;
             totals.devices += 1;
         }
-        let mut devices: Vec<(&Arc<str>, &ActiveDevice)> = self.active.iter().collect();
+        let local = &*self.local;
+        let mut devices: Vec<(&Arc<str>, &mut DeviceActor)> = self.active.iter_mut().collect();
         devices.sort_by(|a, b| a.0.cmp(b.0));
-        let (answers, all) = super::Collector::new(devices.len());
-        for ((_, d), answer) in devices.into_iter().zip(answers) {
-            d.addr.do_send(device::FlushAtEnd { flush, answer });
+        for (device, actor) in devices {
+            let c = actor.flush_at_end(device, local, flush);
+            totals.readings += c.readings;
+            totals.late += c.late;
+            totals.devices += 1;
         }
-        Box::pin(all.into_actor(self).map(move |replies, act, _ctx| {
-            for c in replies.unwrap_or_default() {
-                totals.readings += c.readings;
-                totals.late += c.late;
-                totals.devices += 1;
-            }
-            act.local.output.flush(None);
-            totals
-        }))
+        local.output.flush(None);
+        MessageResult(totals)
     }
 }
 
@@ -462,66 +419,51 @@ pub fn key_group_range(shard: usize, key_groups: u32, shards: usize) -> (u32, u3
 }
 
 impl Handler<ShardBarrier> for ShardSupervisor {
-    type Result = ResponseFuture<()>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ShardBarrier, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ShardBarrier, _ctx: &mut Context<Self>) {
         let _span = info_span!("checkpoint_barrier", shard = self.local.shard, checkpoint = msg.id).entered();
         let started = Instant::now();
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        let touched: Vec<Addr<DeviceActor>> = self
-            .touched
-            .drain()
-            .filter_map(|device| Some(self.active.get(&device)?.addr.clone()))
-            .collect();
-        let (answers, all) = super::Collector::new(touched.len());
-        for (addr, answer) in touched.into_iter().zip(answers) {
-            addr.do_send(device::SnapshotIfDirty(answer));
-        }
         let id = msg.id;
-        // The shard pauses (ctx.wait) until every changed device has answered: their earlier
-        // readings are all applied by then, and nothing after the barrier has started.
-        let fut = all.into_actor(self).map(move |replies, act, _ctx| {
-            let key_groups = act.key_groups();
-            let mut devices = Vec::new();
-            for (device, bytes) in replies.unwrap_or_default() {
-                devices.push((device_key(key_group_of(&device, key_groups), &device), Arc::new(bytes)));
+        // Every reading before the barrier has been applied (device actors take their messages
+        // in the shard's order), and nothing after it has started.
+        let key_groups = self.key_groups();
+        let mut devices = Vec::new();
+        for (device, actor) in self.active.iter_mut() {
+            if let Some(bytes) = actor.snapshot_if_dirty() {
+                devices.push((device_key(key_group_of(device, key_groups), device), Arc::new(bytes)));
             }
-            for (device, p) in act.passive.iter_mut() {
-                if p.dirty {
-                    devices.push((device_key(key_group_of(device, key_groups), device), p.bytes.clone()));
-                    p.dirty = false;
-                    p.clean_as_of = id;
-                }
+        }
+        for (device, p) in self.passive.iter_mut() {
+            if p.dirty {
+                devices.push((device_key(key_group_of(device, key_groups), device), p.bytes.clone()));
+                p.dirty = false;
+                p.clean_as_of = id;
             }
-            act.barrier_seen = id;
-            // the records of the checkpoint's readings, then the mark
-            act.local.output.flush(None);
-            act.local.output.hub().do_send(BarrierReached {
-                shard: act.local.shard,
-                id,
-            });
-            let pause = started.elapsed();
-            act.local
-                .metrics
-                .checkpoint_pause_max_us
-                .fetch_max(pause.as_micros() as u64, Ordering::Relaxed);
-            if let Some(c) = &act.checkpointing {
-                c.checkpointer.do_send(ShardCheckpointed {
-                    id,
-                    shard: act.local.shard,
-                    devices,
-                    positions: msg.positions,
-                    dead_letters: msg.dead_letters,
-                    new_devices: std::mem::take(&mut act.created),
-                    pause,
-                });
-            }
-            let _ = done_tx.send(());
+        }
+        self.barrier_seen = id;
+        // the records of the checkpoint's readings, then the mark
+        self.local.output.flush(None);
+        self.local.output.hub().do_send(BarrierReached {
+            shard: self.local.shard,
+            id,
         });
-        ctx.wait(fut);
-        Box::pin(async move {
-            let _ = done_rx.await;
-        })
+        let pause = started.elapsed();
+        self.local
+            .metrics
+            .checkpoint_pause_max_us
+            .fetch_max(pause.as_micros() as u64, Ordering::Relaxed);
+        if let Some(c) = &self.checkpointing {
+            c.checkpointer.do_send(ShardCheckpointed {
+                id,
+                shard: self.local.shard,
+                devices,
+                positions: msg.positions,
+                dead_letters: msg.dead_letters,
+                new_devices: std::mem::take(&mut self.created),
+                pause,
+            });
+        }
     }
 }
 
@@ -558,27 +500,19 @@ impl Handler<ReportShardCounters> for ShardSupervisor {
 }
 
 impl Handler<ReportDeviceCounters> for ShardSupervisor {
-    type Result = ResponseFuture<Option<device::DeviceActorCounters>>;
+    type Result = Option<device::DeviceActorCounters>;
 
     fn handle(&mut self, msg: ReportDeviceCounters, _ctx: &mut Context<Self>) -> Self::Result {
-        let addr = self.active.get(msg.0.as_str()).map(|d| d.addr.clone());
-        Box::pin(async move {
-            match addr {
-                Some(addr) => addr.send(device::ReportCounters).await.ok(),
-                None => None,
-            }
-        })
+        self.active.get(msg.0.as_str()).map(DeviceActor::counters)
     }
 }
 
 impl Handler<EvictDevices> for ShardSupervisor {
-    type Result = ResponseActFuture<Self, usize>;
+    type Result = usize;
 
-    fn handle(&mut self, msg: EvictDevices, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: EvictDevices, _ctx: &mut Context<Self>) -> usize {
         let mut evicted = 0;
-        let mut addrs = Vec::new();
         for device in &msg.0 {
-            self.touched.remove(device.as_str());
             if let Some(p) = self.passive.remove(device.as_str()) {
                 if p.dirty {
                     error!(device = %device, "evicting a device with changes no checkpoint holds");
@@ -586,29 +520,24 @@ impl Handler<EvictDevices> for ShardSupervisor {
                 self.local.metrics.devices_passive.fetch_sub(1, Ordering::Relaxed);
                 evicted += 1;
             }
-            if let Some(d) = self.active.remove(device.as_str()) {
-                addrs.push(d.addr);
+            // (their state is in the store: the checkpoint before the hand-off took it)
+            if self.active.remove(device.as_str()).is_some() {
                 self.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
                 evicted += 1;
             }
         }
-        // the actors stop once they have answered (their state is in the store)
-        let (answers, all) = super::Collector::new(addrs.len());
-        for (addr, answer) in addrs.iter().zip(answers) {
-            addr.do_send(device::Passivate(answer));
-        }
-        Box::pin(all.into_actor(self).map(move |_, act, _ctx| {
-            drop(addrs);
-            debug!(shard = act.local.shard, evicted, "evicted the devices of a handed-off partition");
-            evicted
-        }))
+        debug!(
+            shard = self.local.shard,
+            evicted, "evicted the devices of a handed-off partition"
+        );
+        evicted
     }
 }
 
 impl Handler<PassivateIdleNow> for ShardSupervisor {
     type Result = usize;
 
-    fn handle(&mut self, msg: PassivateIdleNow, ctx: &mut Context<Self>) -> usize {
-        self.passivate_idle(msg.idle_ms, ctx)
+    fn handle(&mut self, msg: PassivateIdleNow, _ctx: &mut Context<Self>) -> usize {
+        self.passivate_idle(msg.idle_ms)
     }
 }

@@ -145,7 +145,9 @@ impl Decoder {
 
     /// Only the device id of a payload (for routing), or `None` if it has none.
     pub fn device_of<'a>(&self, payload: &'a [u8], topic_device: Option<&'a str>) -> Option<Cow<'a, str>> {
-        if self.device_from_topic && (topic_device.is_some() || self.device_field.is_none() && self.device_tag.is_none()) {
+        if self.device_from_topic
+            && (topic_device.is_some() || self.device_field.is_none() && self.device_tag.is_none())
+        {
             return topic_device.map(Cow::Borrowed);
         }
         match self.format {

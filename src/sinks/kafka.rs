@@ -126,7 +126,9 @@ impl KafkaSink {
                 value: Some(id.as_bytes()),
             })
         });
-        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(attempt)).key(key).payload(value);
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(attempt))
+            .key(key)
+            .payload(value);
         if let Some(h) = headers {
             record = record.headers(h);
         }

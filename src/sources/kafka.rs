@@ -244,7 +244,10 @@ impl Inner {
         }
     }
 
-    fn offsets_list(offsets: &BTreeMap<PartitionKey, i64>, only: Option<&BTreeSet<PartitionKey>>) -> TopicPartitionList {
+    fn offsets_list(
+        offsets: &BTreeMap<PartitionKey, i64>,
+        only: Option<&BTreeSet<PartitionKey>>,
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in offsets {
             if only.is_none_or(|set| set.contains(&(t.clone(), *p))) {
@@ -275,7 +278,9 @@ impl Inner {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 debug!(source = %self.name, checkpoint = id, partitions = tpl.count(), "kafka offsets committed");
             }
-            Err(e) => warn!(source = %self.name, checkpoint = id, error = %e, "kafka offsets not committed (the next checkpoint commits them)"),
+            Err(e) => {
+                warn!(source = %self.name, checkpoint = id, error = %e, "kafka offsets not committed (the next checkpoint commits them)")
+            }
         }
     }
 
@@ -309,7 +314,11 @@ impl Inner {
 
     /// Writes the hand-off of `key` (its devices' stored state and `next_offset`).
     fn write_handoff(&self, key: &PartitionKey, next_offset: i64, checkpoint: u64) -> Option<usize> {
-        let (store, dir, pipeline) = (self.store.as_ref()?, self.handoff_dir.as_ref()?, self.pipeline.as_ref()?);
+        let (store, dir, pipeline) = (
+            self.store.as_ref()?,
+            self.handoff_dir.as_ref()?,
+            self.pipeline.as_ref()?,
+        );
         let kgs = self.key_groups;
         let result = store
             .partition_states(&key.0, key.1, |d| key_group_of(d, kgs))
@@ -359,7 +368,9 @@ impl Inner {
                     Ok(()) => {
                         self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => warn!(source = %self.name, error = %e, "kafka offsets of revoked partitions not committed"),
+                    Err(e) => {
+                        warn!(source = %self.name, error = %e, "kafka offsets of revoked partitions not committed")
+                    }
                 }
             }
         }
@@ -384,8 +395,12 @@ impl Inner {
                     .map(|r| r.unwrap_or(0))
                     .sum();
                 match store.drop_partition(&key.0, key.1, |d| key_group_of(d, kgs)) {
-                    Ok(n) => debug!(source = %self.name, topic = %key.0, partition = key.1, dropped = n, evicted, "kafka partition state dropped"),
-                    Err(e) => error!(source = %self.name, error = %e, "the state of a handed-off partition could not be dropped"),
+                    Ok(n) => {
+                        debug!(source = %self.name, topic = %key.0, partition = key.1, dropped = n, evicted, "kafka partition state dropped")
+                    }
+                    Err(e) => {
+                        error!(source = %self.name, error = %e, "the state of a handed-off partition could not be dropped")
+                    }
                 }
             }
         }
@@ -435,7 +450,9 @@ impl Inner {
                                 start = Some(h.next_offset);
                                 from = "hand-off";
                             }
-                            Err(e) => error!(source = %self.name, error = %e, "a hand-off could not be imported: starting from the group's offset"),
+                            Err(e) => {
+                                error!(source = %self.name, error = %e, "a hand-off could not be imported: starting from the group's offset")
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -551,7 +568,13 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         ("queued.max.messages.kbytes", "16384".into()),
         ("client.id", format!("plume-{name}")),
     ];
-    let config = match client_config(&name, &spec.brokers, &defaults, &spec.properties, &spec.secret_properties_env) {
+    let config = match client_config(
+        &name,
+        &spec.brokers,
+        &defaults,
+        &spec.properties,
+        &spec.secret_properties_env,
+    ) {
         Ok(c) => c,
         Err(e) => return fail(&feeder, e),
     };
@@ -598,7 +621,8 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         paused: false,
         closing: false,
     }));
-    let consumer: BaseConsumer<SourceContext> = match config.create_with_context(SourceContext { inner: inner.clone() }) {
+    let consumer: BaseConsumer<SourceContext> = match config.create_with_context(SourceContext { inner: inner.clone() })
+    {
         Ok(c) => c,
         Err(error) => {
             let feeder = &inner.lock().expect("kafka source lock").feeder;

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use super::{CF_DEVICES, CF_POSITIONS, StateStore, StoreError, bincode_decode, bincode_encode, device_key, seal, unseal};
+use super::{
+    CF_DEVICES, CF_POSITIONS, StateStore, StoreError, bincode_decode, bincode_encode, device_key, seal, unseal,
+};
 
 const PARTITION_PREFIX: &[u8] = b"\x00kafka-partition\x00";
 

@@ -59,7 +59,10 @@ impl Tansu {
             .expect("tansu starts");
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen on {port}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tansu did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Tansu { child, port }
@@ -115,7 +118,9 @@ impl Tansu {
             }
             producer.poll(Duration::ZERO);
         }
-        producer.flush(Duration::from_secs(600)).expect("every record delivered");
+        producer
+            .flush(Duration::from_secs(600))
+            .expect("every record delivered");
     }
 
     /// Reads `topic` from the beginning until `n` records arrived (or `timeout`): `(key, value,
@@ -133,7 +138,10 @@ impl Tansu {
         let mut out = Vec::new();
         while out.len() < n && started.elapsed() < timeout {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let key = m
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
                 let value = m
                     .payload()
                     .map(|v| String::from_utf8_lossy(v).into_owned())
