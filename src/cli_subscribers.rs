@@ -298,3 +298,68 @@ pub fn outbox(dir: &Path, as_json: bool, dead_letters: bool) -> anyhow::Result<E
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `plume outbox --retry-dead-letters | --drop-dead-letters [--id ID]… [--sink SINK]`.
+pub fn take_dead_letters(
+    dir: &Path,
+    as_json: bool,
+    retry: bool,
+    ids: &[String],
+    sink: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if !StateStore::live_dir(dir).exists() {
+        bail!("{} has no state store", dir.display());
+    }
+    let store = StateStore::open_tool(dir)?;
+    let summaries = outbox::summaries(&store)?;
+    if let Some(sink) = sink
+        && !summaries.iter().any(|s| s.sink == sink)
+    {
+        let known: Vec<&str> = summaries.iter().map(|s| s.sink.as_str()).collect();
+        bail!(
+            "{} has no outbox for sink `{sink}` (it has: {})",
+            dir.display(),
+            known.join(", ")
+        );
+    }
+    let only = (!ids.is_empty()).then_some(ids);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut taken = serde_json::Map::new();
+    let mut found = std::collections::BTreeSet::new();
+    for s in summaries.iter().filter(|s| sink.is_none_or(|n| n == s.sink)) {
+        let o = outbox::StoreOutbox::open(store.clone(), &s.sink)?;
+        let moved = if retry {
+            o.retry_dead_letters(only, now)?
+        } else {
+            o.drop_dead_letters(only)?
+        };
+        found.extend(moved.iter().cloned());
+        if !as_json {
+            println!(
+                "{}: {} dead letters {}",
+                s.sink,
+                moved.len(),
+                if retry {
+                    "back to pending (the next run delivers them)"
+                } else {
+                    "dropped"
+                }
+            );
+        }
+        taken.insert(s.sink.clone(), json!(moved));
+    }
+    let missing: Vec<&String> = ids.iter().filter(|id| !found.contains(*id)).collect();
+    if as_json {
+        print_json(&json!({ if retry { "retried" } else { "dropped" }: taken, "not_found": missing }));
+    } else if !missing.is_empty() {
+        eprintln!(
+            "not dead letters here: {}",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -111,6 +111,22 @@ enum Command {
         /// List the dead letters too.
         #[arg(long)]
         dead_letters: bool,
+        /// Put dead letters back among the pending deliveries (once their cause is fixed): the
+        /// next run delivers them. Every one, or those given with --id. Not while a run holds the
+        /// data directory.
+        #[arg(long, conflicts_with = "drop_dead_letters")]
+        retry_dead_letters: bool,
+        /// Remove dead letters for good (their ids stay known, so a replay does not send them).
+        /// Every one, or those given with --id.
+        #[arg(long)]
+        drop_dead_letters: bool,
+        /// With --retry-dead-letters / --drop-dead-letters: only these delivery ids.
+        #[arg(long = "id", value_name = "DELIVERY_ID")]
+        ids: Vec<String>,
+        /// With --retry-dead-letters / --drop-dead-letters: only this notifier sink's outbox
+        /// (`webhook:0`, …).
+        #[arg(long)]
+        sink: Option<String>,
     },
     /// The zero-setup demo: a simulated fleet through pipelines/indoor-air.yaml, live.
     Demo {
@@ -370,7 +386,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             json,
             dead_letters,
-        } => subscribers_cli::outbox(&data_dir, json, dead_letters),
+            retry_dead_letters,
+            drop_dead_letters,
+            ids,
+            sink,
+        } => {
+            if retry_dead_letters || drop_dead_letters {
+                subscribers_cli::take_dead_letters(&data_dir, json, retry_dead_letters, &ids, sink.as_deref())
+            } else if !ids.is_empty() || sink.is_some() {
+                anyhow::bail!("--id and --sink go with --retry-dead-letters or --drop-dead-letters")
+            } else {
+                subscribers_cli::outbox(&data_dir, json, dead_letters)
+            }
+        }
     }
 }
 

@@ -945,6 +945,102 @@ fn webhook_aq1_killed_with_deliveries_pending_delivers_them_after_a_restart_and_
 }
 
 /// The webhook-aq1 pipeline with its webhook replaced by an APNs push to `endpoint`.
+#[test]
+fn dead_letters_retried_with_the_cli_are_delivered_by_the_next_run_and_a_dropped_one_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 50, 20_000, 3);
+    let out = dir.path().join("out.jsonl");
+    let state = dir.path().join("state");
+    let healthy = Arc::new(AtomicBool::new(false));
+    let rx = {
+        let healthy = healthy.clone();
+        // rejects every request (a permanent error: straight to dead letters) until fixed
+        Receiver::start(Arc::new(AtomicU64::new(0)), move |_| {
+            if healthy.load(Ordering::SeqCst) {
+                Reply::ok()
+            } else {
+                Reply::status(400)
+            }
+        })
+    };
+    let run = || {
+        let out = common::plume()
+            .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
+            .arg(&input)
+            .arg("--data-dir")
+            .arg(&state)
+            .env("PLUME_OUTPUT", &out)
+            .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
+            .env("PLUME_WEBHOOK_SECRET", SECRET)
+            .env("PLUME_WEBHOOK_BACKOFF", "50ms")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run();
+    let (want, _) = events_of(&out);
+    let events: usize = want.values().map(Vec::len).sum();
+    assert!(events >= 4, "the input should have pm25 events, found {events}");
+    let before = outbox_of(&state, "webhook:0");
+    assert_eq!(before["dead_letters"], events as u64, "{before}");
+    assert_eq!(before["pending"], 0, "{before}");
+    let first_requests = rx.count();
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&plume_ok(&["outbox", "--json", "--dead-letters"], &state)).unwrap();
+    let dead: Vec<String> = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dead.len(), events);
+    let dropped = dead[0].clone();
+    let text = plume_ok(&["outbox", "--drop-dead-letters", "--id", &dropped], &state);
+    assert!(text.contains("webhook:0: 1 dead letters dropped"), "{text}");
+    // an id that is not a dead letter (any more) is reported and fails
+    let again = common::plume()
+        .args(["outbox", "--drop-dead-letters", "--id", &dropped, "--data-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains(&dropped));
+    // not while something holds the store (here: this test, as a run would)
+    {
+        let _held = plume::store::StateStore::open_tool(&state).unwrap();
+        let refused = common::plume()
+            .args(["outbox", "--retry-dead-letters", "--data-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("in use by a running plume"), "{stderr}");
+    }
+    let text = plume_ok(&["outbox", "--retry-dead-letters", "--sink", "webhook:0"], &state);
+    assert!(
+        text.contains(&format!("webhook:0: {} dead letters back to pending", events - 1)),
+        "{text}"
+    );
+    let middle = outbox_of(&state, "webhook:0");
+    assert_eq!(middle["pending"], (events - 1) as u64, "{middle}");
+    assert_eq!(middle["dead_letters"], 0, "{middle}");
+
+    healthy.store(true, Ordering::SeqCst);
+    run();
+    let mut delivered = BTreeSet::new();
+    for r in rx.requests().iter().filter(|r| r.seq >= first_requests as u64) {
+        let id = verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}"));
+        assert!(delivered.insert(id.clone()), "{id} delivered twice");
+    }
+    let expected: BTreeSet<String> = want.values().flatten().filter(|id| **id != dropped).cloned().collect();
+    assert_eq!(delivered, expected, "every retried dead letter, not the dropped one");
+    let after = outbox_of(&state, "webhook:0");
+    assert_eq!(after["pending"], 0, "{after}");
+    assert_eq!(after["delivered"], (events - 1) as u64, "{after}");
+}
+
 fn apns_pipeline(dir: &std::path::Path, endpoint: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(common::repo().join("pipelines/webhook-aq1.yaml")).unwrap();
     let head = &text[..text.find("      - webhook:").unwrap()];

@@ -470,6 +470,65 @@ impl StoreOutbox {
     }
 }
 
+impl StoreOutbox {
+    /// Puts dead letters back among the pending deliveries (after their cause is fixed: the next
+    /// run delivers them; `max_age` counts again from `now_ms`). `ids`: only these (`None`:
+    /// every one). Returns the ids moved, in their original order.
+    pub fn retry_dead_letters(&self, ids: Option<&[String]>, now_ms: i64) -> Result<Vec<String>, OutboxError> {
+        self.take_dead_letters(ids, Some(now_ms))
+    }
+
+    /// Removes dead letters for good. Their ids stay known as given up, so an event replayed
+    /// with the same id is not sent again. `ids`: only these (`None`: every one).
+    pub fn drop_dead_letters(&self, ids: Option<&[String]>) -> Result<Vec<String>, OutboxError> {
+        self.take_dead_letters(ids, None)
+    }
+
+    /// Both of the above: `retry_at` = `Some(now)` puts them back as pending.
+    fn take_dead_letters(&self, ids: Option<&[String]>, retry_at: Option<i64>) -> Result<Vec<String>, OutboxError> {
+        let mut meta = self.meta.lock().unwrap();
+        let mut next = meta.clone();
+        let mut batch = WriteBatch::default();
+        let mut taken = Vec::new();
+        for item in self.scan(TAG_DEAD) {
+            let (key, value) = item?;
+            let mut letter: DeadLetter = decode_record(&value, "outbox dead letter")?;
+            if ids.is_some_and(|ids| !ids.contains(&letter.entry.id)) {
+                continue;
+            }
+            batch.delete_cf(self.cf(), &key);
+            next.dead_letters = next.dead_letters.saturating_sub(1);
+            let index = match retry_at {
+                Some(now_ms) => {
+                    let seq = next.next_seq;
+                    next.next_seq += 1;
+                    letter.entry.created_ms = now_ms;
+                    batch.put_cf(
+                        self.cf(),
+                        self.key(TAG_PENDING, &seq.to_be_bytes()),
+                        encode_record(&letter.entry),
+                    );
+                    IndexState::Pending { seq }
+                }
+                None => IndexState::Dead { seq: u64::MAX },
+            };
+            batch.put_cf(
+                self.cf(),
+                self.key(TAG_INDEX, letter.entry.id.as_bytes()),
+                encode_record(&index),
+            );
+            taken.push(letter.entry.id);
+        }
+        if taken.is_empty() {
+            return Ok(taken);
+        }
+        batch.put_cf(self.cf(), outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
+        self.write(batch)?;
+        *meta = next;
+        Ok(taken)
+    }
+}
+
 fn read_meta(store: &StateStore, ns: &str) -> Result<Option<OutboxMeta>, OutboxError> {
     let cf = store
         .db()
@@ -785,6 +844,51 @@ mod store_tests {
         let s = summaries(&store).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].sink.as_str(), s[0].pending, s[0].dead_letters), ("apns:0", 1, 1));
+    }
+
+    #[test]
+    fn dead_letters_retried_are_pending_again_and_dropped_ones_stay_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_tool(dir.path()).unwrap();
+        let outbox = StoreOutbox::open(store.clone(), "webhook:0").unwrap();
+        outbox
+            .put(vec![
+                entry("e1", "d1"),
+                entry("e2", "d1"),
+                entry("e3", "d2"),
+                entry("e4", "d2"),
+            ])
+            .unwrap();
+        for id in ["e1", "e2", "e3"] {
+            outbox.dead_letter(id, "HTTP 400: bad payload", 1).unwrap();
+        }
+        assert_eq!(ids(&outbox.pending().unwrap()), ["e4"]);
+        assert_eq!(outbox.meta().dead_letters, 3);
+
+        // one by id, then the rest
+        assert_eq!(
+            outbox.retry_dead_letters(Some(&["e2".to_string()]), 5_000).unwrap(),
+            ["e2"]
+        );
+        assert_eq!(ids(&outbox.pending().unwrap()), ["e4", "e2"], "after the pending ones");
+        assert_eq!(
+            outbox.pending().unwrap()[1].created_ms,
+            5_000,
+            "max_age counts from the retry"
+        );
+        assert!(!outbox.is_acknowledged("e2").unwrap(), "deliverable again");
+        assert_eq!(outbox.drop_dead_letters(None).unwrap(), ["e1", "e3"]);
+        assert!(outbox.dead_letters().unwrap().is_empty());
+        assert_eq!(outbox.meta().dead_letters, 0);
+        // a dropped id is not put again by a replay; a retried one is delivered once
+        assert!(outbox.put(vec![entry("e1", "d1")]).unwrap().is_empty());
+        assert!(outbox.is_acknowledged("e3").unwrap());
+        outbox.acknowledge("e2").unwrap();
+        drop(outbox);
+        let reopened = StoreOutbox::open(store, "webhook:0").unwrap();
+        assert_eq!(ids(&reopened.pending().unwrap()), ["e4"]);
+        assert_eq!(reopened.meta().delivered, 1);
+        assert!(reopened.retry_dead_letters(None, 6_000).unwrap().is_empty());
     }
 
     #[test]
