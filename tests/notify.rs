@@ -719,6 +719,28 @@ fn quiet_hours_hold_notifications_and_send_one_digest_after() {
 // ---------------------------------------------------------------------------------------------
 // the aq1 webhook pipeline, end to end through `plume run`
 
+/// `plume run pipelines/webhook-aq1.yaml` on `input` with its own data directory, the file
+/// output at `out` and the webhook at `url` (signed with `SECRET`, retries after `backoff`).
+fn webhook_aq1(
+    input: &std::path::Path,
+    state: &std::path::Path,
+    out: &std::path::Path,
+    url: &str,
+    backoff: &str,
+) -> std::process::Command {
+    let mut c = common::plume();
+    c.args(["run", "pipelines/webhook-aq1.yaml", "--input"])
+        .arg(input)
+        // its own state: the pipeline's default directory would resume another run's devices
+        .arg("--data-dir")
+        .arg(state)
+        .env("PLUME_OUTPUT", out)
+        .env("PLUME_WEBHOOK_URL", url)
+        .env("PLUME_WEBHOOK_SECRET", SECRET)
+        .env("PLUME_WEBHOOK_BACKOFF", backoff);
+    c
+}
+
 #[test]
 fn webhook_aq1_against_a_flaky_receiver_delivers_every_event_of_the_file_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -732,16 +754,7 @@ fn webhook_aq1_against_a_flaky_receiver_delivers_every_event_of_the_file_output(
         6 => Reply::status(429).with_header("retry-after", "0"),
         _ => Reply::ok(),
     });
-    let result = common::plume()
-        .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
-        .arg(&input)
-        // its own state: the pipeline's default directory would resume another run's devices
-        .arg("--data-dir")
-        .arg(dir.path().join("state"))
-        .env("PLUME_OUTPUT", &out)
-        .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
-        .env("PLUME_WEBHOOK_SECRET", SECRET)
-        .env("PLUME_WEBHOOK_BACKOFF", "10ms")
+    let result = webhook_aq1(&input, &dir.path().join("state"), &out, &rx.url("/aq1"), "10ms")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
@@ -859,18 +872,7 @@ fn webhook_aq1_killed_with_deliveries_pending_delivers_them_after_a_restart_and_
             }
         })
     };
-    let run = || {
-        let mut c = common::plume();
-        c.args(["run", "pipelines/webhook-aq1.yaml", "--input"])
-            .arg(&input)
-            .arg("--data-dir")
-            .arg(&state)
-            .env("PLUME_OUTPUT", &out)
-            .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
-            .env("PLUME_WEBHOOK_SECRET", SECRET)
-            .env("PLUME_WEBHOOK_BACKOFF", "50ms");
-        c
-    };
+    let run = || webhook_aq1(&input, &state, &out, &rx.url("/aq1"), "50ms");
     let log = std::fs::File::create(dir.path().join("first.log")).unwrap();
     let mut first = run().stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
     // the 10 acknowledged, then failures (the breaker opens after 5 in a row)
@@ -964,15 +966,7 @@ fn dead_letters_retried_with_the_cli_are_delivered_by_the_next_run_and_a_dropped
         })
     };
     let run = || {
-        let out = common::plume()
-            .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
-            .arg(&input)
-            .arg("--data-dir")
-            .arg(&state)
-            .env("PLUME_OUTPUT", &out)
-            .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
-            .env("PLUME_WEBHOOK_SECRET", SECRET)
-            .env("PLUME_WEBHOOK_BACKOFF", "50ms")
+        let out = webhook_aq1(&input, &state, &out, &rx.url("/aq1"), "50ms")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1367,14 +1361,7 @@ fn webhook_dead_letters_reach_the_dead_letters_route_and_stay_in_the_outbox() {
     let seq = Arc::new(AtomicU64::new(0));
     // refuses every payload for good
     let rx = Receiver::start(seq, |_| Reply::json(400, r#"{"error":"schema"}"#));
-    let result = common::plume()
-        .args(["run", "pipelines/webhook-aq1.yaml", "--input"])
-        .arg(&input)
-        .arg("--data-dir")
-        .arg(&state)
-        .env("PLUME_OUTPUT", &out)
-        .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
-        .env("PLUME_WEBHOOK_SECRET", SECRET)
+    let result = webhook_aq1(&input, &state, &out, &rx.url("/aq1"), "1s")
         .output()
         .unwrap();
     assert!(
