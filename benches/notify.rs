@@ -22,10 +22,11 @@ fn main() {
     unsafe { std::env::set_var("PLUME_BENCH_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") };
     let n_devices = 200usize;
     let per_device = 25usize;
-    let rx = receiver::Receiver::start(Arc::new(AtomicU64::new(0)), |_| receiver::Reply::ok());
     // the in-memory outbox (runs without a data directory), then the RocksDB one (every put,
     // acknowledgement a synced write)
     for (concurrency, durable) in [(4u32, false), (16, false), (4, true)] {
+        // a receiver of its own per run: the runs do not share its records
+        let rx = receiver::Receiver::start(Arc::new(AtomicU64::new(0)), |_| receiver::Reply::ok());
         let dir = tempfile::tempdir().unwrap();
         let store = durable.then(|| plume::store::StateStore::open_tool(dir.path()).unwrap());
         let outbox: Arc<dyn plume::notify::Outbox> = match &store {

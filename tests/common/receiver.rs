@@ -104,6 +104,9 @@ impl Receiver {
             .expect("binding the receiver");
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        // requests so far per webhook-id (a scan of every recorded request per request made
+        // long runs quadratic: the receiver, not plume, became the bottleneck of the benches)
+        let attempts: Attempts = Arc::default();
         let behaviour: Behaviour = Arc::new(behaviour);
         let (reqs, b) = (requests.clone(), behaviour.clone());
         runtime.spawn(async move {
@@ -111,11 +114,11 @@ impl Receiver {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (reqs, b, seq) = (reqs.clone(), b.clone(), seq.clone());
+                let (reqs, b, seq, attempts) = (reqs.clone(), b.clone(), seq.clone(), attempts.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (reqs, b, seq) = (reqs.clone(), b.clone(), seq.clone());
-                        async move { Ok::<_, Infallible>(handle(req, reqs, b, seq).await) }
+                        let (reqs, b, seq, attempts) = (reqs.clone(), b.clone(), seq.clone(), attempts.clone());
+                        async move { Ok::<_, Infallible>(handle(req, reqs, b, seq, attempts).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -156,11 +159,14 @@ impl Drop for Receiver {
     }
 }
 
+type Attempts = Arc<Mutex<std::collections::HashMap<String, usize>>>;
+
 async fn handle(
     req: Request<Incoming>,
     reqs: Arc<Mutex<Vec<Recorded>>>,
     behaviour: Behaviour,
     seq: Arc<AtomicU64>,
+    attempts: Attempts,
 ) -> Response<Full<Bytes>> {
     let version = req.version();
     let method = req.method().to_string();
@@ -179,8 +185,13 @@ async fn handle(
     let recorded = {
         let mut all = reqs.lock().unwrap();
         let id = headers.iter().find(|(k, _)| k == "webhook-id").map(|(_, v)| v.clone());
-        let attempt = match &id {
-            Some(id) => all.iter().filter(|r| r.header("webhook-id") == Some(id)).count(),
+        let attempt = match id {
+            Some(id) => {
+                let mut attempts = attempts.lock().unwrap();
+                let n = attempts.entry(id).or_default();
+                *n += 1;
+                *n - 1
+            }
             None => 0,
         };
         let r = Recorded {
