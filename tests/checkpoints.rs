@@ -309,6 +309,73 @@ fn a_damaged_live_state_is_reported_and_the_newest_good_checkpoint_is_used() {
 }
 
 #[test]
+fn a_device_whose_stored_state_is_damaged_continues_from_its_retained_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 40_000, 8);
+    // two files: the second continues the first (a new input file continues the state)
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = (dir.path().join("first.jsonl"), dir.path().join("second.jsonl"));
+    std::fs::write(&first, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
+    // one device is silent in the second file: it only ends (flushed from its stored state)
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let silent = v["device"].as_str().unwrap().to_string();
+    let quoted = format!("\"{silent}\"");
+    let rest: Vec<&str> = lines[lines.len() / 2..]
+        .iter()
+        .copied()
+        .filter(|l| !l.contains(&quoted))
+        .collect();
+    std::fs::write(&second, rest.join("\n") + "\n").unwrap();
+    let pipeline = pipeline_keeping_all(dir.path());
+    let two_runs = |state: &Path, damage: bool| {
+        let out1 = state.with_extension("1.jsonl");
+        let out2 = state.with_extension("2.jsonl");
+        ok(run_cmd(&pipeline, &first, &out1, state, &[]));
+        let mut damaged = None;
+        if damage {
+            // a device with readings to come and the silent one: their live values lose their
+            // last byte (the checksum no longer matches)
+            let db = plume::store::open_db(&state.join("live")).unwrap();
+            let cf = db.cf_handle(plume::store::CF_DEVICES).unwrap();
+            let stored: Vec<(Box<[u8]>, Box<[u8]>)> = db
+                .iterator_cf(cf, rocksdb::IteratorMode::Start)
+                .map(Result::unwrap)
+                .collect();
+            let device_of = |k: &[u8]| plume::store::parse_device_key(k).unwrap().1;
+            let active = stored.iter().find(|(k, _)| device_of(k) != silent).unwrap();
+            let quiet = stored.iter().find(|(k, _)| device_of(k) == silent).unwrap();
+            for (key, value) in [active, quiet] {
+                db.put_cf(cf, key, &value[..value.len() - 1]).unwrap();
+            }
+            damaged = Some(device_of(&active.0));
+        }
+        let log = ok(run_cmd(&pipeline, &second, &out2, state, &[]));
+        (out2, log, damaged)
+    };
+    let (clean_out, clean_log, _) = two_runs(&dir.path().join("clean"), false);
+    assert!(!clean_log.contains("damaged"), "{clean_log}");
+    let (out, log, damaged) = two_runs(&dir.path().join("damaged"), true);
+    let device = damaged.unwrap();
+    assert_eq!(
+        log.matches("stored device state is damaged: using its state from retained checkpoint")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains(&device) && log.contains(&silent), "{log}");
+    // the retained copy is the state the damaged value had (the last checkpoint of the first
+    // run): the device continues exactly as without the damage
+    assert_same_output(&clean_out, &out);
+    let per_device = lines_per_device(&out);
+    assert!(
+        per_device.get(&device).is_some_and(|l| l.len() > 10),
+        "{device} produced output"
+    );
+    assert!(per_device.contains_key(&silent), "{silent} was flushed at the end");
+}
+
+#[test]
 fn a_changed_pipeline_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let input = aq1_input(dir.path(), 50, 50_000, 2);

@@ -192,33 +192,58 @@ impl ShardSupervisor {
         self.local.pipeline.spec.runtime.key_groups
     }
 
-    /// The stored state of a device, if the store has one that restores.
+    /// The stored state of a device, if the store has one that restores (see
+    /// [`Self::chain_from_stored`]).
     fn load(&self, device: &str) -> Option<DeviceChain> {
         let c = self.checkpointing.as_ref()?;
         let kg = key_group_of(device, self.key_groups());
         match c.store.load_device(kg, device) {
-            Ok(Some(bytes)) => {
-                let _span = info_span!("device_restore", device, shard = self.local.shard).entered();
-                match self
-                    .local
-                    .pipeline
-                    .restore_chain(device, &bytes, c.allow_pipeline_change)
-                {
-                    Ok(chain) => {
-                        self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
-                        Some(chain)
-                    }
-                    Err(e) => {
-                        self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                        error!(device, error = %e, "stored device state does not restore: the device starts afresh");
-                        None
-                    }
-                }
-            }
             Ok(None) => None,
-            Err(e) => {
-                self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                error!(device, error = %e, "stored device state is damaged: the device starts afresh");
+            Ok(Some(bytes)) => self.chain_from_stored(device, Ok(bytes)),
+            Err(e) => self.chain_from_stored(device, Err(e.to_string())),
+        }
+    }
+
+    /// A device's chain from its stored value. A damaged value (or one that does not restore)
+    /// is reported, and the device's state in the newest retained checkpoint that holds a sound
+    /// copy is used instead (older: the readings since that checkpoint are not in it); without
+    /// one the device starts afresh (`None`).
+    fn chain_from_stored(&self, device: &str, stored: Result<Vec<u8>, String>) -> Option<DeviceChain> {
+        let c = self.checkpointing.as_ref()?;
+        let restore = |bytes: &[u8]| {
+            let _span = info_span!("device_restore", device, shard = self.local.shard).entered();
+            self.local
+                .pipeline
+                .restore_chain(device, bytes, c.allow_pipeline_change)
+        };
+        let damaged = match stored.and_then(|bytes| restore(&bytes).map_err(|e| e.to_string())) {
+            Ok(chain) => {
+                self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
+                return Some(chain);
+            }
+            Err(e) => e,
+        };
+        self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+        let kg = key_group_of(device, self.key_groups());
+        match c.store.load_device_from_retained(kg, device) {
+            Some((checkpoint, bytes)) => match restore(&bytes) {
+                Ok(chain) => {
+                    self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        device,
+                        error = %damaged,
+                        checkpoint,
+                        "stored device state is damaged: using its state from retained checkpoint (readings since then are not in it)"
+                    );
+                    Some(chain)
+                }
+                Err(e) => {
+                    error!(device, error = %damaged, retained_error = %e, "stored device state is damaged and its retained copy does not restore: the device starts afresh");
+                    None
+                }
+            },
+            None => {
+                error!(device, error = %damaged, "stored device state is damaged and no retained checkpoint holds it: the device starts afresh");
                 None
             }
         }
@@ -356,32 +381,42 @@ impl Handler<FinishShard> for ShardSupervisor {
         let flush = self.local.pipeline.spec.shutdown.flush;
         // passive devices: restore and flush right here (no actor needed)
         let mut totals = ShardTotals::default();
-        let mut passive: Vec<(Arc<str>, Vec<u8>)> = self
+        // a device, its encoded state (from the store: possibly damaged), whether from the store
+        type Ending = (Arc<str>, Result<Vec<u8>, String>, bool);
+        let mut passive: Vec<Ending> = self
             .passive
             .drain()
-            .map(|(k, p)| (k, Arc::unwrap_or_clone(p.bytes)))
+            .map(|(k, p)| (k, Ok(Arc::unwrap_or_clone(p.bytes)), false))
             .collect();
         // devices only in the store (not seen in this run) end too
-        let in_memory: rustc_hash::FxHashSet<Arc<str>> = passive.iter().map(|(d, _)| d.clone()).collect();
+        let in_memory: rustc_hash::FxHashSet<Arc<str>> = passive.iter().map(|(d, _, _)| d.clone()).collect();
         if let Some(c) = &self.checkpointing {
             let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
             for item in c.store.devices_in(from, to) {
                 match item {
-                    Ok((device, bytes)) => {
+                    Ok((device, stored)) => {
                         if !self.active.contains_key(device.as_str()) && !in_memory.contains(device.as_str()) {
-                            passive.push((Arc::from(device.as_str()), bytes));
+                            passive.push((Arc::from(device.as_str()), stored.map_err(|e| e.to_string()), true));
                         }
                     }
                     Err(e) => {
                         self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-                        error!(error = %e, "a stored device could not be read at the end of the run");
+                        error!(error = %e, "the stored devices could not be read on at the end of the run");
+                        break;
                     }
                 }
             }
         }
         passive.sort_by(|a, b| a.0.cmp(&b.0));
-        for (device, bytes) in passive {
-            let mut chain = self.restore(&device, &bytes);
+        for (device, encoded, from_store) in passive {
+            let mut chain = if from_store {
+                match self.chain_from_stored(&device, encoded) {
+                    Some(chain) => chain,
+                    None => continue,
+                }
+            } else {
+                self.restore(&device, &encoded.expect("in memory"))
+            };
             if flush {
                 let mut emits = Vec::new();
                 chain.on_end(&mut emits);

@@ -493,8 +493,36 @@ impl StateStore {
         }
     }
 
+    /// A device's state from the newest retained checkpoint that holds a sound copy of it
+    /// (for a device whose live value is damaged): `(checkpoint id, state)`. Each checkpoint is
+    /// opened read-only for the lookup; a damaged one is skipped.
+    pub fn load_device_from_retained(&self, key_group: u32, device: &str) -> Option<(u64, Vec<u8>)> {
+        let key = device_key(key_group, device);
+        let ids = retained::ids(&self.dir).ok()?;
+        for id in ids.into_iter().rev() {
+            let path = retained::checkpoint_dir(&self.dir, id);
+            let Ok(db) = open_db_read_only(&path) else {
+                continue;
+            };
+            let cf = db.cf_handle(CF_DEVICES).expect("column family");
+            if let Ok(Some(v)) = db.get_pinned_cf(cf, &key)
+                && let Ok(state) = unseal(&v)
+            {
+                return Some((id, state.to_vec()));
+            }
+        }
+        None
+    }
+
     /// Every stored device of the key groups `from..to`, in key order.
-    pub fn devices_in(&self, from: u32, to: u32) -> impl Iterator<Item = Result<(String, Vec<u8>), StoreError>> + '_ {
+    /// (An outer error: the store could not be read on; an inner one: this device's value is
+    /// damaged.)
+    #[allow(clippy::type_complexity)]
+    pub fn devices_in(
+        &self,
+        from: u32,
+        to: u32,
+    ) -> impl Iterator<Item = Result<(String, Result<Vec<u8>, StoreError>), StoreError>> + '_ {
         let cf = self.db.cf_handle(CF_DEVICES).expect("column family");
         let start = (from as u16).to_be_bytes();
         self.db
@@ -507,11 +535,11 @@ impl StateStore {
             .map(|item| {
                 let (k, v) = item?;
                 let (_, device) = parse_device_key(&k).expect("checked above");
-                let payload = unseal(&v).map_err(|problem| StoreError::Corrupt {
+                let payload = unseal(&v).map(<[u8]>::to_vec).map_err(|problem| StoreError::Corrupt {
                     what: format!("stored state of device {device}"),
                     problem,
-                })?;
-                Ok((device, payload.to_vec()))
+                });
+                Ok((device, payload))
             })
     }
 
