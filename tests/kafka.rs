@@ -55,6 +55,28 @@ impl Plume {
         );
     }
 
+    /// Once every record is in the topic: waits until it has read them all (the next time it
+    /// is at the end of every partition).
+    fn wait_read_everything(&self) {
+        let before = self.caught_up_on_all();
+        let started = Instant::now();
+        while self.caught_up_on_all() == before {
+            let quiet = self
+                .0
+                .newest(|l| l.contains("kafka").then(|| l.contains("caught up")))
+                .unwrap_or(false);
+            if started.elapsed() > Duration::from_secs(20) && quiet {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "it did not catch up:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn log_text(&self) -> String {
         self.0.log_text()
     }
@@ -303,24 +325,7 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     // b takes a's partitions from their hand-offs, then reads the rest of the readings
     b.wait_logged("taken over from a hand-off", 1, Duration::from_secs(60));
     broker.produce("aq1", second);
-    // every record is in the topic: the next time b is at the end of all four partitions, it
-    // has read them all
-    let before = b.caught_up_on_all();
-    let started = Instant::now();
-    while b.caught_up_on_all() == before {
-        let quiet =
-            b.0.newest(|l| l.contains("kafka").then(|| l.contains("caught up")))
-                .unwrap_or(false);
-        if started.elapsed() > Duration::from_secs(20) && quiet {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "b did not catch up:\n{}",
-            b.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_read_everything();
     b.interrupt();
     // a's output up to its last checkpoint (what it flushed after that is its end-of-run flush,
     // which b continues instead), then b's
@@ -347,6 +352,116 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     file_lines.remove("");
     // b continued a's devices with their state: nothing repeated, nothing missing
     assert_same_records(merged_lines, file_lines);
+}
+
+/// Sink lengths of every retained checkpoint of a data directory, by checkpoint id.
+fn sink_lengths(state: &Path) -> std::collections::BTreeMap<u64, usize> {
+    let list = plume()
+        .args(["checkpoints", "--data-dir"])
+        .arg(state)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let manifests: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    manifests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["sinks"][0]["length"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_member_leaves_its_partitions_with_their_state_to_the_next_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 80, 60_000, 46);
+    let records = aq1_records(&input);
+    let (first, second) = records.split_at(records.len() / 2);
+    let broker = Tansu::start();
+    broker.create_topic("aq1", PARTITIONS);
+    broker.produce("aq1", first);
+    // hand-offs refreshed at every checkpoint; every checkpoint kept (to cut a's output at the
+    // one each hand-off stands for)
+    let text = std::fs::read_to_string(pipeline()).unwrap();
+    assert!(text.contains("      device_from: key\n") && !text.contains("\ncheckpoint:"));
+    let pipeline = dir.path().join("kafka-crash.yaml");
+    std::fs::write(
+        &pipeline,
+        text.replace(
+            "      device_from: key\n",
+            "      device_from: key\n      handoff_refresh: 0s\n",
+        ) + "\ncheckpoint:\n  retain: 1000\n",
+    )
+    .unwrap();
+    let (out_a, out_b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let args = ["--checkpoint-interval", "300ms"];
+    let a = Plume::start(&pipeline, &broker, "aq1", "plume-crash", &out_a, &args);
+    a.wait_caught_up_on_all(Duration::from_secs(120));
+    a.wait_logged(
+        "kafka partition hand-off refreshed",
+        PARTITIONS as usize,
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    a.kill(); // SIGKILL: no revoke, no hand-off at the end
+
+    // what a left: per partition, its devices' state as of one of its checkpoints
+    let handoff_dir = dir.path().join("kafka-handoff").join("plume-crash");
+    let lengths = sink_lengths(&out_a.with_extension("state"));
+    let mut a_cut: std::collections::BTreeMap<String, usize> = Default::default();
+    for partition in 0..PARTITIONS as i32 {
+        let h = plume::store::partitions::PartitionHandoff::read(&handoff_dir, "aq1", partition)
+            .unwrap()
+            .unwrap_or_else(|| panic!("partition {partition} has a hand-off"));
+        let length = lengths[&h.checkpoint];
+        for (device, _) in &h.devices {
+            a_cut.insert(device.clone(), length);
+        }
+    }
+    assert!(a_cut.len() > 40, "devices in the hand-offs: {}", a_cut.len());
+
+    // b joins the group; once a's membership expires it gets every partition
+    let b = Plume::start(&pipeline, &broker, "aq1", "plume-crash", &out_b, &args);
+    b.wait_logged(
+        "taken over from a hand-off",
+        PARTITIONS as usize,
+        Duration::from_secs(90),
+    );
+    broker.produce("aq1", second);
+    b.wait_read_everything();
+    let b_log = b.interrupt();
+    assert!(b_log.contains("handoffs_refreshed"), "{b_log}");
+
+    // each device: a's records up to the checkpoint of its partition's hand-off (a device in
+    // no hand-off had no state there: b has all of it), then b's
+    let a_text = std::fs::read_to_string(&out_a).unwrap();
+    let mut merged: BTreeMapLines = Default::default();
+    let mut at = 0;
+    for line in a_text.split_inclusive('\n') {
+        let end = at + line.len();
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        let device = v["device"].as_str().unwrap_or("").to_string();
+        if a_cut.get(&device).is_some_and(|cut| end <= *cut) {
+            merged.entry(device).or_default().push(line.trim_end().to_string());
+        }
+        at = end;
+    }
+    for (device, lines) in lines_by_device(&out_b) {
+        merged.entry(device).or_default().extend(lines);
+    }
+    let file_out = file_run(dir.path(), &input);
+    let mut file_lines = lines_by_device(&file_out);
+    // the summaries count each process's own readings
+    merged.remove("");
+    file_lines.remove("");
+    // b continued a's devices with their state: nothing repeated, nothing missing
+    assert_same_records(merged, file_lines);
 }
 
 /// The broker the tests use, tansu 0.6, answers a fetch that starts inside a record batch with

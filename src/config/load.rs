@@ -518,4 +518,22 @@ outputs:
         let c = parse_pipeline("c", &GOOD.replace("exit: 25", "exit: 24"), &no_env).unwrap();
         assert_ne!(pipeline_hash(&a), pipeline_hash(&c));
     }
+
+    #[test]
+    fn kafka_hand_off_refresh_defaults_to_30s_and_can_be_every_checkpoint_or_off() {
+        let with = |extra: &str| {
+            let text = GOOD.replace(
+                "decode:",
+                &format!("sources:\n  - kafka: {{ brokers: \"127.0.0.1:9092\", topics: [aq1]{extra} }}\ndecode:"),
+            );
+            let spec = parse_pipeline("k.yaml", &text, &no_env).unwrap_or_else(|e| panic!("{e:?}"));
+            match &spec.sources[0] {
+                crate::config::SourceSpec::Kafka(k) => k.handoff_refresh.map(|d| d.as_millis()),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(with(""), Some(30_000));
+        assert_eq!(with(", handoff_refresh: 0s"), Some(0));
+        assert_eq!(with(", handoff_refresh: null"), None);
+    }
 }

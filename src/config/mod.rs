@@ -249,6 +249,12 @@ pub struct KafkaSourceSpec {
     /// owner. Default: `kafka-handoff/<group>` beside the data directory.
     #[serde(default)]
     pub handoff_dir: Option<String>,
+    /// How often a member refreshes the hand-off of each partition it reads, so that its
+    /// partitions move with their state even when it dies without giving them up: at the first
+    /// durable checkpoint this long after the previous refresh (`0s`: every checkpoint), for a
+    /// partition read since. `null`: hand-offs only when a partition is given up.
+    #[serde(default = "defaults::handoff_refresh")]
+    pub handoff_refresh: Option<DurationSpec>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1224,6 +1230,9 @@ pub mod defaults {
     }
     pub fn passivate_after() -> DurationSpec {
         DurationSpec::from_millis(5 * 60 * 1000)
+    }
+    pub fn handoff_refresh() -> Option<DurationSpec> {
+        Some(DurationSpec::from_millis(30_000))
     }
     pub fn sink_queue() -> usize {
         10_000

@@ -212,6 +212,11 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "path",
         "Directory shared by the group's members for partition hand-offs (default `kafka-handoff/<group>` beside the data directory).",
     ),
+    doc(
+        "sources[].kafka.handoff_refresh",
+        "duration",
+        "Refresh the hand-off of each partition read since, at the first durable checkpoint this long after the previous refresh (`0s`: every checkpoint), so a member that dies leaves its partitions' state for the next owner; `null`: only when a partition is given up. Default `30s`.",
+    ),
     // decode
     doc(
         "decode.format",

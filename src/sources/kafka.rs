@@ -75,6 +75,8 @@ pub struct KafkaStats {
     pub rebalances: AtomicU64,
     pub handoffs_written: AtomicU64,
     pub handoffs_taken: AtomicU64,
+    /// Hand-offs written anew for partitions still read (`handoff_refresh`).
+    pub handoffs_refreshed: AtomicU64,
     pub commits: AtomicU64,
     pub pauses: AtomicU64,
 }
@@ -133,6 +135,10 @@ struct Inner {
     pipeline: Option<PipelineIdentity>,
     key_groups: u32,
     handoff_dir: Option<PathBuf>,
+    /// `handoff_refresh`: how often the hand-offs of the partitions read are written anew.
+    handoff_refresh: Option<Duration>,
+    /// The offset and time of each assigned partition's newest hand-off (written or taken).
+    handed_off_at: std::collections::HashMap<PartitionKey, (i64, Instant)>,
     checkpointer: Option<Addr<Checkpointer>>,
     shards: Vec<Addr<ShardSupervisor>>,
     device_from: KafkaDeviceFrom,
@@ -269,6 +275,11 @@ impl Inner {
         };
         let (id, offsets) = self.at_barrier[i].clone();
         self.at_barrier.drain(..=i);
+        // Only while no later barrier is out: the store holds exactly checkpoint `id` then, and
+        // no later one can commit while this thread writes (it needs this source's barrier).
+        if self.at_barrier.is_empty() {
+            self.refresh_handoffs(&offsets, id);
+        }
         let tpl = Self::offsets_list(&offsets, Some(&self.assigned));
         if tpl.count() == 0 {
             return;
@@ -312,8 +323,33 @@ impl Inner {
         }
     }
 
+    /// Writes anew the hand-offs of the assigned partitions read since their last one, if
+    /// `handoff_refresh` has passed since (the store holds checkpoint `checkpoint`, whose
+    /// offsets are `offsets`): a member that dies leaves its partitions with their state.
+    fn refresh_handoffs(&mut self, offsets: &BTreeMap<PartitionKey, i64>, checkpoint: u64) {
+        let Some(every) = self.handoff_refresh else { return };
+        if self.handoff_dir.is_none() || self.store.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        for (key, offset) in offsets {
+            if !self.assigned.contains(key) {
+                continue;
+            }
+            if let Some((at_offset, at)) = self.handed_off_at.get(key)
+                && (at_offset == offset || now.duration_since(*at) < every)
+            {
+                continue;
+            }
+            if self.write_handoff(key, *offset, checkpoint, "refreshed").is_some() {
+                self.stats.handoffs_refreshed.fetch_add(1, Ordering::Relaxed);
+                self.handed_off_at.insert(key.clone(), (*offset, now));
+            }
+        }
+    }
+
     /// Writes the hand-off of `key` (its devices' stored state and `next_offset`).
-    fn write_handoff(&self, key: &PartitionKey, next_offset: i64, checkpoint: u64) -> Option<usize> {
+    fn write_handoff(&self, key: &PartitionKey, next_offset: i64, checkpoint: u64, why: &str) -> Option<usize> {
         let (store, dir, pipeline) = (
             self.store.as_ref()?,
             self.handoff_dir.as_ref()?,
@@ -340,7 +376,11 @@ impl Inner {
         match result {
             Ok(n) => {
                 self.stats.handoffs_written.fetch_add(1, Ordering::Relaxed);
-                info!(source = %self.name, topic = %key.0, partition = key.1, next_offset, devices = n, "kafka partition handed off");
+                if why == "refreshed" {
+                    info!(source = %self.name, topic = %key.0, partition = key.1, next_offset, devices = n, checkpoint, "kafka partition hand-off refreshed");
+                } else {
+                    info!(source = %self.name, topic = %key.0, partition = key.1, next_offset, devices = n, checkpoint, "kafka partition handed off");
+                }
                 Some(n)
             }
             Err(e) => {
@@ -379,7 +419,7 @@ impl Inner {
             let kgs = self.key_groups;
             for key in &revoked {
                 let Some(offset) = offsets.get(key) else { continue };
-                if self.write_handoff(key, *offset, id).is_none() {
+                if self.write_handoff(key, *offset, id, "revoked").is_none() {
                     continue;
                 }
                 handed_off.insert(key.clone());
@@ -415,6 +455,7 @@ impl Inner {
                 self.carried.remove(key);
             }
             self.known.remove(key);
+            self.handed_off_at.remove(key);
             self.assigned.remove(key);
             self.at_end.remove(key);
         }
@@ -439,9 +480,18 @@ impl Inner {
                     Ok(Some(h)) if h.pipeline_hash != pipeline.hash || h.key_groups != pipeline.key_groups => {
                         warn!(source = %self.name, topic = %key.0, partition = key.1, "a hand-off of another pipeline is ignored");
                     }
-                    // the newer state wins (a member's own hand-off, written at its last
-                    // revoke, is as new as its own state: taking it restores what was dropped)
-                    Ok(Some(h)) if start.is_none_or(|s| h.next_offset >= s) => {
+                    // The newer state wins. At the same offset, this member's own state wins
+                    // while its store still holds the partition's devices (its own refreshed
+                    // hand-off is no newer, and processing time may have moved the state on
+                    // since); a hand-off it wrote when it gave the partition up restores what it
+                    // dropped then.
+                    Ok(Some(h))
+                        if start.is_none_or(|s| {
+                            h.next_offset > s
+                                || (h.next_offset == s
+                                    && store.partition_devices(&key.0, key.1).is_ok_and(|d| d.is_empty()))
+                        }) =>
+                    {
                         let kgs = self.key_groups;
                         match store.import_partition(&h, |d| key_group_of(d, kgs)) {
                             Ok(()) => {
@@ -449,6 +499,7 @@ impl Inner {
                                 info!(source = %self.name, topic = %key.0, partition = key.1, next_offset = h.next_offset, devices = h.devices.len(), from_checkpoint = h.checkpoint, "kafka partition taken over from a hand-off");
                                 start = Some(h.next_offset);
                                 from = "hand-off";
+                                self.handed_off_at.insert(key.clone(), (h.next_offset, Instant::now()));
                             }
                             Err(e) => {
                                 error!(source = %self.name, error = %e, "a hand-off could not be imported: starting from the group's offset")
@@ -603,6 +654,10 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         pipeline: source.pipeline,
         key_groups: source.key_groups,
         handoff_dir: source.handoff_dir,
+        handoff_refresh: spec
+            .handoff_refresh
+            .map(|d| Duration::from_millis(d.as_millis() as u64)),
+        handed_off_at: Default::default(),
         checkpointer: source.checkpointer,
         shards: source.shards,
         device_from: spec.device_from,
@@ -782,7 +837,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
     if let Some(id) = final_checkpoint {
         let partitions: Vec<(PartitionKey, i64)> = guard.consumed.iter().map(|(k, o)| (k.clone(), *o)).collect();
         for (key, offset) in partitions {
-            guard.write_handoff(&key, offset, id);
+            guard.write_handoff(&key, offset, id, "stopped");
         }
     }
     info!(
@@ -791,6 +846,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         rebalances = stats.rebalances.load(Ordering::Relaxed),
         handoffs_written = stats.handoffs_written.load(Ordering::Relaxed),
         handoffs_taken = stats.handoffs_taken.load(Ordering::Relaxed),
+        handoffs_refreshed = stats.handoffs_refreshed.load(Ordering::Relaxed),
         "kafka source stopped"
     );
     drop(guard);
