@@ -329,16 +329,7 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     b.interrupt();
     // a's output up to its last checkpoint (what it flushed after that is its end-of-run flush,
     // which b continues instead), then b's
-    let list = plume()
-        .args(["checkpoints", "--data-dir"])
-        .arg(out_a.with_extension("state"))
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
-    let manifests: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    let last = manifests.as_array().unwrap().last().unwrap();
-    let length = last["sinks"][0]["length"].as_u64().unwrap() as usize;
+    let (_, &length) = sink_lengths(&out_a.with_extension("state")).last_key_value().unwrap();
     let a_text = std::fs::read(&out_a).unwrap();
     let mut combined = a_text[..length].to_vec();
     combined.extend(std::fs::read(&out_b).unwrap());
