@@ -100,6 +100,51 @@ fn key(buf: &mut String, k: &str) {
     buf.push_str("\":");
 }
 
+/// A dead-letter record (the schema of every dead letter, whoever refused the payload): its id
+/// is derived from the pipeline, `source` and `position`; `extra` appends fields of its own
+/// (each written as `,"name":value`, see [`push_field`]).
+pub fn dead_letter_record(
+    pipeline: &str,
+    source: &str,
+    position: &str,
+    reason: &str,
+    raw: &[u8],
+    extra: impl FnOnce(&mut String),
+) -> OutputRecord {
+    let mut h = Xxh3::new();
+    h.update(pipeline.as_bytes());
+    h.update(source.as_bytes());
+    h.update(position.as_bytes());
+    let id = h.digest128();
+    let mut j = String::with_capacity(160 + raw.len());
+    j.push_str("{\"v\":1,\"type\":\"dead_letter\"");
+    key(&mut j, "id");
+    let _ = write!(j, "\"{id:032x}\"");
+    key(&mut j, "source");
+    push_json_str(&mut j, source);
+    key(&mut j, "position");
+    push_json_str(&mut j, position);
+    key(&mut j, "reason");
+    push_json_str(&mut j, reason);
+    key(&mut j, "raw");
+    push_json_str(&mut j, &String::from_utf8_lossy(raw));
+    extra(&mut j);
+    j.push('}');
+    OutputRecord {
+        op: None,
+        kind: "dead_letter",
+        id,
+        device: None,
+        json: j,
+    }
+}
+
+/// Writes `,"name":` and the JSON string `value` (a field of a record being built).
+pub fn push_field(buf: &mut String, name: &str, value: &str) {
+    key(buf, name);
+    push_json_str(buf, value);
+}
+
 /// Turns operator results into records; holds the names it needs.
 #[derive(Debug, Clone)]
 pub struct RecordFormatter {
@@ -364,31 +409,7 @@ impl RecordFormatter {
     /// A dead letter: where the payload came from, why it was refused, and (a bounded part of)
     /// the payload itself.
     pub fn dead_letter(&self, source: &str, position: &str, reason: &str, raw: &[u8]) -> OutputRecord {
-        let mut h = Xxh3::new();
-        h.update(self.pipeline.as_bytes());
-        h.update(source.as_bytes());
-        h.update(position.as_bytes());
-        let id = h.digest128();
-        let mut j = String::with_capacity(128 + raw.len());
-        j.push_str("{\"v\":1,\"type\":\"dead_letter\"");
-        key(&mut j, "id");
-        let _ = write!(j, "\"{id:032x}\"");
-        key(&mut j, "source");
-        push_json_str(&mut j, source);
-        key(&mut j, "position");
-        push_json_str(&mut j, position);
-        key(&mut j, "reason");
-        push_json_str(&mut j, reason);
-        key(&mut j, "raw");
-        push_json_str(&mut j, &String::from_utf8_lossy(raw));
-        j.push('}');
-        OutputRecord {
-            op: None,
-            kind: "dead_letter",
-            id,
-            device: None,
-            json: j,
-        }
+        dead_letter_record(&self.pipeline, source, position, reason, raw, |_| {})
     }
 
     /// The end-of-run summary.

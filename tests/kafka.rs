@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use child::LoggedChild;
 use common::*;
-use kafka_support::{Tansu, aq1_records};
+use kafka_support::Tansu;
 
 /// plume running the Kafka pipeline, its log collected.
 struct Plume(LoggedChild);

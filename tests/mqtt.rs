@@ -19,17 +19,9 @@ use mqtt_support::{Mosquitto, Plume, free_port, publish_all, wait_for};
 
 /// The aq1 lines as MQTT messages to `aq1/<device>`, in file order.
 fn aq1_messages(input: &Path) -> Vec<(String, Vec<u8>)> {
-    std::fs::read_to_string(input)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            (
-                format!("aq1/{}", v["device"].as_str().unwrap()),
-                line.as_bytes().to_vec(),
-            )
-        })
+    aq1_records(input)
+        .into_iter()
+        .map(|(device, line)| (format!("aq1/{device}"), line))
         .collect()
 }
 

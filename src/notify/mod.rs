@@ -180,12 +180,6 @@ impl DeadLetterOutlet {
 /// of) the webhook body or the notification's title; `device` and `event_id` name the event.
 /// Never the device token.
 pub fn dead_letter_record(pipeline: &str, sink: &str, entry: &OutboxEntry, error: &str, attempts: u32) -> OutputRecord {
-    let source = format!("notify:{sink}");
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(pipeline.as_bytes());
-    h.update(source.as_bytes());
-    h.update(entry.id.as_bytes());
-    let id = h.digest128();
     let raw = if entry.payload.is_empty() {
         &entry.title
     } else {
@@ -195,31 +189,13 @@ pub fn dead_letter_record(pipeline: &str, sink: &str, entry: &OutboxEntry, error
     while !raw.is_char_boundary(cut) {
         cut -= 1;
     }
-    let mut j = String::with_capacity(256 + cut);
-    j.push_str("{\"v\":1,\"type\":\"dead_letter\",\"id\":");
-    push_json_str(&mut j, &format!("{id:032x}"));
-    j.push_str(",\"source\":");
-    push_json_str(&mut j, &source);
-    j.push_str(",\"position\":");
-    push_json_str(&mut j, &entry.id);
-    j.push_str(",\"reason\":");
-    push_json_str(&mut j, error);
-    j.push_str(",\"raw\":");
-    push_json_str(&mut j, &raw[..cut]);
-    j.push_str(",\"device\":");
-    push_json_str(&mut j, &entry.device);
-    j.push_str(",\"event_id\":");
-    push_json_str(&mut j, &entry.event_id);
-    j.push_str(",\"attempts\":");
-    j.push_str(&attempts.to_string());
-    j.push('}');
-    OutputRecord {
-        op: None,
-        kind: "dead_letter",
-        id,
-        device: None,
-        json: j,
-    }
+    let source = format!("notify:{sink}");
+    crate::output::dead_letter_record(pipeline, &source, &entry.id, error, raw[..cut].as_bytes(), |j| {
+        crate::output::push_field(j, "device", &entry.device);
+        crate::output::push_field(j, "event_id", &entry.event_id);
+        j.push_str(",\"attempts\":");
+        j.push_str(&attempts.to_string());
+    })
 }
 
 impl NotifierSink {

@@ -168,17 +168,7 @@ impl Subscribers for FileSubscribers {
     }
 
     fn tokens_for(&self, device: &str) -> Result<Vec<String>, SubscribersError> {
-        let map = self.map.lock().unwrap();
-        let mut out: Vec<String> = map
-            .get(device)
-            .into_iter()
-            .chain(map.get("*"))
-            .flatten()
-            .cloned()
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(tokens_in(&self.map.lock().unwrap(), device))
     }
 
     fn list(&self) -> Result<BTreeMap<String, Vec<String>>, SubscribersError> {
@@ -240,6 +230,20 @@ fn store_error(e: impl std::fmt::Display) -> SubscribersError {
 }
 
 type Map = BTreeMap<String, Vec<String>>;
+
+/// The tokens of `device` and of `*` in `map`, each once, sorted.
+fn tokens_in(map: &Map, device: &str) -> Vec<String> {
+    let mut out: Vec<String> = map
+        .get(device)
+        .into_iter()
+        .chain(map.get("*"))
+        .flatten()
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// The subscriptions of every provider in one state store, cached in memory (reads never touch
 /// RocksDB; each change is one synced write, then the cache).
@@ -423,19 +427,7 @@ impl SubscriberStore {
     /// The tokens a notification about `device` goes to (its own and `*`'s, each once, sorted).
     pub fn tokens_for(&self, provider: &str, device: &str) -> Vec<String> {
         let cache = self.cache.read().unwrap();
-        let Some(map) = cache.get(provider) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = map
-            .get(device)
-            .into_iter()
-            .chain(map.get("*"))
-            .flatten()
-            .cloned()
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+        cache.get(provider).map_or_else(Vec::new, |map| tokens_in(map, device))
     }
 
     /// Every subscription of `provider`, by device.

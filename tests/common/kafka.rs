@@ -164,16 +164,3 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
-
-/// The aq1 lines of `input` as `(device, line)` records, in file order.
-pub fn aq1_records(input: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    std::fs::read_to_string(input)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            (v["device"].as_str().unwrap().to_string(), line.as_bytes().to_vec())
-        })
-        .collect()
-}

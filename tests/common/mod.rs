@@ -153,3 +153,17 @@ pub fn assert_same_output(a: &Path, b: &Path) {
         }
     }
 }
+
+/// The aq1 lines of `input` as `(device, line)` records, in file order (Kafka records; MQTT
+/// messages with the device in the topic).
+pub fn aq1_records(input: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (v["device"].as_str().unwrap().to_string(), line.as_bytes().to_vec())
+        })
+        .collect()
+}
