@@ -256,13 +256,12 @@ fn main() {
     let rate = env_or("PLUME_BENCH_MQTT_RATE", 1000);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("aq1.jsonl");
-    let status = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workloads/gen_aq1.py"))
-        .args(["--devices", "1000", "--events", &n.to_string(), "--seed", "1", "--out"])
-        .arg(&input)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let spec = plume::workload::Aq1Spec {
+        devices: 1000,
+        readings: n as u64,
+        seed: 1,
+    };
+    plume::workload::generate_aq1(spec, &mut std::io::BufWriter::new(std::fs::File::create(&input).unwrap())).unwrap();
     let messages: Vec<(String, Vec<u8>)> = std::fs::read_to_string(&input)
         .unwrap()
         .lines()

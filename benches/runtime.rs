@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Every run is a child process of the release `plume` binary, so its peak RSS (`ru_maxrss`
-//! from `wait4`) and CPU time are its own. Inputs are generated once with the shared generator
-//! (`../shared/workloads/gen_aq1.py`) and cached in `<target dir>/plume-bench/`.
+//! from `wait4`) and CPU time are its own. Inputs are generated once with plume's aq1 generator
+//! (`plume generate aq1`) and cached in `<target dir>/plume-bench/`.
 //!
 //! 1. **Throughput**: aq1 with 10,000 devices and 5,000,000 readings from a file, written to an
 //!    output file. Each repetition runs, in turn, `plume run --engine plain` (parse + operator
@@ -55,7 +55,7 @@ fn data_dir() -> PathBuf {
     dir
 }
 
-/// An aq1 input from the shared generator, generated once.
+/// An aq1 input from plume's generator, generated once.
 fn aq1_input(devices: u32, readings: u64) -> PathBuf {
     let path = data_dir().join(format!("aq1-{devices}-{readings}-1.jsonl"));
     if path.exists() {
@@ -63,14 +63,14 @@ fn aq1_input(devices: u32, readings: u64) -> PathBuf {
     }
     eprintln!("generating {} (once) …", path.display());
     let partial = path.with_extension("partial");
-    let status = Command::new("python3")
-        .arg(repo().join("../shared/workloads/gen_aq1.py"))
-        .args(["--devices", &devices.to_string(), "--events", &readings.to_string()])
-        .args(["--seed", "1", "--out"])
-        .arg(&partial)
-        .status()
-        .expect("python3 runs the aq1 generator");
-    assert!(status.success(), "gen_aq1.py failed");
+    let file = File::create(&partial).expect("creating the aq1 input");
+    let spec = plume::workload::Aq1Spec {
+        devices,
+        readings,
+        seed: 1,
+    };
+    plume::workload::generate_aq1(spec, &mut std::io::BufWriter::with_capacity(1 << 22, file))
+        .expect("generating the aq1 input");
     std::fs::rename(&partial, &path).expect("renaming the generated input");
     path
 }

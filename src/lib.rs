@@ -16,6 +16,7 @@
 //! - [`notify`]: notifier sinks (signed webhooks, FCM, APNs, ntfy) with a durable outbox.
 //! - [`store`]: the RocksDB state store, retained checkpoints, export and import.
 //! - [`clock`]: processing time.
+//! - [`workload`]: the aq1 reference workload generator (`plume generate aq1`).
 
 pub mod actors;
 pub mod broker;
@@ -31,3 +32,4 @@ pub mod plain;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod workload;

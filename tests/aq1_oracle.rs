@@ -1,17 +1,35 @@
 //! aq1 through the plain loop and through the full actor path (file source -> routers ->
 //! shard supervisors -> device actors -> output hub -> file sink) gives the summary line of the
-//! shared expected results, and the actor path gives exactly the oracle's records, for several
-//! seeds and sizes, with 1, 2 and 4 shards.
+//! expected results kept in `tests/fixtures/aq1/`, and the actor path gives exactly the oracle's
+//! records, for several seeds and sizes, with 1, 2 and 4 shards. plume's own generator writes
+//! the reference generator's bytes (checked against the reference input's recorded SHA-256).
 
 mod common;
 
 use common::*;
 
+/// The expected-results file of a case in `tests/fixtures/aq1/`.
+fn expected(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(workloads().join(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn the_generator_writes_the_reference_generators_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 50, 20_000, 1);
+    let bytes = std::fs::read(&input).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let want = expected("small.expected.json");
+    assert_eq!(hex, want["input"]["sha256"].as_str().unwrap(), "generated small input");
+    assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 20_000);
+}
+
 #[test]
 fn small_case_matches_the_expected_summary_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
     let input = aq1_input(dir.path(), 50, 20_000, 1);
-    let expected = expected_summary("aq1-small.expected.json");
+    let expected = expected_summary("small.expected.json");
     for (engine, extra) in [("plain", vec!["--engine", "plain"]), ("actors", vec!["--shards", "2"])] {
         let out = dir.path().join(format!("out-{engine}.jsonl"));
         plume_run("pipelines/aq1.yaml", &input, &out, &extra);
@@ -22,8 +40,8 @@ fn small_case_matches_the_expected_summary_on_both_engines() {
 #[test]
 fn edge_cases_match_the_expected_summary_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
-    let input = workloads().join("aq1-edge.jsonl");
-    let expected = expected_summary("aq1-edge.expected.json");
+    let input = workloads().join("edge.jsonl");
+    let expected = expected_summary("edge.expected.json");
     for (engine, extra) in [
         ("plain", vec!["--engine", "plain"]),
         ("actors1", vec!["--shards", "1"]),
@@ -41,12 +59,12 @@ fn edge_case_records_are_the_expected_ones() {
     let out = dir.path().join("out.jsonl");
     plume_run(
         "pipelines/aq1.yaml",
-        &workloads().join("aq1-edge.jsonl"),
+        &workloads().join("edge.jsonl"),
         &out,
         &["--shards", "2"],
     );
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(workloads().join("aq1-edge.expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(workloads().join("edge.expected.json")).unwrap()).unwrap();
     // per device, the expected records in order, in plume's schema
     let mut want: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
     for r in expected["records"].as_array().unwrap() {

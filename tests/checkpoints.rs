@@ -482,7 +482,7 @@ fn the_stored_format_fixture_still_loads() {
     if std::env::var_os("PLUME_UPDATE_FIXTURES").is_some() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.jsonl");
-        std::fs::copy(common::workloads().join("aq1-edge.jsonl"), &input).unwrap();
+        std::fs::copy(common::workloads().join("edge.jsonl"), &input).unwrap();
         let state = dir.path().join("state");
         ok(run_cmd(
             "pipelines/aq1.yaml",

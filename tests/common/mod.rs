@@ -9,8 +9,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The aq1 fixtures kept in the repository: the hand-written boundary-case input and the
+/// expected results (`tests/fixtures/aq1/README.md` says where each comes from).
 pub fn workloads() -> PathBuf {
-    repo().join("../shared/workloads")
+    repo().join("tests/fixtures/aq1")
 }
 
 pub fn plume() -> Command {
@@ -19,25 +21,21 @@ pub fn plume() -> Command {
     c
 }
 
-/// Generates (once per process and arguments) an aq1 input with the shared generator.
+/// Generates (once per directory and arguments) an aq1 input with plume's own generator
+/// (`plume generate aq1`, [`plume::workload`]).
 pub fn aq1_input(dir: &Path, devices: u32, events: u64, seed: u64) -> PathBuf {
     let path = dir.join(format!("aq1-{devices}-{events}-{seed}.jsonl"));
     if !path.exists() {
-        let status = Command::new("python3")
-            .arg(workloads().join("gen_aq1.py"))
-            .args([
-                "--devices",
-                &devices.to_string(),
-                "--events",
-                &events.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .arg("--out")
-            .arg(&path)
-            .status()
-            .expect("python3 runs the aq1 generator");
-        assert!(status.success(), "gen_aq1.py failed");
+        let partial = path.with_extension("partial");
+        let file = std::fs::File::create(&partial).expect("creating the aq1 input");
+        let spec = plume::workload::Aq1Spec {
+            devices,
+            readings: events,
+            seed,
+        };
+        plume::workload::generate_aq1(spec, &mut std::io::BufWriter::with_capacity(1 << 20, file))
+            .expect("generating the aq1 input");
+        std::fs::rename(&partial, &path).expect("renaming the aq1 input");
     }
     path
 }
@@ -56,7 +54,7 @@ pub fn aq1_summary(output: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The expected summary line of a shared expected-results file.
+/// The expected summary line of an expected-results file in [`workloads`].
 pub fn expected_summary(name: &str) -> String {
     let text = std::fs::read_to_string(workloads().join(name)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
