@@ -17,17 +17,16 @@
 //! - [`store`]: the RocksDB state store, retained checkpoints, export and import.
 //! - [`clock`]: processing time.
 
-pub mod actors;
-pub mod broker;
+pub mod app;
 pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod decode;
-pub mod engine;
+pub mod model;
 pub mod notify;
 pub mod operators;
 pub mod output;
 pub mod pipeline;
 pub mod plain;
-pub mod sinks;
-pub mod sources;
+pub mod runtime;
 pub mod store;
