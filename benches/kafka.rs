@@ -85,7 +85,7 @@ fn main() {
             .env("PLUME_KAFKA_TOPIC", "aq1")
             .env("PLUME_KAFKA_GROUP", format!("bench-{round}"))
             .env("PLUME_OUTPUT", &out)
-            .env("PLUME_LOG", "warn,plume::sources::kafka=info")
+            .env("PLUME_LOG", "warn,plume::connectors::kafka::source=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use plume::config::{DurationSpec, NotifyPolicySpec, SinkSpec, WebhookSinkSpec};
 use plume::notify::{MemoryOutbox, NotifierParts, NotifierSink};
 use plume::output::OutputRecord;
-use plume::sinks::Sink;
+use plume::runtime::ports::Sink;
 
 fn main() {
     // SAFETY: single-threaded here, before anything reads the environment
@@ -67,7 +67,7 @@ fn main() {
                 let ts = 1_700_000_000_000i64 + e as i64 * 60_000;
                 batch.push(OutputRecord {
                     op: Some(1),
-                    kind: "event_start",
+                    kind: plume::model::RecordKind::EventStart,
                     id,
                     device: Some(device.clone().into()),
                     json: format!(

@@ -18,18 +18,17 @@
 //! - [`clock`]: processing time.
 //! - [`workload`]: the aq1 reference workload generator (`plume generate aq1`).
 
-pub mod actors;
-pub mod broker;
+pub mod app;
 pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod decode;
-pub mod engine;
+pub mod model;
 pub mod notify;
 pub mod operators;
 pub mod output;
 pub mod pipeline;
 pub mod plain;
-pub mod sinks;
-pub mod sources;
+pub mod runtime;
 pub mod store;
 pub mod workload;

@@ -16,12 +16,12 @@ use plume::config::{self, DurationSpec, SourceSpec};
 // (BENCHMARKS.md, "Memory per idle active device")
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use plume::engine::{self, InputOverride, RunOptions, RuntimeOptions};
+use plume::app::{self, InputOverride, RunOptions, RuntimeOptions};
 use plume::pipeline::CompiledPipeline;
 
-#[path = "cli_checkpoints.rs"]
+#[path = "cli/checkpoints.rs"]
 mod plume_cli;
-#[path = "cli_subscribers.rs"]
+#[path = "cli/subscribers.rs"]
 mod subscribers_cli;
 
 #[derive(Parser)]
@@ -216,7 +216,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<CompiledPipeline> {
     CompiledPipeline::compile(spec).with_context(|| format!("compiling {}", path.display()))
 }
 
-fn print_report(report: &engine::RunReport) {
+fn print_report(report: &app::RunReport) {
     let t = &report.totals;
     let secs = report.elapsed.as_secs_f64();
     eprintln!(
@@ -253,7 +253,8 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let totals = plume::plain::run(compiled, &format!("file:{}", input.display()), reader, &mut out)?;
+    let source = plume::model::SourceId::File(input.display().to_string()).to_string();
+    let totals = plume::plain::run(compiled, &source, reader, &mut out)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "done: {} readings ({:.0}/s over {:.2} s, plain loop), {} late, {} dead letters, {} devices",
@@ -340,7 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             if matches!(engine, Engine::Actors) {
                 // before anything else, so an early Ctrl-C still ends the run gracefully
-                engine::catch_interrupts();
+                app::catch_interrupts();
             }
             let compiled = load(&pipeline)?;
             let interval = checkpoint_interval
@@ -365,14 +366,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             ..Default::default()
                         },
                         progress: None,
-                        state: engine::StateOptions {
+                        state: app::StateOptions {
                             data_dir,
                             disabled: no_checkpoints,
                             interval,
                             allow_pipeline_change,
                         },
                     };
-                    let report = engine::run(Arc::new(compiled), options)?;
+                    let report = app::run(Arc::new(compiled), options)?;
                     print_report(&report);
                     Ok(ExitCode::SUCCESS)
                 }
@@ -385,7 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speed,
             mqtt,
         } => {
-            engine::catch_interrupts();
+            app::catch_interrupts();
             let mut compiled = load(&pipeline)?;
             let mut sim = compiled
                 .spec
@@ -409,7 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sim.devices, sim.interval, sim.speed, duration
             );
             if let Some(port) = mqtt {
-                use plume::sources::simulator_mqtt;
+                use plume::app::demo as simulator_mqtt;
                 simulator_mqtt::use_embedded_broker(&mut compiled.spec, port);
                 eprintln!(
                     "plume demo: over MQTT: embedded broker on 127.0.0.1:{port}, the rooms publish to {}",
@@ -420,13 +421,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // the demo keeps no state: every demo starts afresh
             let options = RunOptions {
                 progress: Some(std::time::Duration::from_millis(500)),
-                state: engine::StateOptions {
+                state: app::StateOptions {
                     disabled: true,
                     ..Default::default()
                 },
                 ..Default::default()
             };
-            let report = engine::run(Arc::new(compiled), options)?;
+            let report = app::run(Arc::new(compiled), options)?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)
         }

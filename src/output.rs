@@ -25,33 +25,12 @@ use std::fmt::Write as _;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::operators::{Emit, HealthEvent, OpIndex, OperatorConfig};
+pub use crate::model::{OutputRecord, RecordKind};
+use crate::operators::{Emit, HealthEvent, OperatorConfig};
 use crate::pipeline::CompiledPipeline;
 
 /// The output schema version written as `"v"`.
 pub const OUTPUT_SCHEMA_VERSION: u32 = 1;
-
-/// A record on its way to the sinks.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputRecord {
-    /// The operator that produced it (`None`: dead letters and summaries).
-    pub op: Option<OpIndex>,
-    /// `window`, `event_start`, … (the `type` key).
-    pub kind: &'static str,
-    /// Deterministic id (the `id` key as a number).
-    pub id: u128,
-    /// The device, if the record is about one.
-    pub device: Option<Box<str>>,
-    /// The whole record as one line of JSON, without the newline.
-    pub json: String,
-}
-
-impl OutputRecord {
-    /// The id as written in outputs and webhook headers.
-    pub fn id_hex(&self) -> String {
-        format!("{:032x}", self.id)
-    }
-}
 
 fn push_f64(buf: &mut String, x: f64) {
     if x.is_finite() {
@@ -132,7 +111,7 @@ pub fn dead_letter_record(
     j.push('}');
     OutputRecord {
         op: None,
-        kind: "dead_letter",
+        kind: RecordKind::DeadLetter,
         id,
         device: None,
         json: j,
@@ -194,10 +173,10 @@ impl RecordFormatter {
             | Emit::Threshold { ts, .. }
             | Emit::Late { ts, .. } => (*ts, 0),
         };
-        let id = self.id(device, op_name, kind, a, b);
+        let id = self.id(device, op_name, kind.as_str(), a, b);
         let mut j = String::with_capacity(192);
         j.push_str("{\"v\":1,\"type\":\"");
-        j.push_str(kind);
+        j.push_str(kind.as_str());
         j.push('"');
         key(&mut j, "operator");
         push_json_str(&mut j, op_name);
@@ -429,7 +408,7 @@ impl RecordFormatter {
         j.push('}');
         OutputRecord {
             op: None,
-            kind: "summary",
+            kind: RecordKind::Summary,
             id: 0,
             device: None,
             json: j,

@@ -10,15 +10,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::System;
-use plume::actors::shard::{PassivateIdleNow, ReportDeviceCounters, ReportShardCounters};
-use plume::actors::{ChunkData, RuntimeMetrics};
+use plume::app::{self, OutputPlan, RuntimeOptions};
 use plume::config::parse_pipeline;
-use plume::engine::{self, OutputPlan, RuntimeOptions};
 use plume::output::OutputRecord;
 use plume::pipeline::CompiledPipeline;
 use plume::plain::PlainRun;
-use plume::sinks::routes::RouteTable;
-use plume::sinks::{Sink, SinkError};
+use plume::runtime::ports::{Sink, SinkError};
+use plume::runtime::routes::RouteTable;
+use plume::runtime::shard::{PassivateIdleNow, ReportDeviceCounters, ReportShardCounters};
+use plume::runtime::{ChunkData, RuntimeMetrics};
 
 fn aq1_pipeline(sink_queue: usize) -> Arc<CompiledPipeline> {
     let text = std::fs::read_to_string(common::repo().join("pipelines/aq1.yaml")).unwrap();
@@ -134,7 +134,7 @@ fn passivation_and_reactivation_keep_state_exactly() {
     let (got, shard_counters) = System::new().block_on({
         let (pipeline, sink, lines) = (pipeline.clone(), sink.clone(), lines.clone());
         async move {
-            let (rt, done) = engine::start(
+            let (rt, done) = app::start(
                 pipeline.clone(),
                 plan(&pipeline, &sink),
                 1,
@@ -147,7 +147,11 @@ fn passivation_and_reactivation_keep_state_exactly() {
             let mut passivated = 0;
             for (i, part) in lines.chunks(1_000).enumerate() {
                 let permit = feeder.room().await;
-                feeder.send(chunk_of(part, (i * 1000 + 1) as u64), 0, 0, permit);
+                feeder.send(
+                    chunk_of(part, (i * 1000 + 1) as u64),
+                    plume::model::Position::START,
+                    permit,
+                );
                 settle(&rt.metrics).await;
                 // passivate every device between chunks: each is re-activated from its
                 // encoded state by the next reading
@@ -191,7 +195,7 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
     );
     let expected = oracle(&pipeline, &clean);
     let pm25 = pipeline.slot_of("pm25").unwrap();
-    let hook: plume::actors::shard::FaultHook = Arc::new(move |device, reading| {
+    let hook: plume::runtime::shard::FaultHook = Arc::new(move |device, reading| {
         if device == victim && reading.values[pm25] == 666.0 {
             panic!("injected operator fault");
         }
@@ -205,11 +209,15 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
                 fault_hook: Some(hook),
                 ..Default::default()
             };
-            let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
+            let (rt, done) = app::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
             let mut feeder = rt.feeder(0, "test");
             for (i, part) in lines.chunks(500).enumerate() {
                 let permit = feeder.room().await;
-                feeder.send(chunk_of(part, (i * 500 + 1) as u64), 0, 0, permit);
+                feeder.send(
+                    chunk_of(part, (i * 500 + 1) as u64),
+                    plume::model::Position::START,
+                    permit,
+                );
             }
             settle(&rt.metrics).await;
             let mut victim_counters = None;
@@ -274,7 +282,7 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
                 chunks_in_flight: 3,
                 ..Default::default()
             };
-            let (rt, done) = engine::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
+            let (rt, done) = app::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
             let mut feeder = rt.feeder(0, "test");
             let finished = Arc::new(AtomicBool::new(false));
             let source = {
@@ -283,7 +291,11 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
                 std::thread::spawn(move || {
                     for (i, part) in lines.chunks(400).enumerate() {
                         let permit = feeder.wait_for_room();
-                        feeder.send(chunk_of(part, (i * 400 + 1) as u64), 0, 0, permit);
+                        feeder.send(
+                            chunk_of(part, (i * 400 + 1) as u64),
+                            plume::model::Position::START,
+                            permit,
+                        );
                     }
                     feeder.end();
                     finished.store(true, Ordering::Relaxed);

@@ -35,7 +35,7 @@ impl Plume {
                 .env("PLUME_OUTPUT", output)
                 .env(
                     "PLUME_LOG",
-                    std::env::var("PLUME_TEST_LOG").unwrap_or("warn,plume::sources::kafka=info".into()),
+                    std::env::var("PLUME_TEST_LOG").unwrap_or("warn,plume::connectors::kafka::source=info".into()),
                 )
                 .env("NO_COLOR", "1"),
         ))

@@ -24,7 +24,7 @@ use plume::config::{
 };
 use plume::notify::{DeliveryStats, FileSubscribers, MemoryOutbox, NotifierParts, NotifierSink, Outbox, Subscribers};
 use plume::output::OutputRecord;
-use plume::sinks::Sink;
+use plume::runtime::ports::Sink;
 use receiver::{Receiver, Recorded, Reply, wait_for};
 use ring::signature::{self, KeyPair};
 
@@ -111,7 +111,7 @@ fn records(devices: usize, events: usize) -> Vec<OutputRecord> {
                 };
                 out.push(OutputRecord {
                     op: Some(1),
-                    kind,
+                    kind: plume::model::RecordKind::parse(kind).unwrap(),
                     id,
                     device: Some(device.clone().into()),
                     json,
@@ -219,7 +219,7 @@ fn webhook_requests_are_signed_per_standard_webhooks_with_the_documented_body() 
     assert_eq!(r.header("content-type"), Some("application/json"));
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let record = sent.iter().find(|s| s.id_hex() == body["id"]).unwrap();
-    assert_eq!(body["type"], record.kind);
+    assert_eq!(body["type"], record.kind.as_str());
     assert_eq!(body["pipeline"], "test");
     assert_eq!(body["severity"], "high");
     assert!(

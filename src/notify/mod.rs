@@ -32,8 +32,9 @@ use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
+use crate::model::RecordKind;
 use crate::output::{OutputRecord, push_json_str};
-use crate::sinks::{Sink, SinkError};
+use crate::runtime::ports::{Sink, SinkError};
 
 pub mod apns;
 pub mod delivery;
@@ -189,7 +190,10 @@ pub fn dead_letter_record(pipeline: &str, sink: &str, entry: &OutboxEntry, error
     while !raw.is_char_boundary(cut) {
         cut -= 1;
     }
-    let source = format!("notify:{sink}");
+    let source = match crate::model::SinkId::parse(sink) {
+        Some(id) => crate::model::SourceId::Notifier(id).to_string(),
+        None => format!("notify:{sink}"),
+    };
     crate::output::dead_letter_record(pipeline, &source, &entry.id, error, raw[..cut].as_bytes(), |j| {
         crate::output::push_field(j, "device", &entry.device);
         crate::output::push_field(j, "event_id", &entry.event_id);
@@ -345,15 +349,11 @@ impl NotifierSink {
     }
 
     fn outbox_error(&self, e: OutboxError) -> SinkError {
-        let kind = if e.retryable() {
-            std::io::ErrorKind::Interrupted
-        } else {
-            std::io::ErrorKind::Other
-        };
-        SinkError::Io {
+        SinkError::Failed {
             sink: self.name.clone(),
             operation: "writing the outbox",
-            source: std::io::Error::new(kind, e.to_string()),
+            retryable: e.retryable(),
+            message: e.to_string(),
         }
     }
 
@@ -389,10 +389,11 @@ impl NotifierSink {
     fn target_list(&self, device: &str) -> Result<Vec<String>, SinkError> {
         match &self.targets {
             Targets::Endpoint => Ok(vec![String::new()]),
-            Targets::Tokens(subs) => subs.tokens_for(device).map_err(|e| SinkError::Io {
+            Targets::Tokens(subs) => subs.tokens_for(device).map_err(|e| SinkError::Failed {
                 sink: self.name.clone(),
                 operation: "reading the subscribers",
-                source: std::io::Error::other(e.to_string()),
+                retryable: e.retryable(),
+                message: e.to_string(),
             }),
         }
     }
@@ -477,7 +478,12 @@ impl Sink for NotifierSink {
             let Ok(value) = serde_json::from_str::<Value>(&record.json) else {
                 continue;
             };
-            if record.kind == "dead_letter" && value["source"].as_str().is_some_and(|s| s.starts_with("notify:")) {
+            if record.kind == RecordKind::DeadLetter
+                && value["source"]
+                    .as_str()
+                    .and_then(crate::model::SourceId::parse)
+                    .is_some_and(|s| s.is_notifier())
+            {
                 // a notifier's own dead letters are not notified again (no loops)
                 continue;
             }
@@ -502,7 +508,7 @@ impl Sink for NotifierSink {
             let event_id = record.id_hex();
             let device = record.device.as_deref().unwrap_or("");
             let payload = if self.webhook_body {
-                self.webhook_payload(record.kind, &event_id, device, &rendered, &record.json)
+                self.webhook_payload(record.kind.as_str(), &event_id, device, &rendered, &record.json)
             } else {
                 String::new()
             };

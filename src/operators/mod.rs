@@ -35,9 +35,6 @@ pub mod smooth;
 pub mod threshold;
 pub mod window;
 
-#[cfg(test)]
-mod properties;
-
 pub use baseline::{BaselineConfig, BaselineOp, BaselineState};
 pub use calibrate::{CalibrateConfig, CalibrateOp, CalibrateState};
 pub use health::{HealthConfig, HealthOp, HealthState};
@@ -48,8 +45,7 @@ pub use window::{WindowConfig, WindowOp, WindowState};
 
 /// Index of a field in a reading's value vector (declared fields first, then derived ones).
 pub type FieldSlot = usize;
-/// Index of an operator in the chain.
-pub type OpIndex = u16;
+pub use crate::model::{OpIndex, RecordKind};
 
 /// Values of a reading, by field slot. `f64::NAN` means absent.
 pub type Values = SmallVec<[f64; 8]>;
@@ -198,17 +194,17 @@ impl Emit {
     }
 
     /// The record type as written in outputs (`window`, `event_start`, …).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RecordKind {
         match self {
-            Emit::Window { .. } => "window",
-            Emit::EventStart { .. } => "event_start",
-            Emit::EventEnd { .. } => "event_end",
-            Emit::Baseline { .. } => "baseline",
-            Emit::Deviation { .. } => "deviation",
-            Emit::Smoothed { .. } => "smoothed",
-            Emit::Threshold { .. } => "threshold",
-            Emit::Health { .. } => "health",
-            Emit::Late { .. } => "late",
+            Emit::Window { .. } => RecordKind::Window,
+            Emit::EventStart { .. } => RecordKind::EventStart,
+            Emit::EventEnd { .. } => RecordKind::EventEnd,
+            Emit::Baseline { .. } => RecordKind::Baseline,
+            Emit::Deviation { .. } => RecordKind::Deviation,
+            Emit::Smoothed { .. } => RecordKind::Smoothed,
+            Emit::Threshold { .. } => RecordKind::Threshold,
+            Emit::Health { .. } => RecordKind::Health,
+            Emit::Late { .. } => RecordKind::Late,
         }
     }
 }

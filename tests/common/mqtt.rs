@@ -144,7 +144,10 @@ impl Plume {
                 .arg(output.with_extension("state"))
                 .env("PLUME_MQTT_URL", url)
                 .env("PLUME_OUTPUT", output)
-                .env("PLUME_LOG", "warn,plume::sources::mqtt=debug,plume::broker=info")
+                .env(
+                    "PLUME_LOG",
+                    "warn,plume::connectors::mqtt::source=debug,plume::connectors::mqtt::broker=info",
+                )
                 .env("NO_COLOR", "1")
                 .envs(env.iter().copied()),
         ))

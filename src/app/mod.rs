@@ -1,0 +1,91 @@
+//! Assembling and running the actor runtime for one pipeline.
+//!
+//! [`start`] builds the runtime inside a running actix `System`: sink threads and the
+//! [`OutputHub`] (own arbiter), one arbiter per shard with its [`Router`] and
+//! [`ShardSupervisor`], and the [`RunCoordinator`]; it returns a [`Runtime`] with the addresses
+//! (for tests and the admin view) and a feeder per source. [`run`] is what `plume run` does:
+//! it starts the runtime and the source threads, handles Ctrl-C (graceful: sources stop, every
+//! in-flight reading is processed, windows are flushed if the pipeline says so) and returns the
+//! report when the run has ended.
+//!
+//! # Layout
+//! - `outputs`: the sinks of a run (the sink factory) and their stable names.
+//! - `assemble`: [`start`] / [`start_with_state`]: the runtime's actors and threads.
+//! - `sources`: the sources of a run, planned from the pipeline.
+//! - `state`: the data directory and the resume policy.
+//! - `interrupt`: Ctrl-C.
+//! - `run`: [`run`], what `plume run` does, with the progress line.
+//! - `demo`: `plume demo --mqtt`, the simulator publishing through the embedded broker.
+
+pub mod assemble;
+pub mod demo;
+pub mod interrupt;
+pub mod outputs;
+pub mod run;
+pub mod sources;
+pub mod state;
+
+pub use assemble::{RunState, Runtime, RuntimeOptions, shard_count, start, start_with_state};
+pub use interrupt::catch_interrupts;
+pub use outputs::{OutputPlan, sink_names};
+pub use run::run;
+pub use state::{StateOptions, data_dir_of, file_fingerprint};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::connectors::SourceError;
+use crate::output::RunTotals;
+use crate::runtime::ports::SinkError;
+use crate::store::StoreError;
+
+/// Why a run could not start or did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Broker(#[from] crate::connectors::mqtt::broker::BrokerError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+    #[error("the runtime stopped before the run ended")]
+    Aborted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Resume(String),
+    #[error("the last checkpoint of the run failed: {0}")]
+    Checkpoint(crate::runtime::checkpointer::CheckpointError),
+}
+
+/// Where `plume run` reads from.
+#[derive(Debug, Clone)]
+pub enum InputOverride {
+    File(PathBuf),
+    Stdin,
+}
+
+/// Options of `plume run` / `plume demo`.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub input: Option<InputOverride>,
+    pub output: Option<PathBuf>,
+    pub runtime: RuntimeOptions,
+    /// Print a live progress line to stderr every this often.
+    pub progress: Option<Duration>,
+    pub state: StateOptions,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub totals: RunTotals,
+    pub elapsed: Duration,
+    pub shards: usize,
+    pub restarts: u64,
+    pub passivations: u64,
+}

@@ -1,0 +1,160 @@
+//! `plume run`: plan, prepare state, start the runtime and the source threads, wait for the
+//! end (or Ctrl-C), report. The live progress line of `plume demo` lives here too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::pipeline::CompiledPipeline;
+use crate::runtime::RuntimeMetrics;
+use crate::store::StateStore;
+
+use super::sources::{SourcePlan, plan_sources};
+use super::state::prepare_state;
+use super::*;
+
+/// Runs a pipeline to the end of its input (or Ctrl-C). Blocks the calling thread.
+pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunReport, EngineError> {
+    // Ctrl-C is ours before anything starts: one early in the start-up is not missed
+    let stop = catch_interrupts();
+    let mut sources = plan_sources(&pipeline, &options)?;
+    let _broker = crate::connectors::mqtt::broker::start_for(&pipeline.spec)?;
+    let planned_sinks = sink_names(&pipeline, options.output.as_ref());
+    let state = prepare_state(&pipeline, &options, &mut sources, planned_sinks)?;
+    let resumed_sinks: Vec<(String, u64)> = state
+        .as_ref()
+        .and_then(|s| s.settings.resumed.as_ref())
+        .map(|r| r.sinks.iter().map(|s| (s.name.clone(), s.length)).collect())
+        .unwrap_or_default();
+    let keep = |name: &str| resumed_sinks.iter().find(|(n, _)| n == name).map_or(0, |(_, len)| *len);
+    let notify_store = match &state {
+        Some(s) => Some(crate::notify::NotifyStore::open(s.settings.store.clone())?),
+        None => None,
+    };
+    // `plume subscribers add|remove` while this run holds the store: applied within a second
+    let applier_stop = Arc::new(AtomicBool::new(false));
+    let applier = notify_store.as_ref().map(|n| {
+        crate::notify::subscribers::spawn_request_applier(
+            n.subscribers.clone(),
+            n.store.dir().to_path_buf(),
+            applier_stop.clone(),
+        )
+    });
+    let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep, notify_store.as_ref());
+    drop(notify_store);
+    let stop_applier = || {
+        applier_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = applier {
+            let _ = t.join();
+        }
+    };
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            stop_applier();
+            return Err(e);
+        }
+    };
+    let store = state.as_ref().map(|s| s.settings.store.clone());
+    let system = System::new();
+    let started = Instant::now();
+    let result = system.block_on(async move {
+        let (runtime, done) = start_with_state(pipeline.clone(), plan, sources.len(), options.runtime.clone(), state);
+        let shards = runtime.shards.len();
+        let mut threads = Vec::new();
+        for (index, (name, mut source)) in sources.into_iter().enumerate() {
+            let feeder = runtime.feeder(index, &name);
+            if let SourcePlan::Kafka(k) = &mut source {
+                k.ownership = Some(Arc::new(crate::runtime::ownership::RuntimeOwnership {
+                    checkpointer: runtime.checkpointer.clone(),
+                    shards: runtime.shards.clone(),
+                }));
+            }
+            let stop = stop.clone();
+            let decoder = pipeline.decoder.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("source {name}"))
+                    .spawn(move || match source {
+                        SourcePlan::Lines(s) => crate::connectors::file::source::run(s, feeder, decoder, stop),
+                        SourcePlan::Simulator(s) => crate::connectors::simulator::run(s, feeder, stop),
+                        SourcePlan::Mqtt(s) => crate::connectors::mqtt::source::run(s, feeder, stop),
+                        SourcePlan::Kafka(s) => crate::connectors::kafka::source::run(*s, feeder, stop),
+                    })
+                    .expect("spawning a source thread"),
+            );
+        }
+        if let Some(every) = options.progress {
+            let metrics = runtime.metrics.clone();
+            // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line
+            // every ten seconds.
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let every = if terminal {
+                every
+            } else {
+                every.max(Duration::from_secs(10))
+            };
+            actix_rt::spawn(async move {
+                let mut last = (Instant::now(), 0u64);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let readings = RuntimeMetrics::get(&metrics.readings);
+                    let now = Instant::now();
+                    let rate = (readings - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                    last = (now, readings);
+                    let (start, end) = if terminal { ("\r\x1b[K", "") } else { ("", "\n") };
+                    eprint!(
+                        "{start}{:>10} readings  {:>9.0}/s  {:>6} devices  {:>4} open events  {:>5} dead letters{end}",
+                        readings,
+                        rate,
+                        metrics.devices_active.load(Ordering::Relaxed)
+                            + metrics.devices_passive.load(Ordering::Relaxed),
+                        metrics.events_open.load(Ordering::Relaxed),
+                        RuntimeMetrics::get(&metrics.dead_letters),
+                    );
+                }
+            });
+        }
+        let outcome = done.await;
+        let mut source_error = None;
+        for t in threads {
+            if let Ok(Err(e)) = t.join() {
+                source_error.get_or_insert(e);
+            }
+        }
+        if options.progress.is_some() {
+            eprintln!();
+        }
+        let restarts = RuntimeMetrics::get(&runtime.metrics.restarts);
+        let passivations = RuntimeMetrics::get(&runtime.metrics.passivations);
+        if let Some(c) = &runtime.checkpointer {
+            let _ = c.send(crate::runtime::checkpointer::StopCheckpointer).await;
+        }
+        runtime.shut_down();
+        let outcome = outcome.map_err(|_| EngineError::Aborted)?;
+        outcome.sink_positions?;
+        if let Some(Err(e)) = outcome.final_checkpoint {
+            return Err(EngineError::Checkpoint(e));
+        }
+        if let Some(e) = source_error {
+            return Err(EngineError::Source(e));
+        }
+        Ok::<_, EngineError>((outcome.totals, shards, restarts, passivations))
+    });
+    System::current().stop();
+    drop(system);
+    stop_applier();
+    if let Some(store) = store {
+        StateStore::close(store);
+    }
+    let (totals, shards, restarts, passivations) = result?;
+    Ok(RunReport {
+        totals,
+        elapsed: started.elapsed(),
+        shards,
+        restarts,
+        passivations,
+    })
+}

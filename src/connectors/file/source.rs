@@ -1,0 +1,211 @@
+//! Newline-separated input: a JSON-lines (or influx line protocol) file, or standard input.
+//!
+//! Read in large chunks cut at line ends; the position after a chunk is its end's byte offset,
+//! so a file can be resumed exactly where a checkpoint left it. With `pace: event_time` the
+//! lines are released as the readings' event time passes, `speed` times faster than real time.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::connectors::SourceError;
+use crate::decode::Decoder;
+use crate::model::{ChunkData, Position};
+use crate::runtime::ports::ChunkFeeder;
+
+/// Bytes made room for per read from stdin.
+const STDIN_READ_BYTES: usize = 1 << 20;
+
+/// Where the lines come from.
+pub enum LineInput {
+    File(PathBuf),
+    Stdin,
+}
+
+/// Settings of a line source.
+pub struct LineSource {
+    pub input: LineInput,
+    /// Start here (a checkpointed position): byte offset and the 1-based number of that line.
+    pub start_offset: u64,
+    pub start_line: u64,
+    pub chunk_bytes: usize,
+    /// `Some(speed)`: paced by event time.
+    pub pace: Option<f64>,
+}
+
+/// Reads the input to its end (or until `stop`), then tells the routers the source ended.
+pub fn run(
+    source: LineSource,
+    mut feeder: ChunkFeeder,
+    decoder: Arc<Decoder>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), SourceError> {
+    let name = feeder.name.to_string();
+    let io_err = |operation, error| SourceError::Io {
+        source_name: name.clone(),
+        operation,
+        error,
+    };
+    let mut reader: Box<dyn Read> = match &source.input {
+        LineInput::File(path) => {
+            let mut f = File::open(path).map_err(|e| io_err("opening", e))?;
+            if source.start_offset > 0 {
+                f.seek(SeekFrom::Start(source.start_offset))
+                    .map_err(|e| io_err("seeking", e))?;
+            }
+            Box::new(f)
+        }
+        LineInput::Stdin => Box::new(std::io::stdin()),
+    };
+    let mut offset = source.start_offset;
+    let mut line = source.start_line.max(1);
+    let mut carry: Vec<u8> = Vec::new();
+    let mut eof = false;
+    let mut pacer = source.pace.map(Pacer::new);
+    while !eof && !stop.load(Ordering::Relaxed) {
+        let permit = feeder.wait_for_room();
+        let mut buf = std::mem::take(&mut carry);
+        // stdin sends what one read gave (up to a line end): no need to make room for a whole
+        // chunk each time (zeroing it would cost more than the data)
+        let room = match source.input {
+            LineInput::Stdin => source.chunk_bytes.min(STDIN_READ_BYTES),
+            LineInput::File(_) => source.chunk_bytes,
+        };
+        buf.reserve(room);
+        // fill the buffer (a pipe or terminal gives less per read)
+        while buf.len() < source.chunk_bytes {
+            let start = buf.len();
+            buf.resize(source.chunk_bytes.min(start + room), 0);
+            match reader.read(&mut buf[start..]) {
+                Ok(0) => {
+                    buf.truncate(start);
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    if matches!(source.input, LineInput::Stdin) && memchr::memchr(b'\n', &buf[start..]).is_some() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) => return Err(io_err("reading", e)),
+            }
+        }
+        let cut = if eof {
+            buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &buf) {
+                Some(i) => i + 1,
+                None => {
+                    // one line longer than a chunk: keep reading it
+                    carry = buf;
+                    drop(permit);
+                    continue;
+                }
+            }
+        };
+        carry = buf.split_off(cut);
+        if buf.is_empty() {
+            break;
+        }
+        if let Some(pacer) = pacer.as_mut() {
+            // release the chunk in slices as their event time comes
+            drop(permit);
+            pacer.slices(&buf, &decoder, &stop, &mut |slice, lines| {
+                let start = offset;
+                offset += slice.len() as u64;
+                let first_line = line;
+                line += lines;
+                let permit = feeder.wait_for_room();
+                feeder.send(
+                    ChunkData::Lines {
+                        bytes: slice,
+                        first_line,
+                        start_offset: start,
+                    },
+                    Position::File { offset, line },
+                    permit,
+                );
+            });
+            continue;
+        }
+        let start = offset;
+        offset += buf.len() as u64;
+        let first_line = line;
+        line += memchr::memchr_iter(b'\n', &buf).count() as u64;
+        feeder.send(
+            ChunkData::Lines {
+                bytes: buf,
+                first_line,
+                start_offset: start,
+            },
+            Position::File { offset, line },
+            permit,
+        );
+    }
+    feeder.end();
+    Ok(())
+}
+
+/// Releases lines as their event time passes (scaled by `speed`).
+struct Pacer {
+    speed: f64,
+    started: Instant,
+    first_ts: Option<i64>,
+}
+
+impl Pacer {
+    fn new(speed: f64) -> Self {
+        Pacer {
+            speed: if speed > 0.0 { speed } else { 1.0 },
+            started: Instant::now(),
+            first_ts: None,
+        }
+    }
+
+    /// Cuts `buf` into slices of about 50 ms of (scaled) event time, sleeping before each.
+    fn slices(&mut self, buf: &[u8], decoder: &Decoder, stop: &AtomicBool, emit: &mut dyn FnMut(Vec<u8>, u64)) {
+        let mut current: Vec<u8> = Vec::new();
+        let mut lines = 0u64;
+        let mut due_of_current: Option<Duration> = None;
+        for raw in buf.split_inclusive(|&b| b == b'\n') {
+            let ts = decoder.decode(raw.trim_ascii_end(), None, 0).ok().map(|d| d.reading.ts);
+            if let Some(ts) = ts {
+                let first = *self.first_ts.get_or_insert(ts);
+                let due = Duration::from_secs_f64(((ts - first).max(0) as f64 / 1000.0) / self.speed);
+                match due_of_current {
+                    Some(d) if due > d + Duration::from_millis(50) => {
+                        self.sleep_until(d, stop);
+                        emit(std::mem::take(&mut current), lines);
+                        lines = 0;
+                        due_of_current = Some(due);
+                    }
+                    None => due_of_current = Some(due),
+                    _ => {}
+                }
+            }
+            current.extend_from_slice(raw);
+            lines += 1;
+        }
+        if !current.is_empty() {
+            if let Some(d) = due_of_current {
+                self.sleep_until(d, stop);
+            }
+            emit(current, lines);
+        }
+    }
+
+    fn sleep_until(&self, due: Duration, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let elapsed = self.started.elapsed();
+            if elapsed >= due {
+                return;
+            }
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(100)));
+        }
+    }
+}

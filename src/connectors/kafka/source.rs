@@ -1,0 +1,850 @@
+//! The Kafka source: a consumer in a consumer group (rdkafka's `BaseConsumer`, polled on the
+//! source thread), whose offsets belong to the checkpoints.
+//!
+//! - Auto-commit is off. Every chunk carries the next offset of every partition the source
+//!   reads (`SourcePosition::partitions`); a checkpoint stores them (one stored position per
+//!   partition, `kafka:<topic>:<partition>`) in the same synced batch as the device states, and
+//!   only once that checkpoint is durable are they committed to the group. On assignment the
+//!   source seeks to the checkpointed offsets, not the group's.
+//! - Rebalances go through the actor system. On revoke (inside the rebalance callback, which
+//!   runs on this thread) the source sends what it holds, asks the checkpointer for a
+//!   checkpoint that covers it and waits until it is durable (answering checkpoint barriers
+//!   meanwhile), commits the partitions' offsets, writes a [`PartitionHandoff`] per partition
+//!   (its devices' state and next offset) to the group's hand-off directory, evicts those
+//!   devices from the shards and drops them from the store. On assign it takes, per partition,
+//!   the newer of its own checkpointed offset and a hand-off (importing the hand-off's device
+//!   states into its store; devices then load lazily on their next reading).
+//! - The store knows which devices came from which partition (`store::partitions`).
+//! - Backpressure: when the runtime has no room for another chunk, the source pauses every
+//!   partition it reads (librdkafka stops fetching) and resumes them when there is room.
+//! - A graceful stop sends what is left, waits for the last checkpoint, commits its offsets and
+//!   leaves a hand-off for every partition (so another member continues with the state), then
+//!   closes the consumer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
+use crate::decode::Decoder;
+use crate::model::{ChunkData, Message, Position, key_group_of};
+use crate::runtime::ports::{ChunkFeeder, PartitionOwnership};
+use crate::store::partitions::{PartitionHandoff, parse_position_name};
+use crate::store::{PipelineIdentity, StateStore};
+
+/// Messages per chunk at most.
+const MAX_CHUNK_MESSAGES: usize = 8192;
+/// Payload bytes per chunk at most.
+const MAX_CHUNK_BYTES: usize = 4 << 20;
+/// How long a rebalance waits for its checkpoint.
+const REBALANCE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The Kafka source failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("kafka source {source_name}: the environment variable {variable} (for `{property}`) is not set")]
+    MissingSecret {
+        source_name: String,
+        property: String,
+        variable: String,
+    },
+    #[error("kafka source {source_name}: {operation}: {error}")]
+    Client {
+        source_name: String,
+        operation: &'static str,
+        error: KafkaError,
+    },
+}
+
+/// What the Kafka source has done (tests, logs, the admin view).
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    pub messages: AtomicU64,
+    pub chunks: AtomicU64,
+    pub rebalances: AtomicU64,
+    pub handoffs_written: AtomicU64,
+    pub handoffs_taken: AtomicU64,
+    /// Hand-offs written anew for partitions still read (`handoff_refresh`).
+    pub handoffs_refreshed: AtomicU64,
+    pub commits: AtomicU64,
+    pub pauses: AtomicU64,
+}
+
+/// A planned Kafka source.
+pub struct KafkaSource {
+    pub spec: KafkaSourceSpec,
+    pub decoder: Arc<Decoder>,
+    pub store: Option<Arc<StateStore>>,
+    pub pipeline: Option<PipelineIdentity>,
+    pub key_groups: u32,
+    /// Where hand-offs go (none without a store).
+    pub handoff_dir: Option<PathBuf>,
+    /// Checkpoints and evictions on a rebalance (none without checkpoints).
+    pub ownership: Option<Arc<dyn PartitionOwnership>>,
+    pub stats: Arc<KafkaStats>,
+}
+
+/// The librdkafka configuration of a source or sink: plume's settings (`defaults`), then the
+/// pipeline's `properties`, then the secret ones from the environment (never logged), each
+/// overriding what came before.
+pub fn client_config(
+    source_name: &str,
+    brokers: &str,
+    defaults: &[(&str, String)],
+    properties: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<ClientConfig, KafkaSourceError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        config.set(*k, v);
+    }
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    for (property, variable) in secrets {
+        let value = std::env::var(variable).map_err(|_| KafkaSourceError::MissingSecret {
+            source_name: source_name.to_string(),
+            property: property.clone(),
+            variable: variable.clone(),
+        })?;
+        config.set(property, value);
+    }
+    Ok(config)
+}
+
+type PartitionKey = (String, i32);
+
+/// What the consumer loop and the rebalance callbacks share (both run on the source thread;
+/// the lock is never held across a poll).
+struct Inner {
+    name: Arc<str>,
+    feeder: ChunkFeeder,
+    store: Option<Arc<StateStore>>,
+    pipeline: Option<PipelineIdentity>,
+    key_groups: u32,
+    handoff_dir: Option<PathBuf>,
+    /// `handoff_refresh`: how often the hand-offs of the partitions read are written anew.
+    handoff_refresh: Option<Duration>,
+    /// The offset and time of each assigned partition's newest hand-off (written or taken).
+    handed_off_at: std::collections::HashMap<PartitionKey, (i64, Instant)>,
+    ownership: Option<Arc<dyn PartitionOwnership>>,
+    device_from: KafkaDeviceFrom,
+    time_from: KafkaTimeFrom,
+    decoder: Arc<Decoder>,
+    stats: Arc<KafkaStats>,
+    /// The next offset of every partition read (as of what was sent).
+    consumed: BTreeMap<PartitionKey, i64>,
+    /// Checkpointed offsets of partitions this member does not read now but whose state its
+    /// store holds (not handed off): carried into every checkpoint, so none is forgotten while
+    /// the group gives the partition to a member that may never come back.
+    carried: BTreeMap<PartitionKey, i64>,
+    /// Offsets as of each barrier this source sent, until that checkpoint is durable.
+    at_barrier: Vec<(u64, BTreeMap<PartitionKey, i64>)>,
+    /// Messages read but not yet sent, with their partition and offset.
+    pending: Vec<(PartitionKey, i64, Message)>,
+    pending_bytes: usize,
+    /// Devices known per partition (written to the store's partition index when new).
+    known: std::collections::HashMap<PartitionKey, rustc_hash::FxHashSet<String>>,
+    assigned: BTreeSet<PartitionKey>,
+    at_end: BTreeSet<PartitionKey>,
+    caught_up_logged: bool,
+    paused: bool,
+    closing: bool,
+}
+
+impl Inner {
+    fn snapshot(&self) -> Arc<Vec<(String, i32, i64)>> {
+        let mut all = self.carried.clone();
+        all.extend(self.consumed.iter().map(|(k, o)| (k.clone(), *o)));
+        Arc::new(all.into_iter().map(|((t, p), o)| (t, p, o)).collect())
+    }
+
+    /// Sends a barrier if one is asked for, remembering the offsets it stands for.
+    fn poll_barrier(&mut self) {
+        if let Some(id) = self.feeder.poll_barrier() {
+            self.at_barrier.push((id, self.consumed.clone()));
+        }
+    }
+
+    /// The position for `key` this member's own state is at, if any.
+    fn own_offset(&self, key: &PartitionKey) -> Option<i64> {
+        self.consumed.get(key).or_else(|| self.carried.get(key)).copied()
+    }
+
+    fn push(&mut self, key: PartitionKey, offset: i64, message: Message) {
+        self.pending_bytes += message.payload.len();
+        self.pending.push((key, offset, message));
+    }
+
+    fn full(&self) -> bool {
+        self.pending.len() >= MAX_CHUNK_MESSAGES || self.pending_bytes >= MAX_CHUNK_BYTES
+    }
+
+    /// Sends the pending messages as one chunk with `permit`.
+    fn send(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.poll_barrier();
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let mut messages = Vec::with_capacity(pending.len());
+        let mut new_devices: BTreeMap<PartitionKey, Vec<String>> = BTreeMap::new();
+        for (key, offset, message) in pending {
+            if self.store.is_some() {
+                // allocation only for a device not seen on this partition before
+                let device = match self.device_from {
+                    KafkaDeviceFrom::Key => message.device_hint.as_deref().map(std::borrow::Cow::Borrowed),
+                    KafkaDeviceFrom::Payload => self.decoder.device_of(&message.payload, None),
+                };
+                if let Some(device) = device {
+                    let seen = self.known.get(&key).is_some_and(|k| k.contains(device.as_ref()));
+                    if !seen {
+                        let device = device.into_owned();
+                        self.known.entry(key.clone()).or_default().insert(device.clone());
+                        new_devices.entry(key.clone()).or_default().push(device);
+                    }
+                }
+            }
+            match self.consumed.get_mut(&key) {
+                Some(next) => *next = offset + 1,
+                None => {
+                    self.consumed.insert(key, offset + 1);
+                }
+            }
+            messages.push(message);
+        }
+        if let Some(store) = &self.store {
+            for ((topic, partition), devices) in &new_devices {
+                if let Err(e) = store.index_partition_devices(topic, *partition, devices.iter().map(String::as_str)) {
+                    error!(source = %self.name, topic = %topic, partition, error = %e, "the partition index could not be written");
+                }
+            }
+        }
+        self.stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+        let snapshot = self.snapshot();
+        self.feeder
+            .send(ChunkData::Messages(messages), Position::Partitions(snapshot), permit);
+    }
+
+    /// Sends what is pending, waiting for room (used by rebalances and the end).
+    fn send_all_blocking(&mut self) {
+        if !self.pending.is_empty() {
+            let permit = self.feeder.wait_for_room();
+            self.send(permit);
+        }
+    }
+
+    fn offsets_list(
+        offsets: &BTreeMap<PartitionKey, i64>,
+        only: Option<&BTreeSet<PartitionKey>>,
+    ) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in offsets {
+            if only.is_none_or(|set| set.contains(&(t.clone(), *p))) {
+                let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+            }
+        }
+        tpl
+    }
+
+    /// Commits to the group the offsets of the newest durable checkpoint this source sent a
+    /// barrier for.
+    fn commit_durable(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let Some(signal) = self.feeder.barrier_signal().cloned() else {
+            return;
+        };
+        let durable = signal.durable.load(Ordering::Acquire);
+        let Some(i) = self.at_barrier.iter().rposition(|(id, _)| *id <= durable) else {
+            return;
+        };
+        let (id, offsets) = self.at_barrier[i].clone();
+        self.at_barrier.drain(..=i);
+        // Only while no later barrier is out: the store holds exactly checkpoint `id` then, and
+        // no later one can commit while this thread writes (it needs this source's barrier).
+        if self.at_barrier.is_empty() {
+            self.refresh_handoffs(&offsets, id);
+        }
+        let tpl = Self::offsets_list(&offsets, Some(&self.assigned));
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                debug!(source = %self.name, checkpoint = id, partitions = tpl.count(), "kafka offsets committed");
+            }
+            Err(e) => {
+                warn!(source = %self.name, checkpoint = id, error = %e, "kafka offsets not committed (the next checkpoint commits them)")
+            }
+        }
+    }
+
+    /// Asks for a checkpoint covering everything sent, and waits (answering barriers) until it
+    /// is durable. `None` without checkpoints or when it failed.
+    fn checkpoint_now(&mut self) -> Option<u64> {
+        let mut rx = self.ownership.as_ref()?.checkpoint_soon();
+        let started = Instant::now();
+        loop {
+            self.poll_barrier();
+            match rx.try_recv() {
+                Ok(Ok(id)) => return Some(id),
+                Ok(Err(e)) => {
+                    error!(source = %self.name, error = %e, "the rebalance checkpoint failed");
+                    return None;
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+            if started.elapsed() > REBALANCE_CHECKPOINT_TIMEOUT {
+                error!(source = %self.name, "the rebalance checkpoint did not complete in time");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Writes anew the hand-offs of the assigned partitions read since their last one, if
+    /// `handoff_refresh` has passed since (the store holds checkpoint `checkpoint`, whose
+    /// offsets are `offsets`): a member that dies leaves its partitions with their state.
+    fn refresh_handoffs(&mut self, offsets: &BTreeMap<PartitionKey, i64>, checkpoint: u64) {
+        let Some(every) = self.handoff_refresh else { return };
+        if self.handoff_dir.is_none() || self.store.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        for (key, offset) in offsets {
+            if !self.assigned.contains(key) {
+                continue;
+            }
+            if let Some((at_offset, at)) = self.handed_off_at.get(key)
+                && (at_offset == offset || now.duration_since(*at) < every)
+            {
+                continue;
+            }
+            if self.write_handoff(key, *offset, checkpoint, "refreshed").is_some() {
+                self.stats.handoffs_refreshed.fetch_add(1, Ordering::Relaxed);
+                self.handed_off_at.insert(key.clone(), (*offset, now));
+            }
+        }
+    }
+
+    /// Writes the hand-off of `key` (its devices' stored state and `next_offset`).
+    fn write_handoff(&self, key: &PartitionKey, next_offset: i64, checkpoint: u64, why: &str) -> Option<usize> {
+        let (store, dir, pipeline) = (
+            self.store.as_ref()?,
+            self.handoff_dir.as_ref()?,
+            self.pipeline.as_ref()?,
+        );
+        let kgs = self.key_groups;
+        let result = store
+            .partition_states(&key.0, key.1, |d| key_group_of(d, kgs))
+            .and_then(|devices| {
+                let n = devices.len();
+                PartitionHandoff {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    next_offset,
+                    pipeline_hash: pipeline.hash.clone(),
+                    key_groups: kgs,
+                    checkpoint,
+                    written_ms: crate::clock::now_ms(),
+                    devices,
+                }
+                .write(dir)
+                .map(|_| n)
+            });
+        match result {
+            Ok(n) => {
+                self.stats.handoffs_written.fetch_add(1, Ordering::Relaxed);
+                if why == "refreshed" {
+                    info!(source = %self.name, topic = %key.0, partition = key.1, next_offset, devices = n, checkpoint, "kafka partition hand-off refreshed");
+                } else {
+                    info!(source = %self.name, topic = %key.0, partition = key.1, next_offset, devices = n, checkpoint, "kafka partition handed off");
+                }
+                Some(n)
+            }
+            Err(e) => {
+                error!(source = %self.name, topic = %key.0, partition = key.1, error = %e, "the kafka partition hand-off could not be written");
+                None
+            }
+        }
+    }
+
+    /// The partitions in `revoked` go to another member.
+    fn revoke(&mut self, consumer: &BaseConsumer<SourceContext>, revoked: Vec<PartitionKey>) {
+        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        info!(source = %self.name, partitions = ?revoked, "kafka partitions revoked: checkpointing before letting them go");
+        self.send_all_blocking();
+        let checkpoint = self.checkpoint_now();
+        let offsets: BTreeMap<PartitionKey, i64> = revoked
+            .iter()
+            .filter_map(|k| self.consumed.get(k).map(|o| (k.clone(), *o)))
+            .collect();
+        // without a durable checkpoint, the offsets are not committed: the next owner re-reads
+        if checkpoint.is_some() || self.store.is_none() {
+            let tpl = Self::offsets_list(&offsets, None);
+            if tpl.count() > 0 {
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => {
+                        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        warn!(source = %self.name, error = %e, "kafka offsets of revoked partitions not committed")
+                    }
+                }
+            }
+        }
+        let mut handed_off = BTreeSet::new();
+        if let (Some(id), Some(store)) = (checkpoint, self.store.clone()) {
+            let kgs = self.key_groups;
+            for key in &revoked {
+                let Some(offset) = offsets.get(key) else { continue };
+                if self.write_handoff(key, *offset, id, "revoked").is_none() {
+                    continue;
+                }
+                handed_off.insert(key.clone());
+                // the next owner has the state now: forget it here
+                let devices = store.partition_devices(&key.0, key.1).unwrap_or_default();
+                let evicted = self.ownership.as_ref().map_or(0, |o| o.evict(devices.clone()));
+                match store.drop_partition(&key.0, key.1, |d| key_group_of(d, kgs)) {
+                    Ok(n) => {
+                        debug!(source = %self.name, topic = %key.0, partition = key.1, dropped = n, evicted, "kafka partition state dropped")
+                    }
+                    Err(e) => {
+                        error!(source = %self.name, error = %e, "the state of a handed-off partition could not be dropped")
+                    }
+                }
+            }
+        }
+        for key in &revoked {
+            if let Some(o) = self.consumed.remove(key)
+                && !handed_off.contains(key)
+            {
+                // not handed off: the state stays here, and so does its position
+                self.carried.insert(key.clone(), o);
+            }
+            if handed_off.contains(key) {
+                self.carried.remove(key);
+            }
+            self.known.remove(key);
+            self.handed_off_at.remove(key);
+            self.assigned.remove(key);
+            self.at_end.remove(key);
+        }
+        for (_, offsets) in &mut self.at_barrier {
+            offsets.retain(|k, _| !revoked.contains(k));
+        }
+    }
+
+    /// The partitions in `assigned` are ours now: where does each one start?
+    fn assign(&mut self, tpl: &mut TopicPartitionList) {
+        let assigned: Vec<PartitionKey> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        for key in &assigned {
+            let mut start = self.own_offset(key);
+            let mut from = if start.is_some() { "checkpoint" } else { "group" };
+            if let (Some(dir), Some(store), Some(pipeline)) = (&self.handoff_dir, &self.store, &self.pipeline) {
+                match PartitionHandoff::read(dir, &key.0, key.1) {
+                    Ok(Some(h)) if h.pipeline_hash != pipeline.hash || h.key_groups != pipeline.key_groups => {
+                        warn!(source = %self.name, topic = %key.0, partition = key.1, "a hand-off of another pipeline is ignored");
+                    }
+                    // The newer state wins. At the same offset, this member's own state wins
+                    // while its store still holds the partition's devices (its own refreshed
+                    // hand-off is no newer, and processing time may have moved the state on
+                    // since); a hand-off it wrote when it gave the partition up restores what it
+                    // dropped then.
+                    Ok(Some(h))
+                        if start.is_none_or(|s| {
+                            h.next_offset > s
+                                || (h.next_offset == s
+                                    && store.partition_devices(&key.0, key.1).is_ok_and(|d| d.is_empty()))
+                        }) =>
+                    {
+                        let kgs = self.key_groups;
+                        match store.import_partition(&h, |d| key_group_of(d, kgs)) {
+                            Ok(()) => {
+                                self.stats.handoffs_taken.fetch_add(1, Ordering::Relaxed);
+                                info!(source = %self.name, topic = %key.0, partition = key.1, next_offset = h.next_offset, devices = h.devices.len(), from_checkpoint = h.checkpoint, "kafka partition taken over from a hand-off");
+                                start = Some(h.next_offset);
+                                from = "hand-off";
+                                self.handed_off_at.insert(key.clone(), (h.next_offset, Instant::now()));
+                            }
+                            Err(e) => {
+                                error!(source = %self.name, error = %e, "a hand-off could not be imported: starting from the group's offset")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => error!(source = %self.name, error = %e, "a hand-off is damaged: ignoring it"),
+                }
+            }
+            let offset = match start {
+                Some(o) => {
+                    self.carried.remove(key);
+                    self.consumed.insert(key.clone(), o);
+                    Offset::Offset(o)
+                }
+                None => Offset::Stored,
+            };
+            info!(source = %self.name, topic = %key.0, partition = key.1, offset = ?offset, from, "kafka partition assigned");
+            if let Err(e) = tpl.set_partition_offset(&key.0, key.1, offset) {
+                error!(source = %self.name, error = %e, "setting the start offset of a kafka partition");
+            }
+            self.assigned.insert(key.clone());
+        }
+        self.caught_up_logged = false;
+    }
+}
+
+/// The consumer's context: rebalance callbacks go through [`Inner`].
+pub struct SourceContext {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // the end of a partition is reported through `poll` too: not an error
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            error!(error = %error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    /// Replaces rdkafka's default so that an assignment starts at the offsets plume chose (set
+    /// in the list before `assign`: assigning twice would let librdkafka fetch from the group's
+    /// offsets first and skip what it had fetched).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                {
+                    let mut inner = self.inner.lock().expect("kafka source lock");
+                    if !inner.closing {
+                        inner.assign(tpl);
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "kafka assignment failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                {
+                    let mut inner = self.inner.lock().expect("kafka source lock");
+                    if !inner.closing {
+                        let revoked: Vec<PartitionKey> = tpl
+                            .elements()
+                            .iter()
+                            .map(|e| (e.topic().to_string(), e.partition()))
+                            .collect();
+                        inner.revoke(consumer, revoked);
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "kafka unassignment failed");
+                }
+            }
+            other => {
+                warn!(error = ?other, "kafka rebalance error: dropping the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Consumes until `stop`, then sends what is left, commits the last checkpoint's offsets,
+/// leaves hand-offs and closes the consumer.
+pub fn run(
+    source: KafkaSource,
+    feeder: ChunkFeeder,
+    stop: Arc<AtomicBool>,
+) -> Result<(), crate::connectors::SourceError> {
+    let name = feeder.name.clone();
+    let spec = source.spec;
+    let fail = |feeder: &ChunkFeeder, e: KafkaSourceError| {
+        feeder.end();
+        Err(crate::connectors::SourceError::Kafka(e))
+    };
+    let defaults = [
+        ("group.id", spec.group.clone()),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        ("enable.partition.eof", "true".into()),
+        ("queued.max.messages.kbytes", "16384".into()),
+        ("client.id", format!("plume-{name}")),
+    ];
+    let config = match client_config(
+        &name,
+        &spec.brokers,
+        &defaults,
+        &spec.properties,
+        &spec.secret_properties_env,
+    ) {
+        Ok(c) => c,
+        Err(e) => return fail(&feeder, e),
+    };
+    let signal = feeder.barrier_signal().cloned();
+    // the partitions the resumed checkpoint holds positions (and state) for
+    let record = match &source.store {
+        Some(store) => match store.latest_record() {
+            Ok(r) => r,
+            Err(e) => {
+                error!(source = %name, error = %e, "reading the checkpoint record");
+                None
+            }
+        },
+        None => None,
+    };
+    let carried: BTreeMap<PartitionKey, i64> = record
+        .iter()
+        .flat_map(|r| r.sources.iter())
+        .filter(|p| p.source == feeder.source)
+        .filter_map(|p| parse_position_name(&p.name).map(|k| (k, p.offset as i64)))
+        .collect();
+    let inner = Arc::new(Mutex::new(Inner {
+        name: name.clone(),
+        feeder,
+        store: source.store,
+        pipeline: source.pipeline,
+        key_groups: source.key_groups,
+        handoff_dir: source.handoff_dir,
+        handoff_refresh: spec
+            .handoff_refresh
+            .map(|d| Duration::from_millis(d.as_millis() as u64)),
+        handed_off_at: Default::default(),
+        ownership: source.ownership,
+        device_from: spec.device_from,
+        time_from: spec.time_from,
+        decoder: source.decoder,
+        stats: source.stats.clone(),
+        consumed: BTreeMap::new(),
+        carried,
+        at_barrier: Vec::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        known: Default::default(),
+        assigned: BTreeSet::new(),
+        at_end: BTreeSet::new(),
+        caught_up_logged: false,
+        paused: false,
+        closing: false,
+    }));
+    let consumer: BaseConsumer<SourceContext> = match config.create_with_context(SourceContext { inner: inner.clone() })
+    {
+        Ok(c) => c,
+        Err(error) => {
+            let feeder = &inner.lock().expect("kafka source lock").feeder;
+            return fail(
+                feeder,
+                KafkaSourceError::Client {
+                    source_name: name.to_string(),
+                    operation: "creating the consumer",
+                    error,
+                },
+            );
+        }
+    };
+    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    if let Err(error) = consumer.subscribe(&topics) {
+        let feeder = &inner.lock().expect("kafka source lock").feeder;
+        return fail(
+            feeder,
+            KafkaSourceError::Client {
+                source_name: name.to_string(),
+                operation: "subscribing",
+                error,
+            },
+        );
+    }
+    info!(source = %name, brokers = %spec.brokers, group = %spec.group, topics = ?spec.topics, "kafka source starting");
+    let stats = source.stats;
+    let mut reported = Instant::now();
+    let mut errors_logged = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let polled = consumer.poll(Duration::from_millis(50));
+        let mut inner = inner.lock().expect("kafka source lock");
+        let mut idle = false;
+        match polled {
+            None => idle = true,
+            Some(Ok(m)) => {
+                let key = (m.topic().to_string(), m.partition());
+                if !inner.assigned.contains(&key) {
+                    // fetched before a revoke: not ours any more
+                    continue;
+                }
+                inner.at_end.remove(&key);
+                let arrival_ms = match inner.time_from {
+                    KafkaTimeFrom::Record => m.timestamp().to_millis().unwrap_or_else(crate::clock::now_ms),
+                    KafkaTimeFrom::Payload => crate::clock::now_ms(),
+                };
+                let device_hint = match inner.device_from {
+                    KafkaDeviceFrom::Key => m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    KafkaDeviceFrom::Payload => None,
+                };
+                let message = Message {
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    device_hint,
+                    position: format!("topic {} partition {} offset {}", key.0, key.1, m.offset()),
+                    arrival_ms,
+                };
+                let offset = m.offset();
+                inner.push(key, offset, message);
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                // which topic: every assigned partition with this number that has nothing newer
+                let keys: Vec<PartitionKey> = inner.assigned.iter().filter(|k| k.1 == partition).cloned().collect();
+                for k in keys {
+                    inner.at_end.insert(k);
+                }
+                idle = true;
+            }
+            Some(Err(e)) => {
+                if errors_logged < 20 {
+                    warn!(source = %name, error = %e, "kafka consumer error");
+                    errors_logged += 1;
+                }
+                idle = true;
+            }
+        }
+        if inner.full() || (idle && !inner.pending.is_empty()) {
+            match inner.feeder.try_room() {
+                Some(permit) => {
+                    if inner.paused {
+                        let all = assignment_list(&inner.assigned);
+                        if let Err(e) = consumer.resume(&all) {
+                            warn!(source = %name, error = %e, "resuming kafka partitions");
+                        }
+                        inner.paused = false;
+                        debug!(source = %name, "kafka partitions resumed");
+                    }
+                    inner.send(permit);
+                }
+                None if !inner.paused && inner.full() => {
+                    // no room in the runtime: stop fetching instead of buffering
+                    let all = assignment_list(&inner.assigned);
+                    if let Err(e) = consumer.pause(&all) {
+                        warn!(source = %name, error = %e, "pausing kafka partitions");
+                    }
+                    inner.paused = true;
+                    stats.pauses.fetch_add(1, Ordering::Relaxed);
+                    debug!(source = %name, "kafka partitions paused: the runtime is full");
+                }
+                None => {}
+            }
+        }
+        if idle {
+            inner.poll_barrier();
+        }
+        inner.commit_durable(&consumer);
+        if idle
+            && inner.pending.is_empty()
+            && !inner.assigned.is_empty()
+            && inner.at_end.len() == inner.assigned.len()
+            && !inner.caught_up_logged
+        {
+            inner.caught_up_logged = true;
+            info!(source = %name, messages = stats.messages.load(Ordering::Relaxed), partitions = inner.assigned.len(), "kafka source caught up");
+        } else if !idle {
+            inner.caught_up_logged = false;
+        }
+        if reported.elapsed() > Duration::from_secs(1) {
+            reported = Instant::now();
+            debug!(source = %name, messages = stats.messages.load(Ordering::Relaxed), "kafka source progress");
+        }
+    }
+    // graceful end: what is read goes in, the last checkpoint decides what is committed
+    let mut guard = inner.lock().expect("kafka source lock");
+    guard.closing = true;
+    guard.send_all_blocking();
+    let durable_before = signal.as_ref().map(|s| s.durable.load(Ordering::Acquire));
+    guard.feeder.end();
+    let final_checkpoint = match (&signal, durable_before) {
+        (Some(signal), Some(before)) => {
+            let started = Instant::now();
+            loop {
+                let now = signal.durable.load(Ordering::Acquire);
+                if now > before {
+                    break Some(now);
+                }
+                if started.elapsed() > Duration::from_secs(120) {
+                    warn!(source = %name, "the last checkpoint did not complete: offsets are not committed");
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        _ => None,
+    };
+    if final_checkpoint.is_some() || signal.is_none() {
+        let offsets = guard.consumed.clone();
+        let tpl = Inner::offsets_list(&offsets, None);
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => warn!(source = %name, error = %e, "kafka offsets not committed at the end"),
+            }
+        }
+    }
+    if let Some(id) = final_checkpoint {
+        let partitions: Vec<(PartitionKey, i64)> = guard.consumed.iter().map(|(k, o)| (k.clone(), *o)).collect();
+        for (key, offset) in partitions {
+            guard.write_handoff(&key, offset, id, "stopped");
+        }
+    }
+    info!(
+        source = %name,
+        messages = stats.messages.load(Ordering::Relaxed),
+        rebalances = stats.rebalances.load(Ordering::Relaxed),
+        handoffs_written = stats.handoffs_written.load(Ordering::Relaxed),
+        handoffs_taken = stats.handoffs_taken.load(Ordering::Relaxed),
+        handoffs_refreshed = stats.handoffs_refreshed.load(Ordering::Relaxed),
+        "kafka source stopped"
+    );
+    drop(guard);
+    consumer.unsubscribe();
+    drop(consumer);
+    Ok(())
+}
+
+fn assignment_list(assigned: &BTreeSet<PartitionKey>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in assigned {
+        tpl.add_partition(t, *p);
+    }
+    tpl
+}

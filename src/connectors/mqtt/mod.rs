@@ -1,0 +1,7 @@
+//! MQTT: the subscription source with manual acks ([`source`]) and its durable ingest log
+//! ([`ingest`]), the sink ([`sink`]), and the embedded broker ([`broker`]).
+
+pub mod broker;
+pub mod ingest;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,1045 @@
+//! MQTT input: subscribes to a broker with `rumqttc` (MQTT 3.1.1 or 5) and feeds the messages
+//! to the routers in chunks, like every other source.
+//!
+//! - The topic template (`sensors/{device}/air`) becomes the subscription filter (`{device}`
+//!   becomes `+`; with `shared_group`, `$share/<group>/…`), and each received topic is matched
+//!   against it to capture the device id. A topic that does not match is counted and logged once.
+//! - Two tasks on the source thread's own tokio runtime: the *driver* polls the event loop
+//!   (reconnecting with exponential backoff and full jitter, subscribing again when the broker
+//!   has no session for us) and passes the messages of each poll on as one batch; the *feeder*
+//!   waits for room (backpressure), appends the batch to the ingest log (`durable: true`: one
+//!   synced RocksDB write, on a blocking thread), sends it as one chunk whose end position is the
+//!   log's next sequence number, then acknowledges its QoS 1/2 messages through [`AckGate`].
+//!   Acks are manual: a message the broker has not had an ack for is sent again after a
+//!   reconnect (persistent session), so nothing handed to us is lost.
+//! - Checkpoints record the log position like a file offset; at start-up the source first
+//!   replays the log from the checkpointed position to its end, then takes live messages. The
+//!   log drops entries below the oldest checkpoint recovery could fall back to (`retain`).
+//! - A message the broker sends again (`dup`) with a packet id and content we already handed on
+//!   (the broker lost our ack in a crash or disconnect) is acknowledged and not fed twice; with
+//!   the log, the packet ids survive a restart.
+//! - `durable: false`, or no data directory (`--no-checkpoints`): no log; messages are
+//!   acknowledged once handed to the routers, so a crash of plume loses what was in flight.
+//! - Passwords come from an environment variable and appear in no log or error.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::ingest::{IngestLog, Trimmer, encode_entry};
+use crate::clock;
+use crate::config::{MqttSourceSpec, MqttVersion};
+use crate::model::{ChunkData, Message, Position};
+use crate::runtime::ports::ChunkFeeder;
+
+/// Problems of the MQTT source (and of the MQTT sink's connection settings).
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt url `{url}`: {reason}")]
+    Url { url: String, reason: String },
+    #[error("the mqtt password variable `{var}` (password_env) is not set")]
+    PasswordEnv { var: String },
+    #[error("reading the CA file {path}: {error}")]
+    CaFile { path: String, error: std::io::Error },
+    #[error("mqtt source {source_name}: the runtime could not start: {error}")]
+    Runtime { source_name: String, error: std::io::Error },
+}
+
+/// Where a broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883).
+    pub fn parse(url: &str) -> Result<Self, MqttError> {
+        let bad = |reason: &str| MqttError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else {
+            return Err(bad("must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let end = v6.find(']').ok_or_else(|| bad("unclosed `[`"))?;
+            let host = &v6[..end];
+            let port = match v6[end + 1..].strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?,
+                None => default_port,
+            };
+            (host.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?,
+                ),
+                None => (rest.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Endpoint { host, port, tls })
+    }
+}
+
+/// The password from the variable `password_env` names (never logged).
+pub fn password(var: Option<&str>) -> Result<Option<String>, MqttError> {
+    match var {
+        None => Ok(None),
+        Some(var) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| MqttError::PasswordEnv { var: var.to_string() }),
+    }
+}
+
+/// TLS settings for `mqtts://`: the CA file's certificates, or the system's roots.
+pub fn tls_configuration(ca_file: Option<&str>) -> Result<rumqttc::TlsConfiguration, MqttError> {
+    // rustls is built without a default provider in rumqttc: install ring once
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match ca_file {
+        Some(path) => {
+            let ca = std::fs::read(path).map_err(|error| MqttError::CaFile {
+                path: path.to_string(),
+                error,
+            })?;
+            Ok(rumqttc::TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: None,
+            })
+        }
+        None => Ok(rumqttc::TlsConfiguration::default()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// topic templates
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Literal(String),
+    Plus,
+    Hash,
+    Device,
+}
+
+/// A subscription topic with an optional `{device}` level (validated by the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate {
+    levels: Vec<Level>,
+}
+
+/// A received topic that does not fit the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicMismatch;
+
+impl TopicTemplate {
+    pub fn parse(template: &str) -> Self {
+        TopicTemplate {
+            levels: template
+                .split('/')
+                .map(|l| match l {
+                    "+" => Level::Plus,
+                    "#" => Level::Hash,
+                    "{device}" => Level::Device,
+                    other => Level::Literal(other.to_string()),
+                })
+                .collect(),
+        }
+    }
+
+    /// The MQTT subscription filter: `{device}` becomes `+`.
+    pub fn filter(&self) -> String {
+        self.levels
+            .iter()
+            .map(|l| match l {
+                Level::Literal(s) => s.as_str(),
+                Level::Plus | Level::Device => "+",
+                Level::Hash => "#",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Matches a received topic: `Ok(Some(device))` with a `{device}` level, `Ok(None)` without.
+    pub fn capture<'a>(&self, topic: &'a str) -> Result<Option<&'a str>, TopicMismatch> {
+        let mut device = None;
+        let mut parts = topic.split('/');
+        for level in &self.levels {
+            match level {
+                Level::Hash => return Ok(device),
+                _ => {
+                    let part = parts.next().ok_or(TopicMismatch)?;
+                    match level {
+                        Level::Literal(s) if s != part => return Err(TopicMismatch),
+                        Level::Device if part.is_empty() => return Err(TopicMismatch),
+                        Level::Device => device = Some(part),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if parts.next().is_some() {
+            return Err(TopicMismatch);
+        }
+        Ok(device)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// counters
+
+/// Live counters of one MQTT source.
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    /// Messages handed to the routers (replayed ones included).
+    pub messages: AtomicU64,
+    /// Messages replayed from the ingest log at start-up.
+    pub replayed: AtomicU64,
+    /// Synced appends to the ingest log, and the time they took in total (µs).
+    pub log_appends: AtomicU64,
+    pub log_append_us: AtomicU64,
+    /// QoS 1/2 messages acknowledged to the broker.
+    pub acked: AtomicU64,
+    /// Redeliveries of messages already handed on (acknowledged, not fed again).
+    pub duplicates: AtomicU64,
+    /// Messages whose topic did not fit the template.
+    pub topic_mismatches: AtomicU64,
+    /// Successful connections after the first.
+    pub reconnects: AtomicU64,
+    /// Total time without a connection, in milliseconds (since the first connection).
+    pub disconnected_ms: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// the ack point
+
+/// A QoS 1/2 message to acknowledge to the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingAck {
+    pkid: u16,
+    qos: u8,
+}
+
+/// The one place that acknowledges QoS 1/2 messages to the broker. [`run`] calls
+/// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`), or
+/// without the log once its chunk has been handed to the routers (`ChunkFeeder::send`): a
+/// broker outage or reconnect loses nothing either way, a crash of plume only without the log.
+pub struct AckGate {
+    client: Client,
+    stats: Arc<MqttStats>,
+}
+
+impl AckGate {
+    /// The messages of a chunk are safe: acknowledge them.
+    pub async fn release(&self, acks: &[PendingAck]) {
+        for ack in acks {
+            // an error means the event loop is gone (shutting down): the broker redelivers
+            if self.client.ack(*ack).await.is_ok() {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// one client over both protocol versions
+
+#[derive(Clone)]
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+enum EventLoop {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+/// A received message, protocol-independent.
+struct Received {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    pkid: u16,
+    dup: bool,
+    at_ms: i64,
+}
+
+enum Polled {
+    ConnAck {
+        session_present: bool,
+        refused: Option<String>,
+    },
+    Publish(Received),
+    SubAck,
+    Other,
+}
+
+fn qos_v4(level: u8) -> rumqttc::QoS {
+    match level {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos_v5(level: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match level {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+impl Client {
+    async fn ack(&self, ack: PendingAck) -> Result<(), ()> {
+        match self {
+            Client::V4(c) => {
+                let mut p = rumqttc::Publish::new("", qos_v4(ack.qos), Vec::new());
+                p.pkid = ack.pkid;
+                c.ack(&p).await.map_err(|_| ())
+            }
+            Client::V5(c) => {
+                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new("", qos_v5(ack.qos), Vec::new(), None);
+                p.pkid = ack.pkid;
+                c.ack(&p).await.map_err(|_| ())
+            }
+        }
+    }
+
+    fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.try_subscribe(filter, qos_v4(qos)).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_subscribe(filter, qos_v5(qos)).map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.disconnect().await.map_err(|_| ()),
+            Client::V5(c) => c.disconnect().await.map_err(|_| ()),
+        };
+    }
+}
+
+/// Requests (acks) that may wait in the client's queue: more than the packet ids there are,
+/// so acknowledging never waits for the event loop.
+const REQUEST_CAPACITY: usize = 70_000;
+const MAX_PACKET: usize = 1 << 20;
+
+fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client, EventLoop), MqttError> {
+    let endpoint = Endpoint::parse(&spec.url)?;
+    let password = password(spec.password_env.as_deref())?;
+    let tls = if endpoint.tls {
+        Some(tls_configuration(spec.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let keep_alive = Duration::from_millis(spec.keep_alive.as_millis().max(5_000) as u64);
+    Ok(match spec.version {
+        MqttVersion::V311 => {
+            let mut o = rumqttc::MqttOptions::new(client_id, endpoint.host, endpoint.port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_session(!spec.persistent_session)
+                .set_manual_acks(true)
+                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+                .set_request_channel_capacity(REQUEST_CAPACITY);
+            if let Some(user) = &spec.username {
+                o.set_credentials(user.clone(), password.unwrap_or_default());
+            }
+            if let Some(tls) = tls {
+                o.set_transport(rumqttc::Transport::Tls(tls));
+            }
+            let (c, e) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
+            (Client::V4(c), EventLoop::V4(Box::new(e)))
+        }
+        MqttVersion::V5 => {
+            let mut o = rumqttc::v5::MqttOptions::new(client_id, endpoint.host, endpoint.port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_start(!spec.persistent_session)
+                .set_manual_acks(true)
+                .set_max_packet_size(Some(MAX_PACKET as u32))
+                .set_request_channel_capacity(REQUEST_CAPACITY);
+            if spec.persistent_session {
+                // MQTT 5 ends a session at disconnect unless it has an expiry interval
+                o.set_session_expiry_interval(Some(u32::MAX));
+            }
+            if let Some(user) = &spec.username {
+                o.set_credentials(user.clone(), password.unwrap_or_default());
+            }
+            if let Some(tls) = tls {
+                o.set_transport(rumqttc::Transport::Tls(tls));
+            }
+            let (c, e) = rumqttc::v5::AsyncClient::new(o, REQUEST_CAPACITY);
+            (Client::V5(c), EventLoop::V5(Box::new(e)))
+        }
+    })
+}
+
+fn normalize_v4(event: rumqttc::Event) -> Polled {
+    use rumqttc::{ConnectReturnCode, Event, Packet};
+    match event {
+        Event::Incoming(Packet::ConnAck(c)) => Polled::ConnAck {
+            session_present: c.session_present,
+            refused: (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code)),
+        },
+        Event::Incoming(Packet::Publish(p)) => Polled::Publish(Received {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            pkid: p.pkid,
+            dup: p.dup,
+            at_ms: clock::now_ms(),
+        }),
+        Event::Incoming(Packet::SubAck(_)) => Polled::SubAck,
+        _ => Polled::Other,
+    }
+}
+
+fn normalize_v5(event: rumqttc::v5::Event) -> Polled {
+    use rumqttc::v5::Event;
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    match event {
+        Event::Incoming(Packet::ConnAck(c)) => Polled::ConnAck {
+            session_present: c.session_present,
+            refused: (c.code != ConnectReturnCode::Success).then(|| format!("{:?}", c.code)),
+        },
+        Event::Incoming(Packet::Publish(p)) => Polled::Publish(Received {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            pkid: p.pkid,
+            dup: p.dup,
+            at_ms: clock::now_ms(),
+        }),
+        Event::Incoming(Packet::SubAck(_)) => Polled::SubAck,
+        _ => Polled::Other,
+    }
+}
+
+impl EventLoop {
+    /// Lets rumqttc answer a PUBREL for any packet id with PUBCOMP.
+    ///
+    /// rumqttc forgets its incoming QoS 2 packet ids on every reconnect (and a restarted plume
+    /// never had them), then treats the PUBREL the broker resends for a message we had already
+    /// acknowledged (PUBREC) as unsolicited and drops the connection, again after every
+    /// reconnect (rumqtt issue 664). A PUBREL only ever follows our PUBREC, which we send once
+    /// the message is safe, so completing it is right (MQTT 5 says to answer an unknown PUBREL
+    /// with PUBCOMP). rumqttc's state is only reachable through its public packet handler: feed
+    /// it a QoS 2 publish per packet id (that is what marks an id as awaiting PUBREL) and drop
+    /// the events that produced.
+    fn complete_any_pubrel(&mut self) {
+        match self {
+            EventLoop::V4(e) => {
+                let keep = e.state.events.len();
+                for pkid in 1..=u16::MAX {
+                    let mut p = rumqttc::Publish::new("_", rumqttc::QoS::ExactlyOnce, Vec::new());
+                    p.pkid = pkid;
+                    let _ = e.state.handle_incoming_packet(rumqttc::Packet::Publish(p));
+                }
+                e.state.events.truncate(keep);
+            }
+            EventLoop::V5(e) => {
+                let keep = e.state.events.len();
+                for pkid in 1..=u16::MAX {
+                    let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+                        "_",
+                        rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                        Vec::new(),
+                        None,
+                    );
+                    p.pkid = pkid;
+                    let _ = e
+                        .state
+                        .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::Publish(p));
+                }
+                e.state.events.truncate(keep);
+            }
+        }
+    }
+
+    /// Polls once; then takes every event that poll already read (one network read gives many).
+    async fn poll_batch(&mut self, out: &mut Vec<Polled>) -> Result<(), String> {
+        match self {
+            EventLoop::V4(e) => {
+                out.push(normalize_v4(e.poll().await.map_err(|e| e.to_string())?));
+                while let Some(ev) = e.state.events.pop_front() {
+                    out.push(normalize_v4(ev));
+                }
+            }
+            EventLoop::V5(e) => {
+                out.push(normalize_v5(e.poll().await.map_err(|e| e.to_string())?));
+                while let Some(ev) = e.state.events.pop_front() {
+                    out.push(normalize_v5(ev));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the source
+
+/// Settings of an MQTT source run.
+pub struct MqttSource {
+    pub spec: MqttSourceSpec,
+    /// Client id when the spec has none: stable across restarts (the persistent session).
+    pub default_client_id: String,
+    pub stats: Arc<MqttStats>,
+    /// Where the ingest log is (`durable: true` in a run with a data directory).
+    pub ingest: Option<IngestPlan>,
+}
+
+/// Where a durable MQTT source keeps its ingest log.
+#[derive(Debug, Clone)]
+pub struct IngestPlan {
+    /// The log's directory ([`super::ingest::dir_for`]).
+    pub dir: std::path::PathBuf,
+    /// The position the resumed checkpoint recorded for this source (none: replay the log).
+    pub resume_from: Option<u64>,
+    /// Checkpoints kept (`checkpoint.retain`): the log keeps what the oldest of them needs.
+    pub keep_checkpoints: u32,
+}
+
+/// Exponential backoff with full jitter: 100 ms doubling up to 10 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    fn delay(&mut self) -> Duration {
+        let cap = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let ms = rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);
+        Duration::from_millis(ms)
+    }
+}
+
+/// Polls the event loop until the feeder goes away: reconnects, subscribes, passes batches on.
+async fn drive(
+    mut events: EventLoop,
+    client: Client,
+    filter: String,
+    qos: u8,
+    name: Arc<str>,
+    stats: Arc<MqttStats>,
+    tx: mpsc::Sender<Vec<Received>>,
+) {
+    let mut backoff = Backoff::new();
+    let mut down_since: Option<Instant> = None;
+    let mut ever_connected = false;
+    let mut polled = Vec::new();
+    if qos == 2 {
+        events.complete_any_pubrel();
+    }
+    loop {
+        polled.clear();
+        if let Err(error) = events.poll_batch(&mut polled).await {
+            if tx.is_closed() {
+                return;
+            }
+            if qos == 2 {
+                // the failed poll cleared rumqttc's QoS 2 state: before it reconnects
+                events.complete_any_pubrel();
+            }
+            if stats.connected.swap(false, Ordering::Relaxed) || down_since.is_none() {
+                warn!(source = %name, %error, "mqtt connection lost, reconnecting");
+                down_since.get_or_insert_with(Instant::now);
+            } else {
+                debug!(source = %name, %error, "mqtt reconnect failed");
+            }
+            tokio::time::sleep(backoff.delay()).await;
+            continue;
+        }
+        let mut batch = Vec::new();
+        for event in polled.drain(..) {
+            match event {
+                Polled::ConnAck {
+                    refused: Some(code), ..
+                } => {
+                    warn!(source = %name, code, "mqtt broker refused the connection");
+                }
+                Polled::ConnAck { session_present, .. } => {
+                    backoff.reset();
+                    stats.connected.store(true, Ordering::Relaxed);
+                    if let Some(since) = down_since.take() {
+                        let ms = since.elapsed().as_millis() as u64;
+                        if ever_connected {
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            stats.disconnected_ms.fetch_add(ms, Ordering::Relaxed);
+                            warn!(source = %name, disconnected_ms = ms, session_present, "mqtt reconnected");
+                        } else {
+                            info!(source = %name, waited_ms = ms, session_present, "mqtt connected");
+                        }
+                    } else {
+                        info!(source = %name, session_present, "mqtt connected");
+                    }
+                    ever_connected = true;
+                    if !session_present {
+                        if let Err(error) = client.try_subscribe(&filter, qos) {
+                            warn!(source = %name, %error, "mqtt subscribe request failed");
+                        } else {
+                            info!(source = %name, filter = %filter, qos, "mqtt subscribed");
+                        }
+                    }
+                }
+                Polled::Publish(m) => batch.push(m),
+                Polled::SubAck => info!(source = %name, "mqtt subscription confirmed"),
+                Polled::Other => {}
+            }
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Most messages in one chunk.
+const MAX_CHUNK_MESSAGES: usize = 4096;
+
+/// A message of the current batch, on its way to the log and the routers.
+struct Taken {
+    topic: String,
+    payload: Vec<u8>,
+    device: Option<String>,
+    at_ms: i64,
+}
+
+/// The durable part of a run: the open log and what to trim.
+struct Durable {
+    log: Arc<IngestLog>,
+    trimmer: Trimmer,
+}
+
+impl Durable {
+    /// Entries below this may go (the oldest checkpoint recovery can fall back to), if more
+    /// than the log already dropped.
+    fn trim(&mut self, durable_checkpoint: u64) -> Option<u64> {
+        self.trimmer
+            .durable(durable_checkpoint)
+            .filter(|&t| t > self.log.first())
+    }
+}
+
+/// Opens the ingest log and replays it from the checkpointed position (on the source thread,
+/// before any live message): every entry there was acknowledged (or is about to be redelivered
+/// and recognised), so the pipeline sees it again exactly as a resumed file is read again.
+fn open_and_replay(
+    plan: &IngestPlan,
+    feeder: &mut ChunkFeeder,
+    template: &TopicTemplate,
+    stats: &MqttStats,
+    stop: &AtomicBool,
+) -> Result<(Durable, FxHashMap<u16, u64>, u64), crate::connectors::SourceError> {
+    let name = feeder.name.clone();
+    let log = Arc::new(IngestLog::open(&plan.dir, &name)?);
+    let handed = log.handed()?;
+    let mut trimmer = Trimmer::new(plan.keep_checkpoints);
+    let (first, end) = (log.first(), log.next());
+    let mut from = plan.resume_from.unwrap_or(first);
+    if from > end {
+        warn!(source = %name, checkpoint = from, log_end = end, "the checkpoint is ahead of the ingest log: continuing at the log's end");
+        from = end;
+    }
+    if from < first {
+        warn!(source = %name, checkpoint = from, log_first = first, "the ingest log no longer holds the entries from the checkpoint's position: replaying from its oldest entry");
+        from = first;
+    }
+    info!(source = %name, dir = %plan.dir.display(), from, to = end, "mqtt ingest log open");
+    let mut position = from;
+    while position < end && !stop.load(Ordering::Relaxed) {
+        let entries = log.read(position, MAX_CHUNK_MESSAGES)?;
+        let Some(&(last, _)) = entries.last() else { break };
+        let permit = feeder.wait_for_room();
+        let mut messages = Vec::with_capacity(entries.len());
+        for (seq, e) in entries {
+            // a topic the (changed) template no longer takes is skipped, as when it arrived
+            if let Ok(device) = template.capture(&e.topic) {
+                messages.push(Message {
+                    position: format!("topic {} message {seq}", e.topic),
+                    device_hint: device.map(str::to_string),
+                    payload: e.payload,
+                    arrival_ms: e.arrival_ms,
+                });
+            }
+        }
+        if let Some(id) = feeder.poll_barrier() {
+            trimmer.barrier(id, position);
+        }
+        position = last + 1;
+        stats.messages.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        stats.replayed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        feeder.send(ChunkData::Messages(messages), Position::Sequence(position), permit);
+    }
+    if position > from {
+        info!(source = %name, from, to = position, "mqtt ingest log replayed");
+    }
+    Ok((Durable { log, trimmer }, handed, position))
+}
+
+/// Subscribes and feeds messages until `stop`; then disconnects (what was not acknowledged stays
+/// with the broker for the next run) and ends the source.
+pub fn run(
+    source: MqttSource,
+    mut feeder: ChunkFeeder,
+    stop: Arc<AtomicBool>,
+) -> Result<(), crate::connectors::SourceError> {
+    let name = feeder.name.clone();
+    let spec = source.spec;
+    let client_id = spec.client_id.clone().unwrap_or(source.default_client_id);
+    let stats = source.stats;
+    let template = TopicTemplate::parse(&spec.topic);
+    let result = (|| {
+        let (client, events) = connect(&spec, &client_id)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| MqttError::Runtime {
+                source_name: name.to_string(),
+                error,
+            })?;
+        Ok::<_, MqttError>((client, events, runtime))
+    })()
+    .map_err(crate::connectors::SourceError::from)
+    .and_then(|(client, events, runtime)| {
+        let durable = match (spec.durable, &source.ingest) {
+            (true, Some(plan)) => Some(open_and_replay(plan, &mut feeder, &template, &stats, &stop)?),
+            (true, None) => {
+                warn!(
+                    source = %name,
+                    "durable: true needs a data directory (checkpoints are off): messages are acknowledged once handed to the routers, and a crash loses those in flight"
+                );
+                None
+            }
+            (false, _) => None,
+        };
+        Ok((client, events, runtime, durable))
+    });
+    let (client, events, runtime, durable) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            feeder.end();
+            return Err(e);
+        }
+    };
+    let (mut durable, mut handed, mut position) = match durable {
+        Some((d, handed, position)) => (Some(d), handed, position),
+        None => (None, FxHashMap::default(), 0),
+    };
+    let mut filter = template.filter();
+    if let Some(group) = &spec.shared_group {
+        filter = format!("$share/{group}/{filter}");
+    }
+    let qos = spec.qos.level();
+    let durable_on = durable.is_some();
+    info!(source = %name, url = %spec.url, client_id = %client_id, filter = %filter, qos, durable = durable_on, "mqtt source starting");
+    let mut failure = None;
+    runtime.block_on(async {
+        let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);
+        let driver = tokio::spawn(drive(
+            events,
+            client.clone(),
+            filter,
+            qos,
+            name.clone(),
+            stats.clone(),
+            tx,
+        ));
+        let gate = AckGate {
+            client: client.clone(),
+            stats: stats.clone(),
+        };
+        let mut mismatched: HashSet<String> = HashSet::new();
+        let mut pending: Vec<Received> = Vec::new();
+        let mut reported = (Instant::now(), 0u64);
+        let mut progress = |force: bool| {
+            let messages = stats.messages.load(Ordering::Relaxed);
+            if messages != reported.1 && (force || reported.0.elapsed() > Duration::from_secs(1)) {
+                debug!(source = %name, messages, "mqtt source progress");
+                reported = (Instant::now(), messages);
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            if pending.is_empty() {
+                match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                    Ok(Some(batch)) => pending = batch,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // idle: checkpoints still need this source's barrier
+                        if let Some(id) = feeder.poll_barrier()
+                            && let Some(d) = durable.as_mut()
+                        {
+                            d.trimmer.barrier(id, position);
+                        }
+                        if let Some(d) = durable.as_mut()
+                            && let Some(trim) = d.trim(feeder.durable_checkpoint())
+                        {
+                            let log = d.log.clone();
+                            let result = tokio::task::spawn_blocking(move || log.append(&[], &[], Some(trim)))
+                                .await
+                                .expect("the ingest log write does not panic");
+                            if let Err(e) = result {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                        progress(true);
+                        continue;
+                    }
+                }
+            }
+            while pending.len() < MAX_CHUNK_MESSAGES {
+                match rx.try_recv() {
+                    Ok(more) => pending.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let permit = tokio::select! {
+                p = feeder.room() => p,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            };
+            let mut taken = Vec::with_capacity(pending.len());
+            let mut acks = Vec::new();
+            let mut handed_now = Vec::new();
+            for m in pending.drain(..) {
+                if m.qos > 0 {
+                    acks.push(PendingAck { pkid: m.pkid, qos: m.qos });
+                    let hash = content_hash(&m.topic, &m.payload);
+                    if m.dup && handed.get(&m.pkid) == Some(&hash) {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        debug!(source = %name, topic = %m.topic, pkid = m.pkid, "mqtt redelivery of a message already handed on");
+                        continue;
+                    }
+                    handed.insert(m.pkid, hash);
+                    handed_now.push((m.pkid, hash));
+                }
+                let device = match template.capture(&m.topic) {
+                    Ok(device) => device.map(str::to_string),
+                    Err(TopicMismatch) => {
+                        stats.topic_mismatches.fetch_add(1, Ordering::Relaxed);
+                        if mismatched.len() < 10_000 && mismatched.insert(m.topic.clone()) {
+                            warn!(source = %name, topic = %m.topic, template = %spec.topic, "mqtt topic does not match the template: its messages are skipped");
+                        }
+                        continue;
+                    }
+                };
+                taken.push(Taken {
+                    topic: m.topic,
+                    payload: m.payload,
+                    device,
+                    at_ms: m.at_ms,
+                });
+            }
+            let start = match durable.as_mut() {
+                // durable: the entries (and their packet ids) are synced to the log first
+                Some(d) if !taken.is_empty() || !handed_now.is_empty() => {
+                    let encoded: Vec<Vec<u8>> = taken
+                        .iter()
+                        .map(|t| encode_entry(&t.topic, &t.payload, t.at_ms))
+                        .collect();
+                    let trim = d.trim(feeder.durable_checkpoint());
+                    let log = d.log.clone();
+                    let began = Instant::now();
+                    let result = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim))
+                        .await
+                        .expect("the ingest log write does not panic");
+                    stats.log_appends.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .log_append_us
+                        .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    match result {
+                        Ok(start) => start,
+                        Err(e) => {
+                            // nothing of this batch is acknowledged: the broker keeps it
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                _ => position,
+            };
+            if !taken.is_empty() {
+                if let Some(id) = feeder.poll_barrier()
+                    && let Some(d) = durable.as_mut()
+                {
+                    d.trimmer.barrier(id, position);
+                }
+                let n = taken.len() as u64;
+                let messages = taken
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| Message {
+                        position: format!("topic {} message {}", t.topic, start + i as u64 + u64::from(!durable_on)),
+                        device_hint: t.device,
+                        payload: t.payload,
+                        arrival_ms: t.at_ms,
+                    })
+                    .collect();
+                position = start + n;
+                stats.messages.fetch_add(n, Ordering::Relaxed);
+                feeder.send(ChunkData::Messages(messages), Position::Sequence(position), permit);
+            }
+            gate.release(&acks).await;
+            progress(false);
+        }
+        rx.close();
+        client.disconnect().await;
+        // let the disconnect go out, then stop polling
+        let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    });
+    if let Some(e) = &failure {
+        error!(source = %name, error = %e, "mqtt source stopped: the ingest log cannot be written");
+    }
+    info!(
+        source = %name,
+        messages = stats.messages.load(Ordering::Relaxed),
+        replayed = stats.replayed.load(Ordering::Relaxed),
+        log_appends = stats.log_appends.load(Ordering::Relaxed),
+        log_append_ms = stats.log_append_us.load(Ordering::Relaxed) / 1000,
+        acked = stats.acked.load(Ordering::Relaxed),
+        duplicates = stats.duplicates.load(Ordering::Relaxed),
+        topic_mismatches = stats.topic_mismatches.load(Ordering::Relaxed),
+        reconnects = stats.reconnects.load(Ordering::Relaxed),
+        disconnected_ms = stats.disconnected_ms.load(Ordering::Relaxed),
+        "mqtt source stopped"
+    );
+    drop(durable);
+    feeder.end();
+    failure.map_or(Ok(()), Err)
+}
+
+fn content_hash(topic: &str, payload: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(topic.as_bytes());
+    h.update(&[0]);
+    h.update(payload);
+    h.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_capture_the_device_and_reject_other_topics() {
+        let t = TopicTemplate::parse("sensors/{device}/air");
+        assert_eq!(t.filter(), "sensors/+/air");
+        assert_eq!(t.capture("sensors/room-1/air"), Ok(Some("room-1")));
+        assert_eq!(t.capture("sensors/room-1/water"), Err(TopicMismatch));
+        assert_eq!(t.capture("sensors//air"), Err(TopicMismatch));
+        assert_eq!(t.capture("sensors/room-1/air/x"), Err(TopicMismatch));
+        assert_eq!(t.capture("sensors/room-1"), Err(TopicMismatch));
+        let t = TopicTemplate::parse("site/+/{device}/#");
+        assert_eq!(t.filter(), "site/+/+/#");
+        assert_eq!(t.capture("site/a/dev/x/y"), Ok(Some("dev")));
+        assert_eq!(t.capture("site/a/dev"), Ok(Some("dev")));
+        assert_eq!(TopicTemplate::parse("a/#").capture("a/b/c"), Ok(None));
+    }
+
+    #[test]
+    fn urls_give_host_port_and_tls() {
+        assert_eq!(
+            Endpoint::parse("mqtt://127.0.0.1:1884").unwrap(),
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(Endpoint::parse("mqtts://broker").unwrap().port, 8883);
+        assert_eq!(Endpoint::parse("mqtt://[::1]:99").unwrap().host, "::1");
+        assert!(Endpoint::parse("tcp://x").is_err());
+    }
+
+    #[test]
+    fn a_missing_password_variable_names_the_variable_only() {
+        let e = password(Some("PLUME_TEST_SURELY_UNSET_VAR")).unwrap_err().to_string();
+        assert!(e.contains("PLUME_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn a_pubrel_rumqttc_forgot_is_completed_after_a_reconnect() {
+        // rumqttc alone: a PUBREL for a packet id it has no state for is an error (rumqtt #664)
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (_c, mut plain) = rumqttc::AsyncClient::new(options.clone(), 10);
+        assert!(
+            plain
+                .state
+                .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(7)))
+                .is_err()
+        );
+        let (_c, e) = rumqttc::AsyncClient::new(options, 10);
+        let mut events = EventLoop::V4(Box::new(e));
+        events.complete_any_pubrel();
+        let EventLoop::V4(e) = &mut events else { unreachable!() };
+        assert!(e.state.events.is_empty(), "no made-up events are left");
+        for pkid in [1, 7, u16::MAX] {
+            let out = e
+                .state
+                .handle_incoming_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(pkid)))
+                .unwrap();
+            assert!(
+                matches!(&out, Some(rumqttc::Packet::PubComp(c)) if c.pkid == pkid),
+                "{out:?}"
+            );
+        }
+        let options = rumqttc::v5::MqttOptions::new("t", "127.0.0.1", 1);
+        let (_c, e) = rumqttc::v5::AsyncClient::new(options, 10);
+        let mut events = EventLoop::V5(Box::new(e));
+        events.complete_any_pubrel();
+        let EventLoop::V5(e) = &mut events else { unreachable!() };
+        let pubrel = rumqttc::v5::mqttbytes::v5::PubRel::new(9, None);
+        let out = e
+            .state
+            .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::PubRel(pubrel))
+            .unwrap();
+        assert!(
+            matches!(&out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_its_cap() {
+        let mut b = Backoff::new();
+        let first = b.delay();
+        assert!(first <= Backoff::FIRST && first >= Backoff::FIRST / 2);
+        for _ in 0..20 {
+            assert!(b.delay() <= Backoff::MAX);
+        }
+        assert_eq!(b.next, Backoff::MAX);
+        b.reset();
+        assert_eq!(b.next, Backoff::FIRST);
+    }
+}

@@ -1,0 +1,19 @@
+//! The vocabulary every layer shares: what a source produces, where it was, and how devices
+//! map to key groups and shards. Depends on nothing else in plume.
+//!
+//! # Layout
+//! - `chunk`: [`Chunk`], [`ChunkData`], [`Message`], [`SourcePosition`] (a [`Position`]: file offset, log sequence or Kafka partitions) and the [`ChunkTicket`]
+//!   that holds a chunk's place in the runtime (backpressure).
+//! - `record`: [`OutputRecord`] and its [`RecordKind`] (the `type` of every output record).
+//! - `ids`: [`SourceId`] and [`SinkId`], the names of sources and sinks that reach disk.
+//! - `keys`: [`key_group_of`] and [`shard_of`], the stable device → key group → shard mapping.
+
+pub mod chunk;
+pub mod ids;
+pub mod keys;
+pub mod record;
+
+pub use chunk::{Chunk, ChunkData, ChunkTicket, InFlight, Message, Position, SourcePosition};
+pub use ids::{NotifierKind, SinkId, SourceId};
+pub use keys::{key_group_of, shard_of};
+pub use record::{OpIndex, OutputRecord, RecordKind};

@@ -1,0 +1,498 @@
+//! [`Checkpointer`]: takes consistent checkpoints without stopping the pipeline.
+//!
+//! Every `checkpoint.interval` it asks the sources for a barrier (a [`BarrierSignal`]); each
+//! source sends it to every router between two chunks; each router, once the barrier of every
+//! open source has arrived (holding, meanwhile, what a source sends after its barrier), hands
+//! it to its shard; the shard snapshots the devices changed since the last checkpoint, sends
+//! the records of the checkpoint's readings to the hub followed by a mark, and reports here.
+//! The hub, once every shard's mark has arrived, makes the sinks durable and reports their
+//! lengths here. Then the writer thread stores everything in one synced batch and keeps a
+//! retained copy; only then is the checkpoint durable (shards may drop passive copies,
+//! sources may commit upstream).
+//!
+//! Shards pause only while their changed devices encode their state; the write runs on its
+//! own thread while processing goes on.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use tracing::{error, info, instrument};
+
+use super::router::{ForceBarrier, Router};
+use super::shard::ShardSupervisor;
+use super::{RuntimeMetrics, SourcePosition};
+use crate::model::Position;
+use crate::runtime::ports::BarrierSignal;
+use crate::runtime::ports::SinkError;
+use crate::store::{CheckpointRecord, CheckpointWrite, StateStore, StoredPosition, StoredSink};
+
+/// A shard's part of checkpoint `id`.
+/// Why a checkpoint did not complete. Shared by everyone waiting on the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// A sink could not make what it was given durable (flush before the commit).
+    #[error("a sink could not be made durable: {0}")]
+    Sink(String),
+    /// The state store refused the commit or the retained copy.
+    #[error("writing the checkpoint: {0}")]
+    Store(String),
+    /// The checkpointer or its writer thread is gone (the run is ending).
+    #[error("the checkpointer stopped")]
+    Stopped,
+    /// The run keeps no state.
+    #[error("this run takes no checkpoints")]
+    Disabled,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShardCheckpointed {
+    pub id: u64,
+    pub shard: usize,
+    /// `(device key, encoded snapshot)` of the devices changed since the last checkpoint.
+    pub devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)>,
+    pub positions: Vec<SourcePosition>,
+    /// Undecodable payloads this shard's router reported in this process.
+    pub dead_letters: u64,
+    /// Devices first seen since the last checkpoint.
+    pub new_devices: u64,
+    /// How long the shard stopped processing.
+    pub pause: Duration,
+}
+
+/// The sinks' lengths once every record of checkpoint `id` is durable in them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SinksFlushed {
+    pub id: u64,
+    pub lengths: Result<Vec<u64>, SinkError>,
+}
+
+/// Checkpoint `id` is durable.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct CheckpointDone {
+    pub id: u64,
+}
+
+/// Every source has ended: take a last checkpoint now; replies once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<u64, CheckpointError>")]
+pub struct CheckpointNow;
+
+/// Take a checkpoint that covers everything the sources have sent so far (a Kafka source
+/// giving up partitions); replies with its id once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<u64, CheckpointError>")]
+pub struct CheckpointSoon;
+
+/// The sources of a run, as checkpoints record them.
+#[derive(Debug, Clone)]
+pub struct SourceIdentity {
+    pub name: String,
+    pub fingerprint: u64,
+}
+
+/// Settings of the checkpointer.
+pub struct CheckpointSettings {
+    pub store: Arc<StateStore>,
+    pub interval: Option<Duration>,
+    pub retain: u32,
+    pub pipeline: crate::store::PipelineIdentity,
+    pub sources: Vec<SourceIdentity>,
+    pub sinks: Vec<String>,
+    /// The checkpoint this run resumed from.
+    pub resumed: Option<CheckpointRecord>,
+}
+
+struct InProgress {
+    id: u64,
+    started: Instant,
+    shards: Vec<Option<ShardCheckpointed>>,
+    sinks: Option<Vec<u64>>,
+    writing: bool,
+}
+
+/// What the checkpointer has done (tests, admin view, logs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointerCounters {
+    pub completed: u64,
+    pub failed: u64,
+    pub last_id: u64,
+    pub last_devices: u64,
+    pub last_total: Duration,
+    pub last_write: Duration,
+    pub max_pause: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "CheckpointerCounters")]
+pub struct ReportCheckpointerCounters;
+
+/// The run is over: stop the writer thread (after what it is writing) and the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopCheckpointer;
+
+impl Handler<StopCheckpointer> for Checkpointer {
+    type Result = ();
+
+    fn handle(&mut self, _: StopCheckpointer, ctx: &mut Context<Self>) {
+        self.stop_writer();
+        ctx.stop();
+    }
+}
+
+struct WriteJob {
+    write: CheckpointWrite,
+    retain: u32,
+    reply: oneshot::Sender<Result<Duration, CheckpointError>>,
+}
+
+pub struct Checkpointer {
+    settings: CheckpointSettings,
+    routers: Vec<Addr<Router>>,
+    shards: Vec<Addr<ShardSupervisor>>,
+    signal: Arc<BarrierSignal>,
+    metrics: Arc<RuntimeMetrics>,
+    writer: std::sync::mpsc::Sender<WriteJob>,
+    next_id: u64,
+    /// Totals as of the last durable checkpoint.
+    devices: u64,
+    dead_letters_base: u64,
+    in_progress: Option<InProgress>,
+    /// The end of the sources: force barriers, then one last checkpoint, then reply.
+    finishing: Option<oneshot::Sender<Result<u64, CheckpointError>>>,
+    final_id: Option<u64>,
+    counters: CheckpointerCounters,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// [`CheckpointSoon`] callers: the first checkpoint id that answers them.
+    waiters: Vec<(u64, oneshot::Sender<Result<u64, CheckpointError>>)>,
+}
+
+impl Checkpointer {
+    pub fn new(
+        settings: CheckpointSettings,
+        routers: Vec<Addr<Router>>,
+        shards: Vec<Addr<ShardSupervisor>>,
+        signal: Arc<BarrierSignal>,
+        metrics: Arc<RuntimeMetrics>,
+    ) -> Self {
+        let (writer, jobs) = std::sync::mpsc::channel::<WriteJob>();
+        let store = settings.store.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("checkpoint writer".into())
+            .spawn(move || {
+                while let Ok(job) = jobs.recv() {
+                    let started = Instant::now();
+                    let record = job.write.record.clone();
+                    let result = store
+                        .commit(job.write)
+                        .and_then(|()| store.retain(&record, job.retain))
+                        .map(|()| started.elapsed())
+                        .map_err(|e| CheckpointError::Store(e.to_string()));
+                    let _ = job.reply.send(result);
+                }
+            })
+            .expect("spawning the checkpoint writer");
+        let last = settings.resumed.as_ref();
+        let next_id = last.map_or(1, |r| r.id + 1);
+        let devices = last.map_or(0, |r| r.devices);
+        let dead_letters_base = last.map_or(0, |r| r.dead_letters);
+        signal.requested.store(next_id - 1, Ordering::Release);
+        signal.durable.store(next_id - 1, Ordering::Release);
+        Checkpointer {
+            settings,
+            routers,
+            shards,
+            signal,
+            metrics,
+            writer,
+            next_id,
+            devices,
+            dead_letters_base,
+            in_progress: None,
+            finishing: None,
+            final_id: None,
+            counters: Default::default(),
+            writer_thread: Some(writer_thread),
+            waiters: Vec::new(),
+        }
+    }
+
+    fn begin(&mut self, forced: bool) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.in_progress = Some(InProgress {
+            id,
+            started: Instant::now(),
+            shards: (0..self.shards.len()).map(|_| None).collect(),
+            sinks: None,
+            writing: false,
+        });
+        if forced {
+            self.final_id = Some(id);
+            for r in &self.routers {
+                r.do_send(ForceBarrier { id });
+            }
+        } else {
+            self.signal.requested.store(id, Ordering::Release);
+        }
+    }
+
+    fn try_write(&mut self, ctx: &mut Context<Self>) {
+        let Some(p) = self.in_progress.as_mut() else { return };
+        if p.writing || p.sinks.is_none() || p.shards.iter().any(Option::is_none) {
+            return;
+        }
+        p.writing = true;
+        let id = p.id;
+        let parts: Vec<ShardCheckpointed> = p.shards.iter_mut().map(|s| s.take().expect("checked")).collect();
+        let sink_lengths = p.sinks.clone().unwrap_or_default();
+        let positions = parts[0].positions.clone();
+        let new_devices: u64 = parts.iter().map(|s| s.new_devices).sum();
+        let dead_letters = self.dead_letters_base + parts.iter().map(|s| s.dead_letters).sum::<u64>();
+        let pause = parts.iter().map(|s| s.pause).max().unwrap_or_default();
+        let devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)> = parts.into_iter().flat_map(|s| s.devices).collect();
+        let record = CheckpointRecord {
+            id,
+            pipeline: self.settings.pipeline.name.clone(),
+            pipeline_hash: self.settings.pipeline.hash.clone(),
+            created_ms: crate::clock::now_ms(),
+            sources: positions
+                .iter()
+                .flat_map(|p| {
+                    let s = &self.settings.sources[p.source];
+                    match &p.at {
+                        // a Kafka source: one position per partition
+                        Position::Partitions(partitions) => partitions
+                            .iter()
+                            .map(|(topic, partition, offset)| StoredPosition {
+                                source: p.source,
+                                name: crate::store::partitions::position_name(topic, *partition),
+                                offset: *offset as u64,
+                                line: 0,
+                                fingerprint: 0,
+                            })
+                            .collect::<Vec<_>>(),
+                        at => vec![StoredPosition {
+                            source: p.source,
+                            name: s.name.clone(),
+                            offset: at.offset(),
+                            line: at.line(),
+                            fingerprint: s.fingerprint,
+                        }],
+                    }
+                })
+                .collect(),
+            sinks: self
+                .settings
+                .sinks
+                .iter()
+                .zip(sink_lengths)
+                .map(|(name, length)| StoredSink {
+                    name: name.clone(),
+                    length,
+                })
+                .collect(),
+            dead_letters,
+            devices: self.devices + new_devices,
+            key_groups: self.settings.pipeline.key_groups,
+            devices_written: devices.len() as u64,
+        };
+        let (reply, written) = oneshot::channel();
+        let n = devices.len() as u64;
+        let job = WriteJob {
+            write: CheckpointWrite {
+                record: record.clone(),
+                devices,
+            },
+            retain: self.settings.retain,
+            reply,
+        };
+        if self.writer.send(job).is_err() {
+            self.fail(id, CheckpointError::Stopped);
+            return;
+        }
+        ctx.wait(written.into_actor(self).map(move |result, act, _ctx| {
+            let result = result.unwrap_or(Err(CheckpointError::Stopped));
+            match result {
+                Ok(write) => act.completed(record, n, write, pause),
+                Err(e) => act.fail(id, e),
+            }
+        }));
+    }
+
+    #[instrument(skip_all, fields(checkpoint = record.id))]
+    fn completed(&mut self, record: CheckpointRecord, devices_written: u64, write: Duration, pause: Duration) {
+        let p = self.in_progress.take().expect("a checkpoint in progress");
+        self.devices = record.devices;
+        self.dead_letters_base = record.dead_letters;
+        self.signal.durable.store(record.id, Ordering::Release);
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let total = p.started.elapsed();
+        self.counters.completed += 1;
+        self.counters.last_id = record.id;
+        self.counters.last_devices = devices_written;
+        self.counters.last_total = total;
+        self.counters.last_write = write;
+        self.counters.max_pause = self.counters.max_pause.max(pause);
+        info!(
+            checkpoint = record.id,
+            devices_written,
+            devices = record.devices,
+            total_ms = total.as_secs_f64() * 1000.0,
+            write_ms = write.as_secs_f64() * 1000.0,
+            pause_ms = pause.as_secs_f64() * 1000.0,
+            "checkpoint durable"
+        );
+        for s in &self.shards {
+            s.do_send(CheckpointDone { id: record.id });
+        }
+        let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(needed, _)| *needed <= record.id);
+        self.waiters = waiting;
+        for (_, reply) in answered {
+            let _ = reply.send(Ok(record.id));
+        }
+        if self.final_id == Some(record.id) {
+            // the last checkpoint covers everything
+            for (_, reply) in self.waiters.drain(..) {
+                let _ = reply.send(Ok(record.id));
+            }
+            if let Some(reply) = self.finishing.take() {
+                let _ = reply.send(Ok(record.id));
+            }
+        } else if self.finishing.is_some() {
+            // the sources ended while this one was under way: now the last one
+            self.begin(true);
+        } else if !self.waiters.is_empty() {
+            self.begin(false);
+        }
+    }
+
+    fn stop_writer(&mut self) {
+        let (tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.writer, tx));
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn fail(&mut self, id: u64, e: CheckpointError) {
+        error!(checkpoint = id, error = %e, "checkpoint failed: the previous one stays the latest");
+        self.counters.failed += 1;
+        self.in_progress = None;
+        for (_, reply) in self.waiters.drain(..) {
+            let _ = reply.send(Err(e.clone()));
+        }
+        if let Some(reply) = self.finishing.take() {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+impl Actor for Checkpointer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(every) = self.settings.interval {
+            ctx.run_interval(every, |act, _ctx| {
+                if act.in_progress.is_none() && act.finishing.is_none() {
+                    act.begin(false);
+                }
+            });
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.stop_writer();
+    }
+}
+
+impl Handler<ShardCheckpointed> for Checkpointer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShardCheckpointed, ctx: &mut Context<Self>) {
+        match self.in_progress.as_mut() {
+            Some(p) if p.id == msg.id => {
+                let shard = msg.shard;
+                p.shards[shard] = Some(msg);
+            }
+            _ => {
+                error!(
+                    checkpoint = msg.id,
+                    shard = msg.shard,
+                    "a shard reported a checkpoint that is not under way"
+                );
+                return;
+            }
+        }
+        self.try_write(ctx);
+    }
+}
+
+impl Handler<SinksFlushed> for Checkpointer {
+    type Result = ();
+
+    fn handle(&mut self, msg: SinksFlushed, ctx: &mut Context<Self>) {
+        let Some(p) = self.in_progress.as_mut().filter(|p| p.id == msg.id) else {
+            return;
+        };
+        match msg.lengths {
+            Ok(lengths) => {
+                p.sinks = Some(lengths);
+                self.try_write(ctx);
+            }
+            Err(e) => self.fail(msg.id, CheckpointError::Sink(e.to_string())),
+        }
+    }
+}
+
+impl Handler<CheckpointNow> for Checkpointer {
+    type Result = ResponseFuture<Result<u64, CheckpointError>>;
+
+    fn handle(&mut self, _: CheckpointNow, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.finishing = Some(tx);
+        match &self.in_progress {
+            // a barrier some routers never got (their sources ended first): force it through
+            Some(p) if !p.writing => {
+                let id = p.id;
+                for r in &self.routers {
+                    r.do_send(ForceBarrier { id });
+                }
+            }
+            Some(_) => {}
+            None => self.begin(true),
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(CheckpointError::Stopped)) })
+    }
+}
+
+impl Handler<CheckpointSoon> for Checkpointer {
+    type Result = ResponseFuture<Result<u64, CheckpointError>>;
+
+    fn handle(&mut self, _: CheckpointSoon, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        // the checkpoint under way may have its barrier before what was sent last: the next one
+        let needed = self.next_id;
+        self.waiters.push((needed, tx));
+        if self.in_progress.is_none() && self.finishing.is_none() {
+            self.begin(false);
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(CheckpointError::Stopped)) })
+    }
+}
+
+impl Handler<ReportCheckpointerCounters> for Checkpointer {
+    type Result = MessageResult<ReportCheckpointerCounters>;
+
+    fn handle(&mut self, _: ReportCheckpointerCounters, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.counters)
+    }
+}

@@ -1,0 +1,149 @@
+//! [`RunCoordinator`]: drives the end of a run. When every router has seen the end of every
+//! source (the input ended, or a graceful shutdown stopped the sources), it asks every shard to
+//! flush its devices, writes the summary record, flushes and closes the sinks, and reports.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use tokio::sync::oneshot;
+use tracing::info;
+
+use super::RuntimeMetrics;
+use super::checkpointer::{CheckpointError, CheckpointNow, Checkpointer};
+use super::hub::{FinishOutputs, OutputHub};
+use super::shard::{FinishShard, ShardSupervisor, ShardTotals};
+use crate::output::{RecordFormatter, RunTotals};
+use crate::runtime::ports::SinkError;
+
+/// A router has seen every source end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouterDrained {
+    pub shard: usize,
+    pub dead_letters: u64,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub totals: RunTotals,
+    pub sink_positions: Result<Vec<u64>, SinkError>,
+    /// The last checkpoint of the run (none without a store), or why it failed.
+    pub final_checkpoint: Option<Result<u64, CheckpointError>>,
+}
+
+pub struct RunCoordinator {
+    shards: Vec<Addr<ShardSupervisor>>,
+    hub: Addr<OutputHub>,
+    formatter: RecordFormatter,
+    metrics: Arc<RuntimeMetrics>,
+    drained: usize,
+    done: Option<oneshot::Sender<RunOutcome>>,
+    checkpointer: Option<Addr<Checkpointer>>,
+    final_checkpoint: Option<Result<u64, CheckpointError>>,
+}
+
+impl RunCoordinator {
+    pub fn new(
+        shards: Vec<Addr<ShardSupervisor>>,
+        hub: Addr<OutputHub>,
+        formatter: RecordFormatter,
+        metrics: Arc<RuntimeMetrics>,
+        done: oneshot::Sender<RunOutcome>,
+    ) -> Self {
+        RunCoordinator {
+            shards,
+            hub,
+            formatter,
+            metrics,
+            drained: 0,
+            done: Some(done),
+            checkpointer: None,
+            final_checkpoint: None,
+        }
+    }
+
+    pub fn with_checkpointer(mut self, checkpointer: Addr<Checkpointer>) -> Self {
+        self.checkpointer = Some(checkpointer);
+        self
+    }
+
+    /// After the last checkpoint (if any): flush the devices, write the summary, close.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.finish_run(ctx);
+    }
+}
+
+impl Actor for RunCoordinator {
+    type Context = Context<Self>;
+}
+
+impl Handler<RouterDrained> for RunCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouterDrained, ctx: &mut Context<Self>) {
+        self.drained += 1;
+        info!(
+            shard = msg.shard,
+            drained = self.drained,
+            shards = self.shards.len(),
+            "router drained"
+        );
+        if self.drained < self.shards.len() {
+            return;
+        }
+        match self.checkpointer.clone() {
+            // the state as the sources left it is checkpointed before the end-of-input flush:
+            // a later run over more input continues from there, and the flushed records,
+            // written after the checkpoint's sink lengths, are cut off again on resume
+            Some(checkpointer) => ctx.wait(checkpointer.send(CheckpointNow).into_actor(self).map(
+                |result, act, ctx| {
+                    act.final_checkpoint = Some(result.unwrap_or(Err(CheckpointError::Stopped)));
+                    act.finish(ctx);
+                },
+            )),
+            None => self.finish(ctx),
+        }
+    }
+}
+
+impl RunCoordinator {
+    fn finish_run(&mut self, ctx: &mut Context<Self>) {
+        let finishing: Vec<_> = self.shards.iter().map(|s| s.send(FinishShard)).collect();
+        let fut = join_all(finishing).into_actor(self).then(|replies, act, _ctx| {
+            // routers count undecodable payloads, device actors the readings that made an
+            // operator panic: both are in the shared metrics
+            let dead_letters = RuntimeMetrics::get(&act.metrics.dead_letters);
+            let mut totals = RunTotals {
+                dead_letters,
+                ..Default::default()
+            };
+            for reply in replies {
+                let t: ShardTotals = reply.unwrap_or_default();
+                totals.readings += t.readings;
+                totals.late += t.late;
+                totals.devices += t.devices;
+            }
+            let summary = act.formatter.summary(&totals);
+            act.hub
+                .send(FinishOutputs { summary: Some(summary) })
+                .into_actor(act)
+                .map(move |positions, act, _ctx| {
+                    let sink_positions = positions.unwrap_or_else(|_| {
+                        Err(SinkError::Gone {
+                            sink: "output hub".into(),
+                        })
+                    });
+                    if let Some(done) = act.done.take() {
+                        let _ = done.send(RunOutcome {
+                            totals,
+                            sink_positions,
+                            final_checkpoint: act.final_checkpoint.take(),
+                        });
+                    }
+                })
+        });
+        ctx.wait(fut);
+    }
+}

@@ -1,0 +1,334 @@
+//! The runtime's ports: the only things connectors (sources, sinks, notifiers) use.
+//!
+//! # Layout
+//! - [`ChunkFeeder`]: a source hands chunks to the runtime (numbered, with tickets: at most
+//!   `chunks_in_flight` alive, the backpressure), sends checkpoint barriers when asked
+//!   ([`BarrierSignal`]) and learns which checkpoint is durable.
+//! - [`Sink`]: the blocking interface a sink implements; [`spawn_sink`] runs it on its own
+//!   thread behind a queue bounded in records ([`SinkHandle`]), so blocking writes never run on
+//!   an async thread and a slow sink holds the tickets of what waits for it.
+//! - [`PartitionOwnership`]: what a partitioned source (Kafka) asks of the runtime when the
+//!   group moves partitions: a checkpoint covering what it read, and the eviction of the
+//!   devices of partitions it gave up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use actix::Addr;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tracing::error;
+
+use super::RuntimeMetrics;
+pub use super::checkpointer::CheckpointError;
+use super::router::{RouteChunk, Router, SourceBarrier, SourceEnded};
+use crate::clock;
+use crate::model::{Chunk, ChunkData, ChunkTicket, Position, SourcePosition};
+use crate::output::OutputRecord;
+
+/// How the checkpointer asks the sources for a barrier, and tells them what is durable.
+#[derive(Debug, Default)]
+pub struct BarrierSignal {
+    /// The newest checkpoint id asked for: a source sends a barrier with it before its next
+    /// chunk (so the barrier sits between two chunks, at the end position of the first).
+    pub requested: std::sync::atomic::AtomicU64,
+    /// The newest checkpoint that is durable: upstream positions up to it may be committed.
+    pub durable: std::sync::atomic::AtomicU64,
+}
+
+/// Numbers chunks, hands out tickets and broadcasts to every router.
+pub struct ChunkFeeder {
+    pub source: usize,
+    pub name: Arc<str>,
+    routers: Vec<Addr<Router>>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<RuntimeMetrics>,
+    seq: u64,
+    barriers: Option<Arc<BarrierSignal>>,
+    last_barrier: u64,
+}
+
+impl ChunkFeeder {
+    pub fn new(
+        source: usize,
+        name: impl Into<Arc<str>>,
+        routers: Vec<Addr<Router>>,
+        permits: Arc<Semaphore>,
+        metrics: Arc<RuntimeMetrics>,
+    ) -> Self {
+        ChunkFeeder {
+            source,
+            name: name.into(),
+            routers,
+            permits,
+            metrics,
+            seq: 0,
+            barriers: None,
+            last_barrier: 0,
+        }
+    }
+
+    /// Takes part in checkpoints.
+    pub fn with_barriers(mut self, signal: Arc<BarrierSignal>) -> Self {
+        self.last_barrier = signal.requested.load(Ordering::Acquire);
+        self.barriers = Some(signal);
+        self
+    }
+
+    /// Sends a checkpoint barrier if one was asked for, and returns its id. Called before every
+    /// chunk; a source that may sit idle for long calls it while idle too.
+    pub fn poll_barrier(&mut self) -> Option<u64> {
+        if let Some(signal) = &self.barriers {
+            let requested = signal.requested.load(Ordering::Acquire);
+            if requested > self.last_barrier {
+                self.last_barrier = requested;
+                for router in &self.routers {
+                    router.do_send(SourceBarrier {
+                        source: self.source,
+                        id: requested,
+                    });
+                }
+                return Some(requested);
+            }
+        }
+        None
+    }
+
+    /// The checkpoint signal, when the run takes checkpoints.
+    pub fn barrier_signal(&self) -> Option<&Arc<BarrierSignal>> {
+        self.barriers.as_ref()
+    }
+
+    /// The newest durable checkpoint (0: none, or no checkpoints).
+    pub fn durable_checkpoint(&self) -> u64 {
+        self.barriers.as_ref().map_or(0, |s| s.durable.load(Ordering::Acquire))
+    }
+
+    /// Waits (blocking the calling thread) until another chunk may be in flight.
+    pub fn wait_for_room(&self) -> OwnedSemaphorePermit {
+        futures::executor::block_on(self.permits.clone().acquire_owned()).expect("the semaphore is never closed")
+    }
+
+    /// Room for another chunk, if there is some now.
+    pub fn try_room(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits (async) until another chunk may be in flight.
+    pub async fn room(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Sends a chunk to every router; `end` is how far the source had read after it.
+    pub fn send(&mut self, data: ChunkData, end: Position, permit: OwnedSemaphorePermit) {
+        self.poll_barrier();
+        self.seq += 1;
+        self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
+        let ticket = ChunkTicket::new(Some(permit), Some(self.metrics.clone()));
+        let chunk = Arc::new(Chunk {
+            seq: self.seq,
+            source_name: self.name.clone(),
+            data,
+            end: SourcePosition {
+                source: self.source,
+                at: end,
+            },
+            read_at_ms: clock::now_ms(),
+            ticket,
+        });
+        for router in &self.routers {
+            router.do_send(RouteChunk(chunk.clone()));
+        }
+    }
+
+    /// The source has no more chunks.
+    pub fn end(&self) {
+        for router in &self.routers {
+            router.do_send(SourceEnded { source: self.source });
+        }
+    }
+}
+
+/// A sink failed. Says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A file or socket operation failed.
+    #[error("sink {sink}: {operation}: {source}")]
+    Io {
+        sink: String,
+        operation: &'static str,
+        source: std::io::Error,
+    },
+    /// The system behind the sink (a broker, the outbox, the subscribers) refused or failed.
+    #[error("sink {sink}: {operation}: {message}")]
+    Failed {
+        sink: String,
+        operation: &'static str,
+        message: String,
+        /// Whether the same operation may succeed later (a broker that is away, a busy store).
+        retryable: bool,
+    },
+    /// A write failed earlier; the sink takes nothing more.
+    #[error("sink {sink}: an earlier write failed: {message}")]
+    Earlier { sink: String, message: String },
+    #[error("sink {sink} stopped unexpectedly")]
+    Gone { sink: String },
+}
+
+impl SinkError {
+    /// Whether retrying the same operation later can succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            SinkError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            SinkError::Failed { retryable, .. } => *retryable,
+            SinkError::Earlier { .. } | SinkError::Gone { .. } => false,
+        }
+    }
+}
+
+/// A blocking sink, driven by its own thread.
+pub trait Sink: Send + 'static {
+    /// For logs and errors (`file:out.jsonl`, `stdout`).
+    fn describe(&self) -> String;
+    fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError>;
+    /// Makes everything written so far durable; returns the sink's position (bytes for files).
+    fn flush(&mut self) -> Result<u64, SinkError>;
+    /// End of the run: flush and close.
+    fn finish(&mut self) -> Result<u64, SinkError>;
+    /// Whether the end of the run finishes this sink before the others: a notifier's end
+    /// drains its deliveries, whose dead letters go to the other sinks.
+    fn finishes_first(&self) -> bool {
+        false
+    }
+}
+
+pub enum SinkCommand {
+    Write {
+        records: Vec<OutputRecord>,
+        _permit: OwnedSemaphorePermit,
+        _ticket: Option<Arc<ChunkTicket>>,
+    },
+    Flush(oneshot::Sender<Result<u64, SinkError>>),
+    Finish(oneshot::Sender<Result<u64, SinkError>>),
+}
+
+/// Counters of one sink.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// The queue in front of a sink thread.
+#[derive(Clone)]
+pub struct SinkHandle {
+    pub name: String,
+    pub tx: mpsc::UnboundedSender<SinkCommand>,
+    /// Permits = records the queue may still take.
+    pub capacity: Arc<Semaphore>,
+    pub capacity_total: usize,
+    pub stats: Arc<SinkStats>,
+    /// See [`Sink::finishes_first`].
+    pub finishes_first: bool,
+}
+
+impl SinkHandle {
+    /// Records queued and not yet written.
+    pub fn waiting(&self) -> usize {
+        self.capacity_total - self.capacity.available_permits()
+    }
+}
+
+/// Starts `sink` on its own thread behind a queue of `capacity` records.
+pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, JoinHandle<()>) {
+    let name = sink.describe();
+    let finishes_first = sink.finishes_first();
+    let (tx, mut rx) = mpsc::unbounded_channel::<SinkCommand>();
+    let stats = Arc::new(SinkStats::default());
+    let thread_stats = stats.clone();
+    let thread_name = name.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("sink {name}"))
+        .spawn(move || {
+            let mut failed: Option<String> = None;
+            while let Some(cmd) = rx.blocking_recv() {
+                match cmd {
+                    SinkCommand::Write { records, .. } => {
+                        if failed.is_some() {
+                            continue;
+                        }
+                        match sink.write(&records) {
+                            Ok(()) => {
+                                thread_stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+                                thread_stats.batches.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                thread_stats.errors.fetch_add(1, Ordering::Relaxed);
+                                error!(sink = %thread_name, error = %e, "sink write failed");
+                                failed = Some(e.to_string());
+                            }
+                        }
+                    }
+                    SinkCommand::Flush(reply) => {
+                        let result = match &failed {
+                            Some(e) => Err(SinkError::Earlier {
+                                sink: thread_name.clone(),
+                                message: e.clone(),
+                            }),
+                            None => sink.flush(),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    SinkCommand::Finish(reply) => {
+                        let result = match &failed {
+                            Some(e) => Err(SinkError::Earlier {
+                                sink: thread_name.clone(),
+                                message: e.clone(),
+                            }),
+                            None => sink.finish(),
+                        };
+                        let _ = reply.send(result);
+                        break;
+                    }
+                }
+            }
+        })
+        .expect("spawning a sink thread");
+    let capacity = capacity.max(1);
+    (
+        SinkHandle {
+            name,
+            tx,
+            capacity: Arc::new(Semaphore::new(capacity)),
+            capacity_total: capacity,
+            stats,
+            finishes_first,
+        },
+        thread,
+    )
+}
+
+/// What a partitioned source (Kafka) asks of the runtime when its consumer group moves
+/// partitions away: a checkpoint covering everything it sent, and the eviction of the devices
+/// of partitions another member takes over. The runtime implements it
+/// ([`crate::runtime::ownership::RuntimeOwnership`]); the source keeps the Kafka side (commits,
+/// hand-offs, its store's partition index).
+pub trait PartitionOwnership: Send + Sync {
+    /// Asks for a checkpoint after everything the source sent so far. The answer (the
+    /// checkpoint's id once durable, or why it failed) arrives on the receiver; meanwhile the
+    /// source must keep answering barriers ([`ChunkFeeder::poll_barrier`]), since the
+    /// checkpoint needs its barrier.
+    fn checkpoint_soon(&self) -> oneshot::Receiver<Result<u64, CheckpointError>>;
+    /// Stops the active devices among `devices` and forgets their passive copies (the store,
+    /// or another member, holds their state); blocks until done and returns how many were in
+    /// memory.
+    fn evict(&self, devices: Vec<String>) -> usize;
+}

@@ -1,0 +1,578 @@
+//! [`ShardSupervisor`]: one per shard thread. It owns the devices of its key groups: activates
+//! a [`DeviceActor`] on a device's first reading and delivers its messages to it one at a time
+//! (device actors are hosted by their supervisor, see [`device`]), restarts a device whose
+//! operator panicked from its last good state, passivates actors idle longer than
+//! `runtime.passivate_after` (their encoded state is kept and restored on the next reading),
+//! and flushes every device at the end of the input.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rustc_hash::FxHashMap;
+use tracing::{debug, error, info_span};
+
+use super::checkpointer::{CheckpointDone, ShardCheckpointed};
+use super::device::{self, DeviceActor};
+use super::hub::BarrierReached;
+use super::{ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
+use crate::clock;
+use crate::operators::{DeviceChain, Emit, Reading};
+use crate::output::RecordFormatter;
+use crate::pipeline::CompiledPipeline;
+use crate::store::{StateStore, device_key};
+
+/// A test hook called before every reading a device actor applies (a panic in it is treated as
+/// an operator panic). Production runs have none.
+pub type FaultHook = Arc<dyn Fn(&str, &Reading) + Send + Sync>;
+
+/// What every device actor of a shard shares (they all live on the shard's thread).
+pub struct ShardLocal {
+    pub shard: usize,
+    pub pipeline: Arc<CompiledPipeline>,
+    pub formatter: RecordFormatter,
+    pub output: Arc<ShardOutput>,
+    pub metrics: Arc<RuntimeMetrics>,
+    pub fault_hook: Option<FaultHook>,
+    scratch: RefCell<Vec<Vec<Emit>>>,
+}
+
+impl ShardLocal {
+    pub fn take_scratch(&self) -> Vec<Emit> {
+        self.scratch.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub fn return_scratch(&self, mut v: Vec<Emit>) {
+        v.clear();
+        self.scratch.borrow_mut().push(v);
+    }
+}
+
+/// Readings for several devices of this shard, from one chunk.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceBatches {
+    pub batches: Vec<(Box<str>, Vec<Reading>)>,
+    pub now: i64,
+    pub progress: Arc<ChunkProgress>,
+}
+
+/// A checkpoint barrier, after every reading of the checkpoint has been handed to this shard:
+/// snapshot the changed devices, mark the end of the checkpoint's records for the hub, and
+/// reply once done (the router holds new input until then).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShardBarrier {
+    pub id: u64,
+    pub positions: Vec<SourcePosition>,
+    pub dead_letters: u64,
+}
+
+/// End of input: flush every device, reply with the shard's totals.
+#[derive(Message)]
+#[rtype(result = "ShardTotals")]
+pub struct FinishShard;
+
+/// For tests and the admin view.
+#[derive(Message)]
+#[rtype(result = "ShardCounters")]
+pub struct ReportShardCounters;
+
+/// Per-device actor counters (tests).
+#[derive(Message)]
+#[rtype(result = "Option<device::DeviceActorCounters>")]
+pub struct ReportDeviceCounters(pub String);
+
+/// Passivate the idle devices now (tests; the timer does it in normal runs).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct PassivateIdleNow {
+    /// Idle for at least this long (ms of processing time).
+    pub idle_ms: i64,
+}
+
+/// Forget these devices (a Kafka partition was handed to another member right after a
+/// checkpoint that holds their state): active ones stop, passive copies go. Replies with how
+/// many were in memory.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct EvictDevices(pub Vec<String>);
+
+/// Sums over the devices of one shard at the end of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardTotals {
+    pub readings: u64,
+    pub late: u64,
+    pub devices: u64,
+}
+
+/// What a shard supervisor has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub active: u64,
+    pub passive: u64,
+    pub activations: u64,
+    pub reactivations: u64,
+    pub passivations: u64,
+    pub batches: u64,
+    pub readings: u64,
+}
+
+/// A passivated device's encoded state, kept until the store holds it.
+struct PassiveDevice {
+    bytes: crate::store::SnapshotBytes,
+    /// Changed since the last checkpoint that included it.
+    dirty: bool,
+    /// When clean: the checkpoint whose durability makes this copy redundant.
+    clean_as_of: u64,
+}
+
+/// How a shard takes part in checkpoints.
+pub struct ShardCheckpointing {
+    pub store: Arc<StateStore>,
+    pub checkpointer: Recipient<ShardCheckpointed>,
+    pub last_checkpoint: u64,
+    pub allow_pipeline_change: bool,
+}
+
+pub struct ShardSupervisor {
+    local: Rc<ShardLocal>,
+    active: FxHashMap<Arc<str>, DeviceActor>,
+    /// Encoded state of passivated devices.
+    passive: FxHashMap<Arc<str>, PassiveDevice>,
+    counters: ShardCounters,
+    passivate_after_ms: i64,
+    tick_ms: Option<i64>,
+    shards: usize,
+    checkpointing: Option<ShardCheckpointing>,
+    /// Devices created (not found anywhere) since the last barrier.
+    created: u64,
+    barrier_seen: u64,
+}
+
+impl ShardSupervisor {
+    pub fn new(
+        shard: usize,
+        pipeline: Arc<CompiledPipeline>,
+        output: Arc<ShardOutput>,
+        metrics: Arc<RuntimeMetrics>,
+        fault_hook: Option<FaultHook>,
+        shards: usize,
+        checkpointing: Option<ShardCheckpointing>,
+    ) -> Self {
+        let passivate_after_ms = pipeline.spec.runtime.passivate_after.as_millis();
+        let tick_ms = pipeline.tick_interval_ms();
+        let local = Rc::new(ShardLocal {
+            shard,
+            formatter: RecordFormatter::new(&pipeline),
+            pipeline,
+            output,
+            metrics,
+            fault_hook,
+            scratch: RefCell::new(Vec::new()),
+        });
+        ShardSupervisor {
+            local,
+            active: FxHashMap::default(),
+            passive: FxHashMap::default(),
+            counters: ShardCounters::default(),
+            passivate_after_ms,
+            tick_ms,
+            shards,
+            barrier_seen: checkpointing.as_ref().map_or(0, |c| c.last_checkpoint),
+            checkpointing,
+            created: 0,
+        }
+    }
+
+    fn key_groups(&self) -> u32 {
+        self.local.pipeline.spec.runtime.key_groups
+    }
+
+    /// The stored state of a device, if the store has one that restores (see
+    /// [`Self::chain_from_stored`]).
+    fn load(&self, device: &str) -> Option<DeviceChain> {
+        let c = self.checkpointing.as_ref()?;
+        let kg = key_group_of(device, self.key_groups());
+        match c.store.load_device(kg, device) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => self.chain_from_stored(device, Ok(bytes)),
+            Err(e) => self.chain_from_stored(device, Err(e.to_string())),
+        }
+    }
+
+    /// A device's chain from its stored value. A damaged value (or one that does not restore)
+    /// is reported, and the device's state in the newest retained checkpoint that holds a sound
+    /// copy is used instead (older: the readings since that checkpoint are not in it); without
+    /// one the device starts afresh (`None`).
+    fn chain_from_stored(&self, device: &str, stored: Result<Vec<u8>, String>) -> Option<DeviceChain> {
+        let c = self.checkpointing.as_ref()?;
+        let restore = |bytes: &[u8]| {
+            let _span = info_span!("device_restore", device, shard = self.local.shard).entered();
+            self.local
+                .pipeline
+                .restore_chain(device, bytes, c.allow_pipeline_change)
+        };
+        let damaged = match stored.and_then(|bytes| restore(&bytes).map_err(|e| e.to_string())) {
+            Ok(chain) => {
+                self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
+                return Some(chain);
+            }
+            Err(e) => e,
+        };
+        self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+        let kg = key_group_of(device, self.key_groups());
+        match c.store.load_device_from_retained(kg, device) {
+            Some((checkpoint, bytes)) => match restore(&bytes) {
+                Ok(chain) => {
+                    self.local.metrics.devices_loaded.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        device,
+                        error = %damaged,
+                        checkpoint,
+                        "stored device state is damaged: using its state from retained checkpoint (readings since then are not in it)"
+                    );
+                    Some(chain)
+                }
+                Err(e) => {
+                    error!(device, error = %damaged, retained_error = %e, "stored device state is damaged and its retained copy does not restore: the device starts afresh");
+                    None
+                }
+            },
+            None => {
+                error!(device, error = %damaged, "stored device state is damaged and no retained checkpoint holds it: the device starts afresh");
+                None
+            }
+        }
+    }
+
+    fn activate(&mut self, device: &str, now: i64) -> &mut DeviceActor {
+        let key: Arc<str> = Arc::from(device);
+        let (chain, reactivated) = match self.passive.remove(&key) {
+            Some(p) => (self.restore(&key, &p.bytes), true),
+            None => match self.load(device) {
+                Some(chain) => (chain, true),
+                None => {
+                    self.created += 1;
+                    (self.local.pipeline.new_chain(device), false)
+                }
+            },
+        };
+        let _span = info_span!("device_activate", device = %key, shard = self.local.shard, reactivated).entered();
+        if reactivated {
+            self.counters.reactivations += 1;
+            self.local.metrics.devices_passive.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.counters.activations += 1;
+        self.local.metrics.activations.fetch_add(1, Ordering::Relaxed);
+        self.local.metrics.devices_active.fetch_add(1, Ordering::Relaxed);
+        self.active
+            .entry(key)
+            .or_insert(DeviceActor::new(chain, reactivated, now))
+    }
+
+    fn restore(&self, device: &str, bytes: &[u8]) -> DeviceChain {
+        self.local
+            .pipeline
+            .restore_chain(device, bytes, true)
+            .expect("a snapshot this process wrote itself restores")
+    }
+
+    /// Passivates devices idle for at least `idle_ms`.
+    fn passivate_idle(&mut self, idle_ms: i64) -> usize {
+        let now = clock::now_ms();
+        let idle: Vec<Arc<str>> = self
+            .active
+            .iter()
+            .filter(|(_, d)| now - d.last_active >= idle_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if idle.is_empty() {
+            return 0;
+        }
+        let n = idle.len();
+        let clean_as_of = self.barrier_seen;
+        for device in idle {
+            let actor = self.active.remove(&device).expect("listed above");
+            let (bytes, dirty) = actor.passivate(&device, &self.local);
+            self.passive.insert(
+                device,
+                PassiveDevice {
+                    bytes: Arc::new(bytes),
+                    dirty,
+                    clean_as_of,
+                },
+            );
+        }
+        self.counters.passivations += n as u64;
+        let metrics = &self.local.metrics;
+        metrics.passivations.fetch_add(n as u64, Ordering::Relaxed);
+        metrics.devices_active.fetch_sub(n as i64, Ordering::Relaxed);
+        metrics.devices_passive.fetch_add(n as i64, Ordering::Relaxed);
+        // give back the table of a burst of devices that went quiet (not every round: a table
+        // that keeps its size is not rebuilt)
+        if self.active.capacity() > 4 * self.active.len().max(1024) {
+            self.active.shrink_to_fit();
+        }
+        debug!(
+            shard = self.local.shard,
+            passivated = n,
+            passive = self.passive.len(),
+            "passivated idle devices"
+        );
+        n
+    }
+}
+
+impl Actor for ShardSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let check = Duration::from_millis((self.passivate_after_ms / 4).clamp(50, 10_000) as u64);
+        let after = self.passivate_after_ms;
+        ctx.run_interval(check, move |act, _ctx| {
+            act.passivate_idle(after);
+        });
+        if let Some(tick) = self.tick_ms {
+            ctx.run_interval(Duration::from_millis(tick as u64), |act, _ctx| {
+                let now = clock::now_ms();
+                let local = &*act.local;
+                for (id, d) in act.active.iter_mut() {
+                    d.tick(id, local, now);
+                }
+            });
+        }
+    }
+}
+
+impl Handler<DeviceBatches> for ShardSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceBatches, _ctx: &mut Context<Self>) {
+        if self.counters.batches == 0 {
+            tracing::info!(
+                shard = self.local.shard,
+                since_start_ms = crate::clock::since_start().as_secs_f64() * 1000.0,
+                "first readings reached the devices"
+            );
+        }
+        self.counters.batches += msg.batches.len() as u64;
+        let local = self.local.clone();
+        for (device, readings) in msg.batches {
+            self.counters.readings += readings.len() as u64;
+            let actor = match self.active.get_mut(&*device) {
+                Some(actor) => actor,
+                None => self.activate(&device, msg.now),
+            };
+            actor.apply_readings(&device, &local, readings, msg.now);
+        }
+        // the chunk's records go to the hub when its last shard is done with it
+        drop(msg.progress);
+    }
+}
+
+impl Handler<FinishShard> for ShardSupervisor {
+    type Result = MessageResult<FinishShard>;
+
+    fn handle(&mut self, _: FinishShard, _ctx: &mut Context<Self>) -> Self::Result {
+        let flush = self.local.pipeline.spec.shutdown.flush;
+        // passive devices: restore and flush right here (no actor needed)
+        let mut totals = ShardTotals::default();
+        // a device, its encoded state (from the store: possibly damaged), whether from the store
+        type Ending = (Arc<str>, Result<Vec<u8>, String>, bool);
+        let mut passive: Vec<Ending> = self
+            .passive
+            .drain()
+            .map(|(k, p)| (k, Ok(Arc::unwrap_or_clone(p.bytes)), false))
+            .collect();
+        // devices only in the store (not seen in this run) end too
+        let in_memory: rustc_hash::FxHashSet<Arc<str>> = passive.iter().map(|(d, _, _)| d.clone()).collect();
+        if let Some(c) = &self.checkpointing {
+            let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
+            for item in c.store.devices_in(from, to) {
+                match item {
+                    Ok((device, stored)) => {
+                        if !self.active.contains_key(device.as_str()) && !in_memory.contains(device.as_str()) {
+                            passive.push((Arc::from(device.as_str()), stored.map_err(|e| e.to_string()), true));
+                        }
+                    }
+                    Err(e) => {
+                        self.local.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(error = %e, "the stored devices could not be read on at the end of the run");
+                        break;
+                    }
+                }
+            }
+        }
+        passive.sort_by(|a, b| a.0.cmp(&b.0));
+        for (device, encoded, from_store) in passive {
+            let mut chain = if from_store {
+                match self.chain_from_stored(&device, encoded) {
+                    Some(chain) => chain,
+                    None => continue,
+                }
+            } else {
+                self.restore(&device, &encoded.expect("in memory"))
+            };
+            if flush {
+                let mut emits = Vec::new();
+                chain.on_end(&mut emits);
+                let records: Vec<_> = emits.iter().map(|e| self.local.formatter.format(&device, e)).collect();
+                self.local.output.extend(records);
+            }
+            let c = chain.counters();
+            totals.readings += c.readings;
+            totals.late += c.late;
+            totals.devices += 1;
+        }
+        let local = &*self.local;
+        let mut devices: Vec<(&Arc<str>, &mut DeviceActor)> = self.active.iter_mut().collect();
+        devices.sort_by(|a, b| a.0.cmp(b.0));
+        for (device, actor) in devices {
+            let c = actor.flush_at_end(device, local, flush);
+            totals.readings += c.readings;
+            totals.late += c.late;
+            totals.devices += 1;
+        }
+        local.output.flush(None);
+        MessageResult(totals)
+    }
+}
+
+/// The key groups `from..to` that shard `shard` owns (contiguous, see [`shard_of`]).
+pub fn key_group_range(shard: usize, key_groups: u32, shards: usize) -> (u32, u32) {
+    let from = (0..key_groups)
+        .find(|&kg| shard_of(kg, key_groups, shards) == shard)
+        .unwrap_or(key_groups);
+    let to = (from..key_groups)
+        .find(|&kg| shard_of(kg, key_groups, shards) != shard)
+        .unwrap_or(key_groups);
+    (from, to)
+}
+
+impl Handler<ShardBarrier> for ShardSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShardBarrier, _ctx: &mut Context<Self>) {
+        let _span = info_span!("checkpoint_barrier", shard = self.local.shard, checkpoint = msg.id).entered();
+        let started = Instant::now();
+        let id = msg.id;
+        // Every reading before the barrier has been applied (device actors take their messages
+        // in the shard's order), and nothing after it has started.
+        let key_groups = self.key_groups();
+        let mut devices = Vec::new();
+        for (device, actor) in self.active.iter_mut() {
+            if let Some(bytes) = actor.snapshot_if_dirty() {
+                devices.push((device_key(key_group_of(device, key_groups), device), Arc::new(bytes)));
+            }
+        }
+        for (device, p) in self.passive.iter_mut() {
+            if p.dirty {
+                devices.push((device_key(key_group_of(device, key_groups), device), p.bytes.clone()));
+                p.dirty = false;
+                p.clean_as_of = id;
+            }
+        }
+        self.barrier_seen = id;
+        // the records of the checkpoint's readings, then the mark
+        self.local.output.flush(None);
+        self.local.output.hub().do_send(BarrierReached {
+            shard: self.local.shard,
+            id,
+        });
+        let pause = started.elapsed();
+        self.local
+            .metrics
+            .checkpoint_pause_max_us
+            .fetch_max(pause.as_micros() as u64, Ordering::Relaxed);
+        if let Some(c) = &self.checkpointing {
+            c.checkpointer.do_send(ShardCheckpointed {
+                id,
+                shard: self.local.shard,
+                devices,
+                positions: msg.positions,
+                dead_letters: msg.dead_letters,
+                new_devices: std::mem::take(&mut self.created),
+                pause,
+            });
+        }
+    }
+}
+
+impl Handler<CheckpointDone> for ShardSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CheckpointDone, _ctx: &mut Context<Self>) {
+        // passive devices whose state the store now holds durably need no copy in memory
+        let before = self.passive.len();
+        self.passive.retain(|_, p| p.dirty || p.clean_as_of > msg.id);
+        let evicted = before - self.passive.len();
+        if evicted > 0 {
+            self.local
+                .metrics
+                .devices_evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+            self.local
+                .metrics
+                .devices_passive
+                .fetch_sub(evicted as i64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Handler<ReportShardCounters> for ShardSupervisor {
+    type Result = MessageResult<ReportShardCounters>;
+
+    fn handle(&mut self, _: ReportShardCounters, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut c = self.counters;
+        c.active = self.active.len() as u64;
+        c.passive = self.passive.len() as u64;
+        MessageResult(c)
+    }
+}
+
+impl Handler<ReportDeviceCounters> for ShardSupervisor {
+    type Result = Option<device::DeviceActorCounters>;
+
+    fn handle(&mut self, msg: ReportDeviceCounters, _ctx: &mut Context<Self>) -> Self::Result {
+        self.active.get(msg.0.as_str()).map(DeviceActor::counters)
+    }
+}
+
+impl Handler<EvictDevices> for ShardSupervisor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: EvictDevices, _ctx: &mut Context<Self>) -> usize {
+        let mut evicted = 0;
+        for device in &msg.0 {
+            if let Some(p) = self.passive.remove(device.as_str()) {
+                if p.dirty {
+                    error!(device = %device, "evicting a device with changes no checkpoint holds");
+                }
+                self.local.metrics.devices_passive.fetch_sub(1, Ordering::Relaxed);
+                evicted += 1;
+            }
+            // (their state is in the store: the checkpoint before the hand-off took it)
+            if self.active.remove(device.as_str()).is_some() {
+                self.local.metrics.devices_active.fetch_sub(1, Ordering::Relaxed);
+                evicted += 1;
+            }
+        }
+        debug!(
+            shard = self.local.shard,
+            evicted, "evicted the devices of a handed-off partition"
+        );
+        evicted
+    }
+}
+
+impl Handler<PassivateIdleNow> for ShardSupervisor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: PassivateIdleNow, _ctx: &mut Context<Self>) -> usize {
+        self.passivate_idle(msg.idle_ms)
+    }
+}

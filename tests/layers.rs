@@ -1,0 +1,336 @@
+//! The import direction of `src/` (ARCHITECTURE.md, "Layers"): reads every `crate::…` path of
+//! every source file and fails when a module imports one that its layer may not see, or when
+//! two top-level modules import each other (directly or through others).
+//!
+//! `LAYERS` is the rule: each top-level module of the library with the modules it may import.
+//! A module not listed there is an error too (a new module takes its place in the table).
+//! `runtime::ports` is the one part of the runtime that connectors may use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each top-level module and what it may import (`runtime::ports` names that submodule only).
+const LAYERS: &[(&str, &[&str])] = &[
+    // the vocabulary: readings, records, positions, ids, durations
+    ("model", &[]),
+    ("clock", &[]),
+    ("workload", &[]),
+    // pure state machines
+    ("operators", &["model"]),
+    // the pipeline file: one schema, its loader and validation
+    ("spec", &["model", "operators"]),
+    ("decode", &["model", "spec", "operators"]),
+    ("pipeline", &["model", "spec", "operators", "decode"]),
+    ("output", &["model", "spec", "operators", "pipeline"]),
+    (
+        "plain",
+        &["model", "spec", "operators", "decode", "pipeline", "output", "clock"],
+    ),
+    ("store", &["model", "spec", "clock"]),
+    // the actor runtime: routers, shards, hub, checkpoints; `runtime::ports` is its face
+    (
+        "runtime",
+        &[
+            "model",
+            "spec",
+            "operators",
+            "decode",
+            "pipeline",
+            "output",
+            "store",
+            "clock",
+        ],
+    ),
+    // sources, sinks and notifiers: they see the runtime through its ports only
+    (
+        "connectors",
+        &[
+            "model",
+            "spec",
+            "decode",
+            "pipeline",
+            "output",
+            "store",
+            "clock",
+            "runtime::ports",
+        ],
+    ),
+    (
+        "notify",
+        &[
+            "model",
+            "spec",
+            "pipeline",
+            "output",
+            "store",
+            "clock",
+            "runtime::ports",
+        ],
+    ),
+    // assembly of a run
+    (
+        "app",
+        &[
+            "model",
+            "spec",
+            "operators",
+            "decode",
+            "pipeline",
+            "output",
+            "plain",
+            "store",
+            "clock",
+            "runtime",
+            "connectors",
+            "notify",
+        ],
+    ),
+];
+
+fn src() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file of `src/` belongs to; `None` for the crate root and the binary
+/// (`main.rs` and the files it includes), which may use everything.
+fn module_of(file: &Path, src: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel.components().next()?.as_os_str().to_string_lossy().to_string();
+    if rel.components().count() == 1 {
+        let stem = first.trim_end_matches(".rs");
+        if stem == "lib" || stem == "main" || stem.starts_with("cli") {
+            return None;
+        }
+        return Some(stem.to_string());
+    }
+    if first == "bin" || first == "cli" {
+        return None;
+    }
+    Some(first)
+}
+
+/// The code of a file without comments (line and block) and string literals, so that
+/// documentation naming a module is not an import.
+fn code_only(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &text[i..];
+        if rest.starts_with("//") {
+            i += rest.find('\n').unwrap_or(rest.len());
+        } else if rest.starts_with("/*") {
+            i += rest.find("*/").map_or(rest.len(), |e| e + 2);
+        } else if rest.starts_with("r#\"") {
+            i += 3 + rest[3..].find("\"#").map_or(rest.len() - 3, |e| e + 2);
+        } else if bytes[i] == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if rest.starts_with("'\"'") {
+            i += 3;
+        } else {
+            let c = rest.chars().next().unwrap();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+fn ident_at(s: &str) -> &str {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// The modules a piece of code names through `crate::`: `crate::a::b`, `crate::{a, b::{c}}`.
+/// `runtime::ports` is reported as such; any other path into `runtime` as `runtime`.
+fn imports(code: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let before = rest[..at].chars().last();
+        rest = &rest[at + "crate::".len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `$crate::`, `mycrate::`
+        }
+        let rest_trimmed = rest.trim_start();
+        if let Some(group) = rest_trimmed.strip_prefix('{') {
+            // a use group: the names at brace depth 0 of the group
+            let mut depth = 0;
+            let mut start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if start && (c.is_ascii_alphabetic() || c == '_') => {
+                        start = false;
+                        add(&mut found, &group[i..]);
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            add(&mut found, rest_trimmed);
+        }
+    }
+    found
+}
+
+fn add(found: &mut BTreeSet<String>, path: &str) {
+    let first = ident_at(path);
+    if first.is_empty() || first == "self" {
+        return;
+    }
+    let after = &path[first.len()..];
+    if first == "runtime" {
+        if let Some(sub) = after.strip_prefix("::") {
+            if ident_at(sub) == "ports" {
+                found.insert("runtime::ports".to_string());
+                return;
+            }
+        }
+    }
+    found.insert(first.to_string());
+}
+
+/// Every violation of `LAYERS` in the source tree under `src`, as `file: module imports X`.
+fn violations(src: &Path) -> (Vec<String>, BTreeMap<String, BTreeSet<String>>) {
+    let rules: BTreeMap<&str, BTreeSet<&str>> = LAYERS
+        .iter()
+        .map(|(m, allowed)| (*m, allowed.iter().copied().collect()))
+        .collect();
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let Some(module) = module_of(file, src) else {
+            continue;
+        };
+        let rel = file.strip_prefix(src).unwrap().display().to_string();
+        let Some(allowed) = rules.get(module.as_str()) else {
+            problems.push(format!("src/{rel}: module `{module}` has no place in the layer table"));
+            continue;
+        };
+        let code = code_only(&std::fs::read_to_string(file).unwrap());
+        for import in imports(&code) {
+            let top = import.split("::").next().unwrap().to_string();
+            if top == module {
+                continue;
+            }
+            graph.entry(module.clone()).or_default().insert(top.clone());
+            let ok = allowed.contains(import.as_str()) || (import != top && allowed.contains(top.as_str()));
+            if !ok {
+                problems.push(format!("src/{rel}: `{module}` imports `{import}`"));
+            }
+        }
+    }
+    (problems, graph)
+}
+
+/// A cycle among top-level modules, if there is one (as `a -> b -> a`).
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<String> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<String> {
+        match state.get(node) {
+            Some(1) => {
+                let start = path.iter().position(|n| n == node).unwrap();
+                let mut c = path[start..].to_vec();
+                c.push(node.to_string());
+                return Some(c.join(" -> "));
+            }
+            Some(_) => return None,
+            None => {}
+        }
+        state.insert(node.to_string(), 1);
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(node.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for node in graph.keys() {
+        if let Some(c) = visit(node, graph, &mut state, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn imports_follow_the_layers_and_top_level_modules_form_no_cycle() {
+    let (mut problems, graph) = violations(&src());
+    if let Some(c) = cycle(&graph) {
+        problems.push(format!("a cycle between top-level modules: {c}"));
+    }
+    assert!(
+        problems.is_empty(),
+        "imports against the layers (tests/layers.rs LAYERS; ARCHITECTURE.md, \"Layers\"):\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn the_reader_finds_imports_in_every_form() {
+    let code = code_only(
+        r#"
+        use crate::model::Reading; // crate::notify in a comment
+        use crate::{spec::{self, PipelineSpec}, store::Store};
+        use crate::runtime::ports::ChunkSink;
+        fn f() { let s = "crate::app"; crate::runtime::shard::go(); $crate::x(); }
+        /* crate::connectors */
+        "#,
+    );
+    let found: Vec<String> = imports(&code).into_iter().collect();
+    assert_eq!(found, ["model", "runtime", "runtime::ports", "spec", "store"]);
+}
+
+#[test]
+fn a_layer_violation_and_a_cycle_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("operators")).unwrap();
+    std::fs::create_dir_all(src.join("runtime")).unwrap();
+    std::fs::write(src.join("lib.rs"), "pub mod operators; pub mod runtime;").unwrap();
+    std::fs::write(src.join("operators/mod.rs"), "use crate::runtime::Shard;").unwrap();
+    std::fs::write(src.join("runtime/mod.rs"), "use crate::operators::Chain;").unwrap();
+    std::fs::write(src.join("model.rs"), "").unwrap();
+    std::fs::write(src.join("gadget.rs"), "use crate::model::X;").unwrap();
+    let (problems, graph) = violations(src);
+    assert_eq!(
+        problems,
+        [
+            "src/gadget.rs: module `gadget` has no place in the layer table",
+            "src/operators/mod.rs: `operators` imports `runtime`",
+        ]
+    );
+    assert_eq!(cycle(&graph).as_deref(), Some("operators -> runtime -> operators"));
+}
