@@ -21,7 +21,6 @@ mod mqtt_support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -261,7 +260,11 @@ fn main() {
         readings: n as u64,
         seed: 1,
     };
-    plume::workload::generate_aq1(spec, &mut std::io::BufWriter::new(std::fs::File::create(&input).unwrap())).unwrap();
+    plume::workload::generate_aq1(
+        spec,
+        &mut std::io::BufWriter::new(std::fs::File::create(&input).unwrap()),
+    )
+    .unwrap();
     let messages: Vec<(String, Vec<u8>)> = std::fs::read_to_string(&input)
         .unwrap()
         .lines()

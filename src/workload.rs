@@ -244,7 +244,14 @@ pub fn generate_aq1(spec: Aq1Spec, out: &mut impl Write) -> Result<Aq1Stats, Wor
                 (arrival, (arrival - AQ1_START_MS).div_euclid(PERIOD_MS))
             } else {
                 let arrival = ts + ((u - DELAY_FRACTION) * small_scale) as i64;
-                (arrival, if arrival < next_period_start { period } else { period + 1 })
+                (
+                    arrival,
+                    if arrival < next_period_start {
+                        period
+                    } else {
+                        period + 1
+                    },
+                )
             };
             buckets.entry(bucket).or_default().push(arrival, line);
         }
@@ -324,6 +331,9 @@ mod tests {
             readings: 1,
             seed: 1,
         };
-        assert!(matches!(generate_aq1(spec, &mut Vec::new()), Err(WorkloadError::NoDevices)));
+        assert!(matches!(
+            generate_aq1(spec, &mut Vec::new()),
+            Err(WorkloadError::NoDevices)
+        ));
     }
 }

@@ -166,7 +166,7 @@ fn imports(code: &str) -> BTreeSet<String> {
     while let Some(at) = rest.find("crate::") {
         let before = rest[..at].chars().last();
         rest = &rest[at + "crate::".len()..];
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
             continue; // `$crate::`, `mycrate::`
         }
         let rest_trimmed = rest.trim_start();

@@ -12,7 +12,12 @@ fn repo() -> PathBuf {
 /// The tracked files (`git ls-files`), or every file under the repository but `.git/` and
 /// `target/` when this is not a git checkout (a source archive).
 fn tracked_files(root: &Path) -> Vec<PathBuf> {
-    if let Ok(out) = Command::new("git").arg("-C").arg(root).args(["ls-files", "-z"]).output() {
+    if let Ok(out) = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["ls-files", "-z"])
+        .output()
+    {
         if out.status.success() && !out.stdout.is_empty() {
             return out
                 .stdout
@@ -61,7 +66,12 @@ fn no_tracked_file_outside_documentation_refers_to_the_reference_folder() {
     let needle = format!("..{}shared", std::path::MAIN_SEPARATOR);
     let root = repo();
     let files = tracked_files(&root);
-    assert!(files.len() > 50, "found only {} files under {}", files.len(), root.display());
+    assert!(
+        files.len() > 50,
+        "found only {} files under {}",
+        files.len(),
+        root.display()
+    );
     let mut found = Vec::new();
     for file in files {
         if is_documentation(&file) {
@@ -72,7 +82,10 @@ fn no_tracked_file_outside_documentation_refers_to_the_reference_folder() {
         };
         let text = String::from_utf8_lossy(&bytes);
         for line in mentions(&text, &needle) {
-            found.push(format!("{}:{line}", file.strip_prefix(&root).unwrap_or(&file).display()));
+            found.push(format!(
+                "{}:{line}",
+                file.strip_prefix(&root).unwrap_or(&file).display()
+            ));
         }
     }
     assert!(

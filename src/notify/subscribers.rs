@@ -29,12 +29,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::outbox::{decode_record, encode_record};
-use crate::store::{CF_OUTBOX, StateStore};
+use crate::store::StateStore;
+use crate::store::tables::{OutboxBatch, OutboxTable};
 
 /// The subscriptions could not be read or written. Retrying helps only where it says so.
 #[derive(Debug, thiserror::Error)]
@@ -262,22 +262,15 @@ impl SubscriberStore {
         let mut cache: BTreeMap<String, Map> = BTreeMap::new();
         let mut removed = BTreeMap::new();
         {
-            let db = store.db();
-            let cf = db.cf_handle(CF_OUTBOX).expect("opened with every column family");
-            for item in db.iterator_cf(cf, IteratorMode::From(&[TAG_REMOVED], Direction::Forward)) {
+            let table = store.outbox_table();
+            for item in table.scan_prefix(&[TAG_REMOVED]) {
                 let (k, v) = item.map_err(store_error)?;
-                if k.first() != Some(&TAG_REMOVED) {
-                    break;
-                }
                 let provider = String::from_utf8_lossy(k[1..].strip_suffix(&[0]).unwrap_or(&k[1..])).into_owned();
                 let n: u64 = decode_record(&v, "removed-token count").map_err(store_error)?;
                 removed.insert(provider, n);
             }
-            for item in db.iterator_cf(cf, IteratorMode::From(&[TAG_SUBSCRIPTION], Direction::Forward)) {
+            for item in table.scan_prefix(&[TAG_SUBSCRIPTION]) {
                 let (k, v) = item.map_err(store_error)?;
-                if k.first() != Some(&TAG_SUBSCRIPTION) {
-                    break;
-                }
                 let _: Subscription = decode_record(&v, "subscription").map_err(store_error)?;
                 let mut parts = k[1..].splitn(3, |b| *b == 0);
                 let (Some(p), Some(d), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
@@ -314,17 +307,12 @@ impl SubscriberStore {
         }))
     }
 
-    fn cf(&self) -> &rocksdb::ColumnFamily {
-        self.store
-            .db()
-            .cf_handle(CF_OUTBOX)
-            .expect("opened with every column family")
+    fn table(&self) -> OutboxTable<'_> {
+        self.store.outbox_table()
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<(), SubscribersError> {
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.store.db().write_opt(batch, &options).map_err(store_error)
+    fn write(&self, batch: OutboxBatch<'_>) -> Result<(), SubscribersError> {
+        self.table().write(batch, true).map_err(store_error)
     }
 
     /// Subscribes `token` to `device` (`*`: every device); false if it already was.
@@ -337,9 +325,8 @@ impl SubscriberStore {
         if self.tokens_of(provider, device).iter().any(|t| t == token) {
             return Ok(false);
         }
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(),
+        let mut batch = self.table().batch();
+        batch.put(
             subscription_key(provider, device, token),
             encode_record(&Subscription {
                 added_ms: jiff::Timestamp::now().as_millisecond(),
@@ -383,14 +370,14 @@ impl SubscriberStore {
         if devices.is_empty() {
             return Ok(false);
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = self.table().batch();
         for d in &devices {
-            batch.delete_cf(self.cf(), subscription_key(provider, d, token));
+            batch.delete(subscription_key(provider, d, token));
         }
         let mut removed = self.removed.lock().unwrap();
         let count = removed.get(provider).copied().unwrap_or(0) + u64::from(unregistered);
         if unregistered {
-            batch.put_cf(self.cf(), removed_key(provider), encode_record(&count));
+            batch.put(removed_key(provider), encode_record(&count));
         }
         self.write(batch)?;
         removed.insert(provider.to_string(), count);

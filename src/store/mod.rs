@@ -34,6 +34,7 @@ use tracing::{info, instrument, warn};
 pub mod export;
 pub mod partitions;
 pub mod retained;
+pub mod tables;
 
 /// The stored format version (envelopes, keys, records). Bump it and add a migration when any
 /// of them changes; the fixture test in `tests/checkpoints.rs` catches accidental changes.
@@ -318,8 +319,15 @@ impl StateStore {
         &self.dir
     }
 
-    pub fn db(&self) -> &DB {
+    /// The raw database, for this module's own parts (retained checkpoints, export): everyone
+    /// else changes the store through the checkpoint batch or a table of [`tables`].
+    fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// The `outbox` column family (notifier outboxes and push subscriptions).
+    pub fn outbox_table(&self) -> tables::OutboxTable<'_> {
+        tables::OutboxTable::new(&self.db)
     }
 
     /// Opens the data directory `dir` for a run of `pipeline`: the live state if it is sound,

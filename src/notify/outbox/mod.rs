@@ -29,10 +29,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{CF_OUTBOX, StateStore, seal, unseal};
+use crate::store::tables::{OutboxBatch, OutboxTable};
+use crate::store::{StateStore, seal, unseal};
 
 /// One delivery: one event (or digest) to one target (an endpoint, or one device token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,109 +114,6 @@ pub trait Outbox: Send + Sync + 'static {
     /// across restarts).
     fn delivered(&self) -> Result<u64, OutboxError>;
 }
-
-#[derive(Default)]
-struct MemoryState {
-    next: u64,
-    /// By insertion number, so `pending` is in put order.
-    pending: BTreeMap<u64, OutboxEntry>,
-    index: std::collections::HashMap<String, u64>,
-    done: HashSet<String>,
-    dead: Vec<DeadLetter>,
-    delivered: u64,
-}
-
-/// An outbox in memory: survives nothing, but has the same semantics as the durable one.
-#[derive(Default)]
-pub struct MemoryOutbox {
-    state: Mutex<MemoryState>,
-}
-
-impl MemoryOutbox {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Pending entries.
-    pub fn len(&self) -> usize {
-        self.state.lock().unwrap().pending.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Outbox for MemoryOutbox {
-    fn put(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError> {
-        let mut s = self.state.lock().unwrap();
-        let mut added = Vec::with_capacity(entries.len());
-        for e in entries {
-            if s.done.contains(&e.id) || s.index.contains_key(&e.id) {
-                continue;
-            }
-            let n = s.next;
-            s.next += 1;
-            s.index.insert(e.id.clone(), n);
-            s.pending.insert(n, e.clone());
-            added.push(e);
-        }
-        Ok(added)
-    }
-
-    fn acknowledge(&self, id: &str) -> Result<(), OutboxError> {
-        let mut s = self.state.lock().unwrap();
-        if let Some(n) = s.index.remove(id) {
-            s.pending.remove(&n);
-            s.delivered += 1;
-        }
-        s.done.insert(id.to_string());
-        Ok(())
-    }
-
-    fn discard(&self, id: &str) -> Result<(), OutboxError> {
-        let mut s = self.state.lock().unwrap();
-        if let Some(n) = s.index.remove(id) {
-            s.pending.remove(&n);
-        }
-        s.done.insert(id.to_string());
-        Ok(())
-    }
-
-    fn delivered(&self) -> Result<u64, OutboxError> {
-        Ok(self.state.lock().unwrap().delivered)
-    }
-
-    fn is_acknowledged(&self, id: &str) -> Result<bool, OutboxError> {
-        Ok(self.state.lock().unwrap().done.contains(id))
-    }
-
-    fn pending(&self) -> Result<Vec<OutboxEntry>, OutboxError> {
-        Ok(self.state.lock().unwrap().pending.values().cloned().collect())
-    }
-
-    fn dead_letter(&self, id: &str, error: &str, attempts: u32) -> Result<(), OutboxError> {
-        let mut s = self.state.lock().unwrap();
-        if let Some(n) = s.index.remove(id)
-            && let Some(entry) = s.pending.remove(&n)
-        {
-            s.dead.push(DeadLetter {
-                entry,
-                error: error.to_string(),
-                attempts,
-            });
-        }
-        s.done.insert(id.to_string());
-        Ok(())
-    }
-
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>, OutboxError> {
-        Ok(self.state.lock().unwrap().dead.clone())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// the outbox in the state store
 
 /// The version of the outbox's (and the subscriptions') stored records, inside the store's
 /// envelope: bump it, and read the old one, when a record's layout changes.
@@ -356,11 +253,8 @@ impl StoreOutbox {
         self.meta.lock().unwrap().clone()
     }
 
-    fn cf(&self) -> &rocksdb::ColumnFamily {
-        self.store
-            .db()
-            .cf_handle(CF_OUTBOX)
-            .expect("opened with every column family")
+    fn table(&self) -> OutboxTable<'_> {
+        self.store.outbox_table()
     }
 
     fn key(&self, tag: u8, rest: &[u8]) -> Vec<u8> {
@@ -368,41 +262,31 @@ impl StoreOutbox {
     }
 
     fn index(&self, id: &str) -> Result<Option<IndexState>, OutboxError> {
-        match self
-            .store
-            .db()
-            .get_pinned_cf(self.cf(), self.key(TAG_INDEX, id.as_bytes()))
-            .map_err(rocks)?
-        {
+        match self.table().get(self.key(TAG_INDEX, id.as_bytes())).map_err(rocks)? {
             None => Ok(None),
             Some(v) => decode_record(&v, "outbox index").map(Some),
         }
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<(), OutboxError> {
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.store.db().write_opt(batch, &options).map_err(rocks)
+    fn write(&self, batch: OutboxBatch<'_>) -> Result<(), OutboxError> {
+        self.table().write(batch, true).map_err(rocks)
     }
 
     /// Written to RocksDB's log without waiting for the disk: a crash of plume keeps it (the
     /// operating system has it); a power cut may forget the newest ones, and the next synced
     /// write makes them durable too (the log is written in order). Used for acknowledgements:
     /// one forgotten means one delivery repeated with the same id, which receivers deduplicate.
-    fn write_unsynced(&self, batch: WriteBatch) -> Result<(), OutboxError> {
-        self.store.db().write(batch).map_err(rocks)
+    fn write_unsynced(&self, batch: OutboxBatch<'_>) -> Result<(), OutboxError> {
+        self.table().write(batch, false).map_err(rocks)
     }
 
     /// Every value under `tag` of this namespace, in key order.
     fn scan(&self, tag: u8) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), OutboxError>> + '_ {
         let prefix = self.key(tag, &[]);
-        let db = self.store.db();
-        db.iterator_cf(self.cf(), IteratorMode::From(&prefix, Direction::Forward))
+        self.store
+            .outbox_table()
+            .scan_prefix(&prefix)
             .map(|item| item.map_err(rocks))
-            .take_while(move |item| match item {
-                Ok((k, _)) => k.starts_with(&prefix),
-                Err(_) => true,
-            })
     }
 
     /// Finishes pending `id` (acknowledged or discarded).
@@ -413,9 +297,9 @@ impl StoreOutbox {
             return Ok(());
         }
         let mut next = meta.clone();
-        let mut batch = WriteBatch::default();
+        let mut batch = self.table().batch();
         if let Some(IndexState::Pending { seq }) = state {
-            batch.delete_cf(self.cf(), self.key(TAG_PENDING, &seq.to_be_bytes()));
+            batch.delete(self.key(TAG_PENDING, &seq.to_be_bytes()));
             if delivered {
                 next.delivered += 1;
             }
@@ -424,13 +308,11 @@ impl StoreOutbox {
         next.next_ack += 1;
         next.acknowledged += 1;
         let now_ms = jiff::Timestamp::now().as_millisecond();
-        batch.put_cf(
-            self.cf(),
+        batch.put(
             self.key(TAG_INDEX, id.as_bytes()),
             encode_record(&IndexState::Acknowledged { ack_seq }),
         );
-        batch.put_cf(
-            self.cf(),
+        batch.put(
             self.key(TAG_ACKED, &ack_seq.to_be_bytes()),
             encode_record(&AckedId {
                 id: id.to_string(),
@@ -438,14 +320,19 @@ impl StoreOutbox {
             }),
         );
         self.forget_old_acks(&mut batch, &mut next, now_ms)?;
-        batch.put_cf(self.cf(), outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
+        batch.put(outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
         self.write_unsynced(batch)?;
         *meta = next;
         Ok(())
     }
 
     /// Drops (a few of) the acknowledged ids beyond the retention into `batch`.
-    fn forget_old_acks(&self, batch: &mut WriteBatch, meta: &mut OutboxMeta, now_ms: i64) -> Result<(), OutboxError> {
+    fn forget_old_acks(
+        &self,
+        batch: &mut OutboxBatch<'_>,
+        meta: &mut OutboxMeta,
+        now_ms: i64,
+    ) -> Result<(), OutboxError> {
         if meta.acknowledged <= self.retention.max_ids {
             return Ok(());
         }
@@ -459,10 +346,10 @@ impl StoreOutbox {
             if now_ms - acked.at_ms < self.retention.max_age_ms {
                 break; // the oldest is still within the time window: keep them all
             }
-            batch.delete_cf(self.cf(), &k);
+            batch.delete(&k);
             let ack_seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes"));
             if self.index(&acked.id)? == Some(IndexState::Acknowledged { ack_seq }) {
-                batch.delete_cf(self.cf(), self.key(TAG_INDEX, acked.id.as_bytes()));
+                batch.delete(self.key(TAG_INDEX, acked.id.as_bytes()));
             }
             meta.acknowledged -= 1;
         }
@@ -488,7 +375,7 @@ impl StoreOutbox {
     fn take_dead_letters(&self, ids: Option<&[String]>, retry_at: Option<i64>) -> Result<Vec<String>, OutboxError> {
         let mut meta = self.meta.lock().unwrap();
         let mut next = meta.clone();
-        let mut batch = WriteBatch::default();
+        let mut batch = self.table().batch();
         let mut taken = Vec::new();
         for item in self.scan(TAG_DEAD) {
             let (key, value) = item?;
@@ -496,33 +383,25 @@ impl StoreOutbox {
             if ids.is_some_and(|ids| !ids.contains(&letter.entry.id)) {
                 continue;
             }
-            batch.delete_cf(self.cf(), &key);
+            batch.delete(&key);
             next.dead_letters = next.dead_letters.saturating_sub(1);
             let index = match retry_at {
                 Some(now_ms) => {
                     let seq = next.next_seq;
                     next.next_seq += 1;
                     letter.entry.created_ms = now_ms;
-                    batch.put_cf(
-                        self.cf(),
-                        self.key(TAG_PENDING, &seq.to_be_bytes()),
-                        encode_record(&letter.entry),
-                    );
+                    batch.put(self.key(TAG_PENDING, &seq.to_be_bytes()), encode_record(&letter.entry));
                     IndexState::Pending { seq }
                 }
                 None => IndexState::Dead { seq: u64::MAX },
             };
-            batch.put_cf(
-                self.cf(),
-                self.key(TAG_INDEX, letter.entry.id.as_bytes()),
-                encode_record(&index),
-            );
+            batch.put(self.key(TAG_INDEX, letter.entry.id.as_bytes()), encode_record(&index));
             taken.push(letter.entry.id);
         }
         if taken.is_empty() {
             return Ok(taken);
         }
-        batch.put_cf(self.cf(), outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
+        batch.put(outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
         self.write(batch)?;
         *meta = next;
         Ok(taken)
@@ -530,11 +409,7 @@ impl StoreOutbox {
 }
 
 fn read_meta(store: &StateStore, ns: &str) -> Result<Option<OutboxMeta>, OutboxError> {
-    let cf = store
-        .db()
-        .cf_handle(CF_OUTBOX)
-        .expect("opened with every column family");
-    match store.db().get_cf(cf, outbox_key(TAG_META, ns, &[])).map_err(rocks)? {
+    match store.outbox_table().get(outbox_key(TAG_META, ns, &[])).map_err(rocks)? {
         None => Ok(None),
         Some(v) => decode_record(&v, "outbox counters").map(Some),
     }
@@ -544,7 +419,7 @@ impl Outbox for StoreOutbox {
     fn put(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError> {
         let mut meta = self.meta.lock().unwrap();
         let mut next = meta.clone();
-        let mut batch = WriteBatch::default();
+        let mut batch = self.table().batch();
         let mut added = Vec::with_capacity(entries.len());
         let mut in_batch = HashSet::new();
         for e in entries {
@@ -553,9 +428,8 @@ impl Outbox for StoreOutbox {
             }
             let seq = next.next_seq;
             next.next_seq += 1;
-            batch.put_cf(self.cf(), self.key(TAG_PENDING, &seq.to_be_bytes()), encode_record(&e));
-            batch.put_cf(
-                self.cf(),
+            batch.put(self.key(TAG_PENDING, &seq.to_be_bytes()), encode_record(&e));
+            batch.put(
                 self.key(TAG_INDEX, e.id.as_bytes()),
                 encode_record(&IndexState::Pending { seq }),
             );
@@ -565,7 +439,7 @@ impl Outbox for StoreOutbox {
         if added.is_empty() {
             return Ok(added);
         }
-        batch.put_cf(self.cf(), outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
+        batch.put(outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
         self.write(batch)?;
         *meta = next;
         Ok(added)
@@ -599,15 +473,14 @@ impl Outbox for StoreOutbox {
             return Ok(());
         }
         let mut next = meta.clone();
-        let mut batch = WriteBatch::default();
+        let mut batch = self.table().batch();
         let mut dead_seq = u64::MAX;
         if let Some(IndexState::Pending { seq }) = state {
             let key = self.key(TAG_PENDING, &seq.to_be_bytes());
-            if let Some(v) = self.store.db().get_pinned_cf(self.cf(), &key).map_err(rocks)? {
+            if let Some(v) = self.table().get(&key).map_err(rocks)? {
                 let entry: OutboxEntry = decode_record(&v, "pending outbox entry")?;
-                batch.delete_cf(self.cf(), &key);
-                batch.put_cf(
-                    self.cf(),
+                batch.delete(&key);
+                batch.put(
                     self.key(TAG_DEAD, &seq.to_be_bytes()),
                     encode_record(&DeadLetter {
                         entry,
@@ -619,12 +492,11 @@ impl Outbox for StoreOutbox {
                 dead_seq = seq;
             }
         }
-        batch.put_cf(
-            self.cf(),
+        batch.put(
             self.key(TAG_INDEX, id.as_bytes()),
             encode_record(&IndexState::Dead { seq: dead_seq }),
         );
-        batch.put_cf(self.cf(), outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
+        batch.put(outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
         self.write(batch)?;
         *meta = next;
         Ok(())
@@ -656,14 +528,9 @@ pub struct OutboxSummary {
 
 /// The outbox of every notifier sink in `store` (which may be opened read-only).
 pub fn summaries(store: &Arc<StateStore>) -> Result<Vec<OutboxSummary>, OutboxError> {
-    let db = store.db();
-    let cf = db.cf_handle(CF_OUTBOX).expect("opened with every column family");
     let mut namespaces = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(&[TAG_META], Direction::Forward)) {
+    for item in store.outbox_table().scan_prefix(&[TAG_META]) {
         let (k, _) = item.map_err(rocks)?;
-        if k.first() != Some(&TAG_META) {
-            break;
-        }
         if let Some(ns) = k[1..].strip_suffix(&[0]) {
             namespaces.push(String::from_utf8_lossy(ns).into_owned());
         }
@@ -687,241 +554,8 @@ pub fn summaries(store: &Arc<StateStore>) -> Result<Vec<OutboxSummary>, OutboxEr
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(id: &str) -> OutboxEntry {
-        OutboxEntry {
-            id: id.into(),
-            event_id: id.into(),
-            device: "d".into(),
-            target: String::new(),
-            kind: "event_start".into(),
-            severity: None,
-            title: String::new(),
-            body: String::new(),
-            payload: "{}".into(),
-            created_ms: 0,
-            held: false,
-        }
-    }
-
-    #[test]
-    fn acknowledged_ids_are_not_put_again_and_pending_keeps_order() {
-        let o = MemoryOutbox::new();
-        assert_eq!(o.put(vec![entry("a"), entry("b"), entry("a")]).unwrap().len(), 2);
-        o.acknowledge("a").unwrap();
-        assert!(o.is_acknowledged("a").unwrap());
-        assert!(
-            o.put(vec![entry("a")]).unwrap().is_empty(),
-            "a replayed, acknowledged event"
-        );
-        o.put(vec![entry("c")]).unwrap();
-        let ids: Vec<_> = o.pending().unwrap().into_iter().map(|e| e.id).collect();
-        assert_eq!(ids, ["b", "c"]);
-        o.dead_letter("b", "HTTP 400", 1).unwrap();
-        assert_eq!(o.dead_letters().unwrap()[0].error, "HTTP 400");
-        assert!(o.put(vec![entry("b")]).unwrap().is_empty());
-        assert_eq!(o.len(), 1);
-    }
-}
+mod memory;
+pub use memory::MemoryOutbox;
 
 #[cfg(test)]
-mod store_tests {
-    use super::*;
-
-    fn entry(id: &str, device: &str) -> OutboxEntry {
-        OutboxEntry {
-            id: id.into(),
-            event_id: id.into(),
-            device: device.into(),
-            target: String::new(),
-            kind: "event_start".into(),
-            severity: Some("high".into()),
-            title: format!("title {id}"),
-            body: "body".into(),
-            payload: format!("{{\"id\":\"{id}\"}}"),
-            created_ms: 1_700_000_000_000,
-            held: false,
-        }
-    }
-
-    fn ids(entries: &[OutboxEntry]) -> Vec<String> {
-        entries.iter().map(|e| e.id.clone()).collect()
-    }
-
-    #[test]
-    fn pending_entries_survive_a_reopen_in_put_order() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = StateStore::open_tool(dir.path()).unwrap();
-            let o = StoreOutbox::open(store.clone(), "webhook:0").unwrap();
-            // ids that sort differently from their put order
-            let added = o
-                .put(vec![
-                    entry("z", "d1"),
-                    entry("a", "d2"),
-                    entry("m", "d1"),
-                    entry("a", "d2"),
-                ])
-                .unwrap();
-            assert_eq!(ids(&added), ["z", "a", "m"], "a duplicate within one put is skipped");
-            o.put(vec![entry("b", "d3")]).unwrap();
-            o.acknowledge("a").unwrap();
-            // another sink's outbox in the same store does not mix in
-            let other = StoreOutbox::open(store.clone(), "webhook:1").unwrap();
-            other.put(vec![entry("z", "d1"), entry("y", "d1")]).unwrap();
-            drop((o, other));
-            StateStore::close(store);
-        }
-        let store = StateStore::open_tool(dir.path()).unwrap();
-        let o = StoreOutbox::open(store.clone(), "webhook:0").unwrap();
-        let pending = o.pending().unwrap();
-        assert_eq!(ids(&pending), ["z", "m", "b"]);
-        assert_eq!(pending[0], entry("z", "d1"), "entries come back whole");
-        assert!(o.is_acknowledged("a").unwrap());
-        assert!(!o.is_acknowledged("z").unwrap());
-        assert_eq!(o.delivered().unwrap(), 1);
-        // sequences continue after the reopen: new entries go after the old ones
-        o.put(vec![entry("c", "d1")]).unwrap();
-        assert_eq!(ids(&o.pending().unwrap()), ["z", "m", "b", "c"]);
-        let other = StoreOutbox::open(store.clone(), "webhook:1").unwrap();
-        assert_eq!(ids(&other.pending().unwrap()), ["z", "y"]);
-        // every stored value is in the store's envelope (retained::verify relies on it)
-        let cf = store.db().cf_handle(CF_OUTBOX).unwrap();
-        for item in store.db().iterator_cf(cf, IteratorMode::Start) {
-            let (_, v) = item.unwrap();
-            let payload = unseal(&v).unwrap();
-            assert_eq!(payload[0], RECORD_VERSION);
-        }
-    }
-
-    #[test]
-    fn acknowledged_ids_are_not_put_again_after_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open_tool(dir.path()).unwrap();
-        let o = StoreOutbox::open(store.clone(), "fcm:0").unwrap();
-        o.put(vec![entry("e1", "d"), entry("e2", "d"), entry("e3", "d")])
-            .unwrap();
-        o.acknowledge("e1").unwrap();
-        o.discard("e2").unwrap();
-        // acknowledging twice, or an id never put, changes nothing
-        o.acknowledge("e1").unwrap();
-        assert_eq!(o.delivered().unwrap(), 1, "a discarded entry is not delivered");
-        drop(o);
-        let o = StoreOutbox::open(store.clone(), "fcm:0").unwrap();
-        // the replay of the same events
-        let added = o
-            .put(vec![
-                entry("e1", "d"),
-                entry("e2", "d"),
-                entry("e3", "d"),
-                entry("e4", "d"),
-            ])
-            .unwrap();
-        assert_eq!(ids(&added), ["e4"], "acknowledged and pending ids are not put again");
-        assert_eq!(ids(&o.pending().unwrap()), ["e3", "e4"]);
-    }
-
-    #[test]
-    fn dead_letters_are_kept_with_the_last_error_and_not_sent_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open_tool(dir.path()).unwrap();
-        let o = StoreOutbox::open(store.clone(), "apns:0").unwrap();
-        o.put(vec![entry("x", "d"), entry("y", "d")]).unwrap();
-        o.dead_letter("x", "max_age reached; last error: HTTP 503", 7).unwrap();
-        drop(o);
-        let o = StoreOutbox::open(store.clone(), "apns:0").unwrap();
-        let dead = o.dead_letters().unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].entry, entry("x", "d"));
-        assert_eq!(dead[0].error, "max_age reached; last error: HTTP 503");
-        assert_eq!(dead[0].attempts, 7);
-        assert!(o.is_acknowledged("x").unwrap());
-        assert!(o.put(vec![entry("x", "d")]).unwrap().is_empty());
-        assert_eq!(ids(&o.pending().unwrap()), ["y"]);
-        let s = summaries(&store).unwrap();
-        assert_eq!(s.len(), 1);
-        assert_eq!((s[0].sink.as_str(), s[0].pending, s[0].dead_letters), ("apns:0", 1, 1));
-    }
-
-    #[test]
-    fn dead_letters_retried_are_pending_again_and_dropped_ones_stay_given_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open_tool(dir.path()).unwrap();
-        let outbox = StoreOutbox::open(store.clone(), "webhook:0").unwrap();
-        outbox
-            .put(vec![
-                entry("e1", "d1"),
-                entry("e2", "d1"),
-                entry("e3", "d2"),
-                entry("e4", "d2"),
-            ])
-            .unwrap();
-        for id in ["e1", "e2", "e3"] {
-            outbox.dead_letter(id, "HTTP 400: bad payload", 1).unwrap();
-        }
-        assert_eq!(ids(&outbox.pending().unwrap()), ["e4"]);
-        assert_eq!(outbox.meta().dead_letters, 3);
-
-        // one by id, then the rest
-        assert_eq!(
-            outbox.retry_dead_letters(Some(&["e2".to_string()]), 5_000).unwrap(),
-            ["e2"]
-        );
-        assert_eq!(ids(&outbox.pending().unwrap()), ["e4", "e2"], "after the pending ones");
-        assert_eq!(
-            outbox.pending().unwrap()[1].created_ms,
-            5_000,
-            "max_age counts from the retry"
-        );
-        assert!(!outbox.is_acknowledged("e2").unwrap(), "deliverable again");
-        assert_eq!(outbox.drop_dead_letters(None).unwrap(), ["e1", "e3"]);
-        assert!(outbox.dead_letters().unwrap().is_empty());
-        assert_eq!(outbox.meta().dead_letters, 0);
-        // a dropped id is not put again by a replay; a retried one is delivered once
-        assert!(outbox.put(vec![entry("e1", "d1")]).unwrap().is_empty());
-        assert!(outbox.is_acknowledged("e3").unwrap());
-        outbox.acknowledge("e2").unwrap();
-        drop(outbox);
-        let reopened = StoreOutbox::open(store, "webhook:0").unwrap();
-        assert_eq!(ids(&reopened.pending().unwrap()), ["e4"]);
-        assert_eq!(reopened.meta().delivered, 1);
-        assert!(reopened.retry_dead_letters(None, 6_000).unwrap().is_empty());
-    }
-
-    #[test]
-    fn acknowledged_ids_beyond_the_retention_are_forgotten_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open_tool(dir.path()).unwrap();
-        let keep_all = AckRetention {
-            max_ids: 3,
-            max_age_ms: 3_600_000,
-        };
-        let o = StoreOutbox::with_retention(store.clone(), "webhook:0", keep_all).unwrap();
-        for i in 0..6 {
-            let id = format!("k{i}");
-            o.put(vec![entry(&id, "d")]).unwrap();
-            o.acknowledge(&id).unwrap();
-        }
-        // over the count but within the time window: all remembered
-        assert_eq!(o.meta().acknowledged, 6);
-        drop(o);
-        let forget = AckRetention {
-            max_ids: 3,
-            max_age_ms: 0,
-        };
-        let o = StoreOutbox::with_retention(store.clone(), "webhook:0", forget).unwrap();
-        o.put(vec![entry("k6", "d")]).unwrap();
-        o.acknowledge("k6").unwrap();
-        assert_eq!(o.meta().acknowledged, 3);
-        for i in 0..4 {
-            assert!(!o.is_acknowledged(&format!("k{i}")).unwrap(), "k{i} forgotten");
-        }
-        for i in 4..7 {
-            assert!(o.is_acknowledged(&format!("k{i}")).unwrap(), "k{i} remembered");
-        }
-        assert_eq!(o.delivered().unwrap(), 7, "the delivered count is not pruned");
-    }
-}
+mod tests;
