@@ -46,6 +46,8 @@ pub struct ChunkFeeder {
     seq: u64,
     barriers: Option<Arc<BarrierSignal>>,
     last_barrier: u64,
+    /// Whether the routers were told that this source ended.
+    ended: std::cell::Cell<bool>,
 }
 
 impl ChunkFeeder {
@@ -65,6 +67,7 @@ impl ChunkFeeder {
             seq: 0,
             barriers: None,
             last_barrier: 0,
+            ended: std::cell::Cell::new(false),
         }
     }
 
@@ -146,10 +149,22 @@ impl ChunkFeeder {
     }
 
     /// The source has no more chunks.
+    /// The source has no more chunks. Also sent when the feeder is dropped without it (a source
+    /// that failed, or panicked): the run then ends instead of waiting for it, and reports the
+    /// source's error.
     pub fn end(&self) {
+        if self.ended.replace(true) {
+            return;
+        }
         for router in &self.routers {
             router.do_send(SourceEnded { source: self.source });
         }
+    }
+}
+
+impl Drop for ChunkFeeder {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
