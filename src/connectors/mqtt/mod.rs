@@ -2,6 +2,8 @@
 //! ([`ingest`]), the sink ([`sink`]), and the embedded broker ([`broker`]).
 
 pub mod broker;
+pub mod client;
 pub mod ingest;
 pub mod sink;
 pub mod source;
+pub mod topic;
