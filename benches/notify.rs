@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plume::config::{DurationSpec, NotifyPolicySpec, SinkSpec, WebhookSinkSpec};
+use plume::spec::{DurationSpec, NotifyPolicySpec, SinkSpec, WebhookSinkSpec};
 use plume::notify::{MemoryOutbox, NotifierParts, NotifierSink};
 use plume::output::OutputRecord;
 use plume::runtime::ports::Sink;

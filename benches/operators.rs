@@ -43,7 +43,7 @@ fn aq1_input() -> Vec<u8> {
 
 fn aq1_pipeline() -> CompiledPipeline {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/aq1.yaml");
-    let spec = plume::config::load_pipeline(&path).unwrap_or_else(|d| panic!("{d}"));
+    let spec = plume::spec::load_pipeline(&path).unwrap_or_else(|d| panic!("{d}"));
     CompiledPipeline::compile(spec).expect("aq1 compiles")
 }
 

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
 
-use plume::config::{self, DurationSpec, SourceSpec};
+use plume::spec::{self, DurationSpec, SourceSpec};
 
 // mimalloc: less memory per idle device than glibc's allocator after bursts of activations
 // (BENCHMARKS.md, "Memory per idle active device")
@@ -161,7 +161,7 @@ enum Command {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<CompiledPipeline> {
-    let spec = config::load_pipeline(path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let spec = spec::load_pipeline(path).map_err(|d| anyhow::anyhow!("{d}"))?;
     CompiledPipeline::compile(spec).with_context(|| format!("compiling {}", path.display()))
 }
 
@@ -242,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut failed_files = 0;
             let mut error_count = 0;
             for file in &files {
-                match config::LoadedPipeline::load(file) {
+                match spec::LoadedPipeline::load(file) {
                     Ok(loaded) => match CompiledPipeline::compile(loaded.spec.clone()) {
                         Ok(compiled) => {
                             print!("{}", describe_pipeline(&file.display().to_string(), &loaded, &compiled))

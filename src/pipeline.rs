@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::config::{AggregatesSpec, BaselineEmit, OperatorSpec, PipelineSpec};
+use crate::spec::{AggregatesSpec, BaselineEmit, OperatorSpec, PipelineSpec};
 use crate::decode::Decoder;
 use crate::operators::calibrate::LearnedCorrection;
 use crate::operators::health::FlatlineConfig;
@@ -108,7 +108,7 @@ impl CompiledPipeline {
                     let slot = lookup(&h.field, &slots)?;
                     let mut severity: Vec<(String, f64)> = h.severity.iter().map(|(k, v)| (k.clone(), *v)).collect();
                     severity.sort_by(|a, b| a.1.total_cmp(&b.1));
-                    if h.direction == crate::config::Direction::Below {
+                    if h.direction == crate::spec::Direction::Below {
                         severity.reverse();
                     }
                     OperatorConfig::Hysteresis(Arc::new(HysteresisConfig {
@@ -126,7 +126,7 @@ impl CompiledPipeline {
                 }
                 OperatorSpec::Baseline(b) => {
                     let slot = lookup(&b.field, &slots)?;
-                    if b.method == crate::config::BaselineMethod::RollingMin && b.days == 0 {
+                    if b.method == crate::spec::BaselineMethod::RollingMin && b.days == 0 {
                         return Err(invalid(&name, "a rolling minimum needs `days` of at least 1"));
                     }
                     let output_slot = add_derived(&mut fields, &mut slots, &name, &name)?;
@@ -147,7 +147,7 @@ impl CompiledPipeline {
                 }
                 OperatorSpec::Smooth(sm) => {
                     let slot = lookup(&sm.field, &slots)?;
-                    if sm.method == crate::config::SmoothMethod::Sma && sm.n == 0 {
+                    if sm.method == crate::spec::SmoothMethod::Sma && sm.n == 0 {
                         return Err(invalid(&name, "a moving average needs `n` of at least 1"));
                     }
                     let output = sm.output.clone().unwrap_or_else(|| format!("{}_smooth", sm.field));
@@ -263,7 +263,7 @@ impl CompiledPipeline {
         let _ = BaselineEmit::End;
         let mut decoder = Decoder::new(&spec.decode, fields.len());
         if spec.sources.iter().any(|s| {
-            matches!(s, crate::config::SourceSpec::Kafka(k) if k.device_from == crate::config::KafkaDeviceFrom::Key)
+            matches!(s, crate::spec::SourceSpec::Kafka(k) if k.device_from == crate::spec::KafkaDeviceFrom::Key)
         }) {
             decoder = decoder.with_device_from_source();
         }
@@ -361,13 +361,13 @@ mod tests {
     /// Compiles a pipeline file with `operators` (YAML list items).
     fn compile(operators: &str) -> Result<CompiledPipeline, CompileError> {
         let text = format!("{DECODE}operators:\n{operators}");
-        CompiledPipeline::compile(crate::config::parse_pipeline("t.yaml", &text, &|_| None).expect("parses"))
+        CompiledPipeline::compile(crate::spec::parse_pipeline("t.yaml", &text, &|_| None).expect("parses"))
     }
 
     /// Compiles operators given as JSON (`[{"threshold": {...}}]`), bypassing the file checks, as a
     /// spec built in code would: the compiler is the last line of defence.
     fn compile_unchecked(operators: serde_json::Value) -> Result<CompiledPipeline, CompileError> {
-        let mut spec = crate::config::parse_pipeline("t.yaml", DECODE, &|_| None).expect("parses");
+        let mut spec = crate::spec::parse_pipeline("t.yaml", DECODE, &|_| None).expect("parses");
         spec.operators = serde_json::from_value(operators).expect("operator specs");
         CompiledPipeline::compile(spec)
     }

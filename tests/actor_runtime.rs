@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::System;
 use plume::app::{self, OutputPlan, RuntimeOptions};
-use plume::config::parse_pipeline;
+use plume::spec::parse_pipeline;
 use plume::output::OutputRecord;
 use plume::pipeline::CompiledPipeline;
 use plume::plain::PlainRun;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use plume::config::{
+use plume::spec::{
     ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, SinkSpec, WebhookSinkSpec,
 };
 use plume::notify::{DeliveryStats, FileSubscribers, MemoryOutbox, NotifierParts, NotifierSink, Outbox, Subscribers};
@@ -679,7 +679,7 @@ fn quiet_hours_hold_notifications_and_send_one_digest_after() {
     let rx = Receiver::start(seq, |_| Reply::ok());
     let mut spec = webhook_spec(&rx.url("/"));
     // records() starts 2023-11-14 22:13:20 UTC; events every 10 minutes
-    spec.policy.quiet_hours = Some(plume::config::QuietHoursSpec {
+    spec.policy.quiet_hours = Some(plume::spec::QuietHoursSpec {
         from: "22:00".into(),
         to: "22:30".into(),
         timezone: "UTC".into(),

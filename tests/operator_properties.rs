@@ -10,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use smallvec::smallvec;
 
-use plume::config::{Aggregate, BaselineMethod, Direction};
+use plume::spec::{Aggregate, BaselineMethod, Direction};
 use plume::operators::baseline::Learner;
 use plume::operators::*;
 use plume::output::RecordFormatter;
@@ -59,7 +59,7 @@ operators:
 
 fn every_kind_pipeline() -> CompiledPipeline {
     let spec =
-        plume::config::parse_pipeline("every-kind.yaml", EVERY_KIND, &|_| None).expect("the test pipeline parses");
+        plume::spec::parse_pipeline("every-kind.yaml", EVERY_KIND, &|_| None).expect("the test pipeline parses");
     CompiledPipeline::compile(spec).expect("the test pipeline compiles")
 }
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use plume::config::{self, parse_pipeline, reference};
+use plume::spec::{self, parse_pipeline, reference};
 use plume::pipeline::CompiledPipeline;
 
 fn root() -> PathBuf {
@@ -188,5 +188,5 @@ fn the_readme_example_pipeline_is_valid() {
     let start = section.find("```yaml\n").expect("the section has a YAML example") + "```yaml\n".len();
     let end = start + section[start..].find("```").unwrap();
     let spec = parse_pipeline("README.md", &section[start..end], &|_| None).unwrap_or_else(|d| panic!("{d}"));
-    assert!(!config::pipeline_hash(&spec).is_empty());
+    assert!(!spec::pipeline_hash(&spec).is_empty());
 }

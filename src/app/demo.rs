@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::clock;
-use crate::config::{
+use crate::spec::{
     DurationSpec, EmbeddedBrokerSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos, SimulatorSourceSpec, SourceSpec,
 };
 use crate::connectors::simulator::{SimulatedClock, Simulator};

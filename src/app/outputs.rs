@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::SinkSpec;
+use crate::spec::SinkSpec;
 use crate::connectors::file::sink::FileSink;
 use crate::connectors::stdout::StdoutSink;
 use crate::pipeline::CompiledPipeline;
@@ -86,9 +86,9 @@ fn names_of(specs: &[SinkSpec]) -> Vec<String> {
             let kind = match spec {
                 SinkSpec::File(f) => return FileSink::name_of(std::path::Path::new(&f.path)),
                 SinkSpec::Webhook(_) => NotifierKind::Webhook,
-                SinkSpec::Push(crate::config::PushSinkSpec::Fcm(_)) => NotifierKind::Fcm,
-                SinkSpec::Push(crate::config::PushSinkSpec::Apns(_)) => NotifierKind::Apns,
-                SinkSpec::Push(crate::config::PushSinkSpec::Ntfy(_)) => NotifierKind::Ntfy,
+                SinkSpec::Push(crate::spec::PushSinkSpec::Fcm(_)) => NotifierKind::Fcm,
+                SinkSpec::Push(crate::spec::PushSinkSpec::Apns(_)) => NotifierKind::Apns,
+                SinkSpec::Push(crate::spec::PushSinkSpec::Ntfy(_)) => NotifierKind::Ntfy,
                 // (checkpoints have always recorded these sinks by their kind alone)
                 other => return sink_kind(other).to_string(),
             };

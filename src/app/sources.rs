@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::{Pace, SourceSpec};
+use crate::spec::{Pace, SourceSpec};
 use crate::connectors::file::source::{LineInput, LineSource};
 use crate::pipeline::CompiledPipeline;
 
@@ -11,7 +11,7 @@ use crate::model::SourceId;
 
 pub(crate) enum SourcePlan {
     Lines(LineSource),
-    Simulator(crate::config::SimulatorSourceSpec),
+    Simulator(crate::spec::SimulatorSourceSpec),
     Mqtt(crate::connectors::mqtt::source::MqttSource),
     Kafka(Box<crate::connectors::kafka::source::KafkaSource>),
 }

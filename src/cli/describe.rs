@@ -1,14 +1,14 @@
 //! What `plume validate` prints for a valid pipeline.
 
-use plume::config::{self, SourceSpec};
+use plume::spec::{self, SourceSpec};
 use plume::pipeline::CompiledPipeline;
 
 /// The short summary `plume validate` prints for a valid pipeline: sources, fields, the
 /// operator chain with its key parameters, and the routes.
-pub fn describe_pipeline(file: &str, loaded: &config::LoadedPipeline, compiled: &CompiledPipeline) -> String {
+pub fn describe_pipeline(file: &str, loaded: &spec::LoadedPipeline, compiled: &CompiledPipeline) -> String {
     use std::fmt::Write as _;
 
-    use config::{AggregatesSpec, DecodeFormat, OperatorSpec, SinkSpec};
+    use spec::{AggregatesSpec, DecodeFormat, OperatorSpec, SinkSpec};
 
     let spec = &loaded.spec;
     let mut out = String::new();
@@ -106,8 +106,8 @@ pub fn describe_pipeline(file: &str, loaded: &config::LoadedPipeline, compiled: 
             }
             OperatorSpec::Hysteresis(h) => {
                 let (enter, exit) = match h.direction {
-                    config::Direction::Above => (">=", "<="),
-                    config::Direction::Below => ("<=", ">="),
+                    spec::Direction::Above => (">=", "<="),
+                    spec::Direction::Below => ("<=", ">="),
                 };
                 let debounce = h
                     .min_duration
@@ -161,9 +161,9 @@ pub fn describe_pipeline(file: &str, loaded: &config::LoadedPipeline, compiled: 
                 SinkSpec::File(f) => format!("file {}", f.path),
                 SinkSpec::Webhook(w) => format!("webhook {}", w.url),
                 SinkSpec::Push(p) => match p {
-                    config::PushSinkSpec::Fcm(_) => "push (fcm)".to_string(),
-                    config::PushSinkSpec::Apns(_) => "push (apns)".to_string(),
-                    config::PushSinkSpec::Ntfy(n) => format!("push (ntfy topic {})", n.topic),
+                    spec::PushSinkSpec::Fcm(_) => "push (fcm)".to_string(),
+                    spec::PushSinkSpec::Apns(_) => "push (apns)".to_string(),
+                    spec::PushSinkSpec::Ntfy(n) => format!("push (ntfy topic {})", n.topic),
                 },
                 SinkSpec::Mqtt(m) => format!("mqtt {} topic {}", m.url, m.topic),
                 SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::config::StdoutFormat;
+use crate::spec::StdoutFormat;
 use crate::model::{OutputRecord, RecordKind};
 use crate::runtime::ports::{Sink, SinkError};
 

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use influxdb_line_protocol::{EscapedStr, FieldValue, ParsedLine};
 
 use super::{DecodeError, Decoded, Decoder};
-use crate::config::FieldType;
+use crate::spec::FieldType;
 use crate::operators::Reading;
 
 /// Parses the one line of a payload, with reasons a person understands.
@@ -179,7 +179,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::{DecodeFormat, DecodeSpec, DeviceIdSpec, FieldSpec, TimeSpec, TimeUnit};
+    use crate::spec::{DecodeFormat, DecodeSpec, DeviceIdSpec, FieldSpec, TimeSpec, TimeUnit};
 
     fn decoder(device: DeviceIdSpec, time: Option<TimeSpec>) -> Decoder {
         let mut fields = BTreeMap::new();

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
 use super::{DecodeError, Decoded, Decoder};
-use crate::config::FieldType;
+use crate::spec::FieldType;
 use crate::operators::Reading;
 
 enum Key {
@@ -400,7 +400,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::{DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, TimeSpec, TimeUnit};
+    use crate::spec::{DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, TimeSpec, TimeUnit};
 
     fn decoder(unit: TimeUnit) -> Decoder {
         let mut fields = BTreeMap::new();

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use crate::config::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeSpec, TimeUnit};
+use crate::spec::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeSpec, TimeUnit};
 use crate::operators::{FieldSlot, Reading};
 
 pub mod influx;

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::config::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
+use crate::spec::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
 use crate::model::RecordKind;
 use crate::output::{OutputRecord, push_json_str};
 use crate::runtime::ports::{Sink, SinkError};

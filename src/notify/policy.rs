@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::Value;
 
-use crate::config::NotifyPolicySpec;
+use crate::spec::NotifyPolicySpec;
 
 /// What to do with one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,7 +301,7 @@ fn default_body(kind: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DurationSpec, QuietHoursSpec};
+    use crate::spec::{DurationSpec, QuietHoursSpec};
     use serde_json::json;
 
     fn start(device: &str, start_ts: i64, severity: Option<&str>) -> Value {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
-use crate::config::{BaselineEmit, BaselineMethod};
+use crate::spec::{BaselineEmit, BaselineMethod};
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -75,10 +75,10 @@ impl BaselineConfig {
             slot,
             field: field.into(),
             method,
-            alpha: crate::config::defaults::alpha(),
-            zscore: crate::config::defaults::zscore(),
-            warmup: crate::config::defaults::warmup(),
-            days: crate::config::defaults::days(),
+            alpha: crate::spec::defaults::alpha(),
+            zscore: crate::spec::defaults::zscore(),
+            warmup: crate::spec::defaults::warmup(),
+            days: crate::spec::defaults::days(),
             utc_offset_hours: 0,
             emit: BaselineEmit::End,
             output_slot: None,

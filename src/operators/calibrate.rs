@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{FieldSlot, Flow, OpIndex, Reading, present};
-use crate::config::Correction;
+use crate::spec::Correction;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibrateConfig {

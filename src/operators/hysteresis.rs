@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
-use crate::config::Direction;
+use crate::spec::Direction;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HysteresisConfig {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
-use crate::config::SmoothMethod;
+use crate::spec::SmoothMethod;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmoothConfig {

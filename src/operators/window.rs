@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
-use crate::config::Aggregate;
+use crate::spec::Aggregate;
 
 /// Aggregates of one field.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@
 
 use smallvec::SmallVec;
 
-use crate::config::{OutputRoute, SinkSpec};
+use crate::spec::{OutputRoute, SinkSpec};
 use crate::model::{OutputRecord, RecordKind};
 use crate::pipeline::CompiledPipeline;
 

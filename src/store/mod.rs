@@ -221,7 +221,7 @@ pub struct PipelineIdentity {
 }
 
 impl PipelineIdentity {
-    pub fn of(spec: &crate::config::PipelineSpec) -> Self {
+    pub fn of(spec: &crate::spec::PipelineSpec) -> Self {
         let json = serde_json::to_vec(&(&spec.decode, &spec.operators, spec.runtime.key_groups))
             .expect("specs serialize to JSON");
         PipelineIdentity {

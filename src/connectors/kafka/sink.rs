@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message as _};
 use tracing::warn;
 
-use crate::config::KafkaSinkSpec;
+use crate::spec::KafkaSinkSpec;
 use crate::output::OutputRecord;
 use crate::runtime::ports::{Sink, SinkError};
 

@@ -33,7 +33,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
+use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::decode::Decoder;
 use crate::model::{ChunkData, Message, Position, key_group_of};
 use crate::runtime::ports::{ChunkFeeder, PartitionOwnership};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::config::{EmbeddedBrokerSpec, PipelineSpec};
+use crate::spec::{EmbeddedBrokerSpec, PipelineSpec};
 
 /// The embedded broker could not start.
 #[derive(Debug, thiserror::Error)]

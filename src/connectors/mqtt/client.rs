@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::source::PendingAck;
 use crate::clock;
-use crate::config::{MqttSourceSpec, MqttVersion};
+use crate::spec::{MqttSourceSpec, MqttVersion};
 
 /// Problems of the MQTT source (and of the MQTT sink's connection settings).
 #[derive(Debug, thiserror::Error)]

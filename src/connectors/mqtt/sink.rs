@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::config::MqttSinkSpec;
+use crate::spec::MqttSinkSpec;
 use crate::connectors::mqtt::source::{Endpoint, password, tls_configuration};
 use crate::output::OutputRecord;
 use crate::runtime::ports::{Sink, SinkError};

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::ingest::{IngestLog, Trimmer, encode_entry};
-use crate::config::MqttSourceSpec;
+use crate::spec::MqttSourceSpec;
 use crate::model::{ChunkData, Message, Position};
 use crate::runtime::ports::ChunkFeeder;
 

@@ -17,7 +17,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::clock;
-use crate::config::SimulatorSourceSpec;
+use crate::spec::SimulatorSourceSpec;
 use crate::connectors::SourceError;
 use crate::model::{ChunkData, Position};
 use crate::runtime::ports::ChunkFeeder;
@@ -243,7 +243,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DurationSpec;
+    use crate::spec::DurationSpec;
 
     fn spec(faults: f64) -> SimulatorSourceSpec {
         SimulatorSourceSpec {

@@ -528,7 +528,7 @@ outputs:
             );
             let spec = parse_pipeline("k.yaml", &text, &no_env).unwrap_or_else(|e| panic!("{e:?}"));
             match &spec.sources[0] {
-                crate::config::SourceSpec::Kafka(k) => k.handoff_refresh.map(|d| d.as_millis()),
+                crate::spec::SourceSpec::Kafka(k) => k.handoff_refresh.map(|d| d.as_millis()),
                 other => panic!("{other:?}"),
             }
         };

@@ -569,7 +569,7 @@ impl Checker<'_> {
                     }
                     self.not_empty(path.key("group"), "`group`", &k.group);
                     self.kafka_secrets(&path, &k.properties, &k.secret_properties_env);
-                    if k.time_from == crate::config::KafkaTimeFrom::Record
+                    if k.time_from == crate::spec::KafkaTimeFrom::Record
                         && matches!(&self.pipeline.decode.time, Some(Some(t)) if t.field.is_some())
                     {
                         self.report(
@@ -1487,7 +1487,7 @@ mod tests {
     #[test]
     fn specs_built_in_code_are_checked_too() {
         let text = "version: 1\npipeline: t\ndecode: { fields: { pm25: {} } }\noperators:\n  - hysteresis: { field: pm25, enter: 35, exit: 25 }\n";
-        let mut spec = crate::config::parse_pipeline("t.yaml", text, &|_| None).unwrap();
+        let mut spec = crate::spec::parse_pipeline("t.yaml", text, &|_| None).unwrap();
         assert_eq!(validate_spec(&spec), []);
         if let OperatorSpec::Hysteresis(h) = &mut spec.operators[0] {
             h.exit = 40.0;

@@ -727,7 +727,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::config::yaml::parse;
+    use crate::spec::yaml::parse;
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]
