@@ -12,10 +12,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plume::spec::{DurationSpec, NotifyPolicySpec, SinkSpec, WebhookSinkSpec};
 use plume::notify::{MemoryOutbox, NotifierParts, NotifierSink};
 use plume::output::OutputRecord;
 use plume::runtime::ports::Sink;
+use plume::spec::{DurationSpec, NotifyPolicySpec, SinkSpec, WebhookSinkSpec};
 
 fn main() {
     // SAFETY: single-threaded here, before anything reads the environment

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::spec::{AggregatesSpec, BaselineEmit, OperatorSpec, PipelineSpec};
 use crate::decode::Decoder;
 use crate::operators::calibrate::LearnedCorrection;
 use crate::operators::health::FlatlineConfig;
@@ -13,6 +12,7 @@ use crate::operators::{
     BaselineConfig, CalibrateConfig, DeviceChain, FieldSlot, HealthConfig, HysteresisConfig, OpIndex, OperatorConfig,
     SmoothConfig, ThresholdConfig, WindowConfig,
 };
+use crate::spec::{AggregatesSpec, BaselineEmit, OperatorSpec, PipelineSpec};
 
 /// A field of the readings: declared in `decode.fields` or derived by an operator.
 #[derive(Debug, Clone, PartialEq)]
@@ -262,9 +262,9 @@ impl CompiledPipeline {
         }
         let _ = BaselineEmit::End;
         let mut decoder = Decoder::new(&spec.decode, fields.len());
-        if spec.sources.iter().any(|s| {
-            matches!(s, crate::spec::SourceSpec::Kafka(k) if k.device_from == crate::spec::KafkaDeviceFrom::Key)
-        }) {
+        if spec.sources.iter().any(
+            |s| matches!(s, crate::spec::SourceSpec::Kafka(k) if k.device_from == crate::spec::KafkaDeviceFrom::Key),
+        ) {
             decoder = decoder.with_device_from_source();
         }
         let decoder = Arc::new(decoder);

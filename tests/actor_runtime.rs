@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use actix::System;
 use plume::app::{self, OutputPlan, RuntimeOptions};
-use plume::spec::parse_pipeline;
 use plume::output::OutputRecord;
 use plume::pipeline::CompiledPipeline;
 use plume::plain::PlainRun;
@@ -19,6 +18,7 @@ use plume::runtime::ports::{Sink, SinkError};
 use plume::runtime::routes::RouteTable;
 use plume::runtime::shard::{PassivateIdleNow, ReportDeviceCounters, ReportShardCounters};
 use plume::runtime::{ChunkData, RuntimeMetrics};
+use plume::spec::parse_pipeline;
 
 fn aq1_pipeline(sink_queue: usize) -> Arc<CompiledPipeline> {
     let text = std::fs::read_to_string(common::repo().join("pipelines/aq1.yaml")).unwrap();

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use plume::spec::{
-    ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, SinkSpec, WebhookSinkSpec,
-};
 use plume::notify::{DeliveryStats, FileSubscribers, MemoryOutbox, NotifierParts, NotifierSink, Outbox, Subscribers};
 use plume::output::OutputRecord;
 use plume::runtime::ports::Sink;
+use plume::spec::{
+    ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, SinkSpec, WebhookSinkSpec,
+};
 use receiver::{Receiver, Recorded, Reply, wait_for};
 use ring::signature::{self, KeyPair};
 

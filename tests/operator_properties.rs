@@ -10,11 +10,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use smallvec::smallvec;
 
-use plume::spec::{Aggregate, BaselineMethod, Direction};
 use plume::operators::baseline::Learner;
 use plume::operators::*;
 use plume::output::RecordFormatter;
 use plume::pipeline::CompiledPipeline;
+use plume::spec::{Aggregate, BaselineMethod, Direction};
 
 /// A pipeline with every operator kind (and every baseline and smoothing method), each reading
 /// what an earlier one derived where it can.
@@ -58,8 +58,7 @@ operators:
 "#;
 
 fn every_kind_pipeline() -> CompiledPipeline {
-    let spec =
-        plume::spec::parse_pipeline("every-kind.yaml", EVERY_KIND, &|_| None).expect("the test pipeline parses");
+    let spec = plume::spec::parse_pipeline("every-kind.yaml", EVERY_KIND, &|_| None).expect("the test pipeline parses");
     CompiledPipeline::compile(spec).expect("the test pipeline compiles")
 }
 

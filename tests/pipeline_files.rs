@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use plume::spec::{self, parse_pipeline, reference};
 use plume::pipeline::CompiledPipeline;
+use plume::spec::{self, parse_pipeline, reference};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

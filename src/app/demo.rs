@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::clock;
+use crate::connectors::simulator::{SimulatedClock, Simulator};
 use crate::spec::{
     DurationSpec, EmbeddedBrokerSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos, SimulatorSourceSpec, SourceSpec,
 };
-use crate::connectors::simulator::{SimulatedClock, Simulator};
 
 /// The topic the simulated monitors publish to.
 pub const TOPIC: &str = "sensors/{device}/air";

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use crate::spec::SinkSpec;
 use crate::connectors::file::sink::FileSink;
 use crate::connectors::stdout::StdoutSink;
 use crate::pipeline::CompiledPipeline;
 use crate::runtime::ports::Sink;
 use crate::runtime::routes::{RouteTable, distinct_sinks};
+use crate::spec::SinkSpec;
 
 use super::*;
 

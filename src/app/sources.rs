@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::spec::{Pace, SourceSpec};
 use crate::connectors::file::source::{LineInput, LineSource};
 use crate::pipeline::CompiledPipeline;
+use crate::spec::{Pace, SourceSpec};
 
 use super::*;
 use crate::model::SourceId;

@@ -1,7 +1,7 @@
 //! What `plume validate` prints for a valid pipeline.
 
-use plume::spec::{self, SourceSpec};
 use plume::pipeline::CompiledPipeline;
+use plume::spec::{self, SourceSpec};
 
 /// The short summary `plume validate` prints for a valid pipeline: sources, fields, the
 /// operator chain with its key parameters, and the routes.

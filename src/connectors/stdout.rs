@@ -4,9 +4,9 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::spec::StdoutFormat;
 use crate::model::{OutputRecord, RecordKind};
 use crate::runtime::ports::{Sink, SinkError};
+use crate::spec::StdoutFormat;
 
 pub struct StdoutSink {
     format: StdoutFormat,

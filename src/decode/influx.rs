@@ -13,8 +13,8 @@ use std::borrow::Cow;
 use influxdb_line_protocol::{EscapedStr, FieldValue, ParsedLine};
 
 use super::{DecodeError, Decoded, Decoder};
-use crate::spec::FieldType;
 use crate::operators::Reading;
+use crate::spec::FieldType;
 
 /// Parses the one line of a payload, with reasons a person understands.
 fn parse_one(payload: &[u8]) -> Result<ParsedLine<'_>, DecodeError> {

@@ -7,8 +7,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
 use super::{DecodeError, Decoded, Decoder};
-use crate::spec::FieldType;
 use crate::operators::Reading;
+use crate::spec::FieldType;
 
 enum Key {
     Device,

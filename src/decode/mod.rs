@@ -10,8 +10,8 @@
 
 use std::borrow::Cow;
 
-use crate::spec::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeSpec, TimeUnit};
 use crate::operators::{FieldSlot, Reading};
+use crate::spec::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeSpec, TimeUnit};
 
 pub mod influx;
 pub mod json;

@@ -31,10 +31,10 @@ use serde_json::Value;
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::spec::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
 use crate::model::RecordKind;
 use crate::output::{OutputRecord, push_json_str};
 use crate::runtime::ports::{Sink, SinkError};
+use crate::spec::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
 
 pub mod apns;
 pub mod delivery;

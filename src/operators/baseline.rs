@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::{BaselineEmit, BaselineMethod};
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
-use crate::spec::{BaselineEmit, BaselineMethod};
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -75,10 +75,10 @@ impl BaselineConfig {
             slot,
             field: field.into(),
             method,
-            alpha: crate::spec::defaults::alpha(),
-            zscore: crate::spec::defaults::zscore(),
-            warmup: crate::spec::defaults::warmup(),
-            days: crate::spec::defaults::days(),
+            alpha: super::settings::defaults::alpha(),
+            zscore: super::settings::defaults::zscore(),
+            warmup: super::settings::defaults::warmup(),
+            days: super::settings::defaults::days(),
             utc_offset_hours: 0,
             emit: BaselineEmit::End,
             output_slot: None,

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::settings::Correction;
 use super::{FieldSlot, Flow, OpIndex, Reading, present};
-use crate::spec::Correction;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibrateConfig {

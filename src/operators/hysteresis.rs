@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::Direction;
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
-use crate::spec::Direction;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HysteresisConfig {

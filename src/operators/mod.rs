@@ -12,6 +12,7 @@
 //! - `threshold`: instant threshold crossings, against a constant or another field.
 //! - `calibrate`: per-device offset and gain, or a shift learned from a baseline.
 //! - `health`: offline/online, flatlines, out-of-range counts.
+//! - `settings`: the setting types an operator's spec shares with its state machine.
 //!
 //! Operators that derive a value (baselines, smoothing) write it into a derived field slot of the
 //! reading, and calibration rewrites its field in place, so every later operator of the chain
@@ -31,6 +32,7 @@ pub mod baseline;
 pub mod calibrate;
 pub mod health;
 pub mod hysteresis;
+pub mod settings;
 pub mod smooth;
 pub mod threshold;
 pub mod window;

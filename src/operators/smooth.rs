@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::SmoothMethod;
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
-use crate::spec::SmoothMethod;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmoothConfig {

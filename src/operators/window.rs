@@ -17,8 +17,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use super::settings::Aggregate;
 use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
-use crate::spec::Aggregate;
 
 /// Aggregates of one field.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,9 +7,9 @@
 
 use smallvec::SmallVec;
 
-use crate::spec::{OutputRoute, SinkSpec};
 use crate::model::{OutputRecord, RecordKind};
 use crate::pipeline::CompiledPipeline;
+use crate::spec::{OutputRoute, SinkSpec};
 
 #[derive(Debug, Clone, Default)]
 struct Target {

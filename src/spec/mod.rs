@@ -26,6 +26,7 @@ pub mod reference;
 pub mod validate;
 pub mod yaml;
 
+pub use crate::operators::settings::{Aggregate, BaselineEmit, BaselineMethod, Correction, Direction, SmoothMethod};
 pub use duration::DurationSpec;
 pub use load::{Diagnostic, Diagnostics, LoadedPipeline, load_pipeline, parse_pipeline, pipeline_hash};
 
@@ -532,43 +533,6 @@ impl<'de, V: serde::de::Visitor<'de>> std::fmt::Display for Expecting<'_, V> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Aggregate {
-    Count,
-    Sum,
-    Avg,
-    Min,
-    Max,
-    Last,
-    Stddev,
-}
-
-impl Aggregate {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Aggregate::Count => "count",
-            Aggregate::Sum => "sum",
-            Aggregate::Avg => "avg",
-            Aggregate::Min => "min",
-            Aggregate::Max => "max",
-            Aggregate::Last => "last",
-            Aggregate::Stddev => "stddev",
-        }
-    }
-}
-
-/// Which side of the thresholds is "bad".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// An event opens at `value >= enter` and closes at `value <= exit` (PM2.5, CO2).
-    #[default]
-    Above,
-    /// An event opens at `value <= enter` and closes at `value >= exit` (humidity too low).
-    Below,
-}
-
 /// Pollution events with hysteresis and optional debounce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -589,33 +553,6 @@ pub struct HysteresisSpec {
     /// Peak bands for the event's severity: `{ moderate: 35, high: 55, severe: 150 }`.
     #[serde(default)]
     pub severity: BTreeMap<String, f64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BaselineMethod {
-    /// `b = b + alpha * (x - b)`, starting at the first value.
-    #[default]
-    Ewma,
-    /// Running mean and variance (Welford); a deviation event when |z| > `zscore`.
-    Welford,
-    /// The lowest value over the last `days` days (automatic baseline correction).
-    RollingMin,
-    /// One learned value per hour of day.
-    HourlyProfile,
-}
-
-/// When a baseline reports its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BaselineEmit {
-    /// Once, at the end of the input (or graceful shutdown).
-    #[default]
-    End,
-    /// After every reading.
-    Every,
-    /// Never (only exposed to later operators).
-    Never,
 }
 
 /// Learned per-device baselines.
@@ -643,18 +580,6 @@ pub struct BaselineSpec {
     pub utc_offset_hours: i32,
     #[serde(default)]
     pub emit: BaselineEmit,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmoothMethod {
-    /// Simple moving average over the last `n` readings.
-    #[default]
-    Sma,
-    /// Exponential smoothing with `alpha`.
-    Ewma,
-    /// Holt double exponential smoothing with `alpha` (level) and `beta` (trend).
-    Holt,
 }
 
 /// Smoothing; the smoothed value is available to later operators as field `output`.
@@ -699,22 +624,6 @@ pub struct ThresholdSpec {
     /// Emit only when the state changes (otherwise every reading beyond the threshold).
     #[serde(default = "defaults::yes")]
     pub changes_only: bool,
-}
-
-/// A per-device offset and gain.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Correction {
-    #[serde(default)]
-    pub offset: f64,
-    #[serde(default = "defaults::one")]
-    pub gain: f64,
-}
-
-impl Default for Correction {
-    fn default() -> Self {
-        Correction { offset: 0.0, gain: 1.0 }
-    }
 }
 
 /// Calibration: `value * gain + offset`, from a table or from a learned baseline.
@@ -1146,6 +1055,7 @@ pub struct EmbeddedBrokerSpec {
 /// Named defaults, one function each (serde's `default = "…"` needs functions).
 pub mod defaults {
     use super::{DurationSpec, Qos};
+    pub use crate::operators::settings::defaults::{alpha, days, warmup, zscore};
 
     pub fn yes() -> bool {
         true
@@ -1185,18 +1095,6 @@ pub mod defaults {
     }
     pub fn dead_letter_bytes() -> usize {
         4096
-    }
-    pub fn alpha() -> f64 {
-        0.01
-    }
-    pub fn zscore() -> f64 {
-        3.0
-    }
-    pub fn warmup() -> u32 {
-        30
-    }
-    pub fn days() -> u32 {
-        7
     }
     pub fn sma_n() -> u32 {
         5

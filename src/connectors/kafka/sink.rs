@@ -18,9 +18,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message as _};
 use tracing::warn;
 
-use crate::spec::KafkaSinkSpec;
 use crate::output::OutputRecord;
 use crate::runtime::ports::{Sink, SinkError};
+use crate::spec::KafkaSinkSpec;
 
 /// Times one record is produced again after a failed delivery before the sink gives up.
 pub const MAX_RESENDS: u32 = 5;

@@ -33,10 +33,10 @@ use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::decode::Decoder;
 use crate::model::{ChunkData, Message, Position, key_group_of};
 use crate::runtime::ports::{ChunkFeeder, PartitionOwnership};
+use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::store::partitions::{PartitionHandoff, parse_position_name};
 use crate::store::{PipelineIdentity, StateStore};
 

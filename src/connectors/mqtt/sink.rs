@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::spec::MqttSinkSpec;
 use crate::connectors::mqtt::source::{Endpoint, password, tls_configuration};
 use crate::output::OutputRecord;
 use crate::runtime::ports::{Sink, SinkError};
+use crate::spec::MqttSinkSpec;
 
 #[derive(Default)]
 struct Progress {

@@ -33,9 +33,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::ingest::{IngestLog, Trimmer, encode_entry};
-use crate::spec::MqttSourceSpec;
 use crate::model::{ChunkData, Message, Position};
 use crate::runtime::ports::ChunkFeeder;
+use crate::spec::MqttSourceSpec;
 
 use super::client::*;
 /// Problems of the MQTT source (and of the MQTT sink's connection settings).

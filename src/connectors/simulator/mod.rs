@@ -17,10 +17,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::clock;
-use crate::spec::SimulatorSourceSpec;
 use crate::connectors::SourceError;
 use crate::model::{ChunkData, Position};
 use crate::runtime::ports::ChunkFeeder;
+use crate::spec::SimulatorSourceSpec;
 
 struct SimDevice {
     name: String,
