@@ -623,8 +623,8 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> R
         &name,
         &spec.brokers,
         &defaults,
-        &spec.properties,
-        &spec.secret_properties_env,
+        &spec.client.properties,
+        &spec.client.secret_properties_env,
     ) {
         Ok(c) => c,
         Err(e) => return fail(&feeder, e),

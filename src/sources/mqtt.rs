@@ -348,9 +348,9 @@ const MAX_PACKET: usize = 1 << 20;
 
 fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client, EventLoop), MqttError> {
     let endpoint = Endpoint::parse(&spec.url)?;
-    let password = password(spec.password_env.as_deref())?;
+    let password = password(spec.client.password_env.as_deref())?;
     let tls = if endpoint.tls {
-        Some(tls_configuration(spec.ca_file.as_deref())?)
+        Some(tls_configuration(spec.client.ca_file.as_deref())?)
     } else {
         None
     };
@@ -363,7 +363,7 @@ fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client, EventLoop)
                 .set_manual_acks(true)
                 .set_max_packet_size(MAX_PACKET, MAX_PACKET)
                 .set_request_channel_capacity(REQUEST_CAPACITY);
-            if let Some(user) = &spec.username {
+            if let Some(user) = &spec.client.username {
                 o.set_credentials(user.clone(), password.unwrap_or_default());
             }
             if let Some(tls) = tls {
@@ -383,7 +383,7 @@ fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client, EventLoop)
                 // MQTT 5 ends a session at disconnect unless it has an expiry interval
                 o.set_session_expiry_interval(Some(u32::MAX));
             }
-            if let Some(user) = &spec.username {
+            if let Some(user) = &spec.client.username {
                 o.set_credentials(user.clone(), password.unwrap_or_default());
             }
             if let Some(tls) = tls {
@@ -713,7 +713,7 @@ fn open_and_replay(
 pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> Result<(), super::SourceError> {
     let name = feeder.name.clone();
     let spec = source.spec;
-    let client_id = spec.client_id.clone().unwrap_or(source.default_client_id);
+    let client_id = spec.client.client_id.clone().unwrap_or(source.default_client_id);
     let stats = source.stats;
     let template = TopicTemplate::parse(&spec.topic);
     let result = (|| {
