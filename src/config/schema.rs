@@ -44,29 +44,31 @@ fn generate() -> Value {
     schema
 }
 
-/// Calls `f` on every subschema of `schema` (not on defaults, examples or allowed values).
-fn for_each_subschema(schema: &mut Value, f: &mut dyn FnMut(&mut Value)) {
+/// Calls `f` on every subschema of `schema` (not on defaults, examples or allowed values), with
+/// whether it is an alternative of an `anyOf` (an untagged enum, read as it is written).
+fn for_each_subschema(schema: &mut Value, f: &mut dyn FnMut(&mut Value, bool)) {
     let Some(object) = schema.as_object_mut() else { return };
     for (key, value) in object.iter_mut() {
         match key.as_str() {
             "properties" | "$defs" => {
                 if let Some(map) = value.as_object_mut() {
                     for sub in map.values_mut() {
-                        f(sub);
+                        f(sub, false);
                         for_each_subschema(sub, f);
                     }
                 }
             }
             "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
+                let alternative = key == "anyOf";
                 if let Some(items) = value.as_array_mut() {
                     for sub in items {
-                        f(sub);
+                        f(sub, alternative);
                         for_each_subschema(sub, f);
                     }
                 }
             }
             "items" | "additionalProperties" => {
-                f(value);
+                f(value, false);
                 for_each_subschema(value, f);
             }
             _ => {}
@@ -74,10 +76,13 @@ fn for_each_subschema(schema: &mut Value, f: &mut dyn FnMut(&mut Value)) {
     }
 }
 
-/// Maps without required keys and lists accept `null` (the loader reads it as empty).
+/// Maps without required keys and lists accept `null` (the loader reads it as empty), except as
+/// a form of an untagged enum (`aggregates: [avg]` or a map; `null` is neither).
 fn null_is_empty(schema: &mut Value) {
-    let mut widen = |s: &mut Value| {
-        let Some(object) = s.as_object_mut() else { return };
+    let mut widen = |s: &mut Value, alternative: bool| {
+        let Some(object) = s.as_object_mut().filter(|_| !alternative) else {
+            return;
+        };
         let no_required = object
             .get("required")
             .and_then(Value::as_array)
@@ -89,7 +94,7 @@ fn null_is_empty(schema: &mut Value) {
         };
         object.insert("type".into(), serde_json::json!([widened, "null"]));
     };
-    widen(schema);
+    widen(schema, false);
     for_each_subschema(schema, &mut widen);
 }
 
@@ -97,7 +102,7 @@ fn null_is_empty(schema: &mut Value) {
 /// `null` may also be written as their bare name.
 fn bare_kind_names(schema: &mut Value, defs: &Value) {
     let accepts_null = |content: &Value| View { root: defs }.accepts_null(content);
-    let mut add = |s: &mut Value| {
+    let mut add = |s: &mut Value, _: bool| {
         let Some(branches) = s.get("oneOf").and_then(Value::as_array) else {
             return;
         };
@@ -116,7 +121,7 @@ fn bare_kind_names(schema: &mut Value, defs: &Value) {
             }
         }
     };
-    add(schema);
+    add(schema, false);
     for_each_subschema(schema, &mut add);
 }
 
@@ -346,5 +351,8 @@ mod tests {
         let source = view.variants(&sources["items"]).unwrap();
         assert_eq!(source.names(), ["file", "stdin", "simulator", "mqtt", "kafka"]);
         assert_eq!(source.bare, ["stdin", "simulator"]);
+        // an untagged enum is read as written: `aggregates: ~` is neither a list nor a map
+        let aggregates = &pipeline_schema()["$defs"]["AggregatesSpec"];
+        assert!(!view.accepts_null(aggregates));
     }
 }
