@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use plume::notify::{MemoryOutbox, NotifierParts, NotifierSink};
 use plume::output::OutputRecord;
 use plume::runtime::ports::Sink;
-use plume::spec::{DurationSpec, NotifyPolicySpec, SinkSpec, WebhookSinkSpec};
+use plume::spec::{DurationSpec, NotifyPolicySpec, RetrySpec, SinkSpec, WebhookSinkSpec};
 
 fn main() {
     // SAFETY: single-threaded here, before anything reads the environment
@@ -37,11 +37,13 @@ fn main() {
         let spec = SinkSpec::Webhook(WebhookSinkSpec {
             url: rx.url("/bench"),
             secret_env: Some("PLUME_BENCH_SECRET".into()),
-            timeout: DurationSpec::from_millis(10_000),
-            max_age: DurationSpec::from_millis(3_600_000),
-            concurrency,
-            backoff: DurationSpec::from_millis(100),
-            breaker_open: DurationSpec::from_millis(1000),
+            retry: RetrySpec {
+                timeout: DurationSpec::from_millis(10_000),
+                max_age: DurationSpec::from_millis(3_600_000),
+                concurrency,
+                backoff: DurationSpec::from_millis(100),
+                breaker_open: DurationSpec::from_millis(1000),
+            },
             policy: NotifyPolicySpec::default(),
         });
         let mut sink = NotifierSink::build(

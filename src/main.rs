@@ -57,6 +57,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of pipeline files (for editors: `plume schema > plume.schema.json`).
+    Schema,
     /// Run a pipeline until its input ends or Ctrl-C.
     Run {
         pipeline: PathBuf,
@@ -276,6 +278,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Ok(ExitCode::SUCCESS)
             }
+        }
+        Command::Schema => {
+            print!("{}", spec::schema::schema_text());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             pipeline,

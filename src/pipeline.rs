@@ -129,7 +129,8 @@ impl CompiledPipeline {
                     if b.method == crate::spec::BaselineMethod::RollingMin && b.days == 0 {
                         return Err(invalid(&name, "a rolling minimum needs `days` of at least 1"));
                     }
-                    let output_slot = add_derived(&mut fields, &mut slots, &name, &name)?;
+                    let output = op.derived_field().expect("a baseline produces a field");
+                    let output_slot = add_derived(&mut fields, &mut slots, &name, &output)?;
                     OperatorConfig::Baseline(Arc::new(BaselineConfig {
                         index,
                         name: name.clone(),
@@ -150,7 +151,7 @@ impl CompiledPipeline {
                     if sm.method == crate::spec::SmoothMethod::Sma && sm.n == 0 {
                         return Err(invalid(&name, "a moving average needs `n` of at least 1"));
                     }
-                    let output = sm.output.clone().unwrap_or_else(|| format!("{}_smooth", sm.field));
+                    let output = op.derived_field().expect("a smooth produces a field");
                     let output_slot = add_derived(&mut fields, &mut slots, &name, &output)?;
                     OperatorConfig::Smooth(Arc::new(SmoothConfig {
                         index,
@@ -168,20 +169,14 @@ impl CompiledPipeline {
                 OperatorSpec::Threshold(t) => {
                     let slot = lookup(&t.field, &slots)?;
                     let relative_slot = t.relative_to.as_deref().map(|f| lookup(f, &slots)).transpose()?;
-                    let above = match (t.above, t.below, relative_slot) {
-                        (None, None, None) => {
-                            return Err(invalid(&name, "a threshold needs `above`, `below` or `relative_to`"));
-                        }
-                        (None, None, Some(_)) => Some(0.0),
-                        (above, _, _) => above,
-                    };
+                    let (above, below) = t.limits().map_err(|e| invalid(&name, e))?;
                     OperatorConfig::Threshold(Arc::new(ThresholdConfig {
                         index,
                         name: name.clone(),
                         slot,
                         field: t.field.clone(),
                         above,
-                        below: t.below,
+                        below,
                         relative_slot,
                         factor: t.factor,
                         changes_only: t.changes_only,

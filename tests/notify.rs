@@ -23,7 +23,7 @@ use plume::notify::{DeliveryStats, FileSubscribers, MemoryOutbox, NotifierParts,
 use plume::output::OutputRecord;
 use plume::runtime::ports::Sink;
 use plume::spec::{
-    ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, SinkSpec, WebhookSinkSpec,
+    ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, RetrySpec, SinkSpec, WebhookSinkSpec,
 };
 use receiver::{Receiver, Recorded, Reply, wait_for};
 use ring::signature::{self, KeyPair};
@@ -126,11 +126,13 @@ fn webhook_spec(url: &str) -> WebhookSinkSpec {
     WebhookSinkSpec {
         url: url.to_string(),
         secret_env: Some("PLUME_TEST_WEBHOOK_SECRET".into()),
-        timeout: DurationSpec::from_millis(2_000),
-        max_age: DurationSpec::from_millis(60_000),
-        concurrency: 4,
-        backoff: DurationSpec::from_millis(20),
-        breaker_open: DurationSpec::from_millis(100),
+        retry: RetrySpec {
+            timeout: DurationSpec::from_millis(2_000),
+            max_age: DurationSpec::from_millis(60_000),
+            concurrency: 4,
+            backoff: DurationSpec::from_millis(20),
+            breaker_open: DurationSpec::from_millis(100),
+        },
         policy: NotifyPolicySpec::default(),
     }
 }
@@ -261,7 +263,7 @@ fn receiver_timing_out_gets_every_event_once_in_order() {
         }
     });
     let mut spec = webhook_spec(&rx.url("/"));
-    spec.timeout = DurationSpec::from_millis(300);
+    spec.retry.timeout = DurationSpec::from_millis(300);
     let sent = records(3, 2);
     let (outbox, stats) = run_webhook(spec, &sent);
     assert_exactly_once_in_order(&rx.requests(), |r| r.attempt == 1, &sent);
@@ -335,7 +337,7 @@ fn permanent_4xx_and_max_age_go_to_dead_letters_with_the_last_error() {
 
     let failing = Receiver::start(seq, |_| Reply::status(503));
     let mut spec = webhook_spec(&failing.url("/"));
-    spec.max_age = DurationSpec::from_millis(500);
+    spec.retry.max_age = DurationSpec::from_millis(500);
     let (outbox, _) = run_webhook(spec, &sent);
     let dead = outbox.dead_letters().unwrap();
     assert_eq!(dead.len(), 2);
@@ -398,9 +400,9 @@ fn a_dead_endpoint_does_not_delay_a_healthy_one() {
     let dead = Receiver::start(seq.clone(), |_| Reply::ok().delayed(Duration::from_secs(30)));
     let healthy = Receiver::start(seq.clone(), |_| Reply::ok());
     let mut dead_spec = webhook_spec(&dead.url("/"));
-    dead_spec.timeout = DurationSpec::from_millis(3_000);
-    dead_spec.max_age = DurationSpec::from_millis(1_000);
-    dead_spec.concurrency = 1;
+    dead_spec.retry.timeout = DurationSpec::from_millis(3_000);
+    dead_spec.retry.max_age = DurationSpec::from_millis(1_000);
+    dead_spec.retry.concurrency = 1;
     let (dead_outbox, healthy_outbox) = (Arc::new(MemoryOutbox::new()), Arc::new(MemoryOutbox::new()));
     let mut dead_sink = notifier(SinkSpec::Webhook(dead_spec), dead_outbox.clone(), None);
     let mut healthy_sink = notifier(SinkSpec::Webhook(webhook_spec(&healthy.url("/"))), healthy_outbox, None);
@@ -489,11 +491,13 @@ fn fcm_signs_an_rs256_assertion_exchanges_it_once_and_drops_unregistered_tokens(
         endpoint: Some(rx.url("")),
         token_endpoint: None,
         subscribers: None,
-        timeout: DurationSpec::from_millis(2_000),
-        max_age: DurationSpec::from_millis(60_000),
-        concurrency: 4,
-        backoff: DurationSpec::from_millis(20),
-        breaker_open: DurationSpec::from_millis(100),
+        retry: RetrySpec {
+            timeout: DurationSpec::from_millis(2_000),
+            max_age: DurationSpec::from_millis(60_000),
+            concurrency: 4,
+            backoff: DurationSpec::from_millis(20),
+            breaker_open: DurationSpec::from_millis(100),
+        },
         policy: NotifyPolicySpec::default(),
     }));
     let outbox = Arc::new(MemoryOutbox::new());
@@ -574,11 +578,13 @@ fn apns_sends_an_es256_provider_token_over_http2_and_drops_a_410_token() {
         topic: "org.example.air".into(),
         endpoint: Some(rx.url("")),
         subscribers: None,
-        timeout: DurationSpec::from_millis(2_000),
-        max_age: DurationSpec::from_millis(60_000),
-        concurrency: 4,
-        backoff: DurationSpec::from_millis(20),
-        breaker_open: DurationSpec::from_millis(100),
+        retry: RetrySpec {
+            timeout: DurationSpec::from_millis(2_000),
+            max_age: DurationSpec::from_millis(60_000),
+            concurrency: 4,
+            backoff: DurationSpec::from_millis(20),
+            breaker_open: DurationSpec::from_millis(100),
+        },
         policy: NotifyPolicySpec::default(),
     }));
     let outbox = Arc::new(MemoryOutbox::new());
@@ -631,11 +637,13 @@ fn ntfy_gets_title_priority_tags_and_the_bearer_token() {
         server: rx.url(""),
         topic: "office-air".into(),
         token_env: Some("PLUME_TEST_NTFY_TOKEN".into()),
-        timeout: DurationSpec::from_millis(2_000),
-        max_age: DurationSpec::from_millis(60_000),
-        concurrency: 4,
-        backoff: DurationSpec::from_millis(20),
-        breaker_open: DurationSpec::from_millis(100),
+        retry: RetrySpec {
+            timeout: DurationSpec::from_millis(2_000),
+            max_age: DurationSpec::from_millis(60_000),
+            concurrency: 4,
+            backoff: DurationSpec::from_millis(20),
+            breaker_open: DurationSpec::from_millis(100),
+        },
         policy: NotifyPolicySpec {
             title: Some("Air in {device}: {field} {peak} µg/m³".into()),
             ..Default::default()

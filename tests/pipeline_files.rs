@@ -1,7 +1,9 @@
 //! Pipeline files end to end: every file under `pipelines/` is valid; every file under
 //! `tests/bad_pipelines/` gives exactly the diagnostics in its sibling `.expected` file
 //! (`line:col: message`, one per line); the real `plume validate` binary prints them and exits
-//! with 1 (0 for valid files); the README's key reference is the one generated from the types.
+//! with 1 (0 for valid files); the README's key reference is the one generated from the types;
+//! `plume schema` prints the JSON Schema generated from the types, which an independent
+//! validator (boon) accepts every shipped pipeline with and refuses bad files with.
 //!
 //! `PLUME_UPDATE_EXPECTED=1` rewrites the `.expected` files and `PLUME_UPDATE_README=1` the
 //! README's reference block; review the diff before committing either.
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plume::pipeline::CompiledPipeline;
-use plume::spec::{self, parse_pipeline, reference};
+use plume::spec::{self, parse_pipeline, reference, schema, yaml};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -158,11 +160,18 @@ fn plume_validate_prints_every_error_and_sets_the_exit_status() {
 
 #[test]
 fn the_readme_reference_is_generated_from_the_types() {
-    let problems = reference::undocumented();
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let generated = reference::reference_markdown();
+    let undocumented: Vec<&str> = generated
+        .lines()
+        .filter(|l| l.starts_with("| `") && l.ends_with("|  |"))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys without a doc comment:\n{}",
+        undocumented.join("\n")
+    );
     let path = root().join("README.md");
     let readme = std::fs::read_to_string(&path).unwrap();
-    let generated = reference::reference_markdown();
     if std::env::var_os("PLUME_UPDATE_README").is_some() {
         let updated = reference::replace_reference(&readme, &generated).expect("README has the reference markers");
         std::fs::write(&path, updated).unwrap();
@@ -179,6 +188,102 @@ fn the_readme_reference_is_generated_from_the_types() {
         current == generated.trim(),
         "README.md's key reference is out of date: run `PLUME_UPDATE_README=1 cargo test --release --test pipeline_files`"
     );
+}
+
+/// The JSON Schema compiled by boon, an independent validator.
+fn compiled_schema() -> (boon::Schemas, boon::SchemaIndex) {
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler
+        .add_resource("file:///plume.schema.json", schema::pipeline_schema().clone())
+        .unwrap();
+    let index = compiler
+        .compile("file:///plume.schema.json", &mut schemas)
+        .unwrap_or_else(|e| panic!("the schema does not compile: {e:#}"));
+    (schemas, index)
+}
+
+/// A file as the loader reads it (YAML, `${VAR:-default}` interpolated), as JSON.
+fn as_json(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> serde_json::Value {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut node = yaml::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let problems = yaml::interpolate(&mut node, env);
+    assert!(problems.is_empty(), "{}: {problems:?}", file.display());
+    yaml::to_json(&node)
+}
+
+#[test]
+fn shipped_pipelines_are_valid_against_the_json_schema_and_bad_files_are_not() {
+    let (schemas, index) = compiled_schema();
+    let example = |name: &str| (name == "PLUME_WEBHOOK_URL").then(|| "https://hooks.example.com/air".to_string());
+    for file in yaml_files(&root().join("pipelines")) {
+        let json = as_json(&file, &example);
+        if let Err(e) = schemas.validate(&json, index) {
+            panic!("{} does not fit the schema:\n{e:#}", file.display());
+        }
+    }
+    // the README's example too
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Writing a pipeline").unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let json = yaml::to_json(&yaml::parse(&section[start..end]).unwrap());
+    assert!(schemas.validate(&json, index).is_ok());
+
+    // what the types say (unknown and missing keys, wrong types, unknown kinds and values, a
+    // duration without a unit) the schema says too; what only `validate` knows it does not
+    let refused = [
+        "unknown-key",
+        "unknown-operator",
+        "wrong-type",
+        "missing-required-key",
+        "bare-number-duration",
+        "duration-in-words",
+        "several-errors",
+    ];
+    for name in refused {
+        let file = root().join(format!("tests/bad_pipelines/{name}.yaml"));
+        let json = as_json(&file, &test_env);
+        assert!(schemas.validate(&json, index).is_err(), "{name} fits the schema");
+    }
+    let file = root().join("tests/bad_pipelines/exit-above-enter.yaml");
+    assert!(schemas.validate(&as_json(&file, &test_env), index).is_ok());
+}
+
+#[test]
+fn plume_schema_prints_the_schema() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plume"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(&printed, schema::pipeline_schema());
+    assert_eq!(printed["$schema"], "https://json-schema.org/draft/2020-12/schema");
+}
+
+#[test]
+fn validation_and_compilation_agree_on_thresholds() {
+    let with = |threshold: &str| {
+        let text = format!(
+            "version: 1\npipeline: t\ndecode: {{ fields: {{ pm25: {{}}, co2: {{}} }} }}\noperators:\n  - {threshold}\n"
+        );
+        let spec = parse_pipeline("t.yaml", &text, &|_| None).map_err(|d| d.to_string())?;
+        CompiledPipeline::compile(spec).map(|_| ()).map_err(|e| e.to_string())
+    };
+    // `relative_to` alone is "above `factor` × the other field": valid, and it compiles
+    assert_eq!(
+        with("threshold: { field: pm25, relative_to: co2, factor: 1.5 }"),
+        Ok(())
+    );
+    assert_eq!(with("threshold: { field: pm25, below: 3 }"), Ok(()));
+    let none = with("threshold: { field: pm25 }").unwrap_err();
+    assert!(
+        none.ends_with("a threshold needs `above`, `below` or `relative_to`"),
+        "{none}"
+    );
+    let both = with("threshold: { field: pm25, above: 5, below: 3 }").unwrap_err();
+    assert!(both.ends_with("give either `above` or `below`, not both"), "{both}");
 }
 
 #[test]

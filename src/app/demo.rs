@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::connectors::simulator::{SimulatedClock, Simulator};
 use crate::spec::{
-    DurationSpec, EmbeddedBrokerSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos, SimulatorSourceSpec, SourceSpec,
+    DurationSpec, EmbeddedBrokerSpec, MqttClientSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos,
+    SimulatorSourceSpec, SourceSpec,
 };
 
 /// The topic the simulated monitors publish to.
@@ -30,10 +31,10 @@ pub fn use_embedded_broker(spec: &mut PipelineSpec, port: u16) {
         url: format!("mqtt://127.0.0.1:{port}"),
         topic: TOPIC.to_string(),
         qos: Qos::AtLeastOnce,
-        client_id: Some(format!("plume-demo-{}", spec.pipeline)),
-        username: None,
-        password_env: None,
-        ca_file: None,
+        client: MqttClientSpec {
+            client_id: Some(format!("plume-demo-{}", spec.pipeline)),
+            ..MqttClientSpec::default()
+        },
         version: MqttVersion::V311,
         persistent_session: false,
         shared_group: None,

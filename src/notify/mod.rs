@@ -34,7 +34,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::model::RecordKind;
 use crate::output::{OutputRecord, push_json_str};
 use crate::runtime::ports::{Sink, SinkError};
-use crate::spec::{DurationSpec, NotifyPolicySpec, PushSinkSpec, SinkSpec};
+use crate::spec::{NotifyPolicySpec, PushSinkSpec, RetrySpec, SinkSpec};
 
 pub mod apns;
 pub mod delivery;
@@ -126,19 +126,13 @@ pub struct NotifierParts {
     pub dead_letters: Option<DeadLetterOutlet>,
 }
 
-fn delivery_config(
-    timeout: DurationSpec,
-    max_age: DurationSpec,
-    concurrency: u32,
-    backoff: DurationSpec,
-    breaker_open: DurationSpec,
-) -> DeliveryConfig {
+fn delivery_config(retry: &RetrySpec) -> DeliveryConfig {
     DeliveryConfig {
-        timeout: timeout.as_duration(),
-        max_age: max_age.as_duration(),
-        concurrency: concurrency.max(1) as usize,
-        backoff: backoff.as_duration(),
-        breaker_open: breaker_open.as_duration(),
+        timeout: retry.timeout.as_duration(),
+        max_age: retry.max_age.as_duration(),
+        concurrency: retry.concurrency.max(1) as usize,
+        backoff: retry.backoff.as_duration(),
+        breaker_open: retry.breaker_open.as_duration(),
         ..Default::default()
     }
 }
@@ -225,7 +219,7 @@ impl NotifierSink {
                     ),
                     None => None,
                 };
-                let config = delivery_config(w.timeout, w.max_age, w.concurrency, w.backoff, w.breaker_open);
+                let config = delivery_config(&w.retry);
                 let t = webhook::WebhookTransport::new(&w.url, secret, config.timeout)?;
                 (Arc::new(t), Targets::Endpoint, config, &w.policy, true)
             }
@@ -240,14 +234,14 @@ impl NotifierSink {
                     .as_ref()
                     .map(|q| q.critical.clone())
                     .unwrap_or_default();
-                let config = delivery_config(n.timeout, n.max_age, n.concurrency, n.backoff, n.breaker_open);
+                let config = delivery_config(&n.retry);
                 let t = ntfy::NtfyTransport::new(&n.server, &n.topic, token, critical, config.timeout)?;
                 (Arc::new(t), Targets::Endpoint, config, &n.policy, false)
             }
             SinkSpec::Push(PushSinkSpec::Fcm(f)) => {
                 let subs = subscribers(&f.subscribers, "fcm")?;
                 let key = env(&f.service_account_env, "FCM service-account key (JSON or a path)")?;
-                let config = delivery_config(f.timeout, f.max_age, f.concurrency, f.backoff, f.breaker_open);
+                let config = delivery_config(&f.retry);
                 let t = fcm::FcmTransport::new(
                     &key,
                     f.endpoint.as_deref(),
@@ -260,7 +254,7 @@ impl NotifierSink {
             SinkSpec::Push(PushSinkSpec::Apns(a)) => {
                 let subs = subscribers(&a.subscribers, "apns")?;
                 let key = env(&a.key_env, "APNs .p8 signing key (PEM)")?;
-                let config = delivery_config(a.timeout, a.max_age, a.concurrency, a.backoff, a.breaker_open);
+                let config = delivery_config(&a.retry);
                 let t = apns::ApnsTransport::new(
                     &a.team_id,
                     &a.key_id,

@@ -2,9 +2,10 @@
 //! baseline learns, which side of a threshold is bad, …): defined here so that the operators
 //! depend on nothing but `model`, and re-exported by `spec`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregate {
     Count,
@@ -31,7 +32,7 @@ impl Aggregate {
 }
 
 /// Which side of the thresholds is "bad".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// An event opens at `value >= enter` and closes at `value <= exit` (PM2.5, CO2).
@@ -41,7 +42,7 @@ pub enum Direction {
     Below,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BaselineMethod {
     /// `b = b + alpha * (x - b)`, starting at the first value.
@@ -56,7 +57,7 @@ pub enum BaselineMethod {
 }
 
 /// When a baseline reports its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BaselineEmit {
     /// Once, at the end of the input (or graceful shutdown).
@@ -68,7 +69,7 @@ pub enum BaselineEmit {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SmoothMethod {
     /// Simple moving average over the last `n` readings.
@@ -80,12 +81,14 @@ pub enum SmoothMethod {
     Holt,
 }
 
-/// A per-device offset and gain.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// A per-device correction: `value * gain + offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Correction {
+    /// Added after the gain.
     #[serde(default)]
     pub offset: f64,
+    /// Multiplies the value.
     #[serde(default = "defaults::one")]
     pub gain: f64,
 }

@@ -97,6 +97,23 @@ impl fmt::Display for DurationSpec {
     }
 }
 
+/// In the JSON Schema a duration is a string with a pattern (editors check it as you type);
+/// the loader's own parser says what is wrong with one that does not fit.
+impl schemars::JsonSchema for DurationSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A whole number and a unit without spaces: `500ms`, `60s`, `5m`, `1h`, `7d`, or combined, `1m30s`.",
+            "pattern": "^\\s*([0-9]+(ms|s|m|h|d))+\\s*$",
+            "examples": ["60s"]
+        })
+    }
+}
+
 impl Serialize for DurationSpec {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

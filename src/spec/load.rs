@@ -5,23 +5,19 @@
 //! - [`Diagnostic`], [`Diagnostics`]: `file:line:col: message`.
 //! - [`load_pipeline`], [`parse_pipeline`]: the whole way from a file (or text) to a checked
 //!   [`PipelineSpec`]; [`LoadedPipeline`] adds the spec's [`pipeline_hash`].
-//! - `Parts`: the file is deserialized part by part (each source, operator, route, sink, each
-//!   declared field, `decode`'s settings, `runtime`, `checkpoint`, …), so that one bad part does not
-//!   hide the problems of another; semantic validation then runs on the parts that deserialized.
-//!   Only when nothing is wrong is the whole spec deserialized in one go (with serde's defaults).
+//! - [`resolve`]: the position of a semantic problem's path.
+//!
+//! Nothing here knows a key of the format: the structural checks come from the schema generated
+//! from the types, the values from their `Deserialize`, the rest from `validate`.
 
 use std::collections::HashSet;
 use std::path::Path as FilePath;
 
-use serde::de::DeserializeOwned;
-
-use super::de::{from_node, unknown_key_message};
-use super::validate::{self, DecodePart, OperatorPart, PartialPipeline, Path, RoutePart, Segment};
+use super::PipelineSpec;
+use super::check::{self, Repair};
+use super::de::from_node;
+use super::validate::{self, Gaps, Path, Segment};
 use super::yaml::{self, Node, Position};
-use super::{
-    CheckpointSpec, DecodeFormat, DeviceIdSpec, EmbeddedBrokerSpec, FieldSpec, OneOrMany, OperatorSpec, PipelineSpec,
-    RuntimeSpec, ShutdownSpec, SinkSpec, SourceSpec, TimeSpec, probe,
-};
 
 /// One problem in a pipeline file, with its position (line and column count from 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +81,13 @@ pub fn load_pipeline(path: &FilePath) -> Result<PipelineSpec, Diagnostics> {
 }
 
 /// Parses and checks pipeline text (no IO); `env` looks variables up. Every problem is reported.
+///
+/// The way: parse the YAML (positions kept), interpolate `${VAR}`s, check the tree against the
+/// schema generated from the types (`check`: unknown and missing keys, types, values), then
+/// deserialize the typed spec through the positioned deserializer (`de`) from a copy of the tree
+/// whose broken parts are repaired (`check::Repair`; a problem only the deserializer sees, such as
+/// a duration's grammar, is reported and repaired the same way), and run the semantic checks
+/// (`validate`) on the spec, leaving out the parts that were broken.
 pub fn parse_pipeline(
     file: &str,
     text: &str,
@@ -99,37 +102,74 @@ pub fn parse_pipeline(
     let mut root = yaml::parse(text).map_err(|e| Diagnostics(vec![diagnostic(e.position, e.message)]))?;
     let mut problems: Vec<(Position, String)> = Vec::new();
     let interpolation = yaml::interpolate(&mut root, env);
-    let broken: HashSet<Position> = interpolation.iter().map(|e| e.position).collect();
+    // a value whose interpolation failed is still as written: it is not judged again
+    let unread: HashSet<Position> = interpolation.iter().map(|e| e.position).collect();
     problems.extend(interpolation.into_iter().map(|e| (e.position, e.message)));
     problems.extend(yaml::duplicate_keys(&root).into_iter().map(|e| (e.position, e.message)));
+    if root.as_mapping().is_none() {
+        problems.push((
+            root.position,
+            format!(
+                "a pipeline file is a map of keys (`version`, `pipeline`, `decode`, …), found {}",
+                root.describe()
+            ),
+        ));
+        return Err(finish(problems, diagnostic));
+    }
 
-    let mut parts = Parts {
-        problems: Vec::new(),
-        broken: &broken,
+    let mut repair = Repair::new(&root);
+    let mut broken: Vec<Path> = Vec::new();
+    for problem in check::check(&root) {
+        if !unread.contains(&problem.position) {
+            problems.push((problem.position, problem.message));
+        }
+        repair.fix(&problem.path);
+        broken.push(problem.path);
+    }
+    let spec = loop {
+        match from_node::<PipelineSpec>(&repair.tree, None) {
+            Ok(spec) => break Some(spec),
+            Err(e) => {
+                let position = e.position().unwrap_or(root.position);
+                if !unread.contains(&position) {
+                    problems.push((position, e.message()));
+                }
+                let path = check::path_at(&repair.tree, position);
+                match path {
+                    Some(path) if broken.len() < MAX_REPAIRS && !broken.contains(&path) && repair.fix(&path) => {
+                        broken.push(path)
+                    }
+                    _ => break None,
+                }
+            }
+        }
     };
-    let partial = parts.pipeline(&root);
-    problems.extend(parts.problems);
-    if let Some(partial) = partial {
-        for problem in validate::validate(&partial) {
+    if let Some(spec) = &spec {
+        let units: Vec<Path> = broken.iter().map(|p| repair.unit(p)).collect();
+        for problem in validate::validate(spec, &Gaps::new(broken)) {
+            if units.iter().any(|unit| problem.path.starts_with(unit)) {
+                continue;
+            }
             let position = resolve(&root, &problem.path);
-            // a value whose interpolation failed is still as written: do not judge it again
-            if !broken.contains(&position) {
+            if !unread.contains(&position) {
                 problems.push((position, problem.message));
             }
         }
     }
-
-    if problems.is_empty() {
-        match from_node::<PipelineSpec>(&root, None) {
-            Ok(spec) => return Ok(spec),
-            Err(e) => problems.push((e.position().unwrap_or(root.position), e.message())),
-        }
+    match spec {
+        Some(spec) if problems.is_empty() => Ok(spec),
+        _ => Err(finish(problems, diagnostic)),
     }
+}
+
+/// At most this many parts of one file are repaired (then the rest is not judged).
+const MAX_REPAIRS: usize = 256;
+
+/// The problems sorted by position, each once.
+fn finish(mut problems: Vec<(Position, String)>, diagnostic: impl Fn(Position, String) -> Diagnostic) -> Diagnostics {
     problems.sort_by_key(|(position, _)| *position);
     problems.dedup();
-    Err(Diagnostics(
-        problems.into_iter().map(|(p, m)| diagnostic(p, m)).collect(),
-    ))
+    Diagnostics(problems.into_iter().map(|(p, m)| diagnostic(p, m)).collect())
 }
 
 /// The position of the node a validation path names, or of the nearest node above it that exists.
@@ -165,229 +205,6 @@ pub fn resolve(root: &Node, path: &Path) -> Position {
         }
     }
     position
-}
-
-/// The entries of a map, each key once: the first of a key given twice (the second is reported
-/// by `yaml::duplicate_keys`, and the deserializer reads the first too).
-fn unique_entries(node: &Node) -> impl Iterator<Item = &yaml::Entry> {
-    let entries = node.as_mapping().unwrap_or_default();
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(i, e)| !entries[..*i].iter().any(|f| f.key.as_text() == e.key.as_text()))
-        .map(|(_, e)| e)
-}
-
-/// Deserializes the file part by part, collecting every problem.
-struct Parts<'b> {
-    problems: Vec<(Position, String)>,
-    /// Scalars whose interpolation failed (already reported).
-    broken: &'b HashSet<Position>,
-}
-
-impl Parts<'_> {
-    fn part<T: DeserializeOwned>(&mut self, node: &Node, key: Option<&str>) -> Option<T> {
-        match from_node::<T>(node, key) {
-            Ok(value) => Some(value),
-            Err(e) => {
-                let position = e.position().unwrap_or(node.position);
-                if !self.broken.contains(&position) {
-                    self.problems.push((position, e.message()));
-                }
-                None
-            }
-        }
-    }
-
-    /// Reports unknown and missing keys of a map whose keys are those of the probe path `parent`.
-    fn check_keys(&mut self, node: &Node, parent: &str, within: &str) {
-        let known = probe::children(parent);
-        for entry in unique_entries(node) {
-            let key = entry.key.as_text().unwrap_or_default();
-            if !known.contains(&key) {
-                self.problems
-                    .push((entry.key.position, unknown_key_message(key, within, &known)));
-            }
-        }
-        for key in &known {
-            let path = if parent.is_empty() {
-                key.to_string()
-            } else {
-                format!("{parent}.{key}")
-            };
-            if probe::is_required(&path) && node.entry(key).is_none() {
-                self.problems
-                    .push((node.position, format!("missing required key `{key}`{within}")));
-            }
-        }
-    }
-
-    fn pipeline(&mut self, root: &Node) -> Option<PartialPipeline> {
-        if root.as_mapping().is_none() {
-            self.problems.push((
-                root.position,
-                format!(
-                    "a pipeline file is a map of keys (`version`, `pipeline`, `decode`, …), found {}",
-                    root.describe()
-                ),
-            ));
-            return None;
-        }
-        self.check_keys(root, "", " at the top level");
-        let mut partial = PartialPipeline {
-            runtime: Some(RuntimeSpec::default()),
-            checkpoint: Some(CheckpointSpec::default()),
-            ..PartialPipeline::default()
-        };
-        for entry in unique_entries(root) {
-            let value = &entry.value;
-            let Some(key) = entry.key.as_text() else { continue };
-            match key {
-                "version" => partial.version = self.part::<u32>(value, Some(key)),
-                "pipeline" => partial.pipeline = self.part::<String>(value, Some(key)),
-                "description" => {
-                    self.part::<Option<String>>(value, Some(key));
-                }
-                "sources" => {
-                    partial.sources = self.list(value, key, |parts, item| parts.part::<SourceSpec>(item, Some(key)))
-                }
-                "decode" => partial.decode = self.decode(value),
-                "operators" => partial.operators = self.list(value, key, |parts, item| parts.operator(item)),
-                "outputs" => partial.outputs = self.list(value, key, |parts, item| parts.route(item)),
-                "runtime" => {
-                    partial.runtime = self
-                        .part::<Option<RuntimeSpec>>(value, Some(key))
-                        .map(Option::unwrap_or_default)
-                }
-                "checkpoint" => {
-                    partial.checkpoint = self
-                        .part::<Option<CheckpointSpec>>(value, Some(key))
-                        .map(Option::unwrap_or_default)
-                }
-                "shutdown" => {
-                    self.part::<Option<ShutdownSpec>>(value, Some(key));
-                }
-                "embedded_broker" => {
-                    partial.embedded_broker = self.part::<Option<EmbeddedBrokerSpec>>(value, Some(key)).flatten()
-                }
-                _ => {}
-            }
-        }
-        Some(partial)
-    }
-
-    /// Each item of a list on its own; a value that is no list is reported as such.
-    fn list<T>(&mut self, node: &Node, key: &str, mut item: impl FnMut(&mut Self, &Node) -> T) -> Vec<T> {
-        match node.as_sequence() {
-            Some(items) => items.iter().map(|n| item(self, n)).collect(),
-            None if node.is_null() => Vec::new(),
-            None => {
-                self.problems.push((
-                    node.position,
-                    format!(
-                        "expected a list (`[a, b]`, or one `- item` per line), found {}",
-                        node.describe()
-                    ),
-                ));
-                let _ = key;
-                Vec::new()
-            }
-        }
-    }
-
-    fn decode(&mut self, node: &Node) -> DecodePart {
-        if node.as_mapping().is_none() {
-            self.part::<super::DecodeSpec>(node, Some("decode"));
-            return DecodePart::default();
-        }
-        self.check_keys(node, "decode", " in decode");
-        let mut part = DecodePart {
-            format: Some(DecodeFormat::default()),
-            device: Some(DeviceIdSpec::default()),
-            time: Some(None),
-            fields: None,
-        };
-        for entry in unique_entries(node) {
-            let value = &entry.value;
-            let Some(key) = entry.key.as_text() else { continue };
-            match key {
-                "format" => part.format = self.part::<DecodeFormat>(value, Some(key)),
-                "device" => part.device = self.part::<DeviceIdSpec>(value, Some(key)),
-                "time" => part.time = self.part::<Option<TimeSpec>>(value, Some(key)),
-                "fields" => match value.as_mapping() {
-                    Some(entries) => {
-                        let mut fields = Vec::new();
-                        for field in entries {
-                            let name = field.key.as_text().unwrap_or_default().to_string();
-                            if fields.iter().any(|(n, _)| *n == name) {
-                                continue;
-                            }
-                            let spec = self.part::<FieldSpec>(&field.value, Some(&name));
-                            fields.push((name, spec));
-                        }
-                        part.fields = Some(fields);
-                    }
-                    None => {
-                        self.part::<std::collections::BTreeMap<String, FieldSpec>>(value, Some(key));
-                    }
-                },
-                "dead_letter_max_bytes" => {
-                    self.part::<usize>(value, Some(key));
-                }
-                _ => {}
-            }
-        }
-        part
-    }
-
-    fn operator(&mut self, node: &Node) -> OperatorPart {
-        if let Some(spec) = self.part::<OperatorSpec>(node, Some("operators")) {
-            return OperatorPart {
-                spec: Some(spec),
-                ..OperatorPart::default()
-            };
-        }
-        // What can still be read, so that later checks do not report follow-on errors.
-        let mut part = OperatorPart::default();
-        if let Some([entry]) = node.as_mapping() {
-            let kind = entry.key.as_text().unwrap_or_default();
-            let content = &entry.value;
-            let text = |key: &str| content.get(key).and_then(Node::as_text).map(str::to_string);
-            part.kind = Some(kind.to_string());
-            part.name = text("name");
-            part.produces = match kind {
-                "baseline" => Some(part.name.clone().unwrap_or_else(|| "baseline".to_string())),
-                "smooth" => text("output").or_else(|| text("field").map(|f| format!("{f}_smooth"))),
-                _ => None,
-            };
-        } else if let Some(kind) = node.as_text() {
-            part.kind = Some(kind.to_string());
-        }
-        part
-    }
-
-    fn route(&mut self, node: &Node) -> RoutePart {
-        if node.as_mapping().is_none() {
-            self.part::<super::OutputRoute>(node, Some("outputs"));
-            return RoutePart::default();
-        }
-        self.check_keys(node, "outputs[]", " in outputs");
-        let mut part = RoutePart {
-            events: Some(Vec::new()),
-            ..RoutePart::default()
-        };
-        for entry in unique_entries(node) {
-            let value = &entry.value;
-            let Some(key) = entry.key.as_text() else { continue };
-            match key {
-                "when" => part.when = self.part::<OneOrMany>(value, Some(key)),
-                "events" => part.events = self.part::<Vec<String>>(value, Some(key)),
-                "to" => part.to = self.list(value, key, |parts, item| parts.part::<SinkSpec>(item, Some(key))),
-                _ => {}
-            }
-        }
-        part
-    }
 }
 
 #[cfg(test)]
@@ -535,5 +352,53 @@ outputs:
         assert_eq!(with(""), Some(30_000));
         assert_eq!(with(", handoff_refresh: 0s"), Some(0));
         assert_eq!(with(", handoff_refresh: null"), None);
+    }
+
+    /// The MQTT and Kafka client settings and the notifiers' retry settings are shared structs
+    /// flattened into each spec: the canonical JSON, and so the hash recorded in checkpoints,
+    /// is the one of the separate keys before (value from plume before the change).
+    #[test]
+    fn the_hash_is_unchanged_by_the_shared_connection_settings() {
+        const TEXT: &str = r#"version: 1
+pipeline: hash-all
+sources:
+  - mqtt: { url: "mqtts://b:8883", topic: "s/{device}/air", client_id: c1, username: u, password_env: P, ca_file: ca.pem, qos: 2 }
+  - kafka: { brokers: "k:9092", topics: [t], properties: { a.b: x }, secret_properties_env: { sasl.password: KP } }
+decode:
+  device: { topic: true }
+  fields: { pm25: {} }
+operators:
+  - hysteresis: { name: pm, field: pm25, enter: 35, exit: 25 }
+outputs:
+  - when: pm
+    to:
+      - mqtt: { url: "mqtt://b:1883", topic: "p/{device}", retain: true, client_id: o, username: u, password_env: P2 }
+      - kafka: { brokers: "k:9092", topic: out, properties: { x.y: z }, secret_properties_env: { sasl.password: KP } }
+      - webhook: { url: "https://h.example.com/x", secret_env: S, timeout: 5s, max_age: 1h, concurrency: 2, backoff: 2s, breaker_open: 1m, policy: { cooldown: 5m } }
+      - push: { ntfy: { topic: air, token_env: T, backoff: 3s } }
+      - push: { fcm: { service_account_env: F, concurrency: 8 } }
+      - push: { apns: { team_id: T, key_id: K, key_env: A, topic: org.x, max_age: 2h } }
+"#;
+        let spec = parse_pipeline("h.yaml", TEXT, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            pipeline_hash(&spec).starts_with("9a336b3301a9238a"),
+            "{}",
+            pipeline_hash(&spec)
+        );
+    }
+
+    #[test]
+    fn a_structural_problem_leaves_the_rest_of_its_operator_unjudged_but_not_the_others() {
+        let text = GOOD.replace("exit: 25", "exit: 45, direction: up");
+        let got = problems(&format!("{text}  - when: [pm, nothing]\n    to: [stdout]\n"));
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[0].starts_with("9:74: unknown value `up` for `direction`"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("13:16: `when` names `nothing`, which is no operator"),
+            "{got:#?}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`Resolved`]: how a plain scalar reads under the YAML 1.2 core schema (null, bool, integer,
 //!   float or text).
 //! - [`duplicate_keys`]: the same key twice in one map.
+//! - [`to_json`]: the document as JSON, scalars typed as the loader reads them.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -235,6 +236,34 @@ impl Node {
             Value::Sequence(items) => items.iter_mut().for_each(|n| n.scalars_mut(f)),
             Value::Mapping(entries) => entries.iter_mut().for_each(|e| e.value.scalars_mut(f)),
         }
+    }
+}
+
+/// The document as JSON, each scalar as the loader reads it (a plain scalar is null, a bool, a
+/// number or text; a quoted one is text): what a JSON Schema validator checks.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match &node.value {
+        Value::Scalar(s) => match s.resolve() {
+            Resolved::Null => Json::Null,
+            Resolved::Bool(b) => Json::Bool(b),
+            Resolved::Integer(i) => match (u64::try_from(i), i64::try_from(i)) {
+                (Ok(u), _) => Json::from(u),
+                (_, Ok(v)) => Json::from(v),
+                _ => Json::from(i as f64),
+            },
+            Resolved::Float(x) => {
+                serde_json::Number::from_f64(x).map_or_else(|| Json::from(s.text.clone()), Json::Number)
+            }
+            Resolved::Text(t) => Json::from(t),
+        },
+        Value::Sequence(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Mapping(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.as_text().unwrap_or_default().to_string(), to_json(&e.value)))
+                .collect(),
+        ),
     }
 }
 

@@ -101,8 +101,8 @@ impl KafkaSink {
             &name,
             &spec.brokers,
             &defaults,
-            &spec.properties,
-            &spec.secret_properties_env,
+            &spec.client.properties,
+            &spec.client.secret_properties_env,
         )
         .map_err(|e| error(&name, "configuring the producer", e))?;
         let deliveries = Arc::new(Mutex::new(Deliveries::default()));

@@ -393,8 +393,8 @@ pub fn run(
         &name,
         &spec.brokers,
         &defaults,
-        &spec.properties,
-        &spec.secret_properties_env,
+        &spec.client.properties,
+        &spec.client.secret_properties_env,
     ) {
         Ok(c) => c,
         Err(e) => return fail(&feeder, e),

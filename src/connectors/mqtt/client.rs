@@ -187,9 +187,9 @@ pub(super) const MAX_PACKET: usize = 1 << 20;
 
 pub(super) fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client, EventLoop), MqttError> {
     let endpoint = Endpoint::parse(&spec.url)?;
-    let password = password(spec.password_env.as_deref())?;
+    let password = password(spec.client.password_env.as_deref())?;
     let tls = if endpoint.tls {
-        Some(tls_configuration(spec.ca_file.as_deref())?)
+        Some(tls_configuration(spec.client.ca_file.as_deref())?)
     } else {
         None
     };
@@ -202,7 +202,7 @@ pub(super) fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client,
                 .set_manual_acks(true)
                 .set_max_packet_size(MAX_PACKET, MAX_PACKET)
                 .set_request_channel_capacity(REQUEST_CAPACITY);
-            if let Some(user) = &spec.username {
+            if let Some(user) = &spec.client.username {
                 o.set_credentials(user.clone(), password.unwrap_or_default());
             }
             if let Some(tls) = tls {
@@ -222,7 +222,7 @@ pub(super) fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client,
                 // MQTT 5 ends a session at disconnect unless it has an expiry interval
                 o.set_session_expiry_interval(Some(u32::MAX));
             }
-            if let Some(user) = &spec.username {
+            if let Some(user) = &spec.client.username {
                 o.set_credentials(user.clone(), password.unwrap_or_default());
             }
             if let Some(tls) = tls {

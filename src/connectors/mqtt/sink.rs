@@ -62,18 +62,20 @@ impl MqttSink {
     pub fn connect(spec: &MqttSinkSpec, client_id: &str, operators: Vec<String>) -> Result<Self, SinkError> {
         let name = format!("mqtt:{}", spec.topic);
         let endpoint = Endpoint::parse(&spec.url).map_err(|e| error(&name, "parsing the url", e))?;
-        let pass = password(spec.password_env.as_deref()).map_err(|e| error(&name, "reading the password", e))?;
-        let client_id = spec.client_id.as_deref().unwrap_or(client_id);
+        let pass =
+            password(spec.client.password_env.as_deref()).map_err(|e| error(&name, "reading the password", e))?;
+        let client_id = spec.client.client_id.as_deref().unwrap_or(client_id);
         let mut o = rumqttc::MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
         o.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
             .set_max_packet_size(1 << 20, 1 << 20)
             .set_inflight(1_000);
-        if let Some(user) = &spec.username {
+        if let Some(user) = &spec.client.username {
             o.set_credentials(user.clone(), pass.unwrap_or_default());
         }
         if endpoint.tls {
-            let tls = tls_configuration(spec.ca_file.as_deref()).map_err(|e| error(&name, "setting up TLS", e))?;
+            let tls =
+                tls_configuration(spec.client.ca_file.as_deref()).map_err(|e| error(&name, "setting up TLS", e))?;
             o.set_transport(rumqttc::Transport::Tls(tls));
         }
         let (client, mut events) = rumqttc::AsyncClient::new(o, 10_000);

@@ -316,7 +316,7 @@ pub fn run(
 ) -> Result<(), crate::connectors::SourceError> {
     let name = feeder.name.clone();
     let spec = source.spec;
-    let client_id = spec.client_id.clone().unwrap_or(source.default_client_id);
+    let client_id = spec.client.client_id.clone().unwrap_or(source.default_client_id);
     let stats = source.stats;
     let template = TopicTemplate::parse(&spec.topic);
     let result = (|| {

@@ -1,0 +1,193 @@
+//! Runtime, checkpoints, shutdown, the embedded broker, and the named defaults.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::DurationSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Shard threads; 0 = one per core.
+    #[serde(default)]
+    pub shards: u32,
+    /// Fixed number of key groups (device id → stable hash → key group → shard).
+    #[serde(default = "defaults::key_groups")]
+    pub key_groups: u32,
+    /// Passivate a device actor after this much processing time without readings.
+    #[serde(default = "defaults::passivate_after")]
+    pub passivate_after: DurationSpec,
+    /// Bound on the results waiting for one sink before the devices are slowed down.
+    #[serde(default = "defaults::sink_queue")]
+    pub sink_queue: usize,
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        RuntimeSpec {
+            shards: 0,
+            key_groups: defaults::key_groups(),
+            passivate_after: defaults::passivate_after(),
+            sink_queue: defaults::sink_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Take a checkpoint this often; `null`: only at graceful shutdown.
+    #[serde(default = "defaults::checkpoint_interval")]
+    pub interval: Option<DurationSpec>,
+    /// Where checkpoints live; default: `checkpoints/<pipeline>`.
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    /// How many complete checkpoints to keep.
+    #[serde(default = "defaults::retain")]
+    pub retain: u32,
+    /// `false` turns state persistence off entirely (in-memory run).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            interval: defaults::checkpoint_interval(),
+            data_dir: None,
+            retain: defaults::retain(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSpec {
+    /// Emit still-open windows and final baselines on graceful shutdown and at the end of input.
+    #[serde(default = "defaults::yes")]
+    pub flush: bool,
+    /// Longest wait for in-flight readings and deliveries on graceful shutdown.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: DurationSpec,
+}
+
+impl Default for ShutdownSpec {
+    fn default() -> Self {
+        ShutdownSpec {
+            flush: true,
+            drain_timeout: defaults::drain_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerSpec {
+    /// TCP port of the embedded MQTT broker.
+    #[serde(default = "defaults::mqtt_port")]
+    pub port: u16,
+    /// Address the embedded broker listens on.
+    #[serde(default = "defaults::loopback")]
+    pub bind: String,
+}
+
+/// Named defaults, one function each (serde's `default = "…"` needs functions).
+pub mod defaults {
+    pub use crate::operators::settings::defaults::{alpha, days, warmup, zscore};
+    use crate::spec::{DurationSpec, Qos};
+
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn zero() -> DurationSpec {
+        DurationSpec::from_millis(0)
+    }
+    pub fn speed() -> f64 {
+        1.0
+    }
+    pub fn seed() -> u64 {
+        1
+    }
+    pub fn sim_devices() -> u32 {
+        50
+    }
+    pub fn sim_interval() -> DurationSpec {
+        DurationSpec::from_millis(10_000)
+    }
+    pub fn sim_episodes() -> f64 {
+        0.002
+    }
+    pub fn sim_faults() -> f64 {
+        0.0005
+    }
+    pub fn qos() -> Qos {
+        Qos::AtLeastOnce
+    }
+    pub fn keep_alive() -> DurationSpec {
+        DurationSpec::from_millis(30_000)
+    }
+    pub fn kafka_group() -> String {
+        "plume".to_string()
+    }
+    pub fn dead_letter_bytes() -> usize {
+        4096
+    }
+    pub fn sma_n() -> u32 {
+        5
+    }
+    pub fn smooth_alpha() -> f64 {
+        0.3
+    }
+    pub fn smooth_beta() -> f64 {
+        0.1
+    }
+    pub fn http_timeout() -> DurationSpec {
+        DurationSpec::from_millis(10_000)
+    }
+    pub fn max_age() -> DurationSpec {
+        DurationSpec::from_millis(24 * 3600 * 1000)
+    }
+    pub fn concurrency() -> u32 {
+        4
+    }
+    pub fn backoff() -> DurationSpec {
+        DurationSpec::from_millis(1000)
+    }
+    pub fn breaker_open() -> DurationSpec {
+        DurationSpec::from_millis(30_000)
+    }
+    pub fn ntfy_server() -> String {
+        "https://ntfy.sh".to_string()
+    }
+    pub fn key_groups() -> u32 {
+        256
+    }
+    pub fn passivate_after() -> DurationSpec {
+        DurationSpec::from_millis(5 * 60 * 1000)
+    }
+    pub fn handoff_refresh() -> Option<DurationSpec> {
+        Some(DurationSpec::from_millis(30_000))
+    }
+    pub fn sink_queue() -> usize {
+        10_000
+    }
+    pub fn checkpoint_interval() -> Option<DurationSpec> {
+        Some(DurationSpec::from_millis(10_000))
+    }
+    pub fn retain() -> u32 {
+        3
+    }
+    pub fn drain_timeout() -> DurationSpec {
+        DurationSpec::from_millis(30_000)
+    }
+    pub fn mqtt_port() -> u16 {
+        1883
+    }
+    pub fn loopback() -> String {
+        "127.0.0.1".to_string()
+    }
+}
