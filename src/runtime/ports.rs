@@ -195,6 +195,16 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// A failure of the broker behind a sink (MQTT, Kafka): it may be back later.
+    pub fn broker(sink: &str, operation: &'static str, message: impl ToString) -> SinkError {
+        SinkError::Failed {
+            sink: sink.to_string(),
+            operation,
+            message: message.to_string(),
+            retryable: true,
+        }
+    }
+
     /// Whether retrying the same operation later can succeed.
     pub fn retryable(&self) -> bool {
         match self {

@@ -79,12 +79,7 @@ pub struct KafkaSink {
 
 /// A broker failure: the broker may be back later.
 fn error(sink: &str, operation: &'static str, message: impl ToString) -> SinkError {
-    SinkError::Failed {
-        sink: sink.to_string(),
-        operation,
-        message: message.to_string(),
-        retryable: true,
-    }
+    SinkError::broker(sink, operation, message)
 }
 
 impl KafkaSink {

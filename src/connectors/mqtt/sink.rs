@@ -40,12 +40,7 @@ pub struct MqttSink {
 
 /// A broker failure: the broker may be back later.
 fn error(sink: &str, operation: &'static str, message: impl ToString) -> SinkError {
-    SinkError::Failed {
-        sink: sink.to_string(),
-        operation,
-        message: message.to_string(),
-        retryable: true,
-    }
+    SinkError::broker(sink, operation, message)
 }
 
 /// A topic level made from a value: MQTT separators and wildcards become `_`.
