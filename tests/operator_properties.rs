@@ -211,7 +211,7 @@ fn the_every_kind_pipeline_has_every_kind_and_formats_every_result() {
         let json: serde_json::Value = serde_json::from_str(&record.json).expect("records are JSON");
         assert_eq!(json["type"], record.kind.as_str());
         assert_eq!(json["operator"], pipeline.operator_name(emit.op()));
-        if record.kind == "health" {
+        if record.kind == plume::model::RecordKind::Health {
             health.insert(json["status"].as_str().unwrap().to_string());
         }
         types.insert(record.kind.as_str());

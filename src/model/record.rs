@@ -82,12 +82,6 @@ impl fmt::Display for RecordKind {
     }
 }
 
-impl PartialEq<&str> for RecordKind {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// A record on its way to the sinks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputRecord {
