@@ -184,16 +184,6 @@ impl RecordFormatter {
         push_json_str(&mut j, device);
         key(&mut j, "id");
         let _ = write!(j, "\"{id:032x}\"");
-        fn field_of(config: &OperatorConfig) -> &str {
-            match config {
-                OperatorConfig::Hysteresis(c) => &c.field,
-                OperatorConfig::Baseline(c) => &c.field,
-                OperatorConfig::Smooth(c) => &c.field,
-                OperatorConfig::Threshold(c) => &c.field,
-                OperatorConfig::Calibrate(c) => &c.field,
-                OperatorConfig::Window(_) | OperatorConfig::Health(_) => "",
-            }
-        }
         fn severity_name(config: &OperatorConfig, sev: Option<u8>) -> Option<&str> {
             match (config, sev) {
                 (OperatorConfig::Hysteresis(c), Some(i)) => c.severity.get(i as usize).map(|(n, _)| n.as_str()),
@@ -229,7 +219,7 @@ impl RecordFormatter {
                 ..
             } => {
                 key(&mut j, "field");
-                push_json_str(&mut j, field_of(config));
+                push_json_str(&mut j, config.watched_field());
                 key(&mut j, "start_ts");
                 push_i64(&mut j, *start_ts);
                 key(&mut j, "value");
@@ -250,7 +240,7 @@ impl RecordFormatter {
                 ..
             } => {
                 key(&mut j, "field");
-                push_json_str(&mut j, field_of(config));
+                push_json_str(&mut j, config.watched_field());
                 key(&mut j, "start_ts");
                 push_i64(&mut j, *start_ts);
                 key(&mut j, "end_ts");
@@ -268,7 +258,7 @@ impl RecordFormatter {
             }
             Emit::Baseline { ts, value, .. } => {
                 key(&mut j, "field");
-                push_json_str(&mut j, field_of(config));
+                push_json_str(&mut j, config.watched_field());
                 key(&mut j, "ts");
                 push_i64(&mut j, *ts);
                 key(&mut j, "baseline");
@@ -283,7 +273,7 @@ impl RecordFormatter {
                 ..
             } => {
                 key(&mut j, "field");
-                push_json_str(&mut j, field_of(config));
+                push_json_str(&mut j, config.watched_field());
                 key(&mut j, "ts");
                 push_i64(&mut j, *ts);
                 key(&mut j, "value");
@@ -297,7 +287,7 @@ impl RecordFormatter {
             }
             Emit::Smoothed { ts, value, trend, .. } => {
                 key(&mut j, "field");
-                push_json_str(&mut j, field_of(config));
+                push_json_str(&mut j, config.watched_field());
                 key(&mut j, "ts");
                 push_i64(&mut j, *ts);
                 key(&mut j, "value");
@@ -315,7 +305,7 @@ impl RecordFormatter {
                 ..
             } => {
                 key(&mut j, "field");
-                push_json_str(&mut j, field_of(config));
+                push_json_str(&mut j, config.watched_field());
                 key(&mut j, "ts");
                 push_i64(&mut j, *ts);
                 key(&mut j, "value");

@@ -6,21 +6,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::decode::Decoder;
-use crate::operators::calibrate::LearnedCorrection;
-use crate::operators::health::FlatlineConfig;
-use crate::operators::{
-    BaselineConfig, CalibrateConfig, DeviceChain, FieldSlot, HealthConfig, HysteresisConfig, OpIndex, OperatorConfig,
-    SmoothConfig, ThresholdConfig, WindowConfig,
-};
-use crate::spec::{AggregatesSpec, BaselineEmit, OperatorSpec, PipelineSpec};
-
-/// A field of the readings: declared in `decode.fields` or derived by an operator.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FieldInfo {
-    pub name: String,
-    /// Declared in `decode` (otherwise produced by an operator).
-    pub declared: bool,
-}
+use crate::operators::{CompileContext, DeviceChain, FieldSlot, OpIndex, OperatorConfig};
+pub use crate::operators::{CompileError, FieldInfo};
+use crate::spec::PipelineSpec;
 
 /// A pipeline ready to run.
 #[derive(Debug, Clone)]
@@ -31,20 +19,6 @@ pub struct CompiledPipeline {
     pub fields: Vec<FieldInfo>,
     pub operators: Vec<OperatorConfig>,
     pub decoder: Arc<Decoder>,
-}
-
-/// What prevents a (validated) spec from compiling. Validation reports these with positions;
-/// this is the last line of defence for specs built in code.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum CompileError {
-    #[error(
-        "operator `{operator}` reads field `{field}`, which is neither declared in decode.fields nor produced by an earlier operator"
-    )]
-    UnknownField { operator: String, field: String },
-    #[error("operator `{operator}`: {message}")]
-    Invalid { operator: String, message: String },
-    #[error("a pipeline can have at most 64 fields (declared and derived); this one has {0}")]
-    TooManyFields(usize),
 }
 
 impl CompiledPipeline {
@@ -62,200 +36,28 @@ impl CompiledPipeline {
             fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
         let mut operators = Vec::with_capacity(spec.operators.len());
 
+        let ranged: Vec<FieldSlot> = spec
+            .decode
+            .fields
+            .values()
+            .enumerate()
+            .filter(|(_, f)| f.min.is_some() || f.max.is_some())
+            .map(|(slot, _)| slot)
+            .collect();
         for (i, op) in spec.operators.iter().enumerate() {
-            let index = i as OpIndex;
-            let name = op.name().to_string();
-            let lookup = |field: &str, slots: &FxHashMap<String, FieldSlot>| {
-                slots.get(field).copied().ok_or_else(|| CompileError::UnknownField {
-                    operator: name.clone(),
-                    field: field.to_string(),
-                })
-            };
-            let config = match op {
-                OperatorSpec::Window(w) => {
-                    let mut wanted = Vec::new();
-                    match &w.aggregates {
-                        AggregatesSpec::All(aggs) => {
-                            for f in &w.fields {
-                                wanted.push((lookup(f, &slots)?, f.clone(), aggs.clone()));
-                            }
-                        }
-                        AggregatesSpec::PerField(map) => {
-                            for (f, aggs) in map {
-                                wanted.push((lookup(f, &slots)?, f.clone(), aggs.clone()));
-                            }
-                        }
-                    }
-                    let size = w.every.as_millis();
-                    let slide = w.slide.map_or(size, |s| s.as_millis());
-                    if size <= 0 || slide <= 0 || slide > size {
-                        return Err(CompileError::Invalid {
-                            operator: name,
-                            message: "window `every` and `slide` must be positive and `slide` at most `every`".into(),
-                        });
-                    }
-                    OperatorConfig::Window(Arc::new(WindowConfig::new(
-                        index,
-                        name.clone(),
-                        size,
-                        slide,
-                        w.lateness.as_millis(),
-                        w.idle_flush.map(|d| d.as_millis()),
-                        wanted,
-                    )))
-                }
-                OperatorSpec::Hysteresis(h) => {
-                    let slot = lookup(&h.field, &slots)?;
-                    let mut severity: Vec<(String, f64)> = h.severity.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                    severity.sort_by(|a, b| a.1.total_cmp(&b.1));
-                    if h.direction == crate::spec::Direction::Below {
-                        severity.reverse();
-                    }
-                    OperatorConfig::Hysteresis(Arc::new(HysteresisConfig {
-                        index,
-                        name: name.clone(),
-                        slot,
-                        field: h.field.clone(),
-                        enter: h.enter,
-                        exit: h.exit,
-                        direction: h.direction,
-                        min_duration_ms: h.min_duration.map_or(0, |d| d.as_millis()),
-                        min_clear_ms: h.min_clear.map_or(0, |d| d.as_millis()),
-                        severity,
-                    }))
-                }
-                OperatorSpec::Baseline(b) => {
-                    let slot = lookup(&b.field, &slots)?;
-                    if b.method == crate::spec::BaselineMethod::RollingMin && b.days == 0 {
-                        return Err(invalid(&name, "a rolling minimum needs `days` of at least 1"));
-                    }
-                    let output = op.derived_field().expect("a baseline produces a field");
-                    let output_slot = add_derived(&mut fields, &mut slots, &name, &output)?;
-                    OperatorConfig::Baseline(Arc::new(BaselineConfig {
-                        index,
-                        name: name.clone(),
-                        slot,
-                        field: b.field.clone(),
-                        method: b.method,
-                        alpha: b.alpha,
-                        zscore: b.zscore,
-                        warmup: b.warmup,
-                        days: b.days,
-                        utc_offset_hours: b.utc_offset_hours,
-                        emit: b.emit,
-                        output_slot: Some(output_slot),
-                    }))
-                }
-                OperatorSpec::Smooth(sm) => {
-                    let slot = lookup(&sm.field, &slots)?;
-                    if sm.method == crate::spec::SmoothMethod::Sma && sm.n == 0 {
-                        return Err(invalid(&name, "a moving average needs `n` of at least 1"));
-                    }
-                    let output = op.derived_field().expect("a smooth produces a field");
-                    let output_slot = add_derived(&mut fields, &mut slots, &name, &output)?;
-                    OperatorConfig::Smooth(Arc::new(SmoothConfig {
-                        index,
-                        name: name.clone(),
-                        slot,
-                        field: sm.field.clone(),
-                        method: sm.method,
-                        n: sm.n,
-                        alpha: sm.alpha,
-                        beta: sm.beta,
-                        emit: sm.emit,
-                        output_slot: Some(output_slot),
-                    }))
-                }
-                OperatorSpec::Threshold(t) => {
-                    let slot = lookup(&t.field, &slots)?;
-                    let relative_slot = t.relative_to.as_deref().map(|f| lookup(f, &slots)).transpose()?;
-                    let (above, below) = t.limits().map_err(|e| invalid(&name, e))?;
-                    OperatorConfig::Threshold(Arc::new(ThresholdConfig {
-                        index,
-                        name: name.clone(),
-                        slot,
-                        field: t.field.clone(),
-                        above,
-                        below,
-                        relative_slot,
-                        factor: t.factor,
-                        changes_only: t.changes_only,
-                    }))
-                }
-                OperatorSpec::Calibrate(c) => {
-                    let slot = lookup(&c.field, &slots)?;
-                    let learned = match (&c.baseline, c.reference) {
-                        (None, None) => None,
-                        (Some(baseline), Some(reference)) => {
-                            let earlier_baseline = spec.operators[..i]
-                                .iter()
-                                .any(|o| matches!(o, OperatorSpec::Baseline(_)) && o.name() == baseline);
-                            if !earlier_baseline {
-                                return Err(invalid(
-                                    &name,
-                                    &format!(
-                                        "`baseline: {baseline}` must name a baseline operator earlier in the chain"
-                                    ),
-                                ));
-                            }
-                            Some(LearnedCorrection {
-                                baseline_slot: lookup(baseline, &slots)?,
-                                reference,
-                            })
-                        }
-                        (Some(_), None) => {
-                            return Err(invalid(&name, "`baseline` needs the `reference` it should read"));
-                        }
-                        (None, Some(_)) => return Err(invalid(&name, "`reference` is only used with `baseline`")),
-                    };
-                    OperatorConfig::Calibrate(Arc::new(CalibrateConfig {
-                        index,
-                        name: name.clone(),
-                        slot,
-                        field: c.field.clone(),
-                        table: c.table.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                        default: c.default,
-                        learned,
-                    }))
-                }
-                OperatorSpec::Health(h) => {
-                    let mut flatline = Vec::with_capacity(h.flatline.len());
-                    for f in &h.flatline {
-                        if f.readings < 2 {
-                            return Err(invalid(&name, "a flatline needs `readings` of at least 2"));
-                        }
-                        flatline.push(FlatlineConfig {
-                            slot: lookup(&f.field, &slots)?,
-                            readings: f.readings,
-                        });
-                    }
-                    if h.report_every == Some(0) {
-                        return Err(invalid(&name, "`report_every` must be at least 1"));
-                    }
-                    let range_fields = spec
-                        .decode
-                        .fields
-                        .values()
-                        .enumerate()
-                        .filter(|(_, f)| f.min.is_some() || f.max.is_some())
-                        .map(|(slot, _)| slot)
-                        .collect();
-                    OperatorConfig::Health(Arc::new(HealthConfig {
-                        index,
-                        name: name.clone(),
-                        offline_after_ms: h.offline_after.map(|d| d.as_millis()),
-                        flatline,
-                        report_every: h.report_every,
-                        range_fields,
-                    }))
-                }
-            };
-            operators.push(config);
+            let mut context = CompileContext::new(
+                i as OpIndex,
+                op.name().to_string(),
+                &spec.operators[..i],
+                &ranged,
+                &mut fields,
+                &mut slots,
+            );
+            operators.push(op.compile(&mut context)?);
         }
         if fields.len() > 64 {
             return Err(CompileError::TooManyFields(fields.len()));
         }
-        let _ = BaselineEmit::End;
         let mut decoder = Decoder::new(&spec.decode, fields.len());
         if spec.sources.iter().any(
             |s| matches!(s, crate::spec::SourceSpec::Kafka(k) if k.device_from == crate::spec::KafkaDeviceFrom::Key),
@@ -277,12 +79,7 @@ impl CompiledPipeline {
     pub fn tick_interval_ms(&self) -> Option<i64> {
         let mut shortest: Option<i64> = None;
         for op in &self.spec.operators {
-            let timeout = match op {
-                OperatorSpec::Window(w) => w.idle_flush.map(|d| d.as_millis()),
-                OperatorSpec::Health(h) => h.offline_after.map(|d| d.as_millis()),
-                _ => None,
-            };
-            if let Some(t) = timeout {
+            if let Some(t) = op.processing_timeout().map(|d| d.as_millis()) {
                 shortest = Some(shortest.map_or(t, |s: i64| s.min(t)));
             }
         }
@@ -317,38 +114,11 @@ impl CompiledPipeline {
     }
 }
 
-fn invalid(operator: &str, message: &str) -> CompileError {
-    CompileError::Invalid {
-        operator: operator.to_string(),
-        message: message.to_string(),
-    }
-}
-
-/// Registers the derived field `field` of `operator` in the next slot.
-fn add_derived(
-    fields: &mut Vec<FieldInfo>,
-    slots: &mut FxHashMap<String, FieldSlot>,
-    operator: &str,
-    field: &str,
-) -> Result<FieldSlot, CompileError> {
-    if slots.contains_key(field) {
-        return Err(invalid(
-            operator,
-            &format!("its derived field `{field}` has the name of an existing field"),
-        ));
-    }
-    let slot = fields.len();
-    fields.push(FieldInfo {
-        name: field.to_string(),
-        declared: false,
-    });
-    slots.insert(field.to_string(), slot);
-    Ok(slot)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::calibrate::LearnedCorrection;
+    use crate::operators::health::FlatlineConfig;
 
     const DECODE: &str =
         "version: 1\npipeline: t\ndecode:\n  fields:\n    pm25: { min: 0 }\n    co2: {}\n    temp: { max: 60 }\n";

@@ -8,7 +8,7 @@ use plume::spec::{self, SourceSpec};
 pub fn describe_pipeline(file: &str, loaded: &spec::LoadedPipeline, compiled: &CompiledPipeline) -> String {
     use std::fmt::Write as _;
 
-    use spec::{AggregatesSpec, DecodeFormat, OperatorSpec, SinkSpec};
+    use spec::{DecodeFormat, SinkSpec};
 
     let spec = &loaded.spec;
     let mut out = String::new();
@@ -80,75 +80,7 @@ pub fn describe_pipeline(file: &str, loaded: &spec::LoadedPipeline, compiled: &C
     let _ = writeln!(out, "  fields:    {fields}");
     for (i, op) in spec.operators.iter().enumerate() {
         let label = if i == 0 { "  operators: " } else { "             " };
-        let text = match op {
-            OperatorSpec::Window(w) => {
-                let aggregates = match &w.aggregates {
-                    AggregatesSpec::All(list) => format!(
-                        "{} of {}",
-                        list.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("/"),
-                        w.fields.join(", ")
-                    ),
-                    AggregatesSpec::PerField(map) => map
-                        .iter()
-                        .map(|(f, list)| {
-                            format!("{f} {}", list.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("/"))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                };
-                let slide = w.slide.map(|s| format!(" sliding by {s}")).unwrap_or_default();
-                format!(
-                    "window `{}`: every {}{slide}, lateness {}: {aggregates}",
-                    op.name(),
-                    w.every,
-                    w.lateness
-                )
-            }
-            OperatorSpec::Hysteresis(h) => {
-                let (enter, exit) = match h.direction {
-                    spec::Direction::Above => (">=", "<="),
-                    spec::Direction::Below => ("<=", ">="),
-                };
-                let debounce = h
-                    .min_duration
-                    .map(|d| format!(", for at least {d}"))
-                    .unwrap_or_default();
-                let mut bands: Vec<(&String, &f64)> = h.severity.iter().collect();
-                bands.sort_by(|a, b| a.1.total_cmp(b.1));
-                let bands = if bands.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        ", severity {}",
-                        bands
-                            .iter()
-                            .map(|(k, v)| format!("{k} {v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                format!(
-                    "hysteresis `{}`: {} {enter} {} opens, {exit} {} closes{debounce}{bands}",
-                    op.name(),
-                    h.field,
-                    h.enter,
-                    h.exit
-                )
-            }
-            OperatorSpec::Baseline(b) => {
-                format!(
-                    "baseline `{}`: {} of {}, alpha {}",
-                    op.name(),
-                    wire_name(&b.method),
-                    b.field,
-                    b.alpha
-                )
-            }
-            OperatorSpec::Smooth(s) => format!("smooth `{}`: {} of {}", op.name(), wire_name(&s.method), s.field),
-            OperatorSpec::Threshold(t) => format!("threshold `{}` on {}", op.name(), t.field),
-            OperatorSpec::Calibrate(c) => format!("calibrate `{}` of {}", op.name(), c.field),
-            OperatorSpec::Health(_) => format!("health `{}`", op.name()),
-        };
+        let text = op.describe();
         let _ = writeln!(out, "{label}{text}");
     }
     for (i, route) in spec.outputs.iter().enumerate() {

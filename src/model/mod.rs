@@ -7,13 +7,19 @@
 //! - `record`: [`OutputRecord`] and its [`RecordKind`] (the `type` of every output record).
 //! - `ids`: [`SourceId`] and [`SinkId`], the names of sources and sinks that reach disk.
 //! - `keys`: [`key_group_of`] and [`shard_of`], the stable device → key group → shard mapping.
+//! - `duration`: [`DurationSpec`], the strict durations of pipeline files (`500ms`, `5m`, `1h30m`).
+//! - `location`: [`location::Path`], a place in a pipeline file (`operators[2].hysteresis.exit`)
+//!   that a problem is reported at.
 
 pub mod chunk;
+pub mod duration;
 pub mod ids;
 pub mod keys;
+pub mod location;
 pub mod record;
 
 pub use chunk::{Chunk, ChunkData, ChunkTicket, InFlight, Message, Position, SourcePosition};
+pub use duration::DurationSpec;
 pub use ids::{NotifierKind, SinkId, SourceId};
 pub use keys::{key_group_of, shard_of};
 pub use record::{OpIndex, OutputRecord, RecordKind};

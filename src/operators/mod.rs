@@ -1,9 +1,16 @@
-//! The operator library: pure, per-device state machines.
+//! The operator library: pure, per-device state machines, each in a folder of its own with its
+//! pipeline-file spec, its checks, its compile step and its tests.
 //!
 //! # Layout
-//! - [`mod@self`]: the shared vocabulary: [`Reading`], [`Emit`], [`Flow`], the [`Operator`] enum
-//!   that dispatches to each kind, its serializable [`OperatorState`], and [`DeviceChain`], the
-//!   compiled chain of one device with its snapshot format ([`DeviceSnapshot`]).
+//! - [`mod@self`]: the shared vocabulary ([`Reading`], [`Emit`], [`Flow`]) and the [`Operator`]
+//!   trait every operator implements: its spec (name, derived field, checks, compile step,
+//!   summary) and its state machine (reading, watermark step, time, end, snapshot/restore), with
+//!   no-op defaults for the hooks it does not need.
+//! - `registry`: the one list of operators, and the enums generated from it ([`OperatorSpec`],
+//!   [`OperatorConfig`], [`DeviceOperator`], [`OperatorState`]).
+//! - `chain`: [`DeviceChain`], the compiled chain of one device, and its stored format
+//!   ([`DeviceSnapshot`]).
+//! - `context`: what an operator's check and compile step see of the pipeline around it.
 //! - `window`: event-time tumbling and sliding windows, per-device watermark, late output,
 //!   processing-time idle flush.
 //! - `hysteresis`: pollution events with enter/exit thresholds and debounce.
@@ -12,38 +19,45 @@
 //! - `threshold`: instant threshold crossings, against a constant or another field.
 //! - `calibrate`: per-device offset and gain, or a shift learned from a baseline.
 //! - `health`: offline/online, flatlines, out-of-range counts.
-//! - `settings`: the setting types an operator's spec shares with its state machine.
+//! - `settings`: setting types several operators share.
 //!
 //! Operators that derive a value (baselines, smoothing) write it into a derived field slot of the
 //! reading, and calibration rewrites its field in place, so every later operator of the chain
 //! reads the new value.
 //!
-//! Every operator is a plain struct: `on_reading(&mut self, reading, now, out)`, `after_reading`
-//! (the watermark step that runs once every operator has seen the reading), `on_time(now, out)`
-//! (processing-time work: idle flush, offline detection), `on_end(out)` (end of input or graceful
-//! shutdown), `snapshot()` / `restore()`. No IO, no async, no actors: time is passed in.
+//! No IO, no async, no actors: time is passed in.
+//!
+//! Adding an operator: a folder with its spec, state machine and tests, an `impl Operator`, and
+//! one line in `registry` (ARCHITECTURE.md, "How to add an operator").
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 pub mod baseline;
 pub mod calibrate;
+mod chain;
+pub mod context;
 pub mod health;
 pub mod hysteresis;
+mod registry;
 pub mod settings;
 pub mod smooth;
 pub mod threshold;
 pub mod window;
 
-pub use baseline::{BaselineConfig, BaselineOp, BaselineState};
-pub use calibrate::{CalibrateConfig, CalibrateOp, CalibrateState};
-pub use health::{HealthConfig, HealthOp, HealthState};
-pub use hysteresis::{HysteresisConfig, HysteresisOp, HysteresisState};
-pub use smooth::{SmoothConfig, SmoothOp, SmoothState};
-pub use threshold::{ThresholdConfig, ThresholdOp, ThresholdState};
-pub use window::{WindowConfig, WindowOp, WindowState};
+pub use baseline::{BaselineConfig, BaselineOp, BaselineSpec, BaselineState};
+pub use calibrate::{CalibrateConfig, CalibrateOp, CalibrateSpec, CalibrateState};
+pub use chain::{DeviceChain, DeviceCounters, DeviceSnapshot, NamedState, SNAPSHOT_VERSION};
+pub use context::{CompileContext, CompileError, FieldInfo, Report, SpecChecker};
+pub use health::{FlatlineSpec, HealthConfig, HealthOp, HealthSpec, HealthState};
+pub use hysteresis::{HysteresisConfig, HysteresisOp, HysteresisSpec, HysteresisState};
+pub use registry::{DeviceOperator, KINDS, OperatorConfig, OperatorSpec, OperatorState};
+pub use smooth::{SmoothConfig, SmoothOp, SmoothSpec, SmoothState};
+pub use threshold::{ThresholdConfig, ThresholdOp, ThresholdSpec, ThresholdState};
+pub use window::{AggregatesSpec, WindowConfig, WindowOp, WindowSpec, WindowState};
 
 /// Index of a field in a reading's value vector (declared fields first, then derived ones).
 pub type FieldSlot = usize;
@@ -211,79 +225,93 @@ impl Emit {
     }
 }
 
-/// The compiled configuration of one operator (shared by all devices).
-#[derive(Debug, Clone)]
-pub enum OperatorConfig {
-    Window(Arc<WindowConfig>),
-    Hysteresis(Arc<HysteresisConfig>),
-    Baseline(Arc<BaselineConfig>),
-    Smooth(Arc<SmoothConfig>),
-    Threshold(Arc<ThresholdConfig>),
-    Calibrate(Arc<CalibrateConfig>),
-    Health(Arc<HealthConfig>),
+/// The field an operator adds to the readings, and the key of its spec that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedField {
+    pub field: String,
+    /// `name` or `output`, for messages.
+    pub key: &'static str,
 }
 
-impl OperatorConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            OperatorConfig::Window(c) => &c.name,
-            OperatorConfig::Hysteresis(c) => &c.name,
-            OperatorConfig::Baseline(c) => &c.name,
-            OperatorConfig::Smooth(c) => &c.name,
-            OperatorConfig::Threshold(c) => &c.name,
-            OperatorConfig::Calibrate(c) => &c.name,
-            OperatorConfig::Health(c) => &c.name,
-        }
+/// One kind of operator: its settings in the pipeline file and its per-device state machine.
+/// Every hook of the state machine has a no-op default. The implementing type is one device's
+/// instance; the registry dispatches to it.
+pub trait Operator: Clone + std::fmt::Debug + Sized {
+    /// The operator's key in the pipeline file (`window`), its default name, and the kind of its
+    /// stored state.
+    const KIND: &'static str;
+    /// Its settings in the pipeline file (`deny_unknown_fields`, doc comments for the schema).
+    type Spec;
+    /// Its compiled settings, shared by every device.
+    type Config: std::fmt::Debug + Send + Sync + 'static;
+    /// What a checkpoint stores of one device's instance.
+    type State: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned;
+
+    // --- the pipeline file ---
+
+    /// The `name` written in the file, if any.
+    fn explicit_name(spec: &Self::Spec) -> Option<&str>;
+
+    /// The field it adds for later operators, if it adds one.
+    fn derived_field(_spec: &Self::Spec) -> Option<DerivedField> {
+        None
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            OperatorConfig::Window(_) => "window",
-            OperatorConfig::Hysteresis(_) => "hysteresis",
-            OperatorConfig::Baseline(_) => "baseline",
-            OperatorConfig::Smooth(_) => "smooth",
-            OperatorConfig::Threshold(_) => "threshold",
-            OperatorConfig::Calibrate(_) => "calibrate",
-            OperatorConfig::Health(_) => "health",
-        }
+    /// Its semantic checks (no IO; every problem reported).
+    fn check<C: SpecChecker>(_spec: &Self::Spec, _checker: &mut C) {}
+
+    /// Compiles the spec at its place in the chain.
+    fn compile(spec: &Self::Spec, context: &mut CompileContext<'_>) -> Result<Self::Config, CompileError>;
+
+    /// The processing time after which it acts on a silent device (idle flush, offline); the
+    /// runtime ticks devices often enough for the shortest.
+    fn processing_timeout(_spec: &Self::Spec) -> Option<crate::model::DurationSpec> {
+        None
     }
 
-    /// A fresh operator for one device (calibration picks the device's correction).
-    pub fn instantiate(&self, device: &str) -> Operator {
-        match self {
-            OperatorConfig::Window(c) => Operator::Window(WindowOp::new(c.clone())),
-            OperatorConfig::Hysteresis(c) => Operator::Hysteresis(HysteresisOp::new(c.clone())),
-            OperatorConfig::Baseline(c) => Operator::Baseline(BaselineOp::new(c.clone())),
-            OperatorConfig::Smooth(c) => Operator::Smooth(SmoothOp::new(c.clone())),
-            OperatorConfig::Threshold(c) => Operator::Threshold(ThresholdOp::new(c.clone())),
-            OperatorConfig::Calibrate(c) => Operator::Calibrate(CalibrateOp::new(c.clone(), device)),
-            OperatorConfig::Health(c) => Operator::Health(HealthOp::new(c.clone())),
-        }
+    /// One line for `plume validate`'s summary; `name` is the operator's name.
+    fn describe(spec: &Self::Spec, name: &str) -> String;
+
+    // --- compiled ---
+
+    /// The operator's name.
+    fn config_name(config: &Self::Config) -> &str;
+
+    /// The field it watches, named in its output records.
+    fn watched_field(_config: &Self::Config) -> Option<&str> {
+        None
     }
-}
 
-/// A running operator of one device.
-#[derive(Debug, Clone)]
-pub enum Operator {
-    Window(WindowOp),
-    Hysteresis(HysteresisOp),
-    Baseline(BaselineOp),
-    Smooth(SmoothOp),
-    Threshold(ThresholdOp),
-    Calibrate(CalibrateOp),
-    Health(HealthOp),
-}
+    /// A fresh instance for one device.
+    fn instantiate(config: &Arc<Self::Config>, device: &str) -> Self;
 
-/// The stored state of one operator (versioned with the [`DeviceSnapshot`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum OperatorState {
-    Window(WindowState),
-    Hysteresis(HysteresisState),
-    Baseline(BaselineState),
-    Smooth(SmoothState),
-    Threshold(ThresholdState),
-    Calibrate(CalibrateState),
-    Health(HealthState),
+    /// The compiled settings of this instance.
+    fn config(&self) -> &Self::Config;
+
+    // --- one device ---
+
+    /// A reading, in chain order; an operator may change the reading for the operators after it.
+    #[inline]
+    fn on_reading(&mut self, _reading: &mut Reading, _now: i64, _out: &mut Vec<Emit>) -> Flow {
+        Flow::Continue
+    }
+
+    /// The watermark step: runs once every operator has seen the reading.
+    #[inline]
+    fn after_reading(&mut self, _now: i64, _out: &mut Vec<Emit>) {}
+
+    /// Processing time passes (`now`): idle flush, offline detection.
+    #[inline]
+    fn on_time(&mut self, _now: i64, _out: &mut Vec<Emit>) {}
+
+    /// End of input or graceful shutdown.
+    #[inline]
+    fn on_end(&mut self, _out: &mut Vec<Emit>) {}
+
+    fn snapshot(&self) -> Self::State;
+
+    /// Continues from a stored state (refused if it was stored by other settings).
+    fn restore(&mut self, state: Self::State) -> Result<(), RestoreError>;
 }
 
 /// A state that does not fit the operator it is restored into.
@@ -301,278 +329,4 @@ pub enum RestoreError {
     Decode(String),
     #[error("operator `{0}` has no stored state and --allow-pipeline-change was not given")]
     MissingOperator(String),
-}
-
-impl OperatorState {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            OperatorState::Window(_) => "window",
-            OperatorState::Hysteresis(_) => "hysteresis",
-            OperatorState::Baseline(_) => "baseline",
-            OperatorState::Smooth(_) => "smooth",
-            OperatorState::Threshold(_) => "threshold",
-            OperatorState::Calibrate(_) => "calibrate",
-            OperatorState::Health(_) => "health",
-        }
-    }
-}
-
-impl Operator {
-    /// The operator's name (the key of its stored state).
-    pub fn name(&self) -> &str {
-        match self {
-            Operator::Window(o) => &o.config().name,
-            Operator::Hysteresis(o) => &o.config().name,
-            Operator::Baseline(o) => &o.config().name,
-            Operator::Smooth(o) => &o.config().name,
-            Operator::Threshold(o) => &o.config().name,
-            Operator::Calibrate(o) => &o.config().name,
-            Operator::Health(o) => &o.config().name,
-        }
-    }
-
-    #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
-        match self {
-            Operator::Window(op) => op.on_reading(reading, now, out),
-            Operator::Hysteresis(op) => op.on_reading(reading, now, out),
-            Operator::Baseline(op) => op.on_reading(reading, now, out),
-            Operator::Smooth(op) => op.on_reading(reading, now, out),
-            Operator::Threshold(op) => op.on_reading(reading, now, out),
-            Operator::Calibrate(op) => op.on_reading(reading, now, out),
-            Operator::Health(op) => op.on_reading(reading, now, out),
-        }
-    }
-
-    #[inline]
-    pub fn after_reading(&mut self, now: i64, out: &mut Vec<Emit>) {
-        if let Operator::Window(op) = self {
-            op.after_reading(now, out)
-        }
-    }
-
-    pub fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
-        match self {
-            Operator::Window(op) => op.on_time(now, out),
-            Operator::Health(op) => op.on_time(now, out),
-            Operator::Hysteresis(_)
-            | Operator::Baseline(_)
-            | Operator::Smooth(_)
-            | Operator::Threshold(_)
-            | Operator::Calibrate(_) => {}
-        }
-    }
-
-    pub fn on_end(&mut self, out: &mut Vec<Emit>) {
-        match self {
-            Operator::Window(op) => op.on_end(out),
-            Operator::Baseline(op) => op.on_end(out),
-            Operator::Health(op) => op.on_end(out),
-            Operator::Hysteresis(_) | Operator::Smooth(_) | Operator::Threshold(_) | Operator::Calibrate(_) => {}
-        }
-    }
-
-    pub fn snapshot(&self) -> OperatorState {
-        match self {
-            Operator::Window(op) => OperatorState::Window(op.snapshot()),
-            Operator::Hysteresis(op) => OperatorState::Hysteresis(op.snapshot()),
-            Operator::Baseline(op) => OperatorState::Baseline(op.snapshot()),
-            Operator::Smooth(op) => OperatorState::Smooth(op.snapshot()),
-            Operator::Threshold(op) => OperatorState::Threshold(op.snapshot()),
-            Operator::Calibrate(op) => OperatorState::Calibrate(op.snapshot()),
-            Operator::Health(op) => OperatorState::Health(op.snapshot()),
-        }
-    }
-
-    /// Rebuilds an operator of `config` from a stored state.
-    pub fn restore(config: &OperatorConfig, device: &str, state: OperatorState) -> Result<Operator, RestoreError> {
-        let mismatch = |found: &'static str| RestoreError::KindMismatch {
-            operator: config.name().to_string(),
-            expected: config.kind(),
-            found,
-        };
-        let mut op = config.instantiate(device);
-        match (&mut op, state) {
-            (Operator::Window(o), OperatorState::Window(s)) => o.restore(s),
-            (Operator::Hysteresis(o), OperatorState::Hysteresis(s)) => o.restore(s),
-            (Operator::Baseline(o), OperatorState::Baseline(s)) => o.restore(s)?,
-            (Operator::Smooth(o), OperatorState::Smooth(s)) => o.restore(s)?,
-            (Operator::Threshold(o), OperatorState::Threshold(s)) => o.restore(s),
-            (Operator::Calibrate(o), OperatorState::Calibrate(s)) => o.restore(s),
-            (Operator::Health(o), OperatorState::Health(s)) => o.restore(s),
-            (_, s) => return Err(mismatch(s.kind())),
-        }
-        Ok(op)
-    }
-}
-
-/// The stored format version of [`DeviceSnapshot`]. Bump it (and add a migration in
-/// [`DeviceSnapshot::decode`]) whenever a state struct changes.
-pub const SNAPSHOT_VERSION: u32 = 1;
-
-/// Per-device counters that travel with the state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceCounters {
-    /// Readings given to the chain (late ones included).
-    pub readings: u64,
-    /// Readings that a window operator found late.
-    pub late: u64,
-}
-
-/// One operator's state, named so a changed pipeline can keep the operators that still exist.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NamedState {
-    pub name: String,
-    pub state: OperatorState,
-}
-
-/// Everything a device needs to continue exactly where it was.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceSnapshot {
-    pub counters: DeviceCounters,
-    pub operators: Vec<NamedState>,
-}
-
-impl DeviceSnapshot {
-    /// `bincode` (2.0.1, standard config) of the snapshot, preceded by [`SNAPSHOT_VERSION`].
-    pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = SNAPSHOT_VERSION.to_le_bytes().to_vec();
-        bincode::serde::encode_into_std_write(self, &mut bytes, bincode::config::standard())
-            .expect("writing to a Vec cannot fail");
-        bytes
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<DeviceSnapshot, RestoreError> {
-        if bytes.len() < 4 {
-            return Err(RestoreError::Decode(format!("{} bytes is too short", bytes.len())));
-        }
-        let version = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-        match version {
-            SNAPSHOT_VERSION => {
-                let (snapshot, used) = bincode::serde::decode_from_slice(&bytes[4..], bincode::config::standard())
-                    .map_err(|e| RestoreError::Decode(e.to_string()))?;
-                if used != bytes.len() - 4 {
-                    return Err(RestoreError::Decode(format!(
-                        "{} trailing bytes after the snapshot",
-                        bytes.len() - 4 - used
-                    )));
-                }
-                Ok(snapshot)
-            }
-            found => Err(RestoreError::UnsupportedVersion {
-                found,
-                supported: SNAPSHOT_VERSION,
-            }),
-        }
-    }
-}
-
-/// The operator chain of one device: every operator in pipeline order, and its counters.
-#[derive(Debug, Clone)]
-pub struct DeviceChain {
-    /// (A boxed slice: one word smaller than a `Vec` in every device actor.)
-    operators: Box<[Operator]>,
-    counters: DeviceCounters,
-}
-
-impl DeviceChain {
-    /// A fresh chain for `device`.
-    pub fn new(configs: &[OperatorConfig], device: &str) -> Self {
-        DeviceChain {
-            operators: configs.iter().map(|c| c.instantiate(device)).collect(),
-            counters: DeviceCounters::default(),
-        }
-    }
-
-    pub fn counters(&self) -> DeviceCounters {
-        self.counters
-    }
-
-    /// Runs one reading through the chain, in operator order; then lets every operator that
-    /// saw it advance its watermark (closing windows).
-    #[inline]
-    pub fn on_reading(&mut self, mut reading: Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
-        self.counters.readings += 1;
-        let mut seen = self.operators.len();
-        let mut flow = Flow::Continue;
-        for (i, op) in self.operators.iter_mut().enumerate() {
-            if op.on_reading(&mut reading, now, out) == Flow::Late {
-                self.counters.late += 1;
-                seen = i;
-                flow = Flow::Late;
-                break;
-            }
-        }
-        for op in &mut self.operators[..seen] {
-            op.after_reading(now, out);
-        }
-        flow
-    }
-
-    /// Processing-time work (idle flush, offline detection).
-    pub fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
-        for op in &mut self.operators {
-            op.on_time(now, out);
-        }
-    }
-
-    /// End of input or graceful shutdown: emit open windows and final baselines.
-    pub fn on_end(&mut self, out: &mut Vec<Emit>) {
-        for op in &mut self.operators {
-            op.on_end(out);
-        }
-    }
-
-    pub fn snapshot(&self) -> DeviceSnapshot {
-        DeviceSnapshot {
-            counters: self.counters,
-            operators: self
-                .operators
-                .iter()
-                .zip(self.names())
-                .map(|(op, name)| NamedState {
-                    name: name.to_string(),
-                    state: op.snapshot(),
-                })
-                .collect(),
-        }
-    }
-
-    fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.operators.iter().map(Operator::name)
-    }
-
-    /// Rebuilds a chain from a snapshot. Operators are matched by name; with
-    /// `allow_missing`, an operator without stored state starts fresh (a changed pipeline),
-    /// and stored states of operators that no longer exist are dropped.
-    pub fn restore(
-        configs: &[OperatorConfig],
-        device: &str,
-        snapshot: DeviceSnapshot,
-        allow_missing: bool,
-    ) -> Result<Self, RestoreError> {
-        let mut states = snapshot.operators;
-        let mut operators = Vec::with_capacity(configs.len());
-        for config in configs {
-            match states.iter().position(|s| s.name == config.name()) {
-                Some(pos) => {
-                    let named = states.swap_remove(pos);
-                    match Operator::restore(config, device, named.state) {
-                        Ok(op) => operators.push(op),
-                        Err(e) if allow_missing => {
-                            let _ = e;
-                            operators.push(config.instantiate(device))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                None if allow_missing => operators.push(config.instantiate(device)),
-                None => return Err(RestoreError::MissingOperator(config.name().to_string())),
-            }
-        }
-        Ok(DeviceChain {
-            operators: operators.into_boxed_slice(),
-            counters: snapshot.counters,
-        })
-    }
 }

@@ -6,7 +6,6 @@
 //!   settings), `settings` (runtime, checkpoints, shutdown, embedded broker, named defaults): the
 //!   config types. Each key is declared once, on its type, with its doc comment; everything else
 //!   (the JSON Schema, the loader's structural checks, the README's key reference) is derived.
-//! - `duration`: the strict duration type (`500ms`, `60s`, `5m`, `1h`, `7d`, `1m30s`).
 //! - `schema`: the JSON Schema of a pipeline file, generated from the types (`schemars`): doc
 //!   comments become descriptions, defaults and allowed values come from the types.
 //! - `yaml`: a YAML document as a tree of nodes that remember their line and column,
@@ -29,7 +28,6 @@ pub mod check;
 pub mod connections;
 pub mod de;
 pub mod decode;
-pub mod duration;
 pub mod load;
 pub mod operators;
 pub mod outputs;
@@ -40,9 +38,9 @@ pub mod sources;
 pub mod validate;
 pub mod yaml;
 
+pub use crate::model::DurationSpec;
 pub use connections::*;
 pub use decode::*;
-pub use duration::DurationSpec;
 pub use load::{Diagnostic, Diagnostics, LoadedPipeline, load_pipeline, parse_pipeline, pipeline_hash};
 pub use operators::*;
 pub use outputs::*;

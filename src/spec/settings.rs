@@ -94,17 +94,10 @@ pub struct EmbeddedBrokerSpec {
 
 /// Named defaults, one function each (serde's `default = "…"` needs functions).
 pub mod defaults {
-    pub use crate::operators::settings::defaults::{alpha, days, warmup, zscore};
     use crate::spec::{DurationSpec, Qos};
 
     pub fn yes() -> bool {
         true
-    }
-    pub fn one() -> f64 {
-        1.0
-    }
-    pub fn zero() -> DurationSpec {
-        DurationSpec::from_millis(0)
     }
     pub fn speed() -> f64 {
         1.0
@@ -135,15 +128,6 @@ pub mod defaults {
     }
     pub fn dead_letter_bytes() -> usize {
         4096
-    }
-    pub fn sma_n() -> u32 {
-        5
-    }
-    pub fn smooth_alpha() -> f64 {
-        0.3
-    }
-    pub fn smooth_beta() -> f64 {
-        0.1
     }
     pub fn http_timeout() -> DurationSpec {
         DurationSpec::from_millis(10_000)

@@ -14,13 +14,14 @@
 //!   names, times of day).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use super::yaml::is_env_name;
 use super::{
-    CURRENT_VERSION, DecodeFormat, DurationSpec, FieldSpec, FieldType, KafkaClientSpec, KafkaDeviceFrom, KafkaTimeFrom,
+    CURRENT_VERSION, DecodeFormat, FieldSpec, FieldType, KafkaClientSpec, KafkaDeviceFrom, KafkaTimeFrom,
     MqttClientSpec, PipelineSpec, SourceSpec, TimeUnit,
 };
+
+pub use crate::model::location::{Path, Segment};
 
 mod operators;
 mod outputs;
@@ -52,79 +53,11 @@ pub const EVENT_KINDS: [&str; 13] = [
     "summary",
 ];
 
-/// One step of a path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Segment {
-    /// The value under a key.
-    Key(String),
-    /// The key itself (for problems with a name the user chose, such as a field name).
-    KeyName(String),
-    /// An item of a list.
-    Index(usize),
-}
-
-/// Where in the file a problem is: `operators[2].hysteresis.exit`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Path(pub Vec<Segment>);
-
-impl Path {
-    pub fn root() -> Path {
-        Path(Vec::new())
-    }
-
-    pub fn key(&self, key: &str) -> Path {
-        let mut p = self.clone();
-        p.0.push(Segment::Key(key.to_string()));
-        p
-    }
-
-    pub fn key_name(&self, key: &str) -> Path {
-        let mut p = self.clone();
-        p.0.push(Segment::KeyName(key.to_string()));
-        p
-    }
-
-    pub fn index(&self, index: usize) -> Path {
-        let mut p = self.clone();
-        p.0.push(Segment::Index(index));
-        p
-    }
-}
-
-impl fmt::Display for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, segment) in self.0.iter().enumerate() {
-            match segment {
-                Segment::Key(k) | Segment::KeyName(k) => {
-                    if i > 0 {
-                        f.write_str(".")?;
-                    }
-                    f.write_str(k)?;
-                }
-                Segment::Index(n) => write!(f, "[{n}]")?,
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A semantic problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: Path,
     pub message: String,
-}
-
-impl Path {
-    /// Whether `prefix` is this path or above it (a key and its name count as one step).
-    pub fn starts_with(&self, prefix: &Path) -> bool {
-        let same = |a: &Segment, b: &Segment| match (a, b) {
-            (Segment::Key(x) | Segment::KeyName(x), Segment::Key(y) | Segment::KeyName(y)) => x == y,
-            (Segment::Index(x), Segment::Index(y)) => x == y,
-            _ => false,
-        };
-        prefix.0.len() <= self.0.len() && prefix.0.iter().zip(&self.0).all(|(a, b)| same(a, b))
-    }
 }
 
 /// The parts of a file that could not be read as written: the paths of its structural problems
@@ -195,18 +128,18 @@ struct Available {
     uncertain: bool,
 }
 
-fn positive(d: DurationSpec) -> bool {
-    d.as_millis() > 0
-}
+use crate::operators::Report;
 
-impl Checker<'_> {
+impl Report for Checker<'_> {
     fn report(&mut self, path: Path, message: impl Into<String>) {
         self.problems.push(Problem {
             path,
             message: message.into(),
         });
     }
+}
 
+impl Checker<'_> {
     fn env_name(&mut self, path: Path, name: &str) {
         if !is_env_name(name) {
             self.report(
@@ -222,27 +155,6 @@ impl Checker<'_> {
     fn not_empty(&mut self, path: Path, what: &str, value: &str) {
         if value.trim().is_empty() {
             self.report(path, format!("{what} must not be empty"));
-        }
-    }
-
-    fn finite(&mut self, path: Path, key: &str, value: f64) -> bool {
-        if value.is_finite() {
-            true
-        } else {
-            self.report(path, format!("`{key}` must be a finite number, found {value}"));
-            false
-        }
-    }
-
-    fn fraction(&mut self, path: Path, key: &str, value: f64) {
-        if !(value > 0.0 && value <= 1.0) {
-            self.report(path, format!("`{key}` must be above 0 and at most 1, found {value}"));
-        }
-    }
-
-    fn duration_positive(&mut self, path: Path, key: &str, value: DurationSpec) {
-        if !positive(value) {
-            self.report(path, format!("`{key}` must be longer than 0s"));
         }
     }
 

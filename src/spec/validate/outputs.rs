@@ -2,6 +2,7 @@
 
 use super::rules::{check_kafka_topic, check_publish_topic, check_url, is_clock_time};
 use super::{Checker, EVENT_KINDS, Path, RESERVED_ROUTE_NAMES};
+use crate::operators::Report;
 use crate::spec::de::suggest;
 use crate::spec::{NotifyPolicySpec, OneOrMany, PushSinkSpec, RetrySpec, SinkSpec};
 

@@ -1,9 +1,6 @@
 //! The rules of names, URLs, MQTT and Kafka topics and times of day.
 
-/// Letters, digits, `-` and `_`, at least one.
-pub(super) fn is_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
+pub(super) use crate::model::location::is_name;
 
 /// `HH:MM`, 00:00 to 23:59.
 pub(super) fn is_clock_time(text: &str) -> bool {

@@ -14,11 +14,15 @@
 //! jumps from above to below), `beyond: false` with the limit it had crossed when it comes back.
 //! With `changes_only: false`, every reading beyond the limit emits as well, not only the first.
 
+mod spec;
+pub use spec::*;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
+use crate::operators::{CompileContext, CompileError, Operator, RestoreError, SpecChecker};
+use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThresholdConfig {
@@ -65,16 +69,51 @@ impl ThresholdOp {
         }
     }
 
-    pub fn config(&self) -> &ThresholdConfig {
-        &self.config
-    }
-
     pub fn state(&self) -> &ThresholdState {
         &self.state
     }
+}
+
+impl Operator for ThresholdOp {
+    const KIND: &'static str = "threshold";
+    type Spec = ThresholdSpec;
+    type Config = ThresholdConfig;
+    type State = ThresholdState;
+
+    fn explicit_name(spec: &ThresholdSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn check<C: SpecChecker>(spec: &ThresholdSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &ThresholdSpec, context: &mut CompileContext<'_>) -> Result<ThresholdConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn describe(spec: &ThresholdSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &ThresholdConfig) -> &str {
+        &config.name
+    }
+
+    fn watched_field(config: &ThresholdConfig) -> Option<&str> {
+        Some(&config.field)
+    }
+
+    fn instantiate(config: &Arc<ThresholdConfig>, _device: &str) -> Self {
+        ThresholdOp::new(config.clone())
+    }
+
+    fn config(&self) -> &ThresholdConfig {
+        &self.config
+    }
 
     #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
+    fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
         let cfg = &*self.config;
         let x = reading.get(cfg.slot);
         if !present(x) {
@@ -120,12 +159,13 @@ impl ThresholdOp {
         Flow::Continue
     }
 
-    pub fn snapshot(&self) -> ThresholdState {
+    fn snapshot(&self) -> ThresholdState {
         self.state.clone()
     }
 
-    pub fn restore(&mut self, state: ThresholdState) {
+    fn restore(&mut self, state: ThresholdState) -> Result<(), RestoreError> {
         self.state = state;
+        Ok(())
     }
 }
 
@@ -245,7 +285,7 @@ mod tests {
         let mut op = detector(Some(10.0), None, false, 1.0, true);
         run(&mut op, &[(11.0, ABSENT)]);
         let mut restored = detector(Some(10.0), None, false, 1.0, true);
-        restored.restore(op.snapshot());
+        restored.restore(op.snapshot()).unwrap();
         assert_eq!(
             run(&mut restored, &[(12.0, ABSENT), (9.0, ABSENT)]),
             vec![(1, 10.0, false)]

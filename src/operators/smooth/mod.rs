@@ -16,13 +16,17 @@
 //! With `emit: true`, every value that updated the smoother emits [`Emit::Smoothed`] (with the
 //! trend for `holt`).
 
+mod spec;
+pub use spec::*;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::SmoothMethod;
-use super::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
+use crate::operators::settings::SmoothMethod;
+use crate::operators::{CompileContext, CompileError, DerivedField, Operator, SpecChecker};
+use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmoothConfig {
@@ -105,17 +109,56 @@ impl SmoothOp {
         }
     }
 
-    pub fn config(&self) -> &SmoothConfig {
-        &self.config
-    }
-
     /// The current smoothed value, if any.
     pub fn current(&self) -> Option<f64> {
         self.value
     }
+}
+
+impl Operator for SmoothOp {
+    const KIND: &'static str = "smooth";
+    type Spec = SmoothSpec;
+    type Config = SmoothConfig;
+    type State = SmoothState;
+
+    fn explicit_name(spec: &SmoothSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn derived_field(spec: &SmoothSpec) -> Option<DerivedField> {
+        Some(spec.derived_field())
+    }
+
+    fn check<C: SpecChecker>(spec: &SmoothSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &SmoothSpec, context: &mut CompileContext<'_>) -> Result<SmoothConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn describe(spec: &SmoothSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &SmoothConfig) -> &str {
+        &config.name
+    }
+
+    fn watched_field(config: &SmoothConfig) -> Option<&str> {
+        Some(&config.field)
+    }
+
+    fn instantiate(config: &Arc<SmoothConfig>, _device: &str) -> Self {
+        SmoothOp::new(config.clone())
+    }
+
+    fn config(&self) -> &SmoothConfig {
+        &self.config
+    }
 
     #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
+    fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
         let cfg = &*self.config;
         let x = reading.get(cfg.slot);
         if present(x) {
@@ -168,12 +211,12 @@ impl SmoothOp {
         Flow::Continue
     }
 
-    pub fn snapshot(&self) -> SmoothState {
+    fn snapshot(&self) -> SmoothState {
         self.state.clone()
     }
 
     /// Fails when the stored state belongs to another method (the pipeline changed it).
-    pub fn restore(&mut self, state: SmoothState) -> Result<(), RestoreError> {
+    fn restore(&mut self, state: SmoothState) -> Result<(), RestoreError> {
         let expected = SmoothState::fresh(self.config.method).kind();
         if state.kind() != expected {
             return Err(RestoreError::KindMismatch {

@@ -20,11 +20,16 @@
 //! A restored state whose lists do not match the configuration (the pipeline changed) is resized:
 //! new flatline runs and counters start from zero.
 
+mod spec;
+pub use spec::*;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Emit, FieldSlot, Flow, HealthEvent, OpIndex, Reading, present};
+use crate::model::DurationSpec;
+use crate::operators::{CompileContext, CompileError, Operator, RestoreError, SpecChecker};
+use crate::operators::{Emit, FieldSlot, Flow, HealthEvent, OpIndex, Reading, present};
 
 /// One watched field for flatlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +93,6 @@ impl HealthOp {
         op
     }
 
-    pub fn config(&self) -> &HealthConfig {
-        &self.config
-    }
-
     pub fn state(&self) -> &HealthState {
         &self.state
     }
@@ -103,8 +104,59 @@ impl HealthOp {
         self.state.out_of_range.resize(self.config.range_fields.len(), 0);
     }
 
+    fn report(&self) -> HealthEvent {
+        HealthEvent::Report {
+            out_of_range: self
+                .config
+                .range_fields
+                .iter()
+                .copied()
+                .zip(self.state.out_of_range.iter().copied())
+                .collect(),
+        }
+    }
+}
+
+impl Operator for HealthOp {
+    const KIND: &'static str = "health";
+    type Spec = HealthSpec;
+    type Config = HealthConfig;
+    type State = HealthState;
+
+    fn explicit_name(spec: &HealthSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn check<C: SpecChecker>(spec: &HealthSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &HealthSpec, context: &mut CompileContext<'_>) -> Result<HealthConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn processing_timeout(spec: &HealthSpec) -> Option<DurationSpec> {
+        spec.offline_after
+    }
+
+    fn describe(spec: &HealthSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &HealthConfig) -> &str {
+        &config.name
+    }
+
+    fn instantiate(config: &Arc<HealthConfig>, _device: &str) -> Self {
+        HealthOp::new(config.clone())
+    }
+
+    fn config(&self) -> &HealthConfig {
+        &self.config
+    }
+
     #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
+    fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
         let cfg = &*self.config;
         let st = &mut self.state;
         let ts = reading.ts;
@@ -159,20 +211,8 @@ impl HealthOp {
         Flow::Continue
     }
 
-    fn report(&self) -> HealthEvent {
-        HealthEvent::Report {
-            out_of_range: self
-                .config
-                .range_fields
-                .iter()
-                .copied()
-                .zip(self.state.out_of_range.iter().copied())
-                .collect(),
-        }
-    }
-
     /// Offline detection.
-    pub fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
+    fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
         let st = &mut self.state;
         if let (Some(after), Some(last_seen)) = (self.config.offline_after_ms, st.last_seen)
             && !st.offline
@@ -188,7 +228,7 @@ impl HealthOp {
     }
 
     /// End of input: the out-of-range counts are reported.
-    pub fn on_end(&mut self, out: &mut Vec<Emit>) {
+    fn on_end(&mut self, out: &mut Vec<Emit>) {
         if !self.config.range_fields.is_empty() && self.state.last_seen.is_some() {
             out.push(Emit::Health {
                 op: self.config.index,
@@ -198,13 +238,14 @@ impl HealthOp {
         }
     }
 
-    pub fn snapshot(&self) -> HealthState {
+    fn snapshot(&self) -> HealthState {
         self.state.clone()
     }
 
-    pub fn restore(&mut self, state: HealthState) {
+    fn restore(&mut self, state: HealthState) -> Result<(), RestoreError> {
         self.state = state;
         self.fit_state();
+        Ok(())
     }
 }
 
@@ -303,7 +344,7 @@ mod tests {
         op.on_reading(&mut reading(1, ABSENT, 9999.0, 0b11), 0, &mut out);
         op.on_reading(&mut reading(2, 3.0, 400.0, 0b100), 0, &mut out);
         let mut restored = health(None, 100, Some(2));
-        restored.restore(op.snapshot());
+        restored.restore(op.snapshot()).unwrap();
         restored.on_end(&mut out);
         assert_eq!(
             events(out),
@@ -336,7 +377,7 @@ mod tests {
             report_every: None,
             range_fields: vec![0, 1, 2],
         }));
-        changed.restore(op.snapshot());
+        changed.restore(op.snapshot()).unwrap();
         assert_eq!(changed.state().out_of_range, vec![0, 1, 0]);
         assert!(changed.state().flatlines.is_empty());
     }

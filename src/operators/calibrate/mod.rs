@@ -14,13 +14,17 @@
 //!
 //! A reading without the field is passed on unchanged.
 
+mod spec;
+pub use spec::*;
+
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::settings::Correction;
-use super::{FieldSlot, Flow, OpIndex, Reading, present};
+use crate::operators::settings::Correction;
+use crate::operators::{CompileContext, CompileError, Operator, RestoreError, SpecChecker};
+use crate::operators::{FieldSlot, Flow, OpIndex, Reading, present};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalibrateConfig {
@@ -75,10 +79,6 @@ impl CalibrateOp {
         }
     }
 
-    pub fn config(&self) -> &CalibrateConfig {
-        &self.config
-    }
-
     /// The table correction that applies to this device.
     pub fn correction(&self) -> Correction {
         self.correction
@@ -87,9 +87,48 @@ impl CalibrateOp {
     pub fn state(&self) -> &CalibrateState {
         &self.state
     }
+}
+
+impl Operator for CalibrateOp {
+    const KIND: &'static str = "calibrate";
+    type Spec = CalibrateSpec;
+    type Config = CalibrateConfig;
+    type State = CalibrateState;
+
+    fn explicit_name(spec: &CalibrateSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn check<C: SpecChecker>(spec: &CalibrateSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &CalibrateSpec, context: &mut CompileContext<'_>) -> Result<CalibrateConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn describe(spec: &CalibrateSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &CalibrateConfig) -> &str {
+        &config.name
+    }
+
+    fn watched_field(config: &CalibrateConfig) -> Option<&str> {
+        Some(&config.field)
+    }
+
+    fn instantiate(config: &Arc<CalibrateConfig>, device: &str) -> Self {
+        CalibrateOp::new(config.clone(), device)
+    }
+
+    fn config(&self) -> &CalibrateConfig {
+        &self.config
+    }
 
     #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, _now: i64, _out: &mut Vec<super::Emit>) -> Flow {
+    fn on_reading(&mut self, reading: &mut Reading, _now: i64, _out: &mut Vec<super::Emit>) -> Flow {
         let cfg = &*self.config;
         let Correction { offset, gain } = self.correction;
         let x = reading.get(cfg.slot);
@@ -111,12 +150,13 @@ impl CalibrateOp {
         Flow::Continue
     }
 
-    pub fn snapshot(&self) -> CalibrateState {
+    fn snapshot(&self) -> CalibrateState {
         self.state.clone()
     }
 
-    pub fn restore(&mut self, state: CalibrateState) {
+    fn restore(&mut self, state: CalibrateState) -> Result<(), RestoreError> {
         self.state = state;
+        Ok(())
     }
 }
 
@@ -185,7 +225,7 @@ mod tests {
         // baseline absent again: the last shift holds
         assert_eq!(apply(&mut op, 400.0, ABSENT), 440.0);
         let mut restored = CalibrateOp::new(config(learned), "dev-9");
-        restored.restore(op.snapshot());
+        restored.restore(op.snapshot()).unwrap();
         assert_eq!(apply(&mut restored, 400.0, ABSENT), 440.0);
         // with a gain, the baseline still maps to the reference
         let mut with_gain = CalibrateOp::new(config(learned), "dev-1");

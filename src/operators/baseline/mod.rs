@@ -27,13 +27,17 @@
 //! with `every` or `end`, the current baseline at the end of input (for `hourly_profile`, the
 //! value of the hour of the last update); `never` only feeds the derived field.
 
+mod spec;
+pub use spec::*;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::{BaselineEmit, BaselineMethod};
-use super::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
+use crate::operators::settings::{BaselineEmit, BaselineMethod};
+use crate::operators::{CompileContext, CompileError, DerivedField, Operator, SpecChecker};
+use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, RestoreError, present};
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -193,10 +197,6 @@ impl BaselineOp {
         }
     }
 
-    pub fn config(&self) -> &BaselineConfig {
-        &self.config
-    }
-
     pub fn state(&self) -> &BaselineState {
         &self.state
     }
@@ -205,9 +205,78 @@ impl BaselineOp {
     pub fn current(&self) -> Option<f64> {
         self.state.value
     }
+}
+
+/// Adds `x` to the minimum of `day`, keeping the last `days` days; returns the minimum over them,
+/// or `None` when `day` is older than the days kept (the value is ignored).
+fn add_daily_minimum(minima: &mut VecDeque<DayMinimum>, day: i64, x: f64, days: u32) -> Option<f64> {
+    let keep = i64::from(days.max(1));
+    match minima.back().map(|d| d.day) {
+        Some(newest) if day <= newest.saturating_sub(keep) => return None,
+        Some(newest) if day > newest => {
+            minima.push_back(DayMinimum { day, min: x });
+            while minima.front().is_some_and(|d| d.day <= day.saturating_sub(keep)) {
+                minima.pop_front();
+            }
+        }
+        None => minima.push_back(DayMinimum { day, min: x }),
+        Some(_) => match minima.iter().position(|d| d.day >= day) {
+            Some(p) if minima[p].day == day => {
+                if x < minima[p].min {
+                    minima[p].min = x;
+                }
+            }
+            Some(p) => minima.insert(p, DayMinimum { day, min: x }),
+            None => minima.push_back(DayMinimum { day, min: x }),
+        },
+    }
+    minima.iter().map(|d| d.min).reduce(f64::min)
+}
+
+impl Operator for BaselineOp {
+    const KIND: &'static str = "baseline";
+    type Spec = BaselineSpec;
+    type Config = BaselineConfig;
+    type State = BaselineState;
+
+    fn explicit_name(spec: &BaselineSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn derived_field(spec: &BaselineSpec) -> Option<DerivedField> {
+        Some(spec.derived_field())
+    }
+
+    fn check<C: SpecChecker>(spec: &BaselineSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &BaselineSpec, context: &mut CompileContext<'_>) -> Result<BaselineConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn describe(spec: &BaselineSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &BaselineConfig) -> &str {
+        &config.name
+    }
+
+    fn watched_field(config: &BaselineConfig) -> Option<&str> {
+        Some(&config.field)
+    }
+
+    fn instantiate(config: &Arc<BaselineConfig>, _device: &str) -> Self {
+        BaselineOp::new(config.clone())
+    }
+
+    fn config(&self) -> &BaselineConfig {
+        &self.config
+    }
 
     #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
+    fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
         let cfg = &*self.config;
         let st = &mut self.state;
         let ts = reading.ts;
@@ -272,7 +341,7 @@ impl BaselineOp {
     }
 
     /// End of input: the current baseline is reported (unless `emit: never`).
-    pub fn on_end(&mut self, out: &mut Vec<Emit>) {
+    fn on_end(&mut self, out: &mut Vec<Emit>) {
         if self.config.emit != BaselineEmit::Never
             && let Some(b) = self.state.value
         {
@@ -284,12 +353,12 @@ impl BaselineOp {
         }
     }
 
-    pub fn snapshot(&self) -> BaselineState {
+    fn snapshot(&self) -> BaselineState {
         self.state.clone()
     }
 
     /// Fails when the stored state was learned by another method (the pipeline changed it).
-    pub fn restore(&mut self, state: BaselineState) -> Result<(), RestoreError> {
+    fn restore(&mut self, state: BaselineState) -> Result<(), RestoreError> {
         let expected = Learner::fresh(self.config.method).kind();
         if state.learner.kind() != expected {
             return Err(RestoreError::KindMismatch {
@@ -301,32 +370,6 @@ impl BaselineOp {
         self.state = state;
         Ok(())
     }
-}
-
-/// Adds `x` to the minimum of `day`, keeping the last `days` days; returns the minimum over them,
-/// or `None` when `day` is older than the days kept (the value is ignored).
-fn add_daily_minimum(minima: &mut VecDeque<DayMinimum>, day: i64, x: f64, days: u32) -> Option<f64> {
-    let keep = i64::from(days.max(1));
-    match minima.back().map(|d| d.day) {
-        Some(newest) if day <= newest.saturating_sub(keep) => return None,
-        Some(newest) if day > newest => {
-            minima.push_back(DayMinimum { day, min: x });
-            while minima.front().is_some_and(|d| d.day <= day.saturating_sub(keep)) {
-                minima.pop_front();
-            }
-        }
-        None => minima.push_back(DayMinimum { day, min: x }),
-        Some(_) => match minima.iter().position(|d| d.day >= day) {
-            Some(p) if minima[p].day == day => {
-                if x < minima[p].min {
-                    minima[p].min = x;
-                }
-            }
-            Some(p) => minima.insert(p, DayMinimum { day, min: x }),
-            None => minima.push_back(DayMinimum { day, min: x }),
-        },
-    }
-    minima.iter().map(|d| d.min).reduce(f64::min)
 }
 
 #[cfg(test)]

@@ -12,13 +12,18 @@
 //! - a processing-time idle flush closes every open window of a device that has been silent for
 //!   `idle_flush`; the watermark moves past them, so a closed window is never reopened.
 
+mod spec;
+pub use spec::*;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::settings::Aggregate;
-use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
+use crate::model::DurationSpec;
+use crate::operators::settings::Aggregate;
+use crate::operators::{CompileContext, CompileError, Operator, RestoreError, SpecChecker};
+use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
 
 /// Aggregates of one field.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,10 +190,6 @@ impl WindowOp {
         }
     }
 
-    pub fn config(&self) -> &WindowConfig {
-        &self.config
-    }
-
     pub fn state(&self) -> &WindowState {
         &self.state
     }
@@ -200,40 +201,6 @@ impl WindowOp {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
-        let (index, size, slide) = (self.config.index, self.config.size_ms, self.config.slide_ms);
-        let ts = reading.ts;
-        let last_start = ts.div_euclid(slide).saturating_mul(slide);
-        let last_end = last_start.saturating_add(size);
-        let watermark = self.watermark();
-        if let Some(wm) = watermark
-            && last_end <= wm
-        {
-            out.push(Emit::Late { op: index, ts });
-            return Flow::Late;
-        }
-        self.state.last_seen = now;
-        // add to every window holding `ts` that is still open, newest start first
-        let mut start = last_start;
-        loop {
-            let end = start.saturating_add(size);
-            if end <= ts || watermark.is_some_and(|wm| end <= wm) {
-                break;
-            }
-            self.add_to_window(start, reading);
-            if slide == size {
-                break;
-            }
-            match start.checked_sub(slide) {
-                Some(s) => start = s,
-                None => break,
-            }
-        }
-        self.pending = Some(ts);
-        Flow::Continue
     }
 
     #[inline]
@@ -258,17 +225,6 @@ impl WindowOp {
             let x = reading.get(field.slot);
             if present(x) {
                 acc.add(x, cfg.needs_moments);
-            }
-        }
-    }
-
-    /// The watermark step: runs after every later operator has seen the accepted reading.
-    #[inline]
-    pub fn after_reading(&mut self, _now: i64, out: &mut Vec<Emit>) {
-        if let Some(ts) = self.pending.take() {
-            self.state.max_ts = Some(self.state.max_ts.map_or(ts, |m| m.max(ts)));
-            if let Some(wm) = self.watermark() {
-                self.close_until(wm, out);
             }
         }
     }
@@ -306,21 +262,6 @@ impl WindowOp {
         }
     }
 
-    /// Idle flush: a device silent for `idle_flush` (processing time) closes its windows.
-    pub fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
-        if let Some(idle) = self.config.idle_flush_ms
-            && !self.state.windows.is_empty()
-            && now.saturating_sub(self.state.last_seen) >= idle
-        {
-            self.flush_all(out);
-        }
-    }
-
-    /// End of input: every open window is emitted in ascending start order.
-    pub fn on_end(&mut self, out: &mut Vec<Emit>) {
-        self.flush_all(out);
-    }
-
     fn flush_all(&mut self, out: &mut Vec<Emit>) {
         if let Some(last) = self.state.windows.last() {
             let end = last.start.saturating_add(self.config.size_ms);
@@ -331,15 +272,6 @@ impl WindowOp {
             out.push(self.emit(w));
         }
     }
-
-    pub fn snapshot(&self) -> WindowState {
-        self.state.clone()
-    }
-
-    pub fn restore(&mut self, state: WindowState) {
-        self.state = state;
-        self.pending = None;
-    }
 }
 
 fn new_window(start: i64, fields: usize) -> OpenWindow {
@@ -347,6 +279,115 @@ fn new_window(start: i64, fields: usize) -> OpenWindow {
         start,
         count: 0,
         fields: SmallVec::from_elem(FieldAccumulator::default(), fields),
+    }
+}
+
+impl Operator for WindowOp {
+    const KIND: &'static str = "window";
+    type Spec = WindowSpec;
+    type Config = WindowConfig;
+    type State = WindowState;
+
+    fn explicit_name(spec: &WindowSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn check<C: SpecChecker>(spec: &WindowSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &WindowSpec, context: &mut CompileContext<'_>) -> Result<WindowConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn processing_timeout(spec: &WindowSpec) -> Option<DurationSpec> {
+        spec.idle_flush
+    }
+
+    fn describe(spec: &WindowSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &WindowConfig) -> &str {
+        &config.name
+    }
+
+    fn instantiate(config: &Arc<WindowConfig>, _device: &str) -> Self {
+        WindowOp::new(config.clone())
+    }
+
+    fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    #[inline]
+    fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
+        let (index, size, slide) = (self.config.index, self.config.size_ms, self.config.slide_ms);
+        let ts = reading.ts;
+        let last_start = ts.div_euclid(slide).saturating_mul(slide);
+        let last_end = last_start.saturating_add(size);
+        let watermark = self.watermark();
+        if let Some(wm) = watermark
+            && last_end <= wm
+        {
+            out.push(Emit::Late { op: index, ts });
+            return Flow::Late;
+        }
+        self.state.last_seen = now;
+        // add to every window holding `ts` that is still open, newest start first
+        let mut start = last_start;
+        loop {
+            let end = start.saturating_add(size);
+            if end <= ts || watermark.is_some_and(|wm| end <= wm) {
+                break;
+            }
+            self.add_to_window(start, reading);
+            if slide == size {
+                break;
+            }
+            match start.checked_sub(slide) {
+                Some(s) => start = s,
+                None => break,
+            }
+        }
+        self.pending = Some(ts);
+        Flow::Continue
+    }
+
+    /// The watermark step: runs after every later operator has seen the accepted reading.
+    #[inline]
+    fn after_reading(&mut self, _now: i64, out: &mut Vec<Emit>) {
+        if let Some(ts) = self.pending.take() {
+            self.state.max_ts = Some(self.state.max_ts.map_or(ts, |m| m.max(ts)));
+            if let Some(wm) = self.watermark() {
+                self.close_until(wm, out);
+            }
+        }
+    }
+
+    /// Idle flush: a device silent for `idle_flush` (processing time) closes its windows.
+    fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
+        if let Some(idle) = self.config.idle_flush_ms
+            && !self.state.windows.is_empty()
+            && now.saturating_sub(self.state.last_seen) >= idle
+        {
+            self.flush_all(out);
+        }
+    }
+
+    /// End of input: every open window is emitted in ascending start order.
+    fn on_end(&mut self, out: &mut Vec<Emit>) {
+        self.flush_all(out);
+    }
+
+    fn snapshot(&self) -> WindowState {
+        self.state.clone()
+    }
+
+    fn restore(&mut self, state: WindowState) -> Result<(), RestoreError> {
+        self.state = state;
+        self.pending = None;
+        Ok(())
     }
 }
 

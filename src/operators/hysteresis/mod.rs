@@ -11,12 +11,16 @@
 //! `min_clear`, likewise before it closes (its end is the first clear reading). The detector
 //! follows arrival order, not event time.
 
+mod spec;
+pub use spec::*;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::Direction;
-use super::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
+use crate::operators::settings::Direction;
+use crate::operators::{CompileContext, CompileError, Operator, RestoreError, SpecChecker};
+use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HysteresisConfig {
@@ -124,21 +128,8 @@ impl HysteresisOp {
         }
     }
 
-    pub fn config(&self) -> &HysteresisConfig {
-        &self.config
-    }
-
     pub fn state(&self) -> &HysteresisState {
         &self.state
-    }
-
-    #[inline]
-    pub fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
-        let x = reading.get(self.config.slot);
-        if present(x) {
-            self.step(reading.ts, x, out);
-        }
-        Flow::Continue
     }
 
     fn step(&mut self, ts: i64, x: f64, out: &mut Vec<Emit>) {
@@ -206,13 +197,62 @@ impl HysteresisOp {
             }
         }
     }
+}
 
-    pub fn snapshot(&self) -> HysteresisState {
+impl Operator for HysteresisOp {
+    const KIND: &'static str = "hysteresis";
+    type Spec = HysteresisSpec;
+    type Config = HysteresisConfig;
+    type State = HysteresisState;
+
+    fn explicit_name(spec: &HysteresisSpec) -> Option<&str> {
+        spec.name.as_deref()
+    }
+
+    fn check<C: SpecChecker>(spec: &HysteresisSpec, checker: &mut C) {
+        spec.check(checker)
+    }
+
+    fn compile(spec: &HysteresisSpec, context: &mut CompileContext<'_>) -> Result<HysteresisConfig, CompileError> {
+        spec.compile(context)
+    }
+
+    fn describe(spec: &HysteresisSpec, name: &str) -> String {
+        spec.describe(name)
+    }
+
+    fn config_name(config: &HysteresisConfig) -> &str {
+        &config.name
+    }
+
+    fn watched_field(config: &HysteresisConfig) -> Option<&str> {
+        Some(&config.field)
+    }
+
+    fn instantiate(config: &Arc<HysteresisConfig>, _device: &str) -> Self {
+        HysteresisOp::new(config.clone())
+    }
+
+    fn config(&self) -> &HysteresisConfig {
+        &self.config
+    }
+
+    #[inline]
+    fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
+        let x = reading.get(self.config.slot);
+        if present(x) {
+            self.step(reading.ts, x, out);
+        }
+        Flow::Continue
+    }
+
+    fn snapshot(&self) -> HysteresisState {
         self.state.clone()
     }
 
-    pub fn restore(&mut self, state: HysteresisState) {
+    fn restore(&mut self, state: HysteresisState) -> Result<(), RestoreError> {
         self.state = state;
+        Ok(())
     }
 }
 
@@ -351,7 +391,7 @@ mod tests {
         let mut op = detector(Direction::Above, 35.0, 25.0, 0, 0);
         run(&mut op, &[(0, 40.0), (1, 80.0)]);
         let mut restored = detector(Direction::Above, 35.0, 25.0, 0, 0);
-        restored.restore(op.snapshot());
+        restored.restore(op.snapshot()).unwrap();
         let out = run(&mut restored, &[(2, 20.0)]);
         assert!(matches!(
             out[0],

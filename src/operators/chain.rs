@@ -1,0 +1,176 @@
+//! The operator chain of one device and its stored format.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeviceOperator, Emit, Flow, OperatorConfig, OperatorState, Reading, RestoreError};
+
+/// The stored format version of [`DeviceSnapshot`]. Bump it (and add a migration in
+/// [`DeviceSnapshot::decode`]) whenever a state struct changes.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Per-device counters that travel with the state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounters {
+    /// Readings given to the chain (late ones included).
+    pub readings: u64,
+    /// Readings that a window operator found late.
+    pub late: u64,
+}
+
+/// One operator's state, named so a changed pipeline can keep the operators that still exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedState {
+    pub name: String,
+    pub state: OperatorState,
+}
+
+/// Everything a device needs to continue exactly where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSnapshot {
+    pub counters: DeviceCounters,
+    pub operators: Vec<NamedState>,
+}
+
+impl DeviceSnapshot {
+    /// `bincode` (2.0.1, standard config) of the snapshot, preceded by [`SNAPSHOT_VERSION`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = SNAPSHOT_VERSION.to_le_bytes().to_vec();
+        bincode::serde::encode_into_std_write(self, &mut bytes, bincode::config::standard())
+            .expect("writing to a Vec cannot fail");
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DeviceSnapshot, RestoreError> {
+        if bytes.len() < 4 {
+            return Err(RestoreError::Decode(format!("{} bytes is too short", bytes.len())));
+        }
+        let version = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+        match version {
+            SNAPSHOT_VERSION => {
+                let (snapshot, used) = bincode::serde::decode_from_slice(&bytes[4..], bincode::config::standard())
+                    .map_err(|e| RestoreError::Decode(e.to_string()))?;
+                if used != bytes.len() - 4 {
+                    return Err(RestoreError::Decode(format!(
+                        "{} trailing bytes after the snapshot",
+                        bytes.len() - 4 - used
+                    )));
+                }
+                Ok(snapshot)
+            }
+            found => Err(RestoreError::UnsupportedVersion {
+                found,
+                supported: SNAPSHOT_VERSION,
+            }),
+        }
+    }
+}
+
+/// The operator chain of one device: every operator in pipeline order, and its counters.
+#[derive(Debug, Clone)]
+pub struct DeviceChain {
+    /// (A boxed slice: one word smaller than a `Vec` in every device actor.)
+    operators: Box<[DeviceOperator]>,
+    counters: DeviceCounters,
+}
+
+impl DeviceChain {
+    /// A fresh chain for `device`.
+    pub fn new(configs: &[OperatorConfig], device: &str) -> Self {
+        DeviceChain {
+            operators: configs.iter().map(|c| c.instantiate(device)).collect(),
+            counters: DeviceCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters
+    }
+
+    /// Runs one reading through the chain, in operator order; then lets every operator that
+    /// saw it advance its watermark (closing windows).
+    #[inline]
+    pub fn on_reading(&mut self, mut reading: Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
+        self.counters.readings += 1;
+        let mut seen = self.operators.len();
+        let mut flow = Flow::Continue;
+        for (i, op) in self.operators.iter_mut().enumerate() {
+            if op.on_reading(&mut reading, now, out) == Flow::Late {
+                self.counters.late += 1;
+                seen = i;
+                flow = Flow::Late;
+                break;
+            }
+        }
+        for op in &mut self.operators[..seen] {
+            op.after_reading(now, out);
+        }
+        flow
+    }
+
+    /// Processing-time work (idle flush, offline detection).
+    pub fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
+        for op in &mut self.operators {
+            op.on_time(now, out);
+        }
+    }
+
+    /// End of input or graceful shutdown: emit open windows and final baselines.
+    pub fn on_end(&mut self, out: &mut Vec<Emit>) {
+        for op in &mut self.operators {
+            op.on_end(out);
+        }
+    }
+
+    pub fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            counters: self.counters,
+            operators: self
+                .operators
+                .iter()
+                .zip(self.names())
+                .map(|(op, name)| NamedState {
+                    name: name.to_string(),
+                    state: op.snapshot(),
+                })
+                .collect(),
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.operators.iter().map(DeviceOperator::name)
+    }
+
+    /// Rebuilds a chain from a snapshot. Operators are matched by name; with
+    /// `allow_missing`, an operator without stored state starts fresh (a changed pipeline),
+    /// and stored states of operators that no longer exist are dropped.
+    pub fn restore(
+        configs: &[OperatorConfig],
+        device: &str,
+        snapshot: DeviceSnapshot,
+        allow_missing: bool,
+    ) -> Result<Self, RestoreError> {
+        let mut states = snapshot.operators;
+        let mut operators = Vec::with_capacity(configs.len());
+        for config in configs {
+            match states.iter().position(|s| s.name == config.name()) {
+                Some(pos) => {
+                    let named = states.swap_remove(pos);
+                    match DeviceOperator::restore(config, device, named.state) {
+                        Ok(op) => operators.push(op),
+                        Err(e) if allow_missing => {
+                            let _ = e;
+                            operators.push(config.instantiate(device))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                None if allow_missing => operators.push(config.instantiate(device)),
+                None => return Err(RestoreError::MissingOperator(config.name().to_string())),
+            }
+        }
+        Ok(DeviceChain {
+            operators: operators.into_boxed_slice(),
+            counters: snapshot.counters,
+        })
+    }
+}

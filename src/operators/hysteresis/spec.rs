@@ -1,0 +1,134 @@
+//! The hysteresis operator in the pipeline file: its spec, checks, compile step and summary.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::HysteresisConfig;
+use crate::model::DurationSpec;
+use crate::operators::context::positive;
+use crate::operators::settings::Direction;
+use crate::operators::{CompileContext, CompileError, SpecChecker};
+
+/// Pollution events with enter/exit thresholds and debounce. Results: `event_start`, `event_end`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HysteresisSpec {
+    /// Name for routes and output records; default: `hysteresis`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The field watched.
+    pub field: String,
+    /// An event opens when the value reaches this (`>=` above, `<=` below).
+    pub enter: f64,
+    /// An open event closes when the value reaches this; not above `enter` (direction above), not
+    /// below it (below).
+    pub exit: f64,
+    /// `above`: high values are bad (PM2.5, CO2); `below`: low values are bad (humidity too low).
+    #[serde(default)]
+    pub direction: Direction,
+    /// The enter condition must hold this long (event time) before the event opens.
+    #[serde(default)]
+    pub min_duration: Option<DurationSpec>,
+    /// The exit condition must hold this long (event time) before the event closes.
+    #[serde(default)]
+    pub min_clear: Option<DurationSpec>,
+    /// Severity bands by peak value: `{ moderate: 35, high: 55, severe: 150 }`.
+    #[serde(default)]
+    pub severity: BTreeMap<String, f64>,
+}
+
+impl HysteresisSpec {
+    pub(super) fn check<C: SpecChecker>(&self, checker: &mut C) {
+        let h = self;
+        let path = checker.path();
+        checker.read_field(path.key("field"), &h.field);
+        let enter_ok = checker.finite(path.key("enter"), "enter", h.enter);
+        let exit_ok = checker.finite(path.key("exit"), "exit", h.exit);
+        if enter_ok && exit_ok {
+            match h.direction {
+                Direction::Above if h.exit > h.enter => checker.report(
+                    path.key("exit"),
+                    format!(
+                        "`exit` ({}) is above `enter` ({}): with direction above, an event opens when the value rises to \
+                         `enter` and closes when it falls to `exit`, so `exit` must not be above `enter`",
+                        h.exit, h.enter
+                    ),
+                ),
+                Direction::Below if h.exit < h.enter => checker.report(
+                    path.key("exit"),
+                    format!(
+                        "`exit` ({}) is below `enter` ({}): with direction below, an event opens when the value falls to \
+                         `enter` and closes when it rises to `exit`, so `exit` must not be below `enter`",
+                        h.exit, h.enter
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        for (band, value) in &h.severity {
+            checker.finite(path.key("severity").key(band), band, *value);
+        }
+        for (key, d) in [("min_duration", h.min_duration), ("min_clear", h.min_clear)] {
+            if d.is_some_and(|d| !positive(d)) {
+                checker.report(
+                    path.key(key),
+                    format!("`{key}` must be longer than 0s (leave it out for none)"),
+                );
+            }
+        }
+    }
+
+    pub(super) fn compile(&self, context: &mut CompileContext<'_>) -> Result<HysteresisConfig, CompileError> {
+        let h = self;
+        let slot = context.slot(&h.field)?;
+        let mut severity: Vec<(String, f64)> = h.severity.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        severity.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if h.direction == Direction::Below {
+            severity.reverse();
+        }
+        Ok(HysteresisConfig {
+            index: context.index,
+            name: context.name.clone(),
+            slot,
+            field: h.field.clone(),
+            enter: h.enter,
+            exit: h.exit,
+            direction: h.direction,
+            min_duration_ms: h.min_duration.map_or(0, |d| d.as_millis()),
+            min_clear_ms: h.min_clear.map_or(0, |d| d.as_millis()),
+            severity,
+        })
+    }
+
+    pub(super) fn describe(&self, name: &str) -> String {
+        let h = self;
+        let (enter, exit) = match h.direction {
+            Direction::Above => (">=", "<="),
+            Direction::Below => ("<=", ">="),
+        };
+        let debounce = h
+            .min_duration
+            .map(|d| format!(", for at least {d}"))
+            .unwrap_or_default();
+        let mut bands: Vec<(&String, &f64)> = h.severity.iter().collect();
+        bands.sort_by(|a, b| a.1.total_cmp(b.1));
+        let bands = if bands.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", severity {}",
+                bands
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!(
+            "hysteresis `{name}`: {} {enter} {} opens, {exit} {} closes{debounce}{bands}",
+            h.field, h.enter, h.exit
+        )
+    }
+}
