@@ -294,10 +294,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_pipeline_change,
             no_checkpoints,
         } => {
-            if matches!(engine, Engine::Actors) {
-                // before anything else, so an early Ctrl-C still ends the run gracefully
-                app::catch_interrupts();
-            }
+            // before anything else, so an early Ctrl-C still ends the run gracefully
+            let shutdown = matches!(engine, Engine::Actors).then(app::shutdown_on_ctrl_c);
             let compiled = load(&pipeline)?;
             let interval = checkpoint_interval
                 .map(|s| DurationSpec::parse(&s).map_err(|e| anyhow::anyhow!("--checkpoint-interval: {e}")))
@@ -328,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             allow_pipeline_change,
                         },
                     };
-                    let report = app::run(Arc::new(compiled), options)?;
+                    let report = app::run(Arc::new(compiled), options, shutdown.unwrap_or_default())?;
                     print_report(&report);
                     Ok(ExitCode::SUCCESS)
                 }
@@ -341,7 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speed,
             mqtt,
         } => {
-            app::catch_interrupts();
+            let shutdown = app::shutdown_on_ctrl_c();
             let mut compiled = load(&pipeline)?;
             let mut sim = compiled
                 .spec
@@ -371,7 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "plume demo: over MQTT: embedded broker on 127.0.0.1:{port}, the rooms publish to {}",
                     simulator_mqtt::TOPIC
                 );
-                simulator_mqtt::spawn_publisher(sim.clone(), port);
+                simulator_mqtt::spawn_publisher(sim.clone(), port, shutdown.clone());
             }
             // the demo keeps no state: every demo starts afresh
             let options = RunOptions {
@@ -382,7 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 ..Default::default()
             };
-            let report = app::run(Arc::new(compiled), options)?;
+            let report = app::run(Arc::new(compiled), options, shutdown)?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)
         }

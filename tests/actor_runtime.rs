@@ -11,19 +11,25 @@ use std::time::{Duration, Instant};
 
 use actix::System;
 use plume::app::{self, OutputPlan, RuntimeOptions};
+use plume::clock::Clock;
 use plume::output::OutputRecord;
 use plume::pipeline::CompiledPipeline;
 use plume::plain::PlainRun;
 use plume::runtime::ports::{Sink, SinkError};
 use plume::runtime::routes::RouteTable;
-use plume::runtime::shard::{PassivateIdleNow, ReportDeviceCounters, ReportShardCounters};
+use plume::runtime::shard::{DeviceObservation, ObserveShard};
 use plume::runtime::{ChunkData, RuntimeMetrics};
 use plume::spec::parse_pipeline;
 
 fn aq1_pipeline(sink_queue: usize) -> Arc<CompiledPipeline> {
+    aq1_pipeline_with(sink_queue, |_| {})
+}
+
+fn aq1_pipeline_with(sink_queue: usize, change: impl FnOnce(&mut plume::spec::PipelineSpec)) -> Arc<CompiledPipeline> {
     let text = std::fs::read_to_string(common::repo().join("pipelines/aq1.yaml")).unwrap();
     let mut spec = parse_pipeline("pipelines/aq1.yaml", &text, &|_| None).unwrap();
     spec.runtime.sink_queue = sink_queue;
+    change(&mut spec);
     Arc::new(CompiledPipeline::compile(spec).unwrap())
 }
 
@@ -127,12 +133,18 @@ async fn settle(metrics: &RuntimeMetrics) {
 
 #[test]
 fn passivation_and_reactivation_keep_state_exactly() {
-    let pipeline = aq1_pipeline(10_000);
+    // devices idle for an hour of processing time are passivated by the shards' own timer; the
+    // runtime's clock is a manual one, moved two hours on between chunks, so every device goes
+    // idle between chunks (at once, not an hour later) and none while a chunk is processed
+    let pipeline = aq1_pipeline_with(10_000, |spec| {
+        spec.runtime.passivate_after = plume::spec::DurationSpec::from_millis(3_600_000);
+    });
     let lines = aq1_lines(40, 8_000, 5);
     let expected = oracle(&pipeline, &lines);
     let sink = MemorySink::default();
+    let clock = Clock::manual(plume::clock::now_ms());
     let (got, shard_counters) = System::new().block_on({
-        let (pipeline, sink, lines) = (pipeline.clone(), sink.clone(), lines.clone());
+        let (pipeline, sink, lines, clock) = (pipeline.clone(), sink.clone(), lines.clone(), clock.clone());
         async move {
             let (rt, done) = app::start(
                 pipeline.clone(),
@@ -140,11 +152,18 @@ fn passivation_and_reactivation_keep_state_exactly() {
                 1,
                 RuntimeOptions {
                     shards: Some(2),
+                    clock: clock.clone(),
                     ..Default::default()
                 },
             );
             let mut feeder = rt.feeder(0, "test");
-            let mut passivated = 0;
+            let observe = || async {
+                let mut all = Vec::new();
+                for s in &rt.shards {
+                    all.push(s.send(ObserveShard { devices: vec![] }).await.unwrap());
+                }
+                all
+            };
             for (i, part) in lines.chunks(1_000).enumerate() {
                 let permit = feeder.room().await;
                 feeder.send(
@@ -153,17 +172,26 @@ fn passivation_and_reactivation_keep_state_exactly() {
                     permit,
                 );
                 settle(&rt.metrics).await;
-                // passivate every device between chunks: each is re-activated from its
-                // encoded state by the next reading
-                for s in &rt.shards {
-                    passivated += s.send(PassivateIdleNow { idle_ms: 0 }).await.unwrap();
+                let active: u64 = observe().await.iter().map(|o| o.counters.active).sum();
+                assert!(
+                    active > 0,
+                    "the clock stood still: no device went idle during the chunk"
+                );
+                // two hours later every device is idle: the passivation timer passivates them,
+                // and each is re-activated from its encoded state by the next reading
+                clock.advance(7_200_000);
+                let started = Instant::now();
+                while observe().await.iter().map(|o| o.counters.active).sum::<u64>() > 0 {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "devices were never passivated"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
+            let passivated = RuntimeMetrics::get(&rt.metrics.passivations);
             assert!(passivated >= 40 * 7, "devices were passivated ({passivated})");
-            let mut counters = Vec::new();
-            for s in &rt.shards {
-                counters.push(s.send(ReportShardCounters).await.unwrap());
-            }
+            let counters: Vec<_> = observe().await.into_iter().map(|o| o.counters).collect();
             feeder.end();
             let outcome = done.await.unwrap();
             assert_eq!(outcome.totals.readings, 8_000);
@@ -178,6 +206,7 @@ fn passivation_and_reactivation_keep_state_exactly() {
     assert_eq!(by_device(&got), by_device(&expected));
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched() {
     let pipeline = aq1_pipeline(10_000);
@@ -223,11 +252,21 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
             let mut victim_counters = None;
             let mut other_counters = None;
             for s in &rt.shards {
-                if let Some(c) = s.send(ReportDeviceCounters(victim.into())).await.unwrap() {
-                    victim_counters = Some(c);
-                }
-                if let Some(c) = s.send(ReportDeviceCounters("dev-000004".into())).await.unwrap() {
-                    other_counters = Some(c);
+                let seen = s
+                    .send(ObserveShard {
+                        devices: vec![victim.into(), "dev-000004".into()],
+                    })
+                    .await
+                    .unwrap();
+                for (device, observed) in seen.devices {
+                    let DeviceObservation::Active { counters, .. } = observed else {
+                        panic!("{device} is passive")
+                    };
+                    if device == victim {
+                        victim_counters = Some(counters);
+                    } else {
+                        other_counters = Some(counters);
+                    }
                 }
             }
             feeder.end();

@@ -8,16 +8,19 @@ use actix::prelude::*;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::info;
 
+use crate::clock::Clock;
 use crate::output::RecordFormatter;
 use crate::pipeline::CompiledPipeline;
 use crate::runtime::checkpointer::{CheckpointSettings, Checkpointer};
 use crate::runtime::coordinator::{RunCoordinator, RunOutcome};
-use crate::runtime::hub::{OutputHub, SetCheckpointer};
+use crate::runtime::hub::OutputHub;
 use crate::runtime::ports::BarrierSignal;
 use crate::runtime::ports::ChunkFeeder;
 use crate::runtime::ports::{SinkHandle, spawn_sink};
 use crate::runtime::router::Router;
-use crate::runtime::shard::{FaultHook, ShardCheckpointing, ShardSupervisor};
+#[cfg(feature = "fault-injection")]
+use crate::runtime::shard::FaultHook;
+use crate::runtime::shard::{ShardCheckpointing, ShardOptions, ShardSupervisor};
 use crate::runtime::{RuntimeMetrics, ShardOutput, SourcePosition};
 
 use super::*;
@@ -31,6 +34,10 @@ pub struct RuntimeOptions {
     pub chunk_bytes: usize,
     /// Chunks in flight across all sources (backpressure bound).
     pub chunks_in_flight: usize,
+    /// Processing time for the whole runtime (chunks' arrival, passivation, idle flush, offline
+    /// detection); tests inject a manual or accelerated one.
+    pub clock: Clock,
+    #[cfg(feature = "fault-injection")]
     pub fault_hook: Option<FaultHook>,
 }
 
@@ -40,6 +47,8 @@ impl Default for RuntimeOptions {
             shards: None,
             chunk_bytes: 16 << 20,
             chunks_in_flight: 4,
+            clock: Clock::Wall,
+            #[cfg(feature = "fault-injection")]
             fault_hook: None,
         }
     }
@@ -58,6 +67,7 @@ pub struct Runtime {
     barriers: Option<Arc<BarrierSignal>>,
     arbiters: Vec<Arbiter>,
     sink_threads: Vec<std::thread::JoinHandle<()>>,
+    clock: Clock,
 }
 
 impl Runtime {
@@ -70,7 +80,8 @@ impl Runtime {
             self.routers.clone(),
             self.permits.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_clock(self.clock.clone());
         match &self.barriers {
             Some(signal) => feeder.with_barriers(signal.clone()),
             None => feeder,
@@ -181,7 +192,10 @@ pub fn start_with_state(
     let hub = {
         let routes = plan.routes;
         let handles = sink_handles.clone();
-        OutputHub::start_in_arbiter(&hub_arbiter.handle(), move |_| OutputHub::new(routes, handles))
+        let checkpointer = checkpointer.clone().map(Addr::recipient);
+        OutputHub::start_in_arbiter(&hub_arbiter.handle(), move |_| {
+            OutputHub::new(routes, handles, shards, checkpointer)
+        })
     };
     {
         let hub = hub.clone();
@@ -212,14 +226,14 @@ pub fn start_with_state(
             _ => None,
         };
         let supervisor = {
-            let (pipeline, output, metrics, hook) = (
-                pipeline.clone(),
-                output.clone(),
-                metrics.clone(),
-                options.fault_hook.clone(),
-            );
+            let (pipeline, output, metrics) = (pipeline.clone(), output.clone(), metrics.clone());
+            let shard_options = ShardOptions {
+                clock: options.clock.clone(),
+                #[cfg(feature = "fault-injection")]
+                fault_hook: options.fault_hook.clone(),
+            };
             ShardSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                ShardSupervisor::new(shard, pipeline, output, metrics, hook, shards, checkpointing)
+                ShardSupervisor::new(shard, pipeline, output, metrics, shard_options, shards, checkpointing)
             })
         };
         let router = {
@@ -250,21 +264,17 @@ pub fn start_with_state(
         arbiters.push(arbiter);
     }
     let (done_tx, done) = oneshot::channel();
-    let mut coordinator_actor = RunCoordinator::new(
+    let coordinator_actor = RunCoordinator::new(
         supervisors.clone(),
         hub.clone(),
         RecordFormatter::new(&pipeline),
         metrics.clone(),
+        checkpointer.clone(),
         done_tx,
     );
     let mut barriers = None;
-    if let (Some(ctx), Some(addr), Some(state)) = (checkpointer_ctx, checkpointer.clone(), state) {
+    if let (Some(ctx), Some(state)) = (checkpointer_ctx, state) {
         let signal = Arc::new(BarrierSignal::default());
-        hub.do_send(SetCheckpointer {
-            checkpointer: addr.clone().recipient(),
-            shards,
-        });
-        coordinator_actor = coordinator_actor.with_checkpointer(addr);
         ctx.run(Checkpointer::new(
             state.settings,
             routers.clone(),
@@ -286,6 +296,7 @@ pub fn start_with_state(
         checkpointer,
         barriers,
         permits: Arc::new(Semaphore::new(options.chunks_in_flight.max(1))),
+        clock: options.clock.clone(),
         arbiters,
         sink_threads,
     };

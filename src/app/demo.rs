@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::clock;
 use crate::connectors::simulator::{SimulatedClock, Simulator};
+use crate::runtime::ports::Shutdown;
 use crate::spec::{
     DurationSpec, EmbeddedBrokerSpec, MqttClientSpec, MqttSourceSpec, MqttVersion, PipelineSpec, Qos,
     SimulatorSourceSpec, SourceSpec,
@@ -44,8 +45,8 @@ pub fn use_embedded_broker(spec: &mut PipelineSpec, port: u16) {
 }
 
 /// Publishes the simulated fleet's readings to the broker on `port` until the simulated
-/// `duration` is over, then sets the run's stop flag (the graceful stop of `plume run`).
-pub fn spawn_publisher(sim: SimulatorSourceSpec, port: u16) -> std::thread::JoinHandle<()> {
+/// `duration` is over, then requests the run's `shutdown` (the graceful stop of `plume run`).
+pub fn spawn_publisher(sim: SimulatorSourceSpec, port: u16, shutdown: Shutdown) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("simulator publisher".into())
         .spawn(move || {
@@ -55,7 +56,7 @@ pub fn spawn_publisher(sim: SimulatorSourceSpec, port: u16) -> std::thread::Join
                 .expect("a current-thread runtime");
             runtime.block_on(publish(sim, port));
             info!("the demo's simulated time is over: stopping");
-            crate::app::catch_interrupts().store(true, std::sync::atomic::Ordering::Relaxed);
+            shutdown.request();
         })
         .expect("spawning the simulator publisher")
 }

@@ -4,7 +4,7 @@
 //! [`OutputHub`] (own arbiter), one arbiter per shard with its [`Router`] and
 //! [`ShardSupervisor`], and the [`RunCoordinator`]; it returns a [`Runtime`] with the addresses
 //! (for tests and the admin view) and a feeder per source. [`run`] is what `plume run` does:
-//! it starts the runtime and the source threads, handles Ctrl-C (graceful: sources stop, every
+//! it starts the runtime and the source threads, stops when its [`Shutdown`] is requested (graceful: sources stop, every
 //! in-flight reading is processed, windows are flushed if the pipeline says so) and returns the
 //! report when the run has ended.
 //!
@@ -13,7 +13,8 @@
 //! - `assemble`: [`start`] / [`start_with_state`]: the runtime's actors and threads.
 //! - `sources`: the sources of a run, planned from the pipeline.
 //! - `state`: the data directory and the resume policy.
-//! - `interrupt`: Ctrl-C.
+//! - `interrupt`: Ctrl-C as a [`Shutdown`] (a run is given its shutdown; nothing global reads
+//!   a flag).
 //! - `run`: [`run`], what `plume run` does, with the progress line.
 //! - `demo`: `plume demo --mqtt`, the simulator publishing through the embedded broker.
 
@@ -25,8 +26,9 @@ pub mod run;
 pub mod sources;
 pub mod state;
 
+pub use crate::runtime::ports::Shutdown;
 pub use assemble::{RunState, Runtime, RuntimeOptions, shard_count, start, start_with_state};
-pub use interrupt::catch_interrupts;
+pub use interrupt::shutdown_on_ctrl_c;
 pub use outputs::{OutputPlan, sink_names};
 pub use run::run;
 pub use state::{StateOptions, data_dir_of, file_fingerprint};

@@ -15,10 +15,11 @@ use super::sources::{SourcePlan, plan_sources};
 use super::state::prepare_state;
 use super::*;
 
-/// Runs a pipeline to the end of its input (or Ctrl-C). Blocks the calling thread.
-pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions) -> Result<RunReport, EngineError> {
-    // Ctrl-C is ours before anything starts: one early in the start-up is not missed
-    let stop = catch_interrupts();
+/// Runs a pipeline to the end of its input, or until `shutdown` is requested (Ctrl-C, the end of
+/// a demo): then the sources stop and everything in flight is processed and flushed. Blocks the
+/// calling thread.
+pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutdown) -> Result<RunReport, EngineError> {
+    let stop = shutdown;
     let mut sources = plan_sources(&pipeline, &options)?;
     let _broker = crate::connectors::mqtt::broker::start_for(&pipeline.spec)?;
     let planned_sinks = sink_names(&pipeline, options.output.as_ref());

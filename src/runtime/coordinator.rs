@@ -50,6 +50,7 @@ impl RunCoordinator {
         hub: Addr<OutputHub>,
         formatter: RecordFormatter,
         metrics: Arc<RuntimeMetrics>,
+        checkpointer: Option<Addr<Checkpointer>>,
         done: oneshot::Sender<RunOutcome>,
     ) -> Self {
         RunCoordinator {
@@ -59,14 +60,9 @@ impl RunCoordinator {
             metrics,
             drained: 0,
             done: Some(done),
-            checkpointer: None,
+            checkpointer,
             final_checkpoint: None,
         }
-    }
-
-    pub fn with_checkpointer(mut self, checkpointer: Addr<Checkpointer>) -> Self {
-        self.checkpointer = Some(checkpointer);
-        self
     }
 
     /// After the last checkpoint (if any): flush the devices, write the summary, close.

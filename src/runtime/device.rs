@@ -63,6 +63,7 @@ impl DeviceActor {
         emits: &mut Vec<Emit>,
     ) {
         for reading in readings {
+            #[cfg(feature = "fault-injection")]
             if let Some(hook) = &local.fault_hook {
                 hook(device, reading);
             }

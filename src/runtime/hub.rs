@@ -37,14 +37,6 @@ pub struct BarrierReached {
     pub id: u64,
 }
 
-/// Where the sinks' lengths at a checkpoint go.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetCheckpointer {
-    pub checkpointer: Recipient<SinksFlushed>,
-    pub shards: usize,
-}
-
 enum HubItem {
     Records(RouteRecords),
     Barrier { shard: usize, id: u64 },
@@ -94,7 +86,14 @@ pub struct OutputHub {
 }
 
 impl OutputHub {
-    pub fn new(routes: RouteTable, sinks: Vec<SinkHandle>) -> Self {
+    /// A hub for `shards` shards; `checkpointer` (a run with checkpoints) hears the sinks'
+    /// lengths at each checkpoint.
+    pub fn new(
+        routes: RouteTable,
+        sinks: Vec<SinkHandle>,
+        shards: usize,
+        checkpointer: Option<Recipient<SinksFlushed>>,
+    ) -> Self {
         OutputHub {
             routes,
             sinks,
@@ -103,8 +102,8 @@ impl OutputHub {
             blocked: 0,
             barrier: None,
             held: Vec::new(),
-            checkpointer: None,
-            shards: 0,
+            checkpointer,
+            shards,
         }
     }
 
@@ -269,15 +268,6 @@ impl Handler<BarrierReached> for OutputHub {
             },
             ctx,
         );
-    }
-}
-
-impl Handler<SetCheckpointer> for OutputHub {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetCheckpointer, _ctx: &mut Context<Self>) {
-        self.checkpointer = Some(msg.checkpointer);
-        self.shards = msg.shards;
     }
 }
 

@@ -10,9 +10,11 @@
 //! - [`PartitionOwnership`]: what a partitioned source (Kafka) asks of the runtime when the
 //!   group moves partitions: a checkpoint covering what it read, and the eviction of the
 //!   devices of partitions it gave up.
+//! - [`Shutdown`]: the graceful stop a source polls, passed in by whoever runs it (Ctrl-C, the
+//!   end of a demo, a test).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use actix::Addr;
@@ -22,7 +24,7 @@ use tracing::error;
 use super::RuntimeMetrics;
 pub use super::checkpointer::CheckpointError;
 use super::router::{RouteChunk, Router, SourceBarrier, SourceEnded};
-use crate::clock;
+use crate::clock::Clock;
 use crate::model::{Chunk, ChunkData, ChunkTicket, Position, SourcePosition};
 use crate::output::OutputRecord;
 
@@ -48,6 +50,8 @@ pub struct ChunkFeeder {
     last_barrier: u64,
     /// Whether the routers were told that this source ended.
     ended: std::cell::Cell<bool>,
+    /// Processing time, stamped on every chunk.
+    clock: Clock,
 }
 
 impl ChunkFeeder {
@@ -68,7 +72,14 @@ impl ChunkFeeder {
             barriers: None,
             last_barrier: 0,
             ended: std::cell::Cell::new(false),
+            clock: Clock::Wall,
         }
+    }
+
+    /// Stamps chunks with `clock`'s time instead of the wall clock's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Takes part in checkpoints.
@@ -140,7 +151,7 @@ impl ChunkFeeder {
                 source: self.source,
                 at: end,
             },
-            read_at_ms: clock::now_ms(),
+            read_at_ms: self.clock.now_ms(),
             ticket,
         });
         for router in &self.routers {
@@ -356,4 +367,28 @@ pub trait PartitionOwnership: Send + Sync {
     /// or another member, holds their state); blocks until done and returns how many were in
     /// memory.
     fn evict(&self, devices: Vec<String>) -> usize;
+}
+
+/// A graceful stop, passed into a run and on to its sources (as mini-redis passes `shutdown` into
+/// `server::run`): any clone can request it; each source checks it between reads, stops reading
+/// and ends, and the run drains and flushes what is in flight. Nothing global: a test makes its
+/// own and requests it when it wants.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Shutdown::default()
+    }
+
+    /// Asks every holder to stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop was requested.
+    #[inline]
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }

@@ -19,14 +19,15 @@ use super::checkpointer::{CheckpointDone, ShardCheckpointed};
 use super::device::{self, DeviceActor};
 use super::hub::BarrierReached;
 use super::{ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
-use crate::clock;
+use crate::clock::Clock;
 use crate::operators::{DeviceChain, Emit, Reading};
 use crate::output::RecordFormatter;
 use crate::pipeline::CompiledPipeline;
 use crate::store::{StateStore, device_key};
 
 /// A test hook called before every reading a device actor applies (a panic in it is treated as
-/// an operator panic). Production runs have none.
+/// an operator panic). Only in builds with the `fault-injection` feature (the tests').
+#[cfg(feature = "fault-injection")]
 pub type FaultHook = Arc<dyn Fn(&str, &Reading) + Send + Sync>;
 
 /// What every device actor of a shard shares (they all live on the shard's thread).
@@ -36,7 +37,10 @@ pub struct ShardLocal {
     pub formatter: RecordFormatter,
     pub output: Arc<ShardOutput>,
     pub metrics: Arc<RuntimeMetrics>,
+    #[cfg(feature = "fault-injection")]
     pub fault_hook: Option<FaultHook>,
+    /// Processing time.
+    pub clock: Clock,
     scratch: RefCell<Vec<Vec<Emit>>>,
 }
 
@@ -76,22 +80,32 @@ pub struct ShardBarrier {
 #[rtype(result = "ShardTotals")]
 pub struct FinishShard;
 
-/// For tests and the admin view.
+/// Asks a shard for its observable state (tests and the admin view; the pattern of Quickwit's
+/// `observable_state`): its counters, and what it holds of the devices named.
 #[derive(Message)]
-#[rtype(result = "ShardCounters")]
-pub struct ReportShardCounters;
+#[rtype(result = "ShardObservation")]
+pub struct ObserveShard {
+    pub devices: Vec<String>,
+}
 
-/// Per-device actor counters (tests).
-#[derive(Message)]
-#[rtype(result = "Option<device::DeviceActorCounters>")]
-pub struct ReportDeviceCounters(pub String);
+/// A shard's observable state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardObservation {
+    pub counters: ShardCounters,
+    /// The devices asked about that this shard holds, in the order asked.
+    pub devices: Vec<(String, DeviceObservation)>,
+}
 
-/// Passivate the idle devices now (tests; the timer does it in normal runs).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct PassivateIdleNow {
-    /// Idle for at least this long (ms of processing time).
-    pub idle_ms: i64,
+/// What a shard holds of one device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeviceObservation {
+    /// A live device: its actor's counters and processing time of its last batch.
+    Active {
+        counters: device::DeviceActorCounters,
+        last_active: i64,
+    },
+    /// Passivated: only its encoded state is in memory.
+    Passive { dirty: bool },
 }
 
 /// Forget these devices (a Kafka partition was handed to another member right after a
@@ -138,6 +152,15 @@ pub struct ShardCheckpointing {
     pub allow_pipeline_change: bool,
 }
 
+/// What the assembly injects into every shard.
+#[derive(Clone, Default)]
+pub struct ShardOptions {
+    /// Processing time (passivation, idle flush, offline detection).
+    pub clock: Clock,
+    #[cfg(feature = "fault-injection")]
+    pub fault_hook: Option<FaultHook>,
+}
+
 pub struct ShardSupervisor {
     local: Rc<ShardLocal>,
     active: FxHashMap<Arc<str>, DeviceActor>,
@@ -159,7 +182,7 @@ impl ShardSupervisor {
         pipeline: Arc<CompiledPipeline>,
         output: Arc<ShardOutput>,
         metrics: Arc<RuntimeMetrics>,
-        fault_hook: Option<FaultHook>,
+        options: ShardOptions,
         shards: usize,
         checkpointing: Option<ShardCheckpointing>,
     ) -> Self {
@@ -171,7 +194,9 @@ impl ShardSupervisor {
             pipeline,
             output,
             metrics,
-            fault_hook,
+            #[cfg(feature = "fault-injection")]
+            fault_hook: options.fault_hook,
+            clock: options.clock,
             scratch: RefCell::new(Vec::new()),
         });
         ShardSupervisor {
@@ -283,7 +308,7 @@ impl ShardSupervisor {
 
     /// Passivates devices idle for at least `idle_ms`.
     fn passivate_idle(&mut self, idle_ms: i64) -> usize {
-        let now = clock::now_ms();
+        let now = self.local.clock.now_ms();
         let idle: Vec<Arc<str>> = self
             .active
             .iter()
@@ -333,12 +358,13 @@ impl Actor for ShardSupervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let check = Duration::from_millis((self.passivate_after_ms / 4).clamp(50, 10_000) as u64);
         let after = self.passivate_after_ms;
-        ctx.run_interval(check, move |act, _ctx| {
+        ctx.run_interval(self.local.clock.timer_period(check), move |act, _ctx| {
             act.passivate_idle(after);
         });
         if let Some(tick) = self.tick_ms {
-            ctx.run_interval(Duration::from_millis(tick as u64), |act, _ctx| {
-                let now = clock::now_ms();
+            let period = self.local.clock.timer_period(Duration::from_millis(tick as u64));
+            ctx.run_interval(period, |act, _ctx| {
+                let now = act.local.clock.now_ms();
                 let local = &*act.local;
                 for (id, d) in act.active.iter_mut() {
                     d.tick(id, local, now);
@@ -523,22 +549,29 @@ impl Handler<CheckpointDone> for ShardSupervisor {
     }
 }
 
-impl Handler<ReportShardCounters> for ShardSupervisor {
-    type Result = MessageResult<ReportShardCounters>;
+impl Handler<ObserveShard> for ShardSupervisor {
+    type Result = MessageResult<ObserveShard>;
 
-    fn handle(&mut self, _: ReportShardCounters, _ctx: &mut Context<Self>) -> Self::Result {
-        let mut c = self.counters;
-        c.active = self.active.len() as u64;
-        c.passive = self.passive.len() as u64;
-        MessageResult(c)
-    }
-}
-
-impl Handler<ReportDeviceCounters> for ShardSupervisor {
-    type Result = Option<device::DeviceActorCounters>;
-
-    fn handle(&mut self, msg: ReportDeviceCounters, _ctx: &mut Context<Self>) -> Self::Result {
-        self.active.get(msg.0.as_str()).map(DeviceActor::counters)
+    fn handle(&mut self, msg: ObserveShard, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut counters = self.counters;
+        counters.active = self.active.len() as u64;
+        counters.passive = self.passive.len() as u64;
+        let devices = msg
+            .devices
+            .into_iter()
+            .filter_map(|id| {
+                let seen = match (self.active.get(id.as_str()), self.passive.get(id.as_str())) {
+                    (Some(d), _) => DeviceObservation::Active {
+                        counters: d.counters(),
+                        last_active: d.last_active,
+                    },
+                    (None, Some(p)) => DeviceObservation::Passive { dirty: p.dirty },
+                    (None, None) => return None,
+                };
+                Some((id, seen))
+            })
+            .collect();
+        MessageResult(ShardObservation { counters, devices })
     }
 }
 
@@ -566,13 +599,5 @@ impl Handler<EvictDevices> for ShardSupervisor {
             evicted, "evicted the devices of a handed-off partition"
         );
         evicted
-    }
-}
-
-impl Handler<PassivateIdleNow> for ShardSupervisor {
-    type Result = usize;
-
-    fn handle(&mut self, msg: PassivateIdleNow, _ctx: &mut Context<Self>) -> usize {
-        self.passivate_idle(msg.idle_ms)
     }
 }

@@ -8,13 +8,12 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::connectors::SourceError;
 use crate::decode::Decoder;
 use crate::model::{ChunkData, Position};
-use crate::runtime::ports::ChunkFeeder;
+use crate::runtime::ports::{ChunkFeeder, Shutdown};
 
 /// Bytes made room for per read from stdin.
 const STDIN_READ_BYTES: usize = 1 << 20;
@@ -41,7 +40,7 @@ pub fn run(
     source: LineSource,
     mut feeder: ChunkFeeder,
     decoder: Arc<Decoder>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) -> Result<(), SourceError> {
     let name = feeder.name.to_string();
     let io_err = |operation, error| SourceError::Io {
@@ -65,7 +64,7 @@ pub fn run(
     let mut carry: Vec<u8> = Vec::new();
     let mut eof = false;
     let mut pacer = source.pace.map(Pacer::new);
-    while !eof && !stop.load(Ordering::Relaxed) {
+    while !eof && !stop.is_requested() {
         let permit = feeder.wait_for_room();
         let mut buf = std::mem::take(&mut carry);
         // stdin sends what one read gave (up to a line end): no need to make room for a whole
@@ -168,7 +167,7 @@ impl Pacer {
     }
 
     /// Cuts `buf` into slices of about 50 ms of (scaled) event time, sleeping before each.
-    fn slices(&mut self, buf: &[u8], decoder: &Decoder, stop: &AtomicBool, emit: &mut dyn FnMut(Vec<u8>, u64)) {
+    fn slices(&mut self, buf: &[u8], decoder: &Decoder, stop: &Shutdown, emit: &mut dyn FnMut(Vec<u8>, u64)) {
         let mut current: Vec<u8> = Vec::new();
         let mut lines = 0u64;
         let mut due_of_current: Option<Duration> = None;
@@ -199,8 +198,8 @@ impl Pacer {
         }
     }
 
-    fn sleep_until(&self, due: Duration, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
+    fn sleep_until(&self, due: Duration, stop: &Shutdown) {
+        while !stop.is_requested() {
             let elapsed = self.started.elapsed();
             if elapsed >= due {
                 return;

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::decode::Decoder;
 use crate::model::{ChunkData, Message, Position, key_group_of};
-use crate::runtime::ports::{ChunkFeeder, PartitionOwnership};
+use crate::runtime::ports::{ChunkFeeder, PartitionOwnership, Shutdown};
 use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::store::partitions::{PartitionHandoff, parse_position_name};
 use crate::store::{PipelineIdentity, StateStore};
@@ -369,11 +369,7 @@ impl ConsumerContext for SourceContext {
 
 /// Consumes until `stop`, then sends what is left, commits the last checkpoint's offsets,
 /// leaves hand-offs and closes the consumer.
-pub fn run(
-    source: KafkaSource,
-    feeder: ChunkFeeder,
-    stop: Arc<AtomicBool>,
-) -> Result<(), crate::connectors::SourceError> {
+pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(), crate::connectors::SourceError> {
     let name = feeder.name.clone();
     let spec = source.spec;
     let fail = |feeder: &ChunkFeeder, e: KafkaSourceError| {
@@ -476,7 +472,7 @@ pub fn run(
     let stats = source.stats;
     let mut reported = Instant::now();
     let mut errors_logged = 0u32;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_requested() {
         let polled = consumer.poll(Duration::from_millis(50));
         let mut inner = inner.lock().expect("kafka source lock");
         let mut idle = false;

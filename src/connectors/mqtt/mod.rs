@@ -1,9 +1,10 @@
-//! MQTT: the subscription source with manual acks ([`source`]) and its durable ingest log
-//! ([`ingest`]), the sink ([`sink`]), and the embedded broker ([`broker`]).
+//! MQTT: the subscription source with manual acks ([`source`]), its protocol state without IO
+//! ([`state`]) and its durable ingest log ([`ingest`]), the sink ([`sink`]), and the embedded broker ([`broker`]).
 
 pub mod broker;
 pub mod client;
 pub mod ingest;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod topic;

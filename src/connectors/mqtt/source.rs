@@ -27,14 +27,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::ingest::{IngestLog, Trimmer, encode_entry};
+use super::state::{ConnAck, Connection, Delivery, Redeliveries};
 use crate::model::{ChunkData, Message, Position};
-use crate::runtime::ports::ChunkFeeder;
+use crate::runtime::ports::{ChunkFeeder, Shutdown};
 use crate::spec::MqttSourceSpec;
 
 use super::client::*;
@@ -120,31 +120,6 @@ pub struct IngestPlan {
     pub keep_checkpoints: u32,
 }
 
-/// Exponential backoff with full jitter: 100 ms doubling up to 10 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    fn delay(&mut self) -> Duration {
-        let cap = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let ms = rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64);
-        Duration::from_millis(ms)
-    }
-}
-
 /// Polls the event loop until the feeder goes away: reconnects, subscribes, passes batches on.
 async fn drive(
     mut events: EventLoop,
@@ -155,9 +130,7 @@ async fn drive(
     stats: Arc<MqttStats>,
     tx: mpsc::Sender<Vec<Received>>,
 ) {
-    let mut backoff = Backoff::new();
-    let mut down_since: Option<Instant> = None;
-    let mut ever_connected = false;
+    let mut connection = Connection::new();
     let mut polled = Vec::new();
     if qos == 2 {
         events.complete_any_pubrel();
@@ -172,47 +145,52 @@ async fn drive(
                 // the failed poll cleared rumqttc's QoS 2 state: before it reconnects
                 events.complete_any_pubrel();
             }
-            if stats.connected.swap(false, Ordering::Relaxed) || down_since.is_none() {
+            let failed = connection.on_poll_failed(Instant::now());
+            stats.connected.store(false, Ordering::Relaxed);
+            if failed.newly_lost {
                 warn!(source = %name, %error, "mqtt connection lost, reconnecting");
-                down_since.get_or_insert_with(Instant::now);
             } else {
                 debug!(source = %name, %error, "mqtt reconnect failed");
             }
-            tokio::time::sleep(backoff.delay()).await;
+            tokio::time::sleep(failed.retry_in).await;
             continue;
         }
         let mut batch = Vec::new();
         for event in polled.drain(..) {
             match event {
                 Polled::ConnAck {
-                    refused: Some(code), ..
-                } => {
-                    warn!(source = %name, code, "mqtt broker refused the connection");
-                }
-                Polled::ConnAck { session_present, .. } => {
-                    backoff.reset();
-                    stats.connected.store(true, Ordering::Relaxed);
-                    if let Some(since) = down_since.take() {
-                        let ms = since.elapsed().as_millis() as u64;
-                        if ever_connected {
-                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                            stats.disconnected_ms.fetch_add(ms, Ordering::Relaxed);
-                            warn!(source = %name, disconnected_ms = ms, session_present, "mqtt reconnected");
-                        } else {
-                            info!(source = %name, waited_ms = ms, session_present, "mqtt connected");
-                        }
-                    } else {
-                        info!(source = %name, session_present, "mqtt connected");
+                    refused,
+                    session_present,
+                } => match connection.on_connack(refused, session_present, Instant::now()) {
+                    ConnAck::Refused { code } => {
+                        warn!(source = %name, %code, "mqtt broker refused the connection");
                     }
-                    ever_connected = true;
-                    if !session_present {
-                        if let Err(error) = client.try_subscribe(&filter, qos) {
-                            warn!(source = %name, %error, "mqtt subscribe request failed");
-                        } else {
-                            info!(source = %name, filter = %filter, qos, "mqtt subscribed");
+                    ConnAck::Connected {
+                        reconnect,
+                        down_for,
+                        subscribe,
+                    } => {
+                        stats.connected.store(true, Ordering::Relaxed);
+                        match (reconnect, down_for.map(|d| d.as_millis() as u64)) {
+                            (true, Some(ms)) => {
+                                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                                stats.disconnected_ms.fetch_add(ms, Ordering::Relaxed);
+                                warn!(source = %name, disconnected_ms = ms, session_present, "mqtt reconnected");
+                            }
+                            (false, Some(ms)) => {
+                                info!(source = %name, waited_ms = ms, session_present, "mqtt connected")
+                            }
+                            (_, None) => info!(source = %name, session_present, "mqtt connected"),
+                        }
+                        if subscribe {
+                            if let Err(error) = client.try_subscribe(&filter, qos) {
+                                warn!(source = %name, %error, "mqtt subscribe request failed");
+                            } else {
+                                info!(source = %name, filter = %filter, qos, "mqtt subscribed");
+                            }
                         }
                     }
-                }
+                },
                 Polled::Publish(m) => batch.push(m),
                 Polled::SubAck => info!(source = %name, "mqtt subscription confirmed"),
                 Polled::Other => {}
@@ -259,7 +237,7 @@ fn open_and_replay(
     feeder: &mut ChunkFeeder,
     template: &TopicTemplate,
     stats: &MqttStats,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) -> Result<(Durable, FxHashMap<u16, u64>, u64), crate::connectors::SourceError> {
     let name = feeder.name.clone();
     let log = Arc::new(IngestLog::open(&plan.dir, &name)?);
@@ -277,7 +255,7 @@ fn open_and_replay(
     }
     info!(source = %name, dir = %plan.dir.display(), from, to = end, "mqtt ingest log open");
     let mut position = from;
-    while position < end && !stop.load(Ordering::Relaxed) {
+    while position < end && !stop.is_requested() {
         let entries = log.read(position, MAX_CHUNK_MESSAGES)?;
         let Some(&(last, _)) = entries.last() else { break };
         let permit = feeder.wait_for_room();
@@ -309,11 +287,7 @@ fn open_and_replay(
 
 /// Subscribes and feeds messages until `stop`; then disconnects (what was not acknowledged stays
 /// with the broker for the next run) and ends the source.
-pub fn run(
-    source: MqttSource,
-    mut feeder: ChunkFeeder,
-    stop: Arc<AtomicBool>,
-) -> Result<(), crate::connectors::SourceError> {
+pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Result<(), crate::connectors::SourceError> {
     let name = feeder.name.clone();
     let spec = source.spec;
     let client_id = spec.client.client_id.clone().unwrap_or(source.default_client_id);
@@ -352,9 +326,9 @@ pub fn run(
             return Err(e);
         }
     };
-    let (mut durable, mut handed, mut position) = match durable {
-        Some((d, handed, position)) => (Some(d), handed, position),
-        None => (None, FxHashMap::default(), 0),
+    let (mut durable, mut redeliveries, mut position) = match durable {
+        Some((d, handed, position)) => (Some(d), Redeliveries::from_handed(handed), position),
+        None => (None, Redeliveries::default(), 0),
     };
     let mut filter = template.filter();
     if let Some(group) = &spec.shared_group {
@@ -389,7 +363,7 @@ pub fn run(
                 reported = (Instant::now(), messages);
             }
         };
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_requested() {
             if pending.is_empty() {
                 match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
                     Ok(Some(batch)) => pending = batch,
@@ -435,12 +409,11 @@ pub fn run(
                 if m.qos > 0 {
                     acks.push(PendingAck { pkid: m.pkid, qos: m.qos });
                     let hash = content_hash(&m.topic, &m.payload);
-                    if m.dup && handed.get(&m.pkid) == Some(&hash) {
+                    if redeliveries.on_message(m.pkid, m.dup, hash) == Delivery::AlreadyHandedOn {
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         debug!(source = %name, topic = %m.topic, pkid = m.pkid, "mqtt redelivery of a message already handed on");
                         continue;
                     }
-                    handed.insert(m.pkid, hash);
                     handed_now.push((m.pkid, hash));
                 }
                 let device = match template.capture(&m.topic) {
@@ -627,18 +600,5 @@ mod tests {
             matches!(&out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
             "{out:?}"
         );
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_up_to_its_cap() {
-        let mut b = Backoff::new();
-        let first = b.delay();
-        assert!(first <= Backoff::FIRST && first >= Backoff::FIRST / 2);
-        for _ in 0..20 {
-            assert!(b.delay() <= Backoff::MAX);
-        }
-        assert_eq!(b.next, Backoff::MAX);
-        b.reset();
-        assert_eq!(b.next, Backoff::FIRST);
     }
 }

@@ -9,8 +9,6 @@
 //! - Faults (chance `faults` per reading): a stuck sensor (the same values for a while), an
 //!   out-of-range spike, a dropout (the device goes silent for minutes), a malformed payload.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -19,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use crate::clock;
 use crate::connectors::SourceError;
 use crate::model::{ChunkData, Position};
-use crate::runtime::ports::ChunkFeeder;
+use crate::runtime::ports::{ChunkFeeder, Shutdown};
 use crate::spec::SimulatorSourceSpec;
 
 struct SimDevice {
@@ -203,13 +201,13 @@ impl Simulator {
 }
 
 /// Runs the simulator until its `duration` of simulated time has passed or `stop` is set.
-pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Arc<AtomicBool>) -> Result<(), SourceError> {
+pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Shutdown) -> Result<(), SourceError> {
     let start_ms = clock::now_ms();
     let mut simulated = SimulatedClock::new(&spec, start_ms);
     let mut sim = Simulator::new(spec, start_ms);
     let mut offset = 0u64;
     let mut line = 1u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_requested() {
         std::thread::sleep(Duration::from_millis(100));
         feeder.poll_barrier();
         if let Some(until) = simulated.advance() {
