@@ -298,7 +298,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = matches!(engine, Engine::Actors).then(app::shutdown_on_ctrl_c);
             let compiled = load(&pipeline)?;
             let interval = checkpoint_interval
-                .map(|s| DurationSpec::parse(&s).map_err(|e| anyhow::anyhow!("--checkpoint-interval: {e}")))
+                .map(|s| match DurationSpec::parse(&s) {
+                    Ok(d) if d.as_millis() > 0 => Ok(d),
+                    Ok(_) => Err(anyhow::anyhow!("--checkpoint-interval must be longer than 0s")),
+                    Err(e) => Err(anyhow::anyhow!("--checkpoint-interval: {e}")),
+                })
                 .transpose()?
                 .map(|d| std::time::Duration::from_millis(d.as_millis() as u64));
             match engine {

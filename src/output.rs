@@ -82,6 +82,26 @@ fn key(buf: &mut String, k: &str) {
 /// A dead-letter record (the schema of every dead letter, whoever refused the payload): its id
 /// is derived from the pipeline, `source` and `position`; `extra` appends fields of its own
 /// (each written as `,"name":value`, see [`push_field`]).
+/// Longest reason a dead letter carries: a reason quotes the offending value, which can be as
+/// long as the payload; the raw bytes (bounded by `decode.dead_letter_max_bytes`) are beside it.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, cut at `MAX_REASON_BYTES` (on a character boundary) with the length it had.
+fn bounded_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_REASON_BYTES {
+        return std::borrow::Cow::Borrowed(reason);
+    }
+    let mut cut = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… (reason cut, {} bytes in all)",
+        &reason[..cut],
+        reason.len()
+    ))
+}
+
 pub fn dead_letter_record(
     pipeline: &str,
     source: &str,
@@ -104,7 +124,7 @@ pub fn dead_letter_record(
     key(&mut j, "position");
     push_json_str(&mut j, position);
     key(&mut j, "reason");
-    push_json_str(&mut j, reason);
+    push_json_str(&mut j, &bounded_reason(reason));
     key(&mut j, "raw");
     push_json_str(&mut j, &String::from_utf8_lossy(raw));
     extra(&mut j);

@@ -45,6 +45,16 @@ impl<'p> PlainRun<'p> {
             return;
         }
         let decoder = &self.pipeline.decoder;
+        if line.len() > decoder.max_payload_bytes {
+            self.dead_letters += 1;
+            let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
+            let reason = crate::decode::oversized_reason(line.len() as u64, decoder.max_payload_bytes);
+            sink(
+                self.formatter
+                    .dead_letter(source, &format!("line {line_no}"), &reason, raw),
+            );
+            return;
+        }
         match decoder.decode(line, None, now) {
             Ok(decoded) => {
                 let chain = match self.devices.get_mut(decoded.device.as_ref()) {

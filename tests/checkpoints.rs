@@ -517,3 +517,66 @@ fn the_stored_format_fixture_still_loads() {
         "the fixture's device states decode differently than recorded"
     );
 }
+
+/// An export file with a valid checksum whose contents are forged (issue 16): a record with 0
+/// key groups, and a length that claims 2^62 bytes. Both are refused with a clear error; neither
+/// panics (division by zero) nor aborts (an allocation of what the length claims).
+#[test]
+fn forged_export_files_are_refused_without_a_panic_or_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 2_000, 4);
+    let state = dir.path().join("state");
+    ok(run_cmd(
+        "pipelines/aq1.yaml",
+        &input,
+        &dir.path().join("o.jsonl"),
+        &state,
+        &[],
+    ));
+    let file = dir.path().join("x.plume");
+    ok(checkpoints(&state, &["export", "latest"]).arg(&file));
+    let real = std::fs::read(&file).unwrap();
+    // the header: magic (8), format version (2), xxh3 of the body (8)
+    let sealed = |body: &[u8]| {
+        let mut out = real[..10].to_vec();
+        out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    };
+    let mut body = plume::store::export::read(&file).unwrap();
+    body.record.key_groups = 0;
+    let zero = bincode::serde::encode_to_vec(&body, bincode::config::standard()).unwrap();
+    std::fs::write(dir.path().join("zero"), sealed(&zero)).unwrap();
+    let out = checkpoints(&moved_dir(&dir.path().join("t1")), &["import"])
+        .arg(dir.path().join("zero"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "an error exit, not a crash: {:?} {err}",
+        out.status
+    );
+    assert!(err.contains("0 key groups") && !err.contains("panicked"), "{err}");
+
+    // the record, then a list of one entry whose column family name claims 2^62 bytes
+    body.record.key_groups = 256;
+    let record = bincode::serde::encode_to_vec(&body.record, bincode::config::standard()).unwrap();
+    let mut forged = record;
+    forged.push(1);
+    forged.push(0xfd);
+    forged.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    forged.extend_from_slice(b"live");
+    std::fs::write(dir.path().join("huge"), sealed(&forged)).unwrap();
+    let out = checkpoints(&moved_dir(&dir.path().join("t2")), &["import"])
+        .arg(dir.path().join("huge"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "an error exit, not an abort: {:?} {err}",
+        out.status
+    );
+    assert!(err.contains("cannot be decoded"), "{err}");
+}

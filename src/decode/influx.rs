@@ -179,7 +179,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::spec::{DecodeFormat, DecodeSpec, DeviceIdSpec, FieldSpec, TimeSpec, TimeUnit};
+    use crate::spec::{DecodeFormat, DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, TimeSpec, TimeUnit};
 
     fn decoder(device: DeviceIdSpec, time: Option<TimeSpec>) -> Decoder {
         let mut fields = BTreeMap::new();
@@ -204,6 +204,7 @@ mod tests {
             time,
             fields,
             dead_letter_max_bytes: 64,
+            max_payload_bytes: 1 << 20,
         };
         Decoder::new(&spec, 3)
     }
@@ -232,6 +233,23 @@ mod tests {
         assert_eq!(d.device, "b12");
         assert_eq!(d.reading.ts, 1_767_225_600_123);
         assert_eq!(d.reading.values.as_slice(), &[612.0, 12.5, 1.0]);
+    }
+
+    #[test]
+    fn a_value_that_is_not_finite_is_never_kept() {
+        // `1e999` parses as +inf: kept, it would make every later average and baseline inf
+        let mut dec = by_tag();
+        let d = dec
+            .decode(b"air,room=b12 pm25=1e999,co2=612i 1767225600123456789", None, 0)
+            .unwrap();
+        assert!(d.reading.values[1].is_nan(), "dropped: {:?}", d.reading.values);
+        assert_eq!(d.reading.out_of_range, 0b10, "and counted as out of range");
+        assert_eq!(d.reading.values[0], 612.0, "the other fields are used");
+        dec.fields[1].spec.out_of_range = OutOfRange::Keep;
+        assert!(dec.decode(b"air,room=b12 pm25=-1e999", None, 0).unwrap().reading.values[1].is_nan());
+        dec.fields[1].spec.out_of_range = OutOfRange::DeadLetter;
+        let e = dec.decode(b"air,room=b12 pm25=1e999", None, 0).unwrap_err();
+        assert_eq!(e.to_string(), "field `pm25` is inf, not a finite number");
     }
 
     #[test]

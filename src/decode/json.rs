@@ -429,6 +429,7 @@ mod tests {
             }),
             fields,
             dead_letter_max_bytes: 64,
+            max_payload_bytes: 1 << 20,
         };
         Decoder::new(&spec, 2)
     }

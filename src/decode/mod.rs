@@ -43,6 +43,8 @@ pub enum DecodeError {
         expected: &'static str,
         found: String,
     },
+    #[error("field `{field}` is {value}, not a finite number")]
+    NotFinite { field: String, value: f64 },
     #[error("field `{field}` is {value}, outside its range [{min}, {max}]")]
     OutOfRange {
         field: String,
@@ -79,6 +81,8 @@ pub struct Decoder {
     pub(crate) fields: Vec<FieldDecoder>,
     pub(crate) slots: usize,
     pub max_dead_letter_bytes: usize,
+    /// Longer payloads are dead letters, not decoded.
+    pub max_payload_bytes: usize,
 }
 
 impl Decoder {
@@ -110,6 +114,7 @@ impl Decoder {
                 .collect(),
             slots,
             max_dead_letter_bytes: spec.dead_letter_max_bytes,
+            max_payload_bytes: spec.max_payload_bytes,
         }
     }
 
@@ -167,6 +172,23 @@ impl Decoder {
                 continue;
             }
             let x = reading.values[f.slot];
+            if !x.is_finite() {
+                // (`1e999` in influx, `inf`): never kept, or it would poison every average and
+                // baseline of the device for good
+                match f.spec.out_of_range {
+                    OutOfRange::DeadLetter => {
+                        return Err(DecodeError::NotFinite {
+                            field: f.name.clone(),
+                            value: x,
+                        });
+                    }
+                    OutOfRange::Flag | OutOfRange::Keep => {
+                        reading.out_of_range |= 1u64 << f.slot;
+                        reading.values[f.slot] = crate::operators::ABSENT;
+                        continue;
+                    }
+                }
+            }
             if f.spec.kind == FieldType::Int && x.fract() != 0.0 {
                 return Err(DecodeError::WrongType {
                     field: f.name.clone(),
@@ -257,6 +279,11 @@ fn unit_name(unit: TimeUnit) -> &'static str {
 }
 
 /// At most `max` bytes of a payload, for a dead letter.
+/// Why a payload longer than `max_payload_bytes` is not decoded (a dead letter's reason).
+pub fn oversized_reason(length: u64, max: usize) -> String {
+    format!("payload of {length} bytes is longer than decode.max_payload_bytes ({max} bytes): not decoded")
+}
+
 pub fn bounded_raw(payload: &[u8], max: usize) -> &[u8] {
     &payload[..payload.len().min(max)]
 }

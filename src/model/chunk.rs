@@ -63,6 +63,15 @@ pub enum ChunkData {
     },
     /// Separate messages (MQTT, Kafka), each with its own position and device capture.
     Messages(Vec<Message>),
+    /// A line longer than the source could hold (over any payload limit), skipped by the source:
+    /// its number, where it started, its length (without the newline), and its first bytes for
+    /// the dead letter.
+    SkippedLine {
+        line: u64,
+        start_offset: u64,
+        length: u64,
+        prefix: Vec<u8>,
+    },
 }
 
 /// One message of a message-based source.

@@ -7,11 +7,14 @@
 //! - `record`: [`OutputRecord`] and its [`RecordKind`] (the `type` of every output record).
 //! - `ids`: [`SourceId`] and [`SinkId`], the names of sources and sinks that reach disk.
 //! - `keys`: [`key_group_of`] and [`shard_of`], the stable device → key group → shard mapping.
+//! - `codec`: [`codec::bincode_decode`], the one way stored bytes are decoded (lengths bounded
+//!   by the input, so forged values cannot claim huge allocations).
 //! - `duration`: [`DurationSpec`], the strict durations of pipeline files (`500ms`, `5m`, `1h30m`).
 //! - `location`: [`location::Path`], a place in a pipeline file (`operators[2].hysteresis.exit`)
 //!   that a problem is reported at.
 
 pub mod chunk;
+pub mod codec;
 pub mod duration;
 pub mod ids;
 pub mod keys;

@@ -171,10 +171,18 @@ impl FcmTransport {
         let token = t.access_token.clone();
         *cached = Some(CachedToken {
             token: t.access_token,
-            expires: Instant::now() + Duration::from_secs(t.expires_in.unwrap_or(3600)),
+            expires: token_expiry(Instant::now(), t.expires_in),
         });
         Ok(token)
     }
+}
+
+/// When a token given `expires_in` seconds at `now` is to be renewed: its lifetime, at most a
+/// day (a token endpoint's absurd `expires_in` must not overflow the clock, nor keep a token
+/// for ever); an hour when the endpoint says nothing.
+fn token_expiry(now: Instant, expires_in: Option<u64>) -> Instant {
+    const DAY: u64 = 86_400;
+    now + Duration::from_secs(expires_in.unwrap_or(3600).min(DAY))
 }
 
 /// The FCM request body for one token.
@@ -241,5 +249,19 @@ impl Transport for FcmTransport {
 
     fn token_unregistered(&self, entry: &OutboxEntry) {
         self.subscribers.forget_unregistered(&entry.target, "fcm");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_lifetime_from_the_endpoint_is_capped_at_a_day() {
+        let now = Instant::now();
+        // u64::MAX seconds would overflow `Instant + Duration` (a panic in the delivery task)
+        assert_eq!(token_expiry(now, Some(u64::MAX)), now + Duration::from_secs(86_400));
+        assert_eq!(token_expiry(now, Some(1_800)), now + Duration::from_secs(1_800));
+        assert_eq!(token_expiry(now, None), now + Duration::from_secs(3_600));
     }
 }

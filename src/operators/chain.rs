@@ -47,7 +47,7 @@ impl DeviceSnapshot {
         let version = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
         match version {
             SNAPSHOT_VERSION => {
-                let (snapshot, used) = bincode::serde::decode_from_slice(&bytes[4..], bincode::config::standard())
+                let (snapshot, used) = crate::model::codec::bincode_decode(&bytes[4..])
                     .map_err(|e| RestoreError::Decode(e.to_string()))?;
                 if used != bytes.len() - 4 {
                     return Err(RestoreError::Decode(format!(

@@ -62,6 +62,8 @@ impl DeviceActor {
         now: i64,
         emits: &mut Vec<Emit>,
     ) {
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = device;
         for reading in readings {
             #[cfg(feature = "fault-injection")]
             if let Some(hook) = &local.fault_hook {

@@ -413,6 +413,14 @@ impl Router {
                         continue;
                     }
                     self.counters.payloads_seen += 1;
+                    if line.len() > decoder.max_payload_bytes {
+                        // reported once, by shard 0 (its device id is not looked for)
+                        if self.shard == 0 {
+                            let reason = crate::decode::oversized_reason(line.len() as u64, decoder.max_payload_bytes);
+                            self.dead_letter(&chunk.source_name, &format!("line {this_line}"), &reason, line);
+                        }
+                        continue;
+                    }
                     if self.shards > 1 {
                         match decoder.device_of(line, None) {
                             Some(device) if !self.owns(xxh3_64(device.as_bytes())) => continue,
@@ -437,6 +445,14 @@ impl Router {
             ChunkData::Messages(messages) => {
                 for m in messages {
                     self.counters.payloads_seen += 1;
+                    if m.payload.len() > decoder.max_payload_bytes {
+                        if self.shard == 0 {
+                            let reason =
+                                crate::decode::oversized_reason(m.payload.len() as u64, decoder.max_payload_bytes);
+                            self.dead_letter(&chunk.source_name, &m.position, &reason, &m.payload);
+                        }
+                        continue;
+                    }
                     if self.shards > 1 {
                         match decoder.device_of(&m.payload, m.device_hint.as_deref()) {
                             Some(device) if !self.owns(xxh3_64(device.as_bytes())) => continue,
@@ -453,6 +469,15 @@ impl Router {
                         }
                         Err(e) => self.dead_letter(&chunk.source_name, &m.position, &e.to_string(), &m.payload),
                     }
+                }
+            }
+            ChunkData::SkippedLine {
+                line, length, prefix, ..
+            } => {
+                self.counters.payloads_seen += 1;
+                if self.shard == 0 {
+                    let reason = crate::decode::oversized_reason(*length, decoder.max_payload_bytes);
+                    self.dead_letter(&chunk.source_name, &format!("line {line}"), &reason, prefix);
                 }
             }
         }

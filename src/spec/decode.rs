@@ -25,6 +25,14 @@ pub struct DecodeSpec {
     /// Largest part of a raw payload copied into a dead letter.
     #[serde(default = "defaults::dead_letter_bytes")]
     pub dead_letter_max_bytes: usize,
+    /// Longest payload (a line, an MQTT or Kafka message) decoded: a longer one is a dead letter
+    /// with its position, its length and its first `dead_letter_max_bytes`, and reading goes on
+    /// after it. At most 64 MiB.
+    #[serde(
+        default = "defaults::max_payload_bytes",
+        skip_serializing_if = "defaults::is_max_payload_bytes"
+    )]
+    pub max_payload_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -117,7 +125,8 @@ pub struct FieldSpec {
     #[serde(default)]
     pub required: bool,
     /// `flag`: treated as absent and counted; `dead_letter`: the whole reading goes to dead
-    /// letters; `keep`: kept and counted.
+    /// letters; `keep`: kept and counted. A value that is not a finite number (`1e999`, `inf`)
+    /// is out of every range: with `flag` and `keep` it is dropped (absent, counted), never kept.
     #[serde(default)]
     pub out_of_range: OutOfRange,
 }

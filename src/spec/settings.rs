@@ -126,6 +126,15 @@ pub mod defaults {
     pub fn kafka_group() -> String {
         "plume".to_string()
     }
+    /// 1 MiB: a reading is a few hundred bytes.
+    pub fn max_payload_bytes() -> usize {
+        1 << 20
+    }
+    /// (Left out of the canonical JSON at its default, so the pipeline hash of files written
+    /// before the setting existed does not change.)
+    pub fn is_max_payload_bytes(n: &usize) -> bool {
+        *n == max_payload_bytes()
+    }
     pub fn dead_letter_bytes() -> usize {
         4096
     }

@@ -87,9 +87,11 @@ pub fn read(file: &Path) -> Result<ExportBody, StoreError> {
             "the checksum does not match: the file is damaged or truncated".into()
         ));
     }
-    bincode::serde::decode_from_slice(body, bincode::config::standard())
+    let body: ExportBody = crate::model::codec::bincode_decode(body)
         .map(|(b, _)| b)
-        .map_err(|e| bad(format!("cannot be decoded: {e}")))
+        .map_err(|e| bad(format!("cannot be decoded: {e}")))?;
+    body.record.check().map_err(bad)?;
+    Ok(body)
 }
 
 /// Makes the export in `file` the state of `dir` (which must not hold state yet), and keeps it

@@ -157,7 +157,7 @@ fn bincode_encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn bincode_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    crate::model::codec::bincode_decode(bytes)
         .map(|(v, _)| v)
         .map_err(|e| e.to_string())
 }
@@ -207,7 +207,17 @@ impl CheckpointRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        bincode_decode(unseal(bytes)?)
+        let record: CheckpointRecord = bincode_decode(unseal(bytes)?)?;
+        record.check()?;
+        Ok(record)
+    }
+
+    /// What a record read from disk (or an export file) must hold for plume to use it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.key_groups == 0 {
+            return Err("the record says 0 key groups (at least 1): it is damaged or forged".into());
+        }
+        Ok(())
     }
 }
 

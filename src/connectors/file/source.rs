@@ -64,20 +64,23 @@ pub fn run(
     let mut carry: Vec<u8> = Vec::new();
     let mut eof = false;
     let mut pacer = source.pace.map(Pacer::new);
+    // a chunk holds at least one whole line of the longest payload decoded: a line that does
+    // not end within a chunk is longer than that, and is skipped
+    let chunk_bytes = source.chunk_bytes.max(decoder.max_payload_bytes + 1);
     while !eof && !stop.is_requested() {
         let permit = feeder.wait_for_room();
         let mut buf = std::mem::take(&mut carry);
         // stdin sends what one read gave (up to a line end): no need to make room for a whole
         // chunk each time (zeroing it would cost more than the data)
         let room = match source.input {
-            LineInput::Stdin => source.chunk_bytes.min(STDIN_READ_BYTES),
-            LineInput::File(_) => source.chunk_bytes,
+            LineInput::Stdin => chunk_bytes.min(STDIN_READ_BYTES),
+            LineInput::File(_) => chunk_bytes,
         };
         buf.reserve(room);
         // fill the buffer (a pipe or terminal gives less per read)
-        while buf.len() < source.chunk_bytes {
+        while buf.len() < chunk_bytes {
             let start = buf.len();
-            buf.resize(source.chunk_bytes.min(start + room), 0);
+            buf.resize(chunk_bytes.min(start + room), 0);
             match reader.read(&mut buf[start..]) {
                 Ok(0) => {
                     buf.truncate(start);
@@ -99,10 +102,51 @@ pub fn run(
         } else {
             match memchr::memrchr(b'\n', &buf) {
                 Some(i) => i + 1,
-                None => {
-                    // one line longer than a chunk: keep reading it
+                None if buf.len() < chunk_bytes => {
+                    // (stdin gave part of a line: read on)
                     carry = buf;
                     drop(permit);
+                    continue;
+                }
+                None => {
+                    // a line longer than a chunk, so longer than decode.max_payload_bytes: skip
+                    // to its end (reading on, keeping nothing), and let the routers report it
+                    // as a dead letter with its first bytes; the position after it is durable
+                    // like any other, so a resumed run does not meet it again
+                    let prefix = buf[..buf.len().min(decoder.max_dead_letter_bytes)].to_vec();
+                    let mut length = buf.len() as u64;
+                    let Some((rest, ended)) = skip_to_line_end(&mut reader, &mut buf, &mut length, &stop)
+                        .map_err(|e| io_err("reading", e))?
+                    else {
+                        // stopped inside the line: the position stays at its start
+                        break;
+                    };
+                    eof = !ended;
+                    carry = rest;
+                    let start = offset;
+                    offset += length;
+                    let skipped_line = line;
+                    if ended {
+                        line += 1;
+                        length -= 1; // (the line's own length, as the routers report lines)
+                    }
+                    tracing::warn!(
+                        source = %name,
+                        line = skipped_line,
+                        bytes = length,
+                        limit = decoder.max_payload_bytes,
+                        "a line longer than decode.max_payload_bytes was skipped (a dead letter)"
+                    );
+                    feeder.send(
+                        ChunkData::SkippedLine {
+                            line: skipped_line,
+                            start_offset: start,
+                            length,
+                            prefix,
+                        },
+                        Position::File { offset, line },
+                        permit,
+                    );
                     continue;
                 }
             }
@@ -148,6 +192,33 @@ pub fn run(
     }
     feeder.end();
     Ok(())
+}
+
+/// Reads on past the end of an over-long line, reusing `buf` for each read and adding what it
+/// skips to `length` (the newline included). Returns the bytes read after the line and whether
+/// the line ended (otherwise the input did); `None` if a stop was requested first.
+fn skip_to_line_end(
+    reader: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    length: &mut u64,
+    stop: &Shutdown,
+) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+    buf.resize(buf.len().clamp(1, 1 << 20), 0);
+    while !stop.is_requested() {
+        match reader.read(buf) {
+            Ok(0) => return Ok(Some((Vec::new(), false))),
+            Ok(n) => match memchr::memchr(b'\n', &buf[..n]) {
+                Some(i) => {
+                    *length += i as u64 + 1;
+                    return Ok(Some((buf[i + 1..n].to_vec(), true)));
+                }
+                None => *length += n as u64,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Releases lines as their event time passes (scaled by `speed`).

@@ -151,7 +151,7 @@ pub(crate) fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8], what: 
     };
     let payload = unseal(bytes).map_err(corrupt)?;
     match payload.split_first() {
-        Some((&RECORD_VERSION, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard())
+        Some((&RECORD_VERSION, rest)) => crate::model::codec::bincode_decode(rest)
             .map(|(v, _)| v)
             .map_err(|e| corrupt(e.to_string())),
         Some((v, _)) => Err(corrupt(format!(

@@ -1,0 +1,247 @@
+//! Hostile and broken input (issue 16): plume neither hangs nor aborts, and what it cannot use
+//! becomes a dead letter that says what and where, while the rest of the input is processed.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `plume run` with a deadline; returns (success, stderr).
+fn run_with_deadline(args: &[&str], input: &Path, output: &Path, deadline: Duration) -> (bool, String) {
+    let mut child = plume()
+        .arg("run")
+        .args(args)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut stderr = stderr;
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("plume run {args:?} did not end within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), reader.join().unwrap())
+}
+
+fn records(output: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn over_long_lines_become_dead_letters_and_reading_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("long-lines.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let reading = |device: &str, i: u64| {
+        format!(
+            r#"{{"device":"{device}","ts":{},"pm25":{}.5,"co2":450.0}}"#,
+            1_700_000_000_000 + i * 1000,
+            i % 50
+        )
+    };
+    for i in 0..100 {
+        writeln!(f, "{}", reading("a", i)).unwrap();
+    }
+    // line 101: 20 MiB, longer than a whole source chunk (16 MiB): the source skips it
+    write!(f, r#"{{"device":"huge","note":""#).unwrap();
+    f.write_all(&vec![b'x'; 20 << 20]).unwrap();
+    writeln!(f, r#""}}"#).unwrap();
+    for i in 100..200 {
+        writeln!(f, "{}", reading("a", i)).unwrap();
+    }
+    // line 202: 2 MiB, shorter than a chunk but over the 1 MiB payload limit: the router skips it
+    write!(f, r#"{{"device":"big","note":""#).unwrap();
+    f.write_all(&vec![b'y'; 2 << 20]).unwrap();
+    writeln!(f, r#""}}"#).unwrap();
+    for i in 200..300 {
+        writeln!(f, "{}", reading("b", i)).unwrap();
+    }
+    drop(f);
+
+    let actors = dir.path().join("actors.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--no-checkpoints", "--shards", "2"],
+        &input,
+        &actors,
+        Duration::from_secs(120),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("longer than decode.max_payload_bytes"),
+        "the skipped line is logged: {stderr}"
+    );
+    let got = records(&actors);
+    let dead: Vec<&serde_json::Value> = got.iter().filter(|r| r["type"] == "dead_letter").collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let at = |line: &str| dead.iter().find(|d| d["position"] == line).copied();
+    let huge = at("line 101").expect("a dead letter for line 101");
+    let reason = huge["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("{} bytes", (20 << 20) + 27)) && reason.contains("max_payload_bytes"),
+        "says how long and which limit: {reason}"
+    );
+    let raw = huge["raw"].as_str().unwrap();
+    assert!(raw.starts_with(r#"{"device":"huge""#), "keeps the first bytes: {raw}");
+    assert!(
+        raw.len() <= 4096,
+        "and only the first dead_letter_max_bytes: {} bytes",
+        raw.len()
+    );
+    let big = at("line 202").expect("a dead letter for line 202");
+    assert!(
+        big["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} bytes", (2 << 20) + 26))
+    );
+
+    let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["readings"], 300, "every other line was read: {summary}");
+    assert_eq!(summary["dead_letters"], 2);
+
+    // the plain loop (the oracle) gives the same records
+    let plain = dir.path().join("plain.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--engine", "plain"],
+        &input,
+        &plain,
+        Duration::from_secs(120),
+    );
+    assert!(ok, "{stderr}");
+    assert_same_output(&actors, &plain);
+}
+
+#[test]
+fn a_resumed_run_goes_past_an_over_long_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    for i in 0..10u64 {
+        writeln!(
+            f,
+            r#"{{"device":"a","ts":{},"pm25":1.5,"co2":450.0}}"#,
+            1_700_000_000_000 + i * 1000
+        )
+        .unwrap();
+    }
+    f.write_all(&vec![b'z'; 17 << 20]).unwrap();
+    writeln!(f).unwrap();
+    drop(f);
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let out1 = dir.path().join("out1.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--data-dir", data_arg],
+        &input,
+        &out1,
+        Duration::from_secs(120),
+    );
+    assert!(ok, "{stderr}");
+    // more input after the long line; the second run resumes after what the first one read
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    for i in 10..20u64 {
+        writeln!(
+            f,
+            r#"{{"device":"a","ts":{},"pm25":1.5,"co2":450.0}}"#,
+            1_700_000_000_000 + i * 1000
+        )
+        .unwrap();
+    }
+    drop(f);
+    let out2 = dir.path().join("out2.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--data-dir", data_arg],
+        &input,
+        &out2,
+        Duration::from_secs(120),
+    );
+    assert!(ok, "{stderr}");
+    let second = records(&out2);
+    assert!(
+        !second.iter().any(|r| r["type"] == "dead_letter"),
+        "the long line is not met again: {second:?}"
+    );
+    let summary = second.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["readings"], 20, "ten readings before, ten after: {summary}");
+}
+
+#[test]
+fn a_checkpoint_interval_of_zero_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"device\":\"a\",\"ts\":1,\"pm25\":1,\"co2\":400}\n").unwrap();
+    let out = plume()
+        .args(["run", "pipelines/aq1.yaml", "--checkpoint-interval", "0s", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "an error exit, not a panic (101) or a signal: {:?} {err}",
+        out.status
+    );
+    assert!(err.contains("--checkpoint-interval must be longer than 0s"), "{err}");
+    assert!(
+        !dir.path().join("out.jsonl").exists(),
+        "refused before anything started"
+    );
+}
+
+#[test]
+fn a_dead_letter_stays_small_whatever_value_it_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // a 900 KB string where a number belongs (under the 1 MiB payload limit, so it is decoded)
+    let junk = "9".repeat(900_000) + "x";
+    std::fs::write(
+        &input,
+        format!("{{\"device\":\"a\",\"ts\":1,\"pm25\":\"{junk}\",\"co2\":400}}\n{{\"device\":\"a\",\"ts\":2,\"pm25\":\"{junk}\",\"co2\":400}}\n"),
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--no-checkpoints"],
+        &input,
+        &output,
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    let dead: Vec<&str> = text.lines().filter(|l| l.contains("\"dead_letter\"")).collect();
+    assert_eq!(dead.len(), 2);
+    for line in dead {
+        assert!(line.len() < 8 * 1024, "a dead letter of {} bytes", line.len());
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.contains("pm25"), "still says which field: {reason}");
+    }
+}
