@@ -192,6 +192,9 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
             _ => bail!("the plain engine reads files only: pass --input FILE"),
         },
     };
+    if let Some(path) = &output {
+        app::refuse_output_over_input(std::slice::from_ref(&input), std::slice::from_ref(path))?;
+    }
     let started = std::time::Instant::now();
     let reader = BufReader::with_capacity(
         1 << 20,

@@ -245,3 +245,75 @@ fn a_dead_letter_stays_small_whatever_value_it_quotes() {
         assert!(reason.contains("pm25"), "still says which field: {reason}");
     }
 }
+
+#[test]
+fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let text = "{\"device\":\"a\",\"ts\":1,\"pm25\":1,\"co2\":400}\n";
+    std::fs::write(&input, text).unwrap();
+    for engine in ["actors", "plain"] {
+        let out = plume()
+            .args([
+                "run",
+                "pipelines/aq1.yaml",
+                "--no-checkpoints",
+                "--engine",
+                engine,
+                "--input",
+            ])
+            .arg(&input)
+            .arg("--output")
+            // the same file by another path
+            .arg(dir.path().join(".").join("in.jsonl"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{engine}: refused");
+        assert!(err.contains("both an input and an output"), "{engine}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&input).unwrap(),
+            text,
+            "{engine}: the input is intact"
+        );
+    }
+}
+
+#[test]
+fn device_ids_that_are_too_long_or_hold_control_characters_are_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let long = "d".repeat(300);
+    std::fs::write(
+        &input,
+        format!(
+            "{{\"device\":\"{long}\",\"ts\":1,\"pm25\":1,\"co2\":400}}\n\
+             {{\"device\":\"a\\nb\",\"ts\":2,\"pm25\":1,\"co2\":400}}\n\
+             {{\"device\":\"ok\",\"ts\":3,\"pm25\":1,\"co2\":400}}\n"
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--no-checkpoints"],
+        &input,
+        &output,
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{stderr}");
+    let got = records(&output);
+    let reasons: Vec<&str> = got
+        .iter()
+        .filter(|r| r["type"] == "dead_letter")
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("300 bytes long") && r.contains("max_device_id_bytes"))
+    );
+    assert!(reasons.iter().any(|r| r.contains("control character (U+000A)")));
+    let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["readings"], 1);
+}

@@ -62,6 +62,29 @@ pub enum EngineError {
     Resume(String),
     #[error("the last checkpoint of the run failed: {0}")]
     Checkpoint(crate::runtime::checkpointer::CheckpointError),
+    #[error("{output} is both an input and an output of the run: writing it would destroy the input")]
+    OutputIsInput { output: String },
+}
+
+/// Whether two paths name the same existing file (a path that does not exist yet names none).
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Refuses a run whose file output is one of its file inputs, before anything is opened (a
+/// file sink truncates its file, and would do so before the source read it).
+pub fn refuse_output_over_input(inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<(), EngineError> {
+    for output in outputs {
+        if inputs.iter().any(|input| same_file(input, output)) {
+            return Err(EngineError::OutputIsInput {
+                output: output.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where `plume run` reads from.

@@ -21,6 +21,30 @@ use super::*;
 pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutdown) -> Result<RunReport, EngineError> {
     let stop = shutdown;
     let mut sources = plan_sources(&pipeline, &options)?;
+    let inputs: Vec<std::path::PathBuf> = sources
+        .iter()
+        .filter_map(|(_, s)| match s {
+            SourcePlan::Lines(l) => match &l.input {
+                crate::connectors::file::source::LineInput::File(p) => Some(p.clone()),
+                crate::connectors::file::source::LineInput::Stdin => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let outputs: Vec<std::path::PathBuf> = match &options.output {
+        Some(path) => vec![path.clone()],
+        None => pipeline
+            .spec
+            .outputs
+            .iter()
+            .flat_map(|route| route.to.iter())
+            .filter_map(|sink| match sink {
+                crate::spec::SinkSpec::File(f) => Some(std::path::PathBuf::from(&f.path)),
+                _ => None,
+            })
+            .collect(),
+    };
+    refuse_output_over_input(&inputs, &outputs)?;
     let _broker = crate::connectors::mqtt::broker::start_for(&pipeline.spec)?;
     let planned_sinks = sink_names(&pipeline, options.output.as_ref());
     let state = prepare_state(&pipeline, &options, &mut sources, planned_sinks)?;

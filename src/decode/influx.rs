@@ -205,6 +205,7 @@ mod tests {
             fields,
             dead_letter_max_bytes: 64,
             max_payload_bytes: 1 << 20,
+            max_device_id_bytes: 256,
         };
         Decoder::new(&spec, 3)
     }

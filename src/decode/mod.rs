@@ -31,6 +31,10 @@ pub enum DecodeError {
     MissingTopicDevice,
     #[error("the device id is empty")]
     EmptyDevice,
+    #[error("the device id is {length} bytes long, more than decode.max_device_id_bytes ({max})")]
+    DeviceIdTooLong { length: usize, max: usize },
+    #[error("the device id contains a control character (U+{code:04X}), which plume does not accept in ids")]
+    DeviceIdControl { code: u32 },
     #[error("no event time: the payload has no `{0}`")]
     MissingTime(String),
     #[error("event time `{field}` is not valid: {reason}")]
@@ -83,6 +87,8 @@ pub struct Decoder {
     pub max_dead_letter_bytes: usize,
     /// Longer payloads are dead letters, not decoded.
     pub max_payload_bytes: usize,
+    /// Longer device ids are refused (each id is kept in memory, in the store and in topics).
+    pub max_device_id_bytes: usize,
 }
 
 impl Decoder {
@@ -115,6 +121,7 @@ impl Decoder {
             slots,
             max_dead_letter_bytes: spec.dead_letter_max_bytes,
             max_payload_bytes: spec.max_payload_bytes,
+            max_device_id_bytes: spec.max_device_id_bytes,
         }
     }
 
@@ -142,9 +149,7 @@ impl Decoder {
             DecodeFormat::Json => json::decode(self, payload, topic_device, arrival_ms)?,
             DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
         };
-        if decoded.device.is_empty() {
-            return Err(DecodeError::EmptyDevice);
-        }
+        check_device_id(&decoded.device, self.max_device_id_bytes)?;
         Ok(decoded)
     }
 
@@ -279,6 +284,24 @@ fn unit_name(unit: TimeUnit) -> &'static str {
 }
 
 /// At most `max` bytes of a payload, for a dead letter.
+/// A device id plume keeps: not empty, at most `max` bytes, no control characters (ids end up
+/// in store keys, output records, log lines and MQTT topics).
+pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
+    if device.is_empty() {
+        return Err(DecodeError::EmptyDevice);
+    }
+    if device.len() > max {
+        return Err(DecodeError::DeviceIdTooLong {
+            length: device.len(),
+            max,
+        });
+    }
+    if let Some(c) = device.chars().find(|c| c.is_control()) {
+        return Err(DecodeError::DeviceIdControl { code: c as u32 });
+    }
+    Ok(())
+}
+
 /// Why a payload longer than `max_payload_bytes` is not decoded (a dead letter's reason).
 pub fn oversized_reason(length: u64, max: usize) -> String {
     format!("payload of {length} bytes is longer than decode.max_payload_bytes ({max} bytes): not decoded")

@@ -33,6 +33,13 @@ pub struct DecodeSpec {
         skip_serializing_if = "defaults::is_max_payload_bytes"
     )]
     pub max_payload_bytes: usize,
+    /// Longest device id accepted, in bytes; a reading with a longer one is a dead letter. Ids
+    /// with control characters are refused too.
+    #[serde(
+        default = "defaults::max_device_id_bytes",
+        skip_serializing_if = "defaults::is_max_device_id_bytes"
+    )]
+    pub max_device_id_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -135,6 +135,12 @@ pub mod defaults {
     pub fn is_max_payload_bytes(n: &usize) -> bool {
         *n == max_payload_bytes()
     }
+    pub fn max_device_id_bytes() -> usize {
+        256
+    }
+    pub fn is_max_device_id_bytes(n: &usize) -> bool {
+        *n == max_device_id_bytes()
+    }
     pub fn dead_letter_bytes() -> usize {
         4096
     }

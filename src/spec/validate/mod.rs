@@ -207,10 +207,27 @@ impl Checker<'_> {
                 let field_path = path.key("fields").key(name);
                 if name.trim().is_empty() {
                     self.report(path.key("fields").key_name(name), "a field name must not be empty");
+                } else if !is_name(name) {
+                    // (field names become keys of output records and parts of derived names)
+                    self.report(
+                        path.key("fields").key_name(name),
+                        format!("field name `{name}` may contain only letters, digits, `-` and `_`"),
+                    );
                 }
                 if !gaps.touches(&field_path) {
                     self.field_spec(&field_path, spec);
                 }
+            }
+        }
+        for (key, value, low, high) in [
+            ("max_payload_bytes", decode.max_payload_bytes, 64, 64 << 20),
+            ("max_device_id_bytes", decode.max_device_id_bytes, 1, 4096),
+        ] {
+            if !(low..=high).contains(&value) && !gaps.covers(&path.key(key)) {
+                self.report(
+                    path.key(key),
+                    format!("`{key}` must be from {low} to {high}, found {value}"),
+                );
             }
         }
         let device_path = path.key("device");
@@ -542,6 +559,19 @@ mod tests {
         spec.pipeline = "a b".to_string();
         let paths: Vec<String> = validate_spec(&spec).iter().map(|p| p.path.to_string()).collect();
         assert_eq!(paths, ["version", "pipeline", "operators[0].hysteresis.exit"]);
+    }
+
+    #[test]
+    fn field_names_and_input_limits_are_checked() {
+        let text = "version: 1\npipeline: t\ndecode: { fields: { \"pm2.5\": {}, co2: {} }, max_payload_bytes: 10, max_device_id_bytes: 0 }\n";
+        let errors = crate::spec::parse_pipeline("t.yaml", text, &|_| None).unwrap_err().to_string();
+        for expected in [
+            "field name `pm2.5` may contain only letters, digits, `-` and `_`",
+            "`max_payload_bytes` must be from 64 to 67108864, found 10",
+            "`max_device_id_bytes` must be from 1 to 4096, found 0",
+        ] {
+            assert!(errors.contains(expected), "{expected}: {errors}");
+        }
     }
 
     #[test]
