@@ -1408,3 +1408,104 @@ fn webhook_dead_letters_reach_the_dead_letters_route_and_stay_in_the_outbox() {
         .collect();
     assert_eq!(kept, events, "the outbox keeps every dead letter");
 }
+
+/// Secrets stay secret (issue 16): a webhook URL whose path and query are the secret (as Slack's
+/// and Discord's are), its signing key, and a password written into an MQTT URL appear in no
+/// output of `plume validate`, `plume run` (stdout, stderr at debug level, output records),
+/// `plume outbox`, `plume checkpoints`, nor in the files of the data directory.
+#[test]
+fn secrets_appear_in_no_output_log_or_stored_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::aq1_input(dir.path(), 20, 5_000, 3);
+    let out = dir.path().join("out.jsonl");
+    let state = dir.path().join("state");
+    let seq = Arc::new(AtomicU64::new(0));
+    // refuses every payload for good: every event becomes a logged dead letter
+    let rx = Receiver::start(seq, |_| Reply::json(400, r#"{"error":"schema"}"#));
+    let url = rx.url("/services/T0/B0/SECRETPATH?token=SECRETQUERY");
+    let secrets = ["SECRETPATH", "SECRETQUERY", SECRET, SECRET.trim_start_matches("whsec_")];
+    let check = |what: &str, text: &str| {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} shows the secret {s}:\n{text}");
+        }
+    };
+    let mut text = String::new();
+
+    let validate = common::plume()
+        .args(["validate", "pipelines/webhook-aq1.yaml"])
+        .env("PLUME_WEBHOOK_URL", &url)
+        .env("PLUME_WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(validate.status.success());
+    text.push_str(&String::from_utf8_lossy(&validate.stdout));
+    text.push_str(&String::from_utf8_lossy(&validate.stderr));
+    assert!(
+        text.contains("webhook http://127.0.0.1:"),
+        "the summary names the webhook: {text}"
+    );
+    check("plume validate", &text);
+
+    let run = webhook_aq1(&input, &state, &out, &url, "10ms")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{logs}");
+    assert!(logs.contains("127.0.0.1"), "the logs name the endpoint: {logs}");
+    check("plume run's logs", &logs);
+    let records = std::fs::read_to_string(&out).unwrap();
+    assert!(records.contains("\"dead_letter\""), "the receiver refused the events");
+    check("the output records", &records);
+    check(
+        "plume outbox",
+        &plume_ok(&["outbox", "--json", "--dead-letters"], &state),
+    );
+    let list = common::plume()
+        .args(["checkpoints", "--data-dir"])
+        .arg(&state)
+        .arg("list")
+        .output()
+        .unwrap();
+    check("plume checkpoints list", &String::from_utf8_lossy(&list.stdout));
+    // every file of the data directory, byte for byte
+    let mut stack = vec![state.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                for s in secrets {
+                    assert!(
+                        !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                        "{} holds the secret {s}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+
+    // a password written into a URL is refused, and the refusal does not repeat it
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\npipeline: b\nsources:\n  - mqtt: { url: \"mqtt://fleet:SECRETPW@127.0.0.1:1883\", topic: \"s/{device}/air\" }\ndecode: { fields: { pm25: {} } }\n",
+    )
+    .unwrap();
+    let refused = common::plume().arg("validate").arg(&bad).output().unwrap();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success());
+    assert!(err.contains("holds credentials"), "{err}");
+    assert!(!err.contains("SECRETPW"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! What `plume validate` prints for a valid pipeline.
 
+use plume::model::redact;
 use plume::pipeline::CompiledPipeline;
 use plume::spec::{self, SourceSpec};
 
@@ -25,7 +26,7 @@ pub fn describe_pipeline(file: &str, loaded: &spec::LoadedPipeline, compiled: &C
             SourceSpec::File(f) => format!("file {}", f.path),
             SourceSpec::Stdin(_) => "stdin".to_string(),
             SourceSpec::Simulator(s) => format!("simulator ({} devices, a reading every {})", s.devices, s.interval),
-            SourceSpec::Mqtt(m) => format!("mqtt {} topic {} (qos {})", m.url, m.topic, m.qos.level()),
+            SourceSpec::Mqtt(m) => format!("mqtt {} topic {} (qos {})", redact::url(&m.url), m.topic, m.qos.level()),
             SourceSpec::Kafka(k) => format!("kafka {} topics {} (group {})", k.brokers, k.topics.join(","), k.group),
         })
         .collect();
@@ -91,13 +92,13 @@ pub fn describe_pipeline(file: &str, loaded: &spec::LoadedPipeline, compiled: &C
             .map(|s| match s {
                 SinkSpec::Stdout(o) => format!("stdout ({})", wire_name(&o.format)),
                 SinkSpec::File(f) => format!("file {}", f.path),
-                SinkSpec::Webhook(w) => format!("webhook {}", w.url),
+                SinkSpec::Webhook(w) => format!("webhook {}", redact::url(&w.url)),
                 SinkSpec::Push(p) => match p {
                     spec::PushSinkSpec::Fcm(_) => "push (fcm)".to_string(),
                     spec::PushSinkSpec::Apns(_) => "push (apns)".to_string(),
                     spec::PushSinkSpec::Ntfy(n) => format!("push (ntfy topic {})", n.topic),
                 },
-                SinkSpec::Mqtt(m) => format!("mqtt {} topic {}", m.url, m.topic),
+                SinkSpec::Mqtt(m) => format!("mqtt {} topic {}", redact::url(&m.url), m.topic),
                 SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
             })
             .collect();

@@ -10,6 +10,8 @@
 //! - `codec`: [`codec::bincode_decode`], the one way stored bytes are decoded (lengths bounded
 //!   by the input, so forged values cannot claim huge allocations).
 //! - `duration`: [`DurationSpec`], the strict durations of pipeline files (`500ms`, `5m`, `1h30m`).
+//! - `redact`: [`redact::url`], how every log line, error and summary shows a URL (no password,
+//!   path or query: they can hold secrets).
 //! - `location`: [`location::Path`], a place in a pipeline file (`operators[2].hysteresis.exit`)
 //!   that a problem is reported at.
 
@@ -20,6 +22,7 @@ pub mod ids;
 pub mod keys;
 pub mod location;
 pub mod record;
+pub mod redact;
 
 pub use chunk::{Chunk, ChunkData, ChunkTicket, InFlight, Message, Position, SourcePosition};
 pub use duration::DurationSpec;

@@ -53,16 +53,7 @@ impl WebhookSecret {
 
 /// A URL for logs: scheme, host, port and path; no user info, no query.
 pub fn url_for_logs(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}{}{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
-            u.path()
-        ),
-        Err(_) => "(invalid url)".into(),
-    }
+    crate::model::redact::url(url)
 }
 
 pub(crate) fn client(timeout: Duration, http2_prior_knowledge: bool) -> Result<reqwest::Client, NotifyError> {

@@ -33,7 +33,7 @@ impl Endpoint {
     /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883).
     pub fn parse(url: &str) -> Result<Self, MqttError> {
         let bad = |reason: &str| MqttError::Url {
-            url: url.to_string(),
+            url: crate::model::redact::url(url),
             reason: reason.to_string(),
         };
         let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {

@@ -336,7 +336,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     }
     let qos = spec.qos.level();
     let durable_on = durable.is_some();
-    info!(source = %name, url = %spec.url, client_id = %client_id, filter = %filter, qos, durable = durable_on, "mqtt source starting");
+    info!(source = %name, url = %crate::model::redact::url(&spec.url), client_id = %client_id, filter = %filter, qos, durable = durable_on, "mqtt source starting");
     let mut failure = None;
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);

@@ -564,7 +564,9 @@ mod tests {
     #[test]
     fn field_names_and_input_limits_are_checked() {
         let text = "version: 1\npipeline: t\ndecode: { fields: { \"pm2.5\": {}, co2: {} }, max_payload_bytes: 10, max_device_id_bytes: 0 }\n";
-        let errors = crate::spec::parse_pipeline("t.yaml", text, &|_| None).unwrap_err().to_string();
+        let errors = crate::spec::parse_pipeline("t.yaml", text, &|_| None)
+            .unwrap_err()
+            .to_string();
         for expected in [
             "field name `pm2.5` may contain only letters, digits, `-` and `_`",
             "`max_payload_bytes` must be from 64 to 67108864, found 10",

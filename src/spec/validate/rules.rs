@@ -19,28 +19,34 @@ pub(super) fn check_url(url: &str, schemes: &[&str], path_allowed: bool) -> Resu
         .map(|s| format!("{s}://"))
         .collect::<Vec<_>>()
         .join(" or ");
+    // (messages show the URL without its password, path or query: they can hold secrets)
+    let shown = crate::model::redact::url(url);
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!("`{url}` is not a URL: it must start with {wanted}"));
+        return Err(if shown.starts_with('(') {
+            format!("this value is not a URL: it must start with {wanted}")
+        } else {
+            format!("`{shown}` is not a URL: it must start with {wanted}")
+        });
     };
     if !schemes.contains(&scheme) {
-        return Err(format!("`{url}` must start with {wanted}, not {scheme}://"));
+        return Err(format!("`{shown}` must start with {wanted}, not {scheme}://"));
     }
     let (authority, tail) = match rest.find(['/', '?', '#']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     if !path_allowed && !(tail.is_empty() || tail == "/") {
-        return Err(format!("`{url}` must be only {wanted}host:port, without a path"));
+        return Err(format!("`{shown}` must be only {wanted}host:port, without a path"));
     }
     if authority.contains('@') {
         return Err(format!(
-            "`{url}` holds credentials: give them with the username / secret keys (`*_env`), not in the URL"
+            "`{shown}` holds credentials: give them with the username / secret keys (`*_env`), not in the URL"
         ));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         match v6.split_once(']') {
             Some((host, after)) => (host, after.strip_prefix(':')),
-            None => return Err(format!("`{url}` has an unclosed `[` in its host")),
+            None => return Err(format!("`{shown}` has an unclosed `[` in its host")),
         }
     } else {
         match authority.rsplit_once(':') {
@@ -49,11 +55,11 @@ pub(super) fn check_url(url: &str, schemes: &[&str], path_allowed: bool) -> Resu
         }
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("`{url}` has no valid host"));
+        return Err(format!("`{shown}` has no valid host"));
     }
     if let Some(port) = port {
         if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(format!("`{url}` has an invalid port `{port}` (1 to 65535)"));
+            return Err(format!("`{shown}` has an invalid port `{port}` (1 to 65535)"));
         }
     }
     Ok(())
