@@ -69,6 +69,20 @@ pub fn pipeline_hash(spec: &PipelineSpec) -> String {
 /// Reads and checks a pipeline file, with `${VAR}` taken from the process environment.
 pub fn load_pipeline(path: &FilePath) -> Result<PipelineSpec, Diagnostics> {
     let file = path.display().to_string();
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > super::yaml::MAX_FILE_BYTES
+    {
+        return Err(Diagnostics(vec![Diagnostic {
+            file: file.clone(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "the file is {} bytes, more than a pipeline file may be ({} bytes)",
+                meta.len(),
+                super::yaml::MAX_FILE_BYTES
+            ),
+        }]));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         Diagnostics(vec![Diagnostic {
             file: file.clone(),

@@ -315,17 +315,43 @@ enum Frame {
     },
 }
 
-/// Parses one YAML document into a node tree. An empty document is an error.
+/// The most values (scalars, lists and maps, aliases counted at their full size) a pipeline file
+/// may hold: aliases copy their anchor, so a few lines could otherwise expand to billions
+/// ("billion laughs").
+pub const MAX_NODES: usize = 100_000;
+
+/// The deepest nesting of lists and maps a pipeline file may have (every later step walks the
+/// tree recursively).
+pub const MAX_DEPTH: usize = 64;
+
+/// The largest pipeline file plume reads, in bytes.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Parses one YAML document into a node tree. An empty document is an error; so are more than
+/// [`MAX_NODES`] values and nesting deeper than [`MAX_DEPTH`].
 pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // each anchor with the number of values it holds
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    // values finished so far (an alias counts all the values it copies), and per open
+    // collection the count when it started, so a finished one knows its own size
+    let mut nodes = 0usize;
+    let mut started_at: Vec<usize> = Vec::new();
+    let too_many = |position| YamlError {
+        position,
+        message: format!(
+            "the file holds more than {MAX_NODES} values (aliases count as many values as they copy): \
+             a pipeline file is much smaller"
+        ),
+    };
     let mut root: Option<Node> = None;
     let mut documents = 0;
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| scan_error(&e))?;
         let position = Position::from_span(&span);
-        let finished: Option<(Node, usize)> = match event {
+        // a finished node, its anchor (0: none) and the values it holds (itself included)
+        let finished: Option<(Node, usize, usize)> = match event {
             Event::StreamStart | Event::Nothing | Event::DocumentEnd => None,
             Event::StreamEnd => break,
             Event::DocumentStart(_) => {
@@ -339,11 +365,15 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                 None
             }
             Event::Alias(id) => {
-                let node = anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                let (node, size) = anchors.get(&id).ok_or_else(|| YamlError {
                     position,
                     message: "YAML alias to an anchor that is not complete yet".to_string(),
                 })?;
-                Some((node, 0))
+                nodes = nodes.saturating_add(*size);
+                if nodes > MAX_NODES {
+                    return Err(too_many(position));
+                }
+                Some((node.clone(), 0, *size))
             }
             Event::Scalar(value, style, anchor, tag) => {
                 let mut style = match style {
@@ -362,6 +392,10 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                         }
                     }
                 }
+                nodes += 1;
+                if nodes > MAX_NODES {
+                    return Err(too_many(position));
+                }
                 Some((
                     Node {
                         position,
@@ -371,10 +405,13 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                         }),
                     },
                     anchor,
+                    1,
                 ))
             }
             Event::SequenceStart(anchor, tag) => {
                 reject_collection_tag(position, tag.as_deref())?;
+                too_deep(position, stack.len())?;
+                started_at.push(nodes);
                 stack.push(Frame::Sequence {
                     position,
                     anchor,
@@ -384,6 +421,8 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
             }
             Event::MappingStart(anchor, tag) => {
                 reject_collection_tag(position, tag.as_deref())?;
+                too_deep(position, stack.len())?;
+                started_at.push(nodes);
                 stack.push(Frame::Mapping {
                     position,
                     anchor,
@@ -397,13 +436,18 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                     position,
                     anchor,
                     items,
-                }) => Some((
-                    Node {
-                        position,
-                        value: Value::Sequence(items),
-                    },
-                    anchor,
-                )),
+                }) => {
+                    let inner = nodes - started_at.pop().unwrap_or(nodes);
+                    nodes += 1;
+                    Some((
+                        Node {
+                            position,
+                            value: Value::Sequence(items),
+                        },
+                        anchor,
+                        inner + 1,
+                    ))
+                }
                 _ => {
                     return Err(YamlError {
                         position,
@@ -417,13 +461,18 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                     anchor,
                     entries,
                     ..
-                }) => Some((
-                    Node {
-                        position,
-                        value: Value::Mapping(entries),
-                    },
-                    anchor,
-                )),
+                }) => {
+                    let inner = nodes - started_at.pop().unwrap_or(nodes);
+                    nodes += 1;
+                    Some((
+                        Node {
+                            position,
+                            value: Value::Mapping(entries),
+                        },
+                        anchor,
+                        inner + 1,
+                    ))
+                }
                 _ => {
                     return Err(YamlError {
                         position,
@@ -432,9 +481,9 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
                 }
             },
         };
-        let Some((node, anchor)) = finished else { continue };
+        let Some((node, anchor, size)) = finished else { continue };
         if anchor > 0 {
-            anchors.insert(anchor, node.clone());
+            anchors.insert(anchor, (node.clone(), size));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -459,6 +508,16 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     })
 }
 
+fn too_deep(position: Position, open: usize) -> Result<(), YamlError> {
+    if open >= MAX_DEPTH {
+        return Err(YamlError {
+            position,
+            message: format!("lists and maps are nested more than {MAX_DEPTH} levels deep here"),
+        });
+    }
+    Ok(())
+}
+
 fn reject_collection_tag(position: Position, tag: Option<&saphyr_parser::Tag>) -> Result<(), YamlError> {
     match tag {
         Some(tag) if !(tag.is_yaml_core_schema() && matches!(tag.suffix.as_str(), "map" | "seq")) => Err(YamlError {
@@ -481,13 +540,18 @@ fn collect_duplicates(node: &Node, errors: &mut Vec<YamlError>) {
         Value::Scalar(_) => {}
         Value::Sequence(items) => items.iter().for_each(|n| collect_duplicates(n, errors)),
         Value::Mapping(entries) => {
-            for (i, entry) in entries.iter().enumerate() {
+            // (a map of the first position of each key: linear in the number of keys)
+            let mut first_at: HashMap<&str, Position> = HashMap::with_capacity(entries.len());
+            for entry in entries {
                 let key = entry.key.as_text().unwrap_or_default();
-                if let Some(first) = entries[..i].iter().find(|e| e.key.as_text() == Some(key)) {
-                    errors.push(YamlError {
+                match first_at.get(key) {
+                    Some(first) => errors.push(YamlError {
                         position: entry.key.position,
-                        message: format!("key `{key}` is given twice (first at line {})", first.key.position.line),
-                    });
+                        message: format!("key `{key}` is given twice (first at line {})", first.line),
+                    }),
+                    None => {
+                        first_at.insert(key, entry.key.position);
+                    }
                 }
                 collect_duplicates(&entry.value, errors);
             }
@@ -613,6 +677,36 @@ mod tests {
             .resolve(),
             Resolved::Text("12")
         );
+    }
+
+    #[test]
+    fn alias_bombs_deep_nesting_and_many_keys_are_refused_or_linear() {
+        // "billion laughs": nine levels of ten aliases each would be 10^9 values
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..9 {
+            let prev = level - 1;
+            bomb.push_str(&format!(
+                "a{level}: &a{level} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+            ));
+        }
+        let e = parse(&bomb).unwrap_err();
+        assert!(e.message.contains("more than 100000 values"), "{e}");
+        assert_eq!(e.position.line, 5, "refused where the count passes the limit: {e}");
+        // a few aliases of a small anchor are fine
+        let ok = parse("base: &b { every: 60s }\nw1: *b\nw2: *b\n").unwrap();
+        assert_eq!(ok.get("w2").unwrap().get("every").unwrap().as_text(), Some("60s"));
+        // 200 levels of lists: refused at level 65, not a stack overflow later
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains("nested more than 64 levels"), "{e}");
+        assert_eq!(e.position.column, 65);
+        // 50,000 keys in one map, half of them repeated: every repeat reported
+        let mut many = String::new();
+        for i in 0..25_000 {
+            many.push_str(&format!("k{i}: 1\nk{i}: 2\n"));
+        }
+        let node = parse(&many).unwrap();
+        assert_eq!(duplicate_keys(&node).len(), 25_000);
     }
 
     #[test]
