@@ -164,7 +164,18 @@ impl FcmTransport {
             #[serde(default)]
             expires_in: Option<u64>,
         }
-        let t: TokenResponse = response.json().await.map_err(|e| DeliveryError::Credentials {
+        // a token answer is a few hundred bytes: read at most 64 KiB of it
+        const MAX_TOKEN_ANSWER: usize = 64 << 10;
+        let body = super::webhook::read_bounded(response, MAX_TOKEN_ANSWER + 1)
+            .await
+            .map_err(DeliveryError::from_reqwest)?;
+        if body.len() > MAX_TOKEN_ANSWER {
+            return Err(DeliveryError::Credentials {
+                message: format!("token exchange: the answer is longer than {MAX_TOKEN_ANSWER} bytes"),
+                retryable: true,
+            });
+        }
+        let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| DeliveryError::Credentials {
             message: format!("token exchange: unexpected answer: {e}"),
             retryable: true,
         })?;

@@ -77,7 +77,9 @@ pub(crate) async fn status_error(response: reqwest::Response) -> DeliveryError {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let detail = response.text().await.unwrap_or_default();
+    // (only the start of the answer is read: a receiver could answer with gigabytes)
+    let detail = read_bounded(response, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&detail);
     let mut detail: String = detail.chars().take(200).collect();
     detail = detail.replace(['\n', '\r'], " ");
     DeliveryError::Status {
@@ -85,6 +87,22 @@ pub(crate) async fn status_error(response: reqwest::Response) -> DeliveryError {
         retry_after,
         detail,
     }
+}
+
+/// Reads at most `max` bytes of a response's body (the rest is not read), and whether there was
+/// more.
+pub(crate) async fn read_bounded(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match response.chunk().await? {
+            Some(chunk) => {
+                let room = max - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            None => break,
+        }
+    }
+    Ok(body)
 }
 
 pub struct WebhookTransport {
@@ -154,6 +172,45 @@ mod tests {
         );
         assert!(format!("{secret:?}").contains('…'));
         assert!(WebhookSecret::parse("whsec_!!!").is_err());
+    }
+
+    /// A receiver that answers 500 with a body that never ends: the error is built from the start
+    /// of it, and the rest is not read (the old `text()` never returned).
+    #[test]
+    fn an_endless_error_answer_is_read_only_as_far_as_needed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 65_536, "e".repeat(65_536));
+                // endless: until the client goes away
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+            let client = client(Duration::from_secs(30), false).unwrap();
+            let response = client.post(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+            let error = tokio::time::timeout(Duration::from_secs(20), status_error(response))
+                .await
+                .expect("the error is built without reading the whole answer");
+            match error {
+                DeliveryError::Status { status, detail, .. } => {
+                    assert_eq!(status, 500);
+                    assert_eq!(detail, "e".repeat(200));
+                }
+                other => panic!("{other:?}"),
+            }
+        });
     }
 
     #[test]
