@@ -119,6 +119,10 @@ pub struct RuntimeMetrics {
     pub checkpoint_pause_max_us: AtomicU64,
     pub devices_loaded: AtomicU64,
     pub devices_evicted: AtomicU64,
+    /// New devices refused because the shard held `runtime.max_devices` / shards already.
+    pub devices_refused: AtomicU64,
+    /// Passivated devices dropped from memory (their state is in the store) to make room.
+    pub devices_dropped: AtomicU64,
     pub store_errors: AtomicU64,
 }
 

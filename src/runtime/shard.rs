@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rustc_hash::FxHashMap;
-use tracing::{debug, error, info_span};
+use tracing::{debug, error, info_span, warn};
 
 use super::checkpointer::{CheckpointDone, ShardCheckpointed};
 use super::device::{self, DeviceActor};
@@ -168,6 +168,10 @@ pub struct ShardSupervisor {
     passive: FxHashMap<Arc<str>, PassiveDevice>,
     counters: ShardCounters,
     passivate_after_ms: i64,
+    /// Most devices (active and passive) this shard holds: `runtime.max_devices` / shards.
+    max_devices: usize,
+    /// Devices refused since the start (for the warnings).
+    refused: u64,
     tick_ms: Option<i64>,
     shards: usize,
     checkpointing: Option<ShardCheckpointing>,
@@ -187,6 +191,7 @@ impl ShardSupervisor {
         checkpointing: Option<ShardCheckpointing>,
     ) -> Self {
         let passivate_after_ms = pipeline.spec.runtime.passivate_after.as_millis();
+        let max_devices = (pipeline.spec.runtime.max_devices.div_ceil(shards.max(1) as u64)).max(1) as usize;
         let tick_ms = pipeline.tick_interval_ms();
         let local = Rc::new(ShardLocal {
             shard,
@@ -205,6 +210,8 @@ impl ShardSupervisor {
             passive: FxHashMap::default(),
             counters: ShardCounters::default(),
             passivate_after_ms,
+            max_devices,
+            refused: 0,
             tick_ms,
             shards,
             barrier_seen: checkpointing.as_ref().map_or(0, |c| c.last_checkpoint),
@@ -306,6 +313,74 @@ impl ShardSupervisor {
             .expect("a snapshot this process wrote itself restores")
     }
 
+    /// At the device limit: drops passivated devices whose state the store holds (a tenth of the
+    /// limit at a time, so the work is amortised); whether there is room now.
+    fn make_room(&mut self) -> bool {
+        if self.checkpointing.is_none() {
+            return false;
+        }
+        let want = (self.max_devices / 10).max(1);
+        let clean: Vec<Arc<str>> = self
+            .passive
+            .iter()
+            .filter(|(_, p)| !p.dirty)
+            .map(|(k, _)| k.clone())
+            .take(want)
+            .collect();
+        let dropped = clean.len();
+        for device in clean {
+            self.passive.remove(&device);
+        }
+        if dropped > 0 {
+            let metrics = &self.local.metrics;
+            metrics.devices_passive.fetch_sub(dropped as i64, Ordering::Relaxed);
+            metrics.devices_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            self.passive.shrink_to_fit();
+            debug!(
+                shard = self.local.shard,
+                dropped, "dropped stored passive devices from memory to make room"
+            );
+        }
+        self.active.len() + self.passive.len() < self.max_devices
+    }
+
+    /// A new device at the limit: its readings become dead letters, and the first refusal (then
+    /// every 100,000th) is logged as a warning.
+    fn refuse(&mut self, device: &str, readings: &[Reading]) {
+        let local = &self.local;
+        self.refused += 1;
+        local.metrics.devices_refused.fetch_add(1, Ordering::Relaxed);
+        let limit = local.pipeline.spec.runtime.max_devices;
+        if self.refused == 1 || self.refused % 100_000 == 0 {
+            warn!(
+                shard = local.shard,
+                devices = self.active.len() + self.passive.len(),
+                refused = self.refused,
+                limit,
+                "device limit reached (runtime.max_devices): readings of new devices are dead letters"
+            );
+        }
+        let reason = format!(
+            "device limit reached: this shard holds {} devices (runtime.max_devices {limit} over {} shards), \
+             so a new device is refused",
+            self.active.len() + self.passive.len(),
+            self.shards
+        );
+        local
+            .metrics
+            .dead_letters
+            .fetch_add(readings.len() as u64, Ordering::Relaxed);
+        for reading in readings {
+            let raw = serde_json::to_vec(reading).unwrap_or_default();
+            local.output.push(local.formatter.dead_letter(
+                &format!("device:{device}"),
+                &format!("ts {}", reading.ts),
+                &reason,
+                &raw,
+            ));
+        }
+    }
+
     /// Passivates devices idle for at least `idle_ms`.
     fn passivate_idle(&mut self, idle_ms: i64) -> usize {
         let now = self.local.clock.now_ms();
@@ -389,6 +464,14 @@ impl Handler<DeviceBatches> for ShardSupervisor {
         let local = self.local.clone();
         for (device, readings) in msg.batches {
             self.counters.readings += readings.len() as u64;
+            if !self.active.contains_key(&*device)
+                && !self.passive.contains_key(&*device)
+                && self.active.len() + self.passive.len() >= self.max_devices
+                && !self.make_room()
+            {
+                self.refuse(&device, &readings);
+                continue;
+            }
             let actor = match self.active.get_mut(&*device) {
                 Some(actor) => actor,
                 None => self.activate(&device, msg.now),

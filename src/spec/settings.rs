@@ -20,6 +20,12 @@ pub struct RuntimeSpec {
     /// Bound on the results waiting for one sink before the devices are slowed down.
     #[serde(default = "defaults::sink_queue")]
     pub sink_queue: usize,
+    /// Most devices held in memory (active or passivated), over all shards: a new device beyond
+    /// it first makes room by dropping passivated devices whose state the store holds, and
+    /// otherwise its readings are dead letters (and a warning is logged). Anyone who can publish
+    /// can invent device ids; this bounds the memory they can take.
+    #[serde(default = "defaults::max_devices", skip_serializing_if = "defaults::is_max_devices")]
+    pub max_devices: u64,
 }
 
 impl Default for RuntimeSpec {
@@ -29,6 +35,7 @@ impl Default for RuntimeSpec {
             key_groups: defaults::key_groups(),
             passivate_after: defaults::passivate_after(),
             sink_queue: defaults::sink_queue(),
+            max_devices: defaults::max_devices(),
         }
     }
 }
@@ -173,6 +180,14 @@ pub mod defaults {
     }
     pub fn sink_queue() -> usize {
         10_000
+    }
+    /// 500,000: a flood of new ids peaks at 650 MiB with the aq1 chain (tests/flood.rs), under
+    /// the 1 GiB a small machine can give.
+    pub fn max_devices() -> u64 {
+        500_000
+    }
+    pub fn is_max_devices(n: &u64) -> bool {
+        *n == max_devices()
     }
     pub fn checkpoint_interval() -> Option<DurationSpec> {
         Some(DurationSpec::from_millis(10_000))

@@ -56,7 +56,11 @@ pub fn encode_entry(topic: &str, payload: &[u8], arrival_ms: i64) -> Vec<u8> {
 }
 
 fn decode_entry(value: &[u8]) -> Result<Entry, String> {
-    let v = unseal(value)?;
+    parse_entry(unseal(value)?)
+}
+
+/// An entry from its unsealed bytes (public for the fuzz harness, `tests/fuzz.rs`).
+pub fn parse_entry(v: &[u8]) -> Result<Entry, String> {
     if v.len() < 12 {
         return Err(format!("an entry of {} bytes is too short", v.len()));
     }

@@ -510,6 +510,9 @@ impl Checker<'_> {
             if runtime.sink_queue == 0 {
                 self.report(path.key("sink_queue"), "`sink_queue` must be at least 1");
             }
+            if runtime.max_devices == 0 {
+                self.report(path.key("max_devices"), "`max_devices` must be at least 1");
+            }
         }
         let path = Path::root().key("checkpoint");
         if !self.gaps.touches(&path) {
