@@ -103,6 +103,11 @@ impl Transport for ApnsTransport {
 
     fn deliver<'a>(&'a self, entry: &'a OutboxEntry) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
+            // the device token goes into the request path: one that is not an APNs token (a
+            // subscriber file edited by hand) is never sent, and leaves like an unregistered one
+            if let Err(e) = super::subscribers::check_token("apns", &entry.target) {
+                return Err(DeliveryError::Unregistered(e.to_string()));
+            }
             let token = self.provider_token()?;
             let url = format!("{}/3/device/{}", self.endpoint, entry.target);
             let response = self

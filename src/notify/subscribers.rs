@@ -51,6 +51,45 @@ pub enum SubscribersError {
     Store(String),
     #[error("unknown push provider `{0}` (fcm or apns)")]
     Provider(String),
+    #[error("not a valid {provider} token: {reason}")]
+    Token { provider: String, reason: String },
+}
+
+/// Whether `token` can be a `provider` token: an APNs device token (hexadecimal, 64 characters
+/// today) is taken as letters, digits, `-` and `_`, at most 200; an FCM registration token as
+/// letters, digits, `-`, `_` and `:`, at most 4096. An APNs token goes into the request path, so
+/// nothing that could change the path (`/`, `?`, `#`, `%`, spaces) is accepted: such a token is
+/// refused when it is added, and never sent.
+pub fn check_token(provider: &str, token: &str) -> Result<(), SubscribersError> {
+    let bad = |reason: String| SubscribersError::Token {
+        provider: provider.to_string(),
+        reason,
+    };
+    match provider {
+        "apns" => {
+            if token.is_empty() || token.len() > 200 {
+                return Err(bad(format!("{} characters (1 to 200)", token.len())));
+            }
+            if !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            {
+                return Err(bad("only letters, digits, `-` and `_`".into()));
+            }
+        }
+        _ => {
+            if token.is_empty() || token.len() > 4096 {
+                return Err(bad(format!("{} characters (1 to 4096)", token.len())));
+            }
+            if !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'))
+            {
+                return Err(bad("only letters, digits, `-`, `_` and `:`".into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SubscribersError {
@@ -131,10 +170,9 @@ impl FileSubscribers {
             operation,
             source,
         };
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(map).expect("a map of strings serializes");
-        std::fs::write(&tmp, text + "\n").map_err(|e| err("writing", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| err("renaming into place", e))
+        // (push tokens: readable by the owner only)
+        crate::store::durable::write_file(path, (text + "\n").as_bytes(), true).map_err(|e| err("writing", e))
     }
 }
 
@@ -318,9 +356,10 @@ impl SubscriberStore {
     /// Subscribes `token` to `device` (`*`: every device); false if it already was.
     pub fn add(&self, provider: &str, device: &str, token: &str) -> Result<bool, SubscribersError> {
         check_provider(provider)?;
-        if device.contains('\0') || token.contains('\0') || device.is_empty() || token.is_empty() {
-            return Err(store_error("device and token must be non-empty and without NUL"));
+        if device.contains('\0') || device.is_empty() {
+            return Err(store_error("the device must be non-empty and without NUL"));
         }
+        check_token(provider, token)?;
         let _w = self.writing.lock().unwrap();
         if self.tokens_of(provider, device).iter().any(|t| t == token) {
             return Ok(false);
@@ -678,5 +717,23 @@ mod store_tests {
         let hint = token_hint("dGhpcyBpcyBhIHZlcnkgbG9uZyB0b2tlbg");
         assert!(hint.starts_with("dGhp…"));
         assert!(!hint.contains("pcyBp"));
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_that_could_change_a_request_are_refused() {
+        assert!(check_token("apns", &"ab12".repeat(16)).is_ok());
+        for bad in ["", "../../3/device/x", "abc?x=1", "ab cd", &"a".repeat(201)] {
+            let e = check_token("apns", bad).unwrap_err().to_string();
+            assert!(e.starts_with("not a valid apns token"), "{bad}: {e}");
+        }
+        assert!(check_token("fcm", "dGVzdA:APA91b-x_y").is_ok());
+        for bad in ["", "a b", "a/b", "a\"b", &"a".repeat(4097)] {
+            assert!(check_token("fcm", bad).is_err(), "{bad}");
+        }
     }
 }

@@ -53,9 +53,7 @@ pub fn export(dir: &Path, id: u64, file: &Path) -> Result<usize, StoreError> {
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
     out.extend_from_slice(&body);
-    let tmp = file.with_extension("partial");
-    std::fs::write(&tmp, &out).map_err(|e| StoreError::io(&tmp, "writing", e))?;
-    std::fs::rename(&tmp, file).map_err(|e| StoreError::io(file, "renaming into place", e))?;
+    super::durable::write_file(file, &out, false).map_err(|e| StoreError::io(file, "writing", e))?;
     Ok(n)
 }
 

@@ -31,6 +31,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, Writ
 use serde::{Deserialize, Serialize};
 use tracing::{info, instrument, warn};
 
+pub mod durable;
 pub mod export;
 pub mod partitions;
 pub mod retained;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     CF_DEVICES, COLUMN_FAMILIES, CheckpointRecord, FORMAT_VERSION, StateStore, StoreError, open_db_read_only,
@@ -164,7 +164,9 @@ pub fn create(
     if final_dir.exists() {
         let _ = std::fs::remove_dir_all(&final_dir);
     }
-    std::fs::rename(&partial, &final_dir).map_err(|e| StoreError::io(&final_dir, "renaming into place", e))?;
+    super::durable::sync_tree(&partial).map_err(|e| StoreError::io(&partial, "syncing", e))?;
+    super::durable::rename_durably(&partial, &final_dir)
+        .map_err(|e| StoreError::io(&final_dir, "renaming into place", e))?;
     debug!(checkpoint = record.id, "retained checkpoint written");
     Ok(())
 }
@@ -282,7 +284,33 @@ pub fn clean_partial(dir: &Path) {
             }
         }
     }
+    // a live state half copied by a restore that did not finish
+    let _ = std::fs::remove_dir_all(dir.join("live.partial"));
+    // live states moved aside by restores: the newest two are kept for inspection
+    let mut aside: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let ms = name.strip_prefix("replaced-")?.parse().ok()?;
+                    Some((ms, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    aside.sort();
+    let keep = aside.len().saturating_sub(KEEP_REPLACED);
+    for (_, path) in aside.into_iter().take(keep) {
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => info!(path = %path.display(), "removed an old live state that a restore had moved aside"),
+            Err(error) => warn!(path = %path.display(), %error, "could not remove an old moved-aside live state"),
+        }
+    }
 }
+
+/// How many live states moved aside by restores (`replaced-<time>/`) are kept.
+pub const KEEP_REPLACED: usize = 2;
 
 /// Makes retained checkpoint `id` the live state (a copy: the retained one stays). The old
 /// live state is kept aside as `replaced-<time>/` for inspection.
@@ -291,7 +319,7 @@ pub fn make_live(dir: &Path, id: u64) -> Result<(), StoreError> {
     let live = StateStore::live_dir(dir);
     if live.exists() {
         let aside = dir.join(format!("replaced-{}", crate::clock::now_ms()));
-        std::fs::rename(&live, &aside).map_err(|e| StoreError::io(&live, "moving aside", e))?;
+        super::durable::rename_durably(&live, &aside).map_err(|e| StoreError::io(&live, "moving aside", e))?;
         warn!(from = %live.display(), to = %aside.display(), "previous live state moved aside");
     }
     let tmp = dir.join("live.partial");
@@ -305,6 +333,46 @@ pub fn make_live(dir: &Path, id: u64) -> Result<(), StoreError> {
         let to = tmp.join(entry.file_name());
         std::fs::copy(entry.path(), &to).map_err(|e| StoreError::io(&to, "copying", e))?;
     }
-    std::fs::rename(&tmp, &live).map_err(|e| StoreError::io(&live, "renaming into place", e))?;
+    super::durable::sync_tree(&tmp).map_err(|e| StoreError::io(&tmp, "syncing", e))?;
+    super::durable::rename_durably(&tmp, &live).map_err(|e| StoreError::io(&live, "renaming into place", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod leftover_tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_interrupted_work_go_and_two_moved_aside_states_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "replaced-100",
+            "replaced-300",
+            "replaced-200",
+            "live.partial",
+            "replaced-x",
+        ] {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        }
+        std::fs::create_dir_all(retained_root(dir.path()).join("00000000000000000007.partial")).unwrap();
+        clean_partial(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let retained = retained_root(dir.path());
+        let retained_name = retained.file_name().unwrap().to_string_lossy().into_owned();
+        let mut want = vec!["replaced-200", "replaced-300", "replaced-x", retained_name.as_str()];
+        want.sort();
+        assert_eq!(
+            left, want,
+            "the oldest moved-aside state and the half-copied live state are gone"
+        );
+        assert_eq!(
+            std::fs::read_dir(&retained).unwrap().count(),
+            0,
+            "and the partial checkpoint"
+        );
+    }
 }
