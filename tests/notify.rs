@@ -132,6 +132,7 @@ fn webhook_spec(url: &str) -> WebhookSinkSpec {
             concurrency: 4,
             backoff: DurationSpec::from_millis(20),
             breaker_open: DurationSpec::from_millis(100),
+            allow_insecure: false,
         },
         policy: NotifyPolicySpec::default(),
     }
@@ -497,6 +498,7 @@ fn fcm_signs_an_rs256_assertion_exchanges_it_once_and_drops_unregistered_tokens(
             concurrency: 4,
             backoff: DurationSpec::from_millis(20),
             breaker_open: DurationSpec::from_millis(100),
+            allow_insecure: false,
         },
         policy: NotifyPolicySpec::default(),
     }));
@@ -584,6 +586,7 @@ fn apns_sends_an_es256_provider_token_over_http2_and_drops_a_410_token() {
             concurrency: 4,
             backoff: DurationSpec::from_millis(20),
             breaker_open: DurationSpec::from_millis(100),
+            allow_insecure: false,
         },
         policy: NotifyPolicySpec::default(),
     }));
@@ -643,6 +646,7 @@ fn ntfy_gets_title_priority_tags_and_the_bearer_token() {
             concurrency: 4,
             backoff: DurationSpec::from_millis(20),
             breaker_open: DurationSpec::from_millis(100),
+            allow_insecure: false,
         },
         policy: NotifyPolicySpec {
             title: Some("Air in {device}: {field} {peak} µg/m³".into()),

@@ -45,6 +45,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
             .collect(),
     };
     refuse_output_over_input(&inputs, &outputs)?;
+    warn_insecure_connections(&pipeline.spec);
     let _broker = crate::connectors::mqtt::broker::start_for(&pipeline.spec)?;
     let planned_sinks = sink_names(&pipeline, options.output.as_ref());
     let state = prepare_state(&pipeline, &options, &mut sources, planned_sinks)?;
@@ -182,4 +183,30 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         restarts,
         passivations,
     })
+}
+
+/// Says at start which connections were allowed to carry credentials without TLS.
+fn warn_insecure_connections(spec: &crate::spec::PipelineSpec) {
+    use crate::model::redact;
+    use crate::spec::{SinkSpec, SourceSpec};
+    let warn = |what: &str, target: String| {
+        tracing::warn!(
+            connection = %target,
+            "{what} has `allow_insecure: true`: its credentials may cross the network without TLS"
+        )
+    };
+    for source in &spec.sources {
+        match source {
+            SourceSpec::Mqtt(m) if m.client.allow_insecure => warn("an mqtt source", redact::url(&m.url)),
+            SourceSpec::Kafka(k) if k.client.allow_insecure => warn("a kafka source", k.brokers.clone()),
+            _ => {}
+        }
+    }
+    for sink in spec.outputs.iter().flat_map(|r| r.to.iter()) {
+        match sink {
+            SinkSpec::Mqtt(m) if m.client.allow_insecure => warn("an mqtt sink", redact::url(&m.url)),
+            SinkSpec::Kafka(k) if k.client.allow_insecure => warn("a kafka sink", k.brokers.clone()),
+            _ => {}
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! What plume shows of a URL in logs, errors, `plume validate` and sink names: never a secret.
+//! URLs: what plume shows of them in logs, errors, `plume validate` and sink names (never a
+//! secret), and whether one would carry credentials in clear.
 //!
 //! Secrets travel in URLs more often than they should: a password in the user info
 //! (`mqtt://user:pass@host`), a token in the path (Slack and Discord webhook URLs are the secret
@@ -27,6 +28,30 @@ pub fn url(text: &str) -> String {
     };
     let tail = if tail.is_empty() || tail == "/" { tail } else { "/…" };
     format!("{scheme}://{host}{tail}")
+}
+
+/// Whether `url` goes without TLS (`http://`, `mqtt://`) to a host other than this machine
+/// (loopback traffic never leaves it).
+pub fn plaintext_to_another_host(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "mqtt") {
+        return false;
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if host.is_empty() || host.contains(['\0', '$']) {
+        // (no host to judge: a broken value, or a variable not set, reported elsewhere)
+        return false;
+    }
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 #[cfg(test)]
@@ -59,5 +84,21 @@ mod tests {
                 assert!(!url(given).contains(secret));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod plaintext_tests {
+    use super::plaintext_to_another_host as plain;
+
+    #[test]
+    fn only_plaintext_to_another_host_counts() {
+        assert!(plain("http://push.example.com/x"));
+        assert!(plain("mqtt://user@10.0.0.5:1883"));
+        assert!(!plain("https://push.example.com"));
+        assert!(!plain("mqtts://broker:8883"));
+        assert!(!plain("http://127.0.0.1:9000/x"));
+        assert!(!plain("http://localhost:9000"));
+        assert!(!plain("mqtt://[::1]:1883"));
     }
 }

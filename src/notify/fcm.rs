@@ -88,6 +88,11 @@ pub struct FcmTransport {
 }
 
 impl FcmTransport {
+    /// Where access tokens are asked for (the service account's `token_uri`, or the override).
+    pub fn token_uri(&self) -> &str {
+        &self.token_uri
+    }
+
     /// `service_account`: the JSON key or a path to it. `endpoint` and `token_uri` override
     /// Google's (tests, emulators).
     pub fn new(

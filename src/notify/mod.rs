@@ -127,6 +127,9 @@ pub struct NotifierParts {
 }
 
 fn delivery_config(retry: &RetrySpec) -> DeliveryConfig {
+    if retry.allow_insecure {
+        warn!("a notifier has `allow_insecure: true`: its credentials may cross the network without TLS");
+    }
     DeliveryConfig {
         timeout: retry.timeout.as_duration(),
         max_age: retry.max_age.as_duration(),
@@ -220,6 +223,12 @@ impl NotifierSink {
                     None => None,
                 };
                 let config = delivery_config(&w.retry);
+                if w.secret_env.is_none() {
+                    warn!(
+                        url = %crate::model::redact::url(&w.url),
+                        "webhook without secret_env: its requests are not signed, so the receiver cannot tell them from anyone else's"
+                    );
+                }
                 let t = webhook::WebhookTransport::new(&w.url, secret, config.timeout)?;
                 (Arc::new(t), Targets::Endpoint, config, &w.policy, true)
             }
@@ -249,6 +258,14 @@ impl NotifierSink {
                     subs.clone(),
                     config.timeout,
                 )?;
+                // (the token endpoint comes from the key file: the pipeline check cannot see it)
+                if !f.retry.allow_insecure && crate::model::redact::plaintext_to_another_host(t.token_uri()) {
+                    return Err(NotifyError::Credentials(format!(
+                        "fcm: the service account's token_uri `{}` would send the signed assertion in clear: \
+                         use https://, or set `allow_insecure: true` to accept that",
+                        crate::model::redact::url(t.token_uri())
+                    )));
+                }
                 (Arc::new(t), Targets::Tokens(subs), config, &f.policy, false)
             }
             SinkSpec::Push(PushSinkSpec::Apns(a)) => {

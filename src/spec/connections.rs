@@ -84,6 +84,10 @@ pub struct MqttClientSpec {
     /// PEM file with the CA that signed the broker's certificate (`mqtts://`).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Allow credentials over a connection without TLS to a host other than this machine (or TLS
+    /// checks switched off). plume refuses that otherwise, and warns at start when it is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
 }
 
 /// The librdkafka properties that a Kafka source and a Kafka sink share.
@@ -96,6 +100,10 @@ pub struct KafkaClientSpec {
     /// KAFKA_PASSWORD`): the name of the variable, never the secret.
     #[serde(default)]
     pub secret_properties_env: BTreeMap<String, String>,
+    /// Allow credentials over a connection without TLS to a host other than this machine (or TLS
+    /// checks switched off). plume refuses that otherwise, and warns at start when it is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
 }
 
 /// How every notifier (webhook, FCM, APNs, ntfy) delivers and retries.
@@ -117,6 +125,10 @@ pub struct RetrySpec {
     /// After 5 failures in a row the endpoint gets one probe request per this long.
     #[serde(default = "defaults::breaker_open")]
     pub breaker_open: DurationSpec,
+    /// Allow credentials over a connection without TLS to a host other than this machine (or TLS
+    /// checks switched off). plume refuses that otherwise, and warns at start when it is allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
 }
 
 impl Default for RetrySpec {
@@ -127,6 +139,7 @@ impl Default for RetrySpec {
             concurrency: defaults::concurrency(),
             backoff: defaults::backoff(),
             breaker_open: defaults::breaker_open(),
+            allow_insecure: false,
         }
     }
 }

@@ -393,7 +393,10 @@ outputs:
       - push: { fcm: { service_account_env: F, concurrency: 8 } }
       - push: { apns: { team_id: T, key_id: K, key_env: A, topic: org.x, max_age: 2h } }
 "#;
-        let spec = parse_pipeline("h.yaml", TEXT, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        // (deserialized without the semantic checks: the MQTT sink's password over `mqtt://` to
+        // another host is refused since issue 16, and this file must stay as it was hashed)
+        let node = super::super::yaml::parse(TEXT).unwrap();
+        let spec: PipelineSpec = super::super::de::from_node(&node, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             pipeline_hash(&spec).starts_with("9a336b3301a9238a"),
             "{}",

@@ -43,12 +43,13 @@ fn error(sink: &str, operation: &'static str, message: impl ToString) -> SinkErr
     SinkError::broker(sink, operation, message)
 }
 
-/// A topic level made from a value: MQTT separators and wildcards become `_`.
+/// A topic level made from a value: MQTT separators, wildcards and NUL become `_` (device ids
+/// have no control characters and at most `decode.max_device_id_bytes`, so topics stay short).
 fn level(value: &str) -> String {
     if value.is_empty() {
         return "_".to_string();
     }
-    value.replace(['/', '+', '#'], "_")
+    value.replace(['/', '+', '#', '\0'], "_")
 }
 
 impl MqttSink {

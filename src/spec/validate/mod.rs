@@ -27,6 +27,7 @@ mod operators;
 mod outputs;
 mod rules;
 
+use rules::plaintext_to_another_host;
 use rules::{check_kafka_topic, check_subscribe_topic, check_url, is_name};
 
 /// The most fields (declared and produced by operators) a pipeline can have.
@@ -460,6 +461,17 @@ impl Checker<'_> {
         if client.password_env.is_some() && client.username.is_none() {
             self.report(path.key("password_env"), "`password_env` needs `username`");
         }
+        if client.password_env.is_some()
+            && !client.allow_insecure
+            && !self.gaps.touches(&path.key("url"))
+            && plaintext_to_another_host(url)
+        {
+            self.report(
+                path.key("password_env"),
+                "the password would cross the network in clear over `mqtt://`: use `mqtts://`, or set \
+                 `allow_insecure: true` to accept that",
+            );
+        }
         if client.ca_file.is_some() && !url.starts_with("mqtts://") {
             self.report(path.key("ca_file"), "`ca_file` is used only with an `mqtts://` url");
         }
@@ -479,6 +491,25 @@ impl Checker<'_> {
 
     /// The librdkafka properties a Kafka source and sink share.
     fn kafka_client(&mut self, path: &Path, client: &KafkaClientSpec) {
+        if !client.allow_insecure {
+            let property = |name: &str| client.properties.get(name).map(|v| v.to_ascii_lowercase());
+            if property("enable.ssl.certificate.verification").as_deref() == Some("false") {
+                self.report(
+                    path.key("properties").key("enable.ssl.certificate.verification"),
+                    "this switches off the check of the brokers' certificates: remove it, or set \
+                     `allow_insecure: true` to accept that",
+                );
+            }
+            let has_password = client.properties.contains_key("sasl.password")
+                || client.secret_properties_env.contains_key("sasl.password");
+            if has_password && property("security.protocol").as_deref() == Some("sasl_plaintext") {
+                self.report(
+                    path.key("properties").key("security.protocol"),
+                    "`SASL_PLAINTEXT` sends the SASL password without TLS: use `SASL_SSL`, or set \
+                     `allow_insecure: true` to accept that",
+                );
+            }
+        }
         for (property, variable) in &client.secret_properties_env {
             self.env_name(path.key("secret_properties_env").key(property), variable);
             if client.properties.contains_key(property) {
@@ -577,6 +608,41 @@ mod tests {
         ] {
             assert!(errors.contains(expected), "{expected}: {errors}");
         }
+    }
+
+    #[test]
+    fn credentials_in_clear_to_another_host_are_refused_unless_allowed() {
+        let file = |insecure: &str, host: &str| {
+            format!(
+                "version: 1\npipeline: t\n\
+                 sources:\n  - mqtt: {{ url: \"mqtt://{host}:1883\", topic: \"s/{{device}}/air\", username: u, password_env: P{insecure} }}\n  \
+                 - kafka: {{ brokers: \"{host}:9092\", topics: [t], group: g, device_from: key, properties: {{ security.protocol: SASL_PLAINTEXT, enable.ssl.certificate.verification: \"false\" }}, secret_properties_env: {{ sasl.password: KP }}{insecure} }}\n\
+                 decode: {{ fields: {{ pm25: {{}} }} }}\n\
+                 outputs:\n  - when: all\n    to:\n      \
+                 - push: {{ apns: {{ team_id: T, key_id: K, key_env: AK, topic: app, endpoint: \"http://{host}:8443\"{insecure} }} }}\n      \
+                 - push: {{ ntfy: {{ server: \"http://{host}\", topic: t, token_env: NT{insecure} }} }}\n      \
+                 - push: {{ fcm: {{ service_account_env: SA, endpoint: \"http://{host}\"{insecure} }} }}\n"
+            )
+        };
+        let errors = crate::spec::parse_pipeline("t.yaml", &file("", "broker.lan"), &|_| None)
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "the password would cross the network in clear over `mqtt://`",
+            "this switches off the check of the brokers' certificates",
+            "`SASL_PLAINTEXT` sends the SASL password without TLS",
+            "the APNs provider token would cross the network in clear",
+            "the ntfy access token would cross the network in clear",
+            "the FCM access token would cross the network in clear",
+        ] {
+            assert!(errors.contains(expected), "{expected}: {errors}");
+        }
+        // allowed, or to this machine only: accepted
+        crate::spec::parse_pipeline("t.yaml", &file(", allow_insecure: true", "broker.lan"), &|_| None).unwrap();
+        let local = crate::spec::parse_pipeline("t.yaml", &file("", "127.0.0.1"), &|_| None)
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(!local.contains("in clear"), "{local}");
     }
 
     #[test]

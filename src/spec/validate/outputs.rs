@@ -77,6 +77,20 @@ impl Checker<'_> {
         }
     }
 
+    /// Refuses `url` when it would carry `what` in clear to another host (unless the notifier
+    /// says `allow_insecure: true`).
+    fn credentials_in_clear(&mut self, path: Path, url: &str, retry: &RetrySpec, what: &str) {
+        if !retry.allow_insecure && super::rules::plaintext_to_another_host(url) {
+            self.report(
+                path,
+                format!(
+                    "{what} would cross the network in clear over `http://`: use `https://`, or set \
+                     `allow_insecure: true` to accept that"
+                ),
+            );
+        }
+    }
+
     /// The retry settings every notifier has.
     fn retry(&mut self, path: &Path, retry: &RetrySpec) {
         self.duration_positive(path.key("timeout"), "timeout", retry.timeout);
@@ -111,6 +125,9 @@ impl Checker<'_> {
                             if let Some(Err(e)) = url.as_deref().map(|u| check_url(u, &["http", "https"], true)) {
                                 self.report(path.key(key), e);
                             }
+                            if let Some(u) = url {
+                                self.credentials_in_clear(path.key(key), u, &f.retry, "the FCM access token");
+                            }
                         }
                         self.retry(&path, &f.retry);
                         self.policy(&path.key("policy"), &f.policy);
@@ -124,6 +141,9 @@ impl Checker<'_> {
                         if let Some(Err(e)) = a.endpoint.as_deref().map(|u| check_url(u, &["http", "https"], true)) {
                             self.report(path.key("endpoint"), e);
                         }
+                        if let Some(u) = &a.endpoint {
+                            self.credentials_in_clear(path.key("endpoint"), u, &a.retry, "the APNs provider token");
+                        }
                         self.retry(&path, &a.retry);
                         self.policy(&path.key("policy"), &a.policy);
                     }
@@ -131,6 +151,9 @@ impl Checker<'_> {
                         let path = path.key("ntfy");
                         if let Err(e) = check_url(&n.server, &["http", "https"], true) {
                             self.report(path.key("server"), e);
+                        }
+                        if n.token_env.is_some() {
+                            self.credentials_in_clear(path.key("server"), &n.server, &n.retry, "the ntfy access token");
                         }
                         let topic_ok = !n.topic.is_empty()
                             && n.topic.len() <= 64

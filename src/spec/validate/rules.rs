@@ -2,6 +2,8 @@
 
 pub(super) use crate::model::location::is_name;
 
+pub(super) use crate::model::redact::plaintext_to_another_host;
+
 /// `HH:MM`, 00:00 to 23:59.
 pub(super) fn is_clock_time(text: &str) -> bool {
     let b = text.as_bytes();
