@@ -16,38 +16,62 @@ use super::NotifyError;
 use super::delivery::{BoxFuture, DeliveryError, Transport, parse_retry_after};
 use super::outbox::OutboxEntry;
 
-/// A `whsec_…` signing secret. Its `Debug` does not show it.
+/// The `whsec_…` signing secrets of a webhook: one, or several during a rotation. Its `Debug`
+/// does not show them.
 #[derive(Clone)]
-pub struct WebhookSecret(ring::hmac::Key);
+pub struct WebhookSecret(Vec<ring::hmac::Key>);
 
 impl std::fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(…)")
+        write!(f, "WebhookSecret({} key(s): …)", self.0.len())
     }
 }
 
 impl WebhookSecret {
-    /// `whsec_<base64>` (the prefix is optional). The error never repeats the secret.
+    /// One or more `whsec_<base64>` secrets separated by spaces (the prefix is optional). With
+    /// several (a rotation: the new one and the old one), every request carries a signature
+    /// with each, space-separated as Standard Webhooks allows, so receivers that know either
+    /// accept it. The error never repeats a secret.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let b64 = text.trim().strip_prefix("whsec_").unwrap_or(text.trim());
-        let key = STANDARD
-            .decode(b64)
-            .map_err(|_| "the secret is not `whsec_` followed by base64".to_string())?;
-        if key.len() < 16 {
-            return Err("the secret is shorter than 16 bytes".into());
+        let mut keys = Vec::new();
+        for (i, one) in text.split_whitespace().enumerate() {
+            let which = if i == 0 {
+                "the secret".to_string()
+            } else {
+                format!("secret {}", i + 1)
+            };
+            let b64 = one.strip_prefix("whsec_").unwrap_or(one);
+            let key = STANDARD
+                .decode(b64)
+                .map_err(|_| format!("{which} is not `whsec_` followed by base64"))?;
+            if key.len() < 16 {
+                return Err(format!("{which} is shorter than 16 bytes"));
+            }
+            keys.push(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key));
         }
-        Ok(WebhookSecret(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)))
+        if keys.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(WebhookSecret(keys))
     }
 
-    /// The `webhook-signature` header value for one attempt.
+    /// The `webhook-signature` header value for one attempt: `v1,<signature>` per secret.
     pub fn sign(&self, id: &str, timestamp: i64, body: &str) -> String {
-        let mut ctx = ring::hmac::Context::with_key(&self.0);
-        ctx.update(id.as_bytes());
-        ctx.update(b".");
-        ctx.update(timestamp.to_string().as_bytes());
-        ctx.update(b".");
-        ctx.update(body.as_bytes());
-        format!("v1,{}", STANDARD.encode(ctx.sign().as_ref()))
+        let mut header = String::new();
+        for key in &self.0 {
+            let mut ctx = ring::hmac::Context::with_key(key);
+            ctx.update(id.as_bytes());
+            ctx.update(b".");
+            ctx.update(timestamp.to_string().as_bytes());
+            ctx.update(b".");
+            ctx.update(body.as_bytes());
+            if !header.is_empty() {
+                header.push(' ');
+            }
+            header.push_str("v1,");
+            header.push_str(&STANDARD.encode(ctx.sign().as_ref()));
+        }
+        header
     }
 }
 
@@ -160,6 +184,22 @@ impl Transport for WebhookTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn during_a_rotation_every_request_carries_one_signature_per_secret() {
+        let new = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let old = WebhookSecret::parse("whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0").unwrap();
+        let both =
+            WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw  whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0").unwrap();
+        let (id, ts, body) = ("msg_1", 1_700_000_000, r#"{"x":1}"#);
+        assert_eq!(
+            both.sign(id, ts, body),
+            format!("{} {}", new.sign(id, ts, body), old.sign(id, ts, body))
+        );
+        let e = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_!!!").unwrap_err();
+        assert_eq!(e, "secret 2 is not `whsec_` followed by base64");
+        assert!(!format!("{both:?}").contains("MfKQ"));
+    }
 
     #[test]
     fn signature_matches_the_standard_webhooks_example() {

@@ -126,7 +126,8 @@ pub struct FileSinkSpec {
 pub struct WebhookSinkSpec {
     /// `http://` or `https://` endpoint.
     pub url: String,
-    /// The variable that holds the `whsec_…` signing secret.
+    /// The variable that holds the `whsec_…` signing secret; during a rotation, the new and the
+    /// old secret separated by a space (each request then carries a signature with each).
     #[serde(default)]
     pub secret_env: Option<String>,
     /// Delivery and retries.
