@@ -76,3 +76,13 @@ impl Path {
 pub fn is_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+/// A serde visitor's `expecting` text, for hand-written messages about a value in a pipeline
+/// file (`expected a list of aggregates …, found the string `x``).
+pub struct Expecting<'v, V>(pub &'v V);
+
+impl<'de, V: serde::de::Visitor<'de>> std::fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+}

@@ -72,6 +72,11 @@ mod tests {
                 "https://hooks.slack.com/…",
             ),
             ("https://example.com/hook?token=abc", "https://example.com/…"),
+            // (a notifier's log name: issue 16 hid the path too)
+            (
+                "https://user:pw@hooks.example.com:8443/a/b?token=x",
+                "https://user:***@hooks.example.com:8443/…",
+            ),
             ("https://example.com/", "https://example.com/"),
             ("https://u:p@[::1]:8443/x#frag", "https://u:***@[::1]:8443/…"),
             ("http://a:b:c@host/", "http://a:***@host/"),

@@ -22,7 +22,8 @@ use super::delivery::{BoxFuture, DeliveryError, Transport};
 use super::jwt;
 use super::outbox::OutboxEntry;
 use super::subscribers::Subscribers;
-use super::webhook::{client, status_error, url_for_logs};
+use super::webhook::{client, status_error};
+use crate::model::redact;
 
 pub const APNS_ENDPOINT: &str = "https://api.push.apple.com";
 const TOKEN_LIFETIME: Duration = Duration::from_secs(40 * 60);
@@ -53,7 +54,7 @@ impl ApnsTransport {
         let endpoint = endpoint.unwrap_or(APNS_ENDPOINT).trim_end_matches('/').to_string();
         Ok(ApnsTransport {
             client: client(timeout, endpoint.starts_with("http://"))?,
-            describe: format!("apns:{}", url_for_logs(&endpoint)),
+            describe: format!("apns:{}", redact::url(&endpoint)),
             endpoint,
             team_id: team_id.to_string(),
             key_id: key_id.to_string(),

@@ -24,7 +24,8 @@ use super::delivery::{BoxFuture, DeliveryError, Transport};
 use super::jwt;
 use super::outbox::OutboxEntry;
 use super::subscribers::Subscribers;
-use super::webhook::{client, status_error, url_for_logs};
+use super::webhook::{client, status_error};
+use crate::model::redact;
 
 pub const FCM_ENDPOINT: &str = "https://fcm.googleapis.com";
 pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -112,7 +113,7 @@ impl FcmTransport {
             .unwrap_or_else(|| GOOGLE_TOKEN_URI.to_string());
         Ok(FcmTransport {
             client: client(timeout, false)?,
-            describe: format!("fcm:{}", url_for_logs(&send_url)),
+            describe: format!("fcm:{}", redact::url(&send_url)),
             send_url,
             token_uri,
             client_email: sa.client_email,

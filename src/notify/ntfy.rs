@@ -9,7 +9,8 @@ use base64::Engine as _;
 use super::NotifyError;
 use super::delivery::{BoxFuture, DeliveryError, Transport};
 use super::outbox::OutboxEntry;
-use super::webhook::{client, status_error, url_for_logs};
+use super::webhook::{client, status_error};
+use crate::model::redact;
 
 pub struct NtfyTransport {
     client: reqwest::Client,
@@ -31,7 +32,7 @@ impl NtfyTransport {
         let url = format!("{}/{}", server.trim_end_matches('/'), topic);
         Ok(NtfyTransport {
             client: client(timeout, false)?,
-            describe: format!("ntfy:{}", url_for_logs(&url)),
+            describe: format!("ntfy:{}", redact::url(&url)),
             url,
             token,
             critical,

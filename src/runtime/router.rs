@@ -243,6 +243,15 @@ impl Router {
         self.shards == 1 || shard_of(key_group, self.key_groups, self.shards) == self.shard
     }
 
+    /// A payload over `decode.max_payload_bytes`: a dead letter with its first bytes, reported
+    /// once, by shard 0 (its device id is not looked for).
+    fn oversized(&mut self, source: &str, position: &str, length: u64, first_bytes: &[u8]) {
+        if self.shard == 0 {
+            let reason = crate::decode::oversized_reason(length, self.decoder.max_payload_bytes);
+            self.dead_letter(source, position, &reason, first_bytes);
+        }
+    }
+
     fn dead_letter(&mut self, source: &str, position: &str, reason: &str, payload: &[u8]) {
         self.counters.dead_letters += 1;
         self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
@@ -414,11 +423,12 @@ impl Router {
                     }
                     self.counters.payloads_seen += 1;
                     if line.len() > decoder.max_payload_bytes {
-                        // reported once, by shard 0 (its device id is not looked for)
-                        if self.shard == 0 {
-                            let reason = crate::decode::oversized_reason(line.len() as u64, decoder.max_payload_bytes);
-                            self.dead_letter(&chunk.source_name, &format!("line {this_line}"), &reason, line);
-                        }
+                        self.oversized(
+                            &chunk.source_name,
+                            &format!("line {this_line}"),
+                            line.len() as u64,
+                            line,
+                        );
                         continue;
                     }
                     if self.shards > 1 {
@@ -446,11 +456,7 @@ impl Router {
                 for m in messages {
                     self.counters.payloads_seen += 1;
                     if m.payload.len() > decoder.max_payload_bytes {
-                        if self.shard == 0 {
-                            let reason =
-                                crate::decode::oversized_reason(m.payload.len() as u64, decoder.max_payload_bytes);
-                            self.dead_letter(&chunk.source_name, &m.position, &reason, &m.payload);
-                        }
+                        self.oversized(&chunk.source_name, &m.position, m.payload.len() as u64, &m.payload);
                         continue;
                     }
                     if self.shards > 1 {
@@ -475,10 +481,7 @@ impl Router {
                 line, length, prefix, ..
             } => {
                 self.counters.payloads_seen += 1;
-                if self.shard == 0 {
-                    let reason = crate::decode::oversized_reason(*length, decoder.max_payload_bytes);
-                    self.dead_letter(&chunk.source_name, &format!("line {line}"), &reason, prefix);
-                }
+                self.oversized(&chunk.source_name, &format!("line {line}"), *length, prefix);
             }
         }
         if !grouping.is_empty() {

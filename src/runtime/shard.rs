@@ -464,9 +464,10 @@ impl Handler<DeviceBatches> for ShardSupervisor {
         let local = self.local.clone();
         for (device, readings) in msg.batches {
             self.counters.readings += readings.len() as u64;
-            if !self.active.contains_key(&*device)
+            // (the count first: below the limit, which is nearly always, no extra lookup)
+            if self.active.len() + self.passive.len() >= self.max_devices
+                && !self.active.contains_key(&*device)
                 && !self.passive.contains_key(&*device)
-                && self.active.len() + self.passive.len() >= self.max_devices
                 && !self.make_room()
             {
                 self.refuse(&device, &readings);

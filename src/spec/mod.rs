@@ -87,11 +87,4 @@ pub struct PipelineSpec {
     pub embedded_broker: Option<EmbeddedBrokerSpec>,
 }
 
-/// A visitor's `expecting` text, for hand-written messages.
-pub(crate) struct Expecting<'v, V>(pub(crate) &'v V);
-
-impl<'de, V: serde::de::Visitor<'de>> std::fmt::Display for Expecting<'_, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.expecting(f)
-    }
-}
+pub(crate) use crate::model::location::Expecting;

@@ -301,15 +301,18 @@ fn scan_error(e: &ScanError) -> YamlError {
 }
 
 /// A collection being built.
+/// (`before`: the values finished when it started, so a finished collection knows its size.)
 enum Frame {
     Sequence {
         position: Position,
         anchor: usize,
+        before: usize,
         items: Vec<Node>,
     },
     Mapping {
         position: Position,
         anchor: usize,
+        before: usize,
         entries: Vec<Entry>,
         key: Option<Node>,
     },
@@ -334,10 +337,8 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut stack: Vec<Frame> = Vec::new();
     // each anchor with the number of values it holds
     let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
-    // values finished so far (an alias counts all the values it copies), and per open
-    // collection the count when it started, so a finished one knows its own size
+    // values finished so far (an alias counts all the values it copies)
     let mut nodes = 0usize;
-    let mut started_at: Vec<usize> = Vec::new();
     let too_many = |position| YamlError {
         position,
         message: format!(
@@ -411,10 +412,10 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
             Event::SequenceStart(anchor, tag) => {
                 reject_collection_tag(position, tag.as_deref())?;
                 too_deep(position, stack.len())?;
-                started_at.push(nodes);
                 stack.push(Frame::Sequence {
                     position,
                     anchor,
+                    before: nodes,
                     items: Vec::new(),
                 });
                 None
@@ -422,64 +423,52 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
             Event::MappingStart(anchor, tag) => {
                 reject_collection_tag(position, tag.as_deref())?;
                 too_deep(position, stack.len())?;
-                started_at.push(nodes);
                 stack.push(Frame::Mapping {
                     position,
                     anchor,
+                    before: nodes,
                     entries: Vec::new(),
                     key: None,
                 });
                 None
             }
-            Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Sequence {
-                    position,
-                    anchor,
-                    items,
-                }) => {
-                    let inner = nodes - started_at.pop().unwrap_or(nodes);
-                    nodes += 1;
-                    Some((
-                        Node {
+            end @ (Event::SequenceEnd | Event::MappingEnd) => {
+                let (position, anchor, before, value) = match (stack.pop(), end) {
+                    (
+                        Some(Frame::Sequence {
                             position,
-                            value: Value::Sequence(items),
-                        },
-                        anchor,
-                        inner + 1,
-                    ))
-                }
-                _ => {
-                    return Err(YamlError {
-                        position,
-                        message: "YAML syntax error: unbalanced sequence".into(),
-                    });
-                }
-            },
-            Event::MappingEnd => match stack.pop() {
-                Some(Frame::Mapping {
-                    position,
-                    anchor,
-                    entries,
-                    ..
-                }) => {
-                    let inner = nodes - started_at.pop().unwrap_or(nodes);
-                    nodes += 1;
-                    Some((
-                        Node {
+                            anchor,
+                            before,
+                            items,
+                        }),
+                        Event::SequenceEnd,
+                    ) => (position, anchor, before, Value::Sequence(items)),
+                    (
+                        Some(Frame::Mapping {
                             position,
-                            value: Value::Mapping(entries),
-                        },
-                        anchor,
-                        inner + 1,
-                    ))
-                }
-                _ => {
-                    return Err(YamlError {
-                        position,
-                        message: "YAML syntax error: unbalanced mapping".into(),
-                    });
-                }
-            },
+                            anchor,
+                            before,
+                            entries,
+                            ..
+                        }),
+                        Event::MappingEnd,
+                    ) => (position, anchor, before, Value::Mapping(entries)),
+                    (_, end) => {
+                        let what = if matches!(end, Event::SequenceEnd) {
+                            "sequence"
+                        } else {
+                            "mapping"
+                        };
+                        return Err(YamlError {
+                            position,
+                            message: format!("YAML syntax error: unbalanced {what}"),
+                        });
+                    }
+                };
+                let size = nodes - before + 1;
+                nodes += 1;
+                Some((Node { position, value }, anchor, size))
+            }
         };
         let Some((node, anchor, size)) = finished else { continue };
         if anchor > 0 {

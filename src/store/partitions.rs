@@ -65,18 +65,10 @@ impl PartitionHandoff {
 
     /// Writes atomically: a reader sees the old file or the whole new one.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, StoreError> {
-        use std::io::Write;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, "creating the hand-off directory", e))?;
         let path = Self::file_in(dir, &self.topic, self.partition);
-        let tmp = path.with_extension("handoff.tmp");
-        let bytes = seal(&bincode_encode(self));
-        let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, "creating", e))?;
-        f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, "writing", e))?;
-        f.sync_all().map_err(|e| StoreError::io(&tmp, "syncing", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, "renaming into place", e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        super::durable::write_file(&path, &seal(&bincode_encode(self)), false)
+            .map_err(|e| StoreError::io(&path, "writing", e))?;
         Ok(path)
     }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::WindowConfig;
 use crate::model::DurationSpec;
+use crate::model::location::Expecting;
 use crate::operators::context::positive;
 use crate::operators::settings::Aggregate;
 use crate::operators::{CompileContext, CompileError, SpecChecker};
@@ -97,15 +98,6 @@ impl<'de> Deserialize<'de> for AggregatesSpec {
             }
         }
         deserializer.deserialize_any(ListOrMap)
-    }
-}
-
-/// A visitor's `expecting` text, for hand-written messages.
-struct Expecting<'v, V>(&'v V);
-
-impl<'de, V: serde::de::Visitor<'de>> std::fmt::Display for Expecting<'_, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.expecting(f)
     }
 }
 
