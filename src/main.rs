@@ -182,6 +182,9 @@ fn print_report(report: &app::RunReport) {
         report.restarts,
         report.passivations
     );
+    if let Some(limits) = report.limits.describe() {
+        eprintln!("limits hit: {limits}");
+    }
 }
 
 fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -377,6 +380,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     simulator_mqtt::TOPIC
                 );
                 simulator_mqtt::spawn_publisher(sim.clone(), port, shutdown.clone());
+                // (the decoder follows the rewritten `decode`)
+                compiled = CompiledPipeline::compile(compiled.spec).context("compiling the demo pipeline")?;
             }
             // the demo keeps no state: every demo starts afresh
             let options = RunOptions {

@@ -80,7 +80,7 @@ fn oracle(pipeline: &CompiledPipeline, lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut sink = |r: OutputRecord| out.push(r.json);
     for (i, l) in lines.iter().enumerate() {
-        run.push_line(l.as_bytes(), "test", i as u64 + 1, 0, &mut sink);
+        run.push_line(l.as_bytes(), "test", i as u64 + 1, plume::clock::now_ms(), &mut sink);
     }
     run.finish(&mut sink);
     out

@@ -317,3 +317,188 @@ fn device_ids_that_are_too_long_or_hold_control_characters_are_dead_letters() {
     let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["readings"], 1);
 }
+
+/// aq1 with `decode:` lines added (written next to the input).
+fn aq1_with_decode(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let text = text.replacen("decode:\n", &format!("decode:\n{extra}"), 1);
+    let path = dir.join("aq1-window.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Device `a` every 10 s over the last hour, with one reading from a clock a month ahead in the
+/// middle (line 101) and one from a clock reset to 1970 (line 151).
+fn input_with_a_broken_clock(dir: &Path) -> std::path::PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let start = now - 3_600_000;
+    let mut lines = Vec::new();
+    for i in 0..300i64 {
+        if i == 100 {
+            lines.push(format!(
+                r#"{{"device":"a","ts":{},"pm25":5.0,"co2":450.0}}"#,
+                now + 30 * 86_400_000
+            ));
+        }
+        if i == 149 {
+            lines.push(r#"{"device":"a","ts":1000,"pm25":5.0,"co2":450.0}"#.to_string());
+        }
+        lines.push(format!(
+            r#"{{"device":"a","ts":{},"pm25":5.0,"co2":450.0}}"#,
+            start + i * 10_000
+        ));
+    }
+    let input = dir.join("clock.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    input
+}
+
+#[test]
+fn a_reading_from_a_broken_clock_is_refused_and_later_readings_are_not_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with_a_broken_clock(dir.path());
+    let pipeline = aq1_with_decode(dir.path(), "  plausible_time: { ahead: 5m, behind: 30d }\n");
+    let output = dir.path().join("out.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &[pipeline.to_str().unwrap(), "--no-checkpoints"],
+        &input,
+        &output,
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("limits hit: 2 implausible event times"),
+        "the run reports the limit: {stderr}"
+    );
+    let got = records(&output);
+    let dead: Vec<&serde_json::Value> = got.iter().filter(|r| r["type"] == "dead_letter").collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0]["position"], "line 101");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("is ahead of the source's time") && reason.contains("decode.plausible_time.ahead (300000 ms)"),
+        "{reason}"
+    );
+    assert_eq!(dead[1]["position"], "line 151");
+    assert!(
+        dead[1]["reason"].as_str().unwrap().contains("plausible_time.behind"),
+        "{dead:?}"
+    );
+    let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["readings"], 300, "{summary}");
+    // the month-ahead reading would have moved device a's windows a month on: every later
+    // reading late, and no window after line 101
+    assert_eq!(summary["late"], 0, "{summary}");
+    let windows = got.iter().filter(|r| r["type"] == "window").count();
+    assert!(windows >= 49, "{windows} windows for 50 minutes of readings");
+}
+
+#[test]
+fn a_clamped_reading_moves_its_device_no_further_than_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with_a_broken_clock(dir.path());
+    let pipeline = aq1_with_decode(dir.path(), "  plausible_time: { ahead: 1s, outside: clamp }\n");
+    let output = dir.path().join("out.jsonl");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (ok, stderr) = run_with_deadline(
+        &[pipeline.to_str().unwrap(), "--no-checkpoints"],
+        &input,
+        &output,
+        Duration::from_secs(60),
+    );
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("limits hit: 1 implausible event times"), "{stderr}");
+    let got = records(&output);
+    let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
+    // nothing is refused (the 1970 reading is only late: no `behind`)
+    assert_eq!(summary["readings"], 302, "{summary}");
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    // the month-ahead reading counts at the source's time + 1 s: no window a month on
+    let last_end = got
+        .iter()
+        .filter(|r| r["type"] == "window")
+        .map(|r| r["window_end"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        (before..=after + 61_000).contains(&last_end),
+        "the last window ends at {last_end}, the run went from {before} to {after}"
+    );
+}
+
+#[test]
+fn at_the_device_limit_stored_passive_devices_make_room_and_come_back_exactly() {
+    // 40 devices, then 40 others, then the first 40 again, a minute of event time apart, paced
+    // at 20x: between the waves every device goes passive (after 300 ms) and a checkpoint (every
+    // 200 ms) stores it; with room for 50, the second wave must drop stored passive devices
+    // from memory, and the third reload them from the store
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = now - 3_600_000;
+    let mut lines = Vec::new();
+    for (wave, first) in [(0i64, 0), (1, 40), (2, 0)] {
+        for step in 0..3i64 {
+            for d in first..first + 40 {
+                let ts = t0 + wave * 60_000 + step * 10_000;
+                let pm25 = 20 + (d * 7 + wave * 13 + step * 11) % 30;
+                lines.push(format!(
+                    r#"{{"device":"d{d:03}","ts":{ts},"pm25":{pm25}.0,"co2":450.0}}"#
+                ));
+            }
+        }
+    }
+    let input = dir.path().join("waves.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let text = text.replacen(
+        r#"- file: { path: "${PLUME_INPUT:-aq1.jsonl}" }"#,
+        r#"- file: { path: "${PLUME_INPUT:-aq1.jsonl}", pace: event_time, speed: 20 }"#,
+        1,
+    ) + "\nruntime:\n  max_devices: 50\n  passivate_after: 300ms\n";
+    assert!(text.contains("pace: event_time"));
+    let pipeline = dir.path().join("limited.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let result = plume()
+        .args(["run"])
+        .arg(&pipeline)
+        .args(["--shards", "1", "--checkpoint-interval", "200ms", "--data-dir"])
+        .arg(dir.path().join("state"))
+        .env("PLUME_INPUT", &input)
+        .env("PLUME_OUTPUT", &output)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("passive devices dropped from memory") && !stderr.contains("new devices refused"),
+        "room was made, nothing refused: {stderr}"
+    );
+    let got = records(&output);
+    let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["readings"], 360, "{summary}");
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    // and every device's results are those of a run without a limit
+    let plain = dir.path().join("plain.jsonl");
+    let (ok, stderr) = run_with_deadline(
+        &["pipelines/aq1.yaml", "--engine", "plain"],
+        &input,
+        &plain,
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{stderr}");
+    assert_same_output(&output, &plain);
+}

@@ -23,7 +23,25 @@ use crate::spec::{
 pub const TOPIC: &str = "sensors/{device}/air";
 
 /// Makes `spec` read MQTT from its own embedded broker on `port`.
+///
+/// The simulated monitors' clocks run `speed` times faster than the wall clock, while an MQTT
+/// message's event time is judged against the wall clock at its arrival: event times are
+/// believed up to the whole simulated duration ahead (`decode.plausible_time.ahead`).
 pub fn use_embedded_broker(spec: &mut PipelineSpec, port: u16) {
+    let simulated = spec.sources.iter().find_map(|s| match s {
+        SourceSpec::Simulator(sim) if sim.speed > 1.0 => {
+            Some(sim.duration.map_or(3650 * 86_400_000, |d| d.as_millis()))
+        }
+        _ => None,
+    });
+    if let Some(lead) = simulated {
+        let window = &mut spec.decode.plausible_time;
+        let ahead = window
+            .ahead
+            .as_millis()
+            .max(lead.saturating_add(window.ahead.as_millis()));
+        window.ahead = DurationSpec::from_millis(ahead as u64);
+    }
     spec.embedded_broker = Some(EmbeddedBrokerSpec {
         port,
         bind: "127.0.0.1".to_string(),

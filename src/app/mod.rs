@@ -60,6 +60,11 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Resume(String),
+    #[error(
+        "the run stopped because nothing could be made durable any more: {0}. Nothing is lost: the next start \
+         resumes from the last durable checkpoint"
+    )]
+    Unrecoverable(String),
     #[error("the last checkpoint of the run failed: {0}")]
     Checkpoint(crate::runtime::checkpointer::CheckpointError),
     #[error("{output} is both an input and an output of the run: writing it would destroy the input")]
@@ -113,4 +118,6 @@ pub struct RunReport {
     pub shards: usize,
     pub restarts: u64,
     pub passivations: u64,
+    /// How often each input limit was hit.
+    pub limits: crate::runtime::LimitCounts,
 }

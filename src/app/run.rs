@@ -112,6 +112,18 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
                     .expect("spawning a source thread"),
             );
         }
+        {
+            // a sink or the store that can make nothing durable any more stops the run
+            let (metrics, stop) = (runtime.metrics.clone(), stop.clone());
+            actix_rt::spawn(async move {
+                while !stop.is_requested() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if metrics.stopped_by.get().is_some() {
+                        stop.request();
+                    }
+                }
+            });
+        }
         if let Some(every) = options.progress {
             let metrics = runtime.metrics.clone();
             // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line
@@ -155,10 +167,15 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         }
         let restarts = RuntimeMetrics::get(&runtime.metrics.restarts);
         let passivations = RuntimeMetrics::get(&runtime.metrics.passivations);
+        let limits = runtime.metrics.limits();
         if let Some(c) = &runtime.checkpointer {
             let _ = c.send(crate::runtime::checkpointer::StopCheckpointer).await;
         }
+        let stopped_by = runtime.metrics.stopped_by.get().cloned();
         runtime.shut_down();
+        if let Some(reason) = stopped_by {
+            return Err(EngineError::Unrecoverable(reason));
+        }
         let outcome = outcome.map_err(|_| EngineError::Aborted)?;
         outcome.sink_positions?;
         if let Some(Err(e)) = outcome.final_checkpoint {
@@ -167,7 +184,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         if let Some(e) = source_error {
             return Err(EngineError::Source(e));
         }
-        Ok::<_, EngineError>((outcome.totals, shards, restarts, passivations))
+        Ok::<_, EngineError>((outcome.totals, shards, restarts, passivations, limits))
     });
     System::current().stop();
     drop(system);
@@ -175,13 +192,14 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
     if let Some(store) = store {
         StateStore::close(store);
     }
-    let (totals, shards, restarts, passivations) = result?;
+    let (totals, shards, restarts, passivations, limits) = result?;
     Ok(RunReport {
         totals,
         elapsed: started.elapsed(),
         shards,
         restarts,
         passivations,
+        limits,
     })
 }
 

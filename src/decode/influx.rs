@@ -16,8 +16,9 @@ use super::{DecodeError, Decoded, Decoder};
 use crate::operators::Reading;
 use crate::spec::FieldType;
 
-/// Parses the one line of a payload, with reasons a person understands.
-fn parse_one(payload: &[u8]) -> Result<ParsedLine<'_>, DecodeError> {
+/// Parses the one line of a payload, with reasons a person understands; at most `max_fields`
+/// tags and fields together.
+fn parse_one(payload: &[u8], max_fields: usize) -> Result<ParsedLine<'_>, DecodeError> {
     let text = std::str::from_utf8(payload)
         .map_err(|e| DecodeError::Influx(format!("the payload is not UTF-8 text ({e})")))?;
     let text = text.trim_end_matches(['\n', '\r']);
@@ -37,17 +38,30 @@ fn parse_one(payload: &[u8]) -> Result<ParsedLine<'_>, DecodeError> {
         ));
     }
     let tags = line.series.tag_set.as_deref().unwrap_or_default();
-    for (i, (key, _)) in tags.iter().enumerate() {
-        if tags[..i].iter().any(|(k, _)| k == key) {
-            return Err(DecodeError::Influx(format!("tag `{key}` is given twice")));
-        }
+    if tags.len() + line.field_set.len() > max_fields {
+        return Err(DecodeError::TooManyFields { max: max_fields });
     }
-    for (i, (key, _)) in line.field_set.iter().enumerate() {
-        if line.field_set[..i].iter().any(|(k, _)| k == key) {
-            return Err(DecodeError::Influx(format!("field `{key}` is given twice")));
-        }
+    if let Some(key) = first_repeated(tags) {
+        return Err(DecodeError::Influx(format!("tag `{key}` is given twice")));
+    }
+    if let Some(key) = first_repeated(&line.field_set) {
+        return Err(DecodeError::Influx(format!("field `{key}` is given twice")));
     }
     Ok(line)
+}
+
+/// The first key that repeats an earlier one: pairwise for the few keys of a usual line, through
+/// a hash set beyond that (linear in the keys of a hostile one).
+fn first_repeated<'s, 'a, T>(pairs: &'s [(EscapedStr<'a>, T)]) -> Option<&'s EscapedStr<'a>> {
+    if pairs.len() <= 16 {
+        return pairs
+            .iter()
+            .enumerate()
+            .find(|(i, (key, _))| pairs[..*i].iter().any(|(earlier, _)| earlier == key))
+            .map(|(_, (key, _))| key);
+    }
+    let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+    pairs.iter().map(|(key, _)| key).find(|key| !seen.insert(key.as_str()))
 }
 
 const SHAPE: &str = "`measurement[,tag=value…] field=value[,field=value…] [timestamp]`";
@@ -132,7 +146,7 @@ pub(super) fn decode<'a>(
     topic_device: Option<&'a str>,
     arrival_ms: i64,
 ) -> Result<Decoded<'a>, DecodeError> {
-    let line = parse_one(payload)?;
+    let line = parse_one(payload, dec.max_fields)?;
     let device = device(dec, &line, topic_device)?;
     let ts = match line.timestamp {
         Some(ts) => dec.time_from_number("timestamp", ts as f64, Some(ts))?,
@@ -165,12 +179,16 @@ pub(super) fn decode<'a>(
         seen |= 1u64 << field.slot;
     }
     dec.check_fields(&mut reading, seen)?;
-    Ok(Decoded { device, reading })
+    Ok(Decoded {
+        device,
+        reading,
+        time_clamped: false,
+    })
 }
 
 /// Only the device id (for routing), or `None` if the line has none or does not parse.
 pub(super) fn device_of<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, str>> {
-    let line = parse_one(payload).ok()?;
+    let line = parse_one(payload, dec.max_fields).ok()?;
     device(dec, &line, None).ok().filter(|d| !d.is_empty())
 }
 
@@ -179,7 +197,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::spec::{DecodeFormat, DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, TimeSpec, TimeUnit};
+    use crate::spec::{
+        DecodeFormat, DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, PlausibleTimeSpec, TimeSpec, TimeUnit,
+    };
 
     fn decoder(device: DeviceIdSpec, time: Option<TimeSpec>) -> Decoder {
         let mut fields = BTreeMap::new();
@@ -206,9 +226,14 @@ mod tests {
             dead_letter_max_bytes: 64,
             max_payload_bytes: 1 << 20,
             max_device_id_bytes: 256,
+            max_fields: 1000,
+            plausible_time: PlausibleTimeSpec::default(),
         };
         Decoder::new(&spec, 3)
     }
+
+    /// The source's time in these tests: a day after the lines' timestamps.
+    const NOW: i64 = 1_767_312_000_000;
 
     fn by_tag() -> Decoder {
         decoder(
@@ -228,7 +253,7 @@ mod tests {
             .decode(
                 b"air,site=zurich,room=b12 pm25=12.5,co2=612i,window_open=t,label=\"x\" 1767225600123456789\n",
                 None,
-                7,
+                NOW,
             )
             .unwrap();
         assert_eq!(d.device, "b12");
@@ -241,7 +266,7 @@ mod tests {
         // `1e999` parses as +inf: kept, it would make every later average and baseline inf
         let mut dec = by_tag();
         let d = dec
-            .decode(b"air,room=b12 pm25=1e999,co2=612i 1767225600123456789", None, 0)
+            .decode(b"air,room=b12 pm25=1e999,co2=612i 1767225600123456789", None, NOW)
             .unwrap();
         assert!(d.reading.values[1].is_nan(), "dropped: {:?}", d.reading.values);
         assert_eq!(d.reading.out_of_range, 0b10, "and counted as out of range");
@@ -288,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             seconds
-                .decode(b"air,room=a pm25=1 1767225600", None, 0)
+                .decode(b"air,room=a pm25=1 1767225600", None, NOW)
                 .unwrap()
                 .reading
                 .ts,
@@ -311,6 +336,38 @@ mod tests {
         assert_eq!(dec.device_of(b"air,room=r9 pm25=1 1", None).as_deref(), Some("r9"));
         assert_eq!(dec.device_of(b"air pm25=1", None), None);
         assert_eq!(dec.device_of(b"garbage", None), None);
+    }
+
+    #[test]
+    fn repeated_keys_are_found_among_many_and_entries_are_bounded() {
+        let dec = by_tag();
+        // past the pairwise check's 16 keys: the hash-set path
+        let mut line = String::from("air,room=a ");
+        for i in 0..40 {
+            line.push_str(&format!("f{i}=1,"));
+        }
+        line.push_str("pm25=1,f17=2");
+        let e = dec.decode(line.as_bytes(), None, 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not valid influx line protocol: field `f17` is given twice"
+        );
+        let tags: String = (0..20).map(|i| format!(",t{i}=x")).collect();
+        let e = dec
+            .decode(format!("air,room=a{tags},t3=y pm25=1").as_bytes(), None, 0)
+            .unwrap_err();
+        assert!(e.to_string().contains("tag `t3` is given twice"), "{e}");
+        // tags and fields count together against max_fields
+        let mut small = by_tag();
+        small.max_fields = 4;
+        assert!(small.decode(b"air,room=a,x=1 pm25=1,co2=2", None, 0).is_ok());
+        let e = small.decode(b"air,room=a,x=1,y=2 pm25=1,co2=2", None, 0).unwrap_err();
+        assert_eq!(e, DecodeError::TooManyFields { max: 4 });
+        assert_eq!(
+            e.to_string(),
+            "the payload holds more than decode.max_fields (4) entries: not decoded"
+        );
+        assert_eq!(small.device_of(b"air,room=a,x=1,y=2 pm25=1,co2=2", None), None);
     }
 
     #[test]

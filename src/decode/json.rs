@@ -187,7 +187,13 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, 'de> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let dec = self.dec;
+        let mut entries = 0usize;
         while let Some(key) = map.next_key_seed(KeySeed(dec))? {
+            entries += 1;
+            if entries > dec.max_fields {
+                *self.problem = Some(DecodeError::TooManyFields { max: dec.max_fields });
+                return Err(de::Error::custom("too many entries"));
+            }
             match key {
                 Key::Field(i) => {
                     let field = &dec.fields[i];
@@ -282,9 +288,11 @@ pub(super) fn decode<'a>(
         time: &mut time,
         problem: &mut problem,
     };
-    de.deserialize_map(visitor)
-        .and_then(|()| de.end())
-        .map_err(|e| DecodeError::Json(e.to_string()))?;
+    let parsed = de.deserialize_map(visitor).and_then(|()| de.end());
+    if let Some(p @ DecodeError::TooManyFields { .. }) = problem {
+        return Err(p);
+    }
+    parsed.map_err(|e| DecodeError::Json(e.to_string()))?;
     if let Some(p) = problem {
         return Err(p);
     }
@@ -299,7 +307,11 @@ pub(super) fn decode<'a>(
         (Some(name), None) => return Err(DecodeError::MissingTime(name.clone())),
     };
     dec.check_fields(&mut reading, seen)?;
-    Ok(Decoded { device, reading })
+    Ok(Decoded {
+        device,
+        reading,
+        time_clamped: false,
+    })
 }
 
 /// Finds the device id and stops reading there.
@@ -400,7 +412,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::spec::{DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, TimeSpec, TimeUnit};
+    use crate::spec::{
+        DecodeSpec, DeviceIdSpec, FieldSpec, OutOfRange, OutsideTime, PlausibleTimeSpec, TimeSpec, TimeUnit,
+    };
 
     fn decoder(unit: TimeUnit) -> Decoder {
         let mut fields = BTreeMap::new();
@@ -431,6 +445,8 @@ mod tests {
             dead_letter_max_bytes: 64,
             max_payload_bytes: 1 << 20,
             max_device_id_bytes: 256,
+            max_fields: 1000,
+            plausible_time: PlausibleTimeSpec::default(),
         };
         Decoder::new(&spec, 2)
     }
@@ -560,17 +576,86 @@ mod tests {
             .decode(
                 br#"{"device":"a","ts":"2026-01-01T00:00:00.123Z","pm25":1,"co2":1}"#,
                 None,
-                0,
+                1_767_312_000_000,
             )
             .unwrap();
         assert_eq!(d.reading.ts, 1767225600123);
         let ns = decoder(TimeUnit::Ns);
         assert_eq!(
-            ns.decode(br#"{"device":"a","ts":1767225600123456789,"pm25":1,"co2":1}"#, None, 0)
+            ns.decode(
+                br#"{"device":"a","ts":1767225600123456789,"pm25":1,"co2":1}"#,
+                None,
+                1_767_312_000_000
+            )
+            .unwrap()
+            .reading
+            .ts,
+            1767225600123
+        );
+    }
+
+    #[test]
+    fn event_times_outside_the_plausible_window_are_refused_or_clamped() {
+        const NOW: i64 = 1_767_312_000_000;
+        let payload = |ts: i64| format!(r#"{{"device":"a","ts":{ts},"pm25":1,"co2":1}}"#);
+        let dec = decoder(TimeUnit::Ms);
+        // within an hour ahead, and any age behind (replays): believed
+        assert_eq!(
+            dec.decode(payload(NOW + 3_600_000).as_bytes(), None, NOW)
                 .unwrap()
                 .reading
                 .ts,
-            1767225600123
+            NOW + 3_600_000
+        );
+        assert_eq!(dec.decode(payload(0).as_bytes(), None, NOW).unwrap().reading.ts, 0);
+        // a clock a day ahead (or in the year 2100): a dead letter that says both times
+        let e = dec.decode(payload(NOW + 86_400_000).as_bytes(), None, NOW).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "event time 1767398400000 ms is ahead of the source's time 1767312000000 ms, \
+             more than decode.plausible_time.ahead (3600000 ms)"
+        );
+        assert!(dec.decode(payload(4_102_444_800_000).as_bytes(), None, NOW).is_err());
+        // with `behind`, a clock reset to 1970 is refused too
+        let mut bounded = decoder(TimeUnit::Ms);
+        bounded.behind_ms = Some(7 * 86_400_000);
+        let e = bounded.decode(payload(5).as_bytes(), None, NOW).unwrap_err();
+        assert!(e.to_string().contains("is behind the source's time"), "{e}");
+        assert!(
+            e.to_string().contains("decode.plausible_time.behind (604800000 ms)"),
+            "{e}"
+        );
+        // `outside: clamp`: moved to the window's edge, and said so
+        bounded.outside_time = OutsideTime::Clamp;
+        let clamped = |ts: i64| {
+            let text = payload(ts);
+            let d = bounded.decode(text.as_bytes(), None, NOW).unwrap();
+            (d.reading.ts, d.time_clamped)
+        };
+        assert_eq!(clamped(NOW + 86_400_000), (NOW + 3_600_000, true));
+        assert_eq!(clamped(5), (NOW - 7 * 86_400_000, true));
+        assert_eq!(clamped(NOW), (NOW, false));
+        // no overflow at the ends of the range
+        assert!(dec.decode(payload(i64::MAX).as_bytes(), None, i64::MAX - 1).is_ok());
+        assert!(bounded.decode(payload(i64::MIN).as_bytes(), None, i64::MIN + 5).is_ok());
+    }
+
+    #[test]
+    fn objects_with_more_entries_than_max_fields_are_refused() {
+        let mut dec = decoder(TimeUnit::Ms);
+        dec.max_fields = 5;
+        let ok = br#"{"device":"a","ts":1,"pm25":1,"co2":1,"x":0}"#;
+        assert!(dec.decode(ok, None, 0).is_ok());
+        let many = br#"{"device":"a","ts":1,"pm25":1,"co2":1,"x":0,"y":[1,2]}"#;
+        assert_eq!(
+            dec.decode(many, None, 0).unwrap_err(),
+            DecodeError::TooManyFields { max: 5 }
+        );
+        // also when the payload's syntax breaks after the limit
+        assert_eq!(
+            dec.decode(br#"{"a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"#, None, 0)
+                .unwrap_err(),
+            DecodeError::TooManyFields { max: 5 }
         );
     }
 }

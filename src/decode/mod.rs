@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use crate::operators::{FieldSlot, Reading};
-use crate::spec::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, TimeSpec, TimeUnit};
+use crate::spec::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, OutsideTime, TimeSpec, TimeUnit};
 
 pub mod influx;
 pub mod json;
@@ -35,6 +35,14 @@ pub enum DecodeError {
     DeviceIdTooLong { length: usize, max: usize },
     #[error("the device id contains a control character (U+{code:04X}), which plume does not accept in ids")]
     DeviceIdControl { code: u32 },
+    #[error("the payload holds more than decode.max_fields ({max}) entries: not decoded")]
+    TooManyFields { max: usize },
+    #[error(
+        "event time {ts} ms is {} the source's time {reference} ms, more than decode.plausible_time.{} ({window_ms} ms)",
+        if *ts > *reference { "ahead of" } else { "behind" },
+        if *ts > *reference { "ahead" } else { "behind" }
+    )]
+    ImplausibleTime { ts: i64, reference: i64, window_ms: i64 },
     #[error("no event time: the payload has no `{0}`")]
     MissingTime(String),
     #[error("event time `{field}` is not valid: {reason}")]
@@ -63,6 +71,8 @@ pub enum DecodeError {
 pub struct Decoded<'a> {
     pub device: Cow<'a, str>,
     pub reading: Reading,
+    /// The event time was outside `plausible_time` and moved to its edge (`outside: clamp`).
+    pub time_clamped: bool,
 }
 
 /// One declared field, compiled.
@@ -89,6 +99,13 @@ pub struct Decoder {
     pub max_payload_bytes: usize,
     /// Longer device ids are refused (each id is kept in memory, in the store and in topics).
     pub max_device_id_bytes: usize,
+    /// More entries in one payload are refused (bounds the work per payload).
+    pub max_fields: usize,
+    /// Largest lead of an event time over the source's time (ms).
+    pub(crate) ahead_ms: i64,
+    /// Largest lag behind it (ms), if any.
+    pub(crate) behind_ms: Option<i64>,
+    pub(crate) outside_time: OutsideTime,
 }
 
 impl Decoder {
@@ -122,6 +139,10 @@ impl Decoder {
             max_dead_letter_bytes: spec.dead_letter_max_bytes,
             max_payload_bytes: spec.max_payload_bytes,
             max_device_id_bytes: spec.max_device_id_bytes,
+            max_fields: spec.max_fields,
+            ahead_ms: spec.plausible_time.ahead.as_millis(),
+            behind_ms: spec.plausible_time.behind.map(|b| b.as_millis()),
+            outside_time: spec.plausible_time.outside,
         }
     }
 
@@ -138,19 +159,46 @@ impl Decoder {
     }
 
     /// Decodes one payload. `topic_device` is the `{device}` capture of an MQTT topic;
-    /// `arrival_ms` is the event time when the pipeline has no time field.
+    /// `arrival_ms` is the source's time when the payload arrived: the event time when the
+    /// pipeline has no time field, and the centre of the `plausible_time` window otherwise.
     pub fn decode<'a>(
         &self,
         payload: &'a [u8],
         topic_device: Option<&'a str>,
         arrival_ms: i64,
     ) -> Result<Decoded<'a>, DecodeError> {
-        let decoded = match self.format {
+        let mut decoded = match self.format {
             DecodeFormat::Json => json::decode(self, payload, topic_device, arrival_ms)?,
             DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
         };
         check_device_id(&decoded.device, self.max_device_id_bytes)?;
+        decoded.time_clamped = self.plausible_time(&mut decoded.reading.ts, arrival_ms)?;
         Ok(decoded)
+    }
+
+    /// Checks an event time against the source's time `reference`: `Ok(true)` when it was
+    /// outside and has been clamped to the window's edge.
+    fn plausible_time(&self, ts: &mut i64, reference: i64) -> Result<bool, DecodeError> {
+        let latest = reference.saturating_add(self.ahead_ms);
+        let earliest = self.behind_ms.map_or(i64::MIN, |b| reference.saturating_sub(b));
+        if (earliest..=latest).contains(ts) {
+            return Ok(false);
+        }
+        match self.outside_time {
+            OutsideTime::DeadLetter => Err(DecodeError::ImplausibleTime {
+                ts: *ts,
+                reference,
+                window_ms: if *ts > latest {
+                    self.ahead_ms
+                } else {
+                    self.behind_ms.unwrap_or_default()
+                },
+            }),
+            OutsideTime::Clamp => {
+                *ts = (*ts).clamp(earliest, latest);
+                Ok(true)
+            }
+        }
     }
 
     /// Only the device id of a payload (for routing), or `None` if it has none.

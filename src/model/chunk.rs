@@ -96,6 +96,10 @@ pub struct Chunk {
     pub end: SourcePosition,
     /// Processing time at which the chunk was read.
     pub read_at_ms: i64,
+    /// The source's own time then: the processing time, except for a source with a clock of its
+    /// own (the simulator). Lines are decoded against it (arrival time, plausible event times);
+    /// messages carry their own arrival time.
+    pub source_time_ms: i64,
     pub ticket: Arc<ChunkTicket>,
 }
 

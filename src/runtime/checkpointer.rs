@@ -126,7 +126,12 @@ pub struct CheckpointerCounters {
     pub last_total: Duration,
     pub last_write: Duration,
     pub max_pause: Duration,
+    /// Checkpoints failed in a row since the last one that completed.
+    pub failed_in_a_row: u64,
 }
+
+/// Store failures in a row after which the store is taken to be unwritable for this process.
+const STORE_FAILURES_BEFORE_STOP: u64 = 3;
 
 #[derive(Message)]
 #[rtype(result = "CheckpointerCounters")]
@@ -335,6 +340,7 @@ impl Checkpointer {
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         let total = p.started.elapsed();
         self.counters.completed += 1;
+        self.counters.failed_in_a_row = 0;
         self.counters.last_id = record.id;
         self.counters.last_devices = devices_written;
         self.counters.last_total = total;
@@ -384,8 +390,26 @@ impl Checkpointer {
     }
 
     fn fail(&mut self, id: u64, e: CheckpointError) {
+        self.fail_because(id, e, false);
+    }
+
+    /// A failed checkpoint; `sink_broken`: a sink failed a write earlier and will fail every
+    /// flush from now on. When nothing can become durable again in this process, the run is
+    /// told to stop ([`RuntimeMetrics::stopped_by`]).
+    fn fail_because(&mut self, id: u64, e: CheckpointError, sink_broken: bool) {
         error!(checkpoint = id, error = %e, "checkpoint failed: the previous one stays the latest");
         self.counters.failed += 1;
+        self.counters.failed_in_a_row += 1;
+        let store_broken =
+            matches!(e, CheckpointError::Store(_)) && self.counters.failed_in_a_row >= STORE_FAILURES_BEFORE_STOP;
+        if (sink_broken || store_broken) && self.metrics.stopped_by.set(e.to_string()).is_ok() {
+            error!(
+                checkpoint = id,
+                last_durable = self.signal.durable.load(Ordering::Acquire),
+                error = %e,
+                "nothing can be made durable any more in this process: stopping the run (the next start resumes from the last durable checkpoint)"
+            );
+        }
         self.in_progress = None;
         for (_, reply) in self.waiters.drain(..) {
             let _ = reply.send(Err(e.clone()));
@@ -448,7 +472,10 @@ impl Handler<SinksFlushed> for Checkpointer {
                 p.sinks = Some(lengths);
                 self.try_write(ctx);
             }
-            Err(e) => self.fail(msg.id, CheckpointError::Sink(e.to_string())),
+            Err(e) => {
+                let broken = matches!(e, SinkError::Earlier { .. });
+                self.fail_because(msg.id, CheckpointError::Sink(e.to_string()), broken);
+            }
         }
     }
 }

@@ -124,9 +124,79 @@ pub struct RuntimeMetrics {
     /// Passivated devices dropped from memory (their state is in the store) to make room.
     pub devices_dropped: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Why the run must stop: a sink or the store can no longer make anything durable in this
+    /// process (a write failed; RocksDB stays read-only after an IO error such as a full disk),
+    /// so every later checkpoint would fail. The run stops, and the next start resumes from the
+    /// last durable checkpoint. Set once, by the checkpointer.
+    pub stopped_by: std::sync::OnceLock<String>,
+    /// Input refused or changed by a limit (see [`LimitCounts`]).
+    pub payloads_oversized: AtomicU64,
+    pub payloads_too_many_fields: AtomicU64,
+    pub device_ids_refused: AtomicU64,
+    pub times_implausible: AtomicU64,
+}
+
+/// How often each input limit was hit in a run (reported at its end, and by the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitCounts {
+    /// Payloads over `decode.max_payload_bytes` (dead letters).
+    pub payloads_oversized: u64,
+    /// Payloads over `decode.max_fields` (dead letters).
+    pub payloads_too_many_fields: u64,
+    /// Device ids over `decode.max_device_id_bytes` or with control characters (dead letters).
+    pub device_ids_refused: u64,
+    /// Event times outside `decode.plausible_time` (dead letters, or clamped).
+    pub times_implausible: u64,
+    /// New devices refused at `runtime.max_devices` (dead letters).
+    pub devices_refused: u64,
+    /// Passive devices dropped from memory to make room (their state is in the store).
+    pub devices_dropped: u64,
+}
+
+impl LimitCounts {
+    /// `3 oversized payloads, 2 implausible times`: the counts that are not zero.
+    pub fn describe(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.payloads_oversized, "oversized payloads"),
+            (self.payloads_too_many_fields, "payloads with too many fields"),
+            (self.device_ids_refused, "device ids refused"),
+            (self.times_implausible, "implausible event times"),
+            (self.devices_refused, "new devices refused (runtime.max_devices)"),
+            (self.devices_dropped, "passive devices dropped from memory"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 impl RuntimeMetrics {
+    /// The limit counters now.
+    pub fn limits(&self) -> LimitCounts {
+        LimitCounts {
+            payloads_oversized: Self::get(&self.payloads_oversized),
+            payloads_too_many_fields: Self::get(&self.payloads_too_many_fields),
+            device_ids_refused: Self::get(&self.device_ids_refused),
+            times_implausible: Self::get(&self.times_implausible),
+            devices_refused: Self::get(&self.devices_refused),
+            devices_dropped: Self::get(&self.devices_dropped),
+        }
+    }
+
+    /// Counts a decoding error that is a limit's.
+    pub fn count_limit(&self, error: &crate::decode::DecodeError) {
+        use crate::decode::DecodeError as E;
+        let counter = match error {
+            E::TooManyFields { .. } => &self.payloads_too_many_fields,
+            E::DeviceIdTooLong { .. } | E::DeviceIdControl { .. } => &self.device_ids_refused,
+            E::ImplausibleTime { .. } => &self.times_implausible,
+            _ => return,
+        };
+        Self::add(counter, 1);
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -139,6 +139,14 @@ impl ChunkFeeder {
 
     /// Sends a chunk to every router; `end` is how far the source had read after it.
     pub fn send(&mut self, data: ChunkData, end: Position, permit: OwnedSemaphorePermit) {
+        let now = self.clock.now_ms();
+        self.send_at(data, end, permit, now);
+    }
+
+    /// [`send`](Self::send) for a source with a clock of its own (the simulator's simulated time):
+    /// `source_time_ms` is that clock when the chunk was made, the centre of the window where the
+    /// readings' event times are believed (`decode.plausible_time`).
+    pub fn send_at(&mut self, data: ChunkData, end: Position, permit: OwnedSemaphorePermit, source_time_ms: i64) {
         self.poll_barrier();
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -152,6 +160,7 @@ impl ChunkFeeder {
                 at: end,
             },
             read_at_ms: self.clock.now_ms(),
+            source_time_ms,
             ticket,
         });
         for router in &self.routers {

@@ -247,6 +247,7 @@ impl Router {
     /// once, by shard 0 (its device id is not looked for).
     fn oversized(&mut self, source: &str, position: &str, length: u64, first_bytes: &[u8]) {
         if self.shard == 0 {
+            RuntimeMetrics::add(&self.metrics.payloads_oversized, 1);
             let reason = crate::decode::oversized_reason(length, self.decoder.max_payload_bytes);
             self.dead_letter(source, position, &reason, first_bytes);
         }
@@ -439,13 +440,17 @@ impl Router {
                             None => {}
                         }
                     }
-                    match decoder.decode(line, None, now) {
+                    match decoder.decode(line, None, chunk.source_time_ms) {
                         Ok(decoded) => {
                             readings += 1;
+                            if decoded.time_clamped {
+                                RuntimeMetrics::add(&self.metrics.times_implausible, 1);
+                            }
                             let hash = xxh3_64(decoded.device.as_bytes());
                             grouping.push(hash, &decoded.device, decoded.reading);
                         }
                         Err(e) => {
+                            self.metrics.count_limit(&e);
                             let position = format!("line {this_line}");
                             self.dead_letter(&chunk.source_name, &position, &e.to_string(), line);
                         }
@@ -470,10 +475,16 @@ impl Router {
                     match decoder.decode(&m.payload, m.device_hint.as_deref(), m.arrival_ms) {
                         Ok(decoded) => {
                             readings += 1;
+                            if decoded.time_clamped {
+                                RuntimeMetrics::add(&self.metrics.times_implausible, 1);
+                            }
                             let hash = xxh3_64(decoded.device.as_bytes());
                             grouping.push(hash, &decoded.device, decoded.reading);
                         }
-                        Err(e) => self.dead_letter(&chunk.source_name, &m.position, &e.to_string(), &m.payload),
+                        Err(e) => {
+                            self.metrics.count_limit(&e);
+                            self.dead_letter(&chunk.source_name, &m.position, &e.to_string(), &m.payload);
+                        }
                     }
                 }
             }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::defaults;
+use super::{DurationSpec, defaults};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,19 +27,77 @@ pub struct DecodeSpec {
     pub dead_letter_max_bytes: usize,
     /// Longest payload (a line, an MQTT or Kafka message) decoded: a longer one is a dead letter
     /// with its position, its length and its first `dead_letter_max_bytes`, and reading goes on
-    /// after it. At most 64 MiB.
+    /// after it. Default 1 MiB, at most 64 MiB.
     #[serde(
         default = "defaults::max_payload_bytes",
         skip_serializing_if = "defaults::is_max_payload_bytes"
     )]
     pub max_payload_bytes: usize,
     /// Longest device id accepted, in bytes; a reading with a longer one is a dead letter. Ids
-    /// with control characters are refused too.
+    /// with control characters are refused too. Default 256.
     #[serde(
         default = "defaults::max_device_id_bytes",
         skip_serializing_if = "defaults::is_max_device_id_bytes"
     )]
     pub max_device_id_bytes: usize,
+    /// Most entries one payload may hold (a JSON object's top-level keys; an influx line's tags
+    /// and fields together): a payload with more is a dead letter, not decoded further. Default
+    /// 1000, at most 100000.
+    #[serde(default = "defaults::max_fields", skip_serializing_if = "defaults::is_max_fields")]
+    pub max_fields: usize,
+    /// How far an event time may be from the source's own time (when an MQTT message arrived, the
+    /// Kafka record's timestamp, when a file line was read, the simulator's clock). A reading
+    /// outside is a dead letter (or clamped, as `outside` says): one device with a wrong clock
+    /// cannot make all its later readings late.
+    #[serde(default, skip_serializing_if = "PlausibleTimeSpec::is_default")]
+    pub plausible_time: PlausibleTimeSpec,
+}
+
+/// The window around the source's time where an event time is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlausibleTimeSpec {
+    /// Largest lead of an event time over the source's time (clocks drift; a reading from the
+    /// future is a broken clock).
+    #[serde(default = "defaults::plausible_ahead")]
+    pub ahead: DurationSpec,
+    /// Largest lag of an event time behind the source's time; absent: any age (replays of old
+    /// files and topics are allowed). Set it to refuse readings of clocks that reset to 1970.
+    #[serde(default)]
+    pub behind: Option<DurationSpec>,
+    /// `dead_letter`: the reading goes to dead letters; `clamp`: its time is moved to the edge of
+    /// the window (and counted).
+    #[serde(default)]
+    pub outside: OutsideTime,
+}
+
+impl Default for PlausibleTimeSpec {
+    fn default() -> Self {
+        PlausibleTimeSpec {
+            ahead: defaults::plausible_ahead(),
+            behind: None,
+            outside: OutsideTime::default(),
+        }
+    }
+}
+
+impl PlausibleTimeSpec {
+    /// (Left out of the canonical JSON at its default, so the pipeline hash of files written
+    /// before the setting existed does not change.)
+    pub fn is_default(&self) -> bool {
+        *self == PlausibleTimeSpec::default()
+    }
+}
+
+/// What happens to a reading whose event time is outside `plausible_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideTime {
+    /// The reading goes to dead letters with both times in the reason.
+    #[default]
+    DeadLetter,
+    /// The event time becomes the window's edge (source time + `ahead`, or − `behind`).
+    Clamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -148,6 +148,18 @@ pub mod defaults {
     pub fn is_max_device_id_bytes(n: &usize) -> bool {
         *n == max_device_id_bytes()
     }
+    /// A reading has a few fields; telegraf's widest lines have a few hundred.
+    pub fn max_fields() -> usize {
+        1000
+    }
+    pub fn is_max_fields(n: &usize) -> bool {
+        *n == max_fields()
+    }
+    /// One hour: well beyond any drift of a device clock synchronised by NTP, well short of a
+    /// clock set to the wrong day.
+    pub fn plausible_ahead() -> DurationSpec {
+        DurationSpec::from_millis(3600 * 1000)
+    }
     pub fn dead_letter_bytes() -> usize {
         4096
     }

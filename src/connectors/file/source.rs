@@ -242,8 +242,13 @@ impl Pacer {
         let mut current: Vec<u8> = Vec::new();
         let mut lines = 0u64;
         let mut due_of_current: Option<Duration> = None;
+        // (decoded as the routers will: a line whose time they refuse paces nothing)
+        let now = crate::clock::now_ms();
         for raw in buf.split_inclusive(|&b| b == b'\n') {
-            let ts = decoder.decode(raw.trim_ascii_end(), None, 0).ok().map(|d| d.reading.ts);
+            let ts = decoder
+                .decode(raw.trim_ascii_end(), None, now)
+                .ok()
+                .map(|d| d.reading.ts);
             if let Some(ts) = ts {
                 let first = *self.first_ts.get_or_insert(ts);
                 let due = Duration::from_secs_f64(((ts - first).max(0) as f64 / 1000.0) / self.speed);

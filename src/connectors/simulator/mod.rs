@@ -219,7 +219,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Shutdown) -
                 offset += bytes.len() as u64;
                 let first_line = line;
                 line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-                feeder.send(
+                feeder.send_at(
                     ChunkData::Lines {
                         bytes,
                         first_line,
@@ -227,6 +227,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Shutdown) -
                     },
                     Position::File { offset, line },
                     permit,
+                    until,
                 );
             }
         }

@@ -223,12 +223,21 @@ impl Checker<'_> {
         for (key, value, low, high) in [
             ("max_payload_bytes", decode.max_payload_bytes, 64, 64 << 20),
             ("max_device_id_bytes", decode.max_device_id_bytes, 1, 4096),
+            ("max_fields", decode.max_fields, 1, 100_000),
         ] {
             if !(low..=high).contains(&value) && !gaps.covers(&path.key(key)) {
                 self.report(
                     path.key(key),
                     format!("`{key}` must be from {low} to {high}, found {value}"),
                 );
+            }
+        }
+        let time_path = path.key("plausible_time");
+        if !gaps.touches(&time_path) {
+            let window = &decode.plausible_time;
+            self.duration_positive(time_path.key("ahead"), "ahead", window.ahead);
+            if let Some(behind) = window.behind {
+                self.duration_positive(time_path.key("behind"), "behind", behind);
             }
         }
         let device_path = path.key("device");
@@ -597,7 +606,7 @@ mod tests {
 
     #[test]
     fn field_names_and_input_limits_are_checked() {
-        let text = "version: 1\npipeline: t\ndecode: { fields: { \"pm2.5\": {}, co2: {} }, max_payload_bytes: 10, max_device_id_bytes: 0 }\n";
+        let text = "version: 1\npipeline: t\ndecode: { fields: { \"pm2.5\": {}, co2: {} }, max_payload_bytes: 10, max_device_id_bytes: 0, max_fields: 0, plausible_time: { ahead: 0s, behind: 0s } }\n";
         let errors = crate::spec::parse_pipeline("t.yaml", text, &|_| None)
             .unwrap_err()
             .to_string();
@@ -605,6 +614,9 @@ mod tests {
             "field name `pm2.5` may contain only letters, digits, `-` and `_`",
             "`max_payload_bytes` must be from 64 to 67108864, found 10",
             "`max_device_id_bytes` must be from 1 to 4096, found 0",
+            "`max_fields` must be from 1 to 100000, found 0",
+            "`ahead` must be longer than 0s",
+            "`behind` must be longer than 0s",
         ] {
             assert!(errors.contains(expected), "{expected}: {errors}");
         }
