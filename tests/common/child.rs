@@ -98,6 +98,11 @@ impl LoggedChild {
         self.child.id()
     }
 
+    /// The exit status, once the process has ended by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Ctrl-C, then waits for the graceful end (which must succeed); returns the log.
     pub fn interrupt(mut self) -> String {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };

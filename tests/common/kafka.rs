@@ -68,6 +68,10 @@ impl Tansu {
         Tansu { child, port }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -96,31 +100,7 @@ impl Tansu {
     /// [`Tansu::produce`], in batches of up to 10 000 records when `batched` (for a consumer
     /// that reads from the start only: see above).
     pub fn produce_with(&self, topic: &str, records: &[(String, Vec<u8>)], batched: bool) {
-        let (linger, batch) = if batched { ("20", "10000") } else { ("0", "1") };
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("linger.ms", linger)
-            .set("batch.num.messages", batch)
-            .set("queue.buffering.max.messages", "1000000")
-            .set("acks", "all")
-            .create()
-            .expect("producer");
-        for (key, value) in records {
-            let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
-        }
-        producer
-            .flush(Duration::from_secs(600))
-            .expect("every record delivered");
+        produce_to(&self.brokers(), topic, records, batched)
     }
 
     /// Reads `topic` from the beginning until `n` records arrived (or `timeout`): `(key, value,
@@ -163,4 +143,33 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// [`Tansu::produce_with`] to the broker at `brokers` (from any thread).
+pub fn produce_to(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], batched: bool) {
+    let (linger, batch) = if batched { ("20", "10000") } else { ("0", "1") };
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger)
+        .set("batch.num.messages", batch)
+        .set("queue.buffering.max.messages", "1000000")
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for (key, value) in records {
+        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(600))
+        .expect("every record delivered");
 }

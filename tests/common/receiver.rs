@@ -2,7 +2,6 @@
 //! knowledge (h2c) on 127.0.0.1, recording every request and answering what the test says.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +43,8 @@ pub struct Reply {
     pub body: String,
     /// Wait this long before answering (a slow or hung receiver).
     pub delay: Duration,
+    /// Answer nothing: close the connection instead (a receiver that resets connections).
+    pub reset: bool,
 }
 
 impl Reply {
@@ -53,7 +54,14 @@ impl Reply {
             headers: Vec::new(),
             body: String::new(),
             delay: Duration::ZERO,
+            reset: false,
         }
+    }
+    /// No answer: the connection is closed (after `delay`, if any).
+    pub fn reset() -> Self {
+        let mut r = Self::status(500);
+        r.reset = true;
+        r
     }
     pub fn ok() -> Self {
         Self::status(200)
@@ -118,7 +126,7 @@ impl Receiver {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (reqs, b, seq, attempts) = (reqs.clone(), b.clone(), seq.clone(), attempts.clone());
-                        async move { Ok::<_, Infallible>(handle(req, reqs, b, seq, attempts).await) }
+                        async move { handle(req, reqs, b, seq, attempts).await }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -167,7 +175,7 @@ async fn handle(
     behaviour: Behaviour,
     seq: Arc<AtomicU64>,
     attempts: Attempts,
-) -> Response<Full<Bytes>> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let version = req.version();
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
@@ -211,11 +219,18 @@ async fn handle(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    if reply.reset {
+        // an error from the service: hyper closes the connection without an answer
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by the test",
+        ));
+    }
     let mut response = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         response = response.header(*k, v);
     }
-    response.body(Full::new(Bytes::from(reply.body))).unwrap()
+    Ok(response.body(Full::new(Bytes::from(reply.body))).unwrap())
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
