@@ -24,8 +24,9 @@ use plume::operators::{DeviceChain, Reading};
 use plume::pipeline::CompiledPipeline;
 use plume::plain::PlainRun;
 
-/// Processing time handed to the operators (aq1 needs none).
-const NOW: i64 = 1_767_225_600_000;
+/// Processing time handed to the operators (aq1 needs none), and the source's time the lines
+/// are decoded against: 30 days after the workload's start, so every event time is plausible.
+const NOW: i64 = 1_767_225_600_000 + 30 * 86_400_000;
 
 fn aq1_input() -> Vec<u8> {
     if let Ok(path) = std::env::var("PLUME_BENCH_AQ1") {
@@ -116,5 +117,71 @@ fn bench_aq1(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_aq1);
+/// aq1 reading influx lines, with up to `max_fields` entries per line.
+fn influx_pipeline(max_fields: usize) -> CompiledPipeline {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/aq1.yaml");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "  format: json\n  device: { field: device }\n  time: { field: ts, unit: ms }\n",
+        &format!("  format: influx\n  device: {{ tag: room }}\n  max_fields: {max_fields}\n"),
+        1,
+    );
+    assert!(text.contains("format: influx"));
+    let spec = plume::spec::parse_pipeline("influx.yaml", &text, &|_| None).unwrap_or_else(|d| panic!("{d}"));
+    CompiledPipeline::compile(spec).expect("compiles")
+}
+
+/// One influx line with `entries` tags and fields (the tag `room`, and the pipeline's two
+/// fields last).
+fn wide_line(entries: usize) -> Vec<u8> {
+    let mut line = String::from("air,room=a ");
+    for i in 0..entries - 3 {
+        line.push_str(&format!("f{i}=1,"));
+    }
+    line.push_str("pm25=1,co2=2 1767225600000000000");
+    line.into_bytes()
+}
+
+/// The duplicate-field check before issue 16: every field against every earlier one.
+fn pairwise_duplicate_check(payload: &[u8]) -> bool {
+    let text = std::str::from_utf8(payload).unwrap();
+    let line = influxdb_line_protocol::parse_lines(text).next().unwrap().unwrap();
+    line.field_set
+        .iter()
+        .enumerate()
+        .any(|(i, (key, _))| line.field_set[..i].iter().any(|(k, _)| k == key))
+}
+
+/// A hostile influx line: one payload of many fields. Before issue 16 the duplicate check was
+/// quadratic in the fields; now it is linear, and `decode.max_fields` (1,000 by default) refuses
+/// wide lines after parsing them.
+fn bench_wide_influx_lines(c: &mut Criterion) {
+    let allowing = influx_pipeline(100_000);
+    let default = influx_pipeline(1000);
+    let mut group = c.benchmark_group("influx_wide_line");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for fields in [1_000usize, 10_000, 100_000] {
+        let line = wide_line(fields);
+        assert!(allowing.decoder.decode(&line, None, NOW).is_ok());
+        group.bench_function(format!("decode_{fields}_fields"), |b| {
+            b.iter(|| black_box(allowing.decoder.decode(black_box(&line), None, NOW).is_ok()))
+        });
+        if fields > 1000 {
+            assert!(default.decoder.decode(&line, None, NOW).is_err());
+            group.bench_function(format!("refused_{fields}_fields_at_the_default_limit"), |b| {
+                b.iter(|| black_box(default.decoder.decode(black_box(&line), None, NOW).is_err()))
+            });
+        }
+        if fields <= 10_000 {
+            group.bench_function(format!("pairwise_check_before_{fields}_fields"), |b| {
+                b.iter(|| black_box(pairwise_duplicate_check(black_box(&line))))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_aq1, bench_wide_influx_lines);
 criterion_main!(benches);
