@@ -314,7 +314,11 @@ fn fuzz_stored_device_snapshots() {
             let mut out = Vec::new();
             let decoded = p
                 .decoder
-                .decode(br#"{"device":"d","ts":1700000200000,"pm25":1,"co2":1}"#, None, 0)
+                .decode(
+                    br#"{"device":"d","ts":1700000200000,"pm25":1,"co2":1}"#,
+                    None,
+                    SOURCE_TIME,
+                )
                 .unwrap();
             chain.on_reading(decoded.reading, 0, &mut out);
             chain.on_time(i64::MAX, &mut out);

@@ -22,7 +22,8 @@ pub struct WindowSpec {
     pub name: Option<String>,
     /// Window length.
     pub every: DurationSpec,
-    /// Hop between window starts (sliding windows, at most `every`); absent: tumbling.
+    /// Hop between window starts (sliding windows, at most `every`, and at least `every` /
+    /// 10,000: a reading falls in `every` / `slide` windows); absent: tumbling.
     #[serde(default)]
     pub slide: Option<DurationSpec>,
     /// Allowed lateness: the device's watermark is its largest event time minus this; later
@@ -101,6 +102,15 @@ impl<'de> Deserialize<'de> for AggregatesSpec {
     }
 }
 
+/// Most windows one reading may fall in (`every` / `slide`): each reading updates each of them,
+/// and each device keeps them open, so the ratio bounds the work per reading and the memory per
+/// device (a 24-hour window sliding every 10 s is 8,640).
+pub const MAX_WINDOWS_PER_READING: i64 = 10_000;
+
+fn windows_per_reading(every: DurationSpec, slide: DurationSpec) -> i64 {
+    every.as_millis() / slide.as_millis().max(1)
+}
+
 fn zero() -> DurationSpec {
     DurationSpec::from_millis(0)
 }
@@ -117,6 +127,17 @@ impl WindowSpec {
                 checker.report(
                     path.key("slide"),
                     format!("`slide` ({slide}) must not be longer than `every` ({})", w.every),
+                );
+            } else if windows_per_reading(w.every, slide) > MAX_WINDOWS_PER_READING {
+                checker.report(
+                    path.key("slide"),
+                    format!(
+                        "`slide` ({slide}) puts every reading in {} windows of `every` ({}); at most {MAX_WINDOWS_PER_READING}: \
+                         make `slide` at least {}",
+                        windows_per_reading(w.every, slide),
+                        w.every,
+                        DurationSpec::from_millis((w.every.as_millis() as u64).div_ceil(MAX_WINDOWS_PER_READING as u64))
+                    ),
                 );
             }
         }
@@ -187,6 +208,9 @@ impl WindowSpec {
         let slide = w.slide.map_or(size, |s| s.as_millis());
         if size <= 0 || slide <= 0 || slide > size {
             return Err(context.invalid("window `every` and `slide` must be positive and `slide` at most `every`"));
+        }
+        if size / slide > MAX_WINDOWS_PER_READING {
+            return Err(context.invalid("a reading would fall in more than 10,000 sliding windows"));
         }
         Ok(WindowConfig::new(
             context.index,

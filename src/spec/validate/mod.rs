@@ -605,6 +605,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reading_falls_in_at_most_10000_sliding_windows() {
+        let file = |slide: &str| {
+            format!(
+                "version: 1\npipeline: t\ndecode: {{ fields: {{ pm25: {{}} }} }}\noperators:\n  \
+                 - window: {{ every: 1d, slide: {slide}, aggregates: [avg], fields: [pm25] }}\n"
+            )
+        };
+        // a day sliding every 10 s: 8,640 windows per reading
+        assert!(crate::spec::parse_pipeline("t.yaml", &file("10s"), &|_| None).is_ok());
+        let errors = crate::spec::parse_pipeline("t.yaml", &file("1ms"), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("t.yaml:5:33: `slide` (1ms) puts every reading in 86400000 windows of `every` (1d); at most 10000: make `slide` at least 8s640ms"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn field_names_and_input_limits_are_checked() {
         let text = "version: 1\npipeline: t\ndecode: { fields: { \"pm2.5\": {}, co2: {} }, max_payload_bytes: 10, max_device_id_bytes: 0, max_fields: 0, plausible_time: { ahead: 0s, behind: 0s } }\n";
         let errors = crate::spec::parse_pipeline("t.yaml", text, &|_| None)
