@@ -436,13 +436,9 @@ fn a_clamped_reading_moves_its_device_no_further_than_the_window() {
     );
 }
 
-#[test]
-fn at_the_device_limit_stored_passive_devices_make_room_and_come_back_exactly() {
-    // 40 devices, then 40 others, then the first 40 again, a minute of event time apart, paced
-    // at 20x: between the waves every device goes passive (after 300 ms) and a checkpoint (every
-    // 200 ms) stores it; with room for 50, the second wave must drop stored passive devices
-    // from memory, and the third reload them from the store
-    let dir = tempfile::tempdir().unwrap();
+/// Three waves of 40 devices × 3 readings a minute of event time apart (devices 0–39, 40–79,
+/// 0–39 again), and aq1 paced at 20x with room for 50 devices and `passivate_after`.
+fn device_waves(dir: &Path, passivate_after: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -460,34 +456,49 @@ fn at_the_device_limit_stored_passive_devices_make_room_and_come_back_exactly() 
             }
         }
     }
-    let input = dir.path().join("waves.jsonl");
+    let input = dir.join("waves.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
     let text = text.replacen(
         r#"- file: { path: "${PLUME_INPUT:-aq1.jsonl}" }"#,
         r#"- file: { path: "${PLUME_INPUT:-aq1.jsonl}", pace: event_time, speed: 20 }"#,
         1,
-    ) + "\nruntime:\n  max_devices: 50\n  passivate_after: 300ms\n";
+    ) + &format!("\nruntime:\n  max_devices: 50\n  passivate_after: {passivate_after}\n");
     assert!(text.contains("pace: event_time"));
-    let pipeline = dir.path().join("limited.yaml");
+    let pipeline = dir.join("limited.yaml");
     std::fs::write(&pipeline, text).unwrap();
-    let output = dir.path().join("out.jsonl");
+    (input, pipeline)
+}
+
+/// `plume run` of the waves, one shard, checkpoints every 200 ms: (stderr, records).
+fn run_waves(dir: &Path, input: &Path, pipeline: &Path) -> (String, Vec<serde_json::Value>) {
+    let output = dir.join("out.jsonl");
     let result = plume()
         .args(["run"])
-        .arg(&pipeline)
+        .arg(pipeline)
         .args(["--shards", "1", "--checkpoint-interval", "200ms", "--data-dir"])
-        .arg(dir.path().join("state"))
-        .env("PLUME_INPUT", &input)
+        .arg(dir.join("state"))
+        .env("PLUME_INPUT", input)
         .env("PLUME_OUTPUT", &output)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert!(result.status.success(), "{stderr}");
+    (stderr, records(&output))
+}
+
+#[test]
+fn at_the_device_limit_stored_passive_devices_make_room_and_come_back_exactly() {
+    // between the waves every device goes passive (after 300 ms) and a checkpoint stores it;
+    // with room for 50, the second wave must drop stored passive devices from memory, and the
+    // third reload them from the store
+    let dir = tempfile::tempdir().unwrap();
+    let (input, pipeline) = device_waves(dir.path(), "300ms");
+    let (stderr, got) = run_waves(dir.path(), &input, &pipeline);
     assert!(
-        stderr.contains("passive devices dropped from memory") && !stderr.contains("new devices refused"),
+        !stderr.contains("new devices refused"),
         "room was made, nothing refused: {stderr}"
     );
-    let got = records(&output);
     let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["readings"], 360, "{summary}");
     assert_eq!(summary["dead_letters"], 0, "{summary}");
@@ -500,5 +511,44 @@ fn at_the_device_limit_stored_passive_devices_make_room_and_come_back_exactly() 
         Duration::from_secs(60),
     );
     assert!(ok, "{stderr}");
-    assert_same_output(&output, &plain);
+    assert_same_output(&dir.path().join("out.jsonl"), &plain);
+}
+
+#[test]
+fn at_the_device_limit_the_least_recently_active_devices_are_passivated_to_make_room() {
+    // no device is idle long enough to be passivated (an hour): at the limit the shard
+    // passivates the least recently active ones itself, the next checkpoint stores them and
+    // frees their room, and meanwhile readings of new devices are dead letters
+    let dir = tempfile::tempdir().unwrap();
+    let (input, pipeline) = device_waves(dir.path(), "1h");
+    let (stderr, got) = run_waves(dir.path(), &input, &pipeline);
+    let passivations: u64 = stderr
+        .split(" passivations")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no passivation count: {stderr}"));
+    assert!(
+        passivations >= 5,
+        "the least recently active devices were passivated: {stderr}"
+    );
+    let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
+    let (readings, dead) = (
+        summary["readings"].as_u64().unwrap(),
+        summary["dead_letters"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        readings + dead,
+        360,
+        "every reading processed or a dead letter: {summary}"
+    );
+    // more than the 50 devices of the first minute were served
+    let devices: std::collections::BTreeSet<&str> = got.iter().filter_map(|r| r["device"].as_str()).collect();
+    assert!(devices.len() > 50, "{} devices had results", devices.len());
+    for letter in got.iter().filter(|r| r["type"] == "dead_letter") {
+        assert!(
+            letter["reason"].as_str().unwrap().contains("device limit reached"),
+            "{letter}"
+        );
+    }
 }

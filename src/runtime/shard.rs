@@ -172,6 +172,8 @@ pub struct ShardSupervisor {
     max_devices: usize,
     /// Devices refused since the start (for the warnings).
     refused: u64,
+    /// Devices were passivated to make room since the last durable checkpoint.
+    passivated_for_room: bool,
     tick_ms: Option<i64>,
     shards: usize,
     checkpointing: Option<ShardCheckpointing>,
@@ -212,6 +214,7 @@ impl ShardSupervisor {
             passivate_after_ms,
             max_devices,
             refused: 0,
+            passivated_for_room: false,
             tick_ms,
             shards,
             barrier_seen: checkpointing.as_ref().map_or(0, |c| c.last_checkpoint),
@@ -314,7 +317,8 @@ impl ShardSupervisor {
     }
 
     /// At the device limit: drops passivated devices whose state the store holds (a tenth of the
-    /// limit at a time, so the work is amortised); whether there is room now.
+    /// limit at a time, so the work is amortised); without any, passivates the least recently
+    /// active tenth so that the next checkpoint frees their room. Whether there is room now.
     fn make_room(&mut self) -> bool {
         if self.checkpointing.is_none() {
             return false;
@@ -341,7 +345,21 @@ impl ShardSupervisor {
                 dropped, "dropped stored passive devices from memory to make room"
             );
         }
-        self.active.len() + self.passive.len() < self.max_devices
+        if self.active.len() + self.passive.len() < self.max_devices {
+            return true;
+        }
+        // nothing stored to drop: passivate the least recently active devices, once per
+        // checkpoint; the checkpoint stores them and frees their room
+        if !self.passivated_for_room {
+            self.passivated_for_room = true;
+            let n = self.passivate_least_recently_active(want);
+            debug!(
+                shard = self.local.shard,
+                passivated = n,
+                "at the device limit: passivated the least recently active devices"
+            );
+        }
+        false
     }
 
     /// A new device at the limit: its readings become dead letters, and the first refusal (then
@@ -390,6 +408,21 @@ impl ShardSupervisor {
             .filter(|(_, d)| now - d.last_active >= idle_ms)
             .map(|(k, _)| k.clone())
             .collect();
+        self.passivate(idle)
+    }
+
+    /// Passivates the `n` active devices that were active least recently (at the device limit:
+    /// the next checkpoint stores them, and then their room is free).
+    fn passivate_least_recently_active(&mut self, n: usize) -> usize {
+        let mut by_age: Vec<(i64, Arc<str>)> = self.active.iter().map(|(k, d)| (d.last_active, k.clone())).collect();
+        if by_age.len() > n {
+            by_age.select_nth_unstable_by_key(n, |(at, _)| *at);
+            by_age.truncate(n);
+        }
+        self.passivate(by_age.into_iter().map(|(_, k)| k).collect())
+    }
+
+    fn passivate(&mut self, idle: Vec<Arc<str>>) -> usize {
         if idle.is_empty() {
             return 0;
         }
@@ -617,6 +650,7 @@ impl Handler<CheckpointDone> for ShardSupervisor {
 
     fn handle(&mut self, msg: CheckpointDone, _ctx: &mut Context<Self>) {
         // passive devices whose state the store now holds durably need no copy in memory
+        self.passivated_for_room = false;
         let before = self.passive.len();
         self.passive.retain(|_, p| p.dirty || p.clean_as_of > msg.id);
         let evicted = before - self.passive.len();
