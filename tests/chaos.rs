@@ -36,12 +36,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use common::*;
 use kafka_support::Tansu;
 use mqtt_support::{LoggedChild, Mosquitto, publish_all};
-use receiver::{Receiver, Recorded, Reply};
+use receiver::{Receiver, Recorded, Reply, verify_standard_webhook};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PARTITIONS: u32 = 4;
@@ -97,6 +95,19 @@ struct Member {
 }
 
 impl Member {
+    fn new(command: Box<dyn Fn() -> std::process::Command>) -> Self {
+        Member {
+            command,
+            child: None,
+            ends: Vec::new(),
+            rollbacks: Vec::new(),
+            logs: Vec::new(),
+            kills: 0,
+            failed_exits: 0,
+            started: Instant::now(),
+        }
+    }
+
     fn start(&mut self) {
         self.started = Instant::now();
         self.child = Some(LoggedChild::spawn(&mut (self.command)()));
@@ -189,24 +200,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn verify_standard_webhook(r: &Recorded) -> Result<String, String> {
-    let id = r.header("webhook-id").ok_or("no webhook-id")?;
-    let ts = r.header("webhook-timestamp").ok_or("no webhook-timestamp")?;
-    let sigs = r.header("webhook-signature").ok_or("no webhook-signature")?;
-    let key = STANDARD.decode(SECRET.strip_prefix("whsec_").unwrap()).unwrap();
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let signed = format!("{id}.{ts}.{}", r.body);
-    for sig in sigs.split(' ') {
-        if let Some(b64) = sig.strip_prefix("v1,")
-            && let Ok(mac) = STANDARD.decode(b64)
-            && ring::hmac::verify(&key, signed.as_bytes(), &mac).is_ok()
-        {
-            return Ok(id.to_string());
-        }
-    }
-    Err(format!("no signature of {id} matches"))
-}
-
 /// The event records of an output, by id.
 fn events_of(out: &Path) -> HashMap<String, serde_json::Value> {
     std::fs::read_to_string(out)
@@ -247,7 +240,7 @@ fn check_deliveries(
     assert!(events.len() >= 10, "{path}: the input should have pm25 events");
     let mut repeats = 0;
     for r in requests.iter().filter(|r| r.path == path) {
-        let id = verify_standard_webhook(r).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let id = verify_standard_webhook(r, SECRET, 86_400).unwrap_or_else(|e| panic!("{path}: {e}"));
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         let record = events
             .get(&id)
@@ -292,15 +285,7 @@ fn aq1_over_mqtt_and_kafka_survives_kills_broker_restarts_receiver_faults_and_a_
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(90);
-    let seed: u64 = std::env::var("PLUME_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = seed_from_env("PLUME_CHAOS_SEED");
     eprintln!("chaos: {seconds} s, seed {seed} (PLUME_CHAOS_SEED)");
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
@@ -374,43 +359,25 @@ fn aq1_over_mqtt_and_kafka_survives_kills_broker_restarts_receiver_faults_and_a_
             c
         }
     };
-    let mut mqtt = Member {
-        command: Box::new(command(
-            mqtt_pipeline,
-            mqtt_state,
-            mqtt_out.clone(),
-            "/mqtt",
-            vec![("PLUME_MQTT_URL", mosquitto.url())],
-        )),
-        child: None,
-        ends: Vec::new(),
-        rollbacks: Vec::new(),
-        logs: Vec::new(),
-        kills: 0,
-        failed_exits: 0,
-        started: Instant::now(),
-    };
-    let mut kafka = Member {
-        command: Box::new(command(
-            kafka_pipeline,
-            kafka_dir.join("state"),
-            kafka_out.clone(),
-            "/kafka",
-            vec![
-                ("PLUME_KAFKA_BROKERS", tansu.brokers()),
-                ("PLUME_KAFKA_TOPIC", "aq1".into()),
-                ("PLUME_KAFKA_GROUP", "plume-chaos".into()),
-                ("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
-            ],
-        )),
-        child: None,
-        ends: Vec::new(),
-        rollbacks: Vec::new(),
-        logs: Vec::new(),
-        kills: 0,
-        failed_exits: 0,
-        started: Instant::now(),
-    };
+    let mut mqtt = Member::new(Box::new(command(
+        mqtt_pipeline,
+        mqtt_state,
+        mqtt_out.clone(),
+        "/mqtt",
+        vec![("PLUME_MQTT_URL", mosquitto.url())],
+    )));
+    let mut kafka = Member::new(Box::new(command(
+        kafka_pipeline,
+        kafka_dir.join("state"),
+        kafka_out.clone(),
+        "/kafka",
+        vec![
+            ("PLUME_KAFKA_BROKERS", tansu.brokers()),
+            ("PLUME_KAFKA_TOPIC", "aq1".into()),
+            ("PLUME_KAFKA_GROUP", "plume-chaos".into()),
+            ("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+        ],
+    )));
     mqtt.start();
     kafka.start();
     mqtt_support::wait_for("plume to subscribe", Duration::from_secs(60), || {

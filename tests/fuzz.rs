@@ -147,16 +147,7 @@ fn seconds() -> Duration {
 }
 
 fn seed() -> u64 {
-    std::env::var("PLUME_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-        | 1
+    common::seed_from_env("PLUME_FUZZ_SEED") | 1
 }
 
 /// Runs `target` on the corpus and its mutations for the time budget; panics are failures.

@@ -538,15 +538,7 @@ fn tls_with_a_custom_ca_and_a_password_from_the_environment() {
 
 /// A little xorshift, seeded from the clock (printed, so a failing schedule can be rerun).
 fn kill_schedule() -> impl FnMut() -> u64 {
-    let seed = std::env::var("PLUME_TEST_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = seed_from_env("PLUME_TEST_KILL_SEED");
     eprintln!("kill schedule seed {seed} (PLUME_TEST_KILL_SEED)");
     let mut x = seed | 1;
     move || {

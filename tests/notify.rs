@@ -25,7 +25,7 @@ use plume::runtime::ports::Sink;
 use plume::spec::{
     ApnsSpec, DurationSpec, FcmSpec, NotifyPolicySpec, NtfySpec, PushSinkSpec, RetrySpec, SinkSpec, WebhookSinkSpec,
 };
-use receiver::{Receiver, Recorded, Reply, wait_for};
+use receiver::{Receiver, Recorded, Reply, verify_standard_webhook, wait_for};
 use ring::signature::{self, KeyPair};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -53,38 +53,6 @@ fn env() {
             std::env::set_var("PLUME_TEST_NTFY_TOKEN", "tk_ntfy_test");
         }
     });
-}
-
-// ---------------------------------------------------------------------------------------------
-// an independent Standard Webhooks verifier (from the specification)
-
-/// Verifies one request as a Standard Webhooks receiver does: the id, a timestamp within the
-/// tolerance, and one of the space-separated `v1,` signatures equal to
-/// base64(HMAC-SHA256(base64decode(secret without `whsec_`), "{id}.{timestamp}.{body}")).
-fn verify_standard_webhook(r: &Recorded, secret: &str, tolerance_s: i64) -> Result<String, String> {
-    let id = r.header("webhook-id").ok_or("no webhook-id")?;
-    let ts = r.header("webhook-timestamp").ok_or("no webhook-timestamp")?;
-    let sigs = r.header("webhook-signature").ok_or("no webhook-signature")?;
-    let ts_n: i64 = ts.parse().map_err(|_| "bad timestamp")?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    if (now - ts_n).abs() > tolerance_s {
-        return Err(format!("timestamp {ts_n} outside the tolerance"));
-    }
-    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let signed = format!("{id}.{ts}.{}", r.body);
-    for sig in sigs.split(' ') {
-        if let Some(b64) = sig.strip_prefix("v1,")
-            && let Ok(mac) = STANDARD.decode(b64)
-            && ring::hmac::verify(&key, signed.as_bytes(), &mac).is_ok()
-        {
-            return Ok(id.to_string());
-        }
-    }
-    Err("no signature matches".into())
 }
 
 // ---------------------------------------------------------------------------------------------

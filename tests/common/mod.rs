@@ -15,6 +15,19 @@ pub fn workloads() -> PathBuf {
     repo().join("tests/fixtures/aq1")
 }
 
+/// A random seed from the variable `name` (to repeat a run), or else from the clock.
+pub fn seed_from_env(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
 pub fn plume() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_plume"));
     c.current_dir(repo());

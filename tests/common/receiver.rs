@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
@@ -243,4 +244,37 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(10));
     }
     condition()
+}
+
+/// An independent Standard Webhooks verifier (from the specification): verifies one request as
+/// a receiver does: the id, a timestamp within `tolerance_s`, and one of the space-separated
+/// `v1,` signatures equal to
+/// base64(HMAC-SHA256(base64decode(secret without `whsec_`), "{id}.{timestamp}.{body}")).
+/// Returns the id.
+pub fn verify_standard_webhook(r: &Recorded, secret: &str, tolerance_s: i64) -> Result<String, String> {
+    let id = r.header("webhook-id").ok_or("no webhook-id")?;
+    let ts = r.header("webhook-timestamp").ok_or("no webhook-timestamp")?;
+    let sigs = r.header("webhook-signature").ok_or("no webhook-signature")?;
+    let ts_n: i64 = ts.parse().map_err(|_| "bad timestamp")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    if (now - ts_n).abs() > tolerance_s {
+        return Err(format!("timestamp {ts_n} outside the tolerance"));
+    }
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let signed = format!("{id}.{ts}.{}", r.body);
+    for sig in sigs.split(' ') {
+        if let Some(b64) = sig.strip_prefix("v1,")
+            && let Ok(mac) = base64::engine::general_purpose::STANDARD.decode(b64)
+            && ring::hmac::verify(&key, signed.as_bytes(), &mac).is_ok()
+        {
+            return Ok(id.to_string());
+        }
+    }
+    Err("no signature matches".into())
 }
