@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench runtime                  # everything (about 5 minutes on 2 cores)
 //! cargo bench --bench runtime -- --reps 5      # more repetitions of the throughput runs
-//! cargo bench --bench runtime -- --only throughput   (or: idle, passivation)
+//! cargo bench --bench runtime -- --only throughput   (or: idle, passivation, metrics)
 //! ```
 //!
 //! Every run is a child process of the release `plume` binary, so its peak RSS (`ru_maxrss`
@@ -384,6 +384,73 @@ fn passivation() {
     );
 }
 
+/// `GET /metrics` on 127.0.0.1:`port` every `every` until `stop`; returns the scrapes answered.
+fn scrape_until(port: u16, every: Duration, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut answered = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(stream, "GET /metrics HTTP/1.0\r\n\r\n");
+            let mut body = String::new();
+            if stream.read_to_string(&mut body).is_ok() && body.contains("plume_readings_total") {
+                answered += 1;
+            }
+        }
+        std::thread::sleep(every);
+    }
+    answered
+}
+
+/// 4. **Metrics**: the throughput run (2 shards, `--no-checkpoints`) without an admin endpoint,
+///    and with `--metrics` and a scraper asking for `/metrics` every 100 ms (150 times as often
+///    as Prometheus's default 15 s), alternating; median readings/s of each and their ratio.
+fn metrics_cost(reps: usize) {
+    let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+    let input = input.to_str().expect("utf-8 path");
+    let out = data_dir().join("out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let (mut off, mut on, mut scrapes) = (Vec::new(), Vec::new(), 0);
+    println!("\n## metrics endpoint on vs off ({THROUGHPUT_READINGS} readings, 2 shards, no state store)");
+    for rep in 0..reps {
+        for with_metrics in if rep % 2 == 0 { [false, true] } else { [true, false] } {
+            let base = ["run", "pipelines/aq1.yaml", "--input", input, "--output", out_s];
+            let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            args.extend(["--shards", "2", "--no-checkpoints"].map(String::from));
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if with_metrics {
+                args.extend(["--metrics".to_string(), format!("127.0.0.1:{port}")]);
+            }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scraper = with_metrics.then(|| {
+                let stop = stop.clone();
+                std::thread::spawn(move || scrape_until(port, Duration::from_millis(100), stop))
+            });
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let m = run_file(&args);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(s) = scraper {
+                scrapes += s.join().unwrap();
+            }
+            let rate = THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64();
+            println!(
+                "  rep {rep}: metrics {}: {rate:.0} readings/s ({:.2} s, cpu {:.2} s)",
+                if with_metrics { "on " } else { "off" },
+                m.wall.as_secs_f64(),
+                m.cpu.as_secs_f64()
+            );
+            if with_metrics { on.push(rate) } else { off.push(rate) }
+        }
+    }
+    let (off, on) = (median(off), median(on));
+    println!(
+        "  median: off {off:.0}/s, on {on:.0}/s: on/off = {:.3} ({scrapes} scrapes answered)",
+        on / off
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut reps = 3;
@@ -420,5 +487,8 @@ fn main() {
     }
     if want("passivation") {
         passivation();
+    }
+    if want("metrics") {
+        metrics_cost(reps.max(1));
     }
 }

@@ -87,6 +87,10 @@ enum Command {
         /// Keep no state at all (an in-memory run).
         #[arg(long, conflicts_with = "data_dir")]
         no_checkpoints: bool,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address, such as
+        /// 127.0.0.1:9464 (overrides the pipeline's `metrics.listen`).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Inspect and manage the checkpoints of a data directory.
     Checkpoints {
@@ -161,6 +165,9 @@ enum Command {
         mqtt: Option<u16>,
     },
 }
+
+/// Where `plume demo` serves its metrics (unless the pipeline says).
+const DEMO_METRICS: &str = "127.0.0.1:9464";
 
 fn load(path: &std::path::Path) -> anyhow::Result<CompiledPipeline> {
     let spec = spec::load_pipeline(path).map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -299,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             checkpoint_interval,
             allow_pipeline_change,
             no_checkpoints,
+            metrics,
         } => {
             // before anything else, so an early Ctrl-C still ends the run gracefully
             let shutdown = matches!(engine, Engine::Actors).then(app::shutdown_on_ctrl_c);
@@ -335,6 +343,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             interval,
                             allow_pipeline_change,
                         },
+                        metrics_listen: metrics,
+                        metrics_optional: false,
                     };
                     let report = app::run(Arc::new(compiled), options, shutdown.unwrap_or_default())?;
                     print_report(&report);
@@ -384,14 +394,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 compiled = CompiledPipeline::compile(compiled.spec).context("compiling the demo pipeline")?;
             }
             // the demo keeps no state: every demo starts afresh
+            // and serves /metrics where it can (a taken port only warns)
             let options = RunOptions {
                 progress: Some(std::time::Duration::from_millis(500)),
                 state: app::StateOptions {
                     disabled: true,
                     ..Default::default()
                 },
+                metrics_listen: compiled.spec.metrics.is_none().then(|| DEMO_METRICS.to_string()),
+                metrics_optional: true,
                 ..Default::default()
             };
+            if compiled.spec.metrics.is_none() {
+                eprintln!("plume demo: metrics on http://{DEMO_METRICS}/metrics (and /healthz, /readyz)");
+            }
             let report = app::run(Arc::new(compiled), options, shutdown)?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)

@@ -74,6 +74,9 @@ impl Runtime {
     /// A feeder for source number `source` (there must be exactly `sources` of them, as given
     /// to [`start`], each ending with [`ChunkFeeder::end`]).
     pub fn feeder(&self, source: usize, name: &str) -> ChunkFeeder {
+        if let Some(counters) = self.metrics.sources.get(source) {
+            let _ = counters.name.set(name.to_string());
+        }
         let feeder = ChunkFeeder::new(
             source,
             name,
@@ -140,7 +143,7 @@ pub fn start_with_state(
     state: Option<RunState>,
 ) -> (Runtime, oneshot::Receiver<RunOutcome>) {
     let shards = shard_count(&pipeline, &options);
-    let metrics = Arc::new(RuntimeMetrics::default());
+    let metrics = Arc::new(RuntimeMetrics::with_sources(sources));
     let resumed = state.as_ref().and_then(|s| s.settings.resumed.clone());
     let last_checkpoint = resumed.as_ref().map_or(0, |r| r.id);
     if let Some(r) = &resumed {

@@ -18,6 +18,7 @@
 //! - `run`: [`run`], what `plume run` does, with the progress line.
 //! - `demo`: `plume demo --mqtt`, the simulator publishing through the embedded broker.
 
+pub mod admin;
 pub mod assemble;
 pub mod demo;
 pub mod interrupt;
@@ -65,6 +66,8 @@ pub enum EngineError {
          resumes from the last durable checkpoint"
     )]
     Unrecoverable(String),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     #[error("the last checkpoint of the run failed: {0}")]
     Checkpoint(crate::runtime::checkpointer::CheckpointError),
     #[error("{output} is both an input and an output of the run: writing it would destroy the input")]
@@ -108,6 +111,10 @@ pub struct RunOptions {
     /// Print a live progress line to stderr every this often.
     pub progress: Option<Duration>,
     pub state: StateOptions,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (overrides the pipeline's `metrics`).
+    pub metrics_listen: Option<String>,
+    /// A taken address is a warning, not an error (`plume demo`).
+    pub metrics_optional: bool,
 }
 
 /// What a run did.

@@ -20,6 +20,19 @@ use super::*;
 /// calling thread.
 pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutdown) -> Result<RunReport, EngineError> {
     let stop = shutdown;
+    let listen = options
+        .metrics_listen
+        .clone()
+        .or_else(|| pipeline.spec.metrics.as_ref().map(|m| m.listen.clone()));
+    let admin_listener = match listen.map(|address| super::admin::bind(&address)) {
+        None => None,
+        Some(Ok(listener)) => Some(listener),
+        Some(Err(e)) if options.metrics_optional => {
+            tracing::warn!(error = %e, "no admin endpoint for this run");
+            None
+        }
+        Some(Err(e)) => return Err(e.into()),
+    };
     let mut sources = plan_sources(&pipeline, &options)?;
     let inputs: Vec<std::path::PathBuf> = sources
         .iter()
@@ -84,6 +97,7 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         }
     };
     let store = state.as_ref().map(|s| s.settings.store.clone());
+    let checkpoint_interval = state.as_ref().and_then(|s| s.settings.interval);
     let system = System::new();
     let started = Instant::now();
     let result = system.block_on(async move {
@@ -92,6 +106,10 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         let mut threads = Vec::new();
         for (index, (name, mut source)) in sources.into_iter().enumerate() {
             let feeder = runtime.feeder(index, &name);
+            if matches!(source, SourcePlan::Mqtt(_)) {
+                // (the source says when it is connected)
+                feeder.health().not_ready("starting");
+            }
             if let SourcePlan::Kafka(k) = &mut source {
                 k.ownership = Some(Arc::new(crate::runtime::ownership::RuntimeOwnership {
                     checkpointer: runtime.checkpointer.clone(),
@@ -124,6 +142,17 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
                 }
             });
         }
+        let _admin = admin_listener.map(|listener| {
+            super::admin::serve(
+                listener,
+                super::admin::AdminView {
+                    metrics: runtime.metrics.clone(),
+                    sinks: runtime.sinks.clone(),
+                    checkpoint_interval,
+                    started,
+                },
+            )
+        });
         if let Some(every) = options.progress {
             let metrics = runtime.metrics.clone();
             // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line

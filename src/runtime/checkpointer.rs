@@ -341,6 +341,9 @@ impl Checkpointer {
         let total = p.started.elapsed();
         self.counters.completed += 1;
         self.counters.failed_in_a_row = 0;
+        self.metrics
+            .last_checkpoint_at_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
         self.counters.last_id = record.id;
         self.counters.last_devices = devices_written;
         self.counters.last_total = total;
@@ -400,6 +403,7 @@ impl Checkpointer {
         error!(checkpoint = id, error = %e, "checkpoint failed: the previous one stays the latest");
         self.counters.failed += 1;
         self.counters.failed_in_a_row += 1;
+        self.metrics.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
         let store_broken =
             matches!(e, CheckpointError::Store(_)) && self.counters.failed_in_a_row >= STORE_FAILURES_BEFORE_STOP;
         if (sink_broken || store_broken) && self.metrics.stopped_by.set(e.to_string()).is_ok() {

@@ -105,7 +105,6 @@ pub struct RuntimeMetrics {
     pub readings: AtomicU64,
     pub dead_letters: AtomicU64,
     pub late: AtomicU64,
-    pub records: AtomicU64,
     pub events_open: AtomicI64,
     pub devices_active: AtomicI64,
     pub devices_passive: AtomicI64,
@@ -129,11 +128,43 @@ pub struct RuntimeMetrics {
     /// so every later checkpoint would fail. The run stops, and the next start resumes from the
     /// last durable checkpoint. Set once, by the checkpointer.
     pub stopped_by: std::sync::OnceLock<String>,
+    /// Per source, by index (`/metrics`).
+    pub sources: Vec<SourceCounters>,
+    /// Wall-clock time (epoch ms) of the newest durable checkpoint of this process (0: none yet).
+    pub last_checkpoint_at_ms: AtomicI64,
+    pub checkpoint_failures: AtomicU64,
+    /// Sources that are not ready, and why (`/readyz`).
+    pub sources_not_ready: SourceReadiness,
     /// Input refused or changed by a limit (see [`LimitCounts`]).
     pub payloads_oversized: AtomicU64,
     pub payloads_too_many_fields: AtomicU64,
     pub device_ids_refused: AtomicU64,
     pub times_implausible: AtomicU64,
+}
+
+/// Which sources cannot take input now (a broker away), and why; what `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct SourceReadiness(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+impl SourceReadiness {
+    /// `problem`: why `source` is not ready; `None`: it is.
+    pub fn set(&self, source: &str, problem: Option<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(p) => {
+                map.insert(source.to_string(), p);
+            }
+            None => {
+                map.remove(source);
+            }
+        }
+    }
+
+    /// `(source, why)` of every source that is not ready.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
 }
 
 /// How often each input limit was hit in a run (reported at its end, and by the metrics).
@@ -172,7 +203,24 @@ impl LimitCounts {
     }
 }
 
+/// What one source brought in (counted per chunk by the routers).
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// The source's name (`file:aq1.jsonl`, `mqtt:aq1/{device}`), set when its feeder is made.
+    pub name: std::sync::OnceLock<String>,
+    pub readings: AtomicU64,
+    pub dead_letters: AtomicU64,
+}
+
 impl RuntimeMetrics {
+    /// Counters for a run with `sources` sources.
+    pub fn with_sources(sources: usize) -> Self {
+        RuntimeMetrics {
+            sources: (0..sources).map(|_| SourceCounters::default()).collect(),
+            ..Default::default()
+        }
+    }
+
     /// The limit counters now.
     pub fn limits(&self) -> LimitCounts {
         LimitCounts {

@@ -137,6 +137,14 @@ impl ChunkFeeder {
             .expect("the semaphore is never closed")
     }
 
+    /// Where this source says whether it can take input now (`/readyz`).
+    pub fn health(&self) -> SourceHealth {
+        SourceHealth {
+            source: self.name.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// Sends a chunk to every router; `end` is how far the source had read after it.
     pub fn send(&mut self, data: ChunkData, end: Position, permit: OwnedSemaphorePermit) {
         let now = self.clock.now_ms();
@@ -185,6 +193,24 @@ impl ChunkFeeder {
 impl Drop for ChunkFeeder {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+/// A source's say in the run's readiness: a source that cannot take input (its broker is away)
+/// says why, and says when it can again. Cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct SourceHealth {
+    source: Arc<str>,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+impl SourceHealth {
+    pub fn ready(&self) {
+        self.metrics.sources_not_ready.set(&self.source, None);
+    }
+
+    pub fn not_ready(&self, why: impl Into<String>) {
+        self.metrics.sources_not_ready.set(&self.source, Some(why.into()));
     }
 }
 

@@ -413,6 +413,7 @@ impl Router {
         let decoder = self.decoder.clone();
         let mut grouping = Grouping::new(self.batch_size_hint);
         let mut readings = 0u64;
+        let dead_letters_before = self.counters.dead_letters;
         match &chunk.data {
             ChunkData::Lines { bytes, first_line, .. } => {
                 let mut line_no = *first_line;
@@ -500,6 +501,13 @@ impl Router {
         }
         self.counters.readings += readings;
         self.metrics.readings.fetch_add(readings, Ordering::Relaxed);
+        if let Some(source) = self.metrics.sources.get(chunk.end.source) {
+            source.readings.fetch_add(readings, Ordering::Relaxed);
+            let dead_letters = self.counters.dead_letters - dead_letters_before;
+            if dead_letters > 0 {
+                source.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
+            }
+        }
         let progress = Arc::new(ChunkProgress {
             output: self.output.clone(),
             ticket: chunk.ticket.clone(),

@@ -61,8 +61,18 @@ impl LoadedPipeline {
 /// A stable hex hash (xxh3-128, 32 hex digits) of the spec's canonical JSON serialization: the
 /// same pipeline gives the same hash however its file is formatted (comments, key order, flow or
 /// block style, defaults written out or not), and any change of meaning changes it.
+///
+/// The admin endpoint (`metrics`) is left out: where a run is watched from does not change what
+/// it computes, and its checkpoints stay usable.
 pub fn pipeline_hash(spec: &PipelineSpec) -> String {
-    let json = serde_json::to_vec(spec).expect("a pipeline spec serializes to JSON");
+    let json = if spec.metrics.is_some() {
+        let mut without = spec.clone();
+        without.metrics = None;
+        serde_json::to_vec(&without)
+    } else {
+        serde_json::to_vec(spec)
+    }
+    .expect("a pipeline spec serializes to JSON");
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&json))
 }
 

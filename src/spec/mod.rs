@@ -85,6 +85,9 @@ pub struct PipelineSpec {
     /// Start an MQTT broker inside plume (zero-setup default); absent: none.
     #[serde(default)]
     pub embedded_broker: Option<EmbeddedBrokerSpec>,
+    /// The admin endpoint (`/metrics`, `/healthz`, `/readyz`); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
 }
 
 pub(crate) use crate::model::location::Expecting;

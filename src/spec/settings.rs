@@ -99,6 +99,18 @@ pub struct EmbeddedBrokerSpec {
     pub bind: String,
 }
 
+/// The admin endpoint: Prometheus metrics at `/metrics`, liveness at `/healthz`, readiness at
+/// `/readyz`, all on one address. Off when the section is absent (`plume run --metrics ADDR`
+/// turns it on; `plume demo` has it on 127.0.0.1:9464). Not part of the pipeline's hash: where
+/// it is watched from does not change what it computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Address and port to listen on, such as `127.0.0.1:9464` (`0.0.0.0:9464` for every
+    /// interface).
+    pub listen: String,
+}
+
 /// Named defaults, one function each (serde's `default = "…"` needs functions).
 pub mod defaults {
     use crate::spec::{DurationSpec, Qos};

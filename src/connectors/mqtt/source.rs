@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use super::ingest::{IngestLog, Trimmer, encode_entry};
 use super::state::{ConnAck, Connection, Delivery, Redeliveries};
 use crate::model::{ChunkData, Message, Position};
-use crate::runtime::ports::{ChunkFeeder, Shutdown};
+use crate::runtime::ports::{ChunkFeeder, Shutdown, SourceHealth};
 use crate::spec::MqttSourceSpec;
 
 use super::client::*;
@@ -128,6 +128,7 @@ async fn drive(
     qos: u8,
     name: Arc<str>,
     stats: Arc<MqttStats>,
+    health: SourceHealth,
     tx: mpsc::Sender<Vec<Received>>,
 ) {
     let mut connection = Connection::new();
@@ -147,6 +148,7 @@ async fn drive(
             }
             let failed = connection.on_poll_failed(Instant::now());
             stats.connected.store(false, Ordering::Relaxed);
+            health.not_ready(format!("the MQTT broker is unreachable: {error}"));
             if failed.newly_lost {
                 warn!(source = %name, %error, "mqtt connection lost, reconnecting");
             } else {
@@ -163,6 +165,7 @@ async fn drive(
                     session_present,
                 } => match connection.on_connack(refused, session_present, Instant::now()) {
                     ConnAck::Refused { code } => {
+                        health.not_ready(format!("the MQTT broker refused the connection: {code}"));
                         warn!(source = %name, %code, "mqtt broker refused the connection");
                     }
                     ConnAck::Connected {
@@ -171,6 +174,7 @@ async fn drive(
                         subscribe,
                     } => {
                         stats.connected.store(true, Ordering::Relaxed);
+                        health.ready();
                         match (reconnect, down_for.map(|d| d.as_millis() as u64)) {
                             (true, Some(ms)) => {
                                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -289,6 +293,8 @@ fn open_and_replay(
 /// with the broker for the next run) and ends the source.
 pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Result<(), crate::connectors::SourceError> {
     let name = feeder.name.clone();
+    // not ready until the broker has accepted the connection
+    feeder.health().not_ready("connecting to the MQTT broker");
     let spec = source.spec;
     let client_id = spec.client.client_id.clone().unwrap_or(source.default_client_id);
     let stats = source.stats;
@@ -347,6 +353,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
             qos,
             name.clone(),
             stats.clone(),
+            feeder.health(),
             tx,
         ));
         let gate = AckGate {

@@ -570,6 +570,18 @@ impl Checker<'_> {
                 self.not_empty(path.key("data_dir"), "`data_dir`", dir);
             }
         }
+        let path = Path::root().key("metrics");
+        if let (Some(metrics), false) = (&spec.metrics, self.gaps.touches(&path))
+            && metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            self.report(
+                path.key("listen"),
+                format!(
+                    "`listen` must be an address and a port (such as 127.0.0.1:9464), found `{}`",
+                    metrics.listen
+                ),
+            );
+        }
         let path = Path::root().key("embedded_broker");
         if let (Some(broker), false) = (&spec.embedded_broker, self.gaps.touches(&path)) {
             if broker.bind.parse::<std::net::IpAddr>().is_err() {

@@ -1,0 +1,275 @@
+//! Watching plume (issue 17): Debian's `prometheus` scrapes a running plume's `/metrics` and its
+//! query API gives the counts of the input; `/readyz` follows the MQTT broker; the README's
+//! metric list is the one in the code (`PLUME_UPDATE_README=1` rewrites it).
+
+mod common;
+#[path = "common/mqtt.rs"]
+mod mqtt_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mqtt_support::{LoggedChild, Mosquitto, free_port, wait_for};
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0, read to the end): (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((status, body))
+}
+
+/// A Prometheus server scraping `target` every second, stopped on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: plume\n    \
+                 static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus runs (scripts/setup installs it)");
+        Prometheus { child, port }
+    }
+
+    /// The value of an instant query that has one series, if it has one.
+    fn value(&self, query: &str) -> Option<f64> {
+        let (status, body) = get(self.port, &format!("/api/v1/query?query={query}"))?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 5_000, 7);
+    let mut lines = std::fs::read_to_string(&input).unwrap();
+    let good = lines.lines().count();
+    lines.push_str("not json\n{\"device\":\"x\"}\n{\"device\":\"y\",\"ts\":1,\"pm25\":\"high\",\"co2\":1}\n");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    // reads standard input, which stays open: the process runs until the test closes it
+    let mut plume = plume()
+        .args([
+            "run",
+            "pipelines/aq1.yaml",
+            "--input",
+            "-",
+            "--no-checkpoints",
+            "--metrics",
+            &address,
+        ])
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = plume.stdin.take().unwrap();
+    stdin.write_all(lines.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    wait_for("plume's /healthz", Duration::from_secs(30), || {
+        get(port, "/healthz").is_some_and(|(s, b)| s == 200 && b == "ok\n")
+    });
+    let prometheus = Prometheus::start(dir.path(), &address);
+    let started = Instant::now();
+    let readings = loop {
+        let v = prometheus.value("plume_readings_total");
+        if v == Some(good as f64) {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "prometheus has plume_readings_total {v:?}, the input {good} readings; plume says:\n{}",
+            get(port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(readings, Some(good as f64));
+    assert_eq!(prometheus.value("plume_dead_letters_total"), Some(3.0));
+    assert_eq!(prometheus.value("up"), Some(1.0));
+    // by source: the one source, standard input
+    assert_eq!(
+        prometheus.value("plume_source_readings_total%7Bsource%3D%22stdin%22%7D"),
+        Some(good as f64)
+    );
+    assert_eq!(
+        prometheus.value("plume_source_dead_letters_total%7Bsource%3D%22stdin%22%7D"),
+        Some(3.0)
+    );
+    assert_eq!(prometheus.value("plume_devices%7Bstate%3D%22active%22%7D"), Some(20.0));
+    assert_eq!(
+        prometheus.value("plume_input_limit_hits_total%7Blimit%3D%22plausible_time%22%7D"),
+        Some(0.0)
+    );
+    assert!(
+        prometheus
+            .value("process_resident_memory_bytes")
+            .is_some_and(|b| b > 1e6)
+    );
+    drop(stdin);
+    let status = plume.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn readyz_follows_the_mqtt_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(dir.path());
+    let port = free_port();
+    let plume = LoggedChild::spawn(
+        plume()
+            .args(["run", "pipelines/mqtt-aq1.yaml", "--checkpoint-interval", "200ms"])
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("state"))
+            .env("PLUME_MQTT_URL", broker.url())
+            .env("PLUME_OUTPUT", dir.path().join("out.jsonl"))
+            .env("NO_COLOR", "1"),
+    );
+    let ready = || get(port, "/readyz");
+    wait_for("ready", Duration::from_secs(30), || {
+        ready().is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(ready().unwrap().1, "ready\n");
+    broker.stop();
+    wait_for("not ready without the broker", Duration::from_secs(30), || {
+        ready().is_some_and(|(s, _)| s == 503)
+    });
+    let (_, body) = ready().unwrap();
+    assert!(
+        body.starts_with("not ready:\n- source mqtt:aq1/{device}: the MQTT broker is unreachable"),
+        "{body}"
+    );
+    // the process itself is alive all along
+    assert_eq!(get(port, "/healthz").unwrap(), (200, "ok\n".to_string()));
+    broker.restart();
+    wait_for("ready again", Duration::from_secs(60), || {
+        ready().is_some_and(|(s, _)| s == 200)
+    });
+    let log = plume.interrupt();
+    broker.stop();
+    assert!(log.contains("mqtt reconnected"), "{log}");
+}
+
+const START: &str = "<!-- metrics:start (generated from src/app/admin.rs: PLUME_UPDATE_README=1 cargo test --release --test observe) -->";
+const END: &str = "<!-- metrics:end -->";
+
+#[test]
+fn the_readme_lists_the_metrics_of_the_code_and_metrics_exposes_each() {
+    let mut table = String::from("| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n");
+    for m in plume::app::admin::METRICS {
+        let name = if m.kind == "counter" {
+            format!("{}_total", m.name)
+        } else {
+            m.name.to_string()
+        };
+        table.push_str(&format!("| `{name}` | {} | {} | {} |\n", m.kind, m.labels, m.help));
+    }
+    let path = repo().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(start), Some(end)) = (readme.find(START), readme.find(END)) else {
+        panic!("README.md has no `{START}` … `{END}` block");
+    };
+    let current = &readme[start + START.len()..end];
+    let generated = format!("\n{table}");
+    if std::env::var_os("PLUME_UPDATE_README").is_some() {
+        let updated = format!("{}{generated}{}", &readme[..start + START.len()], &readme[end..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        current, generated,
+        "README.md's metric list is out of date: run `PLUME_UPDATE_README=1 cargo test --release --test observe`"
+    );
+    // and the endpoint's text has each (the sinks' families need a sink)
+    let view = plume::app::admin::AdminView {
+        metrics: std::sync::Arc::new(plume::runtime::RuntimeMetrics::default()),
+        sinks: Vec::new(),
+        checkpoint_interval: Some(Duration::from_secs(1)),
+        started: Instant::now(),
+    };
+    let text = view.metrics_text();
+    for m in plume::app::admin::METRICS
+        .iter()
+        .filter(|m| m.labels != "sink" && m.labels != "source")
+    {
+        assert!(
+            text.contains(&format!("# TYPE {} {}\n", m.name, m.kind)),
+            "{}:\n{text}",
+            m.name
+        );
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_plume_exposes() {
+    let text = std::fs::read_to_string(repo().join("dashboards/plume.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exposed: Vec<String> = plume::app::admin::METRICS
+        .iter()
+        .map(|m| {
+            if m.kind == "counter" {
+                format!("{}_total", m.name)
+            } else {
+                m.name.to_string()
+            }
+        })
+        .collect();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queries += 1;
+            // every metric name in the query (a word starting with plume_ or process_)
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("plume_") || word.starts_with("process_") {
+                    assert!(
+                        exposed.iter().any(|e| e == word),
+                        "panel `{}` queries `{word}`, which /metrics does not have",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(queries >= 10, "{queries} queries");
+}
