@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/mqtt.rs"]
 mod mqtt_support;
+#[path = "common/receiver.rs"]
+mod receiver;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mqtt_support::{LoggedChild, Mosquitto, free_port, wait_for};
+use receiver::{Receiver, Reply};
 
 /// `GET path` on 127.0.0.1:`port` (HTTP/1.0, read to the end): (status, body).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -272,4 +275,75 @@ fn the_dashboard_queries_only_metrics_plume_exposes() {
         }
     }
     assert!(queries >= 10, "{queries} queries");
+}
+
+/// The value of `name{sink="…"}` in a `/metrics` text, for the one sink that has it.
+fn sink_metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{sink=")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn notifier_counters_equal_what_the_receiver_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = aq1_input(dir.path(), 20, 8_000, 3);
+    // every third request fails: retries
+    let rx = Receiver::start(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)), |r| {
+        if r.seq % 3 == 2 {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
+    let port = free_port();
+    let mut plume = plume()
+        .args(["run", "pipelines/webhook-aq1.yaml", "--input", "-", "--no-checkpoints"])
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .env("PLUME_OUTPUT", dir.path().join("out.jsonl"))
+        .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
+        .env("PLUME_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("PLUME_WEBHOOK_BACKOFF", "10ms")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = plume.stdin.take().unwrap();
+    stdin.write_all(&std::fs::read(&input).unwrap()).unwrap();
+    stdin.flush().unwrap();
+    // until the receiver has been quiet for a second and plume's counts match it
+    let started = Instant::now();
+    let (mut last_count, mut quiet_since) = (usize::MAX, Instant::now());
+    loop {
+        let requests = rx.requests();
+        if requests.len() != last_count {
+            (last_count, quiet_since) = (requests.len(), Instant::now());
+        }
+        let text = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let acked = requests.iter().filter(|r| r.seq % 3 != 2).count() as u64;
+        let failed = requests.len() as u64 - acked;
+        let ours = (
+            sink_metric(&text, "plume_notifier_deliveries_total"),
+            sink_metric(&text, "plume_notifier_attempts_total"),
+            sink_metric(&text, "plume_notifier_retries_total"),
+        );
+        if quiet_since.elapsed() > Duration::from_secs(1)
+            && acked >= 3
+            && failed > 0
+            && ours == (Some(acked), Some(requests.len() as u64), Some(failed))
+        {
+            assert!(text.contains("plume_notifier_dead_letters_total{sink="), "{text}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "plume counts {ours:?}; the receiver saw {} requests, {acked} acknowledged:\n{text}",
+            requests.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(stdin);
+    assert!(plume.wait().unwrap().success());
 }

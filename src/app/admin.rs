@@ -85,6 +85,13 @@ metric_list! {
     "plume_sink_records", "counter", "sink", "Records written by each sink.";
     "plume_sink_errors", "counter", "sink", "Failed writes of each sink.";
     "plume_sink_queue_records", "gauge", "sink", "Records waiting in each sink's queue.";
+    "plume_notifier_deliveries", "counter", "sink", "Deliveries a notifier's receiver acknowledged.";
+    "plume_notifier_attempts", "counter", "sink", "Delivery attempts of a notifier (first tries and retries).";
+    "plume_notifier_retries", "counter", "sink", "Delivery retries of a notifier.";
+    "plume_notifier_dead_letters", "counter", "sink", "Deliveries a notifier gave up (dead letters).";
+    "plume_notifier_breaker_openings", "counter", "sink", "Times a notifier's circuit breaker opened.";
+    "plume_notifier_suppressed", "counter", "sink", "Events a notifier did not send because of the cooldown.";
+    "plume_notifier_tokens_removed", "counter", "sink", "Push tokens removed as unregistered.";
     "plume_sources_not_ready", "gauge", "", "Sources that cannot take input now (their broker is away).";
     "process_resident_memory_bytes", "gauge", "", "Resident memory of the plume process.";
     "process_cpu_seconds", "counter", "", "CPU time (user and system) of the plume process.";
@@ -305,6 +312,22 @@ impl Collector for Scrape {
                 .map(|(k, n)| (k, ConstGauge::new(n as i64)))
                 .collect(),
         )?;
+        // the sinks' own counters (notifiers), one family per name
+        let own: Vec<(String, Vec<(&'static str, u64)>)> = view
+            .sinks
+            .iter()
+            .filter_map(|s| s.counters.as_ref().map(|c| (s.name.clone(), c.counters())))
+            .collect();
+        for m in METRICS.iter().filter(|m| m.name.starts_with("plume_notifier_")) {
+            let values: Vec<(String, ConstCounter<u64>)> = own
+                .iter()
+                .filter_map(|(sink, counters)| {
+                    let (_, n) = counters.iter().find(|(name, _)| *name == m.name)?;
+                    Some((sink.clone(), ConstCounter::new(*n)))
+                })
+                .collect();
+            family(&mut e, m.name, "sink", values)?;
+        }
         gauge(
             &mut e,
             "plume_sources_not_ready",

@@ -176,6 +176,20 @@ impl DeliveryStats {
     }
 }
 
+impl crate::runtime::ports::SinkCounters for DeliveryStats {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("plume_notifier_deliveries", Self::get(&self.delivered)),
+            ("plume_notifier_attempts", Self::get(&self.attempts)),
+            ("plume_notifier_retries", Self::get(&self.retries)),
+            ("plume_notifier_dead_letters", Self::get(&self.dead_letters)),
+            ("plume_notifier_breaker_openings", Self::get(&self.breaker_opened)),
+            ("plume_notifier_suppressed", Self::get(&self.suppressed)),
+            ("plume_notifier_tokens_removed", Self::get(&self.tokens_removed)),
+        ]
+    }
+}
+
 #[derive(Debug, Default)]
 struct BreakerState {
     failures: u32,

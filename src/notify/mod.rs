@@ -482,6 +482,10 @@ impl Sink for NotifierSink {
         self.name.clone()
     }
 
+    fn counters(&self) -> Option<Arc<dyn crate::runtime::ports::SinkCounters>> {
+        Some(self.stats.clone())
+    }
+
     fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
         let mut batch = Vec::new();
         let now_ms = jiff::Timestamp::now().as_millisecond();

@@ -278,6 +278,16 @@ pub trait Sink: Send + 'static {
     fn finishes_first(&self) -> bool {
         false
     }
+    /// Counters the sink keeps of its own (a notifier's deliveries), for `/metrics`.
+    fn counters(&self) -> Option<Arc<dyn SinkCounters>> {
+        None
+    }
+}
+
+/// A sink's own counters, read at each scrape from any thread.
+pub trait SinkCounters: Send + Sync + std::fmt::Debug {
+    /// `(metric name, value)`; the names are in the admin endpoint's list.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 pub enum SinkCommand {
@@ -309,6 +319,8 @@ pub struct SinkHandle {
     pub stats: Arc<SinkStats>,
     /// See [`Sink::finishes_first`].
     pub finishes_first: bool,
+    /// See [`Sink::counters`].
+    pub counters: Option<Arc<dyn SinkCounters>>,
 }
 
 impl SinkHandle {
@@ -322,6 +334,7 @@ impl SinkHandle {
 pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, JoinHandle<()>) {
     let name = sink.describe();
     let finishes_first = sink.finishes_first();
+    let counters = sink.counters();
     let (tx, mut rx) = mpsc::unbounded_channel::<SinkCommand>();
     let stats = Arc::new(SinkStats::default());
     let thread_stats = stats.clone();
@@ -382,6 +395,7 @@ pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, Join
             capacity_total: capacity,
             stats,
             finishes_first,
+            counters,
         },
         thread,
     )
