@@ -128,6 +128,16 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
     assert_eq!(readings, Some(good as f64));
     assert_eq!(prometheus.value("plume_dead_letters_total"), Some(3.0));
     assert_eq!(prometheus.value("up"), Some(1.0));
+    // records by kind: the dead letters were routed like every record
+    assert_eq!(
+        prometheus.value("plume_records_total%7Bkind%3D%22dead_letter%22%7D"),
+        Some(3.0)
+    );
+    assert!(
+        prometheus
+            .value("plume_records_total%7Bkind%3D%22window%22%7D")
+            .is_some_and(|n| n > 0.0)
+    );
     // by source: the one source, standard input
     assert_eq!(
         prometheus.value("plume_source_readings_total%7Bsource%3D%22stdin%22%7D"),

@@ -68,6 +68,7 @@ metric_list! {
     "plume_readings", "counter", "", "Readings decoded and handed to their devices.";
     "plume_dead_letters", "counter", "", "Payloads and readings that became dead letters.";
     "plume_late_readings", "counter", "", "Readings behind their device's watermark (not in any window).";
+    "plume_records", "counter", "kind", "Result records routed to the sinks, by kind (window, event_start, …, dead_letter).";
     "plume_source_readings", "counter", "source", "Readings each source brought in.";
     "plume_source_dead_letters", "counter", "source", "Dead letters of each source's payloads.";
     "plume_events_open", "gauge", "", "Pollution events open now.";
@@ -207,6 +208,16 @@ impl Collector for Scrape {
         counter(&mut e, "plume_readings", get(&m.readings))?;
         counter(&mut e, "plume_dead_letters", get(&m.dead_letters))?;
         counter(&mut e, "plume_late_readings", get(&m.late))?;
+        family(
+            &mut e,
+            "plume_records",
+            "kind",
+            crate::model::RecordKind::ALL
+                .iter()
+                .zip(&m.records_by_kind)
+                .map(|(kind, n)| (kind.as_str().to_string(), ConstCounter::new(n.load(Ordering::Relaxed))))
+                .collect(),
+        )?;
         let by_source = |value: &dyn Fn(&crate::runtime::SourceCounters) -> u64| {
             m.sources
                 .iter()

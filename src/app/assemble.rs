@@ -196,8 +196,9 @@ pub fn start_with_state(
         let routes = plan.routes;
         let handles = sink_handles.clone();
         let checkpointer = checkpointer.clone().map(Addr::recipient);
+        let metrics = metrics.clone();
         OutputHub::start_in_arbiter(&hub_arbiter.handle(), move |_| {
-            OutputHub::new(routes, handles, shards, checkpointer)
+            OutputHub::new(routes, handles, shards, checkpointer, metrics)
         })
     };
     {

@@ -41,6 +41,11 @@ impl RecordKind {
     ];
 
     /// The name written as the record's `type` (`window`, `event_start`, …).
+    /// Its place in [`RecordKind::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).expect("every kind is in ALL")
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             RecordKind::Window => "window",

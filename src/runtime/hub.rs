@@ -83,6 +83,7 @@ pub struct OutputHub {
     held: Vec<RouteRecords>,
     checkpointer: Option<Recipient<SinksFlushed>>,
     shards: usize,
+    metrics: Arc<super::RuntimeMetrics>,
 }
 
 impl OutputHub {
@@ -93,8 +94,10 @@ impl OutputHub {
         sinks: Vec<SinkHandle>,
         shards: usize,
         checkpointer: Option<Recipient<SinksFlushed>>,
+        metrics: Arc<super::RuntimeMetrics>,
     ) -> Self {
         OutputHub {
+            metrics,
             routes,
             sinks,
             counters: HubCounters::default(),
@@ -159,6 +162,15 @@ impl OutputHub {
     fn route(&mut self, records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
         self.counters.batches += 1;
         self.counters.records += records.len() as u64;
+        let mut by_kind = [0u64; crate::model::RecordKind::ALL.len()];
+        for record in &records {
+            by_kind[record.kind.index()] += 1;
+        }
+        for (counter, n) in self.metrics.records_by_kind.iter().zip(by_kind) {
+            if n > 0 {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let mut per_sink: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.sinks.len()];
         for record in records {
             let targets = self.routes.sinks_for(&record);

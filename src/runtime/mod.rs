@@ -105,6 +105,8 @@ pub struct RuntimeMetrics {
     pub readings: AtomicU64,
     pub dead_letters: AtomicU64,
     pub late: AtomicU64,
+    /// Records routed to the sinks, by [`crate::model::RecordKind`] (its index in `ALL`).
+    pub records_by_kind: [AtomicU64; crate::model::RecordKind::ALL.len()],
     pub events_open: AtomicI64,
     pub devices_active: AtomicI64,
     pub devices_passive: AtomicI64,
