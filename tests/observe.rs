@@ -182,6 +182,19 @@ fn readyz_follows_the_mqtt_broker() {
         ready().is_some_and(|(s, _)| s == 200)
     });
     assert_eq!(ready().unwrap().1, "ready\n");
+    // checkpoints every 200 ms: counted, timed and recent
+    wait_for("checkpoints in the metrics", Duration::from_secs(30), || {
+        let text = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        value("plume_checkpoints_total").is_some_and(|n| n >= 3.0)
+            && value("plume_checkpoint_duration_seconds_count").is_some_and(|n| n >= 3.0)
+            && value("plume_checkpoint_age_seconds").is_some_and(|s| s < 5.0)
+    });
     broker.stop();
     wait_for("not ready without the broker", Duration::from_secs(30), || {
         ready().is_some_and(|(s, _)| s == 503)
@@ -259,12 +272,10 @@ fn the_dashboard_queries_only_metrics_plume_exposes() {
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
     let exposed: Vec<String> = plume::app::admin::METRICS
         .iter()
-        .map(|m| {
-            if m.kind == "counter" {
-                format!("{}_total", m.name)
-            } else {
-                m.name.to_string()
-            }
+        .flat_map(|m| match m.kind {
+            "counter" => vec![format!("{}_total", m.name)],
+            "histogram" => ["_bucket", "_sum", "_count"].map(|s| format!("{}{s}", m.name)).to_vec(),
+            _ => vec![m.name.to_string()],
         })
         .collect();
     let mut queries = 0;

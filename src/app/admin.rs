@@ -80,11 +80,13 @@ metric_list! {
     "plume_checkpoints", "counter", "", "Durable checkpoints taken by this process.";
     "plume_checkpoint_failures", "counter", "", "Checkpoints that failed.";
     "plume_checkpoint_age_seconds", "gauge", "", "Time since the newest durable checkpoint of this process (since the start before the first).";
+    "plume_checkpoint_duration_seconds", "histogram", "", "Checkpoints from their barrier to durable.";
     "plume_checkpoint_pause_max_seconds", "gauge", "", "Longest time a shard stopped processing for a checkpoint.";
     "plume_store_errors", "counter", "", "State store reads or writes that failed.";
     "plume_input_limit_hits", "counter", "limit", "Input refused or changed by a limit, by limit.";
     "plume_sink_records", "counter", "sink", "Records written by each sink.";
     "plume_sink_errors", "counter", "sink", "Failed writes of each sink.";
+    "plume_sink_write_seconds", "histogram", "sink", "How long each batch took a sink to write.";
     "plume_sink_queue_records", "gauge", "sink", "Records waiting in each sink's queue.";
     "plume_notifier_deliveries", "counter", "sink", "Deliveries a notifier's receiver acknowledged.";
     "plume_notifier_attempts", "counter", "sink", "Delivery attempts of a notifier (first tries and retries).";
@@ -273,6 +275,11 @@ impl Collector for Scrape {
                 view.checkpoint_age().as_secs_f64(),
             )?;
         }
+        if view.checkpoint_interval.is_some() {
+            let i = info("plume_checkpoint_duration_seconds");
+            let h = &m.timings.checkpoint_seconds;
+            h.encode(e.encode_descriptor(i.name, i.help, None, h.metric_type())?)?;
+        }
         gauge(
             &mut e,
             "plume_checkpoint_pause_max_seconds",
@@ -313,6 +320,15 @@ impl Collector for Scrape {
             "plume_sink_errors",
             "sink",
             counters(sinks(&|s| s.stats.errors.load(Ordering::Relaxed))),
+        )?;
+        family(
+            &mut e,
+            "plume_sink_write_seconds",
+            "sink",
+            view.sinks
+                .iter()
+                .map(|s| (s.name.clone(), s.stats.write_seconds.clone()))
+                .collect(),
         )?;
         family(
             &mut e,

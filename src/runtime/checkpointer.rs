@@ -339,6 +339,7 @@ impl Checkpointer {
         self.signal.durable.store(record.id, Ordering::Release);
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         let total = p.started.elapsed();
+        self.metrics.timings.checkpoint_seconds.observe(total.as_secs_f64());
         self.counters.completed += 1;
         self.counters.failed_in_a_row = 0;
         self.metrics

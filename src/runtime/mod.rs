@@ -130,6 +130,8 @@ pub struct RuntimeMetrics {
     /// so every later checkpoint would fail. The run stops, and the next start resumes from the
     /// last durable checkpoint. Set once, by the checkpointer.
     pub stopped_by: std::sync::OnceLock<String>,
+    /// Durations, as histograms (observed per checkpoint, never per reading).
+    pub timings: Timings,
     /// Per source, by index (`/metrics`).
     pub sources: Vec<SourceCounters>,
     /// Wall-clock time (epoch ms) of the newest durable checkpoint of this process (0: none yet).
@@ -202,6 +204,27 @@ impl LimitCounts {
         .map(|(n, what)| format!("{n} {what}"))
         .collect();
         (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// Histograms of durations. Each observation takes a short lock (`prometheus-client`), so they
+/// are observed per checkpoint or per sink batch, never per reading.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// A checkpoint from its barrier to durable (seconds).
+    pub checkpoint_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// Buckets from 1 ms to about 33 s, doubling.
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16)
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            checkpoint_seconds: prometheus_client::metrics::histogram::Histogram::new(duration_buckets()),
+        }
     }
 }
 

@@ -301,11 +301,24 @@ pub enum SinkCommand {
 }
 
 /// Counters of one sink.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     pub records: AtomicU64,
     pub batches: AtomicU64,
     pub errors: AtomicU64,
+    /// How long each batch took to write (seconds; observed per batch).
+    pub write_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for SinkStats {
+    fn default() -> Self {
+        SinkStats {
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            write_seconds: prometheus_client::metrics::histogram::Histogram::new(super::duration_buckets()),
+        }
+    }
 }
 
 /// The queue in front of a sink thread.
@@ -349,7 +362,10 @@ pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, Join
                         if failed.is_some() {
                             continue;
                         }
-                        match sink.write(&records) {
+                        let began = std::time::Instant::now();
+                        let written = sink.write(&records);
+                        thread_stats.write_seconds.observe(began.elapsed().as_secs_f64());
+                        match written {
                             Ok(()) => {
                                 thread_stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
                                 thread_stats.batches.fetch_add(1, Ordering::Relaxed);
