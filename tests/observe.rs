@@ -30,6 +30,11 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// `name{label="value"}`, URL-encoded for a query.
+fn selector(name: &str, label: &str, value: &str) -> String {
+    format!("{name}%7B{label}%3D%22{value}%22%7D")
+}
+
 /// A Prometheus server scraping `target` every second, stopped on drop.
 struct Prometheus {
     child: Child,
@@ -130,26 +135,29 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
     assert_eq!(prometheus.value("up"), Some(1.0));
     // records by kind: the dead letters were routed like every record
     assert_eq!(
-        prometheus.value("plume_records_total%7Bkind%3D%22dead_letter%22%7D"),
+        prometheus.value(&selector("plume_records_total", "kind", "dead_letter")),
         Some(3.0)
     );
     assert!(
         prometheus
-            .value("plume_records_total%7Bkind%3D%22window%22%7D")
+            .value(&selector("plume_records_total", "kind", "window"))
             .is_some_and(|n| n > 0.0)
     );
     // by source: the one source, standard input
     assert_eq!(
-        prometheus.value("plume_source_readings_total%7Bsource%3D%22stdin%22%7D"),
+        prometheus.value(&selector("plume_source_readings_total", "source", "stdin")),
         Some(good as f64)
     );
     assert_eq!(
-        prometheus.value("plume_source_dead_letters_total%7Bsource%3D%22stdin%22%7D"),
+        prometheus.value(&selector("plume_source_dead_letters_total", "source", "stdin")),
         Some(3.0)
     );
-    assert_eq!(prometheus.value("plume_devices%7Bstate%3D%22active%22%7D"), Some(20.0));
     assert_eq!(
-        prometheus.value("plume_input_limit_hits_total%7Blimit%3D%22plausible_time%22%7D"),
+        prometheus.value(&selector("plume_devices", "state", "active")),
+        Some(20.0)
+    );
+    assert_eq!(
+        prometheus.value(&selector("plume_input_limit_hits_total", "limit", "plausible_time")),
         Some(0.0)
     );
     assert!(
