@@ -135,8 +135,31 @@ fn kafka_aq1_gives_the_file_runs_summary() {
     broker.create_topic("aq1", 4);
     broker.produce("aq1", &aq1_records(&input));
     let out = dir.path().join("out-kafka.jsonl");
-    let plume = Plume::start(&pipeline(), &broker, "aq1", "plume-aq1", &out, &[]);
+    let port = kafka_support::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let plume = Plume::start(&pipeline(), &broker, "aq1", "plume-aq1", &out, &["--metrics", &metrics]);
     plume.wait_caught_up_on_all(Duration::from_secs(120));
+    // once everything is read, every partition's lag is 0 (from librdkafka's statistics)
+    let started = Instant::now();
+    loop {
+        let text = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let lags: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("plume_kafka_consumer_lag{"))
+            .collect();
+        if lags.len() == PARTITIONS as usize && lags.iter().all(|l| l.ends_with(" 0")) {
+            for p in 0..PARTITIONS {
+                assert!(
+                    lags.iter()
+                        .any(|l| l.contains(&format!("topic=\"aq1\",partition=\"{p}\""))),
+                    "{lags:?}"
+                );
+            }
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "lags: {lags:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log = plume.interrupt();
     assert!(log.contains("kafka partition assigned"), "{log}");
     assert_same_as_file_run(&out, &file_run(dir.path(), &input));

@@ -71,6 +71,7 @@ metric_list! {
     "plume_records", "counter", "kind", "Result records routed to the sinks, by kind (window, event_start, …, dead_letter).";
     "plume_source_readings", "counter", "source", "Readings each source brought in.";
     "plume_source_dead_letters", "counter", "source", "Dead letters of each source's payloads.";
+    "plume_kafka_consumer_lag", "gauge", "source, topic, partition", "Messages of each partition a Kafka source has not read yet (high watermark from librdkafka's statistics, every second).";
     "plume_events_open", "gauge", "", "Pollution events open now.";
     "plume_devices", "gauge", "state", "Devices held in memory, by state (active, passive).";
     "plume_device_activations", "counter", "", "Devices activated (new, or back from passive or the store).";
@@ -242,6 +243,31 @@ impl Collector for Scrape {
             "source",
             by_source(&|s| s.dead_letters.load(Ordering::Relaxed)),
         )?;
+        let lags: Vec<(Vec<(String, String)>, i64)> = m
+            .sources
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                let name = s.name.get().cloned().unwrap_or_else(|| format!("source {i}"));
+                let lags = s.partition_lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                lags.into_iter().map(move |(topic, partition, lag)| {
+                    let labels = vec![
+                        ("source".to_string(), name.clone()),
+                        ("topic".to_string(), topic),
+                        ("partition".to_string(), partition.to_string()),
+                    ];
+                    (labels, lag)
+                })
+            })
+            .collect();
+        if !lags.is_empty() {
+            let i = info("plume_kafka_consumer_lag");
+            let mut descriptor =
+                e.encode_descriptor(i.name, i.help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            for (labels, lag) in lags {
+                ConstGauge::new(lag).encode(descriptor.encode_family(&labels)?)?;
+            }
+        }
         gauge(&mut e, "plume_events_open", m.events_open.load(Ordering::Relaxed))?;
         family(
             &mut e,

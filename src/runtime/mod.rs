@@ -235,6 +235,8 @@ pub struct SourceCounters {
     pub name: std::sync::OnceLock<String>,
     pub readings: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Kafka: `(topic, partition, lag)` of the partitions read now (reported every second).
+    pub partition_lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
 }
 
 impl RuntimeMetrics {

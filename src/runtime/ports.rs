@@ -140,6 +140,7 @@ impl ChunkFeeder {
     /// Where this source says whether it can take input now (`/readyz`).
     pub fn health(&self) -> SourceHealth {
         SourceHealth {
+            index: self.source,
             source: self.name.clone(),
             metrics: self.metrics.clone(),
         }
@@ -200,11 +201,20 @@ impl Drop for ChunkFeeder {
 /// says why, and says when it can again. Cheap to clone, usable from any thread.
 #[derive(Debug, Clone)]
 pub struct SourceHealth {
+    index: usize,
     source: Arc<str>,
     metrics: Arc<RuntimeMetrics>,
 }
 
 impl SourceHealth {
+    /// A partitioned source's lag: `(topic, partition, messages behind the newest)` of every
+    /// partition it reads now.
+    pub fn set_partition_lag(&self, lags: Vec<(String, i32, i64)>) {
+        if let Some(counters) = self.metrics.sources.get(self.index) {
+            *counters.partition_lag.lock().unwrap_or_else(|e| e.into_inner()) = lags;
+        }
+    }
+
     pub fn ready(&self) {
         self.metrics.sources_not_ready.set(&self.source, None);
     }

@@ -300,6 +300,25 @@ pub struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`, on the polling thread): the lag
+    /// of each partition read, from its high watermark and the next offset this member sent on.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // (never waits: a report is skipped if the source loop holds the lock)
+        let Ok(inner) = self.inner.try_lock() else {
+            return;
+        };
+        let lags = inner
+            .assigned
+            .iter()
+            .filter_map(|key @ (topic, partition)| {
+                let high = statistics.topics.get(topic)?.partitions.get(partition)?.hi_offset;
+                let next = inner.own_offset(key)?;
+                (high >= 0).then(|| (topic.clone(), *partition, (high - next).max(0)))
+            })
+            .collect();
+        inner.feeder.health().set_partition_lag(lags);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // the end of a partition is reported through `poll` too: not an error
         if !matches!(error, KafkaError::PartitionEOF(_)) {
@@ -384,6 +403,8 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         ("enable.partition.eof", "true".into()),
         ("queued.max.messages.kbytes", "16384".into()),
         ("client.id", format!("plume-{name}")),
+        // the partitions' high watermarks, for the lag (`SourceContext::stats`)
+        ("statistics.interval.ms", "1000".into()),
     ];
     let config = match client_config(
         &name,
@@ -561,6 +582,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         }
         if reported.elapsed() > Duration::from_secs(1) {
             reported = Instant::now();
+
             debug!(source = %name, messages = stats.messages.load(Ordering::Relaxed), "kafka source progress");
         }
     }
