@@ -17,6 +17,21 @@ use common::*;
 use mqtt_support::{LoggedChild, Mosquitto, free_port, wait_for};
 use receiver::{Receiver, Reply};
 
+/// Starts `command` with `input` written to its standard input, which stays open (the run goes
+/// on until the returned handle is dropped).
+fn spawn_fed(command: &mut Command, input: &[u8]) -> (Child, std::process::ChildStdin) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    stdin.flush().unwrap();
+    (child, stdin)
+}
+
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     http_get(port, path)
 }
@@ -84,7 +99,8 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
     // reads standard input, which stays open: the process runs until the test closes it
-    let mut plume = plume()
+    let mut command = plume();
+    command
         .args([
             "run",
             "pipelines/aq1.yaml",
@@ -95,15 +111,8 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
             &address,
         ])
         .arg("--output")
-        .arg(dir.path().join("out.jsonl"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = plume.stdin.take().unwrap();
-    stdin.write_all(lines.as_bytes()).unwrap();
-    stdin.flush().unwrap();
+        .arg(dir.path().join("out.jsonl"));
+    let (mut plume, stdin) = spawn_fed(&mut command, lines.as_bytes());
     wait_for("plume's /healthz", Duration::from_secs(30), || {
         get(port, "/healthz").is_some_and(|(s, b)| s == 200 && b == "ok\n")
     });
@@ -319,21 +328,15 @@ fn notifier_counters_equal_what_the_receiver_saw() {
         }
     });
     let port = free_port();
-    let mut plume = plume()
+    let mut command = plume();
+    command
         .args(["run", "pipelines/webhook-aq1.yaml", "--input", "-", "--no-checkpoints"])
         .args(["--metrics", &format!("127.0.0.1:{port}")])
         .env("PLUME_OUTPUT", dir.path().join("out.jsonl"))
         .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
         .env("PLUME_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-        .env("PLUME_WEBHOOK_BACKOFF", "10ms")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = plume.stdin.take().unwrap();
-    stdin.write_all(&std::fs::read(&input).unwrap()).unwrap();
-    stdin.flush().unwrap();
+        .env("PLUME_WEBHOOK_BACKOFF", "10ms");
+    let (mut plume, stdin) = spawn_fed(&mut command, &std::fs::read(&input).unwrap());
     // until the receiver has been quiet for a second and plume's counts match it
     let started = Instant::now();
     let (mut last_count, mut quiet_since) = (usize::MAX, Instant::now());
