@@ -403,20 +403,21 @@ fn a_changed_pipeline_is_refused_unless_allowed() {
     );
 }
 
+/// A run of aq1 (20 devices, `events` readings) with its state in `dir/state`, its latest
+/// checkpoint exported to `dir/x.plume`: (state, export file).
+fn exported_run(dir: &Path, events: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let input = aq1_input(dir, 20, events, 4);
+    let state = dir.join("state");
+    ok(run_cmd("pipelines/aq1.yaml", &input, &dir.join("o.jsonl"), &state, &[]));
+    let file = dir.join("x.plume");
+    ok(checkpoints(&state, &["export", "latest"]).arg(&file));
+    (state, file)
+}
+
 #[test]
 fn imports_of_foreign_or_newer_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let input = aq1_input(dir.path(), 20, 20_000, 4);
-    let state = dir.path().join("state");
-    ok(run_cmd(
-        "pipelines/aq1.yaml",
-        &input,
-        &dir.path().join("o.jsonl"),
-        &state,
-        &[],
-    ));
-    let file = dir.path().join("x.plume");
-    ok(checkpoints(&state, &["export", "latest"]).arg(&file));
+    let (state, file) = exported_run(dir.path(), 20_000);
     let target = dir.path().join("target");
     std::fs::write(dir.path().join("foreign"), b"hello, not a checkpoint").unwrap();
     let err = fails(checkpoints(&moved_dir(&target), &["import"]).arg(dir.path().join("foreign")));
@@ -524,17 +525,7 @@ fn the_stored_format_fixture_still_loads() {
 #[test]
 fn forged_export_files_are_refused_without_a_panic_or_an_abort() {
     let dir = tempfile::tempdir().unwrap();
-    let input = aq1_input(dir.path(), 20, 2_000, 4);
-    let state = dir.path().join("state");
-    ok(run_cmd(
-        "pipelines/aq1.yaml",
-        &input,
-        &dir.path().join("o.jsonl"),
-        &state,
-        &[],
-    ));
-    let file = dir.path().join("x.plume");
-    ok(checkpoints(&state, &["export", "latest"]).arg(&file));
+    let (_, file) = exported_run(dir.path(), 2_000);
     let real = std::fs::read(&file).unwrap();
     // the header: magic (8), format version (2), xxh3 of the body (8)
     let sealed = |body: &[u8]| {

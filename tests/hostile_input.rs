@@ -43,6 +43,13 @@ fn run_with_deadline(args: &[&str], input: &Path, output: &Path, deadline: Durat
     (status.success(), reader.join().unwrap())
 }
 
+/// [`run_with_deadline`] with two minutes, which must succeed; its stderr.
+fn run_ok(args: &[&str], input: &Path, output: &Path) -> String {
+    let (ok, stderr) = run_with_deadline(args, input, output, Duration::from_secs(120));
+    assert!(ok, "{stderr}");
+    stderr
+}
+
 fn records(output: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(output)
         .unwrap()
@@ -83,13 +90,11 @@ fn over_long_lines_become_dead_letters_and_reading_goes_on() {
     drop(f);
 
     let actors = dir.path().join("actors.jsonl");
-    let (ok, stderr) = run_with_deadline(
+    let stderr = run_ok(
         &["pipelines/aq1.yaml", "--no-checkpoints", "--shards", "2"],
         &input,
         &actors,
-        Duration::from_secs(120),
     );
-    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("longer than decode.max_payload_bytes"),
         "the skipped line is logged: {stderr}"
@@ -125,13 +130,7 @@ fn over_long_lines_become_dead_letters_and_reading_goes_on() {
 
     // the plain loop (the oracle) gives the same records
     let plain = dir.path().join("plain.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &["pipelines/aq1.yaml", "--engine", "plain"],
-        &input,
-        &plain,
-        Duration::from_secs(120),
-    );
-    assert!(ok, "{stderr}");
+    run_ok(&["pipelines/aq1.yaml", "--engine", "plain"], &input, &plain);
     assert_same_output(&actors, &plain);
 }
 
@@ -154,13 +153,7 @@ fn a_resumed_run_goes_past_an_over_long_line() {
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
     let out1 = dir.path().join("out1.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &["pipelines/aq1.yaml", "--data-dir", data_arg],
-        &input,
-        &out1,
-        Duration::from_secs(120),
-    );
-    assert!(ok, "{stderr}");
+    run_ok(&["pipelines/aq1.yaml", "--data-dir", data_arg], &input, &out1);
     // more input after the long line; the second run resumes after what the first one read
     let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
     for i in 10..20u64 {
@@ -173,13 +166,7 @@ fn a_resumed_run_goes_past_an_over_long_line() {
     }
     drop(f);
     let out2 = dir.path().join("out2.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &["pipelines/aq1.yaml", "--data-dir", data_arg],
-        &input,
-        &out2,
-        Duration::from_secs(120),
-    );
-    assert!(ok, "{stderr}");
+    run_ok(&["pipelines/aq1.yaml", "--data-dir", data_arg], &input, &out2);
     let second = records(&out2);
     assert!(
         !second.iter().any(|r| r["type"] == "dead_letter"),
@@ -228,13 +215,7 @@ fn a_dead_letter_stays_small_whatever_value_it_quotes() {
     )
     .unwrap();
     let output = dir.path().join("out.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &["pipelines/aq1.yaml", "--no-checkpoints"],
-        &input,
-        &output,
-        Duration::from_secs(60),
-    );
-    assert!(ok, "{stderr}");
+    run_ok(&["pipelines/aq1.yaml", "--no-checkpoints"], &input, &output);
     let text = std::fs::read_to_string(&output).unwrap();
     let dead: Vec<&str> = text.lines().filter(|l| l.contains("\"dead_letter\"")).collect();
     assert_eq!(dead.len(), 2);
@@ -294,13 +275,7 @@ fn device_ids_that_are_too_long_or_hold_control_characters_are_dead_letters() {
     )
     .unwrap();
     let output = dir.path().join("out.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &["pipelines/aq1.yaml", "--no-checkpoints"],
-        &input,
-        &output,
-        Duration::from_secs(60),
-    );
-    assert!(ok, "{stderr}");
+    run_ok(&["pipelines/aq1.yaml", "--no-checkpoints"], &input, &output);
     let got = records(&output);
     let reasons: Vec<&str> = got
         .iter()
@@ -330,10 +305,7 @@ fn aq1_with_decode(dir: &Path, extra: &str) -> std::path::PathBuf {
 /// Device `a` every 10 s over the last hour, with one reading from a clock a month ahead in the
 /// middle (line 101) and one from a clock reset to 1970 (line 151).
 fn input_with_a_broken_clock(dir: &Path) -> std::path::PathBuf {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = plume::clock::now_ms();
     let start = now - 3_600_000;
     let mut lines = Vec::new();
     for i in 0..300i64 {
@@ -362,13 +334,7 @@ fn a_reading_from_a_broken_clock_is_refused_and_later_readings_are_not_late() {
     let input = input_with_a_broken_clock(dir.path());
     let pipeline = aq1_with_decode(dir.path(), "  plausible_time: { ahead: 5m, behind: 30d }\n");
     let output = dir.path().join("out.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &[pipeline.to_str().unwrap(), "--no-checkpoints"],
-        &input,
-        &output,
-        Duration::from_secs(60),
-    );
-    assert!(ok, "{stderr}");
+    let stderr = run_ok(&[pipeline.to_str().unwrap(), "--no-checkpoints"], &input, &output);
     assert!(
         stderr.contains("limits hit: 2 implausible event times"),
         "the run reports the limit: {stderr}"
@@ -402,21 +368,9 @@ fn a_clamped_reading_moves_its_device_no_further_than_the_window() {
     let input = input_with_a_broken_clock(dir.path());
     let pipeline = aq1_with_decode(dir.path(), "  plausible_time: { ahead: 1s, outside: clamp }\n");
     let output = dir.path().join("out.jsonl");
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let (ok, stderr) = run_with_deadline(
-        &[pipeline.to_str().unwrap(), "--no-checkpoints"],
-        &input,
-        &output,
-        Duration::from_secs(60),
-    );
-    let after = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    assert!(ok, "{stderr}");
+    let before = plume::clock::now_ms();
+    let stderr = run_ok(&[pipeline.to_str().unwrap(), "--no-checkpoints"], &input, &output);
+    let after = plume::clock::now_ms();
     assert!(stderr.contains("limits hit: 1 implausible event times"), "{stderr}");
     let got = records(&output);
     let summary = got.iter().find(|r| r["type"] == "summary").unwrap();
@@ -439,10 +393,7 @@ fn a_clamped_reading_moves_its_device_no_further_than_the_window() {
 /// Three waves of 40 devices × 3 readings a minute of event time apart (devices 0–39, 40–79,
 /// 0–39 again), and aq1 paced at 20x with room for 50 devices and `passivate_after`.
 fn device_waves(dir: &Path, passivate_after: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = plume::clock::now_ms();
     let t0 = now - 3_600_000;
     let mut lines = Vec::new();
     for (wave, first) in [(0i64, 0), (1, 40), (2, 0)] {
@@ -504,13 +455,7 @@ fn at_the_device_limit_stored_passive_devices_make_room_and_come_back_exactly() 
     assert_eq!(summary["dead_letters"], 0, "{summary}");
     // and every device's results are those of a run without a limit
     let plain = dir.path().join("plain.jsonl");
-    let (ok, stderr) = run_with_deadline(
-        &["pipelines/aq1.yaml", "--engine", "plain"],
-        &input,
-        &plain,
-        Duration::from_secs(60),
-    );
-    assert!(ok, "{stderr}");
+    run_ok(&["pipelines/aq1.yaml", "--engine", "plain"], &input, &plain);
     assert_same_output(&dir.path().join("out.jsonl"), &plain);
 }
 

@@ -32,10 +32,6 @@ fn spawn_fed(command: &mut Command, input: &[u8]) -> (Child, std::process::Child
     (child, stdin)
 }
 
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_get(port, path)
-}
-
 /// `name{label="value"}`, URL-encoded for a query.
 fn selector(name: &str, label: &str, value: &str) -> String {
     format!("{name}%7B{label}%3D%22{value}%22%7D")
@@ -72,7 +68,7 @@ impl Prometheus {
 
     /// The value of an instant query that has one series, if it has one.
     fn value(&self, query: &str) -> Option<f64> {
-        let (status, body) = get(self.port, &format!("/api/v1/query?query={query}"))?;
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={query}"))?;
         if status != 200 {
             return None;
         }
@@ -114,7 +110,7 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
         .arg(dir.path().join("out.jsonl"));
     let (mut plume, stdin) = spawn_fed(&mut command, lines.as_bytes());
     wait_for("plume's /healthz", Duration::from_secs(30), || {
-        get(port, "/healthz").is_some_and(|(s, b)| s == 200 && b == "ok\n")
+        http_get(port, "/healthz").is_some_and(|(s, b)| s == 200 && b == "ok\n")
     });
     let prometheus = Prometheus::start(dir.path(), &address);
     let started = Instant::now();
@@ -126,7 +122,7 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "prometheus has plume_readings_total {v:?}, the input {good} readings; plume says:\n{}",
-            get(port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+            http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -185,14 +181,14 @@ fn readyz_follows_the_mqtt_broker() {
             .env("PLUME_OUTPUT", dir.path().join("out.jsonl"))
             .env("NO_COLOR", "1"),
     );
-    let ready = || get(port, "/readyz");
+    let ready = || http_get(port, "/readyz");
     wait_for("ready", Duration::from_secs(30), || {
         ready().is_some_and(|(s, _)| s == 200)
     });
     assert_eq!(ready().unwrap().1, "ready\n");
     // checkpoints every 200 ms: counted, timed and recent
     wait_for("checkpoints in the metrics", Duration::from_secs(30), || {
-        let text = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let text = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         let value = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(&format!("{name} ")))
@@ -213,7 +209,7 @@ fn readyz_follows_the_mqtt_broker() {
         "{body}"
     );
     // the process itself is alive all along
-    assert_eq!(get(port, "/healthz").unwrap(), (200, "ok\n".to_string()));
+    assert_eq!(http_get(port, "/healthz").unwrap(), (200, "ok\n".to_string()));
     broker.restart();
     wait_for("ready again", Duration::from_secs(60), || {
         ready().is_some_and(|(s, _)| s == 200)
@@ -345,7 +341,7 @@ fn notifier_counters_equal_what_the_receiver_saw() {
         if requests.len() != last_count {
             (last_count, quiet_since) = (requests.len(), Instant::now());
         }
-        let text = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let text = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         let acked = requests.iter().filter(|r| r.seq % 3 != 2).count() as u64;
         let failed = requests.len() as u64 - acked;
         let ours = (

@@ -106,8 +106,10 @@ impl AdminView {
     pub fn readiness(&self) -> Vec<String> {
         let m = &self.metrics;
         let mut problems = Vec::new();
-        for (source, why) in m.sources_not_ready.problems() {
-            problems.push(format!("source {source}: {why}"));
+        for (i, source) in m.sources.iter().enumerate() {
+            if let Some(why) = source.not_ready() {
+                problems.push(format!("source {}: {why}", source.label(i)));
+            }
         }
         if let Some(reason) = m.stopped_by.get() {
             problems.push(format!("the run is stopping: {reason}"));
@@ -225,10 +227,7 @@ impl Collector for Scrape {
             m.sources
                 .iter()
                 .enumerate()
-                .map(|(i, s)| {
-                    let name = s.name.get().cloned().unwrap_or_else(|| format!("source {i}"));
-                    (name, ConstCounter::new(value(s)))
-                })
+                .map(|(i, s)| (s.label(i), ConstCounter::new(value(s))))
                 .collect::<Vec<_>>()
         };
         family(
@@ -248,7 +247,7 @@ impl Collector for Scrape {
             .iter()
             .enumerate()
             .flat_map(|(i, s)| {
-                let name = s.name.get().cloned().unwrap_or_else(|| format!("source {i}"));
+                let name = s.label(i);
                 let lags = s.partition_lag.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 lags.into_iter().map(move |(topic, partition, lag)| {
                     let labels = vec![
@@ -384,7 +383,7 @@ impl Collector for Scrape {
         gauge(
             &mut e,
             "plume_sources_not_ready",
-            m.sources_not_ready.problems().len() as i64,
+            m.sources.iter().filter(|s| s.not_ready().is_some()).count() as i64,
         )?;
         let (rss, cpu) = process_usage();
         gauge(&mut e, "process_resident_memory_bytes", rss as i64)?;

@@ -137,38 +137,11 @@ pub struct RuntimeMetrics {
     /// Wall-clock time (epoch ms) of the newest durable checkpoint of this process (0: none yet).
     pub last_checkpoint_at_ms: AtomicI64,
     pub checkpoint_failures: AtomicU64,
-    /// Sources that are not ready, and why (`/readyz`).
-    pub sources_not_ready: SourceReadiness,
     /// Input refused or changed by a limit (see [`LimitCounts`]).
     pub payloads_oversized: AtomicU64,
     pub payloads_too_many_fields: AtomicU64,
     pub device_ids_refused: AtomicU64,
     pub times_implausible: AtomicU64,
-}
-
-/// Which sources cannot take input now (a broker away), and why; what `/readyz` reports.
-#[derive(Debug, Default)]
-pub struct SourceReadiness(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
-
-impl SourceReadiness {
-    /// `problem`: why `source` is not ready; `None`: it is.
-    pub fn set(&self, source: &str, problem: Option<String>) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match problem {
-            Some(p) => {
-                map.insert(source.to_string(), p);
-            }
-            None => {
-                map.remove(source);
-            }
-        }
-    }
-
-    /// `(source, why)` of every source that is not ready.
-    pub fn problems(&self) -> Vec<(String, String)> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
 }
 
 /// How often each input limit was hit in a run (reported at its end, and by the metrics).
@@ -237,6 +210,19 @@ pub struct SourceCounters {
     pub dead_letters: AtomicU64,
     /// Kafka: `(topic, partition, lag)` of the partitions read now (reported every second).
     pub partition_lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
+    /// Why the source cannot take input now (its broker is away); `None`: it can (`/readyz`).
+    pub not_ready: std::sync::Mutex<Option<String>>,
+}
+
+impl SourceCounters {
+    /// The source's name, or its number before its feeder named it.
+    pub fn label(&self, index: usize) -> String {
+        self.name.get().cloned().unwrap_or_else(|| format!("source {index}"))
+    }
+
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl RuntimeMetrics {

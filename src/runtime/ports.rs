@@ -141,7 +141,6 @@ impl ChunkFeeder {
     pub fn health(&self) -> SourceHealth {
         SourceHealth {
             index: self.source,
-            source: self.name.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -197,30 +196,36 @@ impl Drop for ChunkFeeder {
     }
 }
 
-/// A source's say in the run's readiness: a source that cannot take input (its broker is away)
-/// says why, and says when it can again. Cheap to clone, usable from any thread.
+/// A source's say in what `/metrics` and `/readyz` show of it: a source that cannot take input
+/// (its broker is away) says why, and says when it can again; a partitioned one reports its lag.
+/// Writes into the source's [`SourceCounters`](super::SourceCounters). Cheap to clone, usable
+/// from any thread.
 #[derive(Debug, Clone)]
 pub struct SourceHealth {
     index: usize,
-    source: Arc<str>,
     metrics: Arc<RuntimeMetrics>,
 }
 
 impl SourceHealth {
-    /// A partitioned source's lag: `(topic, partition, messages behind the newest)` of every
-    /// partition it reads now.
-    pub fn set_partition_lag(&self, lags: Vec<(String, i32, i64)>) {
+    fn with(&self, f: impl FnOnce(&super::SourceCounters)) {
         if let Some(counters) = self.metrics.sources.get(self.index) {
-            *counters.partition_lag.lock().unwrap_or_else(|e| e.into_inner()) = lags;
+            f(counters);
         }
     }
 
+    /// A partitioned source's lag: `(topic, partition, messages behind the newest)` of every
+    /// partition it reads now.
+    pub fn set_partition_lag(&self, lags: Vec<(String, i32, i64)>) {
+        self.with(|c| *c.partition_lag.lock().unwrap_or_else(|e| e.into_inner()) = lags);
+    }
+
     pub fn ready(&self) {
-        self.metrics.sources_not_ready.set(&self.source, None);
+        self.with(|c| *c.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = None);
     }
 
     pub fn not_ready(&self, why: impl Into<String>) {
-        self.metrics.sources_not_ready.set(&self.source, Some(why.into()));
+        let why = why.into();
+        self.with(|c| *c.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(why));
     }
 }
 
