@@ -320,8 +320,12 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // the end of a partition is reported through `poll` too: not an error
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // the end of a partition is reported through `poll` too: not an error (librdkafka also
+        // hands it here as a global error)
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
             error!(error = %error, reason, "librdkafka error");
         }
     }
