@@ -18,6 +18,8 @@
 //! - [`notify`]: notifier sinks (signed webhooks, FCM, APNs, ntfy) with a durable outbox.
 //! - [`app`]: assembling a run from a pipeline (`plume run`, `plume demo`).
 //! - [`clock`]: processing time.
+//! - [`trace`]: spans (checkpoints, restores, rebalances, events and deliveries) through
+//!   OpenTelemetry's API; `app::otlp` exports them.
 //! - [`workload`]: the aq1 reference workload generator (`plume generate aq1`).
 
 pub mod app;
@@ -33,4 +35,5 @@ pub mod plain;
 pub mod runtime;
 pub mod spec;
 pub mod store;
+pub mod trace;
 pub mod workload;

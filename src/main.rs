@@ -232,6 +232,34 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
     Ok(ExitCode::SUCCESS)
 }
 
+/// Log lines written inside a span (a delivery, a checkpoint, a restore) end with its
+/// `trace_id` and `span_id`, as OpenTelemetry's log correlation has them.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = plume::trace::current_ids() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        // (formatted apart, without colours, to put the ids at the end of the line)
+        let mut line = String::new();
+        self.0
+            .format_event(ctx, tracing_subscriber::fmt::format::Writer::new(&mut line), event)?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        writeln!(writer, "{line} trace_id={trace_id} span_id={span_id}")
+    }
+}
+
 fn main() -> ExitCode {
     plume::clock::mark_start();
     tracing_subscriber::fmt()
@@ -240,15 +268,29 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
         )
         .with_writer(std::io::stderr)
+        .map_event_format(WithTraceIds)
         .init();
+    // spans go to an OTLP endpoint when the OTEL_* variables name one (metrics: `plume run`)
+    let tracing_export = match plume::app::otlp::OtlpConfig::from_env()
+        .and_then(|config| plume::app::otlp::install_tracing(&config))
+    {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // the last spans go out before the process ends
+    drop(tracing_export);
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

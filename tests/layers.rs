@@ -14,6 +14,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     // the vocabulary: readings, records, positions, ids, durations
     ("model", &[]),
     ("clock", &[]),
+    // spans with explicit times and ids (OpenTelemetry's API; the exporter is set up by `app`)
+    ("trace", &[]),
     ("workload", &[]),
     // pure state machines
     ("operators", &["model"]),
@@ -39,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "output",
             "store",
             "clock",
+            "trace",
         ],
     ),
     // sources, sinks and notifiers: they see the runtime through its ports only
@@ -52,6 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "output",
             "store",
             "clock",
+            "trace",
             "runtime::ports",
         ],
     ),
@@ -64,6 +68,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "output",
             "store",
             "clock",
+            "trace",
             "runtime::ports",
         ],
     ),
@@ -80,6 +85,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "plain",
             "store",
             "clock",
+            "trace",
             "runtime",
             "connectors",
             "notify",

@@ -152,6 +152,22 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
         prometheus.value(&selector("plume_devices", "state", "active")),
         Some(20.0)
     );
+    // per shard: the devices of the shards add up; per operator: the window operator made
+    // every window record
+    assert_eq!(
+        prometheus.value("sum(plume_shard_devices%7Bstate%3D%22active%22%7D)"),
+        Some(20.0)
+    );
+    let windows = prometheus.value(&selector("plume_records_total", "kind", "window"));
+    assert_eq!(
+        prometheus.value("plume_operator_records_total%7Boperator%3D%22window%22%2Ckind%3D%22window%22%7D"),
+        windows
+    );
+    assert!(
+        prometheus
+            .value("sum(plume_shard_batch_seconds_count)")
+            .is_some_and(|n| n >= 2.0)
+    );
     assert_eq!(
         prometheus.value(&selector("plume_input_limit_hits_total", "limit", "plausible_time")),
         Some(0.0)
@@ -219,19 +235,24 @@ fn readyz_follows_the_mqtt_broker() {
     assert!(log.contains("mqtt reconnected"), "{log}");
 }
 
-const START: &str = "<!-- metrics:start (generated from src/app/admin.rs: PLUME_UPDATE_README=1 cargo test --release --test observe) -->";
+const START: &str = "<!-- metrics:start (generated from src/app/metrics.rs: PLUME_UPDATE_README=1 cargo test --release --test observe) -->";
 const END: &str = "<!-- metrics:end -->";
 
 #[test]
 fn the_readme_lists_the_metrics_of_the_code_and_metrics_exposes_each() {
-    let mut table = String::from("| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n");
+    let mut table =
+        String::from("| Prometheus | OTLP (unit) | type | labels | meaning |\n| --- | --- | --- | --- | --- |\n");
     for m in plume::app::admin::METRICS {
         let name = if m.kind == "counter" {
             format!("{}_total", m.name)
         } else {
             m.name.to_string()
         };
-        table.push_str(&format!("| `{name}` | {} | {} | {} |\n", m.kind, m.labels, m.help));
+        let (otel, unit) = plume::app::metrics::otel_name(m);
+        table.push_str(&format!(
+            "| `{name}` | `{otel}` ({unit}) | {} | {} | {} |\n",
+            m.kind, m.labels, m.help
+        ));
     }
     let path = repo().join("README.md");
     let readme = std::fs::read_to_string(&path).unwrap();
@@ -255,12 +276,17 @@ fn the_readme_lists_the_metrics_of_the_code_and_metrics_exposes_each() {
         sinks: Vec::new(),
         checkpoint_interval: Some(Duration::from_secs(1)),
         started: Instant::now(),
+        operators: Vec::new(),
     };
     let text = view.metrics_text();
     for m in plume::app::admin::METRICS
         .iter()
-        // (families need a sink or a source; the Kafka lag a Kafka source)
-        .filter(|m| !m.labels.contains("sink") && !m.labels.contains("source"))
+        // (families need a sink, a source, a shard or an operator; the Kafka lag a Kafka source)
+        .filter(|m| {
+            !["sink", "source", "shard", "operator"]
+                .iter()
+                .any(|l| m.labels.contains(l))
+        })
     {
         assert!(
             text.contains(&format!("# TYPE {} {}\n", m.name, m.kind)),

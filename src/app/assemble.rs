@@ -143,7 +143,7 @@ pub fn start_with_state(
     state: Option<RunState>,
 ) -> (Runtime, oneshot::Receiver<RunOutcome>) {
     let shards = shard_count(&pipeline, &options);
-    let metrics = Arc::new(RuntimeMetrics::with_sources(sources));
+    let metrics = Arc::new(RuntimeMetrics::for_run(sources, pipeline.operators.len(), shards));
     let resumed = state.as_ref().and_then(|s| s.settings.resumed.clone());
     let last_checkpoint = resumed.as_ref().map_or(0, |r| r.id);
     if let Some(r) = &resumed {

@@ -22,6 +22,8 @@ pub mod admin;
 pub mod assemble;
 pub mod demo;
 pub mod interrupt;
+pub mod metrics;
+pub mod otlp;
 pub mod outputs;
 pub mod run;
 pub mod sources;
@@ -68,6 +70,8 @@ pub enum EngineError {
     Unrecoverable(String),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Otlp(#[from] otlp::OtlpError),
     #[error("the last checkpoint of the run failed: {0}")]
     Checkpoint(crate::runtime::checkpointer::CheckpointError),
     #[error("{output} is both an input and an output of the run: writing it would destroy the input")]

@@ -33,6 +33,8 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         }
         Some(Err(e)) => return Err(e.into()),
     };
+    // (a bad OTEL_* setting is refused before anything starts)
+    let otlp = super::otlp::OtlpConfig::from_env()?;
     let mut sources = plan_sources(&pipeline, &options)?;
     let inputs: Vec<std::path::PathBuf> = sources
         .iter()
@@ -142,17 +144,20 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
                 }
             });
         }
-        let _admin = admin_listener.map(|listener| {
-            super::admin::serve(
-                listener,
-                super::admin::AdminView {
-                    metrics: runtime.metrics.clone(),
-                    sinks: runtime.sinks.clone(),
-                    checkpoint_interval,
-                    started,
-                },
-            )
-        });
+        let view = super::admin::AdminView {
+            metrics: runtime.metrics.clone(),
+            sinks: runtime.sinks.clone(),
+            checkpoint_interval,
+            started,
+            operators: (0..pipeline.operators.len())
+                .map(|i| pipeline.operator_name(i as crate::model::OpIndex).to_string())
+                .collect(),
+        };
+        let _otlp_metrics = otlp
+            .metrics
+            .clone()
+            .map(|endpoint| super::otlp::MetricsExporter::start(endpoint, otlp.metric_interval, view.clone()));
+        let _admin = admin_listener.map(|listener| super::admin::serve(listener, view));
         if let Some(every) = options.progress {
             let metrics = runtime.metrics.clone();
             // On a terminal the line rewrites itself; elsewhere (a pipe, a log) it is one line

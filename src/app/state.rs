@@ -66,10 +66,36 @@ pub(crate) fn prepare_state(
         return Ok(None);
     };
     let identity = PipelineIdentity::of(&pipeline.spec);
-    let opened = StateStore::open(&dir, &identity, options.state.allow_pipeline_change)?;
-    for note in &opened.notes {
-        warn!(dir = %dir.display(), "{note}");
+    let restore = crate::trace::start(
+        "restore",
+        crate::trace::Kind::Internal,
+        vec![
+            crate::trace::Attribute::new("plume.data_dir", dir.display().to_string()),
+            crate::trace::Attribute::new("plume.pipeline", identity.name.clone()),
+        ],
+        Some(&crate::trace::root()),
+    );
+    let opened = {
+        let _current = restore.enter();
+        let opened = StateStore::open(&dir, &identity, options.state.allow_pipeline_change);
+        if let Err(e) = &opened {
+            restore.fail(e.to_string());
+        }
+        opened?
+    };
+    match &opened.resume {
+        Some(r) => {
+            restore.set(crate::trace::Attribute::new("plume.checkpoint.id", r.id as i64));
+            restore.set(crate::trace::Attribute::new("plume.checkpoint.devices", r.devices as i64));
+        }
+        None => restore.set(crate::trace::Attribute::new("plume.checkpoint.id", 0i64)),
     }
+    for note in &opened.notes {
+        let _current = restore.enter();
+        warn!(dir = %dir.display(), "{note}");
+        restore.event("note", vec![crate::trace::Attribute::new("note", note.clone())]);
+    }
+    restore.end();
     let mut identities = Vec::new();
     for (index, (name, plan)) in sources.iter_mut().enumerate() {
         let fingerprint = match plan {

@@ -29,7 +29,10 @@ use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use opentelemetry::trace::FutureExt;
+
 use super::outbox::{Outbox, OutboxEntry};
+use crate::trace;
 
 /// A failed delivery attempt. Says whether trying again can help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -168,6 +171,12 @@ pub struct DeliveryStats {
     pub held: AtomicU64,
     /// Events skipped because the outbox already had them acknowledged or pending.
     pub duplicates: AtomicU64,
+    /// The circuit breaker now: 0 closed, 1 open, 2 probing.
+    pub breaker_state: std::sync::atomic::AtomicI64,
+    /// Entries handed over and not yet acknowledged or given up.
+    pub pending: std::sync::atomic::AtomicI64,
+    /// From the entry's creation to its acknowledgement (seconds).
+    pub delivery_seconds: crate::runtime::ports::Histogram,
 }
 
 impl DeliveryStats {
@@ -187,6 +196,17 @@ impl crate::runtime::ports::SinkCounters for DeliveryStats {
             ("plume_notifier_suppressed", Self::get(&self.suppressed)),
             ("plume_notifier_tokens_removed", Self::get(&self.tokens_removed)),
         ]
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, i64)> {
+        vec![
+            ("plume_notifier_breaker_state", self.breaker_state.load(Ordering::Relaxed)),
+            ("plume_notifier_outbox_pending", self.pending.load(Ordering::Relaxed)),
+        ]
+    }
+
+    fn histograms(&self) -> Vec<(&'static str, crate::runtime::ports::HistogramValue)> {
+        vec![("plume_notifier_delivery_seconds", self.delivery_seconds.read())]
     }
 }
 
@@ -358,6 +378,7 @@ impl Delivery {
 
 fn submit(shared: &Arc<Shared>, entry: OutboxEntry) {
     shared.outstanding.send_modify(|n| *n += 1);
+    shared.stats.pending.fetch_add(1, Ordering::Relaxed);
     let key = (entry.device.clone(), entry.target.clone());
     let mut lanes = shared.lanes.lock().unwrap();
     let lane = lanes.entry(key.clone()).or_default();
@@ -381,8 +402,23 @@ async fn run_lane(shared: Arc<Shared>, key: (String, String)) {
                 }
             }
         };
-        deliver_one(&shared, entry).await;
+        // the delivery's span is the child of its event's (trace id = the event record's id),
+        // and the current span while it runs (its log lines carry its ids)
+        let span = DeliverySpan {
+            span: delivery_span(&shared, &entry),
+            attempts: std::sync::atomic::AtomicU32::new(0),
+        };
+        let context = span.context().clone();
+        deliver_one(&shared, entry, &span)
+            .with_context(context)
+            .await;
+        span.set(trace::Attribute::new(
+            "plume.delivery.attempts",
+            span.attempts.load(Ordering::Relaxed) as i64,
+        ));
+        span.span.end();
         shared.outstanding.send_modify(|n| *n -= 1);
+        shared.stats.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -419,7 +455,35 @@ fn wanted(shared: &Shared, entry: &OutboxEntry) -> bool {
     !gone && shared.transport.wanted(entry)
 }
 
-async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
+fn delivery_span(shared: &Shared, entry: &OutboxEntry) -> trace::OpenSpan {
+    let parent = u128::from_str_radix(&entry.event_id, 16).ok().map(trace::event_context);
+    let mut attributes = vec![
+        trace::Attribute::new("plume.notifier.endpoint", shared.transport.describe()),
+        trace::Attribute::new("plume.delivery.id", entry.id.clone()),
+        trace::Attribute::new("plume.event.id", entry.event_id.clone()),
+        trace::Attribute::new("plume.event.kind", entry.kind.clone()),
+        trace::Attribute::new("plume.device", entry.device.clone()),
+    ];
+    if let Some(severity) = &entry.severity {
+        attributes.push(trace::Attribute::new("plume.severity", severity.clone()));
+    }
+    trace::start("notifier delivery", trace::Kind::Client, attributes, parent.as_ref())
+}
+
+/// A delivery's span, and its attempts so far (an attribute once it ends).
+struct DeliverySpan {
+    span: trace::OpenSpan,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl std::ops::Deref for DeliverySpan {
+    type Target = trace::OpenSpan;
+    fn deref(&self) -> &trace::OpenSpan {
+        &self.span
+    }
+}
+
+async fn deliver_one(shared: &Shared, entry: OutboxEntry, span: &DeliverySpan) {
     let endpoint = shared.transport.describe();
     let max_age_ms = shared.config.max_age.as_millis() as i64;
     let mut attempts = 0u32;
@@ -434,6 +498,7 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
         let age_left = entry.created_ms + max_age_ms - now_ms();
         if age_left <= 0 {
             let error = last_error.map_or("not delivered within max_age".to_string(), |e| e.to_string());
+            span.fail(format!("given up at max_age: {error}"));
             give_up(
                 shared,
                 &entry,
@@ -463,11 +528,30 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
         if attempts > 1 {
             shared.stats.retries.fetch_add(1, Ordering::Relaxed);
         }
+        if matches!(admission, Admission::Probe) {
+            shared.stats.breaker_state.store(2, Ordering::Relaxed);
+        }
         let result = shared.transport.deliver(&entry).await;
         drop(permit);
+        span.attempts.store(attempts, Ordering::Relaxed);
+        if let Err(e) = &result {
+            span.event(
+                "attempt failed",
+                vec![
+                    trace::Attribute::new("attempt", attempts as i64),
+                    trace::Attribute::new("error", e.to_string()),
+                    trace::Attribute::new("retryable", e.retryable()),
+                ],
+            );
+        }
         match result {
             Ok(()) => {
                 shared.breaker.success();
+                shared.stats.breaker_state.store(0, Ordering::Relaxed);
+                shared
+                    .stats
+                    .delivery_seconds
+                    .observe((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
                 let id = entry.id.clone();
                 outbox_call(shared, &entry.id, "acknowledge", move |o| o.acknowledge(&id)).await;
                 shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -493,16 +577,31 @@ async fn deliver_one(shared: &Shared, entry: OutboxEntry) {
             Err(e) if !e.retryable() => {
                 // the endpoint answered: it is up
                 shared.breaker.success();
+                shared.stats.breaker_state.store(0, Ordering::Relaxed);
+                span.fail(format!("given up: {e}"));
                 give_up(shared, &entry, &e.to_string(), attempts).await;
                 return;
             }
             Err(e) => {
-                if shared.breaker.failure(matches!(admission, Admission::Probe)) {
+                let probe = matches!(admission, Admission::Probe);
+                let opened = shared.breaker.failure(probe);
+                if opened {
                     shared.stats.breaker_opened.fetch_add(1, Ordering::Relaxed);
                     warn!(endpoint = %endpoint, error = %e, open_for = ?shared.config.breaker_open, "endpoint failing: circuit breaker open");
                 }
+                if opened || probe {
+                    // (a failed probe opens it again)
+                    shared.stats.breaker_state.store(1, Ordering::Relaxed);
+                }
                 let delay = backoff(&shared.config, attempts).max(e.retry_after().unwrap_or_default());
                 debug!(endpoint = %endpoint, id = %entry.id, attempts, error = %e, delay = ?delay, "delivery failed: will retry");
+                span.event(
+                    "retry scheduled",
+                    vec![
+                        trace::Attribute::new("attempt", attempts as i64 + 1),
+                        trace::Attribute::new("delay_ms", delay.as_millis() as i64),
+                    ],
+                );
                 last_error = Some(e);
                 let age_left = (entry.created_ms + max_age_ms - now_ms()).max(0) as u64;
                 tokio::time::sleep(delay.min(Duration::from_millis(age_left))).await;

@@ -508,6 +508,29 @@ impl Sink for NotifierSink {
                 self.enqueue(std::mem::take(&mut batch))?;
                 self.release_digest()?;
             }
+            // the event's span: its trace id is the record's id, the parent of its deliveries
+            let note = match decision {
+                Decision::Suppress => "not sent: cooldown",
+                Decision::Hold { .. } => "held: quiet hours (sent in a digest)",
+                Decision::Send => "sent to the outbox",
+            };
+            let mut attributes = vec![
+                crate::trace::Attribute::new("plume.sink", self.name.clone()),
+                crate::trace::Attribute::new("plume.event.id", record.id_hex()),
+                crate::trace::Attribute::new("plume.event.kind", record.kind.as_str()),
+                crate::trace::Attribute::new("plume.device", record.device.as_deref().unwrap_or("").to_string()),
+                crate::trace::Attribute::new("plume.record", record.json.clone()),
+            ];
+            if let Some(severity) = &rendered.severity {
+                attributes.push(crate::trace::Attribute::new("plume.severity", severity.clone()));
+            }
+            crate::trace::event(
+                record.kind.as_str(),
+                record.id,
+                std::time::SystemTime::now(),
+                attributes,
+                vec![note],
+            );
             let held = match decision {
                 Decision::Suppress => {
                     self.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use tracing::{error, info, instrument};
+use tracing::{error, info};
 
 use super::router::{ForceBarrier, Router};
 use super::shard::ShardSupervisor;
@@ -114,6 +114,96 @@ struct InProgress {
     shards: Vec<Option<ShardCheckpointed>>,
     sinks: Option<Vec<u64>>,
     writing: bool,
+    /// When each phase ended, for the checkpoint's span.
+    phases: Phases,
+}
+
+/// When the phases of a checkpoint happened (its span and its children's).
+#[derive(Default)]
+struct Phases {
+    started_at: Option<std::time::SystemTime>,
+    /// `(shard, when its part arrived, its pause, devices it encoded)`.
+    shards: Vec<(usize, Instant, Duration, usize)>,
+    sinks_flushed: Option<Instant>,
+    write_started: Option<Instant>,
+    bytes: u64,
+}
+
+impl Phases {
+    /// Records the span of checkpoint `id` with a child per phase: the barrier reaching every
+    /// shard (each shard's pause under it), the sinks made durable, the store write.
+    fn record(&self, id: u64, started: Instant, devices: u64, error: Option<String>) {
+        use crate::trace::{Attribute, Finished, finished};
+        let Some(start) = self.started_at else { return };
+        let at = |i: Instant| start + i.saturating_duration_since(started);
+        let now = Instant::now();
+        let checkpoint = finished(
+            Finished {
+                name: "checkpoint",
+                start,
+                end: at(now),
+                attributes: vec![
+                    Attribute::new("plume.checkpoint.id", id as i64),
+                    Attribute::new("plume.checkpoint.devices_written", devices as i64),
+                    Attribute::new("plume.checkpoint.bytes", self.bytes as i64),
+                ],
+                error: error.clone(),
+            },
+            &crate::trace::root(),
+        );
+        let barriers_done = self.shards.iter().map(|s| s.1).max();
+        if let Some(done) = barriers_done {
+            let barrier = finished(
+                Finished {
+                    name: "checkpoint barrier",
+                    start,
+                    end: at(done),
+                    attributes: vec![Attribute::new("plume.shards", self.shards.len() as i64)],
+                    error: None,
+                },
+                &checkpoint,
+            );
+            for &(shard, arrived, pause, devices) in &self.shards {
+                finished(
+                    Finished {
+                        name: "shard snapshot",
+                        start: at(arrived.checked_sub(pause).unwrap_or(arrived)),
+                        end: at(arrived),
+                        attributes: vec![
+                            Attribute::new("plume.shard", shard as i64),
+                            Attribute::new("plume.devices", devices as i64),
+                        ],
+                        error: None,
+                    },
+                    &barrier,
+                );
+            }
+        }
+        if let Some(flushed) = self.sinks_flushed {
+            finished(
+                Finished {
+                    name: "checkpoint sinks flush",
+                    start: at(barriers_done.unwrap_or(started).min(flushed)),
+                    end: at(flushed),
+                    attributes: Vec::new(),
+                    error: None,
+                },
+                &checkpoint,
+            );
+        }
+        if let Some(write) = self.write_started {
+            finished(
+                Finished {
+                    name: "checkpoint write",
+                    start: at(write),
+                    end: at(now),
+                    attributes: Vec::new(),
+                    error,
+                },
+                &checkpoint,
+            );
+        }
+    }
 }
 
 /// What the checkpointer has done (tests, admin view, logs).
@@ -237,6 +327,10 @@ impl Checkpointer {
             shards: (0..self.shards.len()).map(|_| None).collect(),
             sinks: None,
             writing: false,
+            phases: Phases {
+                started_at: Some(std::time::SystemTime::now()),
+                ..Default::default()
+            },
         });
         if forced {
             self.final_id = Some(id);
@@ -254,6 +348,7 @@ impl Checkpointer {
             return;
         }
         p.writing = true;
+        p.phases.write_started = Some(Instant::now());
         let id = p.id;
         let parts: Vec<ShardCheckpointed> = p.shards.iter_mut().map(|s| s.take().expect("checked")).collect();
         let sink_lengths = p.sinks.clone().unwrap_or_default();
@@ -262,6 +357,7 @@ impl Checkpointer {
         let dead_letters = self.dead_letters_base + parts.iter().map(|s| s.dead_letters).sum::<u64>();
         let pause = parts.iter().map(|s| s.pause).max().unwrap_or_default();
         let devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)> = parts.into_iter().flat_map(|s| s.devices).collect();
+        p.phases.bytes = devices.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let record = CheckpointRecord {
             id,
             pipeline: self.settings.pipeline.name.clone(),
@@ -331,7 +427,6 @@ impl Checkpointer {
         }));
     }
 
-    #[instrument(skip_all, fields(checkpoint = record.id))]
     fn completed(&mut self, record: CheckpointRecord, devices_written: u64, write: Duration, pause: Duration) {
         let p = self.in_progress.take().expect("a checkpoint in progress");
         self.devices = record.devices;
@@ -340,6 +435,8 @@ impl Checkpointer {
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         let total = p.started.elapsed();
         self.metrics.timings.checkpoint_seconds.observe(total.as_secs_f64());
+        self.metrics.last_checkpoint_bytes.store(p.phases.bytes, Ordering::Relaxed);
+        p.phases.record(record.id, p.started, devices_written, None);
         self.counters.completed += 1;
         self.counters.failed_in_a_row = 0;
         self.metrics
@@ -415,7 +512,9 @@ impl Checkpointer {
                 "nothing can be made durable any more in this process: stopping the run (the next start resumes from the last durable checkpoint)"
             );
         }
-        self.in_progress = None;
+        if let Some(p) = self.in_progress.take() {
+            p.phases.record(id, p.started, 0, Some(e.to_string()));
+        }
         for (_, reply) in self.waiters.drain(..) {
             let _ = reply.send(Err(e.clone()));
         }
@@ -450,6 +549,9 @@ impl Handler<ShardCheckpointed> for Checkpointer {
         match self.in_progress.as_mut() {
             Some(p) if p.id == msg.id => {
                 let shard = msg.shard;
+                p.phases
+                    .shards
+                    .push((shard, Instant::now(), msg.pause, msg.devices.len()));
                 p.shards[shard] = Some(msg);
             }
             _ => {
@@ -474,6 +576,7 @@ impl Handler<SinksFlushed> for Checkpointer {
         };
         match msg.lengths {
             Ok(lengths) => {
+                p.phases.sinks_flushed = Some(Instant::now());
                 p.sinks = Some(lengths);
                 self.try_write(ctx);
             }

@@ -80,11 +80,17 @@ impl DeviceActor {
         let mut records = Vec::with_capacity(emits.len());
         for emit in emits.drain(..) {
             match emit {
-                Emit::EventStart { .. } => {
-                    local.metrics.events_open.fetch_add(1, Ordering::Relaxed);
+                Emit::EventStart { severity, .. } => {
+                    let m = &local.metrics;
+                    m.events_open.fetch_add(1, Ordering::Relaxed);
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                Emit::EventEnd { .. } => {
-                    local.metrics.events_open.fetch_sub(1, Ordering::Relaxed);
+                Emit::EventEnd { severity, .. } => {
+                    let m = &local.metrics;
+                    m.events_open.fetch_sub(1, Ordering::Relaxed);
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
+                        .fetch_sub(1, Ordering::Relaxed);
                 }
                 Emit::Late { .. } => {
                     local.metrics.late.fetch_add(1, Ordering::Relaxed);

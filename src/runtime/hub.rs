@@ -163,8 +163,15 @@ impl OutputHub {
         self.counters.batches += 1;
         self.counters.records += records.len() as u64;
         let mut by_kind = [0u64; crate::model::RecordKind::ALL.len()];
+        let operators = self.metrics.records_by_operator.len();
         for record in &records {
             by_kind[record.kind.index()] += 1;
+            // (one writer, the hub: a relaxed add on a line no one else writes)
+            if operators > 0 {
+                let row = record.op.map_or(operators - 1, |op| (op as usize).min(operators - 1));
+                self.metrics.records_by_operator[row][record.kind.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         for (counter, n) in self.metrics.records_by_kind.iter().zip(by_kind) {
             if n > 0 {

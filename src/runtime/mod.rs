@@ -38,6 +38,7 @@ use crate::output::OutputRecord;
 pub mod checkpointer;
 pub mod coordinator;
 pub mod device;
+pub mod histogram;
 pub mod hub;
 pub mod ownership;
 pub mod ports;
@@ -108,6 +109,16 @@ pub struct RuntimeMetrics {
     /// Records routed to the sinks, by [`crate::model::RecordKind`] (its index in `ALL`).
     pub records_by_kind: [AtomicU64; crate::model::RecordKind::ALL.len()],
     pub events_open: AtomicI64,
+    /// Events open now by severity: index 0 for events without one, `s + 1` for severity `s`
+    /// (at most [`SEVERITY_SLOTS`] - 1).
+    pub events_open_by_severity: [AtomicI64; SEVERITY_SLOTS],
+    /// Records routed to the sinks per operator (by index) and kind; the last row counts the
+    /// records of no operator (dead letters, summaries).
+    pub records_by_operator: Vec<[AtomicU64; crate::model::RecordKind::ALL.len()]>,
+    /// Bytes of device state the newest durable checkpoint wrote.
+    pub last_checkpoint_bytes: AtomicU64,
+    /// Per shard, by index: devices in memory (active, passive) as the shard last reported.
+    pub shard_devices: Vec<[AtomicI64; 2]>,
     pub devices_active: AtomicI64,
     pub devices_passive: AtomicI64,
     pub activations: AtomicU64,
@@ -180,25 +191,13 @@ impl LimitCounts {
     }
 }
 
-/// Histograms of durations. Each observation takes a short lock (`prometheus-client`), so they
-/// are observed per checkpoint or per sink batch, never per reading.
-#[derive(Debug, Clone)]
+/// Histograms of durations (observed per checkpoint or per shard batch, never per reading).
+#[derive(Debug, Default)]
 pub struct Timings {
     /// A checkpoint from its barrier to durable (seconds).
-    pub checkpoint_seconds: prometheus_client::metrics::histogram::Histogram,
-}
-
-/// Buckets from 1 ms to about 33 s, doubling.
-pub fn duration_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16)
-}
-
-impl Default for Timings {
-    fn default() -> Self {
-        Timings {
-            checkpoint_seconds: prometheus_client::metrics::histogram::Histogram::new(duration_buckets()),
-        }
-    }
+    pub checkpoint_seconds: histogram::Histogram,
+    /// Per shard, by index: how long one batch (a chunk's readings for the shard) took.
+    pub shard_batch_seconds: Vec<histogram::Histogram>,
 }
 
 /// What one source brought in (counted per chunk by the routers).
@@ -212,6 +211,8 @@ pub struct SourceCounters {
     pub partition_lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
     /// Why the source cannot take input now (its broker is away); `None`: it can (`/readyz`).
     pub not_ready: std::sync::Mutex<Option<String>>,
+    /// `(unit, amount)` of input the source holds and has not handed on yet (set per chunk).
+    pub backlog: std::sync::Mutex<Option<(&'static str, i64)>>,
 }
 
 impl SourceCounters {
@@ -223,7 +224,15 @@ impl SourceCounters {
     pub fn not_ready(&self) -> Option<String> {
         self.not_ready.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// See [`SourceCounters::backlog`].
+    pub fn backlog(&self) -> Option<(&'static str, i64)> {
+        *self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
+
+/// Severity slots of [`RuntimeMetrics::events_open_by_severity`].
+pub const SEVERITY_SLOTS: usize = 9;
 
 impl RuntimeMetrics {
     /// Counters for a run with `sources` sources.
@@ -232,6 +241,25 @@ impl RuntimeMetrics {
             sources: (0..sources).map(|_| SourceCounters::default()).collect(),
             ..Default::default()
         }
+    }
+
+    /// Counters for a run with `sources` sources, `operators` operators and `shards` shards.
+    pub fn for_run(sources: usize, operators: usize, shards: usize) -> Self {
+        RuntimeMetrics {
+            sources: (0..sources).map(|_| SourceCounters::default()).collect(),
+            records_by_operator: (0..=operators).map(|_| Default::default()).collect(),
+            shard_devices: (0..shards).map(|_| Default::default()).collect(),
+            timings: Timings {
+                shard_batch_seconds: (0..shards).map(|_| Default::default()).collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The slot of `severity` in [`RuntimeMetrics::events_open_by_severity`].
+    pub fn severity_slot(severity: Option<u8>) -> usize {
+        severity.map_or(0, |s| (s as usize + 1).min(SEVERITY_SLOTS - 1))
     }
 
     /// The limit counters now.

@@ -13,6 +13,7 @@
 //! - [`Shutdown`]: the graceful stop a source polls, passed in by whoever runs it (Ctrl-C, the
 //!   end of a demo, a test).
 
+pub use super::histogram::{Histogram, HistogramValue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -219,6 +220,11 @@ impl SourceHealth {
         self.with(|c| *c.partition_lag.lock().unwrap_or_else(|e| e.into_inner()) = lags);
     }
 
+    /// Input the source holds and has not handed on yet (`unit`: `messages`, `bytes`).
+    pub fn set_backlog(&self, unit: &'static str, n: i64) {
+        self.with(|c| *c.backlog.lock().unwrap_or_else(|e| e.into_inner()) = Some((unit, n)));
+    }
+
     pub fn ready(&self) {
         self.with(|c| *c.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = None);
     }
@@ -303,6 +309,14 @@ pub trait Sink: Send + 'static {
 pub trait SinkCounters: Send + Sync + std::fmt::Debug {
     /// `(metric name, value)`; the names are in the admin endpoint's list.
     fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// Gauges, as [`SinkCounters::counters`].
+    fn gauges(&self) -> Vec<(&'static str, i64)> {
+        Vec::new()
+    }
+    /// Histograms, as [`SinkCounters::counters`].
+    fn histograms(&self) -> Vec<(&'static str, super::histogram::HistogramValue)> {
+        Vec::new()
+    }
 }
 
 pub enum SinkCommand {
@@ -322,7 +336,7 @@ pub struct SinkStats {
     pub batches: AtomicU64,
     pub errors: AtomicU64,
     /// How long each batch took to write (seconds; observed per batch).
-    pub write_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub write_seconds: super::histogram::Histogram,
 }
 
 impl Default for SinkStats {
@@ -331,7 +345,7 @@ impl Default for SinkStats {
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            write_seconds: prometheus_client::metrics::histogram::Histogram::new(super::duration_buckets()),
+            write_seconds: Default::default(),
         }
     }
 }

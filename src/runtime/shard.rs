@@ -494,6 +494,7 @@ impl Handler<DeviceBatches> for ShardSupervisor {
             );
         }
         self.counters.batches += msg.batches.len() as u64;
+        let began = Instant::now();
         let local = self.local.clone();
         for (device, readings) in msg.batches {
             self.counters.readings += readings.len() as u64;
@@ -511,6 +512,15 @@ impl Handler<DeviceBatches> for ShardSupervisor {
                 None => self.activate(&device, msg.now),
             };
             actor.apply_readings(&device, &local, readings, msg.now);
+        }
+        // per batch, into this shard's own slots (`/metrics`)
+        let metrics = &self.local.metrics;
+        if let Some(h) = metrics.timings.shard_batch_seconds.get(self.local.shard) {
+            h.observe(began.elapsed().as_secs_f64());
+        }
+        if let Some([active, passive]) = metrics.shard_devices.get(self.local.shard) {
+            active.store(self.active.len() as i64, Ordering::Relaxed);
+            passive.store(self.passive.len() as i64, Ordering::Relaxed);
         }
         // the chunk's records go to the hub when its last shard is done with it
         drop(msg.progress);

@@ -24,6 +24,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes as they came (protobuf bodies are not text).
+    pub raw: Vec<u8>,
     /// How many earlier requests carried the same `webhook-id` (0: the first).
     pub attempt: usize,
 }
@@ -211,6 +213,7 @@ async fn handle(
             path,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            raw: body.to_vec(),
             attempt,
         };
         all.push(r.clone());

@@ -48,9 +48,12 @@ pub fn run(
         operation,
         error,
     };
+    // a file's size, for the bytes left (`/metrics`; re-read per chunk: it may grow)
+    let mut file_for_size: Option<File> = None;
     let mut reader: Box<dyn Read> = match &source.input {
         LineInput::File(path) => {
             let mut f = File::open(path).map_err(|e| io_err("opening", e))?;
+            file_for_size = f.try_clone().ok();
             if source.start_offset > 0 {
                 f.seek(SeekFrom::Start(source.start_offset))
                     .map_err(|e| io_err("seeking", e))?;
@@ -67,7 +70,14 @@ pub fn run(
     // a chunk holds at least one whole line of the longest payload decoded: a line that does
     // not end within a chunk is longer than that, and is skipped
     let chunk_bytes = source.chunk_bytes.max(decoder.max_payload_bytes + 1);
+    let health = feeder.health();
+    let report_backlog = |offset: u64| {
+        if let Some(size) = file_for_size.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()) {
+            health.set_backlog("bytes", size.saturating_sub(offset) as i64);
+        }
+    };
     while !eof && !stop.is_requested() {
+        report_backlog(offset);
         let permit = feeder.wait_for_room();
         let mut buf = std::mem::take(&mut carry);
         // stdin sends what one read gave (up to a line end): no need to make room for a whole
@@ -190,6 +200,7 @@ pub fn run(
             permit,
         );
     }
+    report_backlog(offset);
     feeder.end();
     Ok(())
 }

@@ -344,6 +344,28 @@ impl ConsumerContext for SourceContext {
         use rdkafka::consumer::RebalanceProtocol;
         use rdkafka::types::RDKafkaRespErr;
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        // a span per rebalance (the checkpoint a revoke takes runs inside it)
+        let what = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => "assign",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => "revoke",
+            _ => "error",
+        };
+        let partitions: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}", e.topic(), e.partition()))
+            .collect();
+        let span = crate::trace::start(
+            "kafka rebalance",
+            crate::trace::Kind::Internal,
+            vec![
+                crate::trace::Attribute::new("plume.kafka.rebalance", what),
+                crate::trace::Attribute::new("plume.kafka.partitions", partitions.join(",")),
+                crate::trace::Attribute::new("plume.kafka.cooperative", cooperative),
+            ],
+            Some(&crate::trace::root()),
+        );
+        let _current = span.enter();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 {

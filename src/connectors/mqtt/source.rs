@@ -260,6 +260,7 @@ fn open_and_replay(
     info!(source = %name, dir = %plan.dir.display(), from, to = end, "mqtt ingest log open");
     let mut position = from;
     while position < end && !stop.is_requested() {
+        feeder.health().set_backlog("messages", (end - position) as i64);
         let entries = log.read(position, MAX_CHUNK_MESSAGES)?;
         let Some(&(last, _)) = entries.last() else { break };
         let permit = feeder.wait_for_room();
@@ -283,6 +284,7 @@ fn open_and_replay(
         stats.replayed.fetch_add(messages.len() as u64, Ordering::Relaxed);
         feeder.send(ChunkData::Messages(messages), Position::Sequence(position), permit);
     }
+    feeder.health().set_backlog("messages", 0);
     if position > from {
         info!(source = %name, from, to = position, "mqtt ingest log replayed");
     }
@@ -346,6 +348,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     let mut failure = None;
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);
+        let health = feeder.health();
         let driver = tokio::spawn(drive(
             events,
             client.clone(),
@@ -405,6 +408,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                     Err(_) => break,
                 }
             }
+            // received and not handed on yet (waiting for the log, or for room downstream)
+            health.set_backlog("messages", pending.len() as i64);
             let permit = tokio::select! {
                 p = feeder.room() => p,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
