@@ -132,8 +132,20 @@ fn fresh_state_dir() -> PathBuf {
 /// Starts `plume ARGS`; an actor run (`run` without `--engine plain` or `--no-checkpoints`) gets a
 /// fresh `--data-dir`, so every run starts from nothing, as the plain loop does.
 fn plume(args: &[&str], stdin: Stdio, stderr_path: &Path) -> (std::process::Child, Instant) {
+    plume_with_env(args, &[], stdin, stderr_path)
+}
+
+fn plume_with_env(
+    args: &[&str],
+    env: &[(&str, String)],
+    stdin: Stdio,
+    stderr_path: &Path,
+) -> (std::process::Child, Instant) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_plume"));
     command.current_dir(repo()).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
     if args[0] == "run" && !args.contains(&"plain") && !args.contains(&"--no-checkpoints") {
         command.arg("--data-dir").arg(fresh_state_dir());
     }
@@ -400,54 +412,134 @@ fn scrape_until(port: u16, every: Duration, stop: std::sync::Arc<std::sync::atom
     answered
 }
 
-/// 4. **Metrics**: the throughput run (2 shards, `--no-checkpoints`) without an admin endpoint,
-///    and with `--metrics` and a scraper asking for `/metrics` every 100 ms (150 times as often
-///    as Prometheus's default 15 s), alternating; median readings/s of each and their ratio.
+/// A minimal OTLP/HTTP collector on 127.0.0.1: answers every POST with 200 (what it receives
+/// is checked by `tests/otlp.rs`; here only its cost to plume matters). Returns its port and
+/// the count of requests answered.
+fn otlp_sink() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, answered)
+}
+
+/// 4. **Metrics**: the throughput run (2 shards, a checkpoint every second) three ways, in
+///    rotating order: without any export; with `--metrics` and a scraper asking for `/metrics`
+///    every 100 ms (150 times as often as Prometheus's default 15 s); and with that and OTLP
+///    export of metrics every second (60 times the default) and spans (a checkpoint span with
+///    its phases every second) to a local collector. Median readings/s of each and the ratios.
 fn metrics_cost(reps: usize) {
     let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
     let input = input.to_str().expect("utf-8 path");
     let out = data_dir().join("out.jsonl");
     let out_s = out.to_str().expect("utf-8 path");
-    let (mut off, mut on, mut scrapes) = (Vec::new(), Vec::new(), 0);
-    println!("\n## metrics endpoint on vs off ({THROUGHPUT_READINGS} readings, 2 shards, no state store)");
+    let (collector, exports) = otlp_sink();
+    let (mut off, mut on, mut otlp, mut scrapes) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    println!(
+        "\n## metrics and OTLP export on vs off ({THROUGHPUT_READINGS} readings, 2 shards, a checkpoint every second)"
+    );
+    const MODES: [&str; 3] = ["off", "/metrics", "/metrics + OTLP"];
     for rep in 0..reps {
-        for with_metrics in if rep % 2 == 0 { [false, true] } else { [true, false] } {
+        for k in 0..3 {
+            let mode = (rep + k) % 3;
             let base = ["run", "pipelines/aq1.yaml", "--input", input, "--output", out_s];
             let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
-            args.extend(["--shards", "2", "--no-checkpoints"].map(String::from));
+            args.extend(["--shards", "2", "--checkpoint-interval", "1s"].map(String::from));
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            if with_metrics {
+            if mode > 0 {
                 args.extend(["--metrics".to_string(), format!("127.0.0.1:{port}")]);
             }
+            let env: Vec<(&str, String)> = if mode == 2 {
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{collector}")),
+                    ("OTEL_METRIC_EXPORT_INTERVAL", "1000".into()),
+                    ("OTEL_BSP_SCHEDULE_DELAY", "1000".into()),
+                ]
+            } else {
+                Vec::new()
+            };
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let scraper = with_metrics.then(|| {
+            let scraper = (mode > 0).then(|| {
                 let stop = stop.clone();
                 std::thread::spawn(move || scrape_until(port, Duration::from_millis(100), stop))
             });
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let m = run_file(&args);
+            let stderr_path = data_dir().join("stderr.txt");
+            let (child, started) = plume_with_env(&args, &env, Stdio::null(), &stderr_path);
+            let m = wait_measured(child, started, &stderr_path);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(s) = scraper {
                 scrapes += s.join().unwrap();
             }
             let rate = THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64();
             println!(
-                "  rep {rep}: metrics {}: {rate:.0} readings/s ({:.2} s, cpu {:.2} s)",
-                if with_metrics { "on " } else { "off" },
+                "  rep {rep}: {:>15}: {rate:.0} readings/s ({:.2} s, cpu {:.2} s)",
+                MODES[mode],
                 m.wall.as_secs_f64(),
                 m.cpu.as_secs_f64()
             );
-            if with_metrics { on.push(rate) } else { off.push(rate) }
+            [&mut off, &mut on, &mut otlp][mode].push(rate);
+            cpu[mode].push(m.cpu.as_secs_f64());
         }
     }
-    let (off, on) = (median(off), median(on));
+    let (off, on, otlp) = (median(off), median(on), median(otlp));
     println!(
-        "  median: off {off:.0}/s, on {on:.0}/s: on/off = {:.3} ({scrapes} scrapes answered)",
-        on / off
+        "  median: off {off:.0}/s, /metrics {on:.0}/s, /metrics + OTLP {otlp:.0}/s: /metrics/off = {:.3}, \
+         (/metrics + OTLP)/off = {:.3} ({scrapes} scrapes answered, {} OTLP requests received)",
+        on / off,
+        otlp / off,
+        exports.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let [c_off, c_on, c_otlp] = cpu.map(median);
+    println!(
+        "  median CPU seconds: off {c_off:.2}, /metrics {c_on:.2}, /metrics + OTLP {c_otlp:.2}: \
+         (/metrics + OTLP)/off = {:.3}",
+        c_otlp / c_off
     );
 }
 

@@ -17,8 +17,9 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
 };
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::{KeyValue, global};
 
+pub use opentelemetry::Context;
 pub use opentelemetry::KeyValue as Attribute;
 pub use opentelemetry::trace::SpanKind as Kind;
 

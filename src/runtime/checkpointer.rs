@@ -132,9 +132,10 @@ struct Phases {
 impl Phases {
     /// Records the span of checkpoint `id` with a child per phase: the barrier reaching every
     /// shard (each shard's pause under it), the sinks made durable, the store write.
-    fn record(&self, id: u64, started: Instant, devices: u64, error: Option<String>) {
+    /// Returns the checkpoint span's context (log lines about it are written in it).
+    fn record(&self, id: u64, started: Instant, devices: u64, error: Option<String>) -> Option<crate::trace::Context> {
         use crate::trace::{Attribute, Finished, finished};
-        let Some(start) = self.started_at else { return };
+        let start = self.started_at?;
         let at = |i: Instant| start + i.saturating_duration_since(started);
         let now = Instant::now();
         let checkpoint = finished(
@@ -203,6 +204,7 @@ impl Phases {
                 &checkpoint,
             );
         }
+        Some(checkpoint)
     }
 }
 
@@ -436,7 +438,8 @@ impl Checkpointer {
         let total = p.started.elapsed();
         self.metrics.timings.checkpoint_seconds.observe(total.as_secs_f64());
         self.metrics.last_checkpoint_bytes.store(p.phases.bytes, Ordering::Relaxed);
-        p.phases.record(record.id, p.started, devices_written, None);
+        let span = p.phases.record(record.id, p.started, devices_written, None);
+        let _current = span.map(crate::trace::Context::attach);
         self.counters.completed += 1;
         self.counters.failed_in_a_row = 0;
         self.metrics
@@ -498,6 +501,11 @@ impl Checkpointer {
     /// flush from now on. When nothing can become durable again in this process, the run is
     /// told to stop ([`RuntimeMetrics::stopped_by`]).
     fn fail_because(&mut self, id: u64, e: CheckpointError, sink_broken: bool) {
+        let span = self
+            .in_progress
+            .as_ref()
+            .and_then(|p| p.phases.record(id, p.started, 0, Some(e.to_string())));
+        let _current = span.map(crate::trace::Context::attach);
         error!(checkpoint = id, error = %e, "checkpoint failed: the previous one stays the latest");
         self.counters.failed += 1;
         self.counters.failed_in_a_row += 1;
@@ -512,9 +520,7 @@ impl Checkpointer {
                 "nothing can be made durable any more in this process: stopping the run (the next start resumes from the last durable checkpoint)"
             );
         }
-        if let Some(p) = self.in_progress.take() {
-            p.phases.record(id, p.started, 0, Some(e.to_string()));
-        }
+        self.in_progress = None;
         for (_, reply) in self.waiters.drain(..) {
             let _ = reply.send(Err(e.clone()));
         }
