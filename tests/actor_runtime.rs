@@ -370,3 +370,123 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
     assert_eq!(got.len(), expected.len());
     assert_eq!(by_device(&got), by_device(&expected));
 }
+
+#[test]
+fn a_passivated_device_that_goes_silent_is_still_reported_offline() {
+    // indoor-air.yaml reports a room offline after 10 minutes of silence; with the default
+    // `passivate_after` (5 minutes) a silent room is passivated before it is offline. The
+    // shard's deadline index wakes it at its offline time. (Before the index, passive devices
+    // got no time at all and this run reported nothing.)
+    let text = std::fs::read_to_string(common::repo().join("pipelines/indoor-air.yaml")).unwrap();
+    let mut spec = parse_pipeline("pipelines/indoor-air.yaml", &text, &|_| None).unwrap();
+    // (the file keeps devices for 30 minutes; the default is 5)
+    spec.runtime.passivate_after = plume::spec::DurationSpec::from_millis(5 * 60_000);
+    let pipeline = Arc::new(CompiledPipeline::compile(spec).unwrap());
+    let start = plume::clock::now_ms();
+    let lines: Vec<String> = (0..3)
+        .flat_map(|d| {
+            (0..5).map(move |i| {
+                format!(
+                    r#"{{"device":"room-{d}","ts":{},"pm25":8,"co2":600,"voc":100,"temp":21,"hum":40}}"#,
+                    start + i * 10_000
+                )
+            })
+        })
+        .collect();
+    let sink = MemorySink::default();
+    let clock = Clock::manual(start);
+    let offline = |sink: &MemorySink| {
+        sink.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains(r#""status":"offline""#))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (reports, wakeups) = System::new().block_on({
+        let (pipeline, sink, clock) = (pipeline.clone(), sink.clone(), clock.clone());
+        async move {
+            let (rt, done) = app::start(
+                pipeline.clone(),
+                plan(&pipeline, &sink),
+                1,
+                RuntimeOptions {
+                    shards: Some(2),
+                    clock: clock.clone(),
+                    ..Default::default()
+                },
+            );
+            let mut feeder = rt.feeder(0, "test");
+            let observe = || async {
+                let mut all = Vec::new();
+                for s in &rt.shards {
+                    all.push(s.send(ObserveShard { devices: vec![] }).await.unwrap().counters);
+                }
+                all
+            };
+            let wait = |what: &'static str, done: Box<dyn Fn(&[plume::runtime::shard::ShardCounters]) -> bool>| {
+                let observe = &observe;
+                async move {
+                    let started = Instant::now();
+                    loop {
+                        if done(&observe().await) {
+                            return;
+                        }
+                        assert!(started.elapsed() < Duration::from_secs(30), "{what}");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            };
+            let permit = feeder.room().await;
+            feeder.send(chunk_of(&lines, 1), plume::model::Position::START, permit);
+            settle(&rt.metrics).await;
+            // 6 minutes of silence: passivated, not offline yet
+            clock.advance(6 * 60_000);
+            wait(
+                "the rooms were never passivated",
+                Box::new(|c| c.iter().map(|c| c.active).sum::<u64>() == 0),
+            )
+            .await;
+            assert!(offline(&sink).is_empty(), "{:?}", offline(&sink));
+            // 11 minutes after their last readings: each room is reported offline, once, and
+            // is passive again
+            clock.advance(5 * 60_000);
+            let started = Instant::now();
+            while offline(&sink).len() < 3 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "passive rooms were never reported offline: {:?}",
+                    observe().await
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let woken = |c: &[plume::runtime::shard::ShardCounters]| c.iter().map(|c| c.deadline_wakeups).sum::<u64>();
+            let wakeups = woken(&observe().await);
+            // reported: nothing is due any more, however long they stay quiet
+            clock.advance(3_600_000);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let counters = observe().await;
+            assert_eq!(woken(&counters), wakeups, "a room with nothing due was woken");
+            assert_eq!(counters.iter().map(|c| c.active).sum::<u64>(), 0);
+            assert_eq!(counters.iter().map(|c| c.passive).sum::<u64>(), 3);
+            let reports = offline(&sink);
+            feeder.end();
+            done.await.unwrap();
+            rt.shut_down();
+            (reports, wakeups)
+        }
+    });
+    // each room: its offline report, and its minute window's idle flush (`idle_flush: 5m`)
+    // when the passivation timer came before the tick at 6 minutes
+    assert!((3..=6).contains(&wakeups), "{wakeups} wake-ups for 3 rooms");
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for d in 0..3 {
+        let report = reports
+            .iter()
+            .find(|r| r.contains(&format!(r#""device":"room-{d}""#)))
+            .unwrap_or_else(|| panic!("room-{d} was not reported offline: {reports:?}"));
+        // last seen: the processing time of its last reading (the clock when it arrived)
+        assert!(report.contains(&format!(r#""last_seen":{start}"#)), "{report}");
+    }
+}

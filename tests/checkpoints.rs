@@ -571,3 +571,100 @@ fn forged_export_files_are_refused_without_a_panic_or_an_abort() {
     );
     assert!(err.contains("cannot be decoded"), "{err}");
 }
+
+/// Reports offline after 2 s of silence; every record to the output file.
+const OFFLINE_PIPELINE: &str = r#"version: 1
+pipeline: offline
+sources:
+  - file: { path: in.jsonl }
+decode:
+  format: json
+  device: { field: device }
+  time: { field: ts, unit: ms }
+  fields:
+    pm25: { type: float }
+operators:
+  - health:
+      name: sensor_health
+      offline_after: 2s
+outputs:
+  - when: all
+    to:
+      - file: { path: out.jsonl }
+"#;
+
+#[test]
+fn devices_quiet_before_a_restart_are_still_reported_offline() {
+    // A first run hears three rooms and ends; the next run, on the same state, hears nothing
+    // from them. Their state is only in the store (no reading loads it), so before the
+    // shards read the stored devices' deadlines at their start, no room was ever reported.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("offline.yaml");
+    std::fs::write(&pipeline, OFFLINE_PIPELINE).unwrap();
+    let pipeline = pipeline.to_str().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let lines: String = (0..3)
+        .map(|d| format!("{{\"device\":\"room-{d}\",\"ts\":{now},\"pm25\":5}}\n"))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let state = dir.path().join("state");
+    let first = dir.path().join("first.jsonl");
+    ok(run_cmd(pipeline, &input, &first, &state, &[]));
+    let offline = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(r#""status":"offline""#))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(offline(&first).is_empty(), "the first run ends before 2 s of silence");
+    // the next run reads standard input, which stays open and silent
+    let second = dir.path().join("second.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = plume()
+        .args(["run", pipeline, "--input", "-", "--checkpoint-interval", "200ms"])
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .arg("--output")
+        .arg(&second)
+        .arg("--data-dir")
+        .arg(&state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    // (the output file is written at the end: a silent source takes no checkpoints)
+    let started = Instant::now();
+    let health_records = || {
+        common::http_get(port, "/metrics").and_then(|(_, text)| {
+            text.lines()
+                .find(|l| l.starts_with(r#"plume_records_total{kind="health"}"#))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        })
+    };
+    while health_records() != Some(3) && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let reports = offline(&second);
+    assert_eq!(reports.len(), 3, "{reports:?}\n{log}");
+    for d in 0..3 {
+        assert!(
+            reports.iter().any(|r| r.contains(&format!(r#""device":"room-{d}""#))),
+            "room-{d}: {reports:?}"
+        );
+    }
+}

@@ -114,6 +114,11 @@ impl DeviceChain {
         }
     }
 
+    /// The earliest processing time at which [`DeviceChain::on_time`] would emit something.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.operators.iter().filter_map(|op| op.next_deadline()).min()
+    }
+
     /// End of input or graceful shutdown: emit open windows and final baselines.
     pub fn on_end(&mut self, out: &mut Vec<Emit>) {
         for op in &mut self.operators {

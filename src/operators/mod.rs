@@ -304,6 +304,14 @@ pub trait Operator: Clone + std::fmt::Debug + Sized {
     #[inline]
     fn on_time(&mut self, _now: i64, _out: &mut Vec<Emit>) {}
 
+    /// The earliest processing time at which [`Operator::on_time`] would do something (`None`:
+    /// nothing until the next reading). The shard keeps passivated devices in an index by this
+    /// time, so a device that went quiet is still flushed and reported offline.
+    #[inline]
+    fn next_deadline(&self) -> Option<i64> {
+        None
+    }
+
     /// End of input or graceful shutdown.
     #[inline]
     fn on_end(&mut self, _out: &mut Vec<Emit>) {}

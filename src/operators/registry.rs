@@ -192,6 +192,12 @@ macro_rules! registry {
                 }
             }
 
+            pub fn next_deadline(&self) -> Option<i64> {
+                match self {
+                    $(DeviceOperator::$variant(o) => Operator::next_deadline(o),)*
+                }
+            }
+
             pub fn on_end(&mut self, out: &mut Vec<Emit>) {
                 match self {
                     $(DeviceOperator::$variant(o) => Operator::on_end(o, out),)*

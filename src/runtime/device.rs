@@ -182,6 +182,11 @@ impl DeviceActor {
         }
     }
 
+    /// When its operators next act on processing time (`None`: not before its next reading).
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.chain.next_deadline()
+    }
+
     /// Passivation: the encoded state and whether it changed since the last checkpoint.
     pub fn passivate(self, device: &str, local: &ShardLocal) -> (Vec<u8>, bool) {
         let _span = info_span!("device_passivate", device, shard = local.shard).entered();

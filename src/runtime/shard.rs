@@ -133,6 +133,9 @@ pub struct ShardCounters {
     pub passivations: u64,
     pub batches: u64,
     pub readings: u64,
+    /// Passivated devices woken because their operators had something to do at that time
+    /// (an offline report, an idle flush), then passivated again.
+    pub deadline_wakeups: u64,
 }
 
 /// A passivated device's encoded state, kept until the store holds it.
@@ -142,6 +145,8 @@ struct PassiveDevice {
     dirty: bool,
     /// When clean: the checkpoint whose durability makes this copy redundant.
     clean_as_of: u64,
+    /// When its operators next act on processing time (its entry in the deadline index).
+    deadline: Option<i64>,
 }
 
 /// How a shard takes part in checkpoints.
@@ -166,6 +171,14 @@ pub struct ShardSupervisor {
     active: FxHashMap<Arc<str>, DeviceActor>,
     /// Encoded state of passivated devices.
     passive: FxHashMap<Arc<str>, PassiveDevice>,
+    /// Passivated devices by the processing time their operators next act on (offline
+    /// detection, idle flush): woken then, ticked and passivated again. An entry whose device
+    /// was re-activated, dropped or given another deadline since is skipped when it comes up.
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(i64, Arc<str>)>>,
+    /// Devices only in the store (not in memory) with an entry in `deadlines`: read from the
+    /// store when the shard starts, so a device that went quiet before a restart is still
+    /// reported offline. Woken from the store at their deadline.
+    stored_deadlines: rustc_hash::FxHashSet<Arc<str>>,
     counters: ShardCounters,
     passivate_after_ms: i64,
     /// Most devices (active and passive) this shard holds: `runtime.max_devices` / shards.
@@ -210,6 +223,8 @@ impl ShardSupervisor {
             local,
             active: FxHashMap::default(),
             passive: FxHashMap::default(),
+            deadlines: Default::default(),
+            stored_deadlines: Default::default(),
             counters: ShardCounters::default(),
             passivate_after_ms,
             max_devices,
@@ -286,6 +301,10 @@ impl ShardSupervisor {
 
     fn activate(&mut self, device: &str, now: i64) -> &mut DeviceActor {
         let key: Arc<str> = Arc::from(device);
+        if !self.stored_deadlines.is_empty() {
+            // in memory from now on: its deadline comes from its chain when it is passivated
+            self.stored_deadlines.remove(&key);
+        }
         let (chain, reactivated) = match self.passive.remove(&key) {
             Some(p) => (self.restore(&key, &p.bytes), true),
             None => match self.load(device) {
@@ -333,7 +352,12 @@ impl ShardSupervisor {
             .collect();
         let dropped = clean.len();
         for device in clean {
-            self.passive.remove(&device);
+            if let Some(p) = self.passive.remove(&device)
+                && p.deadline.is_some()
+            {
+                // still due at its deadline: woken from the store then
+                self.stored_deadlines.insert(device);
+            }
         }
         if dropped > 0 {
             let metrics = &self.local.metrics;
@@ -422,6 +446,40 @@ impl ShardSupervisor {
         self.passivate(by_age.into_iter().map(|(_, k)| k).collect())
     }
 
+    /// Wakes the passivated devices whose deadline has come: each is restored, ticked (its
+    /// offline report, its idle flush) and passivated again. Costs nothing for the others.
+    fn tick_due_passive(&mut self, now: i64) {
+        let mut due = Vec::new();
+        while let Some(std::cmp::Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let std::cmp::Reverse((at, device)) = self.deadlines.pop().expect("peeked");
+            let current = match self.passive.get(&device) {
+                Some(p) => p.deadline == Some(at),
+                // read from the store at the start, and not seen since
+                None => self.stored_deadlines.remove(&device) && !self.active.contains_key(&device),
+            };
+            if current {
+                due.push(device);
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let local = self.local.clone();
+        for device in &due {
+            let actor = self.activate(device, now);
+            // (a device from the store may have had its deadline moved by a later checkpoint)
+            if actor.next_deadline().is_some_and(|at| at <= now) {
+                actor.tick(device, &local, now);
+            }
+        }
+        self.counters.deadline_wakeups += due.len() as u64;
+        debug!(shard = self.local.shard, woken = due.len(), "passive devices ticked at their deadline");
+        self.passivate(due);
+    }
+
     fn passivate(&mut self, idle: Vec<Arc<str>>) -> usize {
         if idle.is_empty() {
             return 0;
@@ -430,13 +488,18 @@ impl ShardSupervisor {
         let clean_as_of = self.barrier_seen;
         for device in idle {
             let actor = self.active.remove(&device).expect("listed above");
+            let deadline = actor.next_deadline();
             let (bytes, dirty) = actor.passivate(&device, &self.local);
+            if let Some(at) = deadline {
+                self.deadlines.push(std::cmp::Reverse((at, device.clone())));
+            }
             self.passive.insert(
                 device,
                 PassiveDevice {
                     bytes: Arc::new(bytes),
                     dirty,
                     clean_as_of,
+                    deadline,
                 },
             );
         }
@@ -470,6 +533,7 @@ impl Actor for ShardSupervisor {
             act.passivate_idle(after);
         });
         if let Some(tick) = self.tick_ms {
+            self.read_stored_deadlines(ctx);
             let period = self.local.clock.timer_period(Duration::from_millis(tick as u64));
             ctx.run_interval(period, |act, _ctx| {
                 let now = act.local.clock.now_ms();
@@ -477,6 +541,10 @@ impl Actor for ShardSupervisor {
                 for (id, d) in act.active.iter_mut() {
                     d.tick(id, local, now);
                 }
+                act.tick_due_passive(now);
+                // what the tick emitted (offline reports, idle flushes) goes out now, not with
+                // the next chunk or barrier
+                act.local.output.flush(None);
             });
         }
     }
@@ -655,6 +723,66 @@ impl Handler<ShardBarrier> for ShardSupervisor {
     }
 }
 
+/// The deadlines of devices the store holds for this shard (read once, at the start).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StoredDeadlines(Vec<(i64, Arc<str>)>);
+
+impl ShardSupervisor {
+    /// Reads the store's devices of this shard's key groups on a thread of its own (decoding
+    /// each once) and sends their deadlines here: devices that were quiet before a restart are
+    /// never loaded by a reading, so without this they would never be reported offline.
+    fn read_stored_deadlines(&self, ctx: &mut Context<Self>) {
+        let Some(c) = &self.checkpointing else { return };
+        let (store, pipeline, allow) = (c.store.clone(), self.local.pipeline.clone(), c.allow_pipeline_change);
+        let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
+        let shard = self.local.shard;
+        let addr = ctx.address();
+        let spawned = std::thread::Builder::new()
+            .name(format!("shard {shard} deadlines"))
+            .spawn(move || {
+                let started = Instant::now();
+                let mut deadlines = Vec::new();
+                let mut read = 0u64;
+                for item in store.devices_in(from, to) {
+                    // (a damaged device is reported when it is loaded; here it is only skipped)
+                    let Ok((device, Ok(bytes))) = item else { continue };
+                    read += 1;
+                    if let Ok(chain) = pipeline.restore_chain(&device, &bytes, allow)
+                        && let Some(at) = chain.next_deadline()
+                    {
+                        deadlines.push((at, Arc::from(device.as_str())));
+                    }
+                }
+                tracing::info!(
+                    shard,
+                    devices = read,
+                    with_deadline = deadlines.len(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "stored devices' deadlines read"
+                );
+                addr.do_send(StoredDeadlines(deadlines));
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "the stored devices' deadlines could not be read");
+        }
+    }
+}
+
+impl Handler<StoredDeadlines> for ShardSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StoredDeadlines, _ctx: &mut Context<Self>) {
+        for (at, device) in msg.0 {
+            // a device in memory already has its own deadline
+            if !self.active.contains_key(&device) && !self.passive.contains_key(&device) {
+                self.stored_deadlines.insert(device.clone());
+                self.deadlines.push(std::cmp::Reverse((at, device)));
+            }
+        }
+    }
+}
+
 impl Handler<CheckpointDone> for ShardSupervisor {
     type Result = ();
 
@@ -662,7 +790,15 @@ impl Handler<CheckpointDone> for ShardSupervisor {
         // passive devices whose state the store now holds durably need no copy in memory
         self.passivated_for_room = false;
         let before = self.passive.len();
-        self.passive.retain(|_, p| p.dirty || p.clean_as_of > msg.id);
+        let stored_deadlines = &mut self.stored_deadlines;
+        self.passive.retain(|device, p| {
+            let keep = p.dirty || p.clean_as_of > msg.id;
+            if !keep && p.deadline.is_some() {
+                // still due at its deadline: woken from the store then
+                stored_deadlines.insert(device.clone());
+            }
+            keep
+        });
         let evicted = before - self.passive.len();
         if evicted > 0 {
             self.local
@@ -709,6 +845,8 @@ impl Handler<EvictDevices> for ShardSupervisor {
     fn handle(&mut self, msg: EvictDevices, _ctx: &mut Context<Self>) -> usize {
         let mut evicted = 0;
         for device in &msg.0 {
+            // another member's now: its deadlines too
+            self.stored_deadlines.remove(device.as_str());
             if let Some(p) = self.passive.remove(device.as_str()) {
                 if p.dirty {
                     error!(device = %device, "evicting a device with changes no checkpoint holds");

@@ -227,6 +227,14 @@ impl Operator for HealthOp {
         }
     }
 
+    fn next_deadline(&self) -> Option<i64> {
+        let st = &self.state;
+        match (self.config.offline_after_ms, st.last_seen) {
+            (Some(after), Some(last_seen)) if !st.offline => Some(last_seen.saturating_add(after)),
+            _ => None,
+        }
+    }
+
     /// End of input: the out-of-range counts are reported.
     fn on_end(&mut self, out: &mut Vec<Emit>) {
         if !self.config.range_fields.is_empty() && self.state.last_seen.is_some() {
@@ -291,10 +299,14 @@ mod tests {
         let mut out = Vec::new();
         op.on_time(1_000_000, &mut out);
         assert!(out.is_empty(), "never seen: not offline");
+        assert_eq!(op.next_deadline(), None);
         op.on_reading(&mut reading(5, 1.0, 400.0, 0), 1_000, &mut out);
+        // the deadline is the first time at which on_time reports
+        assert_eq!(op.next_deadline(), Some(61_000));
         op.on_time(60_999, &mut out);
         assert!(out.is_empty());
         op.on_time(61_000, &mut out);
+        assert_eq!(op.next_deadline(), None, "reported: nothing more to do until a reading");
         op.on_time(500_000, &mut out);
         op.on_reading(&mut reading(7, 1.0, 401.0, 0), 600_000, &mut out);
         op.on_time(600_001, &mut out);

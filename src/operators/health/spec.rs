@@ -24,7 +24,8 @@ pub struct HealthSpec {
     /// Name for routes and output records; default: `health`.
     #[serde(default)]
     pub name: Option<String>,
-    /// A device without data for this long (processing time) goes offline.
+    /// A device without data for this long (processing time) goes offline: reported once, also
+    /// when it is passivated or only in the store (after a restart).
     #[serde(default)]
     pub offline_after: Option<DurationSpec>,
     /// Stuck sensors: the same value for `readings` readings in a row.

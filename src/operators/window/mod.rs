@@ -375,6 +375,13 @@ impl Operator for WindowOp {
         }
     }
 
+    fn next_deadline(&self) -> Option<i64> {
+        match self.config.idle_flush_ms {
+            Some(idle) if !self.state.windows.is_empty() => Some(self.state.last_seen.saturating_add(idle)),
+            _ => None,
+        }
+    }
+
     /// End of input: every open window is emitted in ascending start order.
     fn on_end(&mut self, out: &mut Vec<Emit>) {
         self.flush_all(out);
@@ -554,12 +561,17 @@ mod tests {
             values: smallvec::smallvec![1.0],
             out_of_range: 0,
         };
+        assert_eq!(op.next_deadline(), None, "no open window");
         op.on_reading(&mut r, 1_000, &mut out);
         op.after_reading(1_000, &mut out);
+        assert_eq!(op.next_deadline(), Some(31_000));
         op.on_time(20_000, &mut out);
+        assert!(out.is_empty(), "not idle long enough");
+        op.on_time(30_999, &mut out);
         assert!(out.is_empty(), "not idle long enough");
         op.on_time(31_000, &mut out);
         assert_eq!(out.len(), 1);
+        assert_eq!(op.next_deadline(), None, "flushed: nothing open");
         out.clear();
         let mut r = Reading {
             ts: 20_000,
