@@ -8,8 +8,13 @@
 //! | type | keys besides v, type, operator, device, id |
 //! | --- | --- |
 //! | `window` | `window_start`, `window_end` (epoch ms), `count`, `<field>_<aggregate>`… |
-//! | `event_start` | `field`, `start_ts`, `value` (first), `peak` (so far), `severity` (of `peak`, if bands are set) |
-//! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `peak`, `mean`, `severity` |
+//! | `event_start` | `field`, `start_ts`, `decided_ts`, `decision_lag_ms`, `value` (first), `peak` (so far), `severity` (of `peak`, if bands are set) |
+//! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `decided_ts`, `decision_lag_ms`, `peak`, `mean`, `severity` |
+//!
+//! An event's `start_ts` is its first reading beyond `enter` (back-dated over `min_duration`)
+//! and its `end_ts` the first reading of the clearing run; `decided_ts` is the event time of
+//! the reading on which plume decided (`min_duration` or `min_clear` reached), and
+//! `decision_lag_ms` how far it lies behind `start_ts` (`end_ts` for an end).
 //! | `baseline` | `field`, `ts`, `baseline` |
 //! | `deviation` | `field`, `ts`, `value`, `mean`, `stddev`, `zscore` |
 //! | `smoothed` | `field`, `ts`, `value`, `trend` (Holt) |
@@ -236,12 +241,17 @@ impl RecordFormatter {
                 value,
                 peak,
                 severity,
+                decided_ts,
                 ..
             } => {
                 key(&mut j, "field");
                 push_json_str(&mut j, config.watched_field());
                 key(&mut j, "start_ts");
                 push_i64(&mut j, *start_ts);
+                key(&mut j, "decided_ts");
+                push_i64(&mut j, *decided_ts);
+                key(&mut j, "decision_lag_ms");
+                push_i64(&mut j, decided_ts.saturating_sub(*start_ts));
                 key(&mut j, "value");
                 push_f64(&mut j, *value);
                 key(&mut j, "peak");
@@ -257,6 +267,7 @@ impl RecordFormatter {
                 peak,
                 mean,
                 severity,
+                decided_ts,
                 ..
             } => {
                 key(&mut j, "field");
@@ -267,6 +278,10 @@ impl RecordFormatter {
                 push_i64(&mut j, *end_ts);
                 key(&mut j, "duration_ms");
                 push_i64(&mut j, end_ts.saturating_sub(*start_ts));
+                key(&mut j, "decided_ts");
+                push_i64(&mut j, *decided_ts);
+                key(&mut j, "decision_lag_ms");
+                push_i64(&mut j, decided_ts.saturating_sub(*end_ts));
                 key(&mut j, "peak");
                 push_f64(&mut j, *peak);
                 key(&mut j, "mean");
@@ -451,6 +466,55 @@ pub struct RunTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_records_say_when_they_were_decided() {
+        let text = "version: 1\npipeline: t\ndecode:\n  fields:\n    pm25: {}\noperators:\n  - hysteresis: { name: pm, field: pm25, enter: 35, exit: 25, min_duration: 30s }\n";
+        let pipeline =
+            CompiledPipeline::compile(crate::spec::parse_pipeline("t.yaml", text, &|_| None).unwrap()).unwrap();
+        let f = RecordFormatter::new(&pipeline);
+        let v = |emit: &Emit| serde_json::from_str::<serde_json::Value>(&f.format("d", emit).json).unwrap();
+        let start = v(&Emit::EventStart {
+            op: 0,
+            seq: 1,
+            start_ts: 30_000,
+            value: 40.0,
+            peak: 45.0,
+            severity: None,
+            decided_ts: 60_000,
+        });
+        assert_eq!((start["start_ts"].as_i64(), start["decided_ts"].as_i64()), (Some(30_000), Some(60_000)));
+        assert_eq!(start["decision_lag_ms"].as_i64(), Some(30_000));
+        let end = v(&Emit::EventEnd {
+            op: 0,
+            seq: 1,
+            start_ts: 30_000,
+            end_ts: 90_000,
+            peak: 45.0,
+            mean: 41.0,
+            severity: None,
+            decided_ts: 110_000,
+        });
+        assert_eq!(end["decided_ts"].as_i64(), Some(110_000));
+        assert_eq!(end["decision_lag_ms"].as_i64(), Some(20_000), "behind end_ts");
+        // the id does not depend on when the event was decided (a replay gives the same ids)
+        let started = |decided_ts| {
+            f.format(
+                "d",
+                &Emit::EventStart {
+                    op: 0,
+                    seq: 1,
+                    start_ts: 30_000,
+                    value: 40.0,
+                    peak: 45.0,
+                    severity: None,
+                    decided_ts,
+                },
+            )
+            .id
+        };
+        assert_eq!(started(60_000), started(70_000));
+    }
 
     #[test]
     fn json_strings_are_escaped() {

@@ -151,6 +151,9 @@ pub enum Emit {
         /// The worst value while the event was being confirmed (`min_duration`).
         peak: f64,
         severity: Option<u8>,
+        /// The event time of the reading that decided it: `start_ts` is back-dated to the first
+        /// reading of the debounce, this is when `min_duration` was reached.
+        decided_ts: i64,
     },
     /// A hysteresis event closed.
     EventEnd {
@@ -161,6 +164,9 @@ pub enum Emit {
         peak: f64,
         mean: f64,
         severity: Option<u8>,
+        /// The event time of the reading that decided the end (`end_ts` is the first reading
+        /// of the clearing run; this one is `min_clear` later or more).
+        decided_ts: i64,
     },
     /// A baseline's current value.
     Baseline { op: OpIndex, ts: i64, value: f64 },

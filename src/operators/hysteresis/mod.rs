@@ -164,6 +164,7 @@ impl HysteresisOp {
                         value: run.first_value,
                         peak: run.peak,
                         severity: cfg.severity_of(run.peak),
+                        decided_ts: ts,
                     });
                 } else {
                     st.entering = Some(Box::new(run));
@@ -184,6 +185,7 @@ impl HysteresisOp {
                             peak: event.peak,
                             mean: event.sum / event.n as f64,
                             severity: cfg.severity_of(event.peak),
+                            decided_ts: ts,
                         });
                     }
                 } else {
@@ -360,6 +362,7 @@ mod tests {
             Emit::EventStart {
                 start_ts: 30_000,
                 value: 40.0,
+                decided_ts: 60_000,
                 ..
             }
         ));
@@ -381,6 +384,7 @@ mod tests {
                 start_ts: 30_000,
                 end_ts: 90_000,
                 peak: 45.0,
+                decided_ts: 110_000,
                 ..
             }
         ));
