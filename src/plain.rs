@@ -57,6 +57,15 @@ impl<'p> PlainRun<'p> {
         }
         match decoder.decode(line, None, now) {
             Ok(decoded) => {
+                for &(field, value) in &decoded.dropped {
+                    self.dead_letters += 1;
+                    let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
+                    let reason = decoder.dropped_reason(field, value);
+                    sink(
+                        self.formatter
+                            .dead_letter(source, &format!("line {line_no}"), &reason, raw),
+                    );
+                }
                 let chain = match self.devices.get_mut(decoded.device.as_ref()) {
                     Some(chain) => chain,
                     None => {

@@ -497,3 +497,74 @@ fn at_the_device_limit_the_least_recently_active_devices_are_passivated_to_make_
         );
     }
 }
+
+/// aq1 with CO2 limited to 250–10,000 ppm and `out_of_range` as given.
+fn aq1_with_co2_range(dir: &Path, out_of_range: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let text = text.replacen(
+        "co2: { type: float, required: true }",
+        &format!("co2: {{ type: float, required: true, min: 250, max: 10000, out_of_range: {out_of_range} }}"),
+        1,
+    );
+    let path = dir.join(format!("aq1-co2-{out_of_range}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_bad_field_is_left_out_and_dead_lettered_while_the_rest_of_its_reading_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // the PM2.5 that opens the event comes with a broken CO2 value
+    std::fs::write(
+        &input,
+        "{\"device\":\"a\",\"ts\":1000,\"pm25\":10,\"co2\":500}\n\
+         {\"device\":\"a\",\"ts\":2000,\"pm25\":48,\"co2\":99999}\n\
+         {\"device\":\"a\",\"ts\":3000,\"pm25\":50,\"co2\":510}\n",
+    )
+    .unwrap();
+    let kinds = |records: &[serde_json::Value], kind: &str| -> Vec<serde_json::Value> {
+        records.iter().filter(|r| r["type"] == kind).cloned().collect()
+    };
+    // today's choice: the whole reading is a dead letter, and the event opens a reading later
+    let whole = aq1_with_co2_range(dir.path(), "dead_letter");
+    let out = dir.path().join("whole.jsonl");
+    run_ok(&[whole.to_str().unwrap(), "--no-checkpoints"], &input, &out);
+    let whole_records = records(&out);
+    assert_eq!(kinds(&whole_records, "event_start")[0]["start_ts"], 3000);
+    assert_eq!(kinds(&whole_records, "dead_letter").len(), 1);
+    // field_dead_letter: the PM2.5 is used (the event starts at 2000), the CO2 is recorded
+    let field = aq1_with_co2_range(dir.path(), "field_dead_letter");
+    let mut outputs = Vec::new();
+    for engine in ["actors", "plain"] {
+        let out = dir.path().join(format!("field-{engine}.jsonl"));
+        let state: &[&str] = if engine == "plain" { &[] } else { &["--no-checkpoints"] };
+        run_ok(&[&[field.to_str().unwrap(), "--engine", engine], state].concat(), &input, &out);
+        let records = records(&out);
+        let starts = kinds(&records, "event_start");
+        assert_eq!(starts.len(), 1, "{engine}: {records:?}");
+        assert_eq!(starts[0]["start_ts"], 2000, "{engine}");
+        let dead = kinds(&records, "dead_letter");
+        assert_eq!(dead.len(), 1, "{engine}: {dead:?}");
+        let reason = dead[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("field `co2`: 99999 is outside its range [250, 10000]"),
+            "{reason}"
+        );
+        assert_eq!(dead[0]["position"], "line 2");
+        assert!(dead[0]["raw"].as_str().unwrap().contains("99999"), "{:?}", dead[0]);
+        let summary = kinds(&records, "summary");
+        assert_eq!(summary[0]["readings"], 3, "{engine}: the reading counts");
+        assert_eq!(summary[0]["dead_letters"], 1, "{engine}");
+        // the window's CO2 average leaves the bad value out
+        let window = &kinds(&records, "window")[0];
+        assert_eq!(window["co2_avg"], 505.0, "{window}");
+        outputs.push(records);
+    }
+    // the same records from the actors and the plain loop (in id order)
+    let sorted = |mut v: Vec<serde_json::Value>| {
+        v.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_string() + &r.to_string());
+        v
+    };
+    assert_eq!(sorted(outputs[0].clone()), sorted(outputs[1].clone()));
+}

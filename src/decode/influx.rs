@@ -178,11 +178,12 @@ pub(super) fn decode<'a>(
         reading.values[field.slot] = x;
         seen |= 1u64 << field.slot;
     }
-    dec.check_fields(&mut reading, seen)?;
+    let dropped = dec.check_fields(&mut reading, seen)?;
     Ok(Decoded {
         device,
         reading,
         time_clamped: false,
+        dropped,
     })
 }
 

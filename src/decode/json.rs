@@ -306,11 +306,12 @@ pub(super) fn decode<'a>(
         (Some(_), Some(t)) => t?,
         (Some(name), None) => return Err(DecodeError::MissingTime(name.clone())),
     };
-    dec.check_fields(&mut reading, seen)?;
+    let dropped = dec.check_fields(&mut reading, seen)?;
     Ok(Decoded {
         device,
         reading,
         time_clamped: false,
+        dropped,
     })
 }
 
@@ -552,6 +553,18 @@ mod tests {
             .unwrap();
         assert!(d.reading.values[1].is_nan());
         assert_eq!(d.reading.out_of_range, 0b10);
+        assert!(d.dropped.is_empty(), "flag: counted, no dead letter");
+        // field_dead_letter: left out and reported, the rest of the reading kept
+        let mut per_field = decoder(TimeUnit::Ms);
+        per_field.fields[1].spec.out_of_range = OutOfRange::FieldDeadLetter;
+        let d = per_field
+            .decode(br#"{"device":"a","ts":1,"pm25":5000,"co2":700}"#, None, 0)
+            .unwrap();
+        assert!(d.reading.values[1].is_nan());
+        assert_eq!(d.reading.values[0], 700.0);
+        assert_eq!(d.dropped.as_slice(), &[(1, 5000.0)]);
+        let reason = per_field.dropped_reason(1, 5000.0);
+        assert!(reason.starts_with("field `pm25`: 5000 is outside its range"), "{reason}");
         let mut strict = decoder(TimeUnit::Ms);
         strict.fields[1].spec.out_of_range = OutOfRange::DeadLetter;
         assert!(

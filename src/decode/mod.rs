@@ -73,7 +73,13 @@ pub struct Decoded<'a> {
     pub reading: Reading,
     /// The event time was outside `plausible_time` and moved to its edge (`outside: clamp`).
     pub time_clamped: bool,
+    /// Fields left out of the reading by `out_of_range: field_dead_letter`: (the field's index
+    /// among the declared fields, its value). Each becomes a dead letter ([`Decoder::dropped_reason`]).
+    pub dropped: DroppedFields,
 }
+
+/// See [`Decoded::dropped`].
+pub type DroppedFields = smallvec::SmallVec<[(u16, f64); 2]>;
 
 /// One declared field, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,8 +221,9 @@ impl Decoder {
     }
 
     /// Applies type, range and presence rules once all values are in.
-    pub(crate) fn check_fields(&self, reading: &mut Reading, seen: u64) -> Result<(), DecodeError> {
-        for f in &self.fields {
+    pub(crate) fn check_fields(&self, reading: &mut Reading, seen: u64) -> Result<DroppedFields, DecodeError> {
+        let mut dropped = DroppedFields::new();
+        for (index, f) in self.fields.iter().enumerate() {
             let present = seen & (1u64 << f.slot) != 0;
             if !present {
                 if f.spec.required {
@@ -235,7 +242,10 @@ impl Decoder {
                             value: x,
                         });
                     }
-                    OutOfRange::Flag | OutOfRange::Keep => {
+                    OutOfRange::Flag | OutOfRange::Keep | OutOfRange::FieldDeadLetter => {
+                        if f.spec.out_of_range == OutOfRange::FieldDeadLetter {
+                            dropped.push((index as u16, x));
+                        }
                         reading.out_of_range |= 1u64 << f.slot;
                         reading.values[f.slot] = crate::operators::ABSENT;
                         continue;
@@ -265,11 +275,36 @@ impl Decoder {
                         reading.out_of_range |= 1u64 << f.slot;
                         reading.values[f.slot] = crate::operators::ABSENT;
                     }
+                    OutOfRange::FieldDeadLetter => {
+                        dropped.push((index as u16, x));
+                        reading.out_of_range |= 1u64 << f.slot;
+                        reading.values[f.slot] = crate::operators::ABSENT;
+                    }
                     OutOfRange::Keep => reading.out_of_range |= 1u64 << f.slot,
                 }
             }
         }
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// The dead letter reason of a field left out by `out_of_range: field_dead_letter`.
+    pub fn dropped_reason(&self, field: u16, value: f64) -> String {
+        let Some(f) = self.fields.get(field as usize) else {
+            return format!("field #{field}: {value} left out of the reading");
+        };
+        let why = if value.is_finite() {
+            format!(
+                "{value} is outside its range [{}, {}]",
+                f.spec.min.map_or("-inf".to_string(), |m| m.to_string()),
+                f.spec.max.map_or("inf".to_string(), |m| m.to_string())
+            )
+        } else {
+            format!("{value} is not a finite number")
+        };
+        format!(
+            "field `{}`: {why}: left out of the reading (out_of_range: field_dead_letter), its other fields were used",
+            f.name
+        )
     }
 
     /// Converts an integer or float event time in the configured unit to epoch milliseconds.

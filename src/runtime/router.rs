@@ -447,6 +447,11 @@ impl Router {
                             if decoded.time_clamped {
                                 RuntimeMetrics::add(&self.metrics.times_implausible, 1);
                             }
+                            for &(field, value) in &decoded.dropped {
+                                let position = format!("line {this_line}");
+                                let reason = decoder.dropped_reason(field, value);
+                                self.dead_letter(&chunk.source_name, &position, &reason, line);
+                            }
                             let hash = xxh3_64(decoded.device.as_bytes());
                             grouping.push(hash, &decoded.device, decoded.reading);
                         }
@@ -478,6 +483,10 @@ impl Router {
                             readings += 1;
                             if decoded.time_clamped {
                                 RuntimeMetrics::add(&self.metrics.times_implausible, 1);
+                            }
+                            for &(field, value) in &decoded.dropped {
+                                let reason = decoder.dropped_reason(field, value);
+                                self.dead_letter(&chunk.source_name, &m.position, &reason, &m.payload);
                             }
                             let hash = xxh3_64(decoded.device.as_bytes());
                             grouping.push(hash, &decoded.device, decoded.reading);

@@ -190,8 +190,10 @@ pub struct FieldSpec {
     #[serde(default)]
     pub required: bool,
     /// `flag`: treated as absent and counted; `dead_letter`: the whole reading goes to dead
-    /// letters; `keep`: kept and counted. A value that is not a finite number (`1e999`, `inf`)
-    /// is out of every range: with `flag` and `keep` it is dropped (absent, counted), never kept.
+    /// letters; `keep`: kept and counted; `field_dead_letter`: treated as absent and counted,
+    /// and a dead letter records the field and its value (the rest of the reading is used). A
+    /// value that is not a finite number (`1e999`, `inf`) is out of every range: with `flag`
+    /// and `keep` it is dropped (absent, counted), never kept.
     #[serde(default)]
     pub out_of_range: OutOfRange,
 }
@@ -216,4 +218,9 @@ pub enum OutOfRange {
     DeadLetter,
     /// The value is kept as it is (and still counted).
     Keep,
+    /// The field is left out of this reading (the other fields are used, and it is counted as
+    /// with `flag`), and a dead letter records it: the field, the value, its range and the raw
+    /// payload. A bad CO2 value then costs neither the PM2.5 of the same reading nor the record
+    /// of what the sensor sent.
+    FieldDeadLetter,
 }
