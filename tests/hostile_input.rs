@@ -568,3 +568,58 @@ fn a_bad_field_is_left_out_and_dead_lettered_while_the_rest_of_its_reading_is_us
     };
     assert_eq!(sorted(outputs[0].clone()), sorted(outputs[1].clone()));
 }
+
+#[test]
+fn readings_sent_twice_are_counted_once_with_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = common::aq1_input(dir.path(), 20, 4_000, 11);
+    let lines: Vec<String> = std::fs::read_to_string(&clean)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // an at-least-once gateway: every 7th reading again at once, every 11th again 5 lines later
+    let mut doubled = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        doubled.push(line.clone());
+        if i % 7 == 0 {
+            doubled.push(line.clone());
+        }
+        if i >= 5 && (i - 5) % 11 == 0 {
+            doubled.push(lines[i - 5].clone());
+        }
+    }
+    let doubled_path = dir.path().join("doubled.jsonl");
+    std::fs::write(&doubled_path, doubled.join("\n") + "\n").unwrap();
+    let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let with_dedup = dir.path().join("aq1-dedup.yaml");
+    std::fs::write(&with_dedup, aq1.replacen("operators:\n", "operators:\n  - dedup: {}\n", 1)).unwrap();
+    let without = |records: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        let mut v: Vec<serde_json::Value> = records
+            .into_iter()
+            .filter(|r| r["type"] != "summary")
+            .map(|mut r| {
+                // (the ids name the operator chain's pipeline only through its name: equal)
+                r.as_object_mut().unwrap().remove("id");
+                r
+            })
+            .collect();
+        v.sort_by_key(|r| r.to_string());
+        v
+    };
+    let run = |pipeline: &Path, input: &Path, name: &str, engine: &str| {
+        let out = dir.path().join(format!("{name}-{engine}.jsonl"));
+        let state: &[&str] = if engine == "plain" { &[] } else { &["--no-checkpoints"] };
+        run_ok(&[&[pipeline.to_str().unwrap(), "--engine", engine], state].concat(), input, &out);
+        records(&out)
+    };
+    let reference = without(run(&repo().join("pipelines/aq1.yaml"), &clean, "clean", "plain"));
+    // without dedup the duplicates are counted: the windows differ
+    let counted_twice = without(run(&repo().join("pipelines/aq1.yaml"), &doubled_path, "twice", "plain"));
+    assert_ne!(counted_twice, reference, "the duplicates change the windows");
+    for engine in ["actors", "plain"] {
+        let deduplicated = without(run(&with_dedup, &doubled_path, "dedup", engine));
+        assert_eq!(deduplicated.len(), reference.len(), "{engine}");
+        assert!(deduplicated == reference, "{engine}: the records differ from the clean input's");
+    }
+}

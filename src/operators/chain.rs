@@ -94,11 +94,19 @@ impl DeviceChain {
         let mut seen = self.operators.len();
         let mut flow = Flow::Continue;
         for (i, op) in self.operators.iter_mut().enumerate() {
-            if op.on_reading(&mut reading, now, out) == Flow::Late {
-                self.counters.late += 1;
-                seen = i;
-                flow = Flow::Late;
-                break;
+            match op.on_reading(&mut reading, now, out) {
+                Flow::Continue => {}
+                Flow::Late => {
+                    self.counters.late += 1;
+                    seen = i;
+                    flow = Flow::Late;
+                    break;
+                }
+                Flow::Duplicate => {
+                    seen = i;
+                    flow = Flow::Duplicate;
+                    break;
+                }
             }
         }
         for op in &mut self.operators[..seen] {

@@ -40,6 +40,7 @@ pub mod baseline;
 pub mod calibrate;
 mod chain;
 pub mod context;
+pub mod dedup;
 pub mod health;
 pub mod hysteresis;
 mod registry;
@@ -108,6 +109,8 @@ pub enum Flow {
     Continue,
     /// The reading is late: it went to the late output and the chain stops here.
     Late,
+    /// The device sent this reading already (`dedup`): the chain stops here, nothing is written.
+    Duplicate,
 }
 
 /// Kinds of device health results.

@@ -21,6 +21,7 @@ use crate::model::DurationSpec;
 
 use super::baseline::{BaselineOp, BaselineSpec};
 use super::calibrate::{CalibrateOp, CalibrateSpec};
+use super::dedup::{DedupOp, DedupSpec};
 use super::health::{HealthOp, HealthSpec};
 use super::hysteresis::{HysteresisOp, HysteresisSpec};
 use super::smooth::{SmoothOp, SmoothSpec};
@@ -238,6 +239,7 @@ registry! {
     Threshold(ThresholdSpec) => ThresholdOp,
     Calibrate(CalibrateSpec) => CalibrateOp,
     Health(HealthSpec) => HealthOp,
+    Dedup(DedupSpec) => DedupOp,
 }
 
 #[cfg(test)]

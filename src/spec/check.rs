@@ -621,7 +621,7 @@ mod tests {
                 "5:26 decode.fields.pm25.min: expected a number, found the string `0` (remove the quotes to make it a number)",
                 "5:41 decode.fields.pm25.required: expected true or false, found the string `yes`",
                 "7:5 operators[0]: unknown operator `windw`; did you mean `window`? (valid operators: window, hysteresis, \
-                 baseline, smooth, threshold, calibrate, health)",
+                 baseline, smooth, threshold, calibrate, health, dedup)",
                 "8:44 operators[1].window.aggregates[1]: unknown value `median` for `aggregates` (valid values: count, sum, \
                  avg, min, max, last, stddev)",
                 "1:1 pipeline: missing required key `pipeline` at the top level",
