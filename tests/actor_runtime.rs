@@ -131,6 +131,33 @@ async fn settle(metrics: &RuntimeMetrics) {
     }
 }
 
+/// The runtime on 2 shards with `clock` for processing time, every record to `sink`.
+fn start_on_clock(
+    pipeline: &Arc<CompiledPipeline>,
+    sink: &MemorySink,
+    clock: &Clock,
+) -> (app::Runtime, tokio::sync::oneshot::Receiver<plume::runtime::coordinator::RunOutcome>) {
+    app::start(
+        pipeline.clone(),
+        plan(pipeline, sink),
+        1,
+        RuntimeOptions {
+            shards: Some(2),
+            clock: clock.clone(),
+            ..Default::default()
+        },
+    )
+}
+
+/// What every shard can be observed to hold.
+async fn observe_shards(rt: &app::Runtime) -> Vec<plume::runtime::shard::ShardObservation> {
+    let mut all = Vec::new();
+    for s in &rt.shards {
+        all.push(s.send(ObserveShard { devices: vec![] }).await.unwrap());
+    }
+    all
+}
+
 #[test]
 fn passivation_and_reactivation_keep_state_exactly() {
     // devices idle for an hour of processing time are passivated by the shards' own timer; the
@@ -146,24 +173,9 @@ fn passivation_and_reactivation_keep_state_exactly() {
     let (got, shard_counters) = System::new().block_on({
         let (pipeline, sink, lines, clock) = (pipeline.clone(), sink.clone(), lines.clone(), clock.clone());
         async move {
-            let (rt, done) = app::start(
-                pipeline.clone(),
-                plan(&pipeline, &sink),
-                1,
-                RuntimeOptions {
-                    shards: Some(2),
-                    clock: clock.clone(),
-                    ..Default::default()
-                },
-            );
+            let (rt, done) = start_on_clock(&pipeline, &sink, &clock);
             let mut feeder = rt.feeder(0, "test");
-            let observe = || async {
-                let mut all = Vec::new();
-                for s in &rt.shards {
-                    all.push(s.send(ObserveShard { devices: vec![] }).await.unwrap());
-                }
-                all
-            };
+            let observe = || observe_shards(&rt);
             for (i, part) in lines.chunks(1_000).enumerate() {
                 let permit = feeder.room().await;
                 feeder.send(
@@ -407,24 +419,9 @@ fn a_passivated_device_that_goes_silent_is_still_reported_offline() {
     let (reports, wakeups) = System::new().block_on({
         let (pipeline, sink, clock) = (pipeline.clone(), sink.clone(), clock.clone());
         async move {
-            let (rt, done) = app::start(
-                pipeline.clone(),
-                plan(&pipeline, &sink),
-                1,
-                RuntimeOptions {
-                    shards: Some(2),
-                    clock: clock.clone(),
-                    ..Default::default()
-                },
-            );
+            let (rt, done) = start_on_clock(&pipeline, &sink, &clock);
             let mut feeder = rt.feeder(0, "test");
-            let observe = || async {
-                let mut all = Vec::new();
-                for s in &rt.shards {
-                    all.push(s.send(ObserveShard { devices: vec![] }).await.unwrap().counters);
-                }
-                all
-            };
+            let observe = || async { observe_shards(&rt).await.into_iter().map(|o| o.counters).collect::<Vec<_>>() };
             let wait = |what: &'static str, done: Box<dyn Fn(&[plume::runtime::shard::ShardCounters]) -> bool>| {
                 let observe = &observe;
                 async move {
