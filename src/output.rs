@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `window` | `window_start`, `window_end` (epoch ms), `count`, `<field>_<aggregate>`… |
 //! | `event_start` | `field`, `start_ts`, `decided_ts`, `decision_lag_ms`, `value` (first), `peak` (so far), `severity` (of `peak`, if bands are set) |
+//! | `event_update` | `field`, `start_ts`, `decided_ts`, `peak`, `severity`, `previous_severity`: an open event's peak entered a higher severity band |
 //! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `decided_ts`, `decision_lag_ms`, `peak`, `mean`, `severity` |
 //!
 //! An event's `start_ts` is its first reading beyond `enter` (back-dated over `min_duration`)
@@ -191,6 +192,10 @@ impl RecordFormatter {
         let (a, b) = match emit {
             Emit::Window { start, .. } => (*start, 0),
             Emit::EventStart { start_ts, seq, .. } | Emit::EventEnd { start_ts, seq, .. } => (*start_ts, *seq),
+            // one update per band an event reaches
+            Emit::EventUpdate {
+                start_ts, seq, severity, ..
+            } => (*start_ts, seq.wrapping_mul(256).wrapping_add(severity.map_or(0, |s| s as u64 + 1))),
             Emit::Health { ts, event, .. } => (*ts, health_discriminant(event)),
             Emit::Baseline { ts, .. }
             | Emit::Deviation { ts, .. }
@@ -288,6 +293,31 @@ impl RecordFormatter {
                 push_f64(&mut j, *mean);
                 if let Some(s) = severity_name(config, *severity) {
                     key(&mut j, "severity");
+                    push_json_str(&mut j, s);
+                }
+            }
+            Emit::EventUpdate {
+                start_ts,
+                decided_ts,
+                peak,
+                previous,
+                severity,
+                ..
+            } => {
+                key(&mut j, "field");
+                push_json_str(&mut j, config.watched_field());
+                key(&mut j, "start_ts");
+                push_i64(&mut j, *start_ts);
+                key(&mut j, "decided_ts");
+                push_i64(&mut j, *decided_ts);
+                key(&mut j, "peak");
+                push_f64(&mut j, *peak);
+                if let Some(s) = severity_name(config, *severity) {
+                    key(&mut j, "severity");
+                    push_json_str(&mut j, s);
+                }
+                if let Some(s) = severity_name(config, *previous) {
+                    key(&mut j, "previous_severity");
                     push_json_str(&mut j, s);
                 }
             }

@@ -623,3 +623,61 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
         assert!(deduplicated == reference, "{engine}: the records differ from the clean input's");
     }
 }
+
+#[test]
+fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let updates = dir.path().join("updates.jsonl");
+    let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    // severity bands on the PM2.5 events, and a route that takes only their updates
+    let text = aq1
+        .replacen(
+            "      enter: 35\n      exit: 25\n",
+            "      enter: 35\n      exit: 25\n      severity: { moderate: 35, high: 55, very_high: 150 }\n",
+            1,
+        )
+        .replacen(
+            "outputs:\n",
+            &format!(
+                "outputs:\n  - when: pm25_event\n    events: [update]\n    to:\n      - file: {{ path: \"{}\" }}\n",
+                updates.display()
+            ),
+            1,
+        );
+    assert!(text.contains("very_high") && text.contains("events: [update]"), "{text}");
+    let pipeline = dir.path().join("aq1-bands.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let input = dir.path().join("in.jsonl");
+    let values = [10.0, 40.0, 50.0, 60.0, 58.0, 200.0, 30.0, 20.0];
+    let lines: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n", (i as i64 + 1) * 1000))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let out = dir.path().join("all.jsonl");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    // (`--output` would replace every route: the file route of aq1.yaml takes PLUME_OUTPUT)
+    let child = plume()
+        .args(["run", pipeline.to_str().unwrap(), "--no-checkpoints", "--input"])
+        .arg(&input)
+        .env("PLUME_OUTPUT", &out)
+        .output()
+        .unwrap();
+    assert!(child.status.success(), "{}\n{text}", String::from_utf8_lossy(&child.stderr));
+    let all = records(&out);
+    let kinds: Vec<&str> = all
+        .iter()
+        .filter(|r| r["operator"] == "pm25_event")
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["event_start", "event_update", "event_update", "event_end"]);
+    let routed = records(&updates);
+    assert_eq!(routed.len(), 2, "only the updates: {routed:?}");
+    assert_eq!(
+        (routed[0]["previous_severity"].as_str(), routed[0]["severity"].as_str(), routed[0]["decided_ts"].as_i64()),
+        (Some("moderate"), Some("high"), Some(4000))
+    );
+    assert_eq!(routed[1]["severity"], "very_high");
+    assert_ne!(routed[0]["id"], routed[1]["id"], "one id per band reached");
+}

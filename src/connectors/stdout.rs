@@ -116,6 +116,15 @@ fn render_line(record: &OutputRecord) -> String {
             duration(i("duration_ms")),
             severity
         ),
+        RecordKind::EventUpdate => format!(
+            "{}  {:<12} {} WORSE    {}={}{}",
+            clock(i("decided_ts")),
+            s("device"),
+            s("operator"),
+            s("field"),
+            num(&v["peak"]),
+            severity
+        ),
         RecordKind::Window => {
             let mut line = format!(
                 "{}  {:<12} {} count={}",

@@ -21,11 +21,13 @@ pub enum RecordKind {
     Summary,
     /// A notifier's digest of deliveries it folded together.
     Digest,
+    /// An open event got worse: its peak reached a higher severity band.
+    EventUpdate,
 }
 
 impl RecordKind {
     /// Every kind, in the order the output schema lists them.
-    pub const ALL: [RecordKind; 12] = [
+    pub const ALL: [RecordKind; 13] = [
         RecordKind::Window,
         RecordKind::EventStart,
         RecordKind::EventEnd,
@@ -38,6 +40,7 @@ impl RecordKind {
         RecordKind::DeadLetter,
         RecordKind::Summary,
         RecordKind::Digest,
+        RecordKind::EventUpdate,
     ];
 
     /// The name written as the record's `type` (`window`, `event_start`, …).
@@ -61,6 +64,7 @@ impl RecordKind {
             RecordKind::DeadLetter => "dead_letter",
             RecordKind::Summary => "summary",
             RecordKind::Digest => "digest",
+            RecordKind::EventUpdate => "event_update",
         }
     }
 
@@ -75,6 +79,7 @@ impl RecordKind {
         match event {
             "start" => Some(RecordKind::EventStart),
             "end" => Some(RecordKind::EventEnd),
+            "update" => Some(RecordKind::EventUpdate),
             "dead_letters" => Some(RecordKind::DeadLetter),
             "digest" => None,
             other => RecordKind::parse(other),

@@ -215,7 +215,7 @@ pub fn message(entry: &OutboxEntry) -> serde_json::Value {
                 "severity": entry.severity.clone().unwrap_or_default(),
             },
             "android": {
-                "priority": if entry.kind == "event_start" { "high" } else { "normal" },
+                "priority": if matches!(entry.kind.as_str(), "event_start" | "event_update") { "high" } else { "normal" },
                 "collapse_key": entry.event_id,
             },
         }

@@ -53,11 +53,11 @@ pub fn header_text(text: &str) -> String {
     }
 }
 
-/// ntfy priority: 5 for critical severities, 4 for an event start, 3 otherwise.
+/// ntfy priority: 5 for critical severities, 4 for an event start or escalation, 3 otherwise.
 fn priority(entry: &OutboxEntry, critical: &[String]) -> u8 {
     if entry.severity.as_ref().is_some_and(|s| critical.contains(s)) {
         5
-    } else if entry.kind == "event_start" {
+    } else if matches!(entry.kind.as_str(), "event_start" | "event_update") {
         4
     } else {
         3
@@ -67,7 +67,7 @@ fn priority(entry: &OutboxEntry, critical: &[String]) -> u8 {
 fn tags(entry: &OutboxEntry) -> String {
     let mut tags = vec![
         match entry.kind.as_str() {
-            "event_start" => "warning",
+            "event_start" | "event_update" => "warning",
             "event_end" => "white_check_mark",
             "digest" => "zzz",
             _ => "information_source",

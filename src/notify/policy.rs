@@ -93,6 +93,7 @@ fn num_of(v: &Value, k: &str) -> Option<f64> {
 pub fn event_time(record: &Value) -> i64 {
     let key = match str_of(record, "type") {
         Some("event_start") => "start_ts",
+        Some("event_update") => "decided_ts",
         Some("event_end") => "end_ts",
         Some("window") => "window_end",
         _ => "ts",

@@ -158,6 +158,18 @@ pub enum Emit {
         /// reading of the debounce, this is when `min_duration` was reached.
         decided_ts: i64,
     },
+    /// An open hysteresis event got worse: its peak entered a higher severity band.
+    EventUpdate {
+        op: OpIndex,
+        seq: u64,
+        start_ts: i64,
+        /// The event time of the reading that raised the peak.
+        decided_ts: i64,
+        peak: f64,
+        /// The band before and now.
+        previous: Option<u8>,
+        severity: Option<u8>,
+    },
     /// A hysteresis event closed.
     EventEnd {
         op: OpIndex,
@@ -209,6 +221,7 @@ impl Emit {
             Emit::Window { op, .. }
             | Emit::EventStart { op, .. }
             | Emit::EventEnd { op, .. }
+            | Emit::EventUpdate { op, .. }
             | Emit::Baseline { op, .. }
             | Emit::Deviation { op, .. }
             | Emit::Smoothed { op, .. }
@@ -224,6 +237,7 @@ impl Emit {
             Emit::Window { .. } => RecordKind::Window,
             Emit::EventStart { .. } => RecordKind::EventStart,
             Emit::EventEnd { .. } => RecordKind::EventEnd,
+            Emit::EventUpdate { .. } => RecordKind::EventUpdate,
             Emit::Baseline { .. } => RecordKind::Baseline,
             Emit::Deviation { .. } => RecordKind::Deviation,
             Emit::Smoothed { .. } => RecordKind::Smoothed,

@@ -86,6 +86,14 @@ impl DeviceActor {
                     m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
                         .fetch_add(1, Ordering::Relaxed);
                 }
+                Emit::EventUpdate { previous, severity, .. } => {
+                    // the open event moves to its new band
+                    let m = &local.metrics;
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(previous)]
+                        .fetch_sub(1, Ordering::Relaxed);
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 Emit::EventEnd { severity, .. } => {
                     let m = &local.metrics;
                     m.events_open.fetch_sub(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use super::{DurationSpec, Expecting, KafkaClientSpec, MqttClientSpec, Qos, Retry
 pub struct OutputRoute {
     /// Operator names, or `all`, `late`, `dead_letters`, `summary`.
     pub when: OneOrMany,
-    /// Only these kinds of results (`window`, `event_start` or `start`, `event_end` or `end`,
+    /// Only these kinds of results (`window`, `event_start` or `start`, `event_update` or `update`, `event_end` or `end`,
     /// `baseline`, `deviation`, `smoothed`, `threshold`, `health`, `late`, `dead_letter`,
     /// `summary`); all if empty.
     #[serde(default)]

@@ -191,7 +191,21 @@ impl HysteresisOp {
                 } else {
                     st.clearing_since = None;
                     if cfg.worse(x, event.peak) {
+                        let previous = cfg.severity_of(event.peak);
                         event.peak = x;
+                        let severity = cfg.severity_of(x);
+                        // escalation: the peak entered a higher band (bands only rise with it)
+                        if severity > previous {
+                            out.push(Emit::EventUpdate {
+                                op: cfg.index,
+                                seq: st.seq,
+                                start_ts: event.start_ts,
+                                decided_ts: ts,
+                                peak: x,
+                                previous,
+                                severity,
+                            });
+                        }
                     }
                     event.sum += x;
                     event.n += 1;
@@ -305,17 +319,30 @@ mod tests {
                 (6, 30.0),
             ],
         );
-        assert_eq!(out.len(), 2);
+        assert_eq!(out.len(), 3);
         assert!(matches!(
             out[0],
             Emit::EventStart {
                 start_ts: 1,
                 value: 35.0,
                 seq: 1,
+                severity: Some(0),
                 ..
             }
         ));
-        match out[1] {
+        // 60 reaches the `high` band while the event is open: an update
+        assert!(matches!(
+            out[1],
+            Emit::EventUpdate {
+                start_ts: 1,
+                decided_ts: 3,
+                peak: 60.0,
+                previous: Some(0),
+                severity: Some(1),
+                ..
+            }
+        ));
+        match out[2] {
             Emit::EventEnd {
                 start_ts,
                 end_ts,
@@ -330,6 +357,21 @@ mod tests {
             }
             ref other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_event_is_updated_once_per_band_it_reaches_and_never_for_a_lower_one() {
+        let mut op = detector(Direction::Above, 35.0, 25.0, 0, 0);
+        let out = run(&mut op, &[(0, 36.0), (1, 50.0), (2, 56.0), (3, 40.0), (4, 70.0), (5, 20.0)]);
+        let kinds: Vec<&str> = out.iter().map(|e| e.kind().as_str()).collect();
+        assert_eq!(kinds, ["event_start", "event_update", "event_end"], "{out:?}");
+        // without bands there is nothing to escalate
+        let mut plain = HysteresisOp::new(Arc::new(HysteresisConfig {
+            severity: Vec::new(),
+            ..(*op.config).clone()
+        }));
+        let out = run(&mut plain, &[(0, 36.0), (1, 500.0), (2, 20.0)]);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::operators::context::positive;
 use crate::operators::settings::Direction;
 use crate::operators::{CompileContext, CompileError, SpecChecker};
 
-/// Pollution events with enter/exit thresholds and debounce. Results: `event_start`, `event_end`.
+/// Pollution events with enter/exit thresholds and debounce. Results: `event_start`,
+/// `event_update` (the peak entered a higher `severity` band while open), `event_end`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HysteresisSpec {

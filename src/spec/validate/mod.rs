@@ -37,12 +37,14 @@ pub const MAX_FIELDS: usize = 64;
 pub const RESERVED_ROUTE_NAMES: [&str; 4] = ["all", "late", "dead_letters", "summary"];
 
 /// Kinds of results a route can select with `events` (the output record types, and the short
-/// `start` / `end` for `event_start` / `event_end`).
-pub const EVENT_KINDS: [&str; 13] = [
+/// `start` / `update` / `end` for `event_start` / `event_update` / `event_end`).
+pub const EVENT_KINDS: [&str; 15] = [
     "window",
     "event_start",
+    "event_update",
     "event_end",
     "start",
+    "update",
     "end",
     "baseline",
     "deviation",
