@@ -681,3 +681,44 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
     assert_eq!(routed[1]["severity"], "very_high");
     assert_ne!(routed[0]["id"], routed[1]["id"], "one id per band reached");
 }
+
+#[test]
+fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // one reading every 10 s: clean air, then a PM2.5 sensor stuck at 80 for 100 s, then clean
+    let mut values = vec![10.0];
+    values.extend([80.0; 10]);
+    values.push(12.0);
+    let lines: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n", (i as i64 + 1) * 10_000))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let events = |suppress: bool| {
+        let text = aq1
+            .replacen(
+                "operators:\n",
+                &format!(
+                    "operators:\n  - health: {{ flatline: [ {{ field: pm25, readings: 3, suppress: {suppress} }} ] }}\n"
+                ),
+                1,
+            )
+            .replacen("      enter: 35\n      exit: 25\n", "      enter: 35\n      exit: 25\n      min_duration: 30s\n", 1);
+        let pipeline = dir.path().join(format!("aq1-stuck-{suppress}.yaml"));
+        std::fs::write(&pipeline, text).unwrap();
+        let out = dir.path().join(format!("out-{suppress}.jsonl"));
+        run_ok(&[pipeline.to_str().unwrap(), "--no-checkpoints"], &input, &out);
+        records(&out)
+    };
+    // without: the stuck value is taken for polluted air and pages
+    let paged = events(false);
+    assert_eq!(paged.iter().filter(|r| r["type"] == "event_start").count(), 1);
+    // with: the flatline is reported, and no event opens
+    let guarded = events(true);
+    assert_eq!(guarded.iter().filter(|r| r["type"] == "event_start").count(), 0, "{guarded:?}");
+    assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline"));
+    assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline_cleared"));
+}

@@ -37,6 +37,8 @@ pub struct FlatlineConfig {
     pub slot: FieldSlot,
     /// Length of a run of equal values that is a flatline (at least 2).
     pub readings: u32,
+    /// While flatlined, the field is absent for the operators after this one.
+    pub suppress: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +197,10 @@ impl Operator for HealthOp {
                     readings: run.run,
                 }));
             }
+            if watch.suppress && run.reported {
+                // a stuck sensor's value is not the air's: the later operators do not see it
+                reading.values[watch.slot] = crate::operators::ABSENT;
+            }
         }
         if reading.out_of_range != 0 {
             for (slot, count) in cfg.range_fields.iter().zip(st.out_of_range.iter_mut()) {
@@ -270,6 +276,7 @@ mod tests {
             flatline: vec![FlatlineConfig {
                 slot: 1,
                 readings: flatline,
+                suppress: false,
             }],
             report_every,
             range_fields: vec![0, 1],
@@ -314,6 +321,34 @@ mod tests {
             events(out),
             vec![(5, HealthEvent::Offline { last_seen: 1_000 }), (7, HealthEvent::Online)]
         );
+    }
+
+    #[test]
+    fn a_suppressed_stuck_field_is_hidden_from_later_operators_until_it_moves() {
+        let mut op = HealthOp::new(Arc::new(HealthConfig {
+            flatline: vec![FlatlineConfig {
+                slot: 1,
+                readings: 3,
+                suppress: true,
+            }],
+            ..(*health(None, 3, None).config).clone()
+        }));
+        let mut out = Vec::new();
+        let seen: Vec<f64> = [410.0, 410.0, 410.0, 410.0, 412.0]
+            .iter()
+            .enumerate()
+            .map(|(ts, &co2)| {
+                let mut r = reading(ts as i64, 1.0, co2, 0);
+                op.on_reading(&mut r, 0, &mut out);
+                assert_eq!(r.values[0], 1.0, "the other fields pass");
+                r.values[1]
+            })
+            .collect();
+        // the first two equal values cannot be known to be stuck yet; from the third on, until
+        // the value moves, later operators see nothing
+        assert_eq!(seen[..2], [410.0, 410.0]);
+        assert!(seen[2].is_nan() && seen[3].is_nan());
+        assert_eq!(seen[4], 412.0);
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub struct FlatlineSpec {
     pub field: String,
     /// How many equal readings in a row make a flatline (at least 2).
     pub readings: u32,
+    /// While the field is stuck (from the `readings`-th equal value until it changes), the
+    /// operators after `health` do not see it: no event opens, grows or is kept open on a stuck
+    /// value, and no window averages it. Put `health` before the operators it guards.
+    #[serde(default)]
+    pub suppress: bool,
 }
 
 /// Device health: offline/online, flatline, out-of-range counts. Results: `health`.
@@ -68,6 +73,7 @@ impl HealthSpec {
             flatline.push(FlatlineConfig {
                 slot: context.slot(&f.field)?,
                 readings: f.readings,
+                suppress: f.suppress,
             });
         }
         if h.report_every == Some(0) {
