@@ -75,6 +75,7 @@ fn main() {
                     json: format!(
                         r#"{{"v":1,"type":"event_start","operator":"pm25_event","device":"{device}","id":"{id:032x}","field":"pm25","start_ts":{ts},"value":40.5,"peak":48.0}}"#
                     ),
+                    backfill: false,
                 });
             }
             let now = Instant::now();

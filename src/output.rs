@@ -12,6 +12,9 @@
 //! | `event_update` | `field`, `start_ts`, `decided_ts`, `peak`, `severity`, `previous_severity`: an open event's peak entered a higher severity band |
 //! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `decided_ts`, `decision_lag_ms`, `peak`, `mean`, `severity` |
 //!
+//! Event records decided on a reading older than the operator's `backfill_after` when it was
+//! processed also have `backfill: true` and `backfill_lag_ms`.
+//!
 //! An event's `start_ts` is its first reading beyond `enter` (back-dated over `min_duration`)
 //! and its `end_ts` the first reading of the clearing run; `decided_ts` is the event time of
 //! the reading on which plume decided (`min_duration` or `min_clear` reached), and
@@ -141,6 +144,7 @@ pub fn dead_letter_record(
         id,
         device: None,
         json: j,
+        backfill: false,
     }
 }
 
@@ -426,6 +430,18 @@ impl RecordFormatter {
                 push_i64(&mut j, *ts);
             }
         }
+        let backfill = match emit {
+            Emit::EventStart { backfill_lag_ms, .. }
+            | Emit::EventUpdate { backfill_lag_ms, .. }
+            | Emit::EventEnd { backfill_lag_ms, .. } => *backfill_lag_ms,
+            _ => None,
+        };
+        if let Some(lag) = backfill {
+            key(&mut j, "backfill");
+            j.push_str("true");
+            key(&mut j, "backfill_lag_ms");
+            push_i64(&mut j, lag);
+        }
         j.push('}');
         OutputRecord {
             op: Some(op_index),
@@ -433,6 +449,7 @@ impl RecordFormatter {
             id,
             device: Some(device.into()),
             json: j,
+            backfill: backfill.is_some(),
         }
     }
 
@@ -467,6 +484,7 @@ impl RecordFormatter {
             id: 0,
             device: None,
             json: j,
+            backfill: false,
         }
     }
 }
@@ -512,6 +530,7 @@ mod tests {
             peak: 45.0,
             severity: None,
             decided_ts: 60_000,
+            backfill_lag_ms: None,
         });
         assert_eq!((start["start_ts"].as_i64(), start["decided_ts"].as_i64()), (Some(30_000), Some(60_000)));
         assert_eq!(start["decision_lag_ms"].as_i64(), Some(30_000));
@@ -524,9 +543,12 @@ mod tests {
             mean: 41.0,
             severity: None,
             decided_ts: 110_000,
+            backfill_lag_ms: Some(7_200_000),
         });
         assert_eq!(end["decided_ts"].as_i64(), Some(110_000));
         assert_eq!(end["decision_lag_ms"].as_i64(), Some(20_000), "behind end_ts");
+        assert_eq!((end["backfill"].as_bool(), end["backfill_lag_ms"].as_i64()), (Some(true), Some(7_200_000)));
+        assert!(start.get("backfill").is_none(), "only backfill is marked");
         // the id does not depend on when the event was decided (a replay gives the same ids)
         let started = |decided_ts| {
             f.format(
@@ -539,6 +561,7 @@ mod tests {
                     peak: 45.0,
                     severity: None,
                     decided_ts,
+                    backfill_lag_ms: None,
                 },
             )
             .id

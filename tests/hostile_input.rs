@@ -722,3 +722,62 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
     assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline"));
     assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline_cleared"));
 }
+
+#[test]
+fn events_decided_on_old_uploads_are_marked_backfill_and_kept_from_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("pages.jsonl");
+    let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
+    let text = aq1
+        .replacen("      enter: 35\n      exit: 25\n", "      enter: 35\n      exit: 25\n      backfill_after: 1h\n", 1)
+        .replacen(
+            "outputs:\n",
+            &format!(
+                "outputs:\n  - when: pm25_event\n    backfill: skip\n    to:\n      - file: {{ path: \"{}\" }}\n",
+                pages.display()
+            ),
+            1,
+        );
+    let pipeline = dir.path().join("aq1-backfill.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    // a gateway uploads a day-old episode of device `old`; device `live` has one now
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut lines = String::new();
+    for (device, start) in [("old", now - 86_400_000), ("live", now - 60_000)] {
+        for (i, v) in [10.0, 50.0, 60.0, 20.0].iter().enumerate() {
+            lines.push_str(&format!(
+                "{{\"device\":\"{device}\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n",
+                start + i as i64 * 10_000
+            ));
+        }
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let all = dir.path().join("all.jsonl");
+    let child = plume()
+        .args(["run", pipeline.to_str().unwrap(), "--no-checkpoints", "--input"])
+        .arg(&input)
+        .env("PLUME_OUTPUT", &all)
+        .output()
+        .unwrap();
+    assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stderr));
+    let events: Vec<serde_json::Value> = records(&all)
+        .into_iter()
+        .filter(|r| r["operator"] == "pm25_event")
+        .collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    for e in &events {
+        let old = e["device"] == "old";
+        assert_eq!(e["backfill"].as_bool(), old.then_some(true), "{e}");
+        if old {
+            assert!(e["backfill_lag_ms"].as_i64().unwrap() > 86_000_000, "{e}");
+        }
+    }
+    // the pager route has the live device's start and end only
+    let paged = records(&pages);
+    assert_eq!(paged.len(), 2, "{paged:?}");
+    assert!(paged.iter().all(|r| r["device"] == "live"), "{paged:?}");
+}

@@ -83,6 +83,7 @@ fn records(devices: usize, events: usize) -> Vec<OutputRecord> {
                     id,
                     device: Some(device.clone().into()),
                     json,
+                    backfill: false,
                 });
             }
         }

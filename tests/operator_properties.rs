@@ -223,6 +223,7 @@ fn the_every_kind_pipeline_has_every_kind_and_formats_every_result() {
             "baseline",
             "deviation",
             "event_end",
+            "event_update",
             "event_start",
             "health",
             "late",
@@ -385,6 +386,7 @@ proptest! {
             min_duration_ms: min_duration,
             min_clear_ms: min_clear,
             severity: vec![],
+            backfill_after_ms: None,
         }));
         let (low, high) = if below { (enter, exit) } else { (exit, enter) };
         let mut out = Vec::new();

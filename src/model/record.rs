@@ -106,6 +106,8 @@ pub struct OutputRecord {
     pub device: Option<Box<str>>,
     /// The whole record as one line of JSON, without the newline.
     pub json: String,
+    /// An event decided on old data (`backfill: true` in the record): routes can leave it out.
+    pub backfill: bool,
 }
 
 impl OutputRecord {

@@ -157,6 +157,9 @@ pub enum Emit {
         /// The event time of the reading that decided it: `start_ts` is back-dated to the first
         /// reading of the debounce, this is when `min_duration` was reached.
         decided_ts: i64,
+        /// Decided on a reading older than `backfill_after` when it was processed: how much
+        /// older (history being uploaded or replayed, not the air now).
+        backfill_lag_ms: Option<i64>,
     },
     /// An open hysteresis event got worse: its peak entered a higher severity band.
     EventUpdate {
@@ -169,6 +172,8 @@ pub enum Emit {
         /// The band before and now.
         previous: Option<u8>,
         severity: Option<u8>,
+        /// As for `EventStart`.
+        backfill_lag_ms: Option<i64>,
     },
     /// A hysteresis event closed.
     EventEnd {
@@ -182,6 +187,8 @@ pub enum Emit {
         /// The event time of the reading that decided the end (`end_ts` is the first reading
         /// of the clearing run; this one is `min_clear` later or more).
         decided_ts: i64,
+        /// As for `EventStart`.
+        backfill_lag_ms: Option<i64>,
     },
     /// A baseline's current value.
     Baseline { op: OpIndex, ts: i64, value: f64 },

@@ -16,11 +16,18 @@ struct Target {
     sink: usize,
     /// Only these record kinds (all if empty).
     kinds: Vec<RecordKind>,
+    backfill: crate::spec::BackfillRoute,
 }
 
 impl Target {
-    fn wants(&self, kind: RecordKind) -> bool {
-        self.kinds.is_empty() || self.kinds.contains(&kind)
+    fn wants(&self, record: &OutputRecord) -> bool {
+        use crate::spec::BackfillRoute;
+        let backfill_ok = match self.backfill {
+            BackfillRoute::Include => true,
+            BackfillRoute::Skip => !record.backfill,
+            BackfillRoute::Only => record.backfill,
+        };
+        backfill_ok && (self.kinds.is_empty() || self.kinds.contains(&record.kind))
     }
 }
 
@@ -50,6 +57,7 @@ impl RouteTable {
                 let target = Target {
                     sink,
                     kinds: kinds.clone(),
+                    backfill: route.backfill,
                 };
                 for name in route.when.to_vec() {
                     match name.as_str() {
@@ -80,6 +88,7 @@ impl RouteTable {
         let t = Target {
             sink,
             kinds: Vec::new(),
+            backfill: Default::default(),
         };
         RouteTable {
             by_operator: vec![vec![t.clone()]; pipeline.operators.len()],
@@ -94,7 +103,7 @@ impl RouteTable {
         let mut out: SmallVec<[usize; 4]> = SmallVec::new();
         let mut add = |targets: &[Target]| {
             for t in targets {
-                if t.wants(record.kind) && !out.contains(&t.sink) {
+                if t.wants(record) && !out.contains(&t.sink) {
                     out.push(t.sink);
                 }
             }

@@ -16,8 +16,29 @@ pub struct OutputRoute {
     /// `summary`); all if empty.
     #[serde(default)]
     pub events: Vec<String>,
+    /// Events marked `backfill` (decided on old data, see the hysteresis `backfill_after`):
+    /// `include` them, `skip` them (a route to pagers), or take `only` them.
+    #[serde(default, skip_serializing_if = "BackfillRoute::is_include")]
+    pub backfill: BackfillRoute,
     /// Where the results go.
     pub to: Vec<SinkSpec>,
+}
+
+/// See [`OutputRoute::backfill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillRoute {
+    #[default]
+    Include,
+    Skip,
+    Only,
+}
+
+impl BackfillRoute {
+    /// The default (left out of the pipeline hash, so older files keep theirs).
+    pub fn is_include(&self) -> bool {
+        *self == BackfillRoute::Include
+    }
 }
 
 /// A string or a list of strings. Deserialized by hand so that errors keep their position.

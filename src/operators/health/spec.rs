@@ -18,7 +18,7 @@ pub struct FlatlineSpec {
     /// While the field is stuck (from the `readings`-th equal value until it changes), the
     /// operators after `health` do not see it: no event opens, grows or is kept open on a stuck
     /// value, and no window averages it. Put `health` before the operators it guards.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suppress: bool,
 }
 

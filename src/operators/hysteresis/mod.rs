@@ -36,6 +36,8 @@ pub struct HysteresisConfig {
     /// Severity bands, ascending by threshold (for `below`, descending values are worse and the
     /// bands are compared the other way round).
     pub severity: Vec<(String, f64)>,
+    /// Events decided on readings older than this when processed are marked as backfill.
+    pub backfill_after_ms: Option<i64>,
 }
 
 impl HysteresisConfig {
@@ -132,8 +134,13 @@ impl HysteresisOp {
         &self.state
     }
 
-    fn step(&mut self, ts: i64, x: f64, out: &mut Vec<Emit>) {
+    fn step(&mut self, ts: i64, x: f64, now: i64, out: &mut Vec<Emit>) {
         let cfg = &*self.config;
+        let backfill_lag_ms = cfg
+            .backfill_after_ms
+            .map(|after| (now.saturating_sub(ts), after))
+            .filter(|(lag, after)| lag > after)
+            .map(|(lag, _)| lag);
         let st = &mut self.state;
         match st.open.as_mut() {
             None => {
@@ -165,6 +172,7 @@ impl HysteresisOp {
                         peak: run.peak,
                         severity: cfg.severity_of(run.peak),
                         decided_ts: ts,
+                        backfill_lag_ms,
                     });
                 } else {
                     st.entering = Some(Box::new(run));
@@ -186,6 +194,7 @@ impl HysteresisOp {
                             mean: event.sum / event.n as f64,
                             severity: cfg.severity_of(event.peak),
                             decided_ts: ts,
+                            backfill_lag_ms,
                         });
                     }
                 } else {
@@ -204,6 +213,7 @@ impl HysteresisOp {
                                 peak: x,
                                 previous,
                                 severity,
+                                backfill_lag_ms,
                             });
                         }
                     }
@@ -254,10 +264,10 @@ impl Operator for HysteresisOp {
     }
 
     #[inline]
-    fn on_reading(&mut self, reading: &mut Reading, _now: i64, out: &mut Vec<Emit>) -> Flow {
+    fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
         let x = reading.get(self.config.slot);
         if present(x) {
-            self.step(reading.ts, x, out);
+            self.step(reading.ts, x, now, out);
         }
         Flow::Continue
     }
@@ -288,6 +298,7 @@ mod tests {
             min_duration_ms,
             min_clear_ms,
             severity: vec![("moderate".into(), 35.0), ("high".into(), 55.0)],
+            backfill_after_ms: None,
         }))
     }
 

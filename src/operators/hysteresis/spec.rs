@@ -38,6 +38,13 @@ pub struct HysteresisSpec {
     /// Severity bands by peak value: `{ moderate: 35, high: 55, severe: 150 }`.
     #[serde(default)]
     pub severity: BTreeMap<String, f64>,
+    /// An event decided on a reading older than this when plume processed it (a gateway
+    /// uploading hours of history, a replay) is marked `backfill: true` with its
+    /// `backfill_lag_ms`; a route with `backfill: skip` keeps such events from pages.
+    // (left out of the serialized spec when unset: the pipeline hash of files from before it
+    // stays the same, and their checkpoints usable)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_after: Option<DurationSpec>,
 }
 
 impl HysteresisSpec {
@@ -71,7 +78,11 @@ impl HysteresisSpec {
         for (band, value) in &h.severity {
             checker.finite(path.key("severity").key(band), band, *value);
         }
-        for (key, d) in [("min_duration", h.min_duration), ("min_clear", h.min_clear)] {
+        for (key, d) in [
+            ("min_duration", h.min_duration),
+            ("min_clear", h.min_clear),
+            ("backfill_after", h.backfill_after),
+        ] {
             if d.is_some_and(|d| !positive(d)) {
                 checker.report(
                     path.key(key),
@@ -99,6 +110,7 @@ impl HysteresisSpec {
             direction: h.direction,
             min_duration_ms: h.min_duration.map_or(0, |d| d.as_millis()),
             min_clear_ms: h.min_clear.map_or(0, |d| d.as_millis()),
+            backfill_after_ms: h.backfill_after.map(|d| d.as_millis()),
             severity,
         })
     }
