@@ -253,22 +253,12 @@ impl RecordFormatter {
                 decided_ts,
                 ..
             } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "start_ts");
-                push_i64(&mut j, *start_ts);
-                key(&mut j, "decided_ts");
-                push_i64(&mut j, *decided_ts);
-                key(&mut j, "decision_lag_ms");
-                push_i64(&mut j, decided_ts.saturating_sub(*start_ts));
-                key(&mut j, "value");
-                push_f64(&mut j, *value);
-                key(&mut j, "peak");
-                push_f64(&mut j, *peak);
-                if let Some(s) = severity_name(config, *severity) {
-                    key(&mut j, "severity");
-                    push_json_str(&mut j, s);
-                }
+                event_head(&mut j, config, *start_ts);
+                int_key(&mut j, "decided_ts", *decided_ts);
+                int_key(&mut j, "decision_lag_ms", decided_ts.saturating_sub(*start_ts));
+                num_key(&mut j, "value", *value);
+                num_key(&mut j, "peak", *peak);
+                severity_key(&mut j, "severity", severity_name(config, *severity));
             }
             Emit::EventEnd {
                 start_ts,
@@ -279,26 +269,14 @@ impl RecordFormatter {
                 decided_ts,
                 ..
             } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "start_ts");
-                push_i64(&mut j, *start_ts);
-                key(&mut j, "end_ts");
-                push_i64(&mut j, *end_ts);
-                key(&mut j, "duration_ms");
-                push_i64(&mut j, end_ts.saturating_sub(*start_ts));
-                key(&mut j, "decided_ts");
-                push_i64(&mut j, *decided_ts);
-                key(&mut j, "decision_lag_ms");
-                push_i64(&mut j, decided_ts.saturating_sub(*end_ts));
-                key(&mut j, "peak");
-                push_f64(&mut j, *peak);
-                key(&mut j, "mean");
-                push_f64(&mut j, *mean);
-                if let Some(s) = severity_name(config, *severity) {
-                    key(&mut j, "severity");
-                    push_json_str(&mut j, s);
-                }
+                event_head(&mut j, config, *start_ts);
+                int_key(&mut j, "end_ts", *end_ts);
+                int_key(&mut j, "duration_ms", end_ts.saturating_sub(*start_ts));
+                int_key(&mut j, "decided_ts", *decided_ts);
+                int_key(&mut j, "decision_lag_ms", decided_ts.saturating_sub(*end_ts));
+                num_key(&mut j, "peak", *peak);
+                num_key(&mut j, "mean", *mean);
+                severity_key(&mut j, "severity", severity_name(config, *severity));
             }
             Emit::EventUpdate {
                 start_ts,
@@ -308,22 +286,11 @@ impl RecordFormatter {
                 severity,
                 ..
             } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "start_ts");
-                push_i64(&mut j, *start_ts);
-                key(&mut j, "decided_ts");
-                push_i64(&mut j, *decided_ts);
-                key(&mut j, "peak");
-                push_f64(&mut j, *peak);
-                if let Some(s) = severity_name(config, *severity) {
-                    key(&mut j, "severity");
-                    push_json_str(&mut j, s);
-                }
-                if let Some(s) = severity_name(config, *previous) {
-                    key(&mut j, "previous_severity");
-                    push_json_str(&mut j, s);
-                }
+                event_head(&mut j, config, *start_ts);
+                int_key(&mut j, "decided_ts", *decided_ts);
+                num_key(&mut j, "peak", *peak);
+                severity_key(&mut j, "severity", severity_name(config, *severity));
+                severity_key(&mut j, "previous_severity", severity_name(config, *previous));
             }
             Emit::Baseline { ts, value, .. } => {
                 key(&mut j, "field");
@@ -509,6 +476,31 @@ pub struct RunTotals {
     pub late: u64,
     pub dead_letters: u64,
     pub devices: u64,
+}
+
+/// `,"field":"<watched>","start_ts":<start>`: how every event record begins.
+fn event_head(j: &mut String, config: &OperatorConfig, start_ts: i64) {
+    key(j, "field");
+    push_json_str(j, config.watched_field());
+    int_key(j, "start_ts", start_ts);
+}
+
+fn int_key(j: &mut String, name: &str, v: i64) {
+    key(j, name);
+    push_i64(j, v);
+}
+
+fn num_key(j: &mut String, name: &str, v: f64) {
+    key(j, name);
+    push_f64(j, v);
+}
+
+/// A severity band's name, when there is one.
+fn severity_key(j: &mut String, name: &str, band: Option<&str>) {
+    if let Some(band) = band {
+        key(j, name);
+        push_json_str(j, band);
+    }
 }
 
 #[cfg(test)]
