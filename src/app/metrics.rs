@@ -205,8 +205,8 @@ pub fn snapshot(view: &AdminView) -> Vec<Family> {
         "kind",
         kinds
             .iter()
-            .zip(&m.records_by_kind)
-            .map(|(kind, n)| (kind.as_str().to_string(), Value::Counter(get(n)))),
+            .zip(m.records_by_kind())
+            .map(|(kind, n)| (kind.as_str().to_string(), Value::Counter(n))),
     );
     let mut per_operator = Vec::new();
     for (row, counts) in m.records_by_operator.iter().enumerate() {

@@ -89,29 +89,12 @@ fn parse_headers(variable: &str, value: &str) -> Result<Vec<(String, String)>, O
                 reason: format!("entry {} is not `name=value`", headers.len() + 1),
             });
         };
-        headers.push((k.trim().to_string(), percent_decode(v.trim())));
+        headers.push((
+            k.trim().to_string(),
+            percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy().into_owned(),
+        ));
     }
     Ok(headers)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 <= bytes.len() - 1
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl OtlpConfig {

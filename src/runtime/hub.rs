@@ -84,6 +84,9 @@ pub struct OutputHub {
     checkpointer: Option<Recipient<SinksFlushed>>,
     shards: usize,
     metrics: Arc<super::RuntimeMetrics>,
+    /// A batch's record counts by operator row and kind, added to the shared counters once per
+    /// batch (reused: no allocation per batch).
+    record_counts: Vec<[u64; crate::model::RecordKind::ALL.len()]>,
 }
 
 impl OutputHub {
@@ -97,6 +100,7 @@ impl OutputHub {
         metrics: Arc<super::RuntimeMetrics>,
     ) -> Self {
         OutputHub {
+            record_counts: vec![[0; crate::model::RecordKind::ALL.len()]; metrics.records_by_operator.len()],
             metrics,
             routes,
             sinks,
@@ -162,20 +166,19 @@ impl OutputHub {
     fn route(&mut self, records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
         self.counters.batches += 1;
         self.counters.records += records.len() as u64;
-        let mut by_kind = [0u64; crate::model::RecordKind::ALL.len()];
-        let operators = self.metrics.records_by_operator.len();
-        for record in &records {
-            by_kind[record.kind.index()] += 1;
-            // (one writer, the hub: a relaxed add on a line no one else writes)
-            if operators > 0 {
-                let row = record.op.map_or(operators - 1, |op| (op as usize).min(operators - 1));
-                self.metrics.records_by_operator[row][record.kind.index()]
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // counted here, then one relaxed add per operator and kind seen (the hub is the only
+        // writer)
+        if let Some(last) = self.record_counts.len().checked_sub(1) {
+            for record in &records {
+                let row = record.op.map_or(last, |op| (op as usize).min(last));
+                self.record_counts[row][record.kind.index()] += 1;
             }
-        }
-        for (counter, n) in self.metrics.records_by_kind.iter().zip(by_kind) {
-            if n > 0 {
-                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            for (counts, shared) in self.record_counts.iter_mut().zip(&self.metrics.records_by_operator) {
+                for (n, counter) in counts.iter_mut().zip(shared) {
+                    if *n > 0 {
+                        counter.fetch_add(std::mem::take(n), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
         }
         let mut per_sink: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.sinks.len()];

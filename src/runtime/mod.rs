@@ -106,8 +106,6 @@ pub struct RuntimeMetrics {
     pub readings: AtomicU64,
     pub dead_letters: AtomicU64,
     pub late: AtomicU64,
-    /// Records routed to the sinks, by [`crate::model::RecordKind`] (its index in `ALL`).
-    pub records_by_kind: [AtomicU64; crate::model::RecordKind::ALL.len()],
     pub events_open: AtomicI64,
     /// Events open now by severity: index 0 for events without one, `s + 1` for severity `s`
     /// (at most [`SEVERITY_SLOTS`] - 1).
@@ -235,14 +233,6 @@ impl SourceCounters {
 pub const SEVERITY_SLOTS: usize = 9;
 
 impl RuntimeMetrics {
-    /// Counters for a run with `sources` sources.
-    pub fn with_sources(sources: usize) -> Self {
-        RuntimeMetrics {
-            sources: (0..sources).map(|_| SourceCounters::default()).collect(),
-            ..Default::default()
-        }
-    }
-
     /// Counters for a run with `sources` sources, `operators` operators and `shards` shards.
     pub fn for_run(sources: usize, operators: usize, shards: usize) -> Self {
         RuntimeMetrics {
@@ -255,6 +245,18 @@ impl RuntimeMetrics {
             },
             ..Default::default()
         }
+    }
+
+    /// Records routed to the sinks by [`crate::model::RecordKind`] (its index in `ALL`): the
+    /// per-operator counts added up.
+    pub fn records_by_kind(&self) -> [u64; crate::model::RecordKind::ALL.len()] {
+        let mut total = [0; crate::model::RecordKind::ALL.len()];
+        for row in &self.records_by_operator {
+            for (t, n) in total.iter_mut().zip(row) {
+                *t += n.load(Ordering::Relaxed);
+            }
+        }
+        total
     }
 
     /// The slot of `severity` in [`RuntimeMetrics::events_open_by_severity`].
