@@ -114,3 +114,75 @@ mod tests {
         );
     }
 }
+
+/// Stamps each decoded reading with its arrival time ([`crate::operators::Reading::arrival`]),
+/// the time plume decides it at (`runtime.clock`):
+///
+/// - processing clock: the payload's declared arrival time (`decode.arrival`) or the source's
+///   time when it was read;
+/// - event clock: the fleet's clock, the latest arrival time (declared, or the event time when
+///   none is declared) of every reading stamped so far. It only moves forward, and only readings
+///   move it, so a replay of the same input at any speed stamps the same times.
+///
+/// One per router (one per shard): each shard's clock follows the readings of its own devices,
+/// in input order.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivalStamp {
+    event_clock: bool,
+    /// Event clock: the latest arrival seen.
+    fleet_ms: i64,
+}
+
+impl ArrivalStamp {
+    pub fn new(clock: crate::spec::DecisionClock) -> Self {
+        ArrivalStamp {
+            event_clock: clock == crate::spec::DecisionClock::Event,
+            fleet_ms: i64::MIN,
+        }
+    }
+
+    /// The arrival time of a reading taken at `ts`, with the payload's declared arrival time if
+    /// any, read from a source whose time was `source_ms`.
+    #[inline]
+    pub fn stamp(&mut self, ts: i64, declared: Option<i64>, source_ms: i64) -> i64 {
+        if self.event_clock {
+            self.fleet_ms = self.fleet_ms.max(declared.unwrap_or(ts));
+            self.fleet_ms
+        } else {
+            declared.unwrap_or(source_ms)
+        }
+    }
+
+    /// Event clock: the fleet's clock now (`None` before the first reading, or with the
+    /// processing clock).
+    pub fn fleet_ms(&self) -> Option<i64> {
+        (self.event_clock && self.fleet_ms != i64::MIN).then_some(self.fleet_ms)
+    }
+}
+
+#[cfg(test)]
+mod arrival_tests {
+    use super::ArrivalStamp;
+    use crate::spec::DecisionClock;
+
+    #[test]
+    fn the_event_clock_only_moves_forward_and_prefers_the_declared_arrival() {
+        let mut s = ArrivalStamp::new(DecisionClock::Event);
+        assert_eq!(s.fleet_ms(), None);
+        assert_eq!(s.stamp(1_000, None, 99_999), 1_000);
+        // an older reading (backfill) arrives at the fleet's clock, not at its own time
+        assert_eq!(s.stamp(500, None, 99_999), 1_000);
+        // a declared arrival moves the clock; a device clock far ahead does not
+        assert_eq!(s.stamp(900, Some(2_000), 99_999), 2_000);
+        assert_eq!(s.stamp(1_000_000, Some(2_100), 99_999), 2_100);
+        assert_eq!(s.fleet_ms(), Some(2_100));
+    }
+
+    #[test]
+    fn the_processing_clock_stamps_the_source_time_or_the_declared_arrival() {
+        let mut s = ArrivalStamp::new(DecisionClock::Processing);
+        assert_eq!(s.stamp(1_000, None, 5_000), 5_000);
+        assert_eq!(s.stamp(1_000, Some(1_200), 5_000), 1_200);
+        assert_eq!(s.fleet_ms(), None);
+    }
+}

@@ -9,11 +9,12 @@
 //! | --- | --- |
 //! | `window` | `window_start`, `window_end` (epoch ms), `count`, `<field>_<aggregate>`… |
 //! | `event_start` | `field`, `start_ts`, `decided_ts`, `decision_lag_ms`, `value` (first), `peak` (so far), `severity` (of `peak`, if bands are set) |
-//! | `event_update` | `field`, `start_ts`, `decided_ts`, `peak`, `severity`, `previous_severity`: an open event's peak entered a higher severity band |
-//! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `decided_ts`, `decision_lag_ms`, `peak`, `mean`, `severity` |
+//! | `event_update` | `field`, `start_ts`, `decided_ts`, `peak`, `severity`, `previous_severity`, `reason`: `escalation` (a more severe band held), `de_escalation` (a less severe one held for `de_escalate_after`), `reminder` (still open, `remind_every`) |
+//! | `event_end` | `field`, `start_ts`, `end_ts`, `duration_ms`, `decided_ts`, `decision_lag_ms`, `peak`, `mean`, `severity`; `ended_by: "silence"` when the device went silent for `timeout` (`end_ts` is then its last reading) |
 //!
 //! Event records decided on a reading older than the operator's `backfill_after` when it was
-//! processed also have `backfill: true` and `backfill_lag_ms`.
+//! processed also have `backfill: true` and `backfill_lag_ms`; starts and updates decided on a
+//! doubted value (`suspect: mark`) have `suspect: true`.
 //!
 //! An event's `start_ts` is its first reading beyond `enter` (back-dated over `min_duration`)
 //! and its `end_ts` the first reading of the clearing run; `decided_ts` is the event time of
@@ -23,7 +24,7 @@
 //! | `deviation` | `field`, `ts`, `value`, `mean`, `stddev`, `zscore` |
 //! | `smoothed` | `field`, `ts`, `value`, `trend` (Holt) |
 //! | `threshold` | `field`, `ts`, `value`, `limit`, `beyond` |
-//! | `health` | `ts`, `status` (`offline`, `online`, `flatline`, `flatline_cleared`, `report`), … |
+//! | `health` | `ts`, `status` (`offline`, `online`, `flatline`, `flatline_cleared`, `report`), … ; an `offline` one has `last_seen` (when the last reading arrived), `decided_ts` and `decision_lag_ms` (since `ts`, the last reading's event time) |
 //! | `late` | `ts` |
 //! | `dead_letter` | `source`, `position`, `reason`, `raw` (at most `decode.dead_letter_max_bytes`) — no `operator` |
 //! | `summary` | `pipeline`, `readings`, `late`, `dead_letters`, `devices` — at the end of a run |
@@ -35,7 +36,7 @@ use std::fmt::Write as _;
 use xxhash_rust::xxh3::Xxh3;
 
 pub use crate::model::{OutputRecord, RecordKind};
-use crate::operators::{Emit, HealthEvent, OperatorConfig};
+use crate::operators::{Emit, HealthEvent, OperatorConfig, UpdateReason};
 use crate::pipeline::CompiledPipeline;
 
 /// The output schema version written as `"v"`.
@@ -198,8 +199,16 @@ impl RecordFormatter {
             Emit::EventStart { start_ts, seq, .. } | Emit::EventEnd { start_ts, seq, .. } => (*start_ts, *seq),
             // one update per band an event reaches
             Emit::EventUpdate {
-                start_ts, seq, severity, ..
+                start_ts,
+                seq,
+                severity,
+                reason: UpdateReason::Escalation,
+                ..
             } => (*start_ts, seq.wrapping_mul(256).wrapping_add(severity.map_or(0, |s| s as u64 + 1))),
+            // de-escalations and reminders: one per time they were decided at
+            Emit::EventUpdate {
+                seq, decided_ts, reason, ..
+            } => (*decided_ts, seq.wrapping_mul(4).wrapping_add(*reason as u64)),
             Emit::Health { ts, event, .. } => (*ts, health_discriminant(event)),
             Emit::Baseline { ts, .. }
             | Emit::Deviation { ts, .. }
@@ -267,6 +276,7 @@ impl RecordFormatter {
                 mean,
                 severity,
                 decided_ts,
+                silence,
                 ..
             } => {
                 event_head(&mut j, config, *start_ts);
@@ -277,6 +287,10 @@ impl RecordFormatter {
                 num_key(&mut j, "peak", *peak);
                 num_key(&mut j, "mean", *mean);
                 severity_key(&mut j, "severity", severity_name(config, *severity));
+                if *silence {
+                    key(&mut j, "ended_by");
+                    j.push_str("\"silence\"");
+                }
             }
             Emit::EventUpdate {
                 start_ts,
@@ -284,6 +298,7 @@ impl RecordFormatter {
                 peak,
                 previous,
                 severity,
+                reason,
                 ..
             } => {
                 event_head(&mut j, config, *start_ts);
@@ -291,6 +306,8 @@ impl RecordFormatter {
                 num_key(&mut j, "peak", *peak);
                 severity_key(&mut j, "severity", severity_name(config, *severity));
                 severity_key(&mut j, "previous_severity", severity_name(config, *previous));
+                key(&mut j, "reason");
+                push_json_str(&mut j, reason.as_str());
             }
             Emit::Baseline { ts, value, .. } => {
                 key(&mut j, "field");
@@ -356,10 +373,14 @@ impl RecordFormatter {
                 push_i64(&mut j, *ts);
                 key(&mut j, "status");
                 match event {
-                    HealthEvent::Offline { last_seen } => {
+                    HealthEvent::Offline { last_seen, decided } => {
                         j.push_str("\"offline\"");
                         key(&mut j, "last_seen");
                         push_i64(&mut j, *last_seen);
+                        key(&mut j, "decided_ts");
+                        push_i64(&mut j, *decided);
+                        key(&mut j, "decision_lag_ms");
+                        push_i64(&mut j, decided.saturating_sub(*ts));
                     }
                     HealthEvent::Online => j.push_str("\"online\""),
                     HealthEvent::Flatline { field, value, readings } => {
@@ -408,6 +429,10 @@ impl RecordFormatter {
             j.push_str("true");
             key(&mut j, "backfill_lag_ms");
             push_i64(&mut j, lag);
+        }
+        if let Emit::EventStart { suspect: true, .. } | Emit::EventUpdate { suspect: true, .. } = emit {
+            key(&mut j, "suspect");
+            j.push_str("true");
         }
         j.push('}');
         OutputRecord {
@@ -461,7 +486,7 @@ impl RecordFormatter {
 /// so two reports with the same id say the same).
 fn health_discriminant(event: &HealthEvent) -> u64 {
     match event {
-        HealthEvent::Offline { last_seen } => 1 | ((*last_seen as u64) << 3),
+        HealthEvent::Offline { last_seen, .. } => 1 | ((*last_seen as u64) << 3),
         HealthEvent::Online => 2,
         HealthEvent::Flatline { field, .. } => 3 | ((*field as u64) << 3),
         HealthEvent::FlatlineCleared { field } => 4 | ((*field as u64) << 3),
@@ -523,6 +548,7 @@ mod tests {
             severity: None,
             decided_ts: 60_000,
             backfill_lag_ms: None,
+            suspect: false,
         });
         assert_eq!((start["start_ts"].as_i64(), start["decided_ts"].as_i64()), (Some(30_000), Some(60_000)));
         assert_eq!(start["decision_lag_ms"].as_i64(), Some(30_000));
@@ -536,6 +562,7 @@ mod tests {
             severity: None,
             decided_ts: 110_000,
             backfill_lag_ms: Some(7_200_000),
+            silence: false,
         });
         assert_eq!(end["decided_ts"].as_i64(), Some(110_000));
         assert_eq!(end["decision_lag_ms"].as_i64(), Some(20_000), "behind end_ts");
@@ -554,6 +581,7 @@ mod tests {
                     severity: None,
                     decided_ts,
                     backfill_lag_ms: None,
+                    suspect: false,
                 },
             )
             .id

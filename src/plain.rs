@@ -18,6 +18,12 @@ pub struct PlainRun<'p> {
     devices: FxHashMap<Box<str>, DeviceChain>,
     emits: Vec<Emit>,
     dead_letters: u64,
+    /// Each reading's arrival time (`runtime.clock`).
+    arrival: crate::clock::ArrivalStamp,
+    /// Event clock: when the devices are next checked for deadlines the fleet's clock passed
+    /// (as the shards do), and how often.
+    next_fleet_tick: i64,
+    fleet_tick_ms: i64,
 }
 
 impl<'p> PlainRun<'p> {
@@ -28,6 +34,9 @@ impl<'p> PlainRun<'p> {
             devices: FxHashMap::default(),
             emits: Vec::new(),
             dead_letters: 0,
+            arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock),
+            next_fleet_tick: i64::MIN,
+            fleet_tick_ms: pipeline.tick_interval_ms().unwrap_or(1000),
         }
     }
 
@@ -56,7 +65,8 @@ impl<'p> PlainRun<'p> {
             return;
         }
         match decoder.decode(line, None, now) {
-            Ok(decoded) => {
+            Ok(mut decoded) => {
+                decoded.reading.arrival = self.arrival.stamp(decoded.reading.ts, decoded.arrival, now);
                 for &(field, value) in &decoded.dropped {
                     self.dead_letters += 1;
                     let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
@@ -75,9 +85,22 @@ impl<'p> PlainRun<'p> {
                             .or_insert_with_key(|d| self.pipeline.new_chain(d))
                     }
                 };
-                chain.on_reading(decoded.reading, now, &mut self.emits);
+                let at = match self.arrival.fleet_ms() {
+                    Some(_) => {
+                        chain.catch_up(decoded.reading.arrival, &mut self.emits);
+                        decoded.reading.arrival
+                    }
+                    None => now,
+                };
+                chain.on_reading(decoded.reading, at, &mut self.emits);
                 for emit in self.emits.drain(..) {
                     sink(self.formatter.format(&decoded.device, &emit));
+                }
+                if let Some(fleet_ms) = self.arrival.fleet_ms()
+                    && fleet_ms >= self.next_fleet_tick
+                {
+                    self.next_fleet_tick = fleet_ms.saturating_add(self.fleet_tick_ms);
+                    self.catch_up_all(fleet_ms, sink);
                 }
             }
             Err(reason) => {
@@ -91,8 +114,22 @@ impl<'p> PlainRun<'p> {
         }
     }
 
+    /// Event clock: every device acts on the deadlines the fleet's clock passed.
+    fn catch_up_all(&mut self, fleet_ms: i64, sink: &mut impl FnMut(OutputRecord)) {
+        for (device, chain) in self.devices.iter_mut() {
+            if chain.catch_up(fleet_ms, &mut self.emits) {
+                for emit in self.emits.drain(..) {
+                    sink(self.formatter.format(device, &emit));
+                }
+            }
+        }
+    }
+
     /// End of input: every device flushes (in device id order), then the summary record.
     pub fn finish(mut self, sink: &mut impl FnMut(OutputRecord)) -> RunTotals {
+        if let Some(fleet_ms) = self.arrival.fleet_ms() {
+            self.catch_up_all(fleet_ms, sink);
+        }
         let mut ids: Vec<&Box<str>> = self.devices.keys().collect();
         ids.sort();
         let ids: Vec<Box<str>> = ids.into_iter().cloned().collect();

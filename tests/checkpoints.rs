@@ -472,15 +472,23 @@ fn restore_is_refused_while_a_run_uses_the_directory() {
     }
 }
 
-/// The stored format cannot change by accident: an export written by this version (format 1)
-/// is kept in `checkpoints/fixtures/`, and it must still import, verify, and restore every
-/// device to the state recorded next to it.
+/// The stored format cannot change by accident: an export written by each device snapshot
+/// format (1: before severity ladders; 2: now) is kept in `checkpoints/fixtures/`, and it must
+/// still import, verify, and restore every device to the state recorded next to it (format 1
+/// through its migration: its hysteresis states get `ladder: null`).
 #[test]
-fn the_stored_format_fixture_still_loads() {
+fn the_stored_format_fixtures_still_load() {
+    stored_format_fixture_loads(1);
+    stored_format_fixture_loads(2);
+}
+
+fn stored_format_fixture_loads(format: u32) {
     let fixtures = common::repo().join("checkpoints/fixtures");
-    let file = fixtures.join("aq1-format1.plume");
-    let expected_states = fixtures.join("aq1-format1.states.json");
-    if std::env::var_os("PLUME_UPDATE_FIXTURES").is_some() {
+    let file = fixtures.join(format!("aq1-format{format}.plume"));
+    let expected_states = fixtures.join(format!("aq1-format{format}.states.json"));
+    // (only the current format's fixture can be written again)
+    let update = std::env::var_os("PLUME_UPDATE_FIXTURES").is_some() && format == plume::operators::SNAPSHOT_VERSION;
+    if update {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.jsonl");
         std::fs::copy(common::workloads().join("edge.jsonl"), &input).unwrap();
@@ -504,18 +512,19 @@ fn the_stored_format_fixture_still_loads() {
     let mut states = serde_json::Map::new();
     for (device, stored) in &values {
         let payload = plume::store::unseal(stored).expect("the envelope checks");
-        let snapshot = plume::operators::DeviceSnapshot::decode(payload).expect("format 1 snapshots decode");
+        assert_eq!(u32::from_le_bytes(payload[..4].try_into().unwrap()), format, "{device}");
+        let snapshot = plume::operators::DeviceSnapshot::decode(payload).expect("the snapshots decode");
         states.insert(device.clone(), serde_json::to_value(&snapshot).unwrap());
     }
     let states = serde_json::Value::Object(states);
-    if std::env::var_os("PLUME_UPDATE_FIXTURES").is_some() {
+    if update {
         std::fs::write(&expected_states, serde_json::to_string_pretty(&states).unwrap()).unwrap();
     }
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&expected_states).unwrap()).unwrap();
     assert_eq!(
         states, expected,
-        "the fixture's device states decode differently than recorded"
+        "the format {format} fixture's device states decode differently than recorded"
     );
 }
 

@@ -310,6 +310,8 @@ fn windows_of(mut op: WindowOp, readings: &[(i64, f64)]) -> (Vec<Emit>, bool) {
             ts,
             values: smallvec![x],
             out_of_range: 0,
+            arrival: 0,
+            suspect: 0,
         };
         late |= op.on_reading(&mut r, 0, &mut out) == Flow::Late;
         op.after_reading(0, &mut out);
@@ -387,6 +389,11 @@ proptest! {
             min_clear_ms: min_clear,
             severity: vec![],
             backfill_after_ms: None,
+            escalate_after_ms: 0,
+            de_escalate_after_ms: None,
+            remind_every_ms: None,
+            timeout_ms: None,
+            suspect: plume::operators::hysteresis::Suspect::Use,
         }));
         let (low, high) = if below { (enter, exit) } else { (exit, enter) };
         let mut out = Vec::new();
@@ -396,7 +403,7 @@ proptest! {
             let x = f64::from(half) / 2.0;
             let was_open = op.state().open.is_some();
             let before = out.len();
-            op.on_reading(&mut Reading { ts, values: smallvec![x], out_of_range: 0 }, 0, &mut out);
+            op.on_reading(&mut Reading { ts, values: smallvec![x], out_of_range: 0, arrival: 0, suspect: 0 }, 0, &mut out);
             prop_assert!(out.len() - before <= 1);
             if low < x && x < high {
                 prop_assert_eq!(out.len(), before, "{} inside ({}, {}) emitted", x, low, high);
@@ -440,6 +447,8 @@ fn learn(op: &mut BaselineOp, readings: impl IntoIterator<Item = (i64, f64)>) ->
             ts,
             values: smallvec![x, ABSENT],
             out_of_range: 0,
+            arrival: 0,
+            suspect: 0,
         };
         op.on_reading(&mut r, 0, &mut Vec::new());
         derived = r.values[1];

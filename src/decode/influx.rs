@@ -183,6 +183,7 @@ pub(super) fn decode<'a>(
         device,
         reading,
         time_clamped: false,
+        arrival: None,
         dropped,
     })
 }
@@ -221,6 +222,7 @@ mod tests {
         );
         let spec = DecodeSpec {
             format: DecodeFormat::Influx,
+            arrival: None,
             device,
             time,
             fields,

@@ -13,6 +13,7 @@ use crate::spec::FieldType;
 enum Key {
     Device,
     Time,
+    Arrival,
     Field(usize),
     Other,
 }
@@ -44,6 +45,9 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         }
         if dec.time_field.as_deref() == Some(key) {
             return Ok(Key::Time);
+        }
+        if dec.arrival_field.as_deref() == Some(key) {
+            return Ok(Key::Arrival);
         }
         Ok(Key::Other)
     }
@@ -177,6 +181,7 @@ struct ObjectVisitor<'d, 'de> {
     seen: &'d mut u64,
     device: &'d mut Option<Cow<'de, str>>,
     time: &'d mut Option<Result<i64, DecodeError>>,
+    arrival: &'d mut Option<Result<i64, DecodeError>>,
     problem: &'d mut Option<DecodeError>,
 }
 
@@ -259,6 +264,19 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, 'de> {
                         }),
                     });
                 }
+                Key::Arrival => {
+                    let name = dec.arrival_field.as_deref().unwrap_or("");
+                    let value = map.next_value_seed(ScalarSeed)?;
+                    *self.arrival = Some(match value {
+                        Scalar::Int(i) => dec.arrival_from(name, i as f64, Some(i), None),
+                        Scalar::Float(x) => dec.arrival_from(name, x, None, None),
+                        Scalar::Text(t) => dec.arrival_from(name, 0.0, None, Some(&t)),
+                        other => Err(DecodeError::BadTime {
+                            field: name.to_string(),
+                            reason: format!("expected a number or text, found {}", other.describe()),
+                        }),
+                    });
+                }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -278,6 +296,7 @@ pub(super) fn decode<'a>(
     let mut seen = 0u64;
     let mut device = None;
     let mut time = None;
+    let mut arrival = None;
     let mut problem = None;
     let mut de = serde_json::Deserializer::from_slice(payload);
     let visitor = ObjectVisitor {
@@ -286,6 +305,7 @@ pub(super) fn decode<'a>(
         seen: &mut seen,
         device: &mut device,
         time: &mut time,
+        arrival: &mut arrival,
         problem: &mut problem,
     };
     let parsed = de.deserialize_map(visitor).and_then(|()| de.end());
@@ -306,11 +326,18 @@ pub(super) fn decode<'a>(
         (Some(_), Some(t)) => t?,
         (Some(name), None) => return Err(DecodeError::MissingTime(name.clone())),
     };
+    // a missing or broken arrival time is not a reason to lose the reading: the source's time
+    // stands in for it
+    let arrival = match (&dec.arrival_field, arrival) {
+        (Some(_), Some(Ok(t))) => Some(t),
+        _ => None,
+    };
     let dropped = dec.check_fields(&mut reading, seen)?;
     Ok(Decoded {
         device,
         reading,
         time_clamped: false,
+        arrival,
         dropped,
     })
 }
@@ -437,6 +464,7 @@ mod tests {
         );
         let spec = DecodeSpec {
             format: Default::default(),
+            arrival: None,
             device: DeviceIdSpec::default(),
             time: Some(TimeSpec {
                 field: Some("ts".into()),

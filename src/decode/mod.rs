@@ -73,6 +73,8 @@ pub struct Decoded<'a> {
     pub reading: Reading,
     /// The event time was outside `plausible_time` and moved to its edge (`outside: clamp`).
     pub time_clamped: bool,
+    /// The payload's arrival time (`decode.arrival`), if the pipeline declares one.
+    pub arrival: Option<i64>,
     /// Fields left out of the reading by `out_of_range: field_dead_letter`: (the field's index
     /// among the declared fields, its value). Each becomes a dead letter ([`Decoder::dropped_reason`]).
     pub dropped: DroppedFields,
@@ -98,6 +100,9 @@ pub struct Decoder {
     pub(crate) device_from_topic: bool,
     pub(crate) time_field: Option<String>,
     pub(crate) time_unit: TimeUnit,
+    /// JSON: the key of the arrival time, and its unit (`decode.arrival`).
+    pub(crate) arrival_field: Option<String>,
+    pub(crate) arrival_unit: TimeUnit,
     pub(crate) fields: Vec<FieldDecoder>,
     pub(crate) slots: usize,
     pub max_dead_letter_bytes: usize,
@@ -131,6 +136,14 @@ impl Decoder {
                 Some(t) => t.unit_for(spec.format),
                 None => TimeSpec::default_unit(spec.format),
             },
+            arrival_field: match spec.format {
+                DecodeFormat::Json => spec.arrival.as_ref().and_then(|t| t.field.clone()),
+                DecodeFormat::Influx => None,
+            },
+            arrival_unit: spec
+                .arrival
+                .as_ref()
+                .map_or(TimeUnit::Ms, |t| t.unit_for(spec.format)),
             fields: spec
                 .fields
                 .iter()
@@ -309,12 +322,28 @@ impl Decoder {
 
     /// Converts an integer or float event time in the configured unit to epoch milliseconds.
     pub(crate) fn time_from_number(&self, field: &str, x: f64, integer: Option<i64>) -> Result<i64, DecodeError> {
+        Self::time_in_unit(self.time_unit, field, x, integer)
+    }
+
+    pub(crate) fn time_from_text(&self, field: &str, text: &str) -> Result<i64, DecodeError> {
+        Self::text_time_in_unit(self.time_unit, field, text)
+    }
+
+    /// The arrival time (`decode.arrival`) from a number or a text.
+    pub(crate) fn arrival_from(&self, field: &str, x: f64, integer: Option<i64>, text: Option<&str>) -> Result<i64, DecodeError> {
+        match text {
+            Some(t) => Self::text_time_in_unit(self.arrival_unit, field, t),
+            None => Self::time_in_unit(self.arrival_unit, field, x, integer),
+        }
+    }
+
+    fn time_in_unit(unit: TimeUnit, field: &str, x: f64, integer: Option<i64>) -> Result<i64, DecodeError> {
         let bad = |reason: &str| DecodeError::BadTime {
             field: field.to_string(),
             reason: reason.to_string(),
         };
         if let Some(i) = integer {
-            return match self.time_unit {
+            return match unit {
                 TimeUnit::S => i.checked_mul(1000).ok_or_else(|| bad("out of range")),
                 TimeUnit::Ms => Ok(i),
                 TimeUnit::Us => Ok(i.div_euclid(1000)),
@@ -325,7 +354,7 @@ impl Decoder {
         if !x.is_finite() {
             return Err(bad("not a finite number"));
         }
-        let ms = match self.time_unit {
+        let ms = match unit {
             TimeUnit::S => x * 1000.0,
             TimeUnit::Ms => x,
             TimeUnit::Us => x / 1000.0,
@@ -338,19 +367,19 @@ impl Decoder {
         Ok(ms.floor() as i64)
     }
 
-    pub(crate) fn time_from_text(&self, field: &str, text: &str) -> Result<i64, DecodeError> {
+    fn text_time_in_unit(unit: TimeUnit, field: &str, text: &str) -> Result<i64, DecodeError> {
         let bad = |reason: String| DecodeError::BadTime {
             field: field.to_string(),
             reason,
         };
-        match self.time_unit {
+        match unit {
             TimeUnit::Rfc3339 => {
                 let ts: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| bad(format!("`{text}`: {e}")))?;
                 Ok(ts.as_millisecond())
             }
             _ => Err(bad(format!(
                 "expected a number of {}, found the string `{text}`",
-                unit_name(self.time_unit)
+                unit_name(unit)
             ))),
         }
     }

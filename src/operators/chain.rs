@@ -6,7 +6,10 @@ use super::{DeviceOperator, Emit, Flow, OperatorConfig, OperatorState, Reading, 
 
 /// The stored format version of [`DeviceSnapshot`]. Bump it (and add a migration in
 /// [`DeviceSnapshot::decode`]) whenever a state struct changes.
-pub const SNAPSHOT_VERSION: u32 = 1;
+///
+/// - 2: a hysteresis state ends with its `ladder` (announced band, hold-down, reminders,
+///   silence). Format 1 is read by [`v1`]: its events get their ladder at their next reading.
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// Per-device counters that travel with the state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,18 +48,20 @@ impl DeviceSnapshot {
             return Err(RestoreError::Decode(format!("{} bytes is too short", bytes.len())));
         }
         let version = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-        match version {
-            SNAPSHOT_VERSION => {
-                let (snapshot, used) = crate::model::codec::bincode_decode(&bytes[4..])
-                    .map_err(|e| RestoreError::Decode(e.to_string()))?;
-                if used != bytes.len() - 4 {
-                    return Err(RestoreError::Decode(format!(
-                        "{} trailing bytes after the snapshot",
-                        bytes.len() - 4 - used
-                    )));
-                }
-                Ok(snapshot)
+        fn whole<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RestoreError> {
+            let (value, used) =
+                crate::model::codec::bincode_decode(body).map_err(|e| RestoreError::Decode(e.to_string()))?;
+            if used != body.len() {
+                return Err(RestoreError::Decode(format!(
+                    "{} trailing bytes after the snapshot",
+                    body.len() - used
+                )));
             }
+            Ok(value)
+        }
+        match version {
+            SNAPSHOT_VERSION => whole(&bytes[4..]),
+            1 => whole::<v1::DeviceSnapshotV1>(&bytes[4..]).map(v1::DeviceSnapshotV1::migrate),
             found => Err(RestoreError::UnsupportedVersion {
                 found,
                 supported: SNAPSHOT_VERSION,
@@ -122,6 +127,25 @@ impl DeviceChain {
         }
     }
 
+    /// Event clock: every deadline up to `until`, each at its own time (an offline report at
+    /// last seen + `offline_after`, whenever the fleet's clock passed it), so what is emitted
+    /// does not depend on when the runtime got round to it. Returns whether anything was due.
+    pub fn catch_up(&mut self, until: i64, out: &mut Vec<Emit>) -> bool {
+        let mut fired = false;
+        while let Some(at) = self.next_deadline() {
+            if at > until {
+                break;
+            }
+            self.on_time(at, out);
+            fired = true;
+            if self.next_deadline().is_some_and(|next| next <= at) {
+                // an operator that does not move its deadline past `at` would loop forever
+                break;
+            }
+        }
+        fired
+    }
+
     /// The earliest processing time at which [`DeviceChain::on_time`] would emit something.
     pub fn next_deadline(&self) -> Option<i64> {
         self.operators.iter().filter_map(|op| op.next_deadline()).min()
@@ -185,5 +209,81 @@ impl DeviceChain {
             operators: operators.into_boxed_slice(),
             counters: snapshot.counters,
         })
+    }
+}
+
+/// Stored format 1 and its migration to the current one.
+pub mod v1 {
+    use serde::Deserialize;
+
+    use super::{DeviceCounters, DeviceSnapshot, NamedState};
+    use crate::operators::hysteresis::EventStats;
+    use crate::operators::{
+        BaselineState, CalibrateState, HealthState, HysteresisState, OperatorState, SmoothState, ThresholdState,
+        WindowState, dedup::DedupState,
+    };
+
+    #[derive(Deserialize)]
+    pub struct DeviceSnapshotV1 {
+        counters: DeviceCounters,
+        operators: Vec<NamedStateV1>,
+    }
+
+    #[derive(Deserialize)]
+    struct NamedStateV1 {
+        name: String,
+        state: OperatorStateV1,
+    }
+
+    /// [`OperatorState`] as format 1 wrote it (variants by position).
+    #[derive(Deserialize)]
+    enum OperatorStateV1 {
+        Window(WindowState),
+        Hysteresis(HysteresisStateV1),
+        Baseline(BaselineState),
+        Smooth(SmoothState),
+        Threshold(ThresholdState),
+        Calibrate(CalibrateState),
+        Health(HealthState),
+        Dedup(DedupState),
+    }
+
+    #[derive(Deserialize)]
+    struct HysteresisStateV1 {
+        open: Option<EventStats>,
+        entering: Option<Box<EventStats>>,
+        clearing_since: Option<i64>,
+        seq: u64,
+    }
+
+    impl DeviceSnapshotV1 {
+        pub fn migrate(self) -> DeviceSnapshot {
+            DeviceSnapshot {
+                counters: self.counters,
+                operators: self
+                    .operators
+                    .into_iter()
+                    .map(|n| NamedState {
+                        name: n.name,
+                        state: match n.state {
+                            OperatorStateV1::Window(s) => OperatorState::Window(s),
+                            OperatorStateV1::Hysteresis(h) => OperatorState::Hysteresis(HysteresisState {
+                                open: h.open,
+                                entering: h.entering,
+                                clearing_since: h.clearing_since,
+                                seq: h.seq,
+                                ladder: None,
+                            }),
+                            OperatorStateV1::Baseline(s) => OperatorState::Baseline(s),
+                            OperatorStateV1::Smooth(s) => OperatorState::Smooth(s),
+                            OperatorStateV1::Threshold(s) => OperatorState::Threshold(s),
+                            OperatorStateV1::Calibrate(s) => OperatorState::Calibrate(s),
+                            OperatorStateV1::Health(s) => OperatorState::Health(s),
+                            OperatorStateV1::Dedup(s) => OperatorState::Dedup(s),
+                        },
+                    })
+                    .collect(),
+            }
+        }
     }
 }

@@ -81,24 +81,58 @@ pub fn present(value: f64) -> bool {
 pub struct Reading {
     /// Event time, epoch milliseconds.
     pub ts: i64,
+    /// When the reading arrived (epoch ms): the time plume decides it at. With the processing
+    /// clock, the source's time (or `decode.arrival`); with the event clock, the fleet's clock
+    /// after this reading (the latest arrival or event time seen so far). Never before `ts`
+    /// matters only for backfill marking: `arrival − ts` is how old the reading was.
+    #[serde(default)]
+    pub arrival: i64,
     /// Values by field slot; absent values are `NaN`.
     pub values: Values,
     /// Bit `i` set: field slot `i` was out of its declared range.
     pub out_of_range: u64,
+    /// Bit `i` set: an earlier operator doubts field slot `i` (a `health` flatline, a
+    /// `calibrate` that has not learned its shift yet); derived fields inherit it. A hysteresis
+    /// with `suspect: suppress` ignores such a value, with `mark` flags its events.
+    #[serde(default)]
+    pub suspect: u64,
 }
 
 impl Reading {
     pub fn new(ts: i64, slots: usize) -> Self {
         Reading {
             ts,
+            arrival: ts,
             values: SmallVec::from_elem(ABSENT, slots),
             out_of_range: 0,
+            suspect: 0,
         }
     }
 
     #[inline]
     pub fn get(&self, slot: FieldSlot) -> f64 {
         self.values.get(slot).copied().unwrap_or(ABSENT)
+    }
+}
+
+/// Why an open event has an `event_update`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateReason {
+    /// A more severe band held (for `escalate_after`).
+    Escalation,
+    /// A less severe band held for `de_escalate_after`.
+    DeEscalation,
+    /// Still open, `remind_every` after its last record.
+    Reminder,
+}
+
+impl UpdateReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateReason::Escalation => "escalation",
+            UpdateReason::DeEscalation => "de_escalation",
+            UpdateReason::Reminder => "reminder",
+        }
     }
 }
 
@@ -116,8 +150,10 @@ pub enum Flow {
 /// Kinds of device health results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HealthEvent {
-    /// No reading for `offline_after`; `last_seen` is the processing time of the last one.
-    Offline { last_seen: i64 },
+    /// No reading for `offline_after`; `last_seen` is when the last one arrived (processing
+    /// time, or the fleet's clock with `runtime.clock: event`), `decided` when this was decided
+    /// (at least `offline_after` later).
+    Offline { last_seen: i64, decided: i64 },
     /// Data again after being offline.
     Online,
     /// `readings` readings in a row with the same value.
@@ -160,8 +196,10 @@ pub enum Emit {
         /// Decided on a reading older than `backfill_after` when it was processed: how much
         /// older (history being uploaded or replayed, not the air now).
         backfill_lag_ms: Option<i64>,
+        /// Decided on a value an earlier operator doubts (`suspect: mark`).
+        suspect: bool,
     },
-    /// An open hysteresis event got worse: its peak entered a higher severity band.
+    /// An open hysteresis event changed band (`reason`), or is still open (a reminder).
     EventUpdate {
         op: OpIndex,
         seq: u64,
@@ -172,8 +210,10 @@ pub enum Emit {
         /// The band before and now.
         previous: Option<u8>,
         severity: Option<u8>,
+        reason: UpdateReason,
         /// As for `EventStart`.
         backfill_lag_ms: Option<i64>,
+        suspect: bool,
     },
     /// A hysteresis event closed.
     EventEnd {
@@ -189,6 +229,8 @@ pub enum Emit {
         decided_ts: i64,
         /// As for `EventStart`.
         backfill_lag_ms: Option<i64>,
+        /// Ended because the device went silent for `timeout`, not because the air cleared.
+        silence: bool,
     },
     /// A baseline's current value.
     Baseline { op: OpIndex, ts: i64, value: f64 },

@@ -69,7 +69,15 @@ impl DeviceActor {
             if let Some(hook) = &local.fault_hook {
                 hook(device, reading);
             }
-            chain.on_reading(reading.clone(), now, emits);
+            // event clock: the reading is decided at its arrival on the fleet's clock, after
+            // whatever the device had due before it (an offline report, an idle flush)
+            let at = if local.event_clock {
+                chain.catch_up(reading.arrival, emits);
+                reading.arrival
+            } else {
+                now
+            };
+            chain.on_reading(reading.clone(), at, emits);
         }
     }
 
@@ -180,10 +188,14 @@ impl DeviceActor {
         Self::publish(device, local, &mut emits);
     }
 
-    /// Processing-time work: idle flush, offline detection.
+    /// Time passes (`now`, processing time or the fleet's clock): idle flush, offline detection.
     pub fn tick(&mut self, device: &str, local: &ShardLocal, now: i64) {
         let mut emits = Vec::new();
-        self.chain.on_time(now, &mut emits);
+        if local.event_clock {
+            self.chain.catch_up(now, &mut emits);
+        } else {
+            self.chain.on_time(now, &mut emits);
+        }
         if !emits.is_empty() {
             self.dirty = true;
             Self::publish(device, local, &mut emits);

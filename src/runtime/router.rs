@@ -110,6 +110,8 @@ pub struct Router {
     last_forwarded: u64,
     /// Readings per device batch in the last chunk (to size the next chunk's batches).
     batch_size_hint: usize,
+    /// Each reading's arrival time (`runtime.clock`).
+    arrival: crate::clock::ArrivalStamp,
 }
 
 impl Router {
@@ -145,6 +147,7 @@ impl Router {
             waiting: false,
             last_forwarded: last_checkpoint,
             batch_size_hint: 1,
+            arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock),
         }
     }
 
@@ -442,7 +445,9 @@ impl Router {
                         }
                     }
                     match decoder.decode(line, None, chunk.source_time_ms) {
-                        Ok(decoded) => {
+                        Ok(mut decoded) => {
+                            decoded.reading.arrival =
+                                self.arrival.stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
                             readings += 1;
                             if decoded.time_clamped {
                                 RuntimeMetrics::add(&self.metrics.times_implausible, 1);
@@ -479,7 +484,9 @@ impl Router {
                         }
                     }
                     match decoder.decode(&m.payload, m.device_hint.as_deref(), m.arrival_ms) {
-                        Ok(decoded) => {
+                        Ok(mut decoded) => {
+                            decoded.reading.arrival =
+                                self.arrival.stamp(decoded.reading.ts, decoded.arrival, m.arrival_ms);
                             readings += 1;
                             if decoded.time_clamped {
                                 RuntimeMetrics::add(&self.metrics.times_implausible, 1);
@@ -525,6 +532,7 @@ impl Router {
             self.supervisor.do_send(DeviceBatches {
                 batches: grouping.into_batches(),
                 now,
+                fleet_ms: self.arrival.fleet_ms(),
                 progress,
             });
         }

@@ -41,6 +41,9 @@ pub struct ShardLocal {
     pub fault_hook: Option<FaultHook>,
     /// Processing time.
     pub clock: Clock,
+    /// `runtime.clock: event`: devices act on their readings' arrival times and the fleet's
+    /// clock, not on processing time.
+    pub event_clock: bool,
     scratch: RefCell<Vec<Vec<Emit>>>,
 }
 
@@ -61,6 +64,8 @@ impl ShardLocal {
 pub struct DeviceBatches {
     pub batches: Vec<(Box<str>, Vec<Reading>)>,
     pub now: i64,
+    /// `runtime.clock: event`: the fleet's clock after these readings.
+    pub fleet_ms: Option<i64>,
     pub progress: Arc<ChunkProgress>,
 }
 
@@ -193,6 +198,10 @@ pub struct ShardSupervisor {
     /// Devices created (not found anywhere) since the last barrier.
     created: u64,
     barrier_seen: u64,
+    /// Event clock: the fleet's clock as the last batch left it, and when the devices are
+    /// next checked for deadlines it passed.
+    fleet_ms: Option<i64>,
+    next_fleet_tick: i64,
 }
 
 impl ShardSupervisor {
@@ -208,6 +217,7 @@ impl ShardSupervisor {
         let passivate_after_ms = pipeline.spec.runtime.passivate_after.as_millis();
         let max_devices = (pipeline.spec.runtime.max_devices.div_ceil(shards.max(1) as u64)).max(1) as usize;
         let tick_ms = pipeline.tick_interval_ms();
+        let event_clock = pipeline.spec.runtime.clock == crate::spec::DecisionClock::Event;
         let local = Rc::new(ShardLocal {
             shard,
             formatter: RecordFormatter::new(&pipeline),
@@ -217,6 +227,7 @@ impl ShardSupervisor {
             #[cfg(feature = "fault-injection")]
             fault_hook: options.fault_hook,
             clock: options.clock,
+            event_clock,
             scratch: RefCell::new(Vec::new()),
         });
         ShardSupervisor {
@@ -235,6 +246,8 @@ impl ShardSupervisor {
             barrier_seen: checkpointing.as_ref().map_or(0, |c| c.last_checkpoint),
             checkpointing,
             created: 0,
+            fleet_ms: None,
+            next_fleet_tick: i64::MIN,
         }
     }
 
@@ -446,6 +459,28 @@ impl ShardSupervisor {
         self.passivate(by_age.into_iter().map(|(_, k)| k).collect())
     }
 
+    /// Event clock: the fleet's clock moved to `fleet_ms`. Once per tick interval of it, every
+    /// device whose deadline it passed acts (each at its own deadline, [`DeviceChain::catch_up`]):
+    /// devices that went silent are reported offline and flushed in event time.
+    fn advance_fleet_clock(&mut self, fleet_ms: i64) {
+        let fleet_ms = self.fleet_ms.map_or(fleet_ms, |f| f.max(fleet_ms));
+        self.fleet_ms = Some(fleet_ms);
+        if fleet_ms < self.next_fleet_tick {
+            return;
+        }
+        self.next_fleet_tick = fleet_ms.saturating_add(self.tick_ms.unwrap_or(1000));
+        self.tick_all(fleet_ms);
+    }
+
+    /// Every device acts on time `now`: the active ones, then the passive ones due by then.
+    fn tick_all(&mut self, now: i64) {
+        let local = &*self.local;
+        for (id, d) in self.active.iter_mut() {
+            d.tick(id, local, now);
+        }
+        self.tick_due_passive(now);
+    }
+
     /// Wakes the passivated devices whose deadline has come: each is restored, ticked (its
     /// offline report, its idle flush) and passivated again. Costs nothing for the others.
     fn tick_due_passive(&mut self, now: i64) {
@@ -534,14 +569,14 @@ impl Actor for ShardSupervisor {
         });
         if let Some(tick) = self.tick_ms {
             self.read_stored_deadlines(ctx);
+            if self.local.event_clock {
+                // the fleet's clock moves with the readings (`DeviceBatches`), not with timers
+                return;
+            }
             let period = self.local.clock.timer_period(Duration::from_millis(tick as u64));
             ctx.run_interval(period, |act, _ctx| {
                 let now = act.local.clock.now_ms();
-                let local = &*act.local;
-                for (id, d) in act.active.iter_mut() {
-                    d.tick(id, local, now);
-                }
-                act.tick_due_passive(now);
+                act.tick_all(now);
                 // what the tick emitted (offline reports, idle flushes) goes out now, not with
                 // the next chunk or barrier
                 act.local.output.flush(None);
@@ -581,6 +616,9 @@ impl Handler<DeviceBatches> for ShardSupervisor {
             };
             actor.apply_readings(&device, &local, readings, msg.now);
         }
+        if let Some(fleet_ms) = msg.fleet_ms {
+            self.advance_fleet_clock(fleet_ms);
+        }
         // per batch, into this shard's own slots (`/metrics`)
         let metrics = &self.local.metrics;
         if let Some(h) = metrics.timings.shard_batch_seconds.get(self.local.shard) {
@@ -600,6 +638,10 @@ impl Handler<FinishShard> for ShardSupervisor {
 
     fn handle(&mut self, _: FinishShard, _ctx: &mut Context<Self>) -> Self::Result {
         let flush = self.local.pipeline.spec.shutdown.flush;
+        if let Some(fleet_ms) = self.fleet_ms {
+            // event clock: what the input's last readings made due happens before the end
+            self.tick_all(fleet_ms);
+        }
         // passive devices: restore and flush right here (no actor needed)
         let mut totals = ShardTotals::default();
         // a device, its encoded state (from the store: possibly damaged), whether from the store

@@ -20,6 +20,13 @@ pub struct DecodeSpec {
     /// ns (influx).
     #[serde(default)]
     pub time: Option<TimeSpec>,
+    /// Where the arrival time comes from (JSON: a payload key such as a gateway's receive time):
+    /// when the reading reached the fleet's ingest, as opposed to when it was taken. It is the
+    /// reading's `arrival` for backfill marking and, with `runtime.clock: event`, what advances
+    /// the fleet's clock (a device with a wrong clock cannot move it). Absent: the source's time
+    /// (processing clock) or the event time (event clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival: Option<TimeSpec>,
     /// The measured fields, by name (at most 64 with those operators produce).
     pub fields: BTreeMap<String, FieldSpec>,
     /// Largest part of a raw payload copied into a dead letter.

@@ -26,6 +26,29 @@ pub struct RuntimeSpec {
     /// can invent device ids; this bounds the memory they can take.
     #[serde(default = "defaults::max_devices", skip_serializing_if = "defaults::is_max_devices")]
     pub max_devices: u64,
+    /// What time silence is measured in (`offline_after`, `idle_flush`, backfill ages):
+    /// `processing` (the wall clock when a reading is handled; the default) or `event` (the
+    /// fleet's clock: the latest arrival time, or event time, seen so far). With `event`, a
+    /// replay at full speed decides exactly as the live run did.
+    #[serde(default, skip_serializing_if = "DecisionClock::is_processing")]
+    pub clock: DecisionClock,
+}
+
+/// See [`RuntimeSpec::clock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionClock {
+    /// The wall clock when a reading is handled.
+    #[default]
+    Processing,
+    /// The fleet's clock, from the readings themselves.
+    Event,
+}
+
+impl DecisionClock {
+    pub fn is_processing(&self) -> bool {
+        *self == DecisionClock::Processing
+    }
 }
 
 impl Default for RuntimeSpec {
@@ -36,6 +59,7 @@ impl Default for RuntimeSpec {
             passivate_after: defaults::passivate_after(),
             sink_queue: defaults::sink_queue(),
             max_devices: defaults::max_devices(),
+            clock: DecisionClock::Processing,
         }
     }
 }

@@ -138,8 +138,10 @@ impl Operator for CalibrateOp {
             if present(b) {
                 self.state.shift = Some(learned.reference - b * gain);
             }
-            if let Some(s) = self.state.shift {
-                shift = s;
+            match self.state.shift {
+                Some(s) => shift = s,
+                // not calibrated yet: the later operators see the value flagged
+                None => reading.suspect |= 1u64 << cfg.slot,
             }
         }
         if present(x)
@@ -189,7 +191,7 @@ mod tests {
         let mut r = Reading {
             ts: 0,
             values: smallvec::smallvec![x, baseline],
-            out_of_range: 0,
+            out_of_range: 0, arrival: 0, suspect: 0,
         };
         assert_eq!(op.on_reading(&mut r, 0, &mut Vec::new()), Flow::Continue);
         assert_eq!(

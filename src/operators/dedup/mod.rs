@@ -150,7 +150,7 @@ mod tests {
         Reading {
             ts,
             values: smallvec::smallvec![x],
-            out_of_range: 0,
+            out_of_range: 0, arrival: 0, suspect: 0,
         }
     }
 

@@ -200,6 +200,9 @@ impl Operator for HealthOp {
             if watch.suppress && run.reported {
                 // a stuck sensor's value is not the air's: the later operators do not see it
                 reading.values[watch.slot] = crate::operators::ABSENT;
+            } else if run.reported {
+                // the later operators see it, flagged (a hysteresis decides with `suspect`)
+                reading.suspect |= 1u64 << watch.slot;
             }
         }
         if reading.out_of_range != 0 {
@@ -228,7 +231,7 @@ impl Operator for HealthOp {
             out.push(Emit::Health {
                 op: self.config.index,
                 ts: st.last_ts,
-                event: HealthEvent::Offline { last_seen },
+                event: HealthEvent::Offline { last_seen, decided: now },
             });
         }
     }
@@ -287,7 +290,7 @@ mod tests {
         Reading {
             ts,
             values: smallvec::smallvec![pm25, co2, ABSENT],
-            out_of_range,
+            out_of_range, arrival: 0, suspect: 0,
         }
     }
 
@@ -319,7 +322,10 @@ mod tests {
         op.on_time(600_001, &mut out);
         assert_eq!(
             events(out),
-            vec![(5, HealthEvent::Offline { last_seen: 1_000 }), (7, HealthEvent::Online)]
+            vec![
+                (5, HealthEvent::Offline { last_seen: 1_000, decided: 61_000 }),
+                (7, HealthEvent::Online)
+            ]
         );
     }
 

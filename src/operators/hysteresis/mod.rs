@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::operators::settings::Direction;
 use crate::operators::{CompileContext, CompileError, Operator, RestoreError, SpecChecker};
-use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, present};
+use crate::operators::{Emit, FieldSlot, Flow, OpIndex, Reading, UpdateReason, present};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HysteresisConfig {
@@ -38,6 +38,16 @@ pub struct HysteresisConfig {
     pub severity: Vec<(String, f64)>,
     /// Events decided on readings older than this when processed are marked as backfill.
     pub backfill_after_ms: Option<i64>,
+    /// A higher band must hold this long (event time) before it is announced (0: at once).
+    pub escalate_after_ms: i64,
+    /// A lower band must hold this long before it is announced (`None`: never de-escalate).
+    pub de_escalate_after_ms: Option<i64>,
+    /// An `event_update` reminder after this much event time without a record of the event.
+    pub remind_every_ms: Option<i64>,
+    /// An open event ends (by silence) when its device sends nothing for this long.
+    pub timeout_ms: Option<i64>,
+    /// What a flagged value (a stuck sensor, an uncalibrated one) does.
+    pub suspect: Suspect,
 }
 
 impl HysteresisConfig {
@@ -114,6 +124,8 @@ pub struct HysteresisState {
     pub clearing_since: Option<i64>,
     /// Number of events opened so far (part of each event's id).
     pub seq: u64,
+    /// While an event is open: its announced severity, band changes, reminders and silence.
+    pub ladder: Option<Box<Ladder>>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,11 +146,14 @@ impl HysteresisOp {
         &self.state
     }
 
-    fn step(&mut self, ts: i64, x: f64, now: i64, out: &mut Vec<Emit>) {
+    /// One present value. `now` is the time the reading is decided at (processing time, or its
+    /// arrival on the fleet's clock), `arrival` when it arrived ([`Reading::arrival`]), `suspect`
+    /// whether an earlier operator flagged its value (`suspect: mark`).
+    fn step(&mut self, ts: i64, x: f64, now: i64, arrival: i64, suspect: bool, out: &mut Vec<Emit>) {
         let cfg = &*self.config;
         let backfill_lag_ms = cfg
             .backfill_after_ms
-            .map(|after| (now.saturating_sub(ts), after))
+            .map(|after| (arrival.saturating_sub(ts), after))
             .filter(|(lag, after)| lag > after)
             .map(|(lag, _)| lag);
         let st = &mut self.state;
@@ -164,27 +179,50 @@ impl HysteresisOp {
                     st.clearing_since = None;
                     st.open = Some(run);
                     st.seq += 1;
+                    let severity = cfg.severity_of(run.peak);
+                    st.ladder = Some(Box::new(Ladder {
+                        announced: severity,
+                        change: None,
+                        last_notice_ts: ts,
+                        last_seen: now,
+                        last_ts: ts,
+                    }));
                     out.push(Emit::EventStart {
                         op: cfg.index,
                         seq: st.seq,
                         start_ts: run.start_ts,
                         value: run.first_value,
                         peak: run.peak,
-                        severity: cfg.severity_of(run.peak),
+                        severity,
                         decided_ts: ts,
                         backfill_lag_ms,
+                        suspect,
                     });
                 } else {
                     st.entering = Some(Box::new(run));
                 }
             }
             Some(event) => {
+                // (an event restored from a snapshot of format 1 has no ladder yet)
+                let ladder = st.ladder.get_or_insert_with(|| {
+                    Box::new(Ladder {
+                        announced: cfg.severity_of(event.peak),
+                        change: None,
+                        last_notice_ts: ts,
+                        last_seen: now,
+                        last_ts: ts,
+                    })
+                });
+                ladder.last_seen = now;
+                ladder.last_ts = ts;
                 if cfg.exited(x) {
+                    ladder.change = None;
                     let since = *st.clearing_since.get_or_insert(ts);
                     if ts.saturating_sub(since) >= cfg.min_clear_ms {
                         let event = *event;
                         st.open = None;
                         st.clearing_since = None;
+                        st.ladder = None;
                         out.push(Emit::EventEnd {
                             op: cfg.index,
                             seq: st.seq,
@@ -195,33 +233,105 @@ impl HysteresisOp {
                             severity: cfg.severity_of(event.peak),
                             decided_ts: ts,
                             backfill_lag_ms,
+                            silence: false,
                         });
                     }
-                } else {
-                    st.clearing_since = None;
-                    if cfg.worse(x, event.peak) {
-                        let previous = cfg.severity_of(event.peak);
-                        event.peak = x;
-                        let severity = cfg.severity_of(x);
-                        // escalation: the peak entered a higher band (bands only rise with it)
-                        if severity > previous {
-                            out.push(Emit::EventUpdate {
-                                op: cfg.index,
-                                seq: st.seq,
-                                start_ts: event.start_ts,
-                                decided_ts: ts,
-                                peak: x,
-                                previous,
-                                severity,
-                                backfill_lag_ms,
-                            });
-                        }
-                    }
-                    event.sum += x;
-                    event.n += 1;
+                    return;
+                }
+                st.clearing_since = None;
+                if cfg.worse(x, event.peak) {
+                    event.peak = x;
+                }
+                event.sum += x;
+                event.n += 1;
+                let peak = event.peak;
+                let start_ts = event.start_ts;
+                let update = |reason, previous, severity| Emit::EventUpdate {
+                    op: cfg.index,
+                    seq: st.seq,
+                    start_ts,
+                    decided_ts: ts,
+                    peak,
+                    previous,
+                    severity,
+                    reason,
+                    backfill_lag_ms,
+                    suspect,
+                };
+                if let Some((reason, band)) = ladder.step(cfg, ts, x) {
+                    out.push(update(reason, ladder.announced, band));
+                    ladder.announced = band;
+                    ladder.last_notice_ts = ts;
+                } else if let Some(every) = cfg.remind_every_ms
+                    && ts.saturating_sub(ladder.last_notice_ts) >= every
+                {
+                    out.push(update(UpdateReason::Reminder, ladder.announced, ladder.announced));
+                    ladder.last_notice_ts = ts;
                 }
             }
         }
+    }
+}
+
+/// The severity an open event has announced, and a change of band on its way (a hold-down).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ladder {
+    /// The band last announced (at the start, or by an update).
+    pub announced: Option<u8>,
+    /// Readings in another band than the announced one, in a row: since when, the band that
+    /// would be announced (the least severe of them going up, the most severe going down), and
+    /// which way.
+    pub change: Option<BandChange>,
+    /// Event time of the last record of the event (start or update): reminders count from it.
+    pub last_notice_ts: i64,
+    /// When the last reading arrived (processing time or the fleet's clock): `timeout` counts
+    /// from it.
+    pub last_seen: i64,
+    /// Event time of the last reading (the end of an event closed by silence).
+    pub last_ts: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BandChange {
+    pub since: i64,
+    pub band: Option<u8>,
+    pub up: bool,
+}
+
+impl Ladder {
+    /// A reading of the open event (not a clearing one): the band change it completes, if any.
+    fn step(&mut self, cfg: &HysteresisConfig, ts: i64, x: f64) -> Option<(UpdateReason, Option<u8>)> {
+        if cfg.severity.is_empty() {
+            return None;
+        }
+        // between `exit` and the lowest band the event is still open: at its lowest band
+        let band = cfg.severity_of(x).or(Some(0));
+        let (up, hold) = if band > self.announced {
+            (true, cfg.escalate_after_ms)
+        } else if band < self.announced && cfg.de_escalate_after_ms.is_some() {
+            (false, cfg.de_escalate_after_ms.unwrap_or_default())
+        } else {
+            self.change = None;
+            return None;
+        };
+        let change = match &mut self.change {
+            Some(c) if c.up == up => {
+                // the band held all along is the one to announce
+                c.band = if up { c.band.min(band) } else { c.band.max(band) };
+                *c
+            }
+            _ => *self.change.insert(BandChange { since: ts, band, up }),
+        };
+        if ts.saturating_sub(change.since) < hold {
+            return None;
+        }
+        self.change = None;
+        let reason = if up {
+            UpdateReason::Escalation
+        } else {
+            UpdateReason::DeEscalation
+        };
+        Some((reason, change.band))
     }
 }
 
@@ -241,6 +351,10 @@ impl Operator for HysteresisOp {
 
     fn compile(spec: &HysteresisSpec, context: &mut CompileContext<'_>) -> Result<HysteresisConfig, CompileError> {
         spec.compile(context)
+    }
+
+    fn processing_timeout(spec: &HysteresisSpec) -> Option<crate::model::DurationSpec> {
+        spec.timeout
     }
 
     fn describe(spec: &HysteresisSpec, name: &str) -> String {
@@ -265,11 +379,52 @@ impl Operator for HysteresisOp {
 
     #[inline]
     fn on_reading(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
-        let x = reading.get(self.config.slot);
+        let slot = self.config.slot;
+        let x = reading.get(slot);
         if present(x) {
-            self.step(reading.ts, x, now, out);
+            let suspect = reading.suspect & (1u64 << slot) != 0;
+            match (suspect, self.config.suspect) {
+                // a stuck or uncalibrated value is not the air's: as if absent
+                (true, Suspect::Suppress) => {}
+                (true, Suspect::Mark) => self.step(reading.ts, x, now, reading.arrival, true, out),
+                _ => self.step(reading.ts, x, now, reading.arrival, false, out),
+            }
         }
         Flow::Continue
+    }
+
+    /// `timeout`: an open event whose device has sent nothing for that long ends, marked as
+    /// ended by silence (not by clean air).
+    fn on_time(&mut self, now: i64, out: &mut Vec<Emit>) {
+        let cfg = &*self.config;
+        let st = &mut self.state;
+        if let (Some(timeout), Some(event), Some(ladder)) = (cfg.timeout_ms, st.open, st.ladder.as_deref())
+            && now.saturating_sub(ladder.last_seen) >= timeout
+        {
+            out.push(Emit::EventEnd {
+                op: cfg.index,
+                seq: st.seq,
+                start_ts: event.start_ts,
+                end_ts: ladder.last_ts,
+                peak: event.peak,
+                mean: event.sum / event.n as f64,
+                severity: cfg.severity_of(event.peak),
+                decided_ts: now,
+                backfill_lag_ms: None,
+                silence: true,
+            });
+            st.open = None;
+            st.clearing_since = None;
+            st.ladder = None;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<i64> {
+        let st = &self.state;
+        match (self.config.timeout_ms, st.open, st.ladder.as_deref()) {
+            (Some(timeout), Some(_), Some(ladder)) => Some(ladder.last_seen.saturating_add(timeout)),
+            _ => None,
+        }
     }
 
     fn snapshot(&self) -> HysteresisState {
@@ -299,6 +454,11 @@ mod tests {
             min_clear_ms,
             severity: vec![("moderate".into(), 35.0), ("high".into(), 55.0)],
             backfill_after_ms: None,
+            escalate_after_ms: 0,
+            de_escalate_after_ms: None,
+            remind_every_ms: None,
+            timeout_ms: None,
+            suspect: Suspect::Use,
         }))
     }
 
@@ -308,7 +468,7 @@ mod tests {
             let mut r = Reading {
                 ts,
                 values: smallvec::smallvec![x],
-                out_of_range: 0,
+                out_of_range: 0, arrival: 0, suspect: 0,
             };
             op.on_reading(&mut r, 0, &mut out);
         }

@@ -45,6 +45,43 @@ pub struct HysteresisSpec {
     // stays the same, and their checkpoints usable)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_after: Option<DurationSpec>,
+    /// A more severe band is announced (`event_update`, reason `escalation`) once the value
+    /// stayed in it this long (event time); default: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after: Option<DurationSpec>,
+    /// A less severe band is announced (reason `de_escalation`) once the value stayed in it this
+    /// long; default: an event keeps its worst band until it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub de_escalate_after: Option<DurationSpec>,
+    /// While an event stays open, an `event_update` (reason `reminder`) this long (event time)
+    /// after its last record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_every: Option<DurationSpec>,
+    /// An open event whose device sends nothing for this long ends with `ended_by: silence`
+    /// (the air was not seen to clear); default: it stays open until the device reports again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// A value an earlier operator doubts (a `health` flatline, a `calibrate` still learning):
+    /// `use` it as any other (default), `mark` the events it decides (`suspect: true`), or
+    /// `suppress` it (as if absent: no event opens on a stuck value).
+    #[serde(default, skip_serializing_if = "Suspect::is_use")]
+    pub suspect: Suspect,
+}
+
+/// See [`HysteresisSpec::suspect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Suspect {
+    #[default]
+    Use,
+    Mark,
+    Suppress,
+}
+
+impl Suspect {
+    pub fn is_use(&self) -> bool {
+        *self == Suspect::Use
+    }
 }
 
 impl HysteresisSpec {
@@ -78,16 +115,37 @@ impl HysteresisSpec {
         for (band, value) in &h.severity {
             checker.finite(path.key("severity").key(band), band, *value);
         }
+        h.check_ladder(checker);
         for (key, d) in [
             ("min_duration", h.min_duration),
             ("min_clear", h.min_clear),
             ("backfill_after", h.backfill_after),
+            ("de_escalate_after", h.de_escalate_after),
+            ("remind_every", h.remind_every),
+            ("timeout", h.timeout),
         ] {
             if d.is_some_and(|d| !positive(d)) {
                 checker.report(
                     path.key(key),
                     format!("`{key}` must be longer than 0s (leave it out for none)"),
                 );
+            }
+        }
+    }
+
+    pub(super) fn check_ladder<C: SpecChecker>(&self, checker: &mut C) {
+        let path = checker.path();
+        if self.severity.is_empty() {
+            for (key, set) in [
+                ("escalate_after", self.escalate_after.is_some()),
+                ("de_escalate_after", self.de_escalate_after.is_some()),
+            ] {
+                if set {
+                    checker.report(
+                        path.key(key),
+                        format!("`{key}` changes an event's severity band, but there are no `severity` bands"),
+                    );
+                }
             }
         }
     }
@@ -111,6 +169,11 @@ impl HysteresisSpec {
             min_duration_ms: h.min_duration.map_or(0, |d| d.as_millis()),
             min_clear_ms: h.min_clear.map_or(0, |d| d.as_millis()),
             backfill_after_ms: h.backfill_after.map(|d| d.as_millis()),
+            escalate_after_ms: h.escalate_after.map_or(0, |d| d.as_millis()),
+            de_escalate_after_ms: h.de_escalate_after.map(|d| d.as_millis()),
+            remind_every_ms: h.remind_every.map(|d| d.as_millis()),
+            timeout_ms: h.timeout.map(|d| d.as_millis()),
+            suspect: h.suspect,
             severity,
         })
     }

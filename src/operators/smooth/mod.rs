@@ -207,6 +207,10 @@ impl Operator for SmoothOp {
             && let Some(v) = reading.values.get_mut(slot)
         {
             *v = s;
+            // smoothing a doubted value gives a doubted value
+            if reading.suspect & (1u64 << cfg.slot) != 0 {
+                reading.suspect |= 1u64 << slot;
+            }
         }
         Flow::Continue
     }
@@ -258,7 +262,7 @@ mod tests {
             let mut r = Reading {
                 ts: i as i64,
                 values: smallvec::smallvec![x, ABSENT],
-                out_of_range: 0,
+                out_of_range: 0, arrival: 0, suspect: 0,
             };
             op.on_reading(&mut r, 0, &mut out);
             derived.push(r.values[1]);

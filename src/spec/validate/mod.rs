@@ -314,6 +314,38 @@ impl Checker<'_> {
                 None => {}
             }
         }
+        let arrival_path = path.key("arrival");
+        if let (Some(arrival), false) = (&decode.arrival, gaps.touches(&arrival_path)) {
+            match format {
+                Some(DecodeFormat::Json) => match &arrival.field {
+                    None => self.report(
+                        arrival_path.clone(),
+                        "`decode.arrival` needs `field`: the payload key that holds the arrival time",
+                    ),
+                    Some(field) => {
+                        self.not_empty(arrival_path.key("field"), "the arrival time field", field);
+                        if self.declared(field) {
+                            self.report(
+                                arrival_path.key("field"),
+                                format!("`{field}` is both the arrival time and a measured field in `decode.fields`"),
+                            );
+                        }
+                        if decode.time.as_ref().and_then(|t| t.field.as_ref()) == Some(field) {
+                            self.report(
+                                arrival_path.key("field"),
+                                format!("`{field}` is both the event time and the arrival time"),
+                            );
+                        }
+                    }
+                },
+                Some(DecodeFormat::Influx) => self.report(
+                    arrival_path.clone(),
+                    "`decode.arrival` takes the arrival time from a JSON payload key; with influx line \
+                     protocol the arrival time is the source's time",
+                ),
+                None => {}
+            }
+        }
     }
 
     fn declared(&self, name: &str) -> bool {
