@@ -204,10 +204,16 @@ impl RecordFormatter {
                 severity,
                 reason: UpdateReason::Escalation,
                 ..
-            } => (*start_ts, seq.wrapping_mul(256).wrapping_add(severity.map_or(0, |s| s as u64 + 1))),
+            } => (
+                *start_ts,
+                seq.wrapping_mul(256).wrapping_add(severity.map_or(0, |s| s as u64 + 1)),
+            ),
             // de-escalations and reminders: one per time they were decided at
             Emit::EventUpdate {
-                seq, decided_ts, reason, ..
+                seq,
+                decided_ts,
+                reason,
+                ..
             } => (*decided_ts, seq.wrapping_mul(4).wrapping_add(*reason as u64)),
             Emit::Health { ts, event, .. } => (*ts, health_discriminant(event)),
             Emit::Baseline { ts, .. }
@@ -550,7 +556,10 @@ mod tests {
             backfill_lag_ms: None,
             suspect: false,
         });
-        assert_eq!((start["start_ts"].as_i64(), start["decided_ts"].as_i64()), (Some(30_000), Some(60_000)));
+        assert_eq!(
+            (start["start_ts"].as_i64(), start["decided_ts"].as_i64()),
+            (Some(30_000), Some(60_000))
+        );
         assert_eq!(start["decision_lag_ms"].as_i64(), Some(30_000));
         let end = v(&Emit::EventEnd {
             op: 0,
@@ -566,7 +575,10 @@ mod tests {
         });
         assert_eq!(end["decided_ts"].as_i64(), Some(110_000));
         assert_eq!(end["decision_lag_ms"].as_i64(), Some(20_000), "behind end_ts");
-        assert_eq!((end["backfill"].as_bool(), end["backfill_lag_ms"].as_i64()), (Some(true), Some(7_200_000)));
+        assert_eq!(
+            (end["backfill"].as_bool(), end["backfill_lag_ms"].as_i64()),
+            (Some(true), Some(7_200_000))
+        );
         assert!(start.get("backfill").is_none(), "only backfill is marked");
         // the id does not depend on when the event was decided (a replay gives the same ids)
         let started = |decided_ts| {

@@ -539,7 +539,11 @@ fn a_bad_field_is_left_out_and_dead_lettered_while_the_rest_of_its_reading_is_us
     for engine in ["actors", "plain"] {
         let out = dir.path().join(format!("field-{engine}.jsonl"));
         let state: &[&str] = if engine == "plain" { &[] } else { &["--no-checkpoints"] };
-        run_ok(&[&[field.to_str().unwrap(), "--engine", engine], state].concat(), &input, &out);
+        run_ok(
+            &[&[field.to_str().unwrap(), "--engine", engine], state].concat(),
+            &input,
+            &out,
+        );
         let records = records(&out);
         let starts = kinds(&records, "event_start");
         assert_eq!(starts.len(), 1, "{engine}: {records:?}");
@@ -593,7 +597,11 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
     std::fs::write(&doubled_path, doubled.join("\n") + "\n").unwrap();
     let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
     let with_dedup = dir.path().join("aq1-dedup.yaml");
-    std::fs::write(&with_dedup, aq1.replacen("operators:\n", "operators:\n  - dedup: {}\n", 1)).unwrap();
+    std::fs::write(
+        &with_dedup,
+        aq1.replacen("operators:\n", "operators:\n  - dedup: {}\n", 1),
+    )
+    .unwrap();
     let without = |records: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         let mut v: Vec<serde_json::Value> = records
             .into_iter()
@@ -610,7 +618,11 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
     let run = |pipeline: &Path, input: &Path, name: &str, engine: &str| {
         let out = dir.path().join(format!("{name}-{engine}.jsonl"));
         let state: &[&str] = if engine == "plain" { &[] } else { &["--no-checkpoints"] };
-        run_ok(&[&[pipeline.to_str().unwrap(), "--engine", engine], state].concat(), input, &out);
+        run_ok(
+            &[&[pipeline.to_str().unwrap(), "--engine", engine], state].concat(),
+            input,
+            &out,
+        );
         records(&out)
     };
     let reference = without(run(&repo().join("pipelines/aq1.yaml"), &clean, "clean", "plain"));
@@ -620,7 +632,10 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
     for engine in ["actors", "plain"] {
         let deduplicated = without(run(&with_dedup, &doubled_path, "dedup", engine));
         assert_eq!(deduplicated.len(), reference.len(), "{engine}");
-        assert!(deduplicated == reference, "{engine}: the records differ from the clean input's");
+        assert!(
+            deduplicated == reference,
+            "{engine}: the records differ from the clean input's"
+        );
     }
 }
 
@@ -644,7 +659,10 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
             ),
             1,
         );
-    assert!(text.contains("very_high") && text.contains("events: [update]"), "{text}");
+    assert!(
+        text.contains("very_high") && text.contains("events: [update]"),
+        "{text}"
+    );
     let pipeline = dir.path().join("aq1-bands.yaml");
     std::fs::write(&pipeline, text).unwrap();
     let input = dir.path().join("in.jsonl");
@@ -652,7 +670,12 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
     let lines: String = values
         .iter()
         .enumerate()
-        .map(|(i, v)| format!("{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n", (i as i64 + 1) * 1000))
+        .map(|(i, v)| {
+            format!(
+                "{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n",
+                (i as i64 + 1) * 1000
+            )
+        })
         .collect();
     std::fs::write(&input, lines).unwrap();
     let out = dir.path().join("all.jsonl");
@@ -664,7 +687,11 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
         .env("PLUME_OUTPUT", &out)
         .output()
         .unwrap();
-    assert!(child.status.success(), "{}\n{text}", String::from_utf8_lossy(&child.stderr));
+    assert!(
+        child.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&child.stderr)
+    );
     let all = records(&out);
     let kinds: Vec<&str> = all
         .iter()
@@ -675,7 +702,11 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
     let routed = records(&updates);
     assert_eq!(routed.len(), 2, "only the updates: {routed:?}");
     assert_eq!(
-        (routed[0]["previous_severity"].as_str(), routed[0]["severity"].as_str(), routed[0]["decided_ts"].as_i64()),
+        (
+            routed[0]["previous_severity"].as_str(),
+            routed[0]["severity"].as_str(),
+            routed[0]["decided_ts"].as_i64()
+        ),
         (Some("moderate"), Some("high"), Some(4000))
     );
     assert_eq!(routed[1]["severity"], "very_high");
@@ -693,7 +724,12 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
     let lines: String = values
         .iter()
         .enumerate()
-        .map(|(i, v)| format!("{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n", (i as i64 + 1) * 10_000))
+        .map(|(i, v)| {
+            format!(
+                "{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n",
+                (i as i64 + 1) * 10_000
+            )
+        })
         .collect();
     std::fs::write(&input, lines).unwrap();
     let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
@@ -706,7 +742,11 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
                 ),
                 1,
             )
-            .replacen("      enter: 35\n      exit: 25\n", "      enter: 35\n      exit: 25\n      min_duration: 30s\n", 1);
+            .replacen(
+                "      enter: 35\n      exit: 25\n",
+                "      enter: 35\n      exit: 25\n      min_duration: 30s\n",
+                1,
+            );
         let pipeline = dir.path().join(format!("aq1-stuck-{suppress}.yaml"));
         std::fs::write(&pipeline, text).unwrap();
         let out = dir.path().join(format!("out-{suppress}.jsonl"));
@@ -718,9 +758,21 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
     assert_eq!(paged.iter().filter(|r| r["type"] == "event_start").count(), 1);
     // with: the flatline is reported, and no event opens
     let guarded = events(true);
-    assert_eq!(guarded.iter().filter(|r| r["type"] == "event_start").count(), 0, "{guarded:?}");
-    assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline"));
-    assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline_cleared"));
+    assert_eq!(
+        guarded.iter().filter(|r| r["type"] == "event_start").count(),
+        0,
+        "{guarded:?}"
+    );
+    assert!(
+        guarded
+            .iter()
+            .any(|r| r["type"] == "health" && r["status"] == "flatline")
+    );
+    assert!(
+        guarded
+            .iter()
+            .any(|r| r["type"] == "health" && r["status"] == "flatline_cleared")
+    );
 }
 
 #[test]
@@ -729,7 +781,11 @@ fn events_decided_on_old_uploads_are_marked_backfill_and_kept_from_pages() {
     let pages = dir.path().join("pages.jsonl");
     let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
     let text = aq1
-        .replacen("      enter: 35\n      exit: 25\n", "      enter: 35\n      exit: 25\n      backfill_after: 1h\n", 1)
+        .replacen(
+            "      enter: 35\n      exit: 25\n",
+            "      enter: 35\n      exit: 25\n      backfill_after: 1h\n",
+            1,
+        )
         .replacen(
             "outputs:\n",
             &format!(
@@ -780,4 +836,179 @@ fn events_decided_on_old_uploads_are_marked_backfill_and_kept_from_pages() {
     let paged = records(&pages);
     assert_eq!(paged.len(), 2, "{paged:?}");
     assert!(paged.iter().all(|r| r["device"] == "live"), "{paged:?}");
+}
+
+/// Three devices reporting once a minute for two hours of 2025; `quiet` stops after 30 minutes;
+/// gateway `gw` is cut off from minute 40 to minute 100 and then uploads what it buffered (an
+/// episode among it), each reading with its gateway `received` time. In arrival order.
+/// (Written by hand rather than by the simulator so each expected time can be read off.)
+fn silent_and_backfilled_history(dir: &Path) -> std::path::PathBuf {
+    let t0 = 1_735_689_600_000i64; // 2025-01-01T00:00:00Z
+    let minute = 60_000i64;
+    // (arrival, line)
+    let mut lines: Vec<(i64, String)> = Vec::new();
+    for m in 0..120i64 {
+        let ts = t0 + m * minute;
+        let line = |device: &str, pm25: f64, received: i64| {
+            (
+                received,
+                format!("{{\"device\":\"{device}\",\"ts\":{ts},\"received\":{received},\"pm25\":{pm25}}}"),
+            )
+        };
+        lines.push(line("steady", 10.0, ts + 500));
+        if m < 30 {
+            lines.push(line("quiet", 12.0, ts + 700));
+        }
+        let pm25 = if (50..60).contains(&m) { 80.0 } else { 8.0 };
+        // (the upload comes before the live readings resume, in the order they were taken)
+        let received = if (40..100).contains(&m) {
+            t0 + 100 * minute + 60 + m
+        } else {
+            ts + 900
+        };
+        lines.push(line("gw", pm25, received));
+    }
+    lines.sort_by_key(|(arrival, _)| *arrival);
+    let input = dir.join("history.jsonl");
+    let mut text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+    text.push('\n');
+    std::fs::write(&input, text).unwrap();
+    input
+}
+
+fn silence_pipeline(dir: &Path, name: &str, input: &Path, pace: &str, clock: &str) -> std::path::PathBuf {
+    let pages = dir.join(format!("{name}-pages.jsonl"));
+    let text = format!(
+        r#"version: 1
+pipeline: silence
+sources:
+  - file: {{ path: "{input}"{pace} }}
+decode:
+  format: json
+  device: {{ field: device }}
+  time: {{ field: ts, unit: ms }}
+  arrival: {{ field: received, unit: ms }}
+  fields:
+    pm25: {{ min: 0, max: 1000 }}
+operators:
+  - health: {{ name: sensor_health, offline_after: 10m }}
+  - window: {{ name: five, every: 5m, idle_flush: 15m, aggregates: {{ pm25: [avg] }} }}
+  - hysteresis: {{ name: pm25_event, field: pm25, enter: 35, exit: 25, min_duration: 2m, backfill_after: 30m, timeout: 20m }}
+outputs:
+  - when: all
+    to:
+      - file: {{ path: "${{PLUME_OUTPUT}}" }}
+  - when: pm25_event
+    backfill: skip
+    to:
+      - file: {{ path: "{pages}" }}
+runtime:
+  clock: {clock}
+"#,
+        input = input.display(),
+        pages = pages.display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every record of a run but the summary, as sorted JSON text (the order records of different
+/// devices come out in is not part of the result).
+fn record_set(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"type\":\"summary\""))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn run_pipeline(pipeline: &Path, output: &Path, extra: &[&str]) {
+    let child = plume()
+        .args(["run", pipeline.to_str().unwrap(), "--no-checkpoints"])
+        .args(extra)
+        .env("PLUME_OUTPUT", output)
+        .output()
+        .unwrap();
+    assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stderr));
+}
+
+/// Issue 15: on the processing clock, a replay of history can never find the device that went
+/// silent in it (the replay takes less than `offline_after`). On the event clock it does, at the
+/// same time as a live (paced) run, and the records of both are identical, from the actor runtime
+/// at 1 and 2 shards and from the plain loop. Uploaded history is marked and kept from pages.
+#[test]
+fn silence_is_decided_on_the_fleets_clock_so_a_replay_gives_the_live_runs_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = silent_and_backfilled_history(dir.path());
+    let out = |name: &str| dir.path().join(format!("{name}.jsonl"));
+
+    // today's default: processing time
+    let processing = silence_pipeline(dir.path(), "processing", &input, "", "processing");
+    run_pipeline(&processing, &out("processing"), &[]);
+    let offline_on_processing = record_set(&out("processing"))
+        .iter()
+        .filter(|l| l.contains("\"status\":\"offline\""))
+        .count();
+    assert_eq!(
+        offline_on_processing, 0,
+        "a fast replay never waits 10 minutes of wall time"
+    );
+
+    let replay = silence_pipeline(dir.path(), "replay", &input, "", "event");
+    let live = silence_pipeline(dir.path(), "live", &input, ", pace: event_time, speed: 2400", "event");
+    run_pipeline(&replay, &out("replay"), &["--shards", "1"]);
+    run_pipeline(&replay, &out("replay2"), &["--shards", "2"]);
+    let plain = out("plain");
+    run_pipeline(
+        &replay,
+        &plain,
+        &["--engine", "plain", "--output", plain.to_str().unwrap()],
+    );
+    let started = Instant::now();
+    run_pipeline(&live, &out("live"), &["--shards", "2"]);
+    assert!(started.elapsed() > Duration::from_secs(2), "the live run was paced");
+    let expected = record_set(&out("replay"));
+    for other in ["replay2", "plain", "live"] {
+        assert_eq!(record_set(&out(other)), expected, "{other} differs from the replay");
+    }
+    let records: Vec<serde_json::Value> = expected.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let t0 = 1_735_689_600_000i64;
+    let minute = 60_000i64;
+    let offline: Vec<&serde_json::Value> = records.iter().filter(|r| r["status"] == "offline").collect();
+    // `quiet`: last reading at minute 29 (arrived 700 ms later), offline 10 minutes after that
+    let quiet = offline
+        .iter()
+        .find(|r| r["device"] == "quiet")
+        .expect("quiet reported offline");
+    assert_eq!(quiet["ts"].as_i64(), Some(t0 + 29 * minute));
+    assert_eq!(quiet["decided_ts"].as_i64(), Some(t0 + 29 * minute + 700 + 10 * minute));
+    // `gw`: cut off after minute 39, reported offline at 49, online again when its upload came
+    let gw = offline
+        .iter()
+        .find(|r| r["device"] == "gw")
+        .expect("gw reported offline");
+    assert_eq!(gw["decided_ts"].as_i64(), Some(t0 + 39 * minute + 900 + 10 * minute));
+    assert!(records.iter().any(|r| r["device"] == "gw" && r["status"] == "online"));
+    assert!(!offline.iter().any(|r| r["device"] == "steady"), "{offline:?}");
+    // its windows were flushed when it went quiet, in event time, before the end of the input
+    let quiet_windows: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["device"] == "quiet" && r["type"] == "window")
+        .collect();
+    assert_eq!(quiet_windows.len(), 6, "{quiet_windows:?}");
+    // gw's episode (minutes 50-59) arrived 40+ minutes late: recorded, marked, not paged
+    let events: Vec<&serde_json::Value> = records.iter().filter(|r| r["operator"] == "pm25_event").collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e["backfill"].as_bool(), Some(true), "{e}");
+        assert!(e["backfill_lag_ms"].as_i64().unwrap() > 30 * minute, "{e}");
+    }
+    for name in ["replay", "live"] {
+        let pages = std::fs::read_to_string(dir.path().join(format!("{name}-pages.jsonl"))).unwrap_or_default();
+        assert_eq!(pages, "", "{name}: history was paged");
+    }
 }

@@ -140,10 +140,7 @@ impl Decoder {
                 DecodeFormat::Json => spec.arrival.as_ref().and_then(|t| t.field.clone()),
                 DecodeFormat::Influx => None,
             },
-            arrival_unit: spec
-                .arrival
-                .as_ref()
-                .map_or(TimeUnit::Ms, |t| t.unit_for(spec.format)),
+            arrival_unit: spec.arrival.as_ref().map_or(TimeUnit::Ms, |t| t.unit_for(spec.format)),
             fields: spec
                 .fields
                 .iter()
@@ -330,7 +327,13 @@ impl Decoder {
     }
 
     /// The arrival time (`decode.arrival`) from a number or a text.
-    pub(crate) fn arrival_from(&self, field: &str, x: f64, integer: Option<i64>, text: Option<&str>) -> Result<i64, DecodeError> {
+    pub(crate) fn arrival_from(
+        &self,
+        field: &str,
+        x: f64,
+        integer: Option<i64>,
+        text: Option<&str>,
+    ) -> Result<i64, DecodeError> {
         match text {
             Some(t) => Self::text_time_in_unit(self.arrival_unit, field, t),
             None => Self::time_in_unit(self.arrival_unit, field, x, integer),

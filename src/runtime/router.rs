@@ -447,7 +447,8 @@ impl Router {
                     match decoder.decode(line, None, chunk.source_time_ms) {
                         Ok(mut decoded) => {
                             decoded.reading.arrival =
-                                self.arrival.stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
+                                self.arrival
+                                    .stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
                             readings += 1;
                             if decoded.time_clamped {
                                 RuntimeMetrics::add(&self.metrics.times_implausible, 1);

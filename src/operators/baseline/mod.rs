@@ -392,7 +392,9 @@ mod tests {
             let mut r = Reading {
                 ts,
                 values: smallvec::smallvec![x, ABSENT],
-                out_of_range: 0, arrival: 0, suspect: 0,
+                out_of_range: 0,
+                arrival: 0,
+                suspect: 0,
             };
             op.on_reading(&mut r, 0, &mut out);
             exposed.push(r.values[1]);
@@ -409,7 +411,9 @@ mod tests {
             let mut r = Reading {
                 ts: i as i64,
                 values: smallvec::smallvec![x],
-                out_of_range: 0, arrival: 0, suspect: 0,
+                out_of_range: 0,
+                arrival: 0,
+                suspect: 0,
             };
             op.on_reading(&mut r, 0, &mut out);
             if i > 0 {

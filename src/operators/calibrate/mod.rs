@@ -191,7 +191,9 @@ mod tests {
         let mut r = Reading {
             ts: 0,
             values: smallvec::smallvec![x, baseline],
-            out_of_range: 0, arrival: 0, suspect: 0,
+            out_of_range: 0,
+            arrival: 0,
+            suspect: 0,
         };
         assert_eq!(op.on_reading(&mut r, 0, &mut Vec::new()), Flow::Continue);
         assert_eq!(

@@ -231,7 +231,10 @@ impl Operator for HealthOp {
             out.push(Emit::Health {
                 op: self.config.index,
                 ts: st.last_ts,
-                event: HealthEvent::Offline { last_seen, decided: now },
+                event: HealthEvent::Offline {
+                    last_seen,
+                    decided: now,
+                },
             });
         }
     }
@@ -290,7 +293,9 @@ mod tests {
         Reading {
             ts,
             values: smallvec::smallvec![pm25, co2, ABSENT],
-            out_of_range, arrival: 0, suspect: 0,
+            out_of_range,
+            arrival: 0,
+            suspect: 0,
         }
     }
 
@@ -323,7 +328,13 @@ mod tests {
         assert_eq!(
             events(out),
             vec![
-                (5, HealthEvent::Offline { last_seen: 1_000, decided: 61_000 }),
+                (
+                    5,
+                    HealthEvent::Offline {
+                        last_seen: 1_000,
+                        decided: 61_000
+                    }
+                ),
                 (7, HealthEvent::Online)
             ]
         );

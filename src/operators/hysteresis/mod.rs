@@ -468,7 +468,9 @@ mod tests {
             let mut r = Reading {
                 ts,
                 values: smallvec::smallvec![x],
-                out_of_range: 0, arrival: 0, suspect: 0,
+                out_of_range: 0,
+                arrival: 0,
+                suspect: 0,
             };
             op.on_reading(&mut r, 0, &mut out);
         }
@@ -533,7 +535,10 @@ mod tests {
     #[test]
     fn an_event_is_updated_once_per_band_it_reaches_and_never_for_a_lower_one() {
         let mut op = detector(Direction::Above, 35.0, 25.0, 0, 0);
-        let out = run(&mut op, &[(0, 36.0), (1, 50.0), (2, 56.0), (3, 40.0), (4, 70.0), (5, 20.0)]);
+        let out = run(
+            &mut op,
+            &[(0, 36.0), (1, 50.0), (2, 56.0), (3, 40.0), (4, 70.0), (5, 20.0)],
+        );
         let kinds: Vec<&str> = out.iter().map(|e| e.kind().as_str()).collect();
         assert_eq!(kinds, ["event_start", "event_update", "event_end"], "{out:?}");
         // without bands there is nothing to escalate
@@ -620,5 +625,157 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn with(change: impl FnOnce(&mut HysteresisConfig)) -> HysteresisOp {
+        let mut config = (*detector(Direction::Above, 35.0, 25.0, 0, 0).config).clone();
+        change(&mut config);
+        HysteresisOp::new(Arc::new(config))
+    }
+
+    /// (reason, previous band, band, decided_ts) of every update.
+    fn updates(out: &[Emit]) -> Vec<(UpdateReason, Option<u8>, Option<u8>, i64)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Emit::EventUpdate {
+                    reason,
+                    previous,
+                    severity,
+                    decided_ts,
+                    ..
+                } => Some((*reason, *previous, *severity, *decided_ts)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One reading a minute from `from`, with these values.
+    fn minutes(from: i64, values: &[f64]) -> Vec<(i64, f64)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (from + i as i64 * 60_000, x))
+            .collect()
+    }
+
+    #[test]
+    fn a_band_change_waits_for_its_hold_down_so_a_value_on_a_boundary_does_not_flap() {
+        let mut op = with(|c| {
+            c.escalate_after_ms = 120_000;
+            c.de_escalate_after_ms = Some(300_000);
+        });
+        // opens moderate; touches high for one minute (no escalation); then stays high
+        let mut out = run(&mut op, &minutes(0, &[40.0, 60.0, 40.0, 60.0, 58.0, 61.0, 59.0]));
+        assert_eq!(
+            updates(&out),
+            vec![(UpdateReason::Escalation, Some(0), Some(1), 300_000)]
+        );
+        // back to moderate, hovering over the high boundary now and then (a minute each time):
+        // each return to high resets the hold-down, so one de-escalation only once it held
+        out.clear();
+        let later = minutes(420_000, &[40.0, 41.0, 56.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0]);
+        out.extend(run(&mut op, &later));
+        assert_eq!(
+            updates(&out),
+            vec![(UpdateReason::DeEscalation, Some(1), Some(0), 900_000)]
+        );
+        // without a de-escalation setting an event keeps its worst band
+        let mut op = with(|_| {});
+        let out = run(
+            &mut op,
+            &minutes(0, &[40.0, 60.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0]),
+        );
+        assert_eq!(
+            updates(&out),
+            vec![(UpdateReason::Escalation, Some(0), Some(1), 60_000)]
+        );
+    }
+
+    #[test]
+    fn an_open_event_is_recalled_every_remind_every_and_its_ids_differ() {
+        let mut op = with(|c| c.remind_every_ms = Some(600_000));
+        let out = run(&mut op, &minutes(0, &[40.0; 26]));
+        let reminders = updates(&out);
+        assert_eq!(
+            reminders,
+            vec![
+                (UpdateReason::Reminder, Some(0), Some(0), 600_000),
+                (UpdateReason::Reminder, Some(0), Some(0), 1_200_000)
+            ]
+        );
+        // an escalation counts as a record of the event: the next reminder is 10 min after it
+        let mut op = with(|c| c.remind_every_ms = Some(600_000));
+        let mut values = vec![40.0; 5];
+        values.extend([60.0; 12]);
+        let got = updates(&run(&mut op, &minutes(0, &values)));
+        assert_eq!(
+            got,
+            vec![
+                (UpdateReason::Escalation, Some(0), Some(1), 300_000),
+                (UpdateReason::Reminder, Some(1), Some(1), 900_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_device_silent_for_timeout_ends_its_event_by_silence_at_its_last_reading() {
+        let mut op = with(|c| c.timeout_ms = Some(900_000));
+        assert_eq!(op.next_deadline(), None, "nothing open, nothing due");
+        let mut out = Vec::new();
+        for (ts, x) in minutes(0, &[40.0, 45.0]) {
+            let mut r = Reading::new(ts, 1);
+            r.values[0] = x;
+            // (`now`: when it arrived)
+            op.on_reading(&mut r, ts + 1_000, &mut out);
+        }
+        assert_eq!(op.next_deadline(), Some(61_000 + 900_000));
+        op.on_time(960_999, &mut out);
+        assert_eq!(out.len(), 1, "not yet");
+        op.on_time(961_000, &mut out);
+        assert!(matches!(
+            out[1],
+            Emit::EventEnd {
+                start_ts: 0,
+                end_ts: 60_000,
+                decided_ts: 961_000,
+                silence: true,
+                ..
+            }
+        ));
+        assert_eq!((op.state().open, op.next_deadline()), (None, None));
+    }
+
+    #[test]
+    fn a_doubted_value_is_used_marked_or_suppressed_as_configured() {
+        let stuck = |op: &mut HysteresisOp| {
+            let mut out = Vec::new();
+            for (ts, x) in minutes(0, &[80.0, 80.0, 80.0]) {
+                let mut r = Reading::new(ts, 1);
+                r.values[0] = x;
+                r.suspect = 1;
+                op.on_reading(&mut r, ts, &mut out);
+            }
+            out
+        };
+        let used = stuck(&mut with(|_| {}));
+        assert!(matches!(used[0], Emit::EventStart { suspect: false, .. }));
+        let marked = stuck(&mut with(|c| c.suspect = Suspect::Mark));
+        assert!(matches!(marked[0], Emit::EventStart { suspect: true, .. }));
+        let suppressed = stuck(&mut with(|c| c.suspect = Suspect::Suppress));
+        assert!(suppressed.is_empty(), "{suppressed:?}");
+    }
+
+    #[test]
+    fn an_event_restored_from_format_1_gets_its_ladder_at_its_next_reading() {
+        let mut op = with(|c| c.remind_every_ms = Some(600_000));
+        op.restore(HysteresisState {
+            open: Some(EventStats::new(0, 60.0)),
+            seq: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        let out = run(&mut op, &minutes(60_000, &[60.0; 11]));
+        // announced: the band of its peak; reminded 10 min after the first reading seen
+        assert_eq!(updates(&out), vec![(UpdateReason::Reminder, Some(1), Some(1), 660_000)]);
     }
 }

@@ -201,7 +201,9 @@ mod tests {
             let mut reading = Reading {
                 ts: i as i64,
                 values: smallvec::smallvec![x, r],
-                out_of_range: 0, arrival: 0, suspect: 0,
+                out_of_range: 0,
+                arrival: 0,
+                suspect: 0,
             };
             op.on_reading(&mut reading, 0, &mut out);
         }

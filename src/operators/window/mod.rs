@@ -422,7 +422,9 @@ mod tests {
         Reading {
             ts,
             values: smallvec::smallvec![pm25, co2],
-            out_of_range: 0, arrival: 0, suspect: 0,
+            out_of_range: 0,
+            arrival: 0,
+            suspect: 0,
         }
     }
 
@@ -528,7 +530,9 @@ mod tests {
             Reading {
                 ts: 50_000,
                 values: smallvec::smallvec![1.0],
-                out_of_range: 0, arrival: 0, suspect: 0,
+                out_of_range: 0,
+                arrival: 0,
+                suspect: 0,
             },
             &mut out,
         );
@@ -559,7 +563,9 @@ mod tests {
         let mut r = Reading {
             ts: 10_000,
             values: smallvec::smallvec![1.0],
-            out_of_range: 0, arrival: 0, suspect: 0,
+            out_of_range: 0,
+            arrival: 0,
+            suspect: 0,
         };
         assert_eq!(op.next_deadline(), None, "no open window");
         op.on_reading(&mut r, 1_000, &mut out);
@@ -576,7 +582,9 @@ mod tests {
         let mut r = Reading {
             ts: 20_000,
             values: smallvec::smallvec![2.0],
-            out_of_range: 0, arrival: 0, suspect: 0,
+            out_of_range: 0,
+            arrival: 0,
+            suspect: 0,
         };
         assert_eq!(op.on_reading(&mut r, 32_000, &mut out), Flow::Late);
     }
