@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench runtime                  # everything (about 5 minutes on 2 cores)
 //! cargo bench --bench runtime -- --reps 5      # more repetitions of the throughput runs
-//! cargo bench --bench runtime -- --only throughput   (or: idle, passivation, metrics)
+//! cargo bench --bench runtime -- --only throughput   (or: idle, passivation, metrics, time-index)
 //! ```
 //!
 //! Every run is a child process of the release `plume` binary, so its peak RSS (`ru_maxrss`
@@ -396,6 +396,114 @@ fn passivation() {
     );
 }
 
+/// A `key=value` number from a log line.
+fn log_number(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// 4. **Time index**: 1,000,000 devices that each sent two readings and then went quiet (99 % of
+///    the fleet: they are passivated after 2 s), while 10,000 devices go on with the aq1 traffic
+///    (5,000,000 readings). The same pipeline (aq1 with a `health` operator) runs with
+///    `offline_after: 1h`, so every quiet device has an entry in the deadline index, and without
+///    it, so none has; the difference is what the index costs: throughput ratio (readings/s of
+///    the whole run, medians), and bytes per device (the shards' own count of index entries
+///    times their size, and the peak RSS difference as a cross-check).
+fn time_index(reps: usize) {
+    println!(
+        "\n## time index: {PASSIVATION_DEVICES} devices, 99 % passive (load average before: {})",
+        load_average()
+    );
+    let input = data_dir().join("time-index-input.jsonl");
+    if !input.exists() {
+        let quiet = aq1_input(PASSIVATION_DEVICES, 2 * PASSIVATION_DEVICES as u64);
+        let traffic = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+        let partial = input.with_extension("partial");
+        let mut out = File::create(&partial).expect("creating the time index input");
+        for part in [quiet, traffic] {
+            std::io::copy(&mut File::open(part).expect("an aq1 input"), &mut out).expect("copying");
+        }
+        std::fs::rename(&partial, &input).expect("renaming the input");
+    }
+    let readings = 2 * PASSIVATION_DEVICES as u64 + THROUGHPUT_READINGS;
+    let text = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).expect("reading pipelines/aq1.yaml");
+    let with_health = |name: &str, offline: &str| {
+        let path = data_dir().join(name);
+        let health = format!(
+            "operators:\n  - health:\n      name: sensor_health\n{offline}      flatline: [{{ field: co2, readings: 1000 }}]\n"
+        );
+        let body = text.replacen("operators:\n", &health, 1);
+        std::fs::write(&path, format!("{body}\nruntime:\n  passivate_after: 2s\n")).expect("writing a bench pipeline");
+        path
+    };
+    let without = with_health("aq1-health.yaml", "");
+    let with = with_health("aq1-health-offline.yaml", "      offline_after: 1h\n");
+    let out = data_dir().join("time-index-out.jsonl");
+    let mut results: Vec<(&str, Vec<f64>, Vec<f64>, Vec<u64>, u64)> = vec![
+        ("without the index", vec![], vec![], vec![], 0),
+        ("offline_after: 1h", vec![], vec![], vec![], 0),
+    ];
+    for rep in 0..reps {
+        for k in 0..2 {
+            let which = (k + rep) % 2;
+            let pipeline = if which == 0 { &without } else { &with };
+            let stderr_path = data_dir().join("stderr.txt");
+            let (child, started) = plume_with_env(
+                &[
+                    "run",
+                    pipeline.to_str().unwrap(),
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                    "--shards",
+                    "2",
+                ],
+                // (the shards log their index's size at the end at level info)
+                &[("PLUME_LOG", "warn,plume::runtime::shard=info".to_string())],
+                Stdio::null(),
+                &stderr_path,
+            );
+            let m = wait_measured(child, started, &stderr_path);
+            let entries: u64 = m
+                .stderr
+                .lines()
+                .filter(|l| l.contains("deadline index"))
+                .filter_map(|l| log_number(l, "entries_peak"))
+                .sum();
+            let r = &mut results[which];
+            r.1.push(readings as f64 / m.wall.as_secs_f64());
+            r.2.push(m.cpu.as_secs_f64());
+            r.3.push(m.max_rss_kib);
+            r.4 = r.4.max(entries);
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    println!("\n| pipeline | readings/s (median) | ratio | CPU s | peak RSS MiB | index entries (peak) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let base = median(results[0].1.clone());
+    for (name, rates, cpu, rss, entries) in &results {
+        let rate = median(rates.clone());
+        println!(
+            "| {name} | {rate:.0} | {:.3} | {:.2} | {:.0} | {entries} |",
+            rate / base,
+            median(cpu.clone()),
+            mib(*rss.iter().max().unwrap_or(&0)),
+        );
+    }
+    let entries = results[1].4;
+    let rss_diff_kib = median(results[1].3.iter().map(|&k| k as f64).collect())
+        - median(results[0].3.iter().map(|&k| k as f64).collect());
+    println!(
+        "\nindex: {entries} entries of {} bytes = {:.1} bytes per device of the fleet ({} devices); \
+         peak RSS difference {:.1} bytes per device (median of {reps})",
+        plume::runtime::shard::DEADLINE_ENTRY_BYTES,
+        (entries as f64 * plume::runtime::shard::DEADLINE_ENTRY_BYTES as f64) / PASSIVATION_DEVICES as f64,
+        PASSIVATION_DEVICES,
+        rss_diff_kib * 1024.0 / PASSIVATION_DEVICES as f64
+    );
+}
+
 /// `GET /metrics` on 127.0.0.1:`port` every `every` until `stop`; returns the scrapes answered.
 fn scrape_until(port: u16, every: Duration, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
     let mut answered = 0;
@@ -582,5 +690,8 @@ fn main() {
     }
     if want("metrics") {
         metrics_cost(reps.max(1));
+    }
+    if want("time-index") {
+        time_index(reps.max(1));
     }
 }

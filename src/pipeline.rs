@@ -86,6 +86,20 @@ impl CompiledPipeline {
         shortest.map(|t| (t / 4).clamp(50, 5000))
     }
 
+    /// With `runtime.clock: event`, how far the fleet's clock moves between two checks of every
+    /// device's deadlines: a quarter of the shortest timeout (at least 50 ms). Unlike processing
+    /// time it has no upper bound: what a check emits is the same whenever it runs (each
+    /// deadline acts at its own time), so checking more often would only cost.
+    pub fn event_tick_interval_ms(&self) -> i64 {
+        let shortest = self
+            .spec
+            .operators
+            .iter()
+            .filter_map(|op| op.processing_timeout().map(|d| d.as_millis()))
+            .min();
+        shortest.map_or(1000, |t| (t / 4).max(50))
+    }
+
     /// A fresh operator chain for one device.
     pub fn new_chain(&self, device: &str) -> DeviceChain {
         DeviceChain::new(&self.operators, device)

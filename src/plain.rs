@@ -36,7 +36,7 @@ impl<'p> PlainRun<'p> {
             dead_letters: 0,
             arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock),
             next_fleet_tick: i64::MIN,
-            fleet_tick_ms: pipeline.tick_interval_ms().unwrap_or(1000),
+            fleet_tick_ms: pipeline.event_tick_interval_ms(),
         }
     }
 

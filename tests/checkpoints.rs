@@ -646,6 +646,7 @@ fn devices_quiet_before_a_restart_are_still_reported_offline() {
         .arg(&second)
         .arg("--data-dir")
         .arg(&state)
+        .env("PLUME_LOG", "warn,plume::runtime::shard=info")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -676,4 +677,13 @@ fn devices_quiet_before_a_restart_are_still_reported_offline() {
             "room-{d}: {reports:?}"
         );
     }
+    // their deadlines came from the index the first run's checkpoint wrote, not from decoding
+    // every stored state
+    let read: u64 = log
+        .lines()
+        .filter(|l| l.contains("deadline index read"))
+        .filter_map(|l| l.split("with_deadline=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(read, 3, "{log}");
+    assert!(!log.contains("stored devices' deadlines read"), "{log}");
 }

@@ -54,6 +54,8 @@ pub struct ShardCheckpointed {
     pub shard: usize,
     /// `(device key, encoded snapshot)` of the devices changed since the last checkpoint.
     pub devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)>,
+    /// `(device key, deadline)` of the same devices, for the deadline index.
+    pub deadlines: Vec<(Vec<u8>, Option<i64>)>,
     pub positions: Vec<SourcePosition>,
     /// Undecodable payloads this shard's router reported in this process.
     pub dead_letters: u64,
@@ -358,7 +360,14 @@ impl Checkpointer {
         let new_devices: u64 = parts.iter().map(|s| s.new_devices).sum();
         let dead_letters = self.dead_letters_base + parts.iter().map(|s| s.dead_letters).sum::<u64>();
         let pause = parts.iter().map(|s| s.pause).max().unwrap_or_default();
-        let devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)> = parts.into_iter().flat_map(|s| s.devices).collect();
+        let mut deadlines = Vec::new();
+        let devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)> = parts
+            .into_iter()
+            .flat_map(|s| {
+                deadlines.extend(s.deadlines);
+                s.devices
+            })
+            .collect();
         p.phases.bytes = devices.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         let record = CheckpointRecord {
             id,
@@ -412,6 +421,7 @@ impl Checkpointer {
             write: CheckpointWrite {
                 record: record.clone(),
                 devices,
+                deadlines,
             },
             retain: self.settings.retain,
             reply,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rustc_hash::FxHashMap;
-use tracing::{debug, error, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use super::checkpointer::{CheckpointDone, ShardCheckpointed};
 use super::device::{self, DeviceActor};
@@ -141,7 +141,19 @@ pub struct ShardCounters {
     /// Passivated devices woken because their operators had something to do at that time
     /// (an offline report, an idle flush), then passivated again.
     pub deadline_wakeups: u64,
+    /// Entries in the deadline index now (passive devices and devices only in the store whose
+    /// operators act at a set time; stale entries included), and the most there have been.
+    pub deadline_entries: u64,
+    pub deadline_entries_peak: u64,
+    /// Times the index was rebuilt without its stale entries.
+    pub deadline_compactions: u64,
 }
+
+/// Bytes one entry of the deadline index takes: its place in the heap (time and device id
+/// pointer) and, for a device only in the store, its place in `stored_deadlines`. (The id itself
+/// is shared with the device's other tables.)
+pub const DEADLINE_ENTRY_BYTES: usize =
+    std::mem::size_of::<std::cmp::Reverse<(i64, Arc<str>)>>() + std::mem::size_of::<Arc<str>>() + 1;
 
 /// A passivated device's encoded state, kept until the store holds it.
 struct PassiveDevice {
@@ -468,7 +480,7 @@ impl ShardSupervisor {
         if fleet_ms < self.next_fleet_tick {
             return;
         }
-        self.next_fleet_tick = fleet_ms.saturating_add(self.tick_ms.unwrap_or(1000));
+        self.next_fleet_tick = fleet_ms.saturating_add(self.local.pipeline.event_tick_interval_ms());
         self.tick_all(fleet_ms);
     }
 
@@ -510,6 +522,7 @@ impl ShardSupervisor {
                 actor.tick(device, &local, now);
             }
         }
+        self.counters.deadline_entries = self.deadlines.len() as u64;
         self.counters.deadline_wakeups += due.len() as u64;
         debug!(
             shard = self.local.shard,
@@ -517,6 +530,32 @@ impl ShardSupervisor {
             "passive devices ticked at their deadline"
         );
         self.passivate(due);
+    }
+
+    /// A device's entry in the deadline index: the old entry of a device that moves or wakes stays
+    /// in the heap until it comes up (and is skipped then), so when stale entries outnumber the
+    /// live ones the heap is rebuilt from the live ones: it never holds more than about twice
+    /// the devices that have a deadline.
+    fn push_deadline(&mut self, at: i64, device: Arc<str>) {
+        self.deadlines.push(std::cmp::Reverse((at, device)));
+        let entries = self.deadlines.len() as u64;
+        self.counters.deadline_entries = entries;
+        self.counters.deadline_entries_peak = self.counters.deadline_entries_peak.max(entries);
+        if self.deadlines.len() > 1024 && self.deadlines.len() > 2 * (self.passive.len() + self.stored_deadlines.len())
+        {
+            let live: Vec<std::cmp::Reverse<(i64, Arc<str>)>> = std::mem::take(&mut self.deadlines)
+                .into_vec()
+                .into_iter()
+                .filter(|std::cmp::Reverse((at, device))| match self.passive.get(device) {
+                    Some(p) => p.deadline == Some(*at),
+                    None => self.stored_deadlines.contains(device),
+                })
+                .collect();
+            self.deadlines = live.into();
+            self.deadlines.shrink_to_fit();
+            self.counters.deadline_compactions += 1;
+            self.counters.deadline_entries = self.deadlines.len() as u64;
+        }
     }
 
     fn passivate(&mut self, idle: Vec<Arc<str>>) -> usize {
@@ -529,11 +568,8 @@ impl ShardSupervisor {
             let actor = self.active.remove(&device).expect("listed above");
             let deadline = actor.next_deadline();
             let (bytes, dirty) = actor.passivate(&device, &self.local);
-            if let Some(at) = deadline {
-                self.deadlines.push(std::cmp::Reverse((at, device.clone())));
-            }
             self.passive.insert(
-                device,
+                device.clone(),
                 PassiveDevice {
                     bytes: Arc::new(bytes),
                     dirty,
@@ -541,6 +577,9 @@ impl ShardSupervisor {
                     deadline,
                 },
             );
+            if let Some(at) = deadline {
+                self.push_deadline(at, device);
+            }
         }
         self.counters.passivations += n as u64;
         let metrics = &self.local.metrics;
@@ -642,6 +681,18 @@ impl Handler<FinishShard> for ShardSupervisor {
 
     fn handle(&mut self, _: FinishShard, _ctx: &mut Context<Self>) -> Self::Result {
         let flush = self.local.pipeline.spec.shutdown.flush;
+        if self.tick_ms.is_some() {
+            let c = &self.counters;
+            info!(
+                shard = self.local.shard,
+                entries_peak = c.deadline_entries_peak,
+                bytes_per_entry = DEADLINE_ENTRY_BYTES,
+                bytes_peak = c.deadline_entries_peak as usize * DEADLINE_ENTRY_BYTES,
+                compactions = c.deadline_compactions,
+                wakeups = c.deadline_wakeups,
+                "deadline index"
+            );
+        }
         if let Some(fleet_ms) = self.fleet_ms {
             // event clock: what the input's last readings made due happens before the end
             self.tick_all(fleet_ms);
@@ -731,14 +782,19 @@ impl Handler<ShardBarrier> for ShardSupervisor {
         // in the shard's order), and nothing after it has started.
         let key_groups = self.key_groups();
         let mut devices = Vec::new();
+        let mut deadlines = Vec::new();
         for (device, actor) in self.active.iter_mut() {
             if let Some(bytes) = actor.snapshot_if_dirty() {
-                devices.push((device_key(key_group_of(device, key_groups), device), Arc::new(bytes)));
+                let key = device_key(key_group_of(device, key_groups), device);
+                deadlines.push((key.clone(), actor.next_deadline()));
+                devices.push((key, Arc::new(bytes)));
             }
         }
         for (device, p) in self.passive.iter_mut() {
             if p.dirty {
-                devices.push((device_key(key_group_of(device, key_groups), device), p.bytes.clone()));
+                let key = device_key(key_group_of(device, key_groups), device);
+                deadlines.push((key.clone(), p.deadline));
+                devices.push((key, p.bytes.clone()));
                 p.dirty = false;
                 p.clean_as_of = id;
             }
@@ -760,6 +816,7 @@ impl Handler<ShardBarrier> for ShardSupervisor {
                 id,
                 shard: self.local.shard,
                 devices,
+                deadlines,
                 positions: msg.positions,
                 dead_letters: msg.dead_letters,
                 new_devices: std::mem::take(&mut self.created),
@@ -775,10 +832,47 @@ impl Handler<ShardBarrier> for ShardSupervisor {
 struct StoredDeadlines(Vec<(i64, Arc<str>)>);
 
 impl ShardSupervisor {
-    /// Reads the store's devices of this shard's key groups on a thread of its own (decoding
-    /// each once) and sends their deadlines here: devices that were quiet before a restart are
-    /// never loaded by a reading, so without this they would never be reported offline.
+    /// Reads the deadlines of the store's devices of this shard's key groups on a thread of its
+    /// own and sends them here: devices that were quiet before a restart are never loaded by a
+    /// reading, so without this they would never be reported offline. From the deadline index
+    /// the checkpoints keep (no state decoded); from every stored state, decoded once, when the
+    /// store has no complete index (written before it existed, a partition imported since) or
+    /// the pipeline may have changed (`--allow-pipeline-change`: new settings, new deadlines).
     fn read_stored_deadlines(&self, ctx: &mut Context<Self>) {
+        let Some(c) = &self.checkpointing else { return };
+        if c.store.has_deadline_index() && !c.allow_pipeline_change {
+            let store = c.store.clone();
+            let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
+            let shard = self.local.shard;
+            let addr = ctx.address();
+            let spawned = std::thread::Builder::new()
+                .name(format!("shard {shard} deadlines"))
+                .spawn(move || {
+                    let started = Instant::now();
+                    let mut deadlines = Vec::new();
+                    for item in store.deadlines_in(from, to) {
+                        match item {
+                            Ok((device, at)) => deadlines.push((at, Arc::from(device.as_str()))),
+                            Err(e) => warn!(shard, error = %e, "a deadline index entry is skipped"),
+                        }
+                    }
+                    tracing::info!(
+                        shard,
+                        with_deadline = deadlines.len(),
+                        ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "deadline index read"
+                    );
+                    addr.do_send(StoredDeadlines(deadlines));
+                });
+            if let Err(e) = spawned {
+                error!(error = %e, "the deadline index could not be read");
+            }
+            return;
+        }
+        self.scan_stored_deadlines(ctx);
+    }
+
+    fn scan_stored_deadlines(&self, ctx: &mut Context<Self>) {
         let Some(c) = &self.checkpointing else { return };
         let (store, pipeline, allow) = (c.store.clone(), self.local.pipeline.clone(), c.allow_pipeline_change);
         let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
@@ -823,7 +917,7 @@ impl Handler<StoredDeadlines> for ShardSupervisor {
             // a device in memory already has its own deadline
             if !self.active.contains_key(&device) && !self.passive.contains_key(&device) {
                 self.stored_deadlines.insert(device.clone());
-                self.deadlines.push(std::cmp::Reverse((at, device)));
+                self.push_deadline(at, device);
             }
         }
     }

@@ -48,6 +48,20 @@ pub const CF_OUTBOX: &str = "outbox";
 pub const CF_META: &str = "meta";
 pub const COLUMN_FAMILIES: [&str; 4] = [CF_DEVICES, CF_POSITIONS, CF_OUTBOX, CF_META];
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// In `meta`: present when every stored device's deadline is in the deadline index (a store
+/// created by a plume that keeps the index; not one from before it, nor one a partition was
+/// imported into since).
+const DEADLINE_INDEX_KEY: &[u8] = b"deadline-index";
+/// In `meta`: `deadline/ ++ device key` → when the device's operators next act on time (i64
+/// little endian, sealed). Written in the checkpoint's batch with the device's state.
+const DEADLINE_PREFIX: &[u8] = b"deadline/";
+
+pub(crate) fn deadline_key(device_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(DEADLINE_PREFIX.len() + device_key.len());
+    k.extend_from_slice(DEADLINE_PREFIX);
+    k.extend_from_slice(device_key);
+    k
+}
 const MAGIC: u8 = b'P';
 const HEADER: usize = 1 + 2 + 8;
 
@@ -253,6 +267,9 @@ pub struct CheckpointWrite {
     /// `(device key, encoded DeviceSnapshot)` of every device changed since the last one (shared
     /// with the shards' passive copies, not copied).
     pub devices: Vec<(Vec<u8>, SnapshotBytes)>,
+    /// `(device key, deadline)` of the same devices: their entries in the deadline index (none:
+    /// removed).
+    pub deadlines: Vec<(Vec<u8>, Option<i64>)>,
 }
 
 /// The live state of one data directory.
@@ -261,6 +278,8 @@ pub struct StateStore {
     db: DB,
     /// Per SST file name: (size, xxh3), so retained manifests hash each immutable file once.
     file_sums: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Every stored device's deadline is in the index ([`DEADLINE_INDEX_KEY`]).
+    deadline_index: std::sync::atomic::AtomicBool,
 }
 
 /// How a store was opened.
@@ -305,6 +324,11 @@ pub fn open_db_read_only(path: &Path) -> Result<DB, StoreError> {
 }
 
 /// The checkpoint record of a database, if it has one.
+fn has_deadline_index(db: &DB) -> bool {
+    let meta = db.cf_handle(CF_META).expect("opened with every column family");
+    matches!(db.get_cf(meta, DEADLINE_INDEX_KEY), Ok(Some(_)))
+}
+
 pub fn read_record(db: &DB, path: &Path) -> Result<Option<CheckpointRecord>, StoreError> {
     let meta = db.cf_handle(CF_META).expect("opened with every column family");
     match db
@@ -426,11 +450,14 @@ impl StateStore {
             }
             info!(checkpoint = r.id, devices = r.devices, "resuming from checkpoint");
         }
+        // a store without a checkpoint holds no device: its index is complete from the start
+        let deadline_index = record.is_none() || has_deadline_index(&db);
         Ok(Opened {
             store: Arc::new(StateStore {
                 dir: dir.to_path_buf(),
                 db,
                 file_sums: Default::default(),
+                deadline_index: deadline_index.into(),
             }),
             resume: record,
             notes,
@@ -445,6 +472,7 @@ impl StateStore {
         match open_db(&live) {
             Ok(db) => Ok(Arc::new(StateStore {
                 dir: dir.to_path_buf(),
+                deadline_index: has_deadline_index(&db).into(),
                 db,
                 file_sums: Default::default(),
             })),
@@ -460,9 +488,11 @@ impl StateStore {
     /// sees what was durable when it opened.
     pub fn open_read_only(dir: &Path) -> Result<Arc<StateStore>, StoreError> {
         let live = Self::live_dir(dir);
+        let db = open_db_read_only(&live)?;
         Ok(Arc::new(StateStore {
             dir: dir.to_path_buf(),
-            db: open_db_read_only(&live)?,
+            deadline_index: has_deadline_index(&db).into(),
+            db,
             file_sums: Default::default(),
         }))
     }
@@ -562,6 +592,51 @@ impl StateStore {
             })
     }
 
+    /// Whether every stored device's deadline is in the deadline index ([`Self::deadlines_in`]);
+    /// otherwise the devices' deadlines are found by decoding every stored state.
+    pub fn has_deadline_index(&self) -> bool {
+        self.deadline_index.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The index is incomplete from now on (devices were imported without their deadlines): a
+    /// later start decodes every stored state again.
+    pub fn lose_deadline_index(&self) -> Result<(), StoreError> {
+        self.deadline_index.store(false, std::sync::atomic::Ordering::Relaxed);
+        let meta = self.db.cf_handle(CF_META).expect("column family");
+        self.db
+            .delete_cf(meta, DEADLINE_INDEX_KEY)
+            .map_err(|e| StoreError::rocks(&self.dir, e))
+    }
+
+    /// The deadline index of the devices of key groups `from..to`: `(device, deadline)`.
+    pub fn deadlines_in(&self, from: u32, to: u32) -> impl Iterator<Item = Result<(String, i64), StoreError>> + '_ {
+        let meta = self.db.cf_handle(CF_META).expect("column family");
+        let start = deadline_key(&(from as u16).to_be_bytes());
+        self.db
+            .iterator_cf(meta, IteratorMode::From(&start, Direction::Forward))
+            .map(|item| item.map_err(|e| StoreError::rocks(&self.dir, e)))
+            .take_while(move |item| match item {
+                Ok((k, _)) => {
+                    k.starts_with(DEADLINE_PREFIX)
+                        && parse_device_key(&k[DEADLINE_PREFIX.len()..]).is_some_and(|(kg, _)| kg < to)
+                }
+                Err(_) => true,
+            })
+            .map(|item| {
+                let (k, v) = item?;
+                let (_, device) = parse_device_key(&k[DEADLINE_PREFIX.len()..]).expect("checked above");
+                let at = unseal(&v)
+                    .ok()
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(i64::from_le_bytes)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: format!("deadline of device {device}"),
+                        problem: "not 8 sealed bytes".into(),
+                    })?;
+                Ok((device, at))
+            })
+    }
+
     /// Writes one checkpoint: every changed device, the source positions and the record, in
     /// one synced batch. Blocking: call it from the checkpoint writer thread only.
     #[instrument(skip_all, fields(checkpoint = write.record.id, devices = write.devices.len()))]
@@ -576,6 +651,15 @@ impl StateStore {
         }
         for p in &write.record.sources {
             batch.put_cf(positions, p.name.as_bytes(), seal(&bincode_encode(p)));
+        }
+        for (key, deadline) in &write.deadlines {
+            match deadline {
+                Some(at) => batch.put_cf(meta, deadline_key(key), seal(&at.to_le_bytes())),
+                None => batch.delete_cf(meta, deadline_key(key)),
+            }
+        }
+        if self.has_deadline_index() {
+            batch.put_cf(meta, DEADLINE_INDEX_KEY, seal(&[]));
         }
         batch.put_cf(meta, CHECKPOINT_KEY, write.record.encode());
         let mut options = WriteOptions::default();

@@ -154,9 +154,12 @@ impl StateStore {
             self.db.cf_handle(CF_POSITIONS).expect("column family"),
         );
         let prefix = index_prefix(topic, partition);
+        let meta = self.db.cf_handle(super::CF_META).expect("column family");
         let mut batch = WriteBatch::default();
         for d in &devices {
-            batch.delete_cf(dcf, device_key(key_group_of(d), d));
+            let key = device_key(key_group_of(d), d);
+            batch.delete_cf(meta, super::deadline_key(&key));
+            batch.delete_cf(dcf, key);
             let mut k = prefix.clone();
             k.extend_from_slice(d.as_bytes());
             batch.delete_cf(pcf, k);
@@ -191,7 +194,9 @@ impl StateStore {
         options.set_sync(true);
         self.db
             .write_opt(batch, &options)
-            .map_err(|e| StoreError::rocks(&self.dir, e))
+            .map_err(|e| StoreError::rocks(&self.dir, e))?;
+        // (the hand-off has states, not deadlines: a later start finds them by decoding)
+        self.lose_deadline_index()
     }
 
     /// The checkpoint record `live/` holds now (the newest durable one).
