@@ -5,6 +5,7 @@
 //! - [`generate_aq1`]: writes the readings to any `Write`, returns [`Aq1Stats`].
 //! - [`fleet`]: the labelled fleet (`plume generate fleet`): readings in arrival order and the
 //!   ground truth of what happened to each device (episodes, offline, backfill, faults).
+//! - [`score`]: scores a pipeline's records against that ground truth (`plume score`).
 //! - [`PythonRandom`]: CPython's `random.Random(seed).random()` (MT19937 seeded by
 //!   `init_by_array`, 53-bit floats), so the output is the same bytes as the reference
 //!   generator's for the same arguments (checked by `tests/aq1_oracle.rs` against the recorded
@@ -20,6 +21,7 @@
 //! - `co2`, `voc`, `temp`, `hum`: bounded random walks; every measurement has one decimal.
 
 pub mod fleet;
+pub mod score;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
