@@ -40,6 +40,10 @@ pub struct ScoreArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also list every miss, false alert, flap, page of history and offline mistake (device and
+    /// true times); in the JSON as `findings`.
+    #[arg(long)]
+    details: bool,
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<i64> {
@@ -67,11 +71,17 @@ pub fn score_command(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(read_records(open(path)?, &path.display().to_string())?),
         None => None,
     };
-    let result = score(&truth, &records, pages.as_deref(), &settings);
+    let mut result = score(&truth, &records, pages.as_deref(), &settings);
     if args.json {
+        if !args.details {
+            result.findings.clear();
+        }
         println!("{}", serde_json::to_string(&result)?);
     } else {
         print!("{}", result.table());
+        if args.details {
+            print!("{}", result.findings_table());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -254,6 +254,17 @@ pub struct Score {
     pub offline_false: u64,
     /// Alerts that ended inside an offline period.
     pub clean_air_ends: u64,
+    /// Each miss, false alert, flap, page of history and offline mistake, in the order found.
+    pub findings: Vec<Finding>,
+}
+
+/// One thing the scorer counted against a pipeline: what, which device, when (true time, ms).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub what: &'static str,
+    pub device: String,
+    pub start: i64,
+    pub end: i64,
 }
 
 /// One alert, in true time.
@@ -408,13 +419,21 @@ pub fn score(
     let mut paged_starts: HashSet<(String, i64)> = HashSet::new();
     if let Some(pages) = pages {
         let mut from_backfill = 0;
+        let mut findings = Vec::new();
         for p in pages {
             let (Some(device), Some(ts)) = (p.device.as_deref(), p.data_ts()) else {
                 continue;
             };
             let dt = device_truth(device);
-            if p.is_event() && dt.inside(TruthKind::Backfill, dt.to_true(ts, interval), 0).is_some() {
+            let true_ts = dt.to_true(ts, interval);
+            if p.is_event() && dt.inside(TruthKind::Backfill, true_ts, 0).is_some() {
                 from_backfill += 1;
+                findings.push(Finding {
+                    what: "page of backfilled history",
+                    device: device.to_string(),
+                    start: true_ts,
+                    end: true_ts,
+                });
             }
             if p.is_alert_start() && p.operator.as_deref() == Some(settings.event_operator.as_str()) {
                 paged_starts.insert((device.to_string(), p.start_ts.or(p.ts).unwrap_or(ts)));
@@ -422,6 +441,7 @@ pub fn score(
         }
         result.pages = Some(pages.iter().filter(|p| p.kind != "summary").count() as u64);
         result.pages_from_backfill = Some(from_backfill);
+        result.findings.extend(findings);
         result.live_episodes_paged = Some(0);
     }
 
@@ -440,6 +460,7 @@ pub fn score(
         if overlapping.len() > 1 {
             result.flaps += overlapping.len() as u64 - 1;
             result.episodes_with_flaps += 1;
+            result.finding("flapped episode", &e.device, e.start, e.end);
         }
         let stuck_pm25 = dt
             .of(TruthKind::Stuck)
@@ -456,7 +477,10 @@ pub fn score(
         } else {
             result.live_episodes += 1;
         }
-        let Some(first) = overlapping.first() else { continue };
+        let Some(first) = overlapping.first() else {
+            result.finding("missed episode", &e.device, e.start, e.end);
+            continue;
+        };
         result.episodes_detected += 1;
         if backfilled {
             result.episodes_backfilled_detected += 1;
@@ -490,8 +514,11 @@ pub fn score(
             .any(|e| a.start <= e.end + tolerance && a.last() >= e.start - tolerance);
         if on_stuck {
             result.alerts_on_stuck += 1;
+            result.finding("alert on a stuck sensor", &a.device, a.start, a.last());
         } else if true_episode {
             result.alerts_true += 1;
+        } else {
+            result.finding("false alert", &a.device, a.start, a.last());
         }
         let history = dt.inside(TruthKind::Backfill, a.start, 0).is_some();
         if a.backfill {
@@ -506,6 +533,7 @@ pub fn score(
             && dt.inside(TruthKind::Offline, end, 0).is_some()
         {
             result.clean_air_ends += 1;
+            result.finding("alert ended by silence", &a.device, a.start, end);
         }
     }
     result.precision = share(result.alerts_true, result.alerts);
@@ -539,7 +567,10 @@ pub fn score(
             continue;
         }
         result.offline_long += 1;
-        let Some(report) = found else { continue };
+        let Some(report) = found else {
+            result.finding("offline not reported", &o.device, o.start, o.end);
+            continue;
+        };
         result.offline_detected += 1;
         match report.decided_ts {
             Some(decided) => {
@@ -552,7 +583,11 @@ pub fn score(
             None => result.offline_reports_without_decision_time += 1,
         }
     }
-    result.offline_false = used.iter().filter(|u| !**u).count() as u64;
+    for (report, _) in offline_reports.iter().zip(&used).filter(|(_, used)| !**used) {
+        result.offline_false += 1;
+        let ts = report.ts.unwrap_or(0);
+        result.finding("false offline report", report.device.as_deref().unwrap_or(""), ts, ts);
+    }
     result
 }
 
@@ -569,6 +604,31 @@ fn count(x: Option<u64>) -> String {
 }
 
 impl Score {
+    fn finding(&mut self, what: &'static str, device: &str, start: i64, end: i64) {
+        self.findings.push(Finding {
+            what,
+            device: device.to_string(),
+            start,
+            end,
+        });
+    }
+
+    /// The findings, one a line: what, device, start and end (RFC 3339, true time).
+    pub fn findings_table(&self) -> String {
+        let time = |ms: i64| jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string());
+        let mut out = String::new();
+        for f in &self.findings {
+            out.push_str(&format!(
+                "{:<28} {} {} .. {}\n",
+                f.what,
+                f.device,
+                time(f.start),
+                time(f.end)
+            ));
+        }
+        out
+    }
+
     /// A readable report, one measure a line.
     pub fn table(&self) -> String {
         let s = &self.settings;
@@ -772,6 +832,19 @@ mod tests {
         assert_eq!(s.recall, Some(0.5));
         assert_eq!((s.alerts, s.alerts_true), (3, 1));
         assert_eq!(s.pages, None);
+        let found: Vec<_> = s
+            .findings
+            .iter()
+            .map(|f| (f.what, f.device.as_str(), f.start / MIN))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("missed episode", "a", 300),
+                ("false alert", "a", 500),
+                ("false alert", "c", 100)
+            ]
+        );
     }
 
     #[test]
@@ -876,6 +949,23 @@ mod tests {
         assert_eq!(s.offline_delay_intervals, vec![1.0]);
         assert_eq!(s.offline_within_two_intervals, 1);
         assert_eq!(s.offline_false, 2, "the short period and the device never offline");
+        let found: Vec<_> = s
+            .findings
+            .iter()
+            .map(|f| (f.what, f.device.as_str(), f.start / MIN))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("offline not reported", "a", 300),
+                ("false offline report", "a", 499),
+                ("false offline report", "b", 10)
+            ]
+        );
+        assert!(
+            s.findings_table()
+                .contains("offline not reported         a 1970-01-01T05:00:00Z .. ")
+        );
     }
 
     #[test]
