@@ -21,8 +21,9 @@
 //!   ±2, plus pollution episodes that ramp up linearly (2–15 min) to a peak of 45–250 above the
 //!   background, hold it (2–20 min) and decay exponentially (time constant 4–25 min). Episodes of
 //!   one device are at least 30 minutes apart (after the previous one has decayed below
-//!   0.3 µg/m³). The measured value adds noise: `(u1 + u2 - 1) * (1.5 + 0.08 * level)`, so
-//!   background readings stay below 25 and never reach 35.
+//!   0.3 µg/m³), and every episode has decayed before the simulation ends. The measured value
+//!   adds noise: `(u1 + u2 - 1) * (1.5 + 0.08 * level)`, so background readings stay below 25
+//!   and never reach 35.
 //! - CO2, VOC, temperature, humidity: bounded random walks (CO2 follows office hours).
 //! - Conditions, per device, never overlapping each other (at least 30 minutes apart), each with
 //!   a rate per device and day ([`FleetRates`]): offline, backfill, stuck, drift, skew.
@@ -38,7 +39,7 @@
 //! | --- | --- | --- |
 //! | `episode` | true PM2.5 (noise-free, fault-free) ≥ 35 µg/m³ from `start` to `end` (at least 2 minutes) | `peak`: the true maximum |
 //! | `offline` | no reading at all for the slots `start`..`end`; the previous reading is at `start - interval`, the next one at `end + interval` | |
-//! | `backfill` | a gateway outage: the readings of `start`..`end` arrive together after it, all with `received` | `received` |
+//! | `backfill` | a gateway outage: the readings of `start`..`end` arrive together after it, all with `received` (0.1–5 min after the outage, so the device's first live readings after it may arrive before its history) | `received` |
 //! | `stuck` | `field` repeats exactly `value` | `field`, `value` |
 //! | `drift` | `field` reads too high by an offset growing linearly from 0 to `offset` | `field`, `offset` |
 //! | `skew` | the device's clock is `offset_ms` ahead (negative: behind): `ts` = true time + `offset_ms` | `offset_ms` |
@@ -355,6 +356,10 @@ impl FleetDevice {
             let hold_ms = uniform(&mut rng, 2.0, 20.0) * MINUTE as f64;
             let tau_ms = uniform(&mut rng, 4.0, 25.0) * MINUTE as f64;
             let end = t + (ramp_ms + hold_ms + tau_ms * (peak / 0.3).ln()) as i64;
+            if end >= finish {
+                // no episode is cut short by the end of the simulation
+                break;
+            }
             episodes.push(PlannedEpisode {
                 start: t,
                 ramp_ms,
