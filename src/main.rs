@@ -25,6 +25,8 @@ mod describe;
 mod generate;
 #[path = "cli/checkpoints.rs"]
 mod plume_cli;
+#[path = "cli/score.rs"]
+mod score_cli;
 #[path = "cli/subscribers.rs"]
 mod subscribers_cli;
 
@@ -146,6 +148,9 @@ enum Command {
         #[command(subcommand)]
         workload: GenerateCommand,
     },
+    /// Score a run's records against the ground truth of `plume generate fleet`: recall,
+    /// precision, flaps, detection delay, pages from backfilled history, offline detection.
+    Score(score_cli::ScoreArgs),
     /// The zero-setup demo: a simulated fleet through pipelines/indoor-air.yaml, live.
     Demo {
         #[arg(long, default_value = "pipelines/indoor-air.yaml")]
@@ -454,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate { workload } => generate(workload),
+        Command::Score(args) => score_cli::score_command(args),
         Command::Checkpoints {
             data_dir,
             json,

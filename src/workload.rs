@@ -3,6 +3,9 @@
 //! # Layout
 //! - [`Aq1Spec`]: the generator's arguments (devices, readings, seed).
 //! - [`generate_aq1`]: writes the readings to any `Write`, returns [`Aq1Stats`].
+//! - [`fleet`]: the labelled fleet (`plume generate fleet`): readings in arrival order and the
+//!   ground truth of what happened to each device (episodes, offline, backfill, faults).
+//! - [`score`]: scores a pipeline's records against that ground truth (`plume score`).
 //! - [`PythonRandom`]: CPython's `random.Random(seed).random()` (MT19937 seeded by
 //!   `init_by_array`, 53-bit floats), so the output is the same bytes as the reference
 //!   generator's for the same arguments (checked by `tests/aq1_oracle.rs` against the recorded
@@ -16,6 +19,9 @@
 //!   (about 2–2.5 % of readings) that ramp up to a peak of 40–150 and decay, and smaller ones
 //!   peaking at 28–42 that hover in the hysteresis band;
 //! - `co2`, `voc`, `temp`, `hum`: bounded random walks; every measurement has one decimal.
+
+pub mod fleet;
+pub mod score;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
