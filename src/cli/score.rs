@@ -37,6 +37,10 @@ pub struct ScoreArgs {
     /// How far outside a true episode an alert may lie and still match it.
     #[arg(long, default_value = "5m")]
     tolerance: String,
+    /// A decision on a reading taken during a gateway outage is history when its upload arrived
+    /// more than this after the reading was taken (the age a pipeline's `backfill_after` marks).
+    #[arg(long, default_value = "5m")]
+    history_after: String,
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -64,6 +68,7 @@ pub fn score_command(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         interval_ms: duration("interval", &args.interval)?,
         offline_after_ms: duration("offline-after", &args.offline_after)?,
         tolerance_ms: duration("tolerance", &args.tolerance)?,
+        history_after_ms: duration("history-after", &args.history_after)?,
     };
     let truth = read_truth(open(&args.truth)?, &args.truth.display().to_string())?;
     let records = read_records(open(&args.records)?, &args.records.display().to_string())?;

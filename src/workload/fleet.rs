@@ -39,7 +39,7 @@
 //! | --- | --- | --- |
 //! | `episode` | true PM2.5 (noise-free, fault-free) ≥ 35 µg/m³ from `start` to `end` (at least 2 minutes) | `peak`: the true maximum |
 //! | `offline` | no reading at all for the slots `start`..`end`; the previous reading is at `start - interval`, the next one at `end + interval` | |
-//! | `backfill` | a gateway outage: the readings of `start`..`end` arrive together after it, all with `received` (0.1–5 min after the outage, so the device's first live readings after it may arrive before its history) | `received` |
+//! | `backfill` | a gateway outage: the readings of `start`..`end` arrive together after it, all with `received` (0.1–5 min after the outage; the gateway stores and forwards, so the readings taken meanwhile arrive after it) | `received` |
 //! | `stuck` | `field` repeats exactly `value` | `field`, `value` |
 //! | `drift` | `field` reads too high by an offset growing linearly from 0 to `offset` | `field`, `offset` |
 //! | `skew` | the device's clock is `offset_ms` ahead (negative: behind): `ts` = true time + `offset_ms` | `offset_ms` |
@@ -326,6 +326,9 @@ struct FleetDevice {
     open_episode: Option<(i64, i64, f64)>,
     /// The first and last slot of the current condition seen so far.
     open_condition: Option<(i64, i64)>,
+    /// After a gateway outage: when its upload arrived. The gateway stores and forwards, so
+    /// the readings taken before that arrive after the upload, in order.
+    forwarding_until: i64,
 }
 
 /// A 64-bit mix (splitmix64's finaliser): per-device seeds from the seed and the index.
@@ -453,14 +456,18 @@ impl FleetDevice {
             } else {
                 at_ms
             };
-            conditions.push(Condition {
-                kind,
-                start,
-                end,
-                field,
-                value,
-                at_ms,
-            });
+            // an upload that would arrive after the simulation's end is not simulated (nothing
+            // after the end can be scored)
+            if !(kind == TruthKind::Backfill && at_ms >= finish) {
+                conditions.push(Condition {
+                    kind,
+                    start,
+                    end,
+                    field,
+                    value,
+                    at_ms,
+                });
+            }
             t = end
                 .saturating_add(QUIET_GAP_MS)
                 .saturating_add(waiting_time(&mut rng, total));
@@ -487,6 +494,7 @@ impl FleetDevice {
             hum,
             open_episode: None,
             open_condition: None,
+            forwarding_until: i64::MIN,
         }
     }
 
@@ -611,7 +619,8 @@ pub fn generate_fleet(
                 }
             }
             let mut ts = t;
-            let mut received = t + delay;
+            // (behind an upload still on its way: after it)
+            let mut received = (t + delay).max(d.forwarding_until.saturating_add(delay));
             if let Some(c) = d.conditions.get_mut(d.next_condition)
                 && c.start <= t
             {
@@ -619,7 +628,10 @@ pub fn generate_fleet(
                 open.1 = t;
                 match c.kind {
                     TruthKind::Offline => continue,
-                    TruthKind::Backfill => received = c.at_ms,
+                    TruthKind::Backfill => {
+                        received = c.at_ms;
+                        d.forwarding_until = c.at_ms;
+                    }
                     TruthKind::Stuck => {
                         let slot = field_index(c.field);
                         if c.value.is_nan() {

@@ -21,13 +21,15 @@
 //! - **Detection delay**: for each detected scored episode, `decided_ts` of the first alert
 //!   overlapping it minus the episode's start (p50, p95, max).
 //! - **Pages** (`--pages`, the records routed to a pager): how many, how many are events
-//!   (`event_*` or `threshold` records) describing history that arrived late (their data time,
-//!   `start_ts` for a start or an update, `end_ts` for an end, `ts` for a threshold, lies in a
-//!   `backfill` period of the device), and how many scored
+//!   (`event_*` or `threshold` records) decided on history that arrived late (the reading they
+//!   were decided on, `decided_ts`, or their data time without one, lies in a `backfill` period
+//!   of the device and its upload arrived more than `--history-after` later), and how many scored
 //!   episodes that were *not* held back got a page (an `event_start` or `threshold` start).
-//! - **Backfill marks**: alerts marked `backfill: true` that describe live data, and alerts of
-//!   backfilled history that are not marked.
-//! - **Offline**: a truth `offline` period of at least `offline_after` must be reported: a
+//! - **Backfill marks**: alerts marked `backfill: true` that were decided on live data, and
+//!   alerts decided on history (as for pages) that are not marked.
+//! - **Offline**: a truth `offline` period of at least `offline_after` must be reported (and so
+//!   must a `backfill` period, from its start to its upload's arrival: live, the device was as
+//!   silent as an offline one): a
 //!   `health` record of the health operator with `status: offline` whose `ts` (the last reading
 //!   before the silence) lies from one interval plus the tolerance before the period's start to
 //!   its end. Periods shorter than `offline_after` minus two intervals must not be (a report
@@ -61,6 +63,9 @@ pub struct ScoreSettings {
     pub offline_after_ms: i64,
     /// How far outside a true episode an alert may lie and still overlap it.
     pub tolerance_ms: i64,
+    /// A decision on a reading of a `backfill` period is history when the upload arrived more
+    /// than this after the reading.
+    pub history_after_ms: i64,
 }
 
 impl Default for ScoreSettings {
@@ -71,6 +76,7 @@ impl Default for ScoreSettings {
             interval_ms: 60_000,
             offline_after_ms: 600_000,
             tolerance_ms: 300_000,
+            history_after_ms: 300_000,
         }
     }
 }
@@ -316,6 +322,13 @@ impl<'a> DeviceTruth<'a> {
             .copied()
     }
 
+    /// Whether a decision on the reading taken at `t` was a decision on history: the reading
+    /// was held back by a gateway outage and arrived more than `after` later.
+    fn history(&self, t: i64, after: i64) -> bool {
+        self.inside(TruthKind::Backfill, t, 0)
+            .is_some_and(|b| b.received.unwrap_or(b.end) - t > after)
+    }
+
     fn overlaps(&self, kind: TruthKind, start: i64, end: i64) -> bool {
         self.of(kind).iter().any(|r| r.start <= end && r.end >= start)
     }
@@ -425,8 +438,9 @@ pub fn score(
                 continue;
             };
             let dt = device_truth(device);
-            let true_ts = dt.to_true(ts, interval);
-            if p.is_event() && dt.inside(TruthKind::Backfill, true_ts, 0).is_some() {
+            // (decided on: the reading the decision was made on; the data time without one)
+            let true_ts = dt.to_true(p.decided_ts.unwrap_or(ts), interval);
+            if p.is_event() && dt.history(true_ts, settings.history_after_ms) {
                 from_backfill += 1;
                 findings.push(Finding {
                     what: "page of backfilled history",
@@ -520,7 +534,7 @@ pub fn score(
         } else {
             result.finding("false alert", &a.device, a.start, a.last());
         }
-        let history = dt.inside(TruthKind::Backfill, a.start, 0).is_some();
+        let history = dt.history(a.decided.unwrap_or(a.start), settings.history_after_ms);
         if a.backfill {
             result.alerts_marked_backfill += 1;
             if !history {
@@ -550,7 +564,20 @@ pub fn score(
     let mut used = vec![false; offline_reports.len()];
     let long_enough = |o: &TruthRecord| o.end - o.start >= settings.offline_after_ms;
     let may_report = |o: &TruthRecord| o.end - o.start + 2 * interval >= settings.offline_after_ms;
-    for o in truth.iter().filter(|t| t.kind == TruthKind::Offline) {
+    // a gateway outage (`backfill`) leaves the device unheard until its upload arrives: for a
+    // live system that is silence like any other, to be reported like an offline period
+    let unheard: Vec<TruthRecord> = truth
+        .iter()
+        .filter_map(|t| match t.kind {
+            TruthKind::Offline => Some(t.clone()),
+            TruthKind::Backfill => Some(TruthRecord {
+                end: t.received.unwrap_or(t.end),
+                ..t.clone()
+            }),
+            _ => None,
+        })
+        .collect();
+    for o in &unheard {
         let dt = device_truth(&o.device);
         let mut found = None;
         for (i, r) in offline_reports.iter().enumerate() {

@@ -197,12 +197,14 @@ impl Operator for HealthOp {
                     readings: run.run,
                 }));
             }
-            if watch.suppress && run.reported {
-                // a stuck sensor's value is not the air's: the later operators do not see it
-                reading.values[watch.slot] = crate::operators::ABSENT;
-            } else if run.reported {
-                // the later operators see it, flagged (a hysteresis decides with `suspect`)
+            if run.reported {
+                // flagged for the later operators (a hysteresis decides with `suspect`; a field
+                // derived from this one inherits it)
                 reading.suspect |= 1u64 << watch.slot;
+                if watch.suppress {
+                    // a stuck sensor's value is not the air's: the later operators do not see it
+                    reading.values[watch.slot] = crate::operators::ABSENT;
+                }
             }
         }
         if reading.out_of_range != 0 {

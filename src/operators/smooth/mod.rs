@@ -207,7 +207,7 @@ impl Operator for SmoothOp {
             && let Some(v) = reading.values.get_mut(slot)
         {
             *v = s;
-            // smoothing a doubted value gives a doubted value
+            // smoothing a doubted (or hidden) value gives a doubted value
             if reading.suspect & (1u64 << cfg.slot) != 0 {
                 reading.suspect |= 1u64 << slot;
             }
