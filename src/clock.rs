@@ -134,9 +134,10 @@ pub struct ArrivalStamp {
 }
 
 impl ArrivalStamp {
-    pub fn new(clock: crate::spec::DecisionClock) -> Self {
+    /// `event_clock`: `runtime.clock: event`.
+    pub fn new(event_clock: bool) -> Self {
         ArrivalStamp {
-            event_clock: clock == crate::spec::DecisionClock::Event,
+            event_clock,
             fleet_ms: i64::MIN,
         }
     }
@@ -163,11 +164,10 @@ impl ArrivalStamp {
 #[cfg(test)]
 mod arrival_tests {
     use super::ArrivalStamp;
-    use crate::spec::DecisionClock;
 
     #[test]
     fn the_event_clock_only_moves_forward_and_prefers_the_declared_arrival() {
-        let mut s = ArrivalStamp::new(DecisionClock::Event);
+        let mut s = ArrivalStamp::new(true);
         assert_eq!(s.fleet_ms(), None);
         assert_eq!(s.stamp(1_000, None, 99_999), 1_000);
         // an older reading (backfill) arrives at the fleet's clock, not at its own time
@@ -180,7 +180,7 @@ mod arrival_tests {
 
     #[test]
     fn the_processing_clock_stamps_the_source_time_or_the_declared_arrival() {
-        let mut s = ArrivalStamp::new(DecisionClock::Processing);
+        let mut s = ArrivalStamp::new(false);
         assert_eq!(s.stamp(1_000, None, 5_000), 5_000);
         assert_eq!(s.stamp(1_000, Some(1_200), 5_000), 1_200);
         assert_eq!(s.fleet_ms(), None);

@@ -34,7 +34,7 @@ impl<'p> PlainRun<'p> {
             devices: FxHashMap::default(),
             emits: Vec::new(),
             dead_letters: 0,
-            arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock),
+            arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock.is_event()),
             next_fleet_tick: i64::MIN,
             fleet_tick_ms: pipeline.event_tick_interval_ms(),
         }

@@ -261,8 +261,13 @@ fn fuzz_influx_decoder() {
 #[test]
 fn fuzz_pipeline_loader() {
     let mut corpus = corpus_of("yaml");
-    for entry in std::fs::read_dir(common::repo().join("pipelines")).unwrap() {
-        corpus.push(std::fs::read(entry.unwrap().path()).unwrap());
+    for dir in ["pipelines", "pipelines/score"] {
+        for entry in std::fs::read_dir(common::repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                corpus.push(std::fs::read(path).unwrap());
+            }
+        }
     }
     fuzz("yaml", corpus, |input| {
         let text = String::from_utf8_lossy(input);

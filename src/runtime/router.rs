@@ -147,7 +147,7 @@ impl Router {
             waiting: false,
             last_forwarded: last_checkpoint,
             batch_size_hint: 1,
-            arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock),
+            arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock.is_event()),
         }
     }
 

@@ -49,6 +49,10 @@ impl DecisionClock {
     pub fn is_processing(&self) -> bool {
         *self == DecisionClock::Processing
     }
+
+    pub fn is_event(&self) -> bool {
+        *self == DecisionClock::Event
+    }
 }
 
 impl Default for RuntimeSpec {
