@@ -44,6 +44,7 @@ pub mod ownership;
 pub mod ports;
 pub mod router;
 pub mod routes;
+pub mod deadlines;
 pub mod shard;
 
 /// Records produced on one shard thread, collected until the chunk that produced them is done.

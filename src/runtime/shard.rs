@@ -145,15 +145,11 @@ pub struct ShardCounters {
     /// operators act at a set time; stale entries included), and the most there have been.
     pub deadline_entries: u64,
     pub deadline_entries_peak: u64,
+    /// The most memory the index held (heap, id arena, stored set).
+    pub deadline_bytes_peak: u64,
     /// Times the index was rebuilt without its stale entries.
     pub deadline_compactions: u64,
 }
-
-/// Bytes one entry of the deadline index takes: its place in the heap (time and device id
-/// pointer) and, for a device only in the store, its place in `stored_deadlines`. (The id itself
-/// is shared with the device's other tables.)
-pub const DEADLINE_ENTRY_BYTES: usize =
-    std::mem::size_of::<std::cmp::Reverse<(i64, Arc<str>)>>() + std::mem::size_of::<Arc<str>>() + 1;
 
 /// A passivated device's encoded state, kept until the store holds it.
 struct PassiveDevice {
@@ -191,11 +187,7 @@ pub struct ShardSupervisor {
     /// Passivated devices by the processing time their operators next act on (offline
     /// detection, idle flush): woken then, ticked and passivated again. An entry whose device
     /// was re-activated, dropped or given another deadline since is skipped when it comes up.
-    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(i64, Arc<str>)>>,
-    /// Devices only in the store (not in memory) with an entry in `deadlines`: read from the
-    /// store when the shard starts, so a device that went quiet before a restart is still
-    /// reported offline. Woken from the store at their deadline.
-    stored_deadlines: rustc_hash::FxHashSet<Arc<str>>,
+    deadlines: super::deadlines::DeadlineIndex,
     counters: ShardCounters,
     passivate_after_ms: i64,
     /// Most devices (active and passive) this shard holds: `runtime.max_devices` / shards.
@@ -247,7 +239,6 @@ impl ShardSupervisor {
             active: FxHashMap::default(),
             passive: FxHashMap::default(),
             deadlines: Default::default(),
-            stored_deadlines: Default::default(),
             counters: ShardCounters::default(),
             passivate_after_ms,
             max_devices,
@@ -326,10 +317,8 @@ impl ShardSupervisor {
 
     fn activate(&mut self, device: &str, now: i64) -> &mut DeviceActor {
         let key: Arc<str> = Arc::from(device);
-        if !self.stored_deadlines.is_empty() {
-            // in memory from now on: its deadline comes from its chain when it is passivated
-            self.stored_deadlines.remove(&key);
-        }
+        // in memory from now on: its deadline comes from its chain when it is passivated
+        self.deadlines.unmark_stored(&key);
         let (chain, reactivated) = match self.passive.remove(&key) {
             Some(p) => (self.restore(&key, &p.bytes), true),
             None => match self.load(device) {
@@ -381,7 +370,7 @@ impl ShardSupervisor {
                 && p.deadline.is_some()
             {
                 // still due at its deadline: woken from the store then
-                self.stored_deadlines.insert(device);
+                self.deadlines.mark_stored(&device);
             }
         }
         if dropped > 0 {
@@ -497,15 +486,15 @@ impl ShardSupervisor {
     /// offline report, its idle flush) and passivated again. Costs nothing for the others.
     fn tick_due_passive(&mut self, now: i64) {
         let mut due = Vec::new();
-        while let Some(std::cmp::Reverse((at, _))) = self.deadlines.peek() {
-            if *at > now {
+        while let Some(at) = self.deadlines.next_time() {
+            if at > now {
                 break;
             }
-            let std::cmp::Reverse((at, device)) = self.deadlines.pop().expect("peeked");
+            let (at, device) = self.deadlines.pop().expect("peeked");
             let current = match self.passive.get(&device) {
                 Some(p) => p.deadline == Some(at),
                 // read from the store at the start, and not seen since
-                None => self.stored_deadlines.remove(&device) && !self.active.contains_key(&device),
+                None => self.deadlines.unmark_stored(&device) && !self.active.contains_key(&device),
             };
             if current {
                 due.push(device);
@@ -537,22 +526,17 @@ impl ShardSupervisor {
     /// live ones the heap is rebuilt from the live ones: it never holds more than about twice
     /// the devices that have a deadline.
     fn push_deadline(&mut self, at: i64, device: Arc<str>) {
-        self.deadlines.push(std::cmp::Reverse((at, device)));
-        let entries = self.deadlines.len() as u64;
-        self.counters.deadline_entries = entries;
-        self.counters.deadline_entries_peak = self.counters.deadline_entries_peak.max(entries);
-        if self.deadlines.len() > 1024 && self.deadlines.len() > 2 * (self.passive.len() + self.stored_deadlines.len())
-        {
-            let live: Vec<std::cmp::Reverse<(i64, Arc<str>)>> = std::mem::take(&mut self.deadlines)
-                .into_vec()
-                .into_iter()
-                .filter(|std::cmp::Reverse((at, device))| match self.passive.get(device) {
-                    Some(p) => p.deadline == Some(*at),
-                    None => self.stored_deadlines.contains(device),
-                })
-                .collect();
-            self.deadlines = live.into();
-            self.deadlines.shrink_to_fit();
+        self.deadlines.push(at, &device);
+        let c = &mut self.counters;
+        c.deadline_entries = self.deadlines.len() as u64;
+        c.deadline_entries_peak = c.deadline_entries_peak.max(c.deadline_entries);
+        c.deadline_bytes_peak = c.deadline_bytes_peak.max(self.deadlines.bytes() as u64);
+        if self.deadlines.len() > 1024 && self.deadlines.len() > 2 * (self.passive.len() + self.deadlines.stored_len()) {
+            let (passive, active) = (&self.passive, &self.active);
+            self.deadlines.compact(|at, device, stored| match passive.get(device) {
+                Some(p) => p.deadline == Some(at),
+                None => stored && !active.contains_key(device),
+            });
             self.counters.deadline_compactions += 1;
             self.counters.deadline_entries = self.deadlines.len() as u64;
         }
@@ -686,8 +670,7 @@ impl Handler<FinishShard> for ShardSupervisor {
             info!(
                 shard = self.local.shard,
                 entries_peak = c.deadline_entries_peak,
-                bytes_per_entry = DEADLINE_ENTRY_BYTES,
-                bytes_peak = c.deadline_entries_peak as usize * DEADLINE_ENTRY_BYTES,
+                bytes_peak = c.deadline_bytes_peak,
                 compactions = c.deadline_compactions,
                 wakeups = c.deadline_wakeups,
                 "deadline index"
@@ -916,7 +899,7 @@ impl Handler<StoredDeadlines> for ShardSupervisor {
         for (at, device) in msg.0 {
             // a device in memory already has its own deadline
             if !self.active.contains_key(&device) && !self.passive.contains_key(&device) {
-                self.stored_deadlines.insert(device.clone());
+                self.deadlines.mark_stored(&device);
                 self.push_deadline(at, device);
             }
         }
@@ -930,12 +913,12 @@ impl Handler<CheckpointDone> for ShardSupervisor {
         // passive devices whose state the store now holds durably need no copy in memory
         self.passivated_for_room = false;
         let before = self.passive.len();
-        let stored_deadlines = &mut self.stored_deadlines;
+        let deadlines = &mut self.deadlines;
         self.passive.retain(|device, p| {
             let keep = p.dirty || p.clean_as_of > msg.id;
             if !keep && p.deadline.is_some() {
                 // still due at its deadline: woken from the store then
-                stored_deadlines.insert(device.clone());
+                deadlines.mark_stored(device);
             }
             keep
         });
@@ -986,7 +969,7 @@ impl Handler<EvictDevices> for ShardSupervisor {
         let mut evicted = 0;
         for device in &msg.0 {
             // another member's now: its deadlines too
-            self.stored_deadlines.remove(device.as_str());
+            self.deadlines.unmark_stored(device);
             if let Some(p) = self.passive.remove(device.as_str()) {
                 if p.dirty {
                     error!(device = %device, "evicting a device with changes no checkpoint holds");
