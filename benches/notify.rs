@@ -55,6 +55,7 @@ fn main() {
                 subscribers: None,
                 drain_timeout: Duration::from_secs(600),
                 dead_letters: None,
+                policy_state: None,
             },
         )
         .unwrap()

@@ -136,7 +136,10 @@ fn start_on_clock(
     pipeline: &Arc<CompiledPipeline>,
     sink: &MemorySink,
     clock: &Clock,
-) -> (app::Runtime, tokio::sync::oneshot::Receiver<plume::runtime::coordinator::RunOutcome>) {
+) -> (
+    app::Runtime,
+    tokio::sync::oneshot::Receiver<plume::runtime::coordinator::RunOutcome>,
+) {
     app::start(
         pipeline.clone(),
         plan(pipeline, sink),
@@ -421,7 +424,13 @@ fn a_passivated_device_that_goes_silent_is_still_reported_offline() {
         async move {
             let (rt, done) = start_on_clock(&pipeline, &sink, &clock);
             let mut feeder = rt.feeder(0, "test");
-            let observe = || async { observe_shards(&rt).await.into_iter().map(|o| o.counters).collect::<Vec<_>>() };
+            let observe = || async {
+                observe_shards(&rt)
+                    .await
+                    .into_iter()
+                    .map(|o| o.counters)
+                    .collect::<Vec<_>>()
+            };
             let wait = |what: &'static str, done: Box<dyn Fn(&[plume::runtime::shard::ShardCounters]) -> bool>| {
                 let observe = &observe;
                 async move {

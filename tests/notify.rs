@@ -118,6 +118,7 @@ fn notifier(spec: SinkSpec, outbox: Arc<MemoryOutbox>, subscribers: Option<Arc<d
             subscribers,
             drain_timeout: Duration::from_secs(60),
             dead_letters: None,
+            policy_state: None,
         },
     )
     .unwrap()

@@ -74,8 +74,10 @@ metric_list! {
     "plume_notifier_breaker_openings", "counter", "sink", "Times a notifier's circuit breaker opened.";
     "plume_notifier_suppressed", "counter", "sink", "Events a notifier did not send because of the cooldown.";
     "plume_notifier_tokens_removed", "counter", "sink", "Push tokens removed as unregistered.";
+    "plume_notifier_policy_evicted", "counter", "sink", "Cooldown entries a notifier's policy dropped at its max_entries (the oldest first).";
     "plume_notifier_breaker_state", "gauge", "sink", "A notifier's circuit breaker: 0 closed, 1 open, 2 probing.";
     "plume_notifier_outbox_pending", "gauge", "sink", "Deliveries in a notifier's outbox not yet acknowledged or given up.";
+    "plume_notifier_policy_entries", "gauge", "sink", "Cooldown entries a notifier's policy holds (bounded by max_entries).";
     "plume_notifier_delivery_seconds", "histogram", "sink", "From the notifier taking an event to its receiver's 2xx (retries included).";
     "plume_sources_not_ready", "gauge", "", "Sources that cannot take input now (their broker is away).";
     "process_resident_memory_bytes", "gauge", "", "Resident memory of the plume process.";
@@ -272,7 +274,11 @@ pub fn snapshot(view: &AdminView) -> Vec<Family> {
             let n = geti(n);
             // severity `none` always; a severity once it has had an event
             (slot == 0 || n != 0).then(|| {
-                let label = if slot == 0 { "none".to_string() } else { (slot - 1).to_string() };
+                let label = if slot == 0 {
+                    "none".to_string()
+                } else {
+                    (slot - 1).to_string()
+                };
                 (label, Value::Gauge(n))
             })
         }),
@@ -510,7 +516,10 @@ mod tests {
             ("plume.checkpoint.duration".to_string(), "s")
         );
         assert_eq!(otel_name(info("plume_readings")), ("plume.readings".to_string(), "1"));
-        assert_eq!(otel_name(info("plume_dead_letters")), ("plume.dead_letters".to_string(), "1"));
+        assert_eq!(
+            otel_name(info("plume_dead_letters")),
+            ("plume.dead_letters".to_string(), "1")
+        );
         assert_eq!(
             otel_name(info("plume_notifier_delivery_seconds")),
             ("plume.notifier.delivery.duration".to_string(), "s")

@@ -171,6 +171,10 @@ pub struct DeliveryStats {
     pub held: AtomicU64,
     /// Events skipped because the outbox already had them acknowledged or pending.
     pub duplicates: AtomicU64,
+    /// Cooldown entries the policy holds now.
+    pub policy_entries: std::sync::atomic::AtomicI64,
+    /// Cooldown entries the policy evicted at its `max_entries` (over its saved state's life).
+    pub policy_evicted: AtomicU64,
     /// The circuit breaker now: 0 closed, 1 open, 2 probing.
     pub breaker_state: std::sync::atomic::AtomicI64,
     /// Entries handed over and not yet acknowledged or given up.
@@ -195,13 +199,21 @@ impl crate::runtime::ports::SinkCounters for DeliveryStats {
             ("plume_notifier_breaker_openings", Self::get(&self.breaker_opened)),
             ("plume_notifier_suppressed", Self::get(&self.suppressed)),
             ("plume_notifier_tokens_removed", Self::get(&self.tokens_removed)),
+            ("plume_notifier_policy_evicted", Self::get(&self.policy_evicted)),
         ]
     }
 
     fn gauges(&self) -> Vec<(&'static str, i64)> {
         vec![
-            ("plume_notifier_breaker_state", self.breaker_state.load(Ordering::Relaxed)),
+            (
+                "plume_notifier_breaker_state",
+                self.breaker_state.load(Ordering::Relaxed),
+            ),
             ("plume_notifier_outbox_pending", self.pending.load(Ordering::Relaxed)),
+            (
+                "plume_notifier_policy_entries",
+                self.policy_entries.load(Ordering::Relaxed),
+            ),
         ]
     }
 
@@ -409,9 +421,7 @@ async fn run_lane(shared: Arc<Shared>, key: (String, String)) {
             attempts: std::sync::atomic::AtomicU32::new(0),
         };
         let context = span.context().clone();
-        deliver_one(&shared, entry, &span)
-            .with_context(context)
-            .await;
+        deliver_one(&shared, entry, &span).with_context(context).await;
         span.set(trace::Attribute::new(
             "plume.delivery.attempts",
             span.attempts.load(Ordering::Relaxed) as i64,
