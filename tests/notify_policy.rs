@@ -1,0 +1,215 @@
+//! A notifier's policy across a crash, through `plume run` with a data directory and a local
+//! webhook receiver that checks Standard Webhooks signatures: the run is SIGKILLed inside a
+//! cooldown and with notifications held by quiet hours, and restarted on the same data directory
+//! with more input. The cooldown begun before the crash still holds after it, and the held
+//! notifications go out in one digest when the quiet hours end (in event time), not at the
+//! restart.
+
+mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
+
+use std::io::Write;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use receiver::{Receiver, Reply, verify_standard_webhook, wait_for};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// PM2.5 events to a signed webhook with a 2 h cooldown and quiet hours 00:00–06:00 UTC.
+const PIPELINE: &str = r#"
+version: 1
+pipeline: policy_restart
+sources:
+  - file: { path: "-" }
+decode:
+  format: json
+  device: { field: device }
+  time: { field: ts, unit: ms }
+  fields:
+    pm25: { type: float, required: true }
+operators:
+  - hysteresis:
+      name: pm25_event
+      field: pm25
+      enter: 35
+      exit: 25
+outputs:
+  - when: all
+    to:
+      - file: { path: "${PLUME_OUTPUT}" }
+  - when: pm25_event
+    events: [start, end]
+    to:
+      - webhook:
+          url: "${PLUME_WEBHOOK_URL}"
+          secret_env: PLUME_WEBHOOK_SECRET
+          backoff: 50ms
+          policy:
+            cooldown: 2h
+            quiet_hours: { from: "00:00", to: "06:00", timezone: UTC }
+"#;
+
+/// 2024-01-15 00:00 UTC (ms); `at(h, m)` is that day's time, `at(24 + h, m)` the next day's.
+const DAY: i64 = 1_705_276_800_000;
+
+fn at(hours: i64, minutes: i64) -> i64 {
+    DAY + (hours * 60 + minutes) * 60_000
+}
+
+fn reading(device: &str, ts: i64, pm25: f64) -> String {
+    format!("{{\"device\":\"{device}\",\"ts\":{ts},\"pm25\":{pm25}}}\n")
+}
+
+/// An event of `device`: a high reading at `ts`, a normal one 5 minutes later.
+fn event(device: &str, ts: i64) -> String {
+    reading(device, ts, 50.0) + &reading(device, ts + 300_000, 10.0)
+}
+
+fn run(pipeline: &std::path::Path, state: &std::path::Path, out: &std::path::Path, url: &str) -> Child {
+    common::plume()
+        .args(["run"])
+        .arg(pipeline)
+        .args(["--input", "-", "--checkpoint-interval", "100ms", "--data-dir"])
+        .arg(state)
+        .env("PLUME_OUTPUT", out)
+        .env("PLUME_WEBHOOK_URL", url)
+        .env("PLUME_WEBHOOK_SECRET", SECRET)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The id and input position (bytes of standard input) of the newest retained checkpoint of
+/// `state`.
+fn newest_checkpoint(state: &std::path::Path) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(state.join("retained")) else {
+        return (0, 0);
+    };
+    entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("plume-manifest.json")).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .filter_map(|m| Some((m["id"].as_u64()?, m["sources"][0]["offset"].as_u64()?)))
+        .max()
+        .unwrap_or((0, 0))
+}
+
+/// Writes `lines` to a run that started after checkpoint `after`, then a harmless reading now
+/// and then (a silent standard input takes no checkpoint: its barrier goes with its next chunk)
+/// until a checkpoint of this run covers `lines`.
+fn write_until_checkpointed(stdin: &mut ChildStdin, state: &std::path::Path, after: u64, lines: &str) {
+    stdin.write_all(lines.as_bytes()).unwrap();
+    let covered = lines.len() as u64;
+    let tick = reading("tick", at(0, 30), 5.0);
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            stdin.write_all(tick.as_bytes()).unwrap();
+            let (id, offset) = newest_checkpoint(state);
+            id > after && offset >= covered
+        }),
+        "no checkpoint covered the input: {:?}, {covered} bytes",
+        newest_checkpoint(state)
+    );
+}
+
+#[test]
+fn a_cooldown_and_held_notifications_survive_a_sigkill_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("policy.yaml");
+    std::fs::write(&pipeline, PIPELINE).unwrap();
+    let state = dir.path().join("state");
+    let out = dir.path().join("out.jsonl");
+    let rx = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
+    let url = rx.url("/hook");
+
+    // first run: `a` at 23:00 is notified (start and end); `b` at 00:10 is held (quiet hours)
+    let mut first = run(&pipeline, &state, &out, &url);
+    let mut stdin = first.stdin.take().unwrap();
+    write_until_checkpointed(
+        &mut stdin,
+        &state,
+        0,
+        &(event("a", at(23, 0)) + &event("b", at(24, 10))),
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || rx.count() >= 2),
+        "a's start and end were delivered: {} requests",
+        rx.count()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    first.kill().unwrap(); // SIGKILL: no end-of-input flush, no digest at the end
+    assert!(!first.wait().unwrap().success(), "killed, not finished");
+    drop(stdin);
+    let before_restart = rx.count();
+    let (last_of_first, _) = newest_checkpoint(&state);
+    assert_eq!(before_restart, 2, "only a's start and end before the crash");
+
+    // second run, more input: `a` again at 23:50 (inside a's cooldown), `c` at 01:00 (held),
+    // then `d` at 06:30 (after the quiet hours: notified, and the digest goes out)
+    let mut second = run(&pipeline, &state, &out, &url);
+    let mut stdin = second.stdin.take().unwrap();
+    let more = event("a", at(23, 50)) + &event("c", at(25, 0));
+    write_until_checkpointed(&mut stdin, &state, last_of_first, &more);
+    std::thread::sleep(Duration::from_millis(500));
+    let during_quiet_hours = rx.count();
+    stdin.write_all(event("d", at(30, 30)).as_bytes()).unwrap();
+    drop(stdin);
+    let done = second.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "the restarted run failed:\n{log}");
+
+    let mut requests = rx.requests();
+    requests.sort_by_key(|r| r.seq);
+    let bodies: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| {
+            verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str(&r.body).unwrap()
+        })
+        .collect();
+    let of = |device: &str| -> Vec<String> {
+        bodies
+            .iter()
+            .filter(|b| b["device"] == device)
+            .map(|b| b["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        of("a"),
+        ["event_start", "event_end"],
+        "a's second event fell inside the cooldown begun before the crash:\n{log}"
+    );
+    assert_eq!(
+        during_quiet_hours, before_restart,
+        "nothing is sent at the restart while the event time is still inside the quiet hours:\n{log}"
+    );
+    assert_eq!(of("d"), ["event_start", "event_end"]);
+    let digests: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["type"] == "digest").collect();
+    assert_eq!(digests.len(), 1, "one digest: {bodies:#?}");
+    let items: Vec<(String, String)> = digests[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["device"].as_str().unwrap().to_string(),
+                i["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("b".to_string(), "event_start".to_string()),
+            ("b".to_string(), "event_end".to_string()),
+            ("c".to_string(), "event_start".to_string()),
+            ("c".to_string(), "event_end".to_string()),
+        ],
+        "the digest holds what was held before and after the crash"
+    );
+}
