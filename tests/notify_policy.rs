@@ -213,3 +213,131 @@ fn a_cooldown_and_held_notifications_survive_a_sigkill_and_a_restart() {
         "the digest holds what was held before and after the crash"
     );
 }
+
+/// PM2.5 events of a paced file to a signed webhook with a 1 h cooldown.
+const PACED_PIPELINE: &str = r#"
+version: 1
+pipeline: policy_replay
+sources:
+  - file: { path: "${PLUME_INPUT}", pace: event_time, speed: 7200 }
+decode:
+  format: json
+  device: { field: device }
+  time: { field: ts, unit: ms }
+  fields:
+    pm25: { type: float, required: true }
+operators:
+  - hysteresis:
+      name: pm25_event
+      field: pm25
+      enter: 35
+      exit: 25
+outputs:
+  - when: all
+    to:
+      - file: { path: "${PLUME_OUTPUT}" }
+  - when: pm25_event
+    events: [start, end]
+    to:
+      - webhook:
+          url: "${PLUME_WEBHOOK_URL}"
+          secret_env: PLUME_WEBHOOK_SECRET
+          backoff: 50ms
+          policy: { cooldown: 1h }
+"#;
+
+/// 20 devices, a reading every 30 s for 6 hours (3 s at the pipeline's speed), an event of each
+/// every 20 minutes: two of every three starts fall inside the cooldown of the one before.
+fn paced_input(path: &std::path::Path) {
+    let mut text = String::new();
+    for i in 0..720i64 {
+        for d in 0..20i64 {
+            let pm25 = if (i + d * 7) % 40 < 4 { 50.0 } else { 10.0 };
+            text += &reading(&format!("room-{d}"), DAY + i * 30_000 + d * 100, pm25);
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The distinct valid webhook-ids a receiver got.
+fn delivered(rx: &Receiver) -> std::collections::BTreeSet<String> {
+    rx.requests()
+        .iter()
+        .map(|r| verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+fn paced_run(dir: &std::path::Path, name: &str, url: &str) -> std::process::Command {
+    let mut c = common::plume();
+    c.args(["run"])
+        .arg(dir.join("paced.yaml"))
+        .args(["--checkpoint-interval", "100ms", "--data-dir"])
+        .arg(dir.join(format!("{name}.state")))
+        .env("PLUME_INPUT", dir.join("in.jsonl"))
+        .env("PLUME_OUTPUT", dir.join(format!("{name}.jsonl")))
+        .env("PLUME_WEBHOOK_URL", url)
+        .env("PLUME_WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null());
+    c
+}
+
+#[test]
+fn a_run_killed_midway_and_restarted_sends_what_an_unbroken_run_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("paced.yaml"), PACED_PIPELINE).unwrap();
+    let input = dir.path().join("in.jsonl");
+    paced_input(&input);
+    let size = std::fs::metadata(&input).unwrap().len();
+
+    let unbroken_rx = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
+    let unbroken = paced_run(dir.path(), "unbroken", &unbroken_rx.url("/"))
+        .output()
+        .unwrap();
+    assert!(
+        unbroken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unbroken.stderr)
+    );
+    let want = delivered(&unbroken_rx);
+    // 20 devices × 18 events in 6 h, one start in three notified (with its end)
+    assert!(
+        (200..=260).contains(&want.len()),
+        "{} notifications: the cooldown suppressed about two thirds of 720 records",
+        want.len()
+    );
+
+    let rx = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
+    let state = dir.path().join("killed.state");
+    let log = std::fs::File::create(dir.path().join("killed.log")).unwrap();
+    let mut first = paced_run(dir.path(), "killed", &rx.url("/"))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(60), || rx.count() >= 20
+            && newest_checkpoint(&state).0 >= 3),
+        "{} requests, checkpoint {:?}",
+        rx.count(),
+        newest_checkpoint(&state)
+    );
+    first.kill().unwrap(); // SIGKILL
+    assert!(!first.wait().unwrap().success(), "killed, not finished");
+    let (_, offset) = newest_checkpoint(&state);
+    assert!(
+        offset < size,
+        "killed before the input's end (checkpoint at {offset} of {size})"
+    );
+    let second = paced_run(dir.path(), "killed", &rx.url("/")).output().unwrap();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{log}");
+    let got = delivered(&rx);
+    let extra: Vec<&String> = got.difference(&want).collect();
+    let missing: Vec<&String> = want.difference(&got).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "the restart replayed from checkpoint offset {offset} and decided differently: \
+         {} sent that the unbroken run suppressed, {} missing\n{log}",
+        extra.len(),
+        missing.len()
+    );
+}
