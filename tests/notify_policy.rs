@@ -219,7 +219,7 @@ const PACED_PIPELINE: &str = r#"
 version: 1
 pipeline: policy_replay
 sources:
-  - file: { path: "${PLUME_INPUT}", pace: event_time, speed: 7200 }
+  - file: { path: "${PLUME_INPUT}", pace: event_time, speed: 3600 }
 decode:
   format: json
   device: { field: device }
@@ -246,11 +246,13 @@ outputs:
           policy: { cooldown: 1h }
 "#;
 
-/// 20 devices, a reading every 30 s for 6 hours (3 s at the pipeline's speed), an event of each
-/// every 20 minutes: two of every three starts fall inside the cooldown of the one before.
+/// 20 devices, a reading every 30 s for 3 hours (3 s at the pipeline's speed), an event of each
+/// every 20 minutes: two of every three starts fall inside the cooldown of the one before. (The
+/// devices stay within seconds of each other in event time, well inside the policy's lag
+/// allowance, so the decisions do not depend on how the shards' records interleave.)
 fn paced_input(path: &std::path::Path) {
     let mut text = String::new();
-    for i in 0..720i64 {
+    for i in 0..360i64 {
         for d in 0..20i64 {
             let pm25 = if (i + d * 7) % 40 < 4 { 50.0 } else { 10.0 };
             text += &reading(&format!("room-{d}"), DAY + i * 30_000 + d * 100, pm25);
@@ -299,10 +301,10 @@ fn a_run_killed_midway_and_restarted_sends_what_an_unbroken_run_sends() {
         String::from_utf8_lossy(&unbroken.stderr)
     );
     let want = delivered(&unbroken_rx);
-    // 20 devices × 18 events in 6 h, one start in three notified (with its end)
+    // 20 devices × 9 events in 3 h, one start in three notified (with its end)
     assert!(
-        (200..=260).contains(&want.len()),
-        "{} notifications: the cooldown suppressed about two thirds of 720 records",
+        (100..=140).contains(&want.len()),
+        "{} notifications: the cooldown suppressed about two thirds of 360 records",
         want.len()
     );
 

@@ -31,13 +31,16 @@
 //! [`encode_state`]: the store's envelope around [`POLICY_STATE_VERSION`] and bincode.
 //!
 //! It is bounded, on event time: every half cooldown of event time (at least a second), entries
-//! whose cooldown has passed relative to the newest event time seen are dropped (a record that
-//! late would be notified either way), and suppressed starts older than
+//! whose cooldown has passed by more than [`LAG_ALLOWANCE_MS`] relative to the newest event
+//! time the route saw are dropped, and so are suppressed starts older than
 //! [`SUPPRESSED_START_HORIZON_MS`] (their end never came). Beyond `max_entries` (default
 //! [`DEFAULT_MAX_ENTRIES`]) entries in all, the oldest tenth is evicted and counted
-//! ([`PolicyState::evicted_total`]). The one decision a bound can change is that of a device
-//! whose event time lags the route's newest by more than the cooldown: its entry may be gone,
-//! and it is notified again.
+//! ([`PolicyState::evicted_total`]). The newest time is the route's, not the device's, and the
+//! records of several shards reach the notifier interleaved as they come, so one device may be
+//! behind another. The allowance keeps a device's entry while the device is less than that far
+//! behind. Only a device further behind, or an entry the cap evicted, can be notified again
+//! inside its cooldown; the decision then also depends on the interleaving, which a replay may
+//! not repeat.
 
 use std::collections::{HashMap, HashSet};
 
@@ -50,6 +53,11 @@ use crate::spec::{NotifyOn, NotifyPolicySpec};
 
 /// Cooldown entries a route keeps at most, unless its policy sets `max_entries`.
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+/// How far (event time) a device may be behind the newest record of its route while its
+/// cooldown entry is kept after its cooldown passed for the route: the shards' records
+/// interleave at the notifier, and devices' clocks differ.
+pub const LAG_ALLOWANCE_MS: i64 = 3_600_000;
 
 /// A suppressed event start is forgotten when it is this much older (event time) than the newest
 /// record: its end is then notified if it ever comes.
@@ -334,7 +342,8 @@ impl Policy {
             return;
         }
         let newest = self.newest_ms;
-        self.last.retain(|_, t| t.saturating_add(cooldown) > newest);
+        self.last
+            .retain(|_, t| t.saturating_add(cooldown).saturating_add(LAG_ALLOWANCE_MS) > newest);
         self.suppressed
             .retain(|(_, _, start)| start.saturating_add(SUPPRESSED_START_HORIZON_MS) > newest);
         self.next_sweep_ms = newest.saturating_add((cooldown / 2).max(1000));
@@ -685,8 +694,13 @@ mod tests {
             assert_eq!(p.decide(&start(&format!("d{i}"), t, None)).0, Decision::Send);
             most = most.max(p.entries());
         }
-        // at most the devices of one cooldown and the half cooldown between sweeps
-        assert!(most <= 900 + 1, "at most {most} entries");
+        // at most the devices of one cooldown, the lag allowance and the half cooldown between
+        // sweeps
+        assert!(most <= 600 + 3600 + 300 + 1, "at most {most} entries");
+        assert!(
+            most >= 4200,
+            "entries are kept for the cooldown and the allowance: {most}"
+        );
         assert_eq!(p.evicted_total(), 0, "time, not the cap, bounded it");
         // a device notified within the last cooldown is still suppressed
         assert_eq!(p.decide(&start("d86399", 86_400_000, None)).0, Decision::Suppress);
@@ -722,7 +736,7 @@ mod tests {
         assert_eq!(
             p.entries(),
             1,
-            "only b's: a's entry timed out with its cooldown, its start with the horizon"
+            "only b's: a's entry timed out with its cooldown and the allowance, its start with the horizon"
         );
         assert_eq!(
             p.decide(&end("a", 120_000, 130_000)).0,
