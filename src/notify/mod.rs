@@ -637,8 +637,8 @@ impl Sink for NotifierSink {
     /// last save: see `policy_store`).
     fn flush_for_checkpoint(&mut self, checkpoint: u64) -> Result<u64, SinkError> {
         if let Some(store) = &self.policy_store {
-            let changed = self.policy.take_changed() || self.release_at != self.saved_release_at;
-            if changed {
+            // (a failed save leaves the state changed: the next checkpoint saves it)
+            if self.policy.changed() || self.release_at != self.saved_release_at {
                 let mut state = self.policy.state();
                 state.release_at_ms = self.release_at;
                 store.save(checkpoint, &state).map_err(|e| SinkError::Failed {
@@ -647,6 +647,7 @@ impl Sink for NotifierSink {
                     retryable: false,
                     message: e.to_string(),
                 })?;
+                self.policy.mark_saved();
                 self.saved_release_at = self.release_at;
             }
         }

@@ -182,7 +182,7 @@ pub struct Policy {
     next_sweep_ms: i64,
     suppressed_total: u64,
     evicted_total: u64,
-    /// Whether anything above changed since [`Policy::take_changed`] last said so.
+    /// Whether anything above changed since [`Policy::mark_saved`].
     changed: bool,
 }
 
@@ -293,9 +293,14 @@ impl Policy {
         self.enforce_cap();
     }
 
-    /// Whether the state changed since the last call (then it needs saving again).
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::take(&mut self.changed)
+    /// Whether the state changed since [`Policy::mark_saved`] (then it needs saving again).
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The state as it is now was saved.
+    pub fn mark_saved(&mut self) {
+        self.changed = false;
     }
 
     /// Cooldown entries held now.
