@@ -343,3 +343,132 @@ fn a_run_killed_midway_and_restarted_sends_what_an_unbroken_run_sends() {
         missing.len()
     );
 }
+
+/// The records of `devices` devices' pm25 events (start, end), one every 10 minutes of event
+/// time from 2023-11-14 22:13:20 UTC, with deterministic ids.
+fn event_records(devices: usize, events: usize) -> Vec<plume::output::OutputRecord> {
+    let mut out = Vec::new();
+    for e in 0..events {
+        for d in 0..devices {
+            let device = format!("room-{d}");
+            let start = 1_700_000_000_000i64 + e as i64 * 600_000;
+            for (kind, n) in [("event_start", 0u128), ("event_end", 1)] {
+                let id: u128 = ((d as u128) << 64) | ((e as u128) << 1) | n;
+                let json = if kind == "event_start" {
+                    format!(
+                        r#"{{"v":1,"type":"event_start","operator":"pm25_event","device":"{device}","id":"{id:032x}","field":"pm25","start_ts":{start},"value":40.5,"peak":48.0}}"#
+                    )
+                } else {
+                    format!(
+                        r#"{{"v":1,"type":"event_end","operator":"pm25_event","device":"{device}","id":"{id:032x}","field":"pm25","start_ts":{start},"end_ts":{},"duration_ms":300000,"peak":48.0,"mean":41.5}}"#,
+                        start + 300_000
+                    )
+                };
+                out.push(plume::output::OutputRecord {
+                    op: Some(1),
+                    kind: plume::model::RecordKind::parse(kind).unwrap(),
+                    id,
+                    device: Some(device.clone().into()),
+                    json,
+                    backfill: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A webhook notifier with a 25 min cooldown whose outbox and policy state are in `store`.
+fn stored_notifier(store: &Arc<plume::store::StateStore>, url: &str) -> plume::notify::NotifierSink {
+    // SAFETY: every test of this file that reads the variable sets the same value
+    unsafe { std::env::set_var("PLUME_TEST_POLICY_SECRET", SECRET) };
+    let mut spec = plume::spec::WebhookSinkSpec {
+        url: url.to_string(),
+        secret_env: Some("PLUME_TEST_POLICY_SECRET".into()),
+        retry: plume::spec::RetrySpec {
+            timeout: plume::spec::DurationSpec::from_millis(5_000),
+            max_age: plume::spec::DurationSpec::from_millis(60_000),
+            concurrency: 4,
+            backoff: plume::spec::DurationSpec::from_millis(20),
+            breaker_open: plume::spec::DurationSpec::from_millis(100),
+            allow_insecure: false,
+        },
+        policy: Default::default(),
+    };
+    spec.policy.cooldown = Some(plume::spec::DurationSpec::from_millis(25 * 60_000));
+    let parts = plume::notify::NotifierParts {
+        pipeline: "test".into(),
+        name: Some("webhook:0".into()),
+        outbox: Arc::new(plume::notify::StoreOutbox::open(store.clone(), "webhook:0").unwrap()),
+        subscribers: None,
+        drain_timeout: Duration::from_secs(60),
+        dead_letters: None,
+        policy_state: Some(plume::notify::PolicyStateStore::new(store.clone(), "webhook:0")),
+    };
+    plume::notify::NotifierSink::build(&plume::spec::SinkSpec::Webhook(spec), parts)
+        .unwrap()
+        .unwrap()
+}
+
+fn commit_checkpoint(store: &plume::store::StateStore, id: u64) {
+    store
+        .commit(plume::store::CheckpointWrite {
+            record: plume::store::CheckpointRecord {
+                id,
+                pipeline: "test".into(),
+                pipeline_hash: "0".into(),
+                created_ms: 0,
+                sources: vec![],
+                sinks: vec![],
+                dead_letters: 0,
+                devices: 0,
+                key_groups: 1,
+                devices_written: 0,
+            },
+            devices: vec![],
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_suppressed_count_is_kept_with_the_checkpoint_and_a_replay_does_not_add_to_it() {
+    use plume::notify::DeliveryStats;
+    use plume::runtime::ports::Sink;
+    let rx = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
+    let dir = tempfile::tempdir().unwrap();
+    let store = plume::store::StateStore::open_tool(dir.path()).unwrap();
+    // events at 0, 10, 20, 30, 40, 50 min: 0 and 30 are notified, the others suppressed
+    let records = event_records(1, 6);
+    {
+        let mut first = stored_notifier(&store, &rx.url("/"));
+        first.write(&records[..4]).unwrap(); // events 0 and 10
+        first.flush_for_checkpoint(1).unwrap();
+        commit_checkpoint(&store, 1);
+        first.write(&records[4..8]).unwrap(); // events 20 and 30, after the checkpoint
+        assert_eq!(DeliveryStats::get(&first.stats().suppressed), 4);
+        assert!(wait_for(Duration::from_secs(10), || rx.count() == 4));
+        // dropped without finishing, as a crash would (the outbox keeps what it acknowledged)
+    }
+    // the restart replays from checkpoint 1: events 20 and 30 again, then 40 and 50
+    let mut second = stored_notifier(&store, &rx.url("/"));
+    assert_eq!(
+        DeliveryStats::get(&second.stats().suppressed),
+        2,
+        "the count as of the checkpoint"
+    );
+    second.write(&records[4..]).unwrap();
+    second.finish().unwrap();
+    assert_eq!(
+        DeliveryStats::get(&second.stats().suppressed),
+        8,
+        "events 10, 20, 40 and 50 with their ends, each counted once"
+    );
+    let mut sent: Vec<String> = rx
+        .requests()
+        .iter()
+        .map(|r| verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    sent.sort();
+    let want: Vec<String> = [0u128, 1, 6, 7].iter().map(|id| format!("{id:032x}")).collect();
+    assert_eq!(sent, want, "events 0 and 30, start and end, each sent once");
+}

@@ -165,7 +165,8 @@ pub struct DeliveryStats {
     pub tokens_removed: AtomicU64,
     /// Times the circuit breaker opened.
     pub breaker_opened: AtomicU64,
-    /// Events not notified because of the cooldown.
+    /// Events not notified because of the cooldown, over the policy state's life (restored
+    /// with it at a restart, so a replay does not count them twice).
     pub suppressed: AtomicU64,
     /// Events held by quiet hours (later folded into a digest).
     pub held: AtomicU64,
@@ -173,7 +174,7 @@ pub struct DeliveryStats {
     pub duplicates: AtomicU64,
     /// Cooldown entries the policy holds now.
     pub policy_entries: std::sync::atomic::AtomicI64,
-    /// Cooldown entries the policy evicted at its `max_entries` (over its saved state's life).
+    /// Cooldown entries the policy evicted at its `max_entries`, over the policy state's life.
     pub policy_evicted: AtomicU64,
     /// The circuit breaker now: 0 closed, 1 open, 2 probing.
     pub breaker_state: std::sync::atomic::AtomicI64,

@@ -383,6 +383,7 @@ impl NotifierSink {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.policy_entries.store(self.policy.entries() as i64, Relaxed);
         self.stats.policy_evicted.store(self.policy.evicted_total(), Relaxed);
+        self.stats.suppressed.store(self.policy.suppressed_total(), Relaxed);
     }
 
     /// After a restart: every pending delivery is resumed; held ones go out in the next digest,
@@ -588,10 +589,8 @@ impl Sink for NotifierSink {
             );
             let held = match decision {
                 Decision::Filtered => continue,
-                Decision::Suppress => {
-                    self.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
+                // (counted by the policy, whose count is checkpointed with it)
+                Decision::Suppress => continue,
                 Decision::Hold { until_ms } => {
                     self.release_at = self.release_at.min(until_ms);
                     self.stats.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
