@@ -370,20 +370,27 @@ impl Policy {
             .chain(self.suppressed.iter().map(|(_, _, t)| *t))
             .collect();
         let (_, &mut cut, _) = times.select_nth_unstable(evict - 1);
-        // everything older than the cut goes, then entries at the cut until `evict` are gone
-        let mut at_cut = evict - times.iter().filter(|&&t| t < cut).count();
-        let mut take = |t: i64| {
-            if t < cut {
-                return true;
-            }
-            if t == cut && at_cut > 0 {
-                at_cut -= 1;
-                return true;
-            }
-            false
-        };
-        self.last.retain(|_, t| !take(*t));
-        self.suppressed.retain(|(_, _, t)| !take(*t));
+        // everything older than the cut goes, then entries at the cut in key order (not the
+        // hash maps' order, which differs between processes) until `evict` are gone
+        let at_cut = evict - times.iter().filter(|&&t| t < cut).count();
+        self.last.retain(|_, t| *t >= cut);
+        self.suppressed.retain(|(_, _, t)| *t >= cut);
+        let mut tied_last: Vec<(String, String)> = self
+            .last
+            .iter()
+            .filter(|(_, t)| **t == cut)
+            .map(|(k, _)| k.clone())
+            .collect();
+        tied_last.sort_unstable();
+        let mut tied_suppressed: Vec<(String, String, i64)> =
+            self.suppressed.iter().filter(|(_, _, t)| *t == cut).cloned().collect();
+        tied_suppressed.sort_unstable();
+        for key in tied_last.iter().take(at_cut) {
+            self.last.remove(key);
+        }
+        for key in tied_suppressed.iter().take(at_cut.saturating_sub(tied_last.len())) {
+            self.suppressed.remove(key);
+        }
         self.evicted_total += (total - self.entries()) as u64;
         self.changed = true;
     }
@@ -724,6 +731,19 @@ mod tests {
         // the newest are kept (suppressed again), the oldest were evicted (sent again)
         assert_eq!(p.decide(&start("d9999", 20_000, None)).0, Decision::Suppress);
         assert_eq!(p.decide(&start("d0", 20_000, None)).0, Decision::Send);
+    }
+
+    #[test]
+    fn the_cap_evicts_entries_of_the_same_time_in_key_order() {
+        // a burst: every start at the same event time
+        let mut p = policy(Some(600_000), None, Some(10));
+        for i in 0..11 {
+            p.decide(&start(&format!("d{i:02}"), 0, None));
+        }
+        assert_eq!(p.evicted_total(), 2, "a tenth of 10, down to 9");
+        let kept: Vec<String> = p.state().last.into_iter().map(|(d, _, _)| d).collect();
+        let want: Vec<String> = (2..11).map(|i| format!("d{i:02}")).collect();
+        assert_eq!(kept, want, "the first keys went, whatever the hash maps' order");
     }
 
     #[test]
