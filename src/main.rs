@@ -271,14 +271,15 @@ fn main() -> ExitCode {
         .map_event_format(WithTraceIds)
         .init();
     // spans go to an OTLP endpoint when the OTEL_* variables name one (metrics: `plume run`)
-    let tracing_export =
-        match plume::app::otlp::OtlpConfig::from_env().and_then(|config| plume::app::otlp::install_tracing(&config)) {
-            Ok(guard) => guard,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let tracing_export = match plume::app::otlp::OtlpConfig::from_env()
+        .and_then(|config| plume::app::otlp::install_tracing(&config))
+    {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,

@@ -198,14 +198,8 @@ impl RecordFormatter {
             Emit::EventStart { start_ts, seq, .. } | Emit::EventEnd { start_ts, seq, .. } => (*start_ts, *seq),
             // one update per band an event reaches
             Emit::EventUpdate {
-                start_ts,
-                seq,
-                severity,
-                ..
-            } => (
-                *start_ts,
-                seq.wrapping_mul(256).wrapping_add(severity.map_or(0, |s| s as u64 + 1)),
-            ),
+                start_ts, seq, severity, ..
+            } => (*start_ts, seq.wrapping_mul(256).wrapping_add(severity.map_or(0, |s| s as u64 + 1))),
             Emit::Health { ts, event, .. } => (*ts, health_discriminant(event)),
             Emit::Baseline { ts, .. }
             | Emit::Deviation { ts, .. }
@@ -530,10 +524,7 @@ mod tests {
             decided_ts: 60_000,
             backfill_lag_ms: None,
         });
-        assert_eq!(
-            (start["start_ts"].as_i64(), start["decided_ts"].as_i64()),
-            (Some(30_000), Some(60_000))
-        );
+        assert_eq!((start["start_ts"].as_i64(), start["decided_ts"].as_i64()), (Some(30_000), Some(60_000)));
         assert_eq!(start["decision_lag_ms"].as_i64(), Some(30_000));
         let end = v(&Emit::EventEnd {
             op: 0,
@@ -548,10 +539,7 @@ mod tests {
         });
         assert_eq!(end["decided_ts"].as_i64(), Some(110_000));
         assert_eq!(end["decision_lag_ms"].as_i64(), Some(20_000), "behind end_ts");
-        assert_eq!(
-            (end["backfill"].as_bool(), end["backfill_lag_ms"].as_i64()),
-            (Some(true), Some(7_200_000))
-        );
+        assert_eq!((end["backfill"].as_bool(), end["backfill_lag_ms"].as_i64()), (Some(true), Some(7_200_000)));
         assert!(start.get("backfill").is_none(), "only backfill is marked");
         // the id does not depend on when the event was decided (a replay gives the same ids)
         let started = |decided_ts| {

@@ -184,14 +184,11 @@ mod tests {
         match &p.operators[5] {
             OperatorConfig::Health(c) => {
                 assert_eq!(c.range_fields, vec![1, 2], "fields with a declared range");
-                assert_eq!(
-                    c.flatline,
-                    vec![FlatlineConfig {
+                assert_eq!(c.flatline, vec![FlatlineConfig {
                         slot: 0,
                         readings: 3,
                         suppress: false
-                    }]
-                );
+                    }]);
             }
             other => panic!("{other:?}"),
         }

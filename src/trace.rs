@@ -69,7 +69,10 @@ impl OpenSpan {
 /// Opens a span now, as a child of `parent` (or of the current span when `None`).
 pub fn start(name: &'static str, kind: SpanKind, attributes: Vec<KeyValue>, parent: Option<&Context>) -> OpenSpan {
     let tracer = tracer();
-    let builder = tracer.span_builder(name).with_kind(kind).with_attributes(attributes);
+    let builder = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes);
     let parent = parent.cloned().unwrap_or_else(Context::current);
     let span = tracer.build_with_context(builder, &parent);
     OpenSpan {
@@ -136,13 +139,7 @@ pub fn event_context(record_id: u128) -> Context {
 
 /// Records the span of an event record (its trace id and span id from the record's id), from
 /// `start` to now.
-pub fn event(
-    name: &'static str,
-    record_id: u128,
-    start: SystemTime,
-    attributes: Vec<KeyValue>,
-    notes: Vec<&'static str>,
-) {
+pub fn event(name: &'static str, record_id: u128, start: SystemTime, attributes: Vec<KeyValue>, notes: Vec<&'static str>) {
     let tracer = tracer();
     let builder = tracer
         .span_builder(name)

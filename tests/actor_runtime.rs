@@ -136,10 +136,7 @@ fn start_on_clock(
     pipeline: &Arc<CompiledPipeline>,
     sink: &MemorySink,
     clock: &Clock,
-) -> (
-    app::Runtime,
-    tokio::sync::oneshot::Receiver<plume::runtime::coordinator::RunOutcome>,
-) {
+) -> (app::Runtime, tokio::sync::oneshot::Receiver<plume::runtime::coordinator::RunOutcome>) {
     app::start(
         pipeline.clone(),
         plan(pipeline, sink),
@@ -424,13 +421,7 @@ fn a_passivated_device_that_goes_silent_is_still_reported_offline() {
         async move {
             let (rt, done) = start_on_clock(&pipeline, &sink, &clock);
             let mut feeder = rt.feeder(0, "test");
-            let observe = || async {
-                observe_shards(&rt)
-                    .await
-                    .into_iter()
-                    .map(|o| o.counters)
-                    .collect::<Vec<_>>()
-            };
+            let observe = || async { observe_shards(&rt).await.into_iter().map(|o| o.counters).collect::<Vec<_>>() };
             let wait = |what: &'static str, done: Box<dyn Fn(&[plume::runtime::shard::ShardCounters]) -> bool>| {
                 let observe = &observe;
                 async move {

@@ -539,11 +539,7 @@ fn a_bad_field_is_left_out_and_dead_lettered_while_the_rest_of_its_reading_is_us
     for engine in ["actors", "plain"] {
         let out = dir.path().join(format!("field-{engine}.jsonl"));
         let state: &[&str] = if engine == "plain" { &[] } else { &["--no-checkpoints"] };
-        run_ok(
-            &[&[field.to_str().unwrap(), "--engine", engine], state].concat(),
-            &input,
-            &out,
-        );
+        run_ok(&[&[field.to_str().unwrap(), "--engine", engine], state].concat(), &input, &out);
         let records = records(&out);
         let starts = kinds(&records, "event_start");
         assert_eq!(starts.len(), 1, "{engine}: {records:?}");
@@ -597,11 +593,7 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
     std::fs::write(&doubled_path, doubled.join("\n") + "\n").unwrap();
     let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
     let with_dedup = dir.path().join("aq1-dedup.yaml");
-    std::fs::write(
-        &with_dedup,
-        aq1.replacen("operators:\n", "operators:\n  - dedup: {}\n", 1),
-    )
-    .unwrap();
+    std::fs::write(&with_dedup, aq1.replacen("operators:\n", "operators:\n  - dedup: {}\n", 1)).unwrap();
     let without = |records: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         let mut v: Vec<serde_json::Value> = records
             .into_iter()
@@ -618,11 +610,7 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
     let run = |pipeline: &Path, input: &Path, name: &str, engine: &str| {
         let out = dir.path().join(format!("{name}-{engine}.jsonl"));
         let state: &[&str] = if engine == "plain" { &[] } else { &["--no-checkpoints"] };
-        run_ok(
-            &[&[pipeline.to_str().unwrap(), "--engine", engine], state].concat(),
-            input,
-            &out,
-        );
+        run_ok(&[&[pipeline.to_str().unwrap(), "--engine", engine], state].concat(), input, &out);
         records(&out)
     };
     let reference = without(run(&repo().join("pipelines/aq1.yaml"), &clean, "clean", "plain"));
@@ -632,10 +620,7 @@ fn readings_sent_twice_are_counted_once_with_dedup() {
     for engine in ["actors", "plain"] {
         let deduplicated = without(run(&with_dedup, &doubled_path, "dedup", engine));
         assert_eq!(deduplicated.len(), reference.len(), "{engine}");
-        assert!(
-            deduplicated == reference,
-            "{engine}: the records differ from the clean input's"
-        );
+        assert!(deduplicated == reference, "{engine}: the records differ from the clean input's");
     }
 }
 
@@ -659,10 +644,7 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
             ),
             1,
         );
-    assert!(
-        text.contains("very_high") && text.contains("events: [update]"),
-        "{text}"
-    );
+    assert!(text.contains("very_high") && text.contains("events: [update]"), "{text}");
     let pipeline = dir.path().join("aq1-bands.yaml");
     std::fs::write(&pipeline, text).unwrap();
     let input = dir.path().join("in.jsonl");
@@ -670,12 +652,7 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
     let lines: String = values
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            format!(
-                "{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n",
-                (i as i64 + 1) * 1000
-            )
-        })
+        .map(|(i, v)| format!("{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n", (i as i64 + 1) * 1000))
         .collect();
     std::fs::write(&input, lines).unwrap();
     let out = dir.path().join("all.jsonl");
@@ -687,11 +664,7 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
         .env("PLUME_OUTPUT", &out)
         .output()
         .unwrap();
-    assert!(
-        child.status.success(),
-        "{}\n{text}",
-        String::from_utf8_lossy(&child.stderr)
-    );
+    assert!(child.status.success(), "{}\n{text}", String::from_utf8_lossy(&child.stderr));
     let all = records(&out);
     let kinds: Vec<&str> = all
         .iter()
@@ -702,11 +675,7 @@ fn an_event_that_gets_worse_is_updated_and_a_route_can_page_on_it() {
     let routed = records(&updates);
     assert_eq!(routed.len(), 2, "only the updates: {routed:?}");
     assert_eq!(
-        (
-            routed[0]["previous_severity"].as_str(),
-            routed[0]["severity"].as_str(),
-            routed[0]["decided_ts"].as_i64()
-        ),
+        (routed[0]["previous_severity"].as_str(), routed[0]["severity"].as_str(), routed[0]["decided_ts"].as_i64()),
         (Some("moderate"), Some("high"), Some(4000))
     );
     assert_eq!(routed[1]["severity"], "very_high");
@@ -724,12 +693,7 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
     let lines: String = values
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            format!(
-                "{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n",
-                (i as i64 + 1) * 10_000
-            )
-        })
+        .map(|(i, v)| format!("{{\"device\":\"a\",\"ts\":{},\"pm25\":{v},\"co2\":500}}\n", (i as i64 + 1) * 10_000))
         .collect();
     std::fs::write(&input, lines).unwrap();
     let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
@@ -742,11 +706,7 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
                 ),
                 1,
             )
-            .replacen(
-                "      enter: 35\n      exit: 25\n",
-                "      enter: 35\n      exit: 25\n      min_duration: 30s\n",
-                1,
-            );
+            .replacen("      enter: 35\n      exit: 25\n", "      enter: 35\n      exit: 25\n      min_duration: 30s\n", 1);
         let pipeline = dir.path().join(format!("aq1-stuck-{suppress}.yaml"));
         std::fs::write(&pipeline, text).unwrap();
         let out = dir.path().join(format!("out-{suppress}.jsonl"));
@@ -758,21 +718,9 @@ fn a_stuck_sensor_opens_no_event_when_health_suppresses_it() {
     assert_eq!(paged.iter().filter(|r| r["type"] == "event_start").count(), 1);
     // with: the flatline is reported, and no event opens
     let guarded = events(true);
-    assert_eq!(
-        guarded.iter().filter(|r| r["type"] == "event_start").count(),
-        0,
-        "{guarded:?}"
-    );
-    assert!(
-        guarded
-            .iter()
-            .any(|r| r["type"] == "health" && r["status"] == "flatline")
-    );
-    assert!(
-        guarded
-            .iter()
-            .any(|r| r["type"] == "health" && r["status"] == "flatline_cleared")
-    );
+    assert_eq!(guarded.iter().filter(|r| r["type"] == "event_start").count(), 0, "{guarded:?}");
+    assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline"));
+    assert!(guarded.iter().any(|r| r["type"] == "health" && r["status"] == "flatline_cleared"));
 }
 
 #[test]
@@ -781,11 +729,7 @@ fn events_decided_on_old_uploads_are_marked_backfill_and_kept_from_pages() {
     let pages = dir.path().join("pages.jsonl");
     let aq1 = std::fs::read_to_string(repo().join("pipelines/aq1.yaml")).unwrap();
     let text = aq1
-        .replacen(
-            "      enter: 35\n      exit: 25\n",
-            "      enter: 35\n      exit: 25\n      backfill_after: 1h\n",
-            1,
-        )
+        .replacen("      enter: 35\n      exit: 25\n", "      enter: 35\n      exit: 25\n      backfill_after: 1h\n", 1)
         .replacen(
             "outputs:\n",
             &format!(

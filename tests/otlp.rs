@@ -78,11 +78,7 @@ fn plume_exports_metrics_and_spans_over_otlp() {
     std::fs::write(&input, &lines).unwrap();
     // the webhook fails every delivery's first attempt: each is retried once
     let webhook = Receiver::start(Arc::new(AtomicU64::new(0)), |r| {
-        if r.attempt == 0 {
-            Reply::status(503)
-        } else {
-            Reply::ok()
-        }
+        if r.attempt == 0 { Reply::status(503) } else { Reply::ok() }
     });
     let collector = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
     let output = plume()
@@ -96,10 +92,7 @@ fn plume_exports_metrics_and_spans_over_otlp() {
         .env("PLUME_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("PLUME_WEBHOOK_BACKOFF", "10ms")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url(""))
-        .env(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            format!("authorization={}", SECRET_HEADER.replace(' ', "%20")),
-        )
+        .env("OTEL_EXPORTER_OTLP_HEADERS", format!("authorization={}", SECRET_HEADER.replace(' ', "%20")))
         .env("OTEL_METRIC_EXPORT_INTERVAL", "100")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("PLUME_LOG", "warn,plume::notify=debug")
@@ -130,20 +123,16 @@ fn plume_exports_metrics_and_spans_over_otlp() {
     let scope = &last.scope_metrics[0];
     assert_eq!(scope.scope.as_ref().unwrap().name, "plume");
     let by_name = |name: &str| {
-        scope.metrics.iter().find(|m| m.name == name).unwrap_or_else(|| {
-            panic!(
-                "no {name} in {:?}",
-                scope.metrics.iter().map(|m| &m.name).collect::<Vec<_>>()
-            )
-        })
+        scope
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", scope.metrics.iter().map(|m| &m.name).collect::<Vec<_>>()))
     };
     assert_eq!(number(by_name("plume.readings"), &[]), Some(good as f64));
     assert_eq!(number(by_name("plume.dead_letters"), &[]), Some(2.0));
     assert_eq!(
-        number(
-            by_name("plume.source.readings"),
-            &[("source", &format!("file:{}", input.display()))]
-        ),
+        number(by_name("plume.source.readings"), &[("source", &format!("file:{}", input.display()))]),
         Some(good as f64)
     );
     // the file was read to its end
@@ -175,22 +164,13 @@ fn plume_exports_metrics_and_spans_over_otlp() {
         "{:?}",
         sink
     );
-    assert_eq!(
-        number(by_name("plume.notifier.retries"), &[]),
-        Some(acknowledged as f64)
-    );
+    assert_eq!(number(by_name("plume.notifier.retries"), &[]), Some(acknowledged as f64));
     assert_eq!(number(by_name("plume.notifier.outbox_pending"), &[]), Some(0.0));
     match by_name("plume.notifier.delivery.duration").data.as_ref().unwrap() {
         metric::Data::Histogram(h) => assert_eq!(h.data_points[0].count, acknowledged as u64),
         other => panic!("{other:?}"),
     }
-    for name in [
-        "plume.records",
-        "plume.operator.records",
-        "plume.devices",
-        "process.memory.usage",
-        "process.cpu.time",
-    ] {
+    for name in ["plume.records", "plume.operator.records", "plume.devices", "process.memory.usage", "process.cpu.time"] {
         by_name(name);
     }
 
@@ -257,15 +237,8 @@ fn plume_exports_metrics_and_spans_over_otlp() {
             .iter()
             .find(|s| s.span_id == delivery.parent_span_id && s.trace_id == delivery.trace_id)
             .unwrap_or_else(|| panic!("the delivery of {id} has no event span as its parent"));
-        assert!(
-            event.name == "event_start" || event.name == "event_end",
-            "{}",
-            event.name
-        );
-        assert_eq!(
-            string_attribute(&event.attributes, "plume.event.id").as_deref(),
-            Some(id)
-        );
+        assert!(event.name == "event_start" || event.name == "event_end", "{}", event.name);
+        assert_eq!(string_attribute(&event.attributes, "plume.event.id").as_deref(), Some(id));
         // and the log line of the delivery carries its trace id
         assert!(
             log.lines()

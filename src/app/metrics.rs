@@ -274,11 +274,7 @@ pub fn snapshot(view: &AdminView) -> Vec<Family> {
             let n = geti(n);
             // severity `none` always; a severity once it has had an event
             (slot == 0 || n != 0).then(|| {
-                let label = if slot == 0 {
-                    "none".to_string()
-                } else {
-                    (slot - 1).to_string()
-                };
+                let label = if slot == 0 { "none".to_string() } else { (slot - 1).to_string() };
                 (label, Value::Gauge(n))
             })
         }),
@@ -516,10 +512,7 @@ mod tests {
             ("plume.checkpoint.duration".to_string(), "s")
         );
         assert_eq!(otel_name(info("plume_readings")), ("plume.readings".to_string(), "1"));
-        assert_eq!(
-            otel_name(info("plume_dead_letters")),
-            ("plume.dead_letters".to_string(), "1")
-        );
+        assert_eq!(otel_name(info("plume_dead_letters")), ("plume.dead_letters".to_string(), "1"));
         assert_eq!(
             otel_name(info("plume_notifier_delivery_seconds")),
             ("plume.notifier.delivery.duration".to_string(), "s")

@@ -32,9 +32,7 @@ use super::metrics::{Family, Value, otel_name};
 /// The OTLP settings are not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
-    #[error(
-        "{variable}={value}: plume exports OTLP over http/protobuf only (point it at the collector's HTTP port, 4318)"
-    )]
+    #[error("{variable}={value}: plume exports OTLP over http/protobuf only (point it at the collector's HTTP port, 4318)")]
     Protocol { variable: String, value: String },
     #[error("{variable}: {reason}")]
     Invalid { variable: String, reason: String },
@@ -93,9 +91,7 @@ fn parse_headers(variable: &str, value: &str) -> Result<Vec<(String, String)>, O
         };
         headers.push((
             k.trim().to_string(),
-            percent_encoding::percent_decode_str(v.trim())
-                .decode_utf8_lossy()
-                .into_owned(),
+            percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy().into_owned(),
         ));
     }
     Ok(headers)
@@ -114,10 +110,7 @@ impl OtlpConfig {
             if disabled || var(exporter_var).is_some_and(|v| v.trim() == "none") {
                 return Ok(None);
             }
-            for protocol_var in [
-                format!("OTEL_EXPORTER_OTLP_{name}_PROTOCOL"),
-                "OTEL_EXPORTER_OTLP_PROTOCOL".into(),
-            ] {
+            for protocol_var in [format!("OTEL_EXPORTER_OTLP_{name}_PROTOCOL"), "OTEL_EXPORTER_OTLP_PROTOCOL".into()] {
                 if let Some(p) = var(&protocol_var) {
                     if p.trim() != "http/protobuf" {
                         return Err(OtlpError::Protocol {
@@ -141,18 +134,12 @@ impl OtlpConfig {
                     reason: format!("`{url}` is not an http:// or https:// URL"),
                 });
             }
-            let headers_var = [
-                format!("OTEL_EXPORTER_OTLP_{name}_HEADERS"),
-                "OTEL_EXPORTER_OTLP_HEADERS".into(),
-            ];
+            let headers_var = [format!("OTEL_EXPORTER_OTLP_{name}_HEADERS"), "OTEL_EXPORTER_OTLP_HEADERS".into()];
             let headers = match headers_var.iter().find_map(|v| var(v).map(|value| (v, value))) {
                 Some((v, value)) => parse_headers(v, &value)?,
                 None => Vec::new(),
             };
-            let timeout_var = [
-                format!("OTEL_EXPORTER_OTLP_{name}_TIMEOUT"),
-                "OTEL_EXPORTER_OTLP_TIMEOUT".into(),
-            ];
+            let timeout_var = [format!("OTEL_EXPORTER_OTLP_{name}_TIMEOUT"), "OTEL_EXPORTER_OTLP_TIMEOUT".into()];
             let timeout = match timeout_var.iter().find_map(|v| var(v).map(|value| (v, value))) {
                 Some((v, value)) => parse_ms(v, &value)?,
                 None => Duration::from_secs(10),
@@ -488,10 +475,7 @@ mod tests {
     #[test]
     fn endpoints_follow_the_opentelemetry_variables() {
         let c = config(&[]).unwrap();
-        assert!(
-            c.traces.is_none() && c.metrics.is_none(),
-            "off unless an endpoint is set"
-        );
+        assert!(c.traces.is_none() && c.metrics.is_none(), "off unless an endpoint is set");
         let c = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret,x-team=air"),
@@ -520,11 +504,7 @@ mod tests {
         assert_eq!(c.metrics.unwrap().url, "http://m:9/x");
         assert!(c.traces.is_none());
         assert_eq!(c.metric_interval, Duration::from_millis(250));
-        let c = config(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-            ("OTEL_SDK_DISABLED", "true"),
-        ])
-        .unwrap();
+        let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "true")]).unwrap();
         assert!(c.traces.is_none() && c.metrics.is_none());
     }
 
@@ -536,13 +516,8 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc") && e.contains("http/protobuf"),
-            "{e}"
-        );
-        let e = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")])
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc") && e.contains("http/protobuf"), "{e}");
+        let e = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).unwrap_err().to_string();
         assert!(e.contains("not an http:// or https:// URL"), "{e}");
         let e = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),

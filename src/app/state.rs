@@ -86,10 +86,7 @@ pub(crate) fn prepare_state(
     match &opened.resume {
         Some(r) => {
             restore.set(crate::trace::Attribute::new("plume.checkpoint.id", r.id as i64));
-            restore.set(crate::trace::Attribute::new(
-                "plume.checkpoint.devices",
-                r.devices as i64,
-            ));
+            restore.set(crate::trace::Attribute::new("plume.checkpoint.devices", r.devices as i64));
         }
         None => restore.set(crate::trace::Attribute::new("plume.checkpoint.id", 0i64)),
     }

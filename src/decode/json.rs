@@ -564,10 +564,7 @@ mod tests {
         assert_eq!(d.reading.values[0], 700.0);
         assert_eq!(d.dropped.as_slice(), &[(1, 5000.0)]);
         let reason = per_field.dropped_reason(1, 5000.0);
-        assert!(
-            reason.starts_with("field `pm25`: 5000 is outside its range"),
-            "{reason}"
-        );
+        assert!(reason.starts_with("field `pm25`: 5000 is outside its range"), "{reason}");
         let mut strict = decoder(TimeUnit::Ms);
         strict.fields[1].spec.out_of_range = OutOfRange::DeadLetter;
         assert!(

@@ -117,14 +117,7 @@ impl Transport for ApnsTransport {
                 .header("authorization", format!("bearer {token}"))
                 .header("apns-topic", &self.topic)
                 .header("apns-push-type", "alert")
-                .header(
-                    "apns-priority",
-                    if matches!(entry.kind.as_str(), "event_start" | "event_update") {
-                        "10"
-                    } else {
-                        "5"
-                    },
-                )
+                .header("apns-priority", if matches!(entry.kind.as_str(), "event_start" | "event_update") { "10" } else { "5" })
                 .header("apns-collapse-id", &entry.event_id)
                 .json(&payload(entry))
                 .send()

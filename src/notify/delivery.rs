@@ -206,15 +206,9 @@ impl crate::runtime::ports::SinkCounters for DeliveryStats {
 
     fn gauges(&self) -> Vec<(&'static str, i64)> {
         vec![
-            (
-                "plume_notifier_breaker_state",
-                self.breaker_state.load(Ordering::Relaxed),
-            ),
+            ("plume_notifier_breaker_state", self.breaker_state.load(Ordering::Relaxed)),
             ("plume_notifier_outbox_pending", self.pending.load(Ordering::Relaxed)),
-            (
-                "plume_notifier_policy_entries",
-                self.policy_entries.load(Ordering::Relaxed),
-            ),
+            ("plume_notifier_policy_entries", self.policy_entries.load(Ordering::Relaxed)),
         ]
     }
 
@@ -422,7 +416,9 @@ async fn run_lane(shared: Arc<Shared>, key: (String, String)) {
             attempts: std::sync::atomic::AtomicU32::new(0),
         };
         let context = span.context().clone();
-        deliver_one(&shared, entry, &span).with_context(context).await;
+        deliver_one(&shared, entry, &span)
+            .with_context(context)
+            .await;
         span.set(trace::Attribute::new(
             "plume.delivery.attempts",
             span.attempts.load(Ordering::Relaxed) as i64,

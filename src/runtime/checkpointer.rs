@@ -437,9 +437,7 @@ impl Checkpointer {
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         let total = p.started.elapsed();
         self.metrics.timings.checkpoint_seconds.observe(total.as_secs_f64());
-        self.metrics
-            .last_checkpoint_bytes
-            .store(p.phases.bytes, Ordering::Relaxed);
+        self.metrics.last_checkpoint_bytes.store(p.phases.bytes, Ordering::Relaxed);
         let span = p.phases.record(record.id, p.started, devices_written, None);
         let _current = span.map(crate::trace::Context::attach);
         self.counters.completed += 1;

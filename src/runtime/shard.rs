@@ -476,11 +476,7 @@ impl ShardSupervisor {
             }
         }
         self.counters.deadline_wakeups += due.len() as u64;
-        debug!(
-            shard = self.local.shard,
-            woken = due.len(),
-            "passive devices ticked at their deadline"
-        );
+        debug!(shard = self.local.shard, woken = due.len(), "passive devices ticked at their deadline");
         self.passivate(due);
     }
 

@@ -167,13 +167,7 @@ mod tests {
     #[test]
     fn a_repeated_reading_is_dropped_once_seen() {
         let mut d = op(true, 60_000, 16);
-        assert_eq!(
-            flows(
-                &mut d,
-                &[(1_000, 5.0), (2_000, 6.0), (1_000, 5.0), (2_000, 6.0), (3_000, 7.0)]
-            ),
-            [C, C, D, D, C]
-        );
+        assert_eq!(flows(&mut d, &[(1_000, 5.0), (2_000, 6.0), (1_000, 5.0), (2_000, 6.0), (3_000, 7.0)]), [C, C, D, D, C]);
         assert_eq!(d.state().dropped, 2);
         // by content: the same time with other values is another reading
         assert_eq!(flows(&mut d, &[(3_000, 7.5)]), [C]);
@@ -191,11 +185,7 @@ mod tests {
         assert_eq!(flows(&mut d, &[(5_000, 5.0), (9_000, 9.0)]), [C, D]);
         let mut h = op(true, 10_000, 100);
         flows(&mut h, &[(0, 0.0), (5_000, 1.0), (20_000, 2.0)]);
-        assert_eq!(
-            h.state().recent.iter().map(|e| e.0).collect::<Vec<_>>(),
-            [20_000],
-            "beyond the horizon: forgotten"
-        );
+        assert_eq!(h.state().recent.iter().map(|e| e.0).collect::<Vec<_>>(), [20_000], "beyond the horizon: forgotten");
     }
 
     #[test]

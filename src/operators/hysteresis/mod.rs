@@ -373,10 +373,7 @@ mod tests {
     #[test]
     fn an_event_is_updated_once_per_band_it_reaches_and_never_for_a_lower_one() {
         let mut op = detector(Direction::Above, 35.0, 25.0, 0, 0);
-        let out = run(
-            &mut op,
-            &[(0, 36.0), (1, 50.0), (2, 56.0), (3, 40.0), (4, 70.0), (5, 20.0)],
-        );
+        let out = run(&mut op, &[(0, 36.0), (1, 50.0), (2, 56.0), (3, 40.0), (4, 70.0), (5, 20.0)]);
         let kinds: Vec<&str> = out.iter().map(|e| e.kind().as_str()).collect();
         assert_eq!(kinds, ["event_start", "event_update", "event_end"], "{out:?}");
         // without bands there is nothing to escalate
