@@ -43,6 +43,7 @@ fn main() {
                 concurrency,
                 backoff: DurationSpec::from_millis(100),
                 breaker_open: DurationSpec::from_millis(1000),
+                allow_insecure: false,
             },
             policy: NotifyPolicySpec::default(),
         });
@@ -55,6 +56,7 @@ fn main() {
                 subscribers: None,
                 drain_timeout: Duration::from_secs(600),
                 dead_letters: None,
+                policy_state: None,
             },
         )
         .unwrap()

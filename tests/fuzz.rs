@@ -1,7 +1,7 @@
 //! A bounded fuzz pass over everything that reads bytes plume did not write itself (issue 16):
 //! the JSON and influx decoders with the router's device-id scan, the pipeline-file loader, and
 //! every stored format's decoder (device snapshots, checkpoint records, export bodies, Kafka
-//! hand-offs, outbox entries, MQTT ingest-log entries).
+//! hand-offs, outbox entries, notifier policy states, MQTT ingest-log entries).
 //!
 //! It runs on the stable toolchain (no `cargo fuzz`): each target starts from its corpus
 //! (`tests/fuzz/corpus/<target>/`, kept in the repository, plus seeds encoded here from real
@@ -370,6 +370,15 @@ fn fuzz_stored_records_exports_handoffs_and_outbox_entries() {
         written_ms: 1,
         devices: vec![("d".into(), snapshots[1].clone())],
     };
+    let policy_state = plume::notify::PolicyState {
+        last: vec![("d".into(), "pm25_event".into(), 1_700_000_000_000)],
+        suppressed: vec![("d".into(), "pm25_event".into(), 1_700_000_100_000)],
+        newest_ms: 1_700_000_100_000,
+        next_sweep_ms: 1_700_000_400_000,
+        suppressed_total: 2,
+        evicted_total: 0,
+        release_at_ms: i64::MAX,
+    };
     let corpus = vec![
         [&[0u8][..], &encode(&record)].concat(),
         [&[1u8][..], &encode(&export)].concat(),
@@ -379,15 +388,21 @@ fn fuzz_stored_records_exports_handoffs_and_outbox_entries() {
             &plume::connectors::mqtt::ingest::encode_entry("s/d/air", b"{\"x\":1}", 5)[..],
         ]
         .concat(),
+        [&[4u8][..], &encode(&policy_state)].concat(),
     ];
     fuzz("stored", corpus, |input| {
         let Some((&kind, bytes)) = input.split_first() else {
             return false;
         };
-        match kind % 4 {
+        match kind % 5 {
             0 => bincode_decode::<CheckpointRecord>(bytes).is_ok_and(|(r, _)| r.check().is_ok()),
             1 => bincode_decode::<ExportBody>(bytes).is_ok(),
             2 => bincode_decode::<PartitionHandoff>(bytes).is_ok(),
+            4 => {
+                // a notifier's policy state: the bincode inside, and the sealed value
+                let sealed = plume::notify::policy::decode_state(bytes).is_ok();
+                bincode_decode::<plume::notify::PolicyState>(bytes).is_ok() || sealed
+            }
             _ => {
                 // the sealed entry (checksum first) and the entry inside it
                 let sealed = plume::connectors::mqtt::ingest::parse_entry(bytes).is_ok();

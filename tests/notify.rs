@@ -118,6 +118,7 @@ fn notifier(spec: SinkSpec, outbox: Arc<MemoryOutbox>, subscribers: Option<Arc<d
             subscribers,
             drain_timeout: Duration::from_secs(60),
             dead_letters: None,
+            policy_state: None,
         },
     )
     .unwrap()
@@ -695,6 +696,80 @@ fn quiet_hours_hold_notifications_and_send_one_digest_after() {
     assert!(verify_standard_webhook(digest_request, SECRET, 300).is_ok());
     assert_eq!(DeliveryStats::get(&stats.held), 4);
     assert!(outbox.is_empty());
+}
+
+/// An event of `room-0` as its records: start, updates with `reasons` (`None`: a record from
+/// before reasons existed), end.
+fn event_with_updates(reasons: &[Option<&str>]) -> Vec<OutputRecord> {
+    let start = 1_700_000_000_000i64;
+    let record = |n: u128, kind: &str, json: String| OutputRecord {
+        op: Some(1),
+        kind: plume::model::RecordKind::parse(kind).unwrap(),
+        id: n,
+        device: Some("room-0".into()),
+        json,
+        backfill: false,
+    };
+    let mut out = vec![record(
+        1,
+        "event_start",
+        format!(
+            r#"{{"v":1,"type":"event_start","operator":"pm25_event","device":"room-0","id":"{:032x}","field":"pm25","start_ts":{start},"value":40.5,"peak":40.5,"severity":"moderate"}}"#,
+            1
+        ),
+    )];
+    for (i, reason) in reasons.iter().enumerate() {
+        let n = 2 + i as u128;
+        let reason = reason.map_or(String::new(), |r| format!(r#","reason":"{r}""#));
+        out.push(record(
+            n,
+            "event_update",
+            format!(
+                r#"{{"v":1,"type":"event_update","operator":"pm25_event","device":"room-0","id":"{n:032x}","field":"pm25","start_ts":{start},"decided_ts":{},"peak":80.0,"severity":"high","previous_severity":"moderate"{reason}}}"#,
+                start + 60_000 * (i as i64 + 1)
+            ),
+        ));
+    }
+    out.push(record(
+        99,
+        "event_end",
+        format!(
+            r#"{{"v":1,"type":"event_end","operator":"pm25_event","device":"room-0","id":"{:032x}","field":"pm25","start_ts":{start},"end_ts":{},"duration_ms":900000,"peak":80.0,"mean":50.0,"severity":"high"}}"#,
+            99,
+            start + 900_000
+        ),
+    ));
+    out
+}
+
+#[test]
+fn a_route_with_notify_on_escalation_pages_only_on_escalations() {
+    let rx = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
+    let mut spec = webhook_spec(&rx.url("/pager"));
+    spec.policy.notify_on = Some(vec![plume::spec::NotifyOn::Escalation]);
+    let sent = event_with_updates(&[None, Some("reminder"), Some("escalation"), Some("de_escalation")]);
+    run_webhook(spec, &sent);
+    let mut got: Vec<(String, Option<String>)> = rx
+        .requests()
+        .iter()
+        .map(|r| {
+            verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}"));
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            (
+                body["type"].as_str().unwrap().to_string(),
+                body["data"]["reason"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("event_update".to_string(), None),
+            ("event_update".to_string(), Some("escalation".to_string())),
+        ],
+        "the update without a reason and the escalation, nothing else"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

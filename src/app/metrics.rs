@@ -72,10 +72,12 @@ metric_list! {
     "plume_notifier_retries", "counter", "sink", "Delivery retries of a notifier.";
     "plume_notifier_dead_letters", "counter", "sink", "Deliveries a notifier gave up (dead letters).";
     "plume_notifier_breaker_openings", "counter", "sink", "Times a notifier's circuit breaker opened.";
-    "plume_notifier_suppressed", "counter", "sink", "Events a notifier did not send because of the cooldown.";
+    "plume_notifier_suppressed", "counter", "sink", "Events a notifier did not send because of the cooldown (kept with its checkpoints: a restart continues the count, a replay does not add to it).";
     "plume_notifier_tokens_removed", "counter", "sink", "Push tokens removed as unregistered.";
+    "plume_notifier_policy_evicted", "counter", "sink", "Cooldown entries a notifier's policy dropped at its max_entries (the oldest first).";
     "plume_notifier_breaker_state", "gauge", "sink", "A notifier's circuit breaker: 0 closed, 1 open, 2 probing.";
     "plume_notifier_outbox_pending", "gauge", "sink", "Deliveries in a notifier's outbox not yet acknowledged or given up.";
+    "plume_notifier_policy_entries", "gauge", "sink", "Cooldown entries a notifier's policy holds (bounded by max_entries).";
     "plume_notifier_delivery_seconds", "histogram", "sink", "From the notifier taking an event to its receiver's 2xx (retries included).";
     "plume_sources_not_ready", "gauge", "", "Sources that cannot take input now (their broker is away).";
     "process_resident_memory_bytes", "gauge", "", "Resident memory of the plume process.";

@@ -165,12 +165,17 @@ pub struct DeliveryStats {
     pub tokens_removed: AtomicU64,
     /// Times the circuit breaker opened.
     pub breaker_opened: AtomicU64,
-    /// Events not notified because of the cooldown.
+    /// Events not notified because of the cooldown, over the policy state's life (restored
+    /// with it at a restart, so a replay does not count them twice).
     pub suppressed: AtomicU64,
     /// Events held by quiet hours (later folded into a digest).
     pub held: AtomicU64,
     /// Events skipped because the outbox already had them acknowledged or pending.
     pub duplicates: AtomicU64,
+    /// Cooldown entries the policy holds now.
+    pub policy_entries: std::sync::atomic::AtomicI64,
+    /// Cooldown entries the policy evicted at its `max_entries`, over the policy state's life.
+    pub policy_evicted: AtomicU64,
     /// The circuit breaker now: 0 closed, 1 open, 2 probing.
     pub breaker_state: std::sync::atomic::AtomicI64,
     /// Entries handed over and not yet acknowledged or given up.
@@ -195,6 +200,7 @@ impl crate::runtime::ports::SinkCounters for DeliveryStats {
             ("plume_notifier_breaker_openings", Self::get(&self.breaker_opened)),
             ("plume_notifier_suppressed", Self::get(&self.suppressed)),
             ("plume_notifier_tokens_removed", Self::get(&self.tokens_removed)),
+            ("plume_notifier_policy_evicted", Self::get(&self.policy_evicted)),
         ]
     }
 
@@ -205,6 +211,7 @@ impl crate::runtime::ports::SinkCounters for DeliveryStats {
                 self.breaker_state.load(Ordering::Relaxed),
             ),
             ("plume_notifier_outbox_pending", self.pending.load(Ordering::Relaxed)),
+            ("plume_notifier_policy_entries", self.policy_entries.load(Ordering::Relaxed)),
         ]
     }
 

@@ -9,7 +9,10 @@
 //! # Layout
 //! - [`NotifierSink`]: records → policy → outbox entries → delivery; digests after quiet hours;
 //!   drains at the end of the run.
-//! - `policy`: cooldown, quiet hours, severity, title/body templates (on event time).
+//! - `policy`: which records (`notify_on`), cooldown, quiet hours, severity, title/body
+//!   templates (on event time); its state is bounded and saved with every checkpoint
+//!   (`policy_store`, in the same column family as the outbox), so a restart decides as the run
+//!   before it would have.
 //! - `outbox`: the [`Outbox`] trait (durable pending deliveries, acknowledged ids, dead letters),
 //!   [`StoreOutbox`] (in the RocksDB state store) and [`MemoryOutbox`].
 //! - `delivery`: the engine: per device-and-target lanes in order, retries with backoff and
@@ -43,12 +46,14 @@ pub mod jwt;
 pub mod ntfy;
 pub mod outbox;
 pub mod policy;
+pub mod policy_store;
 pub mod subscribers;
 pub mod webhook;
 
 pub use delivery::{Delivery, DeliveryConfig, DeliveryError, DeliveryStats, Transport};
 pub use outbox::{DeadLetter, MemoryOutbox, Outbox, OutboxEntry, OutboxError, StoreOutbox};
-pub use policy::{Decision, Policy};
+pub use policy::{Decision, Policy, PolicyState};
+pub use policy_store::{PolicyStateStore, PolicyStoreError};
 pub use subscribers::{FileSubscribers, SubscriberStore, Subscribers};
 
 /// A notifier could not be set up. None of these gets better by retrying: the configuration or
@@ -71,6 +76,8 @@ pub enum NotifyError {
     Subscribers(#[from] subscribers::SubscribersError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    PolicyState(#[from] PolicyStoreError),
     #[error("http client: {0}")]
     Client(String),
     #[error("starting the delivery runtime: {0}")]
@@ -109,6 +116,10 @@ pub struct NotifierSink {
     held: Vec<OutboxEntry>,
     release_at: i64,
     drain_timeout: Duration,
+    /// Where the policy's state is saved with each checkpoint (runs with a state store).
+    policy_store: Option<PolicyStateStore>,
+    /// `release_at` as last saved (a change of it alone is a change of the state).
+    saved_release_at: i64,
 }
 
 /// What a notifier is built from besides its spec.
@@ -124,6 +135,9 @@ pub struct NotifierParts {
     pub drain_timeout: Duration,
     /// Where dead letters go besides the outbox (the pipeline's `dead_letters` route).
     pub dead_letters: Option<DeadLetterOutlet>,
+    /// Where the policy's state is saved with each checkpoint and restored from at start;
+    /// `None`: in memory only.
+    pub policy_state: Option<PolicyStateStore>,
 }
 
 fn delivery_config(retry: &RetrySpec) -> DeliveryConfig {
@@ -333,13 +347,49 @@ impl NotifierSink {
             held: Vec::new(),
             release_at: i64::MAX,
             drain_timeout: parts.drain_timeout,
+            policy_store: parts.policy_state,
+            saved_release_at: i64::MAX,
         };
-        sink.resume()?;
+        let restored = sink.restore_policy()?;
+        sink.resume(restored)?;
         Ok(sink)
     }
 
-    /// After a restart: every pending delivery is resumed; held ones go out in the next digest.
-    fn resume(&mut self) -> Result<(), OutboxError> {
+    /// At start: the policy's state as of the checkpoint the run resumes from (whether there
+    /// was one).
+    fn restore_policy(&mut self) -> Result<bool, NotifyError> {
+        let Some(store) = &self.policy_store else {
+            return Ok(false);
+        };
+        let Some((checkpoint, state)) = store.load()? else {
+            return Ok(false);
+        };
+        info!(
+            notifier = %self.name,
+            checkpoint,
+            entries = state.last.len() + state.suppressed.len(),
+            suppressed = state.suppressed_total,
+            "policy state restored"
+        );
+        self.release_at = state.release_at_ms;
+        self.saved_release_at = state.release_at_ms;
+        self.policy.restore(state);
+        self.publish_policy_counters();
+        Ok(true)
+    }
+
+    /// The policy's counters into the notifier's stats (read by `/metrics`).
+    fn publish_policy_counters(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.policy_entries.store(self.policy.entries() as i64, Relaxed);
+        self.stats.policy_evicted.store(self.policy.evicted_total(), Relaxed);
+        self.stats.suppressed.store(self.policy.suppressed_total(), Relaxed);
+    }
+
+    /// After a restart: every pending delivery is resumed; held ones go out in the next digest,
+    /// when the quiet hours of the restored state end (without a restored state: at once, with
+    /// the next record).
+    fn resume(&mut self, restored: bool) -> Result<(), OutboxError> {
         let pending = self.outbox.pending()?;
         if pending.is_empty() {
             return Ok(());
@@ -348,7 +398,11 @@ impl NotifierSink {
         info!(notifier = %self.name, pending = send.len(), held = held.len(), "resuming pending deliveries");
         if !held.is_empty() {
             self.held = held;
-            self.release_at = i64::MIN;
+            // held after the checkpoint: their records come again in the replay, which sets
+            // `release_at` (a restored state without one released nothing yet)
+            if !restored {
+                self.release_at = i64::MIN;
+            }
         }
         self.delivery.submit(send);
         Ok(())
@@ -419,11 +473,12 @@ impl NotifierSink {
 
     /// Folds the held notifications into one digest per target and sends it.
     fn release_digest(&mut self) -> Result<(), SinkError> {
+        // (held ones a restart found already folded into a digest leave nothing to release)
+        self.release_at = i64::MAX;
         if self.held.is_empty() {
             return Ok(());
         }
         let held = std::mem::take(&mut self.held);
-        self.release_at = i64::MAX;
         let mut targets: Vec<String> = held.iter().map(|e| e.target.clone()).collect();
         targets.sort();
         targets.dedup();
@@ -510,6 +565,7 @@ impl Sink for NotifierSink {
             }
             // the event's span: its trace id is the record's id, the parent of its deliveries
             let note = match decision {
+                Decision::Filtered => "not sent: not in notify_on",
                 Decision::Suppress => "not sent: cooldown",
                 Decision::Hold { .. } => "held: quiet hours (sent in a digest)",
                 Decision::Send => "sent to the outbox",
@@ -532,10 +588,9 @@ impl Sink for NotifierSink {
                 vec![note],
             );
             let held = match decision {
-                Decision::Suppress => {
-                    self.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
+                Decision::Filtered => continue,
+                // (counted by the policy, whose count is checkpointed with it)
+                Decision::Suppress => continue,
                 Decision::Hold { until_ms } => {
                     self.release_at = self.release_at.min(until_ms);
                     self.stats.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -567,6 +622,7 @@ impl Sink for NotifierSink {
                 batch.push(entry);
             }
         }
+        self.publish_policy_counters();
         self.enqueue(batch)
     }
 
@@ -574,6 +630,27 @@ impl Sink for NotifierSink {
     /// receivers acknowledged, over the outbox's life.
     fn flush(&mut self) -> Result<u64, SinkError> {
         self.outbox.delivered().map_err(|e| self.outbox_error(e))
+    }
+
+    /// Also saves the policy's state as of checkpoint `checkpoint` (when it changed since the
+    /// last save: see `policy_store`).
+    fn flush_for_checkpoint(&mut self, checkpoint: u64) -> Result<u64, SinkError> {
+        if let Some(store) = &self.policy_store {
+            // (a failed save leaves the state changed: the next checkpoint saves it)
+            if self.policy.changed() || self.release_at != self.saved_release_at {
+                let mut state = self.policy.state();
+                state.release_at_ms = self.release_at;
+                store.save(checkpoint, &state).map_err(|e| SinkError::Failed {
+                    sink: self.name.clone(),
+                    operation: "saving the policy state",
+                    retryable: false,
+                    message: e.to_string(),
+                })?;
+                self.policy.mark_saved();
+                self.saved_release_at = self.release_at;
+            }
+        }
+        self.flush()
     }
 
     fn finishes_first(&self) -> bool {
@@ -638,6 +715,7 @@ pub fn notifier_for(
         }
         None => (Arc::new(MemoryOutbox::new()), None),
     };
+    let policy_state = store.map(|s| PolicyStateStore::new(s.store.clone(), name));
     let parts = NotifierParts {
         pipeline: pipeline.name.clone(),
         name: Some(name.to_string()),
@@ -645,6 +723,7 @@ pub fn notifier_for(
         subscribers,
         drain_timeout: pipeline.spec.shutdown.drain_timeout.as_duration(),
         dead_letters: Some(dead_letters),
+        policy_state,
     };
     Ok(NotifierSink::build(spec, parts)?.expect("a webhook or push sink spec"))
 }

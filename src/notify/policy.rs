@@ -1,32 +1,78 @@
-//! Notification policy of one route's notifier: cooldown, quiet hours, severity, and the title
-//! and body made from a small template.
+//! Notification policy of one route's notifier: which records it notifies, cooldown, quiet
+//! hours, severity, and the title and body made from a small template.
 //!
 //! The policy runs on the **event time** of each record (an event's start for `event_start`,
-//! its end for `event_end`, `ts` otherwise), not the wall clock: a replay of the same input makes
-//! the same decisions, so the same deliveries (with the same ids) go into the outbox.
+//! its end for `event_end`, `decided_ts` for `event_update`, `ts` otherwise), not the wall
+//! clock: a replay of the same input makes the same decisions, so the same deliveries (with the
+//! same ids) go into the outbox.
 //!
+//! - **Which records** (`notify_on`): absent, every record the route takes; present, only the
+//!   listed kinds of event records: `start`, `end`, and the `reason` of an `event_update`
+//!   (`escalation`, `de_escalation`, `reminder`; an update without a reason is an escalation).
+//!   A record left out is [`Decision::Filtered`] before anything else: it starts no cooldown.
 //! - **Cooldown** `T`: an `event_start` of a device and operator within `T` of the last one that
 //!   was notified is not notified, and neither is its `event_end`. Other records (health, …)
-//!   are limited per device, operator and status.
+//!   are limited per device, operator and status. Suppressed records are counted
+//!   ([`PolicyState::suppressed_total`], the `plume_notifier_suppressed` metric).
 //! - **Quiet hours** (`from`–`to` in a time zone): a notification whose time falls inside is held
 //!   (unless its severity is listed in `critical`); held notifications are sent as one digest
 //!   per target once a notification after the quiet hours arrives, or at the end of the run.
 //! - **Templates**: `{device}`, `{operator}`, `{type}`, `{field}`, `{value}`, `{peak}`, `{mean}`,
 //!   `{severity}`, `{status}`, `{start}`, `{end}`, `{time}` (local time in the quiet hours' zone,
 //!   UTC otherwise), `{duration}`. An unknown `{name}` is left as written.
+//!
+//! # State, bounds and checkpoints
+//! The cooldown's memory is [`PolicyState`]: the last notified time per (device, operator[,
+//! status]), the event starts it suppressed (so their ends are suppressed too), the newest event
+//! time seen, and counters. The notifier saves it with every checkpoint (as of the checkpoint's
+//! input position: the hub flushes a sink for a checkpoint after the checkpoint's records and
+//! before any later one) and restores it at start, so the replay after a crash decides exactly as
+//! the run before it did: a cooldown begun before a restart still holds after it. The bytes are
+//! [`encode_state`]: the store's envelope around [`POLICY_STATE_VERSION`] and bincode.
+//!
+//! It is bounded, on event time: every half cooldown of event time (at least a second), entries
+//! whose cooldown has passed by more than [`LAG_ALLOWANCE_MS`] relative to the newest event
+//! time the route saw are dropped, and so are suppressed starts older than
+//! [`SUPPRESSED_START_HORIZON_MS`] (their end never came). Beyond `max_entries` (default
+//! [`DEFAULT_MAX_ENTRIES`]) entries in all, the oldest tenth is evicted and counted
+//! ([`PolicyState::evicted_total`]). The newest time is the route's, not the device's, and the
+//! records of several shards reach the notifier interleaved as they come, so one device may be
+//! behind another. The allowance keeps a device's entry while the device is less than that far
+//! behind. Only a device further behind, or an entry the cap evicted, can be notified again
+//! inside its cooldown; the decision then also depends on the interleaving, which a replay may
+//! not repeat.
 
 use std::collections::{HashMap, HashSet};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::spec::NotifyPolicySpec;
+use crate::spec::{NotifyOn, NotifyPolicySpec};
+
+/// Cooldown entries a route keeps at most, unless its policy sets `max_entries`.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+/// How far (event time) a device may be behind the newest record of its route while its
+/// cooldown entry is kept after its cooldown passed for the route: the shards' records
+/// interleave at the notifier, and devices' clocks differ.
+pub const LAG_ALLOWANCE_MS: i64 = 3_600_000;
+
+/// A suppressed event start is forgotten when it is this much older (event time) than the newest
+/// record: its end is then notified if it ever comes.
+pub const SUPPRESSED_START_HORIZON_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The version of the stored [`PolicyState`], inside the store's envelope: bump it, and read the
+/// old one, when its layout changes.
+pub const POLICY_STATE_VERSION: u8 = 1;
 
 /// What to do with one record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Send,
+    /// Not among the policy's `notify_on`.
+    Filtered,
     /// Quiet hours: hold until this event time (ms), then send in a digest.
     Hold {
         until_ms: i64,
@@ -51,6 +97,66 @@ pub enum PolicyError {
     ClockTime(String),
     #[error("quiet hours: unknown time zone `{0}`")]
     TimeZone(String),
+    #[error("stored policy state: {0}")]
+    StoredState(String),
+}
+
+/// The policy's memory, as saved with a checkpoint. Entries are sorted, so equal states encode
+/// to equal bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// `(device, operator[:status], event time ms)` of the last notification of each key.
+    pub last: Vec<(String, String, i64)>,
+    /// `(device, operator, start_ts)` of event starts the cooldown suppressed.
+    pub suppressed: Vec<(String, String, i64)>,
+    /// The newest event time seen (`i64::MIN`: none yet).
+    pub newest_ms: i64,
+    /// When (event time) the entries are next checked against the cooldown.
+    pub next_sweep_ms: i64,
+    /// Records the cooldown suppressed, over the state's life.
+    pub suppressed_total: u64,
+    /// Entries evicted by `max_entries`, over the state's life.
+    pub evicted_total: u64,
+    /// The notifier's: when (event time) the notifications held by quiet hours are released as a
+    /// digest (`i64::MAX`: none held).
+    pub release_at_ms: i64,
+}
+
+impl Default for PolicyState {
+    fn default() -> Self {
+        PolicyState {
+            last: Vec::new(),
+            suppressed: Vec::new(),
+            newest_ms: i64::MIN,
+            next_sweep_ms: i64::MIN,
+            suppressed_total: 0,
+            evicted_total: 0,
+            release_at_ms: i64::MAX,
+        }
+    }
+}
+
+/// The stored bytes of `state`: the store's envelope around [`POLICY_STATE_VERSION`] and bincode.
+pub fn encode_state(state: &PolicyState) -> Vec<u8> {
+    let mut payload = vec![POLICY_STATE_VERSION];
+    payload.extend(
+        bincode::serde::encode_to_vec(state, bincode::config::standard()).expect("encoding to a Vec cannot fail"),
+    );
+    crate::store::seal(&payload)
+}
+
+/// Reads what [`encode_state`] wrote (damage and forged lengths are errors, not panics).
+pub fn decode_state(bytes: &[u8]) -> Result<PolicyState, PolicyError> {
+    let payload = crate::store::unseal(bytes).map_err(PolicyError::StoredState)?;
+    match payload.split_first() {
+        Some((&POLICY_STATE_VERSION, rest)) => crate::model::codec::bincode_decode(rest)
+            .map(|(state, _)| state)
+            .map_err(|e| PolicyError::StoredState(e.to_string())),
+        Some((v, _)) => Err(PolicyError::StoredState(format!(
+            "version {v}, this plume reads version {POLICY_STATE_VERSION}"
+        ))),
+        None => Err(PolicyError::StoredState("empty".into())),
+    }
 }
 
 struct Quiet {
@@ -65,10 +171,19 @@ pub struct Policy {
     quiet: Option<Quiet>,
     title: Option<String>,
     body: Option<String>,
+    /// Only these kinds of event records (`None`: every record).
+    notify_on: Option<Vec<NotifyOn>>,
+    max_entries: usize,
     /// Last notified time per (device, operator[, status]).
     last: HashMap<(String, String), i64>,
     /// Event starts not notified (cooldown), so their end is not notified either.
     suppressed: HashSet<(String, String, i64)>,
+    newest_ms: i64,
+    next_sweep_ms: i64,
+    suppressed_total: u64,
+    evicted_total: u64,
+    /// Whether anything above changed since [`Policy::mark_saved`].
+    changed: bool,
 }
 
 fn clock_minutes(s: &str) -> Result<u32, PolicyError> {
@@ -134,9 +249,150 @@ impl Policy {
             quiet,
             title: spec.title.clone(),
             body: spec.body.clone(),
+            notify_on: spec.notify_on.clone(),
+            max_entries: spec.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES).max(1) as usize,
             last: HashMap::new(),
             suppressed: HashSet::new(),
+            newest_ms: i64::MIN,
+            next_sweep_ms: i64::MIN,
+            suppressed_total: 0,
+            evicted_total: 0,
+            changed: false,
         })
+    }
+
+    /// The memory to save with a checkpoint (`release_at_ms` left at "none held": the notifier
+    /// fills it in).
+    pub fn state(&self) -> PolicyState {
+        let mut last: Vec<(String, String, i64)> =
+            self.last.iter().map(|((d, k), t)| (d.clone(), k.clone(), *t)).collect();
+        last.sort_unstable();
+        let mut suppressed: Vec<(String, String, i64)> = self.suppressed.iter().cloned().collect();
+        suppressed.sort_unstable();
+        PolicyState {
+            last,
+            suppressed,
+            newest_ms: self.newest_ms,
+            next_sweep_ms: self.next_sweep_ms,
+            suppressed_total: self.suppressed_total,
+            evicted_total: self.evicted_total,
+            release_at_ms: i64::MAX,
+        }
+    }
+
+    /// Continues from a saved state (a restart): the same records get the same decisions as
+    /// they would have before it.
+    pub fn restore(&mut self, state: PolicyState) {
+        self.last = state.last.into_iter().map(|(d, k, t)| ((d, k), t)).collect();
+        self.suppressed = state.suppressed.into_iter().collect();
+        self.newest_ms = state.newest_ms;
+        self.next_sweep_ms = state.next_sweep_ms;
+        self.suppressed_total = state.suppressed_total;
+        self.evicted_total = state.evicted_total;
+        self.changed = false;
+        self.enforce_cap();
+    }
+
+    /// Whether the state changed since [`Policy::mark_saved`] (then it needs saving again).
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The state as it is now was saved.
+    pub fn mark_saved(&mut self) {
+        self.changed = false;
+    }
+
+    /// Cooldown entries held now.
+    pub fn entries(&self) -> usize {
+        self.last.len() + self.suppressed.len()
+    }
+
+    /// Records the cooldown suppressed, over the state's life (restored with it).
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed_total
+    }
+
+    /// Entries evicted by `max_entries`, over the state's life.
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted_total
+    }
+
+    /// Whether `notify_on` takes `record`.
+    fn wanted(&self, record: &Value) -> bool {
+        let Some(notify_on) = &self.notify_on else {
+            return true;
+        };
+        let kind = match str_of(record, "type") {
+            Some("event_start") => NotifyOn::Start,
+            Some("event_end") => NotifyOn::End,
+            Some("event_update") => match str_of(record, "reason") {
+                None | Some("escalation") => NotifyOn::Escalation,
+                Some("de_escalation") => NotifyOn::DeEscalation,
+                Some("reminder") => NotifyOn::Reminder,
+                Some(_) => return false,
+            },
+            _ => return false,
+        };
+        notify_on.contains(&kind)
+    }
+
+    /// Moves the newest event time on and drops what the cooldown no longer needs.
+    fn observe(&mut self, time_ms: i64, cooldown: i64) {
+        if time_ms > self.newest_ms {
+            self.newest_ms = time_ms;
+            self.changed = true;
+        }
+        if self.newest_ms < self.next_sweep_ms {
+            return;
+        }
+        let newest = self.newest_ms;
+        self.last
+            .retain(|_, t| t.saturating_add(cooldown).saturating_add(LAG_ALLOWANCE_MS) > newest);
+        self.suppressed
+            .retain(|(_, _, start)| start.saturating_add(SUPPRESSED_START_HORIZON_MS) > newest);
+        self.next_sweep_ms = newest.saturating_add((cooldown / 2).max(1000));
+        self.changed = true;
+    }
+
+    /// Beyond `max_entries`: evicts the oldest tenth (by event time), counted.
+    fn enforce_cap(&mut self) {
+        let total = self.entries();
+        if total <= self.max_entries {
+            return;
+        }
+        let keep = self.max_entries - (self.max_entries / 10).max(1).min(self.max_entries - 1);
+        let evict = total - keep;
+        let mut times: Vec<i64> = self
+            .last
+            .values()
+            .copied()
+            .chain(self.suppressed.iter().map(|(_, _, t)| *t))
+            .collect();
+        let (_, &mut cut, _) = times.select_nth_unstable(evict - 1);
+        // everything older than the cut goes, then entries at the cut in key order (not the
+        // hash maps' order, which differs between processes) until `evict` are gone
+        let at_cut = evict - times.iter().filter(|&&t| t < cut).count();
+        self.last.retain(|_, t| *t >= cut);
+        self.suppressed.retain(|(_, _, t)| *t >= cut);
+        let mut tied_last: Vec<(String, String)> = self
+            .last
+            .iter()
+            .filter(|(_, t)| **t == cut)
+            .map(|(k, _)| k.clone())
+            .collect();
+        tied_last.sort_unstable();
+        let mut tied_suppressed: Vec<(String, String, i64)> =
+            self.suppressed.iter().filter(|(_, _, t)| *t == cut).cloned().collect();
+        tied_suppressed.sort_unstable();
+        for key in tied_last.iter().take(at_cut) {
+            self.last.remove(key);
+        }
+        for key in tied_suppressed.iter().take(at_cut.saturating_sub(tied_last.len())) {
+            self.suppressed.remove(key);
+        }
+        self.evicted_total += (total - self.entries()) as u64;
+        self.changed = true;
     }
 
     fn tz(&self) -> TimeZone {
@@ -188,11 +444,17 @@ impl Policy {
             severity: severity.clone(),
             time_ms,
         };
+        if !self.wanted(record) {
+            return (Decision::Filtered, rendered);
+        }
         if let Some(cooldown) = self.cooldown_ms {
+            self.observe(time_ms, cooldown);
             let start_ts = record.get("start_ts").and_then(Value::as_i64).unwrap_or(time_ms);
             match kind {
                 "event_end" => {
                     if self.suppressed.remove(&(device.clone(), operator.clone(), start_ts)) {
+                        self.suppressed_total += 1;
+                        self.changed = true;
                         return (Decision::Suppress, rendered);
                     }
                 }
@@ -203,15 +465,19 @@ impl Policy {
                         key_op.push_str(str_of(record, "status").unwrap_or(kind));
                     }
                     let key = (device.clone(), key_op);
+                    self.changed = true;
                     match self.last.get(&key) {
                         Some(&last) if time_ms >= last && time_ms - last < cooldown => {
+                            self.suppressed_total += 1;
                             if kind == "event_start" {
                                 self.suppressed.insert((device, operator, start_ts));
+                                self.enforce_cap();
                             }
                             return (Decision::Suppress, rendered);
                         }
                         _ => {
                             self.last.insert(key, time_ms);
+                            self.enforce_cap();
                         }
                     }
                 }
@@ -332,6 +598,257 @@ mod tests {
         assert_eq!(p.decide(&start("b", 120_000, None)).0, Decision::Send, "other device");
         assert_eq!(p.decide(&end("a", 120_000, 180_000)).0, Decision::Suppress);
         assert_eq!(p.decide(&start("a", 600_000, None)).0, Decision::Send);
+    }
+
+    fn update(device: &str, start_ts: i64, decided_ts: i64, reason: Option<&str>) -> Value {
+        let mut v = json!({"v":1,"type":"event_update","operator":"pm25_event","device":device,
+            "field":"pm25","start_ts":start_ts,"decided_ts":decided_ts,"peak":80.0,"severity":"high"});
+        if let Some(r) = reason {
+            v["reason"] = json!(r);
+        }
+        v
+    }
+
+    fn health(device: &str, ts: i64) -> Value {
+        json!({"v":1,"type":"health","operator":"sensor","device":device,"status":"offline","ts":ts})
+    }
+
+    fn policy(cooldown_ms: Option<i64>, notify_on: Option<Vec<NotifyOn>>, max_entries: Option<u64>) -> Policy {
+        Policy::new(&NotifyPolicySpec {
+            cooldown: cooldown_ms.map(|ms| DurationSpec::from_millis(ms as u64)),
+            notify_on,
+            max_entries,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn notify_on_escalation_pages_only_on_escalations() {
+        let mut p = policy(None, Some(vec![NotifyOn::Escalation]), None);
+        assert_eq!(p.decide(&start("a", 0, None)).0, Decision::Filtered);
+        assert_eq!(
+            p.decide(&update("a", 0, 10, None)).0,
+            Decision::Send,
+            "no reason: an escalation"
+        );
+        assert_eq!(p.decide(&update("a", 0, 20, Some("escalation"))).0, Decision::Send);
+        assert_eq!(
+            p.decide(&update("a", 0, 30, Some("de_escalation"))).0,
+            Decision::Filtered
+        );
+        assert_eq!(p.decide(&update("a", 0, 40, Some("reminder"))).0, Decision::Filtered);
+        assert_eq!(
+            p.decide(&update("a", 0, 45, Some("something_new"))).0,
+            Decision::Filtered
+        );
+        assert_eq!(p.decide(&end("a", 0, 50)).0, Decision::Filtered);
+        assert_eq!(p.decide(&health("a", 60)).0, Decision::Filtered, "not an event record");
+    }
+
+    #[test]
+    fn notify_on_start_and_escalation_and_the_default_of_everything() {
+        let mut p = policy(None, Some(vec![NotifyOn::Start, NotifyOn::Escalation]), None);
+        let decisions: Vec<Decision> = [
+            start("a", 0, None),
+            update("a", 0, 10, Some("escalation")),
+            update("a", 0, 20, Some("reminder")),
+            update("a", 0, 30, Some("de_escalation")),
+            end("a", 0, 40),
+        ]
+        .iter()
+        .map(|r| p.decide(r).0)
+        .collect();
+        use Decision::*;
+        assert_eq!(decisions, [Send, Send, Filtered, Filtered, Filtered]);
+        let mut p = policy(
+            None,
+            Some(vec![NotifyOn::DeEscalation, NotifyOn::Reminder, NotifyOn::End]),
+            None,
+        );
+        assert_eq!(p.decide(&update("a", 0, 20, Some("reminder"))).0, Send);
+        assert_eq!(p.decide(&update("a", 0, 30, Some("de_escalation"))).0, Send);
+        assert_eq!(p.decide(&end("a", 0, 40)).0, Send);
+        let mut p = policy(None, None, None);
+        for r in [
+            start("a", 0, None),
+            update("a", 0, 10, Some("reminder")),
+            update("a", 0, 20, Some("something_new")),
+            end("a", 0, 30),
+            health("a", 40),
+        ] {
+            assert_eq!(p.decide(&r).0, Send, "no notify_on: everything, as before it existed");
+        }
+    }
+
+    #[test]
+    fn a_record_left_out_by_notify_on_starts_no_cooldown() {
+        let mut p = policy(Some(600_000), Some(vec![NotifyOn::Escalation]), None);
+        assert_eq!(p.decide(&start("a", 0, None)).0, Decision::Filtered);
+        assert_eq!(p.decide(&update("a", 0, 1_000, None)).0, Decision::Send);
+        assert_eq!(
+            p.decide(&update("a", 0, 2_000, None)).0,
+            Decision::Suppress,
+            "within the cooldown"
+        );
+        assert_eq!(p.suppressed_total(), 1);
+        assert_eq!(p.entries(), 1, "only the escalation's entry");
+    }
+
+    #[test]
+    fn cooldown_entries_stay_bounded_by_event_time_under_a_long_stream_of_new_devices() {
+        // one new device every second of event time for a day; cooldown 10 min
+        let cooldown = 600_000;
+        let mut p = policy(Some(cooldown), None, None);
+        let mut most = 0;
+        for i in 0..86_400i64 {
+            let t = i * 1000;
+            assert_eq!(p.decide(&start(&format!("d{i}"), t, None)).0, Decision::Send);
+            most = most.max(p.entries());
+        }
+        // at most the devices of one cooldown, the lag allowance and the half cooldown between
+        // sweeps
+        assert!(most <= 600 + 3600 + 300 + 1, "at most {most} entries");
+        assert!(
+            most >= 4200,
+            "entries are kept for the cooldown and the allowance: {most}"
+        );
+        assert_eq!(p.evicted_total(), 0, "time, not the cap, bounded it");
+        // a device notified within the last cooldown is still suppressed
+        assert_eq!(p.decide(&start("d86399", 86_400_000, None)).0, Decision::Suppress);
+    }
+
+    #[test]
+    fn the_entry_cap_evicts_the_oldest_and_counts_them() {
+        // no time bound can help: every record is within one cooldown
+        let mut p = policy(Some(1_000_000_000), None, Some(1_000));
+        for i in 0..10_000i64 {
+            p.decide(&start(&format!("d{i}"), i, None));
+            assert!(p.entries() <= 1_000, "{} entries after {i}", p.entries());
+        }
+        assert!(p.entries() >= 900, "a tenth at a time: {}", p.entries());
+        assert_eq!(p.evicted_total(), 10_000 - p.entries() as u64);
+        // the newest are kept (suppressed again), the oldest were evicted (sent again)
+        assert_eq!(p.decide(&start("d9999", 20_000, None)).0, Decision::Suppress);
+        assert_eq!(p.decide(&start("d0", 20_000, None)).0, Decision::Send);
+    }
+
+    #[test]
+    fn the_cap_evicts_entries_of_the_same_time_in_key_order() {
+        // a burst: every start at the same event time
+        let mut p = policy(Some(600_000), None, Some(10));
+        for i in 0..11 {
+            p.decide(&start(&format!("d{i:02}"), 0, None));
+        }
+        assert_eq!(p.evicted_total(), 2, "a tenth of 10, down to 9");
+        let kept: Vec<String> = p.state().last.into_iter().map(|(d, _, _)| d).collect();
+        let want: Vec<String> = (2..11).map(|i| format!("d{i:02}")).collect();
+        assert_eq!(kept, want, "the first keys went, whatever the hash maps' order");
+    }
+
+    #[test]
+    fn suppressed_starts_go_at_their_end_or_after_the_horizon() {
+        let mut p = policy(Some(600_000), None, None);
+        p.decide(&start("a", 0, None));
+        assert_eq!(p.decide(&start("a", 60_000, None)).0, Decision::Suppress);
+        assert_eq!(p.entries(), 2, "the last notification and the suppressed start");
+        assert_eq!(p.decide(&end("a", 60_000, 90_000)).0, Decision::Suppress);
+        assert_eq!(p.entries(), 1, "the end took its start with it");
+        // a suppressed start whose end never comes
+        assert_eq!(p.decide(&start("a", 120_000, None)).0, Decision::Suppress);
+        assert_eq!(p.entries(), 2);
+        p.decide(&start("b", 120_000 + SUPPRESSED_START_HORIZON_MS, None));
+        assert_eq!(
+            p.entries(),
+            1,
+            "only b's: a's entry timed out with its cooldown and the allowance, its start with the horizon"
+        );
+        assert_eq!(
+            p.decide(&end("a", 120_000, 130_000)).0,
+            Decision::Send,
+            "forgotten: notified"
+        );
+    }
+
+    /// A stream of starts and ends of a few devices with a cooldown, as records.
+    fn stream() -> Vec<Value> {
+        let mut records = Vec::new();
+        for i in 0..400i64 {
+            // a few devices often (suppressed), many rarely (evicted by the cap before they recur)
+            let device = if i % 2 == 0 {
+                format!("hot{}", i % 3)
+            } else {
+                format!("d{}", i % 37)
+            };
+            let t = i * 97_000;
+            records.push(start(&device, t, None));
+            records.push(end(&device, t, t + 50_000));
+            if i % 3 == 0 {
+                records.push(health(&device, t + 60_000));
+            }
+        }
+        records
+    }
+
+    #[test]
+    fn a_restored_state_decides_every_later_record_as_the_unbroken_run_does() {
+        let records = stream();
+        let cooldown = Some(3_600_000);
+        let mut unbroken = policy(cooldown, None, Some(20));
+        let want: Vec<Decision> = records.iter().map(|r| unbroken.decide(r).0).collect();
+        assert!(want.contains(&Decision::Suppress) && want.contains(&Decision::Send));
+        assert!(unbroken.evicted_total() > 0, "the cap took part");
+        for cut in [1, 13, 200, 555, records.len() - 1] {
+            let mut before = policy(cooldown, None, Some(20));
+            let mut got: Vec<Decision> = records[..cut].iter().map(|r| before.decide(r).0).collect();
+            let bytes = encode_state(&before.state());
+            let mut after = policy(cooldown, None, Some(20));
+            after.restore(decode_state(&bytes).unwrap());
+            got.extend(records[cut..].iter().map(|r| after.decide(r).0));
+            assert_eq!(got, want, "cut at {cut}");
+            assert_eq!(after.state(), unbroken.state(), "cut at {cut}");
+        }
+    }
+
+    /// The stored bytes of a small state, written by this version: a change of the layout must
+    /// bump `POLICY_STATE_VERSION` (and read the old one), not change these silently.
+    const STATE_FIXTURE_HEX: &str = "5001005632918d82d74f3b0102056c61622d310a706d32355f6576656e74fd00d0ca9f17030000056c61622d320e73656e736f723a6f66666c696e65fdc0a4cc9f1703000001056c61622d310a706d32355f6576656e74fd40ddcd9f17030000fd40ddcd9f17030000fd0005d79f170300000301fd002a2da217030000";
+
+    fn fixture_state() -> PolicyState {
+        PolicyState {
+            last: vec![
+                ("lab-1".into(), "pm25_event".into(), 1_700_000_000_000),
+                ("lab-2".into(), "sensor:offline".into(), 1_700_000_060_000),
+            ],
+            suppressed: vec![("lab-1".into(), "pm25_event".into(), 1_700_000_100_000)],
+            newest_ms: 1_700_000_100_000,
+            next_sweep_ms: 1_700_000_400_000,
+            suppressed_total: 3,
+            evicted_total: 1,
+            release_at_ms: 1_700_020_000_000,
+        }
+    }
+
+    #[test]
+    fn the_stored_state_fixture_still_decodes_and_encodes_to_the_same_bytes() {
+        let bytes = encode_state(&fixture_state());
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, STATE_FIXTURE_HEX, "the stored bytes changed");
+        let stored: Vec<u8> = (0..STATE_FIXTURE_HEX.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&STATE_FIXTURE_HEX[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(decode_state(&stored).unwrap(), fixture_state());
+        // another version, damage and a forged length are errors
+        let mut other = vec![POLICY_STATE_VERSION + 1];
+        other.extend_from_slice(&crate::store::unseal(&stored).unwrap()[1..]);
+        let e = decode_state(&crate::store::seal(&other)).unwrap_err().to_string();
+        assert!(e.contains("version 2"), "{e}");
+        let mut damaged = stored.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(decode_state(&damaged).is_err());
+        let forged = crate::store::seal(&[POLICY_STATE_VERSION, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40]);
+        assert!(decode_state(&forged).is_err());
     }
 
     #[test]

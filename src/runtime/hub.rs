@@ -150,7 +150,7 @@ impl OutputHub {
 
     /// Every record of checkpoint `id` is queued to its sink: make them durable, report.
     fn flush_for_checkpoint(&mut self, id: u64, ctx: &mut Context<Self>) {
-        let flushed = self.send_to_all(SinkCommand::Flush);
+        let flushed = self.send_to_all(move |reply| SinkCommand::Checkpoint(id, reply));
         let checkpointer = self.checkpointer.clone();
         ctx.spawn(
             async move {

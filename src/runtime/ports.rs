@@ -292,6 +292,13 @@ pub trait Sink: Send + 'static {
     fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError>;
     /// Makes everything written so far durable; returns the sink's position (bytes for files).
     fn flush(&mut self) -> Result<u64, SinkError>;
+    /// [`Sink::flush`] for checkpoint `checkpoint`: called after the checkpoint's records were
+    /// written and before any later one, so a sink with state of its own (a notifier's policy)
+    /// saves it here, as of the checkpoint's input position.
+    fn flush_for_checkpoint(&mut self, checkpoint: u64) -> Result<u64, SinkError> {
+        let _ = checkpoint;
+        self.flush()
+    }
     /// End of the run: flush and close.
     fn finish(&mut self) -> Result<u64, SinkError>;
     /// Whether the end of the run finishes this sink before the others: a notifier's end
@@ -326,6 +333,8 @@ pub enum SinkCommand {
         _ticket: Option<Arc<ChunkTicket>>,
     },
     Flush(oneshot::Sender<Result<u64, SinkError>>),
+    /// A flush for checkpoint `id` ([`Sink::flush_for_checkpoint`]).
+    Checkpoint(u64, oneshot::Sender<Result<u64, SinkError>>),
     Finish(oneshot::Sender<Result<u64, SinkError>>),
 }
 
@@ -413,6 +422,16 @@ pub fn spawn_sink(mut sink: Box<dyn Sink>, capacity: usize) -> (SinkHandle, Join
                                 message: e.clone(),
                             }),
                             None => sink.flush(),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    SinkCommand::Checkpoint(id, reply) => {
+                        let result = match &failed {
+                            Some(e) => Err(SinkError::Earlier {
+                                sink: thread_name.clone(),
+                                message: e.clone(),
+                            }),
+                            None => sink.flush_for_checkpoint(id),
                         };
                         let _ = reply.send(result);
                     }

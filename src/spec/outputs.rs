@@ -255,6 +255,34 @@ pub struct NotifyPolicySpec {
     /// Body template of the notification.
     #[serde(default)]
     pub body: Option<String>,
+    /// Which event records this route notifies: `start`, `escalation`, `de_escalation`,
+    /// `reminder` (the `reason` of an `event_update`; an update without one is an escalation),
+    /// `end`. Absent: every record the route takes. Present: only these (records that are not
+    /// events, such as `health`, are then not notified either); `[escalation]` pages when an
+    /// open event gets worse and on nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_on: Option<Vec<NotifyOn>>,
+    /// At most this many cooldown entries (last notification per device and operator, and event
+    /// starts suppressed) are kept for this route; beyond it the oldest tenth is dropped and
+    /// counted. Absent: 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+}
+
+/// See [`NotifyPolicySpec::notify_on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// `event_start`.
+    Start,
+    /// `event_update` with `reason: escalation` (or without a reason).
+    Escalation,
+    /// `event_update` with `reason: de_escalation`.
+    DeEscalation,
+    /// `event_update` with `reason: reminder`.
+    Reminder,
+    /// `event_end`.
+    End,
 }
 
 /// Hold notifications back during these hours (except `critical` severities).

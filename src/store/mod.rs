@@ -360,6 +360,11 @@ impl StateStore {
         &self.db
     }
 
+    /// The record of the checkpoint the live state is at (`None`: none committed yet).
+    pub fn checkpoint_record(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        read_record(&self.db, &Self::live_dir(&self.dir))
+    }
+
     /// The `outbox` column family (notifier outboxes and push subscriptions).
     pub fn outbox_table(&self) -> tables::OutboxTable<'_> {
         tables::OutboxTable::new(&self.db)

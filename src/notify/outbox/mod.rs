@@ -24,7 +24,8 @@
 //! Acknowledged ids are remembered for [`AckRetention`] (by default 7 days and at most 1,000,000
 //! per sink; the oldest go first), which is far longer than any replay after a crash (a replay
 //! goes back to the last checkpoint). Dead letters are kept until removed by hand.
-//! Subscriptions (`s…`, `c…` keys) live in the same column family: see `subscribers`.
+//! Subscriptions (`s…`, `c…` keys) live in the same column family: see `subscribers`; so do the
+//! notifiers' policy states saved with each checkpoint (`q…` keys): see `policy_store`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -193,6 +193,18 @@ impl Checker<'_> {
     }
 
     fn policy(&mut self, path: &Path, policy: &NotifyPolicySpec) {
+        if policy.notify_on.as_ref().is_some_and(Vec::is_empty) {
+            self.report(
+                path.key("notify_on"),
+                "`notify_on: []` would notify nothing: leave it out to notify every record",
+            );
+        }
+        if policy.max_entries == Some(0) {
+            self.report(
+                path.key("max_entries"),
+                "`max_entries` must be at least 1 (leave it out for the default, 100000)",
+            );
+        }
         if let Some(cooldown) = policy.cooldown {
             self.duration_positive(path.key("cooldown"), "cooldown", cooldown);
         }
