@@ -153,6 +153,7 @@ mod tests {
                     devices_written: 0,
                 },
                 devices: vec![],
+                deadlines: vec![],
             })
             .unwrap();
     }
