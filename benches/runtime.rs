@@ -433,7 +433,12 @@ fn time_index(reps: usize) {
             "operators:\n  - health:\n      name: sensor_health\n{offline}      flatline: [{{ field: co2, readings: 1000 }}]\n"
         );
         let body = text.replacen("operators:\n", &health, 1);
-        std::fs::write(&path, format!("{body}\nruntime:\n  passivate_after: 2s\n")).expect("writing a bench pipeline");
+        // (the default `max_devices`, 500,000, would refuse half the fleet)
+        std::fs::write(
+            &path,
+            format!("{body}\nruntime:\n  passivate_after: 2s\n  max_devices: 2000000\n"),
+        )
+        .expect("writing a bench pipeline");
         path
     };
     let without = with_health("aq1-health.yaml", "");

@@ -823,66 +823,47 @@ impl ShardSupervisor {
     /// the pipeline may have changed (`--allow-pipeline-change`: new settings, new deadlines).
     fn read_stored_deadlines(&self, ctx: &mut Context<Self>) {
         let Some(c) = &self.checkpointing else { return };
-        if c.store.has_deadline_index() && !c.allow_pipeline_change {
-            let store = c.store.clone();
-            let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
-            let shard = self.local.shard;
-            let addr = ctx.address();
-            let spawned = std::thread::Builder::new()
-                .name(format!("shard {shard} deadlines"))
-                .spawn(move || {
-                    let started = Instant::now();
-                    let mut deadlines = Vec::new();
+        let (store, pipeline, allow) = (c.store.clone(), self.local.pipeline.clone(), c.allow_pipeline_change);
+        let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
+        let shard = self.local.shard;
+        let addr = ctx.address();
+        let from_index = store.has_deadline_index() && !allow;
+        let spawned = std::thread::Builder::new()
+            .name(format!("shard {shard} deadlines"))
+            .spawn(move || {
+                let started = Instant::now();
+                let mut deadlines = Vec::new();
+                let mut decoded = 0u64;
+                if from_index {
                     for item in store.deadlines_in(from, to) {
                         match item {
                             Ok((device, at)) => deadlines.push((at, Arc::from(device.as_str()))),
                             Err(e) => warn!(shard, error = %e, "a deadline index entry is skipped"),
                         }
                     }
-                    tracing::info!(
-                        shard,
-                        with_deadline = deadlines.len(),
-                        ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "deadline index read"
-                    );
-                    addr.do_send(StoredDeadlines(deadlines));
-                });
-            if let Err(e) = spawned {
-                error!(error = %e, "the deadline index could not be read");
-            }
-            return;
-        }
-        self.scan_stored_deadlines(ctx);
-    }
-
-    fn scan_stored_deadlines(&self, ctx: &mut Context<Self>) {
-        let Some(c) = &self.checkpointing else { return };
-        let (store, pipeline, allow) = (c.store.clone(), self.local.pipeline.clone(), c.allow_pipeline_change);
-        let (from, to) = key_group_range(self.local.shard, self.key_groups(), self.shards);
-        let shard = self.local.shard;
-        let addr = ctx.address();
-        let spawned = std::thread::Builder::new()
-            .name(format!("shard {shard} deadlines"))
-            .spawn(move || {
-                let started = Instant::now();
-                let mut deadlines = Vec::new();
-                let mut read = 0u64;
-                for item in store.devices_in(from, to) {
-                    // (a damaged device is reported when it is loaded; here it is only skipped)
-                    let Ok((device, Ok(bytes))) = item else { continue };
-                    read += 1;
-                    if let Ok(chain) = pipeline.restore_chain(&device, &bytes, allow)
-                        && let Some(at) = chain.next_deadline()
-                    {
-                        deadlines.push((at, Arc::from(device.as_str())));
+                } else {
+                    for item in store.devices_in(from, to) {
+                        // (a damaged device is reported when it is loaded; here it is only skipped)
+                        let Ok((device, Ok(bytes))) = item else { continue };
+                        decoded += 1;
+                        if let Ok(chain) = pipeline.restore_chain(&device, &bytes, allow)
+                            && let Some(at) = chain.next_deadline()
+                        {
+                            deadlines.push((at, Arc::from(device.as_str())));
+                        }
                     }
                 }
                 tracing::info!(
                     shard,
-                    devices = read,
+                    decoded,
                     with_deadline = deadlines.len(),
                     ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "stored devices' deadlines read"
+                    "{}",
+                    if from_index {
+                        "deadline index read"
+                    } else {
+                        "stored devices' deadlines read"
+                    }
                 );
                 addr.do_send(StoredDeadlines(deadlines));
             });
