@@ -6,7 +6,8 @@
 //! clock: a replay of the same input makes the same decisions, so the same deliveries (with the
 //! same ids) go into the outbox.
 //!
-//! - **Which records** (`notify_on`): absent, every record the route takes; present, only the
+//! - **Which records** (`notify_on`; `other` stands for every record that is not an event's,
+//!   such as an offline report): absent, every record the route takes; present, only the
 //!   listed kinds of event records: `start`, `end`, and the `reason` of an `event_update`
 //!   (`escalation`, `de_escalation`, `reminder`; an update without a reason is an escalation).
 //!   A record left out is [`Decision::Filtered`] before anything else: it starts no cooldown.
@@ -332,7 +333,7 @@ impl Policy {
                 Some("reminder") => NotifyOn::Reminder,
                 Some(_) => return false,
             },
-            _ => return false,
+            _ => NotifyOn::Other,
         };
         notify_on.contains(&kind)
     }
@@ -669,6 +670,11 @@ mod tests {
         assert_eq!(p.decide(&update("a", 0, 20, Some("reminder"))).0, Send);
         assert_eq!(p.decide(&update("a", 0, 30, Some("de_escalation"))).0, Send);
         assert_eq!(p.decide(&end("a", 0, 40)).0, Send);
+        assert_eq!(p.decide(&health("a", 50)).0, Filtered, "not an event record");
+        // `other`: records that are not an event's (an offline report) besides the escalations
+        let mut p = policy(None, Some(vec![NotifyOn::Escalation, NotifyOn::Other]), None);
+        assert_eq!(p.decide(&health("a", 50)).0, Send);
+        assert_eq!(p.decide(&start("a", 60, None)).0, Filtered);
         let mut p = policy(None, None, None);
         for r in [
             start("a", 0, None),

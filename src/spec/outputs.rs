@@ -255,11 +255,11 @@ pub struct NotifyPolicySpec {
     /// Body template of the notification.
     #[serde(default)]
     pub body: Option<String>,
-    /// Which event records this route notifies: `start`, `escalation`, `de_escalation`,
-    /// `reminder` (the `reason` of an `event_update`; an update without one is an escalation),
-    /// `end`. Absent: every record the route takes. Present: only these (records that are not
-    /// events, such as `health`, are then not notified either); `[escalation]` pages when an
-    /// open event gets worse and on nothing else.
+    /// Which records this route notifies: `start`, `escalation`, `de_escalation`, `reminder`
+    /// (the `reason` of an `event_update`; an update without one is an escalation), `end`, and
+    /// `other` (records that are not an event's, such as a `health` offline report). Absent:
+    /// every record the route takes. Present: only these; `[escalation]` pages when an open
+    /// event gets worse and on nothing else, `[escalation, other]` also on offline reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_on: Option<Vec<NotifyOn>>,
     /// At most this many cooldown entries (last notification per device and operator, and event
@@ -283,6 +283,8 @@ pub enum NotifyOn {
     Reminder,
     /// `event_end`.
     End,
+    /// Every record that is not an event's (`health`, `threshold`, `deviation`, …).
+    Other,
 }
 
 /// Hold notifications back during these hours (except `critical` severities).
