@@ -426,7 +426,6 @@ fn commit_checkpoint(store: &plume::store::StateStore, id: u64) {
                 devices_written: 0,
             },
             devices: vec![],
-            deadlines: vec![],
         })
         .unwrap();
 }

@@ -211,7 +211,10 @@ impl crate::runtime::ports::SinkCounters for DeliveryStats {
                 self.breaker_state.load(Ordering::Relaxed),
             ),
             ("plume_notifier_outbox_pending", self.pending.load(Ordering::Relaxed)),
-            ("plume_notifier_policy_entries", self.policy_entries.load(Ordering::Relaxed)),
+            (
+                "plume_notifier_policy_entries",
+                self.policy_entries.load(Ordering::Relaxed),
+            ),
         ]
     }
 

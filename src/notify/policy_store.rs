@@ -153,7 +153,6 @@ mod tests {
                     devices_written: 0,
                 },
                 devices: vec![],
-                deadlines: vec![],
             })
             .unwrap();
     }

@@ -81,10 +81,10 @@ pub fn present(value: f64) -> bool {
 pub struct Reading {
     /// Event time, epoch milliseconds.
     pub ts: i64,
-    /// When the reading arrived (epoch ms): the time plume decides it at. With the processing
-    /// clock, the source's time (or `decode.arrival`); with the event clock, the fleet's clock
-    /// after this reading (the latest arrival or event time seen so far). Never before `ts`
-    /// matters only for backfill marking: `arrival − ts` is how old the reading was.
+    /// When the reading arrived (epoch ms); `arrival − ts` is how old it was then (backfill
+    /// marking). With the processing clock: `decode.arrival`, or the source's time when it was
+    /// read. With the event clock: the fleet's clock after this reading (the latest arrival, or
+    /// event time, seen so far), which is also the time the device decides the reading at.
     #[serde(default)]
     pub arrival: i64,
     /// Values by field slot; absent values are `NaN`.

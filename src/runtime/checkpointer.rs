@@ -53,9 +53,7 @@ pub struct ShardCheckpointed {
     pub id: u64,
     pub shard: usize,
     /// `(device key, encoded snapshot)` of the devices changed since the last checkpoint.
-    pub devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)>,
-    /// `(device key, deadline)` of the same devices, for the deadline index.
-    pub deadlines: Vec<(Vec<u8>, Option<i64>)>,
+    pub devices: Vec<crate::store::DeviceWrite>,
     pub positions: Vec<SourcePosition>,
     /// Undecodable payloads this shard's router reported in this process.
     pub dead_letters: u64,
@@ -360,15 +358,8 @@ impl Checkpointer {
         let new_devices: u64 = parts.iter().map(|s| s.new_devices).sum();
         let dead_letters = self.dead_letters_base + parts.iter().map(|s| s.dead_letters).sum::<u64>();
         let pause = parts.iter().map(|s| s.pause).max().unwrap_or_default();
-        let mut deadlines = Vec::new();
-        let devices: Vec<(Vec<u8>, crate::store::SnapshotBytes)> = parts
-            .into_iter()
-            .flat_map(|s| {
-                deadlines.extend(s.deadlines);
-                s.devices
-            })
-            .collect();
-        p.phases.bytes = devices.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let devices: Vec<crate::store::DeviceWrite> = parts.into_iter().flat_map(|s| s.devices).collect();
+        p.phases.bytes = devices.iter().map(|d| (d.key.len() + d.snapshot.len()) as u64).sum();
         let record = CheckpointRecord {
             id,
             pipeline: self.settings.pipeline.name.clone(),
@@ -421,7 +412,6 @@ impl Checkpointer {
             write: CheckpointWrite {
                 record: record.clone(),
                 devices,
-                deadlines,
             },
             retain: self.settings.retain,
             reply,

@@ -37,6 +37,7 @@ use crate::output::OutputRecord;
 
 pub mod checkpointer;
 pub mod coordinator;
+pub mod deadlines;
 pub mod device;
 pub mod histogram;
 pub mod hub;
@@ -44,7 +45,6 @@ pub mod ownership;
 pub mod ports;
 pub mod router;
 pub mod routes;
-pub mod deadlines;
 pub mod shard;
 
 /// Records produced on one shard thread, collected until the chunk that produced them is done.

@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::operators::{DeviceChain, Emit, Reading};
 use crate::output::RecordFormatter;
 use crate::pipeline::CompiledPipeline;
-use crate::store::{StateStore, device_key};
+use crate::store::{DeviceWrite, StateStore, device_key};
 
 /// A test hook called before every reading a device actor applies (a panic in it is treated as
 /// an operator panic). Only in builds with the `fault-injection` feature (the tests').
@@ -531,7 +531,8 @@ impl ShardSupervisor {
         c.deadline_entries = self.deadlines.len() as u64;
         c.deadline_entries_peak = c.deadline_entries_peak.max(c.deadline_entries);
         c.deadline_bytes_peak = c.deadline_bytes_peak.max(self.deadlines.bytes() as u64);
-        if self.deadlines.len() > 1024 && self.deadlines.len() > 2 * (self.passive.len() + self.deadlines.stored_len()) {
+        if self.deadlines.len() > 1024 && self.deadlines.len() > 2 * (self.passive.len() + self.deadlines.stored_len())
+        {
             let (passive, active) = (&self.passive, &self.active);
             self.deadlines.compact(|at, device, stored| match passive.get(device) {
                 Some(p) => p.deadline == Some(at),
@@ -765,19 +766,22 @@ impl Handler<ShardBarrier> for ShardSupervisor {
         // in the shard's order), and nothing after it has started.
         let key_groups = self.key_groups();
         let mut devices = Vec::new();
-        let mut deadlines = Vec::new();
         for (device, actor) in self.active.iter_mut() {
             if let Some(bytes) = actor.snapshot_if_dirty() {
-                let key = device_key(key_group_of(device, key_groups), device);
-                deadlines.push((key.clone(), actor.next_deadline()));
-                devices.push((key, Arc::new(bytes)));
+                devices.push(DeviceWrite {
+                    key: device_key(key_group_of(device, key_groups), device),
+                    snapshot: Arc::new(bytes),
+                    deadline: actor.next_deadline(),
+                });
             }
         }
         for (device, p) in self.passive.iter_mut() {
             if p.dirty {
-                let key = device_key(key_group_of(device, key_groups), device);
-                deadlines.push((key.clone(), p.deadline));
-                devices.push((key, p.bytes.clone()));
+                devices.push(DeviceWrite {
+                    key: device_key(key_group_of(device, key_groups), device),
+                    snapshot: p.bytes.clone(),
+                    deadline: p.deadline,
+                });
                 p.dirty = false;
                 p.clean_as_of = id;
             }
@@ -799,7 +803,6 @@ impl Handler<ShardBarrier> for ShardSupervisor {
                 id,
                 shard: self.local.shard,
                 devices,
-                deadlines,
                 positions: msg.positions,
                 dead_letters: msg.dead_letters,
                 new_devices: std::mem::take(&mut self.created),

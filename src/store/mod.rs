@@ -261,15 +261,20 @@ impl PipelineIdentity {
 /// writes it (a million passive devices' states are not copied for the final checkpoint).
 pub type SnapshotBytes = Arc<Vec<u8>>;
 
+/// One device a checkpoint writes.
+pub struct DeviceWrite {
+    pub key: Vec<u8>,
+    /// Its encoded `DeviceSnapshot` (shared with the shard's passive copy, not copied).
+    pub snapshot: SnapshotBytes,
+    /// When its operators next act on time: its entry in the deadline index (none: removed).
+    pub deadline: Option<i64>,
+}
+
 /// What one checkpoint writes.
 pub struct CheckpointWrite {
     pub record: CheckpointRecord,
-    /// `(device key, encoded DeviceSnapshot)` of every device changed since the last one (shared
-    /// with the shards' passive copies, not copied).
-    pub devices: Vec<(Vec<u8>, SnapshotBytes)>,
-    /// `(device key, deadline)` of the same devices: their entries in the deadline index (none:
-    /// removed).
-    pub deadlines: Vec<(Vec<u8>, Option<i64>)>,
+    /// Every device changed since the last one.
+    pub devices: Vec<DeviceWrite>,
 }
 
 /// The live state of one data directory.
@@ -651,17 +656,15 @@ impl StateStore {
         let meta = self.db.cf_handle(CF_META).expect("column family");
         let mut batch = WriteBatch::default();
         // each state is dropped as soon as the batch has its copy: the batch, not both, at the peak
-        for (key, snapshot) in write.devices {
-            batch.put_cf(devices, key, seal(&snapshot));
+        for device in write.devices {
+            match device.deadline {
+                Some(at) => batch.put_cf(meta, deadline_key(&device.key), seal(&at.to_le_bytes())),
+                None => batch.delete_cf(meta, deadline_key(&device.key)),
+            }
+            batch.put_cf(devices, device.key, seal(&device.snapshot));
         }
         for p in &write.record.sources {
             batch.put_cf(positions, p.name.as_bytes(), seal(&bincode_encode(p)));
-        }
-        for (key, deadline) in &write.deadlines {
-            match deadline {
-                Some(at) => batch.put_cf(meta, deadline_key(key), seal(&at.to_le_bytes())),
-                None => batch.delete_cf(meta, deadline_key(key)),
-            }
         }
         if self.has_deadline_index() {
             batch.put_cf(meta, DEADLINE_INDEX_KEY, seal(&[]));
