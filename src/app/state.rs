@@ -142,14 +142,17 @@ pub(crate) fn prepare_state(
         if let SourcePlan::Kafka(k) = plan {
             k.store = Some(opened.store.clone());
             k.pipeline = Some(identity.clone());
-            k.handoff_dir = Some(match &k.spec.handoff_dir {
-                Some(d) => PathBuf::from(d),
-                None => dir
-                    .parent()
-                    .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf())
-                    .join("kafka-handoff")
-                    .join(&k.spec.group),
-            });
+            // with a changelog, partition state moves through Kafka, not a shared directory
+            k.handoff_dir = match (&k.spec.changelog, &k.spec.handoff_dir) {
+                (Some(_), _) => None,
+                (None, Some(d)) => Some(PathBuf::from(d)),
+                (None, None) => Some(
+                    dir.parent()
+                        .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf())
+                        .join("kafka-handoff")
+                        .join(&k.spec.group),
+                ),
+            };
         }
         identities.push(SourceIdentity {
             name: name.clone(),

@@ -665,7 +665,7 @@ impl Handler<FinishShard> for ShardSupervisor {
     type Result = MessageResult<FinishShard>;
 
     fn handle(&mut self, _: FinishShard, _ctx: &mut Context<Self>) -> Self::Result {
-        let flush = self.local.pipeline.spec.shutdown.flush;
+        let flush = self.local.pipeline.spec.flush_at_end();
         if self.tick_ms.is_some() {
             let c = &self.counters;
             info!(

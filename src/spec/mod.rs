@@ -90,4 +90,18 @@ pub struct PipelineSpec {
     pub metrics: Option<MetricsSpec>,
 }
 
+impl PipelineSpec {
+    /// Whether the end of a run flushes open windows and final baselines: `shutdown.flush`,
+    /// except with a Kafka changelog, where a member's stop is leaving the group (its devices'
+    /// windows go on at the partitions' next owner, so a flush would write records for devices
+    /// it no longer owns).
+    pub fn flush_at_end(&self) -> bool {
+        self.shutdown.flush
+            && !self
+                .sources
+                .iter()
+                .any(|s| matches!(s, SourceSpec::Kafka(k) if k.changelog.is_some()))
+    }
+}
+
 pub(crate) use crate::model::location::Expecting;

@@ -157,4 +157,36 @@ pub struct KafkaSourceSpec {
     /// partition read since. `null`: hand-offs only when a partition is given up.
     #[serde(default = "defaults::handoff_refresh")]
     pub handoff_refresh: Option<DurationSpec>,
+    /// Keep each partition's device state in a compacted Kafka topic, so that members on
+    /// separate machines (sharing nothing but Kafka) take partitions over with their state.
+    /// Replaces the hand-off directory. A member's stop then leaves the group: its windows go
+    /// on at the next owner, so nothing is flushed at the stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changelog: Option<KafkaChangelogSpec>,
+}
+
+/// The changelog of a Kafka source's partition state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaChangelogSpec {
+    /// The changelog topic (created, compacted, with the input topic's partition count, when it
+    /// does not exist). Default: `<pipeline>-changelog`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Warm copies of partition state: with 1 or more, a member keeps a copy of every partition
+    /// of the changelog up to date by tailing it, so that a failover reads only what was
+    /// written since (0: a new owner reads the partition's changelog from its start).
+    #[serde(default)]
+    pub standby_replicas: u32,
+    /// The replication factor of the changelog topic when plume creates it (default: the
+    /// broker's `default.replication.factor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
+}
+
+impl KafkaChangelogSpec {
+    /// The changelog topic of pipeline `pipeline`.
+    pub fn topic_of(&self, pipeline: &str) -> String {
+        self.topic.clone().unwrap_or_else(|| format!("{pipeline}-changelog"))
+    }
 }

@@ -167,11 +167,11 @@ pub fn parse_device_key(key: &[u8]) -> Option<(u32, String)> {
     Some((kg, String::from_utf8_lossy(&key[2..]).into_owned()))
 }
 
-fn bincode_encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn bincode_encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encoding to a Vec cannot fail")
 }
 
-fn bincode_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn bincode_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     crate::model::codec::bincode_decode(bytes)
         .map(|(v, _)| v)
         .map_err(|e| e.to_string())
@@ -285,6 +285,9 @@ pub struct StateStore {
     file_sums: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Every stored device's deadline is in the index ([`DEADLINE_INDEX_KEY`]).
     deadline_index: std::sync::atomic::AtomicBool,
+    /// The device keys each commit wrote, gathered for a Kafka source's changelog (none until
+    /// [`StateStore::track_changes`]): what changed since the changelog last took them.
+    changed: std::sync::Mutex<Option<rustc_hash::FxHashSet<Vec<u8>>>>,
 }
 
 /// How a store was opened.
@@ -468,6 +471,7 @@ impl StateStore {
                 db,
                 file_sums: Default::default(),
                 deadline_index: deadline_index.into(),
+                changed: Default::default(),
             }),
             resume: record,
             notes,
@@ -483,6 +487,7 @@ impl StateStore {
             Ok(db) => Ok(Arc::new(StateStore {
                 dir: dir.to_path_buf(),
                 deadline_index: has_deadline_index(&db).into(),
+                changed: Default::default(),
                 db,
                 file_sums: Default::default(),
             })),
@@ -502,6 +507,7 @@ impl StateStore {
         Ok(Arc::new(StateStore {
             dir: dir.to_path_buf(),
             deadline_index: has_deadline_index(&db).into(),
+            changed: Default::default(),
             db,
             file_sums: Default::default(),
         }))
@@ -656,6 +662,9 @@ impl StateStore {
         let meta = self.db.cf_handle(CF_META).expect("column family");
         let mut batch = WriteBatch::default();
         // each state is dropped as soon as the batch has its copy: the batch, not both, at the peak
+        if let Some(changed) = self.changed.lock().expect("changed devices lock").as_mut() {
+            changed.extend(write.devices.iter().map(|d| d.key.clone()));
+        }
         for device in write.devices {
             match device.deadline {
                 Some(at) => batch.put_cf(meta, deadline_key(&device.key), seal(&at.to_le_bytes())),
@@ -675,6 +684,24 @@ impl StateStore {
         self.db
             .write_opt(batch, &options)
             .map_err(|e| StoreError::rocks(&self.dir, e))
+    }
+
+    /// From now on, gathers the device keys every commit writes (for [`StateStore::take_changed`]).
+    pub fn track_changes(&self) {
+        let mut changed = self.changed.lock().expect("changed devices lock");
+        if changed.is_none() {
+            *changed = Some(Default::default());
+        }
+    }
+
+    /// The devices (key group, id) committed since the last call (or since
+    /// [`StateStore::track_changes`]).
+    pub fn take_changed(&self) -> Vec<(u32, String)> {
+        let mut changed = self.changed.lock().expect("changed devices lock");
+        match changed.as_mut() {
+            Some(set) => set.drain().filter_map(|k| parse_device_key(&k)).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Keeps the state right after checkpoint `record` as a retained checkpoint, and drops all

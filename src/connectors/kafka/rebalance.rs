@@ -116,9 +116,17 @@ impl Inner {
             .iter()
             .filter_map(|k| self.consumed.get(k).map(|o| (k.clone(), *o)))
             .collect();
+        // with a changelog, its markers first: the group's offsets never run ahead of them
+        let published = match checkpoint {
+            Some(id) if self.changelog.is_some() => {
+                let revoked_set: BTreeSet<PartitionKey> = revoked.iter().cloned().collect();
+                self.publish_changelog(&offsets, id, &revoked_set)
+            }
+            _ => BTreeSet::new(),
+        };
         // without a durable checkpoint, the offsets are not committed: the next owner re-reads
         if checkpoint.is_some() || self.store.is_none() {
-            let tpl = Self::offsets_list(&offsets, None);
+            let tpl = Self::offsets_list(&self.committable(&offsets), None);
             if tpl.count() > 0 {
                 match consumer.commit(&tpl, CommitMode::Sync) {
                     Ok(()) => {
@@ -135,7 +143,12 @@ impl Inner {
             let kgs = self.key_groups;
             for key in &revoked {
                 let Some(offset) = offsets.get(key) else { continue };
-                if self.write_handoff(key, *offset, id, "revoked").is_none() {
+                if self.changelog.is_some() {
+                    if !published.contains(key) {
+                        continue;
+                    }
+                    info!(source = %self.name, topic = %key.0, partition = key.1, next_offset = offset, checkpoint = id, "kafka partition handed off through the changelog");
+                } else if self.write_handoff(key, *offset, id, "revoked").is_none() {
                     continue;
                 }
                 handed_off.insert(key.clone());
@@ -163,6 +176,13 @@ impl Inner {
                 self.carried.remove(key);
             }
             self.known.remove(key);
+            self.expected.remove(key);
+            if let Some(c) = self.changelog.as_mut() {
+                c.dirty.remove(key);
+                c.full.remove(key);
+                c.repair.remove(key);
+                c.published.remove(key);
+            }
             self.handed_off_at.remove(key);
             self.assigned.remove(key);
             self.at_end.remove(key);
@@ -180,9 +200,16 @@ impl Inner {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        let mut replicas = self.read_changelog(&assigned);
         for key in &assigned {
             let mut start = self.own_offset(key);
             let mut from = if start.is_some() { "checkpoint" } else { "group" };
+            if let Some((replica, how)) = replicas.remove(&key.1)
+                && let Some(offset) = self.restore_from_changelog(key, start, replica, how)
+            {
+                start = Some(offset);
+                from = "changelog";
+            }
             if let (Some(dir), Some(store), Some(pipeline)) = (&self.handoff_dir, &self.store, &self.pipeline) {
                 match PartitionHandoff::read(dir, &key.0, key.1) {
                     Ok(Some(h)) if h.pipeline_hash != pipeline.hash || h.key_groups != pipeline.key_groups => {
@@ -222,10 +249,22 @@ impl Inner {
                 Some(o) => {
                     self.carried.remove(key);
                     self.consumed.insert(key.clone(), o);
+                    self.expected.insert(key.clone(), (o, 1));
                     Offset::Offset(o)
                 }
                 None => Offset::Stored,
             };
+            // the partition's devices, so that their changes are published
+            if self.changelog.is_some()
+                && let Some(store) = &self.store
+            {
+                match store.partition_devices(&key.0, key.1) {
+                    Ok(devices) => {
+                        self.known.insert(key.clone(), devices.into_iter().collect());
+                    }
+                    Err(e) => error!(source = %self.name, error = %e, "reading the partition index"),
+                }
+            }
             info!(source = %self.name, topic = %key.0, partition = key.1, offset = ?offset, from, "kafka partition assigned");
             if let Err(e) = tpl.set_partition_offset(&key.0, key.1, offset) {
                 error!(source = %self.name, error = %e, "setting the start offset of a kafka partition");
@@ -233,5 +272,277 @@ impl Inner {
             self.assigned.insert(key.clone());
         }
         self.caught_up_logged = false;
+    }
+}
+
+impl Inner {
+    /// The offsets of `offsets` that may be committed to the group: all of them, or with a
+    /// changelog, each partition's up to its newest marker (a member that takes a partition
+    /// without reading a marker starts at the group's offset, with no state).
+    pub(super) fn committable(&self, offsets: &BTreeMap<PartitionKey, i64>) -> BTreeMap<PartitionKey, i64> {
+        match &self.changelog {
+            None => offsets.clone(),
+            Some(c) => offsets
+                .iter()
+                .filter_map(|(k, o)| c.published.get(k).map(|p| (k.clone(), (*o).min(*p))))
+                .collect(),
+        }
+    }
+
+    /// Whether the message at `offset` of `key` is the one expected after a seek. tansu answers
+    /// a fetch that starts inside a record batch with the next batch (ARCHITECTURE.md, Kafka):
+    /// when the first message after a seek is later than asked for, the source seeks back
+    /// (1, 2, 4, … offsets before) until the broker's answer starts at or before the offset it
+    /// wants, and drops what comes before it. `false`: drop this message.
+    pub(super) fn check_gap(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        key: &PartitionKey,
+        offset: i64,
+    ) -> bool {
+        let Some(&(want, step)) = self.expected.get(key) else {
+            return true;
+        };
+        if offset < want {
+            return false; // before where this member goes on: already in its state
+        }
+        if offset == want {
+            self.expected.remove(key);
+            return true;
+        }
+        if want == 0 || step > want * 2 {
+            // searched back to the partition's start: the offsets are not there (compacted,
+            // deleted, or a transaction's control records)
+            warn!(source = %self.name, topic = %key.0, partition = key.1, wanted = want, got = offset, "kafka offsets skipped by the broker");
+            self.expected.remove(key);
+            return true;
+        }
+        let back = (want - step).max(0);
+        self.stats.gap_seeks.fetch_add(1, Ordering::Relaxed);
+        debug!(source = %self.name, topic = %key.0, partition = key.1, wanted = want, got = offset, seeking = back, "the broker answered from a later offset: seeking back");
+        match consumer.seek(&key.0, key.1, Offset::Offset(back), Duration::from_secs(10)) {
+            Ok(()) => {
+                self.expected.insert(key.clone(), (want, step * 2));
+                false
+            }
+            Err(e) => {
+                error!(source = %self.name, topic = %key.0, partition = key.1, error = %e, "seeking back failed: offsets are skipped");
+                self.expected.remove(key);
+                true
+            }
+        }
+    }
+
+    /// Publishes to the changelog, for each partition in `only` with an offset in `offsets`
+    /// (the store holds exactly checkpoint `checkpoint`, whose offsets they are), the devices
+    /// changed since the partition's last publish and a marker with its offset. Returns the
+    /// partitions published.
+    pub(super) fn publish_changelog(
+        &mut self,
+        offsets: &BTreeMap<PartitionKey, i64>,
+        checkpoint: u64,
+        only: &BTreeSet<PartitionKey>,
+    ) -> BTreeSet<PartitionKey> {
+        let mut done = BTreeSet::new();
+        let (Some(store), Some(pipeline)) = (self.store.clone(), self.pipeline.clone()) else {
+            return done;
+        };
+        let kgs = self.key_groups;
+        let Some(changelog) = self.changelog.as_mut() else {
+            return done;
+        };
+        // which partition each changed device belongs to
+        for (_, device) in store.take_changed() {
+            if let Some((key, _)) = self.known.iter().find(|(_, devices)| devices.contains(&device)) {
+                changelog.dirty.entry(key.clone()).or_default().insert(device);
+            }
+        }
+        let mut queued = Vec::new();
+        for key in only {
+            let Some(&offset) = offsets.get(key) else { continue };
+            let full = changelog.full.contains(key);
+            let mut devices: Vec<String> = if full {
+                store.partition_devices(&key.0, key.1).unwrap_or_default()
+            } else {
+                changelog
+                    .dirty
+                    .get(key)
+                    .map(|d| d.iter().cloned().collect())
+                    .unwrap_or_default()
+            };
+            devices.sort();
+            let mut states: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(devices.len());
+            for device in devices {
+                match store.load_device(key_group_of(&device, kgs), &device) {
+                    Ok(Some(state)) => states.push((device, Some(state))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!(source = %self.name, error = %e, "a changed device's state could not be read for the changelog")
+                    }
+                }
+            }
+            if let Some(repairs) = changelog.repair.get(key) {
+                let written: std::collections::HashSet<String> = states.iter().map(|(d, _)| d.clone()).collect();
+                states.extend(repairs.iter().filter(|(d, _)| !written.contains(d)).cloned());
+            }
+            if states.is_empty() && changelog.published.get(key) == Some(&offset) {
+                done.insert(key.clone()); // its newest marker stands for this offset already
+                continue;
+            }
+            let marker = crate::connectors::kafka::changelog::ChangelogMarker {
+                version: crate::connectors::kafka::changelog::MARKER_VERSION,
+                topic: key.0.clone(),
+                partition: key.1,
+                next_offset: offset,
+                pipeline_hash: pipeline.hash.clone(),
+                key_groups: pipeline.key_groups,
+                checkpoint,
+                written_ms: crate::clock::now_ms(),
+                devices: states.len() as u64,
+            };
+            match changelog.writer.queue(key.1, &states, &marker) {
+                Ok(p) => queued.push((key.clone(), offset, p)),
+                Err(e) => {
+                    self.stats.changelog_failures.fetch_add(1, Ordering::Relaxed);
+                    error!(source = %self.name, error = %e, "the kafka changelog could not be published: the next checkpoint tries again");
+                }
+            }
+        }
+        if queued.is_empty() {
+            return done;
+        }
+        let started = Instant::now();
+        let failed = match changelog.writer.flush() {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.changelog_failures.fetch_add(1, Ordering::Relaxed);
+                error!(source = %self.name, error = %e, "the kafka changelog could not be published: the next checkpoint tries again");
+                return done;
+            }
+        };
+        let (mut devices, mut bytes) = (0, 0);
+        for (key, offset, p) in queued {
+            if let Some(n) = failed.get(&key.1) {
+                self.stats.changelog_failures.fetch_add(1, Ordering::Relaxed);
+                error!(source = %self.name, topic = %changelog.topic, partition = key.1, failed = n, "kafka changelog records not delivered: the next checkpoint publishes the partition again");
+                continue;
+            }
+            self.stats.changelog_publishes.fetch_add(1, Ordering::Relaxed);
+            self.stats.changelog_devices.fetch_add(p.devices, Ordering::Relaxed);
+            self.stats.changelog_bytes.fetch_add(p.bytes, Ordering::Relaxed);
+            devices += p.devices;
+            bytes += p.bytes;
+            changelog.full.remove(&key);
+            changelog.dirty.remove(&key);
+            changelog.repair.remove(&key);
+            changelog.published.insert(key.clone(), offset);
+            done.insert(key);
+        }
+        debug!(source = %self.name, topic = %changelog.topic, checkpoint, partitions = done.len(), devices, bytes, ms = started.elapsed().as_millis() as u64, "kafka changelog published");
+        done
+    }
+
+    /// The changelog replicas of the partitions in `assigned` (none without a changelog):
+    /// from the standby, brought up to each partition's end, or read from the partitions'
+    /// start. Each with how it was had.
+    pub(super) fn read_changelog(
+        &mut self,
+        assigned: &[PartitionKey],
+    ) -> BTreeMap<i32, (crate::connectors::kafka::changelog::PartitionReplica, &'static str)> {
+        use crate::connectors::kafka::changelog::{PartitionReplica, partition_ends, read_partitions};
+        const READ_TIMEOUT: Duration = Duration::from_secs(120);
+        let mut out = BTreeMap::new();
+        let Some(changelog) = self.changelog.as_ref() else {
+            return out;
+        };
+        if assigned.is_empty() {
+            return out;
+        }
+        let partitions: Vec<i32> = assigned.iter().map(|k| k.1).collect();
+        if let Some(standby) = &changelog.standby {
+            match partition_ends(&changelog.reader_config, &changelog.topic, &partitions) {
+                Ok(ends) => {
+                    for (p, high) in ends {
+                        if let Some(r) = standby.caught_up(p, high, READ_TIMEOUT) {
+                            out.insert(p, (r, "standby"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(source = %self.name, error = %e, "the standby's replicas could not be brought up to date: reading the changelog")
+                }
+            }
+        }
+        let mut to_read: BTreeMap<i32, PartitionReplica> = partitions
+            .iter()
+            .filter(|p| !out.contains_key(*p))
+            .map(|p| (*p, PartitionReplica::default()))
+            .collect();
+        if !to_read.is_empty() {
+            match read_partitions(&changelog.reader_config, &changelog.topic, &mut to_read, READ_TIMEOUT) {
+                Ok(stats) => {
+                    info!(source = %self.name, topic = %changelog.topic, partitions = to_read.len(), records = stats.records, bytes = stats.bytes, ms = stats.elapsed.as_millis() as u64, "kafka changelog read");
+                    out.extend(to_read.into_iter().map(|(p, r)| (p, (r, "read"))));
+                }
+                Err(e) => {
+                    error!(source = %self.name, error = %e, "the kafka changelog could not be read: going on without it")
+                }
+            }
+        }
+        out
+    }
+
+    /// When partition `key`'s changelog state (`replica`) is newer than this member's own
+    /// (`own`: its checkpointed offset), imports it into the store. Returns the offset to go on
+    /// from when it did.
+    pub(super) fn restore_from_changelog(
+        &mut self,
+        key: &PartitionKey,
+        own: Option<i64>,
+        replica: crate::connectors::kafka::changelog::PartitionReplica,
+        how: &'static str,
+    ) -> Option<i64> {
+        let (store, pipeline) = (self.store.clone()?, self.pipeline.clone()?);
+        let kgs = self.key_groups;
+        let changelog = self.changelog.as_mut()?;
+        let started = Instant::now();
+        for d in &replica.damaged {
+            error!(source = %self.name, topic = %changelog.topic, partition = key.1, offset = d.offset, problem = %d.problem, "a damaged changelog record is skipped");
+        }
+        changelog.repair.insert(key.clone(), replica.uncommitted());
+        let handoff = replica.to_handoff()?;
+        if handoff.topic != key.0 || handoff.pipeline_hash != pipeline.hash || handoff.key_groups != pipeline.key_groups
+        {
+            warn!(source = %self.name, topic = %changelog.topic, partition = key.1, "the changelog holds another pipeline's state (or another topic's): ignoring it");
+            changelog.full.insert(key.clone());
+            return None;
+        }
+        let holds_devices = store.partition_devices(&key.0, key.1).is_ok_and(|d| !d.is_empty());
+        let newer = own.is_none_or(|o| handoff.next_offset > o || (handoff.next_offset == o && !holds_devices));
+        if !newer {
+            if own.is_some_and(|o| o > handoff.next_offset) {
+                changelog.full.insert(key.clone());
+            }
+            info!(source = %self.name, topic = %key.0, partition = key.1, own = ?own, changelog = handoff.next_offset, "this member's own state of the partition is as new as the changelog's");
+            return None;
+        }
+        // copies in memory from an earlier ownership are older than what comes in
+        let mut devices = store.partition_devices(&key.0, key.1).unwrap_or_default();
+        devices.extend(handoff.devices.iter().map(|(d, _)| d.clone()));
+        if let Some(o) = &self.ownership {
+            o.evict(devices);
+        }
+        if let Err(e) = store.import_partition(&handoff, |d| key_group_of(d, kgs)) {
+            error!(source = %self.name, error = %e, "the changelog's state could not be imported: starting from the group's offset");
+            return None;
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.stats.changelog_restores.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .changelog_restored_devices
+            .fetch_add(handoff.devices.len() as u64, Ordering::Relaxed);
+        self.stats.changelog_restore_ms.fetch_add(ms, Ordering::Relaxed);
+        info!(source = %self.name, topic = %key.0, partition = key.1, next_offset = handoff.next_offset, devices = handoff.devices.len(), records = replica.records, bytes = replica.bytes, from_checkpoint = handoff.checkpoint, how, ms, "kafka partition restored from the changelog");
+        Some(handoff.next_offset)
     }
 }

@@ -40,6 +40,8 @@ use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::store::partitions::{PartitionHandoff, parse_position_name};
 use crate::store::{PipelineIdentity, StateStore};
 
+use super::changelog::{ChangelogWriter, Standby};
+
 /// Messages per chunk at most.
 #[path = "rebalance.rs"]
 mod rebalance;
@@ -58,6 +60,11 @@ pub enum KafkaSourceError {
         source_name: String,
         property: String,
         variable: String,
+    },
+    #[error("kafka source {source_name}: {error}")]
+    Changelog {
+        source_name: String,
+        error: super::changelog::ChangelogError,
     },
     #[error("kafka source {source_name}: {operation}: {error}")]
     Client {
@@ -79,6 +86,18 @@ pub struct KafkaStats {
     pub handoffs_refreshed: AtomicU64,
     pub commits: AtomicU64,
     pub pauses: AtomicU64,
+    /// Changelog publishes, the device records and bytes they wrote, and those that failed.
+    pub changelog_publishes: AtomicU64,
+    pub changelog_devices: AtomicU64,
+    pub changelog_bytes: AtomicU64,
+    pub changelog_failures: AtomicU64,
+    /// Partitions restored from the changelog, their devices, and the time it took.
+    pub changelog_restores: AtomicU64,
+    pub changelog_restored_devices: AtomicU64,
+    pub changelog_restore_ms: AtomicU64,
+    /// Seeks back after the broker answered from a later offset than asked (tansu: a fetch that
+    /// starts inside a record batch gets the next batch).
+    pub gap_seeks: AtomicU64,
 }
 
 /// A planned Kafka source.
@@ -162,6 +181,30 @@ struct Inner {
     caught_up_logged: bool,
     paused: bool,
     closing: bool,
+    /// The partition state's changelog (none: hand-off files, or no store).
+    changelog: Option<SourceChangelog>,
+    /// Per partition, the offset the next message must have after a seek (an assignment or a
+    /// resume), and how far back the next search for it starts: see [`Inner::check_gap`].
+    expected: std::collections::HashMap<PartitionKey, (i64, i64)>,
+}
+
+/// A source's changelog: what it publishes, and how it reads.
+struct SourceChangelog {
+    topic: String,
+    writer: ChangelogWriter,
+    /// Client settings for readers (not in the group).
+    reader_config: ClientConfig,
+    standby: Option<Standby>,
+    /// Partitions whose next publish writes every device (this member's own state was newer
+    /// than the changelog's).
+    full: BTreeSet<PartitionKey>,
+    /// Devices whose newest changelog record no marker committed: written again (committed
+    /// state or tombstone) by the next publish.
+    repair: BTreeMap<PartitionKey, Vec<(String, Option<Vec<u8>>)>>,
+    /// Devices changed by checkpoints and not yet published.
+    dirty: std::collections::HashMap<PartitionKey, rustc_hash::FxHashSet<String>>,
+    /// The input offset of each partition's newest marker.
+    published: std::collections::HashMap<PartitionKey, i64>,
 }
 
 impl Inner {
@@ -276,9 +319,14 @@ impl Inner {
         // Only while no later barrier is out: the store holds exactly checkpoint `id` then, and
         // no later one can commit while this thread writes (it needs this source's barrier).
         if self.at_barrier.is_empty() {
-            self.refresh_handoffs(&offsets, id);
+            if self.changelog.is_some() {
+                let assigned = self.assigned.clone();
+                self.publish_changelog(&offsets, id, &assigned);
+            } else {
+                self.refresh_handoffs(&offsets, id);
+            }
         }
-        let tpl = Self::offsets_list(&offsets, Some(&self.assigned));
+        let tpl = Self::offsets_list(&self.committable(&offsets), Some(&self.assigned));
         if tpl.count() == 0 {
             return;
         }
@@ -487,6 +535,8 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         caught_up_logged: false,
         paused: false,
         closing: false,
+        changelog: None,
+        expected: Default::default(),
     }));
     let consumer: BaseConsumer<SourceContext> = match config.create_with_context(SourceContext { inner: inner.clone() })
     {
@@ -503,6 +553,23 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
             );
         }
     };
+    if let Some(changelog_spec) = &spec.changelog {
+        let mut guard = inner.lock().expect("kafka source lock");
+        let prepared = match (&guard.store, &guard.pipeline) {
+            (Some(store), Some(pipeline)) => {
+                store.track_changes();
+                prepare_changelog(&name, &spec, changelog_spec, &pipeline.name, &consumer).map(Some)
+            }
+            _ => {
+                warn!(source = %name, "a changelog needs checkpoints: without a data directory none is written");
+                Ok(None)
+            }
+        };
+        match prepared {
+            Ok(c) => guard.changelog = c,
+            Err(e) => return fail(&guard.feeder, e),
+        }
+    }
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     if let Err(error) = consumer.subscribe(&topics) {
         let feeder = &inner.lock().expect("kafka source lock").feeder;
@@ -529,6 +596,9 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                 let key = (m.topic().to_string(), m.partition());
                 if !inner.assigned.contains(&key) {
                     // fetched before a revoke: not ours any more
+                    continue;
+                }
+                if !inner.check_gap(&consumer, &key, m.offset()) {
                     continue;
                 }
                 inner.at_end.remove(&key);
@@ -574,6 +644,15 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                             warn!(source = %name, error = %e, "resuming kafka partitions");
                         }
                         inner.paused = false;
+                        // librdkafka fetches again from the next offset to deliver
+                        let resumed: Vec<(PartitionKey, i64)> = inner
+                            .assigned
+                            .iter()
+                            .filter_map(|k| inner.consumed.get(k).map(|o| (k.clone(), *o)))
+                            .collect();
+                        for (k, o) in resumed {
+                            inner.expected.insert(k, (o, 1));
+                        }
                         debug!(source = %name, "kafka partitions resumed");
                     }
                     inner.send(permit);
@@ -635,8 +714,15 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         }
         _ => None,
     };
-    if final_checkpoint.is_some() || signal.is_none() {
+    if let Some(id) = final_checkpoint
+        && guard.changelog.is_some()
+    {
         let offsets = guard.consumed.clone();
+        let all: BTreeSet<PartitionKey> = offsets.keys().cloned().collect();
+        guard.publish_changelog(&offsets, id, &all);
+    }
+    if final_checkpoint.is_some() || signal.is_none() {
+        let offsets = guard.committable(&guard.consumed);
         let tpl = Inner::offsets_list(&offsets, None);
         if tpl.count() > 0 {
             match consumer.commit(&tpl, CommitMode::Sync) {
@@ -649,8 +735,10 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
     }
     if let Some(id) = final_checkpoint {
         let partitions: Vec<(PartitionKey, i64)> = guard.consumed.iter().map(|(k, o)| (k.clone(), *o)).collect();
-        for (key, offset) in partitions {
-            guard.write_handoff(&key, offset, id, "stopped");
+        if guard.changelog.is_none() {
+            for (key, offset) in partitions {
+                guard.write_handoff(&key, offset, id, "stopped");
+            }
         }
     }
     info!(
@@ -660,12 +748,89 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         handoffs_written = stats.handoffs_written.load(Ordering::Relaxed),
         handoffs_taken = stats.handoffs_taken.load(Ordering::Relaxed),
         handoffs_refreshed = stats.handoffs_refreshed.load(Ordering::Relaxed),
+        changelog_publishes = stats.changelog_publishes.load(Ordering::Relaxed),
+        changelog_devices = stats.changelog_devices.load(Ordering::Relaxed),
+        changelog_bytes = stats.changelog_bytes.load(Ordering::Relaxed),
+        changelog_restores = stats.changelog_restores.load(Ordering::Relaxed),
+        gap_seeks = stats.gap_seeks.load(Ordering::Relaxed),
         "kafka source stopped"
     );
     drop(guard);
     consumer.unsubscribe();
     drop(consumer);
     Ok(())
+}
+
+/// The source's changelog: the topic made sure of, a writer, and a standby if asked for.
+fn prepare_changelog(
+    name: &str,
+    spec: &KafkaSourceSpec,
+    changelog: &crate::spec::KafkaChangelogSpec,
+    pipeline: &str,
+    consumer: &BaseConsumer<SourceContext>,
+) -> Result<SourceChangelog, KafkaSourceError> {
+    let topic = changelog.topic_of(pipeline);
+    let input = spec.topics.first().cloned().unwrap_or_default();
+    let config_without = |skip: &[&str]| -> Result<ClientConfig, KafkaSourceError> {
+        let properties = spec
+            .client
+            .properties
+            .iter()
+            .filter(|(k, _)| !skip.iter().any(|s| k.starts_with(s)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        client_config(
+            name,
+            &spec.brokers,
+            &[("client.id", format!("plume-{name}-changelog"))],
+            &properties,
+            &spec.client.secret_properties_env,
+        )
+    };
+    // what only a group member uses
+    const GROUP_ONLY: &[&str] = &[
+        "group.",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "partition.assignment.strategy",
+        "enable.auto.",
+        "auto.commit",
+        "auto.offset.reset",
+    ];
+    const CONSUMER_ONLY: &[&str] = &[
+        "fetch.",
+        "queued.",
+        "isolation.level",
+        "check.crcs",
+        "enable.partition.eof",
+    ];
+    let reader_config = config_without(GROUP_ONLY)?;
+    let writer_config = config_without(&[GROUP_ONLY, CONSUMER_ONLY].concat())?;
+    let as_source_error = |e: super::changelog::ChangelogError| KafkaSourceError::Changelog {
+        source_name: name.to_string(),
+        error: e,
+    };
+    let partitions =
+        super::changelog::ensure_topic(consumer, &writer_config, &input, &topic, changelog.replication_factor)
+            .map_err(as_source_error)?;
+    let writer = ChangelogWriter::new(writer_config, &topic).map_err(as_source_error)?;
+    let standby = if changelog.standby_replicas > 0 {
+        Some(Standby::start(&reader_config, &topic, partitions).map_err(as_source_error)?)
+    } else {
+        None
+    };
+    info!(source = %name, topic = %topic, partitions, standby = standby.is_some(), "kafka changelog ready");
+    Ok(SourceChangelog {
+        topic,
+        writer,
+        reader_config,
+        standby,
+        full: BTreeSet::new(),
+        repair: BTreeMap::new(),
+        dirty: Default::default(),
+        published: Default::default(),
+    })
 }
 
 fn assignment_list(assigned: &BTreeSet<PartitionKey>) -> TopicPartitionList {

@@ -467,6 +467,24 @@ impl Checker<'_> {
                     }
                     self.not_empty(path.key("group"), "`group`", &k.group);
                     self.kafka_client(&path, &k.client);
+                    if let Some(changelog) = &k.changelog {
+                        if k.topics.len() > 1 {
+                            self.report(
+                                path.key("changelog"),
+                                "a changelog follows the partitions of one input topic: list one topic in `topics`, or use one source per topic",
+                            );
+                        }
+                        let topic = changelog.topic_of(&spec.pipeline);
+                        if let Err(e) = check_kafka_topic(&topic) {
+                            self.report(path.key("changelog").key("topic"), e);
+                        }
+                        if k.topics.contains(&topic) {
+                            self.report(
+                                path.key("changelog").key("topic"),
+                                format!("`{topic}` is also an input topic: the changelog needs a topic of its own"),
+                            );
+                        }
+                    }
                     let decode = &spec.decode;
                     let decode_path = Path::root().key("decode");
                     if k.time_from == KafkaTimeFrom::Record

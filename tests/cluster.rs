@@ -1,0 +1,343 @@
+//! Devices across machines that share nothing but Kafka: several plume members, each its own
+//! process with its own data directory (no shared directory at all), in one consumer group on
+//! a 12-partition topic, partition state moving through the changelog topic. Members are
+//! SIGKILLed at random moments and restarted, another joins and leaves; at the end the union of
+//! every member's records, deduplicated by id, must equal the single-process file run's
+//! records, and every copy of a record must be identical.
+//!
+//! The input is produced in batches of many records (as a real producer does), so members that
+//! take a partition over resume inside a batch: the Kafka source's search back for the batch
+//! (tansu answers a fetch inside a batch with the next batch) is exercised too.
+
+#[path = "common/child.rs"]
+mod child;
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use child::LoggedChild;
+use common::*;
+use kafka_support::Tansu;
+
+const PARTITIONS: u32 = 12;
+const GROUP: &str = "plume-cluster";
+
+/// The Kafka aq1 pipeline with a changelog (`standby` warm copies).
+fn cluster_pipeline(dir: &Path, standby: u32) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("pipelines/kafka-aq1.yaml")).unwrap();
+    assert!(text.contains("      device_from: key\n"));
+    let text = text.replace(
+        "      device_from: key\n",
+        &format!("      device_from: key\n      changelog:\n        standby_replicas: {standby}\n"),
+    );
+    let path = dir.join(format!("cluster-{standby}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The single-process file run of the same pipeline (same name, so the same record ids), which
+/// like a cluster member's stop does not flush at the end.
+fn file_run(dir: &Path, input: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("pipelines/kafka-aq1.yaml")).unwrap();
+    assert!(text.contains("shutdown:\n  flush: true"));
+    let pipeline = dir.join("file-run.yaml");
+    std::fs::write(
+        &pipeline,
+        text.replace("shutdown:\n  flush: true", "shutdown:\n  flush: false"),
+    )
+    .unwrap();
+    let out = dir.join("file-run.jsonl");
+    plume_run(pipeline.to_str().unwrap(), input, &out, &[]);
+    out
+}
+
+/// One member process.
+struct Member {
+    child: LoggedChild,
+}
+
+impl Member {
+    fn start(pipeline: &Path, broker: &Tansu, data_dir: &Path, output: &Path) -> Self {
+        let child = LoggedChild::spawn(
+            plume()
+                .arg("run")
+                .arg(pipeline)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["--checkpoint-interval", "400ms"])
+                .env("PLUME_KAFKA_BROKERS", broker.brokers())
+                .env("PLUME_KAFKA_TOPIC", "aq1")
+                .env("PLUME_KAFKA_GROUP", GROUP)
+                .env("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000")
+                .env("PLUME_OUTPUT", output)
+                .env(
+                    "PLUME_LOG",
+                    std::env::var("PLUME_TEST_LOG").unwrap_or("warn,plume::connectors::kafka=info".into()),
+                )
+                .env("NO_COLOR", "1"),
+        );
+        Member { child }
+    }
+}
+
+/// Every output record of `files` by id (each copy of an id must be identical), and the
+/// summary records. A SIGKILLed member may have left half a line at the end of its file.
+fn records_by_id(files: &[PathBuf]) -> (BTreeMap<String, String>, Vec<serde_json::Value>) {
+    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
+    let mut summaries = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.split_inclusive('\n') {
+            if !line.ends_with('\n') {
+                continue;
+            }
+            let line = line.trim_end();
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {line}: {e}", file.display()));
+            if v["type"] == "summary" {
+                summaries.push(v);
+                continue;
+            }
+            let id = v["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a record without an id: {line}"))
+                .to_string();
+            if let Some(earlier) = by_id.get(&id) {
+                assert_eq!(earlier, line, "two records with id {id} differ");
+            } else {
+                by_id.insert(id, line.to_string());
+            }
+        }
+    }
+    (by_id, summaries)
+}
+
+/// The group's committed offset of every partition equals the partition's end: every reading
+/// is in a durable checkpoint (and in the changelog) of some member.
+fn all_committed(broker: &Tansu, ends: &BTreeMap<i32, i64>) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", GROUP)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition("aq1", p);
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
+        return false;
+    };
+    committed.elements().iter().all(|e| match e.offset() {
+        Offset::Offset(o) => ends.get(&e.partition()).is_some_and(|end| o >= *end),
+        _ => false,
+    })
+}
+
+/// The end (last offset + 1) of every partition, found by reading it: tansu's high watermark
+/// of a partition whose last record batch holds several records is that batch's first offset
+/// + 1, not its last (a quirk `tests/tansu_quirks.rs` documents).
+fn partition_ends(broker: &Tansu, records: usize) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", "ends")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition_offset("aq1", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut ends = BTreeMap::new();
+    let mut n = 0;
+    let started = Instant::now();
+    while n < records {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "read {n} of {records} records"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            n += 1;
+            let end = ends.entry(m.partition()).or_insert(0);
+            *end = (*end).max(m.offset() + 1);
+        }
+    }
+    ends
+}
+
+/// The cluster run: three members (A, B, C), C SIGKILLed `kills` times at pseudo-random
+/// moments while the input is produced and restarted on its own data directory, a fourth
+/// member D joining after the first kill and leaving after the second. Then the members stop
+/// one by one (each stop hands its partitions to those left through the changelog), and the
+/// last member's end-of-run summary counts every device's readings.
+fn cluster_run(standby: u32, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    // PLUME_TEST_KEEP=1: the directory (outputs, data directories, every member's log) stays
+    let dir_path = if std::env::var("PLUME_TEST_KEEP").is_ok() {
+        let kept = dir.path().with_extension("kept");
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        dir.path().to_path_buf()
+    };
+    let _ = std::fs::create_dir_all(&dir_path);
+    let dir = Kept(dir, dir_path);
+    let input = aq1_input(dir.path(), 120, 60_000, 48);
+    let records = aq1_records(&input);
+    let broker = Tansu::start();
+    broker.create_topic("aq1", PARTITIONS);
+    let pipeline = cluster_pipeline(dir.path(), standby);
+    let member_dir = |name: &str| dir.path().join(format!("member-{name}"));
+    let output = |name: &str, n: usize| dir.path().join(format!("out-{name}-{n}.jsonl"));
+    let mut outputs = Vec::new();
+    let mut start = |name: &str, n: usize| {
+        let out = output(name, n);
+        outputs.push(out.clone());
+        Member::start(&pipeline, &broker, &member_dir(name), &out)
+    };
+    // the first part before anyone runs, the rest while they run
+    let chunks: Vec<Vec<(String, Vec<u8>)>> = records.chunks(records.len() / 12 + 1).map(|c| c.to_vec()).collect();
+    kafka_support::produce_to(&broker.brokers(), "aq1", &chunks[0], true);
+    let a = start("a", 0);
+    let b = start("b", 0);
+    let mut c = start("c", 0);
+    a.child
+        .wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
+    let producer = {
+        let brokers = broker.brokers();
+        let rest: Vec<Vec<(String, Vec<u8>)>> = chunks[1..].to_vec();
+        std::thread::spawn(move || {
+            for chunk in rest {
+                kafka_support::produce_to(&brokers, "aq1", &chunk, true);
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        })
+    };
+    // xorshift: where in the next stretch each kill falls
+    let mut x = seed.max(1);
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let kills = 3;
+    let mut d: Option<Member> = None;
+    for k in 0..kills {
+        // once c reads, kill it somewhere in the next two seconds
+        c.child.wait_logged(&["kafka partition"], 1, Duration::from_secs(90));
+        std::thread::sleep(Duration::from_millis(500 + next() % 2000));
+        std::fs::write(dir.path().join(format!("log-c-{k}.txt")), c.child.kill()).unwrap();
+        match k {
+            0 => d = Some(start("d", 0)),
+            1 => {
+                if let Some(d) = d.take() {
+                    std::fs::write(dir.path().join("log-d.txt"), d.child.interrupt()).unwrap();
+                }
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(next() % 1500));
+        c = start("c", k + 1);
+    }
+    producer.join().unwrap();
+    if let Some(d) = d.take() {
+        d.child.interrupt();
+    }
+    // wait until every reading is in some member's durable checkpoint
+    let ends = partition_ends(&broker, records.len());
+    assert_eq!(ends.values().sum::<i64>() as usize, records.len());
+    let started = Instant::now();
+    while !all_committed(&broker, &ends) {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the group did not commit every partition's end {ends:?}:\n--- a\n{}\n--- b\n{}\n--- c\n{}",
+            a.child.log_text(),
+            b.child.log_text(),
+            c.child.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // the members leave one by one; a takes every partition over, then stops last
+    let all_partitions = format!("partitions={PARTITIONS}");
+    let caught_up = ["kafka source caught up", all_partitions.as_str()];
+    let before = a.child.count(&caught_up);
+    let c_log = c.child.interrupt();
+    let b_log = b.child.interrupt();
+    a.child.wait_logged(&caught_up, before + 1, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+    let a_log = a.child.interrupt();
+    for (name, log) in [("a", &a_log), ("b", &b_log), ("c", &c_log)] {
+        std::fs::write(dir.path().join(format!("log-{name}.txt")), log).unwrap();
+    }
+    let all_logs = format!("--- a\n{a_log}\n--- b\n{b_log}\n--- c\n{c_log}");
+    assert!(
+        all_logs.contains("restored from the changelog"),
+        "no partition was restored from the changelog:\n{all_logs}"
+    );
+    if standby > 0 {
+        assert!(
+            all_logs.contains("how=\"standby\""),
+            "no restore used the standby:\n{all_logs}"
+        );
+    }
+    assert!(
+        !std::fs::read_dir(dir.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains("handoff")),
+        "a hand-off directory was written"
+    );
+
+    let (union, _) = records_by_id(&outputs);
+    let (_, a_summaries) = records_by_id(&[output("a", 0)]);
+    let file_out = file_run(dir.path(), &input);
+    let (expected, expected_summaries) = records_by_id(&[file_out.clone()]);
+    let missing: Vec<&String> = expected.keys().filter(|id| !union.contains_key(*id)).collect();
+    let extra: Vec<&String> = union.keys().filter(|id| !expected.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} records missing (first: {:?}), {} records no single run writes (first: {:?})",
+        missing.len(),
+        missing.first().map(|id| &expected[*id]),
+        extra.len(),
+        extra.first().map(|id| &union[*id])
+    );
+    for (id, line) in &expected {
+        assert_eq!(&union[id], line, "record {id}");
+    }
+    // the summary of the union: its records, and the last member's summary (every device's
+    // state, with its readings and late counts, is in the last member at its stop)
+    let last_summary = a_summaries.last().expect("the last member wrote a summary");
+    let merged = dir.path().join("union.jsonl");
+    let mut text: String = union.values().map(|l| format!("{l}\n")).collect();
+    text.push_str(&format!("{last_summary}\n"));
+    std::fs::write(&merged, text).unwrap();
+    assert_eq!(expected_summaries.len(), 1);
+    assert_eq!(aq1_summary(&merged), aq1_summary(&file_out));
+}
+
+/// A test directory, or (`PLUME_TEST_KEEP`) a directory beside it that stays.
+struct Kept(#[allow(dead_code)] tempfile::TempDir, PathBuf);
+
+impl Kept {
+    fn path(&self) -> &Path {
+        &self.1
+    }
+}
+
+#[test]
+fn three_members_with_kills_joins_and_leaves_give_the_file_runs_records() {
+    cluster_run(0, seed_from_env("PLUME_CLUSTER_SEED"));
+}
+
+#[test]
+fn the_same_with_standby_replicas() {
+    cluster_run(1, seed_from_env("PLUME_CLUSTER_SEED").wrapping_add(7));
+}
