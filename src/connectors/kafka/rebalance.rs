@@ -193,7 +193,7 @@ impl Inner {
     }
 
     /// The partitions in `assigned` are ours now: where does each one start?
-    pub(super) fn assign(&mut self, tpl: &mut TopicPartitionList) {
+    pub(super) fn assign(&mut self, consumer: &BaseConsumer<SourceContext>, tpl: &mut TopicPartitionList) {
         let assigned: Vec<PartitionKey> = tpl
             .elements()
             .iter()
@@ -245,11 +245,16 @@ impl Inner {
                     Err(e) => error!(source = %self.name, error = %e, "a hand-off is damaged: ignoring it"),
                 }
             }
+            if start.is_none() {
+                // the group's offset, asked for here so that the first fetch is checked like
+                // any other start (see `check_gap`)
+                start = self.group_offset(consumer, key);
+            }
             let offset = match start {
                 Some(o) => {
                     self.carried.remove(key);
                     self.consumed.insert(key.clone(), o);
-                    self.expected.insert(key.clone(), (o, 1));
+                    self.expected.insert(key.clone(), Expected::at(o));
                     Offset::Offset(o)
                 }
                 None => Offset::Stored,
@@ -289,47 +294,95 @@ impl Inner {
         }
     }
 
-    /// Whether the message at `offset` of `key` is the one expected after a seek. tansu answers
-    /// a fetch that starts inside a record batch with the next batch (ARCHITECTURE.md, Kafka):
-    /// when the first message after a seek is later than asked for, the source seeks back
-    /// (1, 2, 4, … offsets before) until the broker's answer starts at or before the offset it
-    /// wants, and drops what comes before it. `false`: drop this message.
-    pub(super) fn check_gap(
-        &mut self,
-        consumer: &BaseConsumer<SourceContext>,
-        key: &PartitionKey,
-        offset: i64,
-    ) -> bool {
-        let Some(&(want, step)) = self.expected.get(key) else {
+    /// The group's committed offset of `key`, if there is one.
+    fn group_offset(&self, consumer: &BaseConsumer<SourceContext>, key: &PartitionKey) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&key.0, key.1);
+        match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+            Ok(committed) => committed.elements().first().and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }),
+            Err(e) => {
+                warn!(source = %self.name, topic = %key.0, partition = key.1, error = %e, "the group's offset could not be read: librdkafka looks it up");
+                None
+            }
+        }
+    }
+
+    /// Whether the message at `offset` of `key` may go on. After a seek to offset `want` (an
+    /// assignment or a resume), tansu answers a fetch that starts inside a record batch with the
+    /// next batch, or with nothing when there is none (ARCHITECTURE.md, Kafka). So until a
+    /// message at or before `want` arrives, the source seeks back (1, 2, 4, … offsets before
+    /// `want`) whenever a later one arrives, or nothing does for a while
+    /// ([`Inner::probe_silent_starts`]); messages before `want` are dropped (already in the
+    /// state). `false`: drop this message.
+    pub(super) fn check_gap(&mut self, consumer: &BaseConsumer<SourceContext>, key: &PartitionKey, offset: i64) -> bool {
+        let Some(e) = self.expected.get_mut(key) else {
             return true;
         };
-        if offset < want {
+        if offset < e.want {
+            e.anchored = true;
             return false; // before where this member goes on: already in its state
         }
-        if offset == want {
+        if offset == e.want || e.anchored {
+            // (anchored and later: offsets the broker does not have, e.g. compacted)
             self.expected.remove(key);
             return true;
         }
-        if want == 0 || step > want * 2 {
-            // searched back to the partition's start: the offsets are not there (compacted,
-            // deleted, or a transaction's control records)
-            warn!(source = %self.name, topic = %key.0, partition = key.1, wanted = want, got = offset, "kafka offsets skipped by the broker");
+        self.seek_back(consumer, key, Some(offset))
+    }
+
+    /// Seeks partition `key` further back than the last time (see [`Inner::check_gap`]);
+    /// `got`: the later offset the broker answered with (none: it answered nothing). `false`
+    /// when it did.
+    fn seek_back(&mut self, consumer: &BaseConsumer<SourceContext>, key: &PartitionKey, got: Option<i64>) -> bool {
+        let Some(e) = self.expected.get(key).copied() else {
+            return true;
+        };
+        if e.want == 0 || e.step > e.want * 2 {
+            // searched back to the partition's start: the offsets are not there
+            if got.is_some() {
+                warn!(source = %self.name, topic = %key.0, partition = key.1, wanted = e.want, got = ?got, "kafka offsets skipped by the broker");
+            }
             self.expected.remove(key);
             return true;
         }
-        let back = (want - step).max(0);
+        let back = (e.want - e.step).max(0);
         self.stats.gap_seeks.fetch_add(1, Ordering::Relaxed);
-        debug!(source = %self.name, topic = %key.0, partition = key.1, wanted = want, got = offset, seeking = back, "the broker answered from a later offset: seeking back");
+        debug!(source = %self.name, topic = %key.0, partition = key.1, wanted = e.want, got = ?got, seeking = back, "the broker answered from a later offset, or not at all: seeking back");
         match consumer.seek(&key.0, key.1, Offset::Offset(back), Duration::from_secs(10)) {
             Ok(()) => {
-                self.expected.insert(key.clone(), (want, step * 2));
+                self.expected.insert(
+                    key.clone(),
+                    Expected {
+                        step: e.step * 2,
+                        since: Instant::now(),
+                        ..e
+                    },
+                );
                 false
             }
-            Err(e) => {
-                error!(source = %self.name, topic = %key.0, partition = key.1, error = %e, "seeking back failed: offsets are skipped");
+            Err(err) => {
+                error!(source = %self.name, topic = %key.0, partition = key.1, error = %err, "seeking back failed: offsets may be skipped");
                 self.expected.remove(key);
                 true
             }
+        }
+    }
+
+    /// Partitions sought to an offset that have answered nothing for a while: the offset may
+    /// be inside the partition's last record batch (see [`Inner::check_gap`]).
+    pub(super) fn probe_silent_starts(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        const SILENCE: Duration = Duration::from_millis(500);
+        let silent: Vec<PartitionKey> = self
+            .expected
+            .iter()
+            .filter(|(k, e)| !e.anchored && e.since.elapsed() > SILENCE && self.assigned.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in silent {
+            self.seek_back(consumer, &key, None);
         }
     }
 

@@ -183,9 +183,34 @@ struct Inner {
     closing: bool,
     /// The partition state's changelog (none: hand-off files, or no store).
     changelog: Option<SourceChangelog>,
-    /// Per partition, the offset the next message must have after a seek (an assignment or a
-    /// resume), and how far back the next search for it starts: see [`Inner::check_gap`].
-    expected: std::collections::HashMap<PartitionKey, (i64, i64)>,
+    /// Per partition, where the next message must be after a seek (an assignment or a resume):
+    /// see [`Inner::check_gap`].
+    expected: std::collections::HashMap<PartitionKey, Expected>,
+}
+
+/// The offset a partition's next message must have after a seek, and how the search for the
+/// record batch that holds it goes.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    want: i64,
+    /// How far before `want` the next seek back goes.
+    step: i64,
+    /// When the last seek was made: with no answer for a while, the next one goes further back.
+    since: Instant,
+    /// A message before `want` arrived: the broker answers from a batch at or before `want`, so
+    /// what follows comes in order.
+    anchored: bool,
+}
+
+impl Expected {
+    fn at(want: i64) -> Self {
+        Expected {
+            want,
+            step: 1,
+            since: Instant::now(),
+            anchored: false,
+        }
+    }
 }
 
 /// A source's changelog: what it publishes, and how it reads.
@@ -419,7 +444,7 @@ impl ConsumerContext for SourceContext {
                 {
                     let mut inner = self.inner.lock().expect("kafka source lock");
                     if !inner.closing {
-                        inner.assign(tpl);
+                        inner.assign(consumer, tpl);
                     }
                 }
                 let result = if cooperative {
@@ -651,7 +676,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                             .filter_map(|k| inner.consumed.get(k).map(|o| (k.clone(), *o)))
                             .collect();
                         for (k, o) in resumed {
-                            inner.expected.insert(k, (o, 1));
+                            inner.expected.insert(k, Expected::at(o));
                         }
                         debug!(source = %name, "kafka partitions resumed");
                     }
@@ -672,6 +697,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         }
         if idle {
             inner.poll_barrier();
+            inner.probe_silent_starts(&consumer);
         }
         inner.commit_durable(&consumer);
         if idle
