@@ -192,6 +192,24 @@ impl Decoder {
         Ok(decoded)
     }
 
+    /// [`Decoder::decode`] without the JSON fast path (every payload through serde_json's
+    /// parser): for the benches, which compare the two.
+    #[doc(hidden)]
+    pub fn decode_general<'a>(
+        &self,
+        payload: &'a [u8],
+        topic_device: Option<&'a str>,
+        arrival_ms: i64,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        let mut decoded = match self.format {
+            DecodeFormat::Json => json::decode_serde(self, payload, topic_device, arrival_ms)?,
+            DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
+        };
+        check_device_id(&decoded.device, self.max_device_id_bytes)?;
+        decoded.time_clamped = self.plausible_time(&mut decoded.reading.ts, arrival_ms)?;
+        Ok(decoded)
+    }
+
     /// Checks an event time against the source's time `reference`: `Ok(true)` when it was
     /// outside and has been clamped to the window's edge.
     fn plausible_time(&self, ts: &mut i64, reference: i64) -> Result<bool, DecodeError> {
