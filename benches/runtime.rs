@@ -750,16 +750,18 @@ fn main() {
         time_index(reps.max(1));
     }
     if only.as_deref() == Some("floor") {
-        floor_micro();
+        // the runs first: a child's peak RSS starts from this process's, and the per-line
+        // measurements hold 100 MB of input
         floor(reps.max(1));
+        floor_micro();
     }
     if only.as_deref() == Some("floor-micro") {
         floor_micro();
     }
 }
 
-/// CPU time per thread name of a running process (utime + stime in clock ticks, and how many
-/// threads had that name), from `/proc/<pid>/task/*/stat` sampled every 50 ms until the
+/// CPU time per thread of a running process (utime + stime in clock ticks), by thread name and
+/// rank, from `/proc/<pid>/task/*/stat` sampled every 50 ms until the
 /// process is gone: a thread's last sample is at most 50 ms before it ended.
 fn sample_threads(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> BTreeMap<String, (u32, u64)> {
     let mut per_tid: BTreeMap<u32, (String, u64)> = BTreeMap::new();
@@ -785,11 +787,16 @@ fn sample_threads(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>)
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // threads of one name (the shards' actix threads are all `actix-rt|system`) are told apart
+    // by their rank in CPU time: `name #1` used the most
+    let mut threads: Vec<(String, u64)> = per_tid.into_values().collect();
+    threads.sort_by(|a, b| b.1.cmp(&a.1));
     let mut by_name: BTreeMap<String, (u32, u64)> = BTreeMap::new();
-    for (_, (name, ticks)) in per_tid {
-        let e = by_name.entry(name).or_default();
-        e.0 += 1;
-        e.1 += ticks;
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for (name, ticks) in threads {
+        let rank = seen.entry(name.clone()).or_default();
+        *rank += 1;
+        by_name.insert(format!("{name} #{rank}"), (1, ticks));
     }
     by_name
 }
@@ -936,15 +943,12 @@ fn floor(reps: usize) {
     // repetitions); threads of the same name are summed and counted
     for e in [2, 3, 4, 5] {
         let mut names: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
         for (m, threads) in &results[e] {
-            for (name, (n, ticks)) in threads {
+            for (name, (_, ticks)) in threads {
                 names
                     .entry(name.clone())
                     .or_default()
                     .push(*ticks as f64 / clk_tck / m.wall.as_secs_f64());
-                let c = counts.entry(name.clone()).or_default();
-                *c = (*c).max(*n);
             }
         }
         let mut rows: Vec<(String, f64)> = names
@@ -958,7 +962,7 @@ fn floor(reps: usize) {
         let shown: Vec<String> = rows
             .iter()
             .filter(|(_, u)| *u >= 0.005)
-            .map(|(name, u)| format!("{name}×{} {:.0} %", counts[name], u * 100.0))
+            .map(|(name, u)| format!("{name} {:.0} %", u * 100.0))
             .collect();
         println!("\nthreads of `{}` (CPU / wall, median): {}", runs[e].0, shown.join(", "));
     }

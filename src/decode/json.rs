@@ -478,16 +478,17 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     if payload.get(i) != Some(&b'"') {
         return None;
     }
+    // a byte loop (ids are short: a `memchr` call cost more than the loop)
     let start = i + 1;
-    let len = memchr::memchr2(b'"', b'\\', payload.get(start..)?)?;
-    if payload[start + len] != b'"' {
-        return None;
+    let mut end = start;
+    loop {
+        match *payload.get(end)? {
+            b'"' => break,
+            b'\\' | 0..0x20 => return None,
+            _ => end += 1,
+        }
     }
-    let id = &payload[start..start + len];
-    if id.iter().any(|&b| b < 0x20) {
-        return None;
-    }
-    std::str::from_utf8(id).ok()
+    std::str::from_utf8(&payload[start..end]).ok()
 }
 
 #[cfg(test)]

@@ -293,22 +293,22 @@ impl<'a> Cursor<'a> {
         (self.b.get(self.i..end)? == word).then(|| self.i = end)
     }
 
-    /// A string without escapes or control characters: its bytes, without the quotes.
+    /// A string without escapes or control characters: its bytes, without the quotes. (A byte
+    /// loop: keys and ids are short, and a `memchr` call per string cost more than the loop.)
     #[inline]
     fn string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
-        let start = self.i;
-        let rest = &self.b[start..];
-        let len = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[len] != b'"' {
-            return None;
+        let (b, start) = (self.b, self.i);
+        let mut i = start;
+        loop {
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => i += 1,
+            }
         }
-        let s = &rest[..len];
-        if s.iter().any(|&c| c < 0x20) {
-            return None;
-        }
-        self.i = start + len + 1;
-        Some(s)
+        self.i = i + 1;
+        Some(&b[start..i])
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
