@@ -939,8 +939,9 @@ fn floor(reps: usize) {
         "checkpoints every 10 s cost (2 shards, medians): {:+.1} %",
         (1.0 - rate(&results[4]) / rate(&results[5])) * 100.0
     );
-    // per-thread utilisation: each thread name's CPU over the run's wall time (median over the
-    // repetitions); threads of the same name are summed and counted
+    floor_fixed_cost(input, reps);
+    // per-thread utilisation: each thread's CPU over the run's wall time (median over the
+    // repetitions), threads of one name by rank
     for e in [2, 3, 4, 5] {
         let mut names: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (m, threads) in &results[e] {
@@ -966,6 +967,43 @@ fn floor(reps: usize) {
             .collect();
         println!("\nthreads of `{}` (CPU / wall, median): {}", runs[e].0, shown.join(", "));
     }
+}
+
+/// What a 2-shard run costs whatever its input: the same runs over the first 20,000 lines
+/// (10,000 devices), with checkpoints (opening RocksDB, the final checkpoint of every device)
+/// and without; the difference is what checkpoints cost a run of any length.
+fn floor_fixed_cost(input: &str, reps: usize) {
+    let small = data_dir().join("aq1-first-20000.jsonl");
+    if !small.exists() {
+        let text = std::fs::read(input).expect("reading the input");
+        let end = memchr::memchr_iter(b'\n', &text).nth(19_999).expect("20,000 lines") + 1;
+        std::fs::write(&small, &text[..end]).expect("writing the small input");
+    }
+    let small = small.to_str().expect("utf-8 path");
+    let out = data_dir().join("floor-out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let configs: [(&str, &[&str]); 2] = [
+        ("--shards 2, checkpoints every 10 s", &["--shards", "2", "--checkpoint-interval", "10s"]),
+        ("--shards 2 --no-checkpoints", &["--shards", "2", "--no-checkpoints"]),
+    ];
+    let mut walls: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..reps.max(3) {
+        for (k, (_, extra)) in configs.iter().enumerate() {
+            let mut args = vec!["run", "pipelines/aq1.yaml", "--input", small, "--output", out_s];
+            args.extend(extra.iter().copied());
+            walls[k].push(run_file(&args).wall.as_secs_f64());
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let with = median(walls[0].clone());
+    let without = median(walls[1].clone());
+    println!(
+        "\nfixed cost, 20,000 readings of 10,000 devices (median of {}): {} {with:.3} s, {} {without:.3} s: checkpoints add {:.3} s to any run",
+        walls[0].len(),
+        configs[0].0,
+        configs[1].0,
+        with - without
+    );
 }
 
 /// Issue 18, in-process: what one line costs in each step a router takes, on the first

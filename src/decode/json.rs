@@ -1,5 +1,8 @@
-//! JSON payloads: one object, read with a serde visitor straight into field slots (no
-//! intermediate `Value`). Keys that the pipeline does not declare are skipped.
+//! JSON payloads: one object, read straight into field slots (no intermediate `Value`). Keys
+//! that the pipeline does not declare are skipped. Two paths: [`fast`], a schema-driven scan of
+//! the flat ASCII objects producers write, and a serde visitor ([`decode_serde`]) for every
+//! payload the fast path declines; both give the same reading, and errors always come from the
+//! serde path.
 
 use std::borrow::Cow;
 use std::fmt;

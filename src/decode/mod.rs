@@ -4,7 +4,9 @@
 //! - [`Decoder`]: compiled from [`DecodeSpec`]; `decode` turns one payload into a device id and
 //!   a [`Reading`]; `device_of` finds only the device id (cheap: numbers are skipped, not
 //!   converted), so that each shard fully decodes only the readings of its own devices.
-//! - `json`: one JSON object per payload, read with a serde visitor straight into field slots.
+//! - `json`: one JSON object per payload: a schema-driven byte scanner (`json::fast`) that reads
+//!   only the declared keys, numbers straight to `f64`, for the flat ASCII objects producers
+//!   write; a serde visitor straight into field slots for everything it declines.
 //! - `influx`: one InfluxDB line protocol line per payload (tags, fields, timestamp).
 //! - [`DecodeError`]: the reason a payload is a dead letter.
 
