@@ -763,8 +763,8 @@ fn main() {
 /// CPU time per thread of a running process (utime + stime in clock ticks), by thread name and
 /// rank, from `/proc/<pid>/task/*/stat` sampled every 50 ms until the
 /// process is gone: a thread's last sample is at most 50 ms before it ended.
-fn sample_threads(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> BTreeMap<String, (u32, u64)> {
-    let mut per_tid: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+fn sample_threads(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> BTreeMap<String, ThreadUse> {
+    let mut per_tid: BTreeMap<u32, (String, ThreadUse)> = BTreeMap::new();
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             break;
@@ -783,22 +783,46 @@ fn sample_threads(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>)
             let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
             let ticks = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
                 + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-            per_tid.insert(tid, (name, ticks));
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let switches = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            let used = ThreadUse {
+                ticks,
+                waited: switches("voluntary_ctxt_switches:"),
+                preempted: switches("nonvoluntary_ctxt_switches:"),
+            };
+            per_tid.insert(tid, (name, used));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     // threads of one name (the shards' actix threads are all `actix-rt|system`) are told apart
     // by their rank in CPU time: `name #1` used the most
-    let mut threads: Vec<(String, u64)> = per_tid.into_values().collect();
-    threads.sort_by(|a, b| b.1.cmp(&a.1));
-    let mut by_name: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+    let mut threads: Vec<(String, ThreadUse)> = per_tid.into_values().collect();
+    threads.sort_by(|a, b| b.1.ticks.cmp(&a.1.ticks));
+    let mut by_name: BTreeMap<String, ThreadUse> = BTreeMap::new();
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-    for (name, ticks) in threads {
+    for (name, used) in threads {
         let rank = seen.entry(name.clone()).or_default();
         *rank += 1;
-        by_name.insert(format!("{name} #{rank}"), (1, ticks));
+        by_name.insert(format!("{name} #{rank}"), used);
     }
     by_name
+}
+
+/// What one thread of a child used: CPU (clock ticks), and how often it left the CPU because it
+/// waited (voluntary context switches: a blocking call, an empty mailbox) or was preempted
+/// (other runnable threads, here or elsewhere on the machine).
+#[derive(Clone, Copy, Default)]
+struct ThreadUse {
+    ticks: u64,
+    waited: u64,
+    preempted: u64,
 }
 
 /// Waits for `child` as [`wait_measured`] does, sampling its threads' CPU meanwhile.
@@ -806,7 +830,7 @@ fn wait_sampled(
     child: std::process::Child,
     started: Instant,
     stderr_path: &Path,
-) -> (Measured, BTreeMap<String, (u32, u64)>) {
+) -> (Measured, BTreeMap<String, ThreadUse>) {
     let pid = child.id();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -842,7 +866,7 @@ fn floor(reps: usize) {
         ("plume --shards 2 --no-checkpoints", Some(vec!["--shards", "2", "--no-checkpoints"]), None),
     ];
     let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut results: Vec<Vec<(Measured, BTreeMap<String, (u32, u64)>)>> = runs.iter().map(|_| Vec::new()).collect();
+    let mut results: Vec<Vec<(Measured, BTreeMap<String, ThreadUse>)>> = runs.iter().map(|_| Vec::new()).collect();
     let mut summary: Option<String> = None;
     println!(
         "\n## Floor (issue 18): aq1, {THROUGHPUT_DEVICES} devices, {THROUGHPUT_READINGS} readings, {reps} repetitions (load average before: {})",
@@ -894,7 +918,7 @@ fn floor(reps: usize) {
     }
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&reference_out);
-    let rate = |ms: &[(Measured, BTreeMap<String, (u32, u64)>)]| {
+    let rate = |ms: &[(Measured, BTreeMap<String, ThreadUse>)]| {
         median(
             ms.iter()
                 .map(|(m, _)| THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64())
@@ -908,8 +932,10 @@ fn floor(reps: usize) {
         std::fs::read_to_string(data_dir().join("reference.txt")).unwrap_or_default().trim()
     );
     println!("plume's summary: {}", summary.unwrap_or_default());
-    println!("\n| run | median readings/s | × reference | × reference writing its records | median CPU s | CPU / wall | peak RSS (max) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "\n| run | median readings/s | × reference | × reference writing its records | median CPU s | CPU ns per reading | CPU / wall | peak RSS (max) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (e, (name, _, _)) in runs.iter().enumerate() {
         let r = rate(&results[e]);
         let cpu = median(results[e].iter().map(|(m, _)| m.cpu.as_secs_f64()).collect());
@@ -921,9 +947,10 @@ fn floor(reps: usize) {
         );
         let rss = results[e].iter().map(|(m, _)| m.max_rss_kib).max().unwrap_or(0);
         println!(
-            "| {name} | {r:.0} | {:.2} | {:.2} | {cpu:.2} | {busy:.2} | {:.0} MiB |",
+            "| {name} | {r:.0} | {:.2} | {:.2} | {cpu:.2} | {:.0} | {busy:.2} | {:.0} MiB |",
             r / reference,
             r / reference_writing,
+            cpu * 1e9 / THROUGHPUT_READINGS as f64,
             mib(rss)
         );
     }
@@ -943,29 +970,40 @@ fn floor(reps: usize) {
     // per-thread utilisation: each thread's CPU over the run's wall time (median over the
     // repetitions), threads of one name by rank
     for e in [2, 3, 4, 5] {
-        let mut names: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut names: BTreeMap<String, Vec<(f64, u64, u64)>> = BTreeMap::new();
         for (m, threads) in &results[e] {
-            for (name, (_, ticks)) in threads {
-                names
-                    .entry(name.clone())
-                    .or_default()
-                    .push(*ticks as f64 / clk_tck / m.wall.as_secs_f64());
+            for (name, used) in threads {
+                names.entry(name.clone()).or_default().push((
+                    used.ticks as f64 / clk_tck / m.wall.as_secs_f64(),
+                    used.waited,
+                    used.preempted,
+                ));
             }
         }
-        let mut rows: Vec<(String, f64)> = names
+        let mut rows: Vec<(String, f64, f64, f64)> = names
             .into_iter()
-            .map(|(name, mut v)| {
-                v.resize(reps, 0.0);
-                (name, median(v))
+            .map(|(name, v)| {
+                let pick = |f: &dyn Fn(&(f64, u64, u64)) -> f64| {
+                    let mut x: Vec<f64> = v.iter().map(f).collect();
+                    x.resize(reps, 0.0);
+                    median(x)
+                };
+                (name, pick(&|t| t.0), pick(&|t| t.1 as f64), pick(&|t| t.2 as f64))
             })
             .collect();
         rows.sort_by(|a, b| b.1.total_cmp(&a.1));
         let shown: Vec<String> = rows
             .iter()
-            .filter(|(_, u)| *u >= 0.005)
-            .map(|(name, u)| format!("{name} {:.0} %", u * 100.0))
+            .filter(|(_, u, _, _)| *u >= 0.005)
+            .map(|(name, u, waited, preempted)| {
+                format!("{name} {:.0} % (waited {waited:.0}×, preempted {preempted:.0}×)", u * 100.0)
+            })
             .collect();
-        println!("\nthreads of `{}` (CPU / wall, median): {}", runs[e].0, shown.join(", "));
+        println!(
+            "\nthreads of `{}` (CPU / wall, and context switches, medians): {}",
+            runs[e].0,
+            shown.join(", ")
+        );
     }
 }
 
