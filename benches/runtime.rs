@@ -151,7 +151,17 @@ fn plume_with_env(
     stdin: Stdio,
     stderr_path: &Path,
 ) -> (std::process::Child, Instant) {
-    let mut command = Command::new(plume_binary());
+    plume_with_binary(&plume_binary(), args, env, stdin, stderr_path)
+}
+
+fn plume_with_binary(
+    binary: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    stdin: Stdio,
+    stderr_path: &Path,
+) -> (std::process::Child, Instant) {
+    let mut command = Command::new(binary);
     command.current_dir(repo()).args(args);
     for (k, v) in env {
         command.env(k, v);
@@ -853,18 +863,40 @@ fn floor(reps: usize) {
     let reference_out = data_dir().join("floor-reference-out.jsonl");
     let reference_out_s = reference_out.to_str().expect("utf-8 path");
     // (name, plume arguments, or None for the reference with its output path if any)
-    let runs: Vec<(&str, Option<Vec<&str>>, Option<&str>)> = vec![
-        ("reference (serde_json struct, no output)", None, None),
-        ("reference, writing its records", None, Some(reference_out_s)),
-        ("plume --engine plain", Some(vec!["--engine", "plain"]), None),
-        ("plume --shards 1", Some(vec!["--shards", "1", "--checkpoint-interval", "10s"]), None),
+    // (name, plume arguments or None for the reference, the reference's output path if any,
+    // the plume binary)
+    let this = plume_binary();
+    let mut runs: Vec<(String, Option<Vec<&str>>, Option<&str>, String)> = vec![
+        ("reference (serde_json struct, no output)".into(), None, None, this.clone()),
+        ("reference, writing its records".into(), None, Some(reference_out_s), this.clone()),
+        ("plume --engine plain".into(), Some(vec!["--engine", "plain"]), None, this.clone()),
         (
-            "plume --shards 2, checkpoints every 10 s",
+            "plume --shards 1".into(),
+            Some(vec!["--shards", "1", "--checkpoint-interval", "10s"]),
+            None,
+            this.clone(),
+        ),
+        (
+            "plume --shards 2, checkpoints every 10 s".into(),
             Some(vec!["--shards", "2", "--checkpoint-interval", "10s"]),
             None,
+            this.clone(),
         ),
-        ("plume --shards 2 --no-checkpoints", Some(vec!["--shards", "2", "--no-checkpoints"]), None),
+        (
+            "plume --shards 2 --no-checkpoints".into(),
+            Some(vec!["--shards", "2", "--no-checkpoints"]),
+            None,
+            this.clone(),
+        ),
     ];
+    // `PLUME_BENCH_BEFORE=<another plume binary>`: its runs too, interleaved with these (a
+    // before/after comparison in one run)
+    if let Ok(before) = std::env::var("PLUME_BENCH_BEFORE") {
+        for k in 2..6 {
+            let (name, args, _, _) = runs[k].clone();
+            runs.push((format!("before: {name}"), args, None, before.clone()));
+        }
+    }
     let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut results: Vec<Vec<(Measured, BTreeMap<String, ThreadUse>)>> = runs.iter().map(|_| Vec::new()).collect();
     let mut summary: Option<String> = None;
@@ -875,13 +907,13 @@ fn floor(reps: usize) {
     for rep in 0..reps {
         for k in 0..runs.len() {
             let e = (k + rep) % runs.len();
-            let (name, plume_args, reference_output) = &runs[e];
+            let (name, plume_args, reference_output, binary) = &runs[e];
             let stderr_path = data_dir().join("stderr.txt");
             let (m, threads) = match plume_args {
                 Some(extra) => {
                     let mut args = vec!["run", "pipelines/aq1.yaml", "--input", input, "--output", out_s];
                     args.extend(extra.iter().copied());
-                    let (child, started) = plume(&args, Stdio::null(), &stderr_path);
+                    let (child, started) = plume_with_binary(binary, &args, &[], Stdio::null(), &stderr_path);
                     let measured = wait_sampled(child, started, &stderr_path);
                     let s = summary_of(&out);
                     match &summary {
@@ -936,7 +968,7 @@ fn floor(reps: usize) {
         "\n| run | median readings/s | × reference | × reference writing its records | median CPU s | CPU ns per reading | CPU / wall | peak RSS (max) |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (e, (name, _, _)) in runs.iter().enumerate() {
+    for (e, (name, _, _, _)) in runs.iter().enumerate() {
         let r = rate(&results[e]);
         let cpu = median(results[e].iter().map(|(m, _)| m.cpu.as_secs_f64()).collect());
         let busy = median(
@@ -969,7 +1001,7 @@ fn floor(reps: usize) {
     floor_fixed_cost(input, reps);
     // per-thread utilisation: each thread's CPU over the run's wall time (median over the
     // repetitions), threads of one name by rank
-    for e in [2, 3, 4, 5] {
+    for e in (2..runs.len()).filter(|&e| e != 7) {
         let mut names: BTreeMap<String, Vec<(f64, u64, u64)>> = BTreeMap::new();
         for (m, threads) in &results[e] {
             for (name, used) in threads {
