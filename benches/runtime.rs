@@ -5,6 +5,7 @@
 //! cargo bench --bench runtime                  # everything (about 5 minutes on 2 cores)
 //! cargo bench --bench runtime -- --reps 5      # more repetitions of the throughput runs
 //! cargo bench --bench runtime -- --only throughput   (or: idle, passivation, metrics, time-index)
+//! cargo bench --bench runtime -- --only floor --reps 5   (issue 18; or: floor-micro, floor-checkpoints)
 //! ```
 //!
 //! Every run is a child process of the release `plume` binary, so its peak RSS (`ru_maxrss`
@@ -768,6 +769,12 @@ fn main() {
     if only.as_deref() == Some("floor-micro") {
         floor_micro();
     }
+    if only.as_deref() == Some("floor-checkpoints") {
+        let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+        let input = input.to_str().expect("utf-8 path");
+        floor_fixed_cost(input, reps.max(1));
+        floor_checkpoint_cost(input, reps.max(1));
+    }
 }
 
 /// CPU time per thread of a running process (utime + stime in clock ticks), by thread name and
@@ -999,6 +1006,7 @@ fn floor(reps: usize) {
         (1.0 - rate(&results[4]) / rate(&results[5])) * 100.0
     );
     floor_fixed_cost(input, reps);
+    floor_checkpoint_cost(input, reps);
     // per-thread utilisation: each thread's CPU over the run's wall time (median over the
     // repetitions), threads of one name by rank
     for e in (2..runs.len()).filter(|&e| e != 7) {
@@ -1073,6 +1081,70 @@ fn floor_fixed_cost(input: &str, reps: usize) {
         configs[0].0,
         configs[1].0,
         with - without
+    );
+}
+
+/// What one checkpoint costs a 2-shard run while it runs: the whole input with checkpoints every
+/// 10 s (none fires in a run this short: only the final one) and every 250 ms, interleaved; the
+/// difference over the extra checkpoints taken (counted with `plume checkpoints list`) is the
+/// cost of one, and that cost every 10 s is what `checkpoint.interval: 10s` costs a long run.
+fn floor_checkpoint_cost(input: &str, reps: usize) {
+    let out = data_dir().join("floor-out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let intervals = ["10s", "250ms"];
+    let mut runs: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..reps.max(3) {
+        for (k, interval) in intervals.iter().enumerate() {
+            let args = [
+                "run",
+                "pipelines/aq1.yaml",
+                "--input",
+                input,
+                "--output",
+                out_s,
+                "--shards",
+                "2",
+                "--checkpoint-interval",
+                interval,
+            ];
+            let m = run_file(&args);
+            // the newest checkpoint's id is the number taken (ids start at 1 in a fresh directory)
+            let list = Command::new(plume_binary())
+                .args(["checkpoints", "--data-dir"])
+                .arg(data_dir().join("state"))
+                .arg("list")
+                .output()
+                .expect("plume checkpoints list");
+            let taken = String::from_utf8_lossy(&list.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+            runs[k].push((m.wall.as_secs_f64(), m.cpu.as_secs_f64(), taken));
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let med = |k: usize, f: &dyn Fn(&(f64, f64, u64)) -> f64| median(runs[k].iter().map(f).collect());
+    let (wall, cpu, taken) = (
+        [med(0, &|r| r.0), med(1, &|r| r.0)],
+        [med(0, &|r| r.1), med(1, &|r| r.1)],
+        [med(0, &|r| r.2 as f64), med(1, &|r| r.2 as f64)],
+    );
+    let extra = (taken[1] - taken[0]).max(1.0);
+    let per_wall = (wall[1] - wall[0]) / extra;
+    let per_cpu = (cpu[1] - cpu[0]) / extra;
+    println!(
+        "\ncheckpoint cost, 2 shards, 10,000 devices (medians of {}): every 10 s: {:.3} s wall, {:.2} s CPU, {:.0} checkpoints; every 250 ms: {:.3} s wall, {:.2} s CPU, {:.0} checkpoints: {:.1} ms wall and {:.1} ms CPU per checkpoint, so {:.2} % of a long run's time at one every 10 s",
+        runs[0].len(),
+        wall[0],
+        cpu[0],
+        taken[0],
+        wall[1],
+        cpu[1],
+        taken[1],
+        per_wall * 1e3,
+        per_cpu * 1e3,
+        per_wall / 10.0 * 100.0
     );
 }
 
