@@ -874,9 +874,24 @@ fn floor(reps: usize) {
     // the plume binary)
     let this = plume_binary();
     let mut runs: Vec<(String, Option<Vec<&str>>, Option<&str>, String)> = vec![
-        ("reference (serde_json struct, no output)".into(), None, None, this.clone()),
-        ("reference, writing its records".into(), None, Some(reference_out_s), this.clone()),
-        ("plume --engine plain".into(), Some(vec!["--engine", "plain"]), None, this.clone()),
+        (
+            "reference (serde_json struct, no output)".into(),
+            None,
+            None,
+            this.clone(),
+        ),
+        (
+            "reference, writing its records".into(),
+            None,
+            Some(reference_out_s),
+            this.clone(),
+        ),
+        (
+            "plume --engine plain".into(),
+            Some(vec!["--engine", "plain"]),
+            None,
+            this.clone(),
+        ),
         (
             "plume --shards 1".into(),
             Some(vec!["--shards", "1", "--checkpoint-interval", "10s"]),
@@ -968,7 +983,9 @@ fn floor(reps: usize) {
     let reference_writing = rate(&results[1]);
     println!(
         "\nreference: {}",
-        std::fs::read_to_string(data_dir().join("reference.txt")).unwrap_or_default().trim()
+        std::fs::read_to_string(data_dir().join("reference.txt"))
+            .unwrap_or_default()
+            .trim()
     );
     println!("plume's summary: {}", summary.unwrap_or_default());
     println!(
@@ -995,12 +1012,20 @@ fn floor(reps: usize) {
     }
     let per_rep = |a: usize, b: usize| -> String {
         (0..reps)
-            .map(|i| format!("{:.2}", results[b][i].0.wall.as_secs_f64() / results[a][i].0.wall.as_secs_f64()))
+            .map(|i| {
+                format!(
+                    "{:.2}",
+                    results[b][i].0.wall.as_secs_f64() / results[a][i].0.wall.as_secs_f64()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
     println!("\nper repetition: plain / reference {}", per_rep(2, 0));
-    println!("per repetition: 2 shards with checkpoints / reference {}", per_rep(4, 0));
+    println!(
+        "per repetition: 2 shards with checkpoints / reference {}",
+        per_rep(4, 0)
+    );
     println!(
         "checkpoints every 10 s cost (2 shards, medians): {:+.1} %",
         (1.0 - rate(&results[4]) / rate(&results[5])) * 100.0
@@ -1036,7 +1061,10 @@ fn floor(reps: usize) {
             .iter()
             .filter(|(_, u, _, _)| *u >= 0.005)
             .map(|(name, u, waited, preempted)| {
-                format!("{name} {:.0} % (waited {waited:.0}×, preempted {preempted:.0}×)", u * 100.0)
+                format!(
+                    "{name} {:.0} % (waited {waited:.0}×, preempted {preempted:.0}×)",
+                    u * 100.0
+                )
             })
             .collect();
         println!(
@@ -1061,7 +1089,10 @@ fn floor_fixed_cost(input: &str, reps: usize) {
     let out = data_dir().join("floor-out.jsonl");
     let out_s = out.to_str().expect("utf-8 path");
     let configs: [(&str, &[&str]); 2] = [
-        ("--shards 2, checkpoints every 10 s", &["--shards", "2", "--checkpoint-interval", "10s"]),
+        (
+            "--shards 2, checkpoints every 10 s",
+            &["--shards", "2", "--checkpoint-interval", "10s"],
+        ),
         ("--shards 2 --no-checkpoints", &["--shards", "2", "--no-checkpoints"]),
     ];
     let mut walls: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];

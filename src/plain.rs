@@ -217,7 +217,9 @@ pub fn run(
         }
     };
     let now = crate::clock::now_ms();
-    for_each_line(input, |line, line_no| run.push_line(line, source_name, line_no, now, &mut sink))?;
+    for_each_line(input, |line, line_no| {
+        run.push_line(line, source_name, line_no, now, &mut sink)
+    })?;
     let totals = run.finish(&mut sink);
     if let Some(e) = write_error {
         return Err(e);

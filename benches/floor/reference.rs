@@ -108,7 +108,8 @@ impl Out {
     fn num(&mut self, key: &str, x: f64) {
         self.key(key);
         if x.is_finite() {
-            self.line.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
+            self.line
+                .extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
         } else {
             self.line.extend_from_slice(b"null");
         }

@@ -10,10 +10,10 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
 use super::{DecodeError, Decoded, Decoder};
-
-mod fast;
 use crate::operators::Reading;
 use crate::spec::FieldType;
+
+mod fast;
 
 enum Key {
     Device,
@@ -797,15 +797,17 @@ mod tests {
             if let Some(fast) = fast {
                 // NaN (an absent value) is not equal to itself: compare the bits
                 let bits = |r: &Result<Decoded, DecodeError>| {
-                    r.as_ref().map(|d| {
-                        (
-                            d.device.to_string(),
-                            d.reading.ts,
-                            d.arrival,
-                            d.reading.out_of_range,
-                            d.reading.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        )
-                    }).map_err(|e| e.to_string())
+                    r.as_ref()
+                        .map(|d| {
+                            (
+                                d.device.to_string(),
+                                d.reading.ts,
+                                d.arrival,
+                                d.reading.out_of_range,
+                                d.reading.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            )
+                        })
+                        .map_err(|e| e.to_string())
                 };
                 assert_eq!(bits(&fast), bits(&serde), "{}", String::from_utf8_lossy(payload));
                 true
@@ -818,7 +820,10 @@ mod tests {
             taken += agree(p) as usize;
         }
         assert!(taken >= 12, "the fast path took {taken} of the hand-written payloads");
-        assert!(agree(payloads[1].as_slice()), "a generated aq1 line takes the fast path");
+        assert!(
+            agree(payloads[1].as_slice()),
+            "a generated aq1 line takes the fast path"
+        );
         // mutations: bytes replaced, deleted, duplicated (a seeded xorshift)
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move |n: usize| {
