@@ -5,6 +5,7 @@
 //! cargo bench --bench runtime                  # everything (about 5 minutes on 2 cores)
 //! cargo bench --bench runtime -- --reps 5      # more repetitions of the throughput runs
 //! cargo bench --bench runtime -- --only throughput   (or: idle, passivation, metrics, time-index)
+//! cargo bench --bench runtime -- --only floor --reps 5   (issue 18; or: floor-micro, floor-checkpoints)
 //! ```
 //!
 //! Every run is a child process of the release `plume` binary, so its peak RSS (`ru_maxrss`
@@ -26,6 +27,10 @@
 //! 3. **Passivation**: 1,000,000 distinct devices (two readings each) with
 //!    `passivate_after: 1s`; reports peak RSS (target: under 2 GiB) and the passivations.
 
+#[path = "floor/reference.rs"]
+mod reference;
+
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -122,6 +127,12 @@ fn wait_measured(child: std::process::Child, started: Instant, stderr_path: &Pat
     }
 }
 
+/// The `plume` binary the runs use: this build's, or `PLUME_BENCH_BIN` (to measure another
+/// build, such as the code before a change, with the same bench).
+fn plume_binary() -> String {
+    std::env::var("PLUME_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_plume").to_string())
+}
+
 /// A fresh state directory for an actor run (`plume run` resumes from an existing one).
 fn fresh_state_dir() -> PathBuf {
     let dir = data_dir().join("state");
@@ -141,7 +152,17 @@ fn plume_with_env(
     stdin: Stdio,
     stderr_path: &Path,
 ) -> (std::process::Child, Instant) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plume"));
+    plume_with_binary(&plume_binary(), args, env, stdin, stderr_path)
+}
+
+fn plume_with_binary(
+    binary: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    stdin: Stdio,
+    stderr_path: &Path,
+) -> (std::process::Child, Instant) {
+    let mut command = Command::new(binary);
     command.current_dir(repo()).args(args);
     for (k, v) in env {
         command.env(k, v);
@@ -688,6 +709,16 @@ fn metrics_cost(reps: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // the reference of `--only floor`, run as a child process like every plume run
+    if args.first().map(String::as_str) == Some("--reference-child") {
+        let output = args.get(2).map(String::as_str);
+        let t = reference::run(&args[1], output);
+        println!(
+            "readings {} late {} bad_lines {} devices {} records {}",
+            t.readings, t.late, t.bad_lines, t.devices, t.records
+        );
+        return;
+    }
     let mut reps = 3;
     let mut only: Option<String> = None;
     let mut i = 0;
@@ -709,7 +740,7 @@ fn main() {
     println!(
         "plume runtime bench: {} CPUs, plume = {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        env!("CARGO_BIN_EXE_plume")
+        plume_binary()
     );
     // children's ru_maxrss cannot be below this process's own peak (see `summary_of`)
     let own = proc_field(std::process::id(), "status", "VmHWM:").unwrap_or(0);
@@ -729,4 +760,518 @@ fn main() {
     if want("time-index") {
         time_index(reps.max(1));
     }
+    if only.as_deref() == Some("floor") {
+        // the runs first: a child's peak RSS starts from this process's, and the per-line
+        // measurements hold 100 MB of input
+        floor(reps.max(1));
+        floor_micro();
+    }
+    if only.as_deref() == Some("floor-micro") {
+        floor_micro();
+    }
+    if only.as_deref() == Some("floor-checkpoints") {
+        let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+        let input = input.to_str().expect("utf-8 path");
+        floor_fixed_cost(input, reps.max(1));
+        floor_checkpoint_cost(input, reps.max(1));
+    }
+}
+
+/// CPU time per thread of a running process (utime + stime in clock ticks), by thread name and
+/// rank, from `/proc/<pid>/task/*/stat` sampled every 50 ms until the
+/// process is gone: a thread's last sample is at most 50 ms before it ended.
+fn sample_threads(pid: u32, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> BTreeMap<String, ThreadUse> {
+    let mut per_tid: BTreeMap<u32, (String, ThreadUse)> = BTreeMap::new();
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            break;
+        };
+        for entry in dir.flatten() {
+            let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_string();
+            let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let switches = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            let used = ThreadUse {
+                ticks,
+                waited: switches("voluntary_ctxt_switches:"),
+                preempted: switches("nonvoluntary_ctxt_switches:"),
+            };
+            per_tid.insert(tid, (name, used));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // threads of one name (the shards' actix threads are all `actix-rt|system`) are told apart
+    // by their rank in CPU time: `name #1` used the most
+    let mut threads: Vec<(String, ThreadUse)> = per_tid.into_values().collect();
+    threads.sort_by(|a, b| b.1.ticks.cmp(&a.1.ticks));
+    let mut by_name: BTreeMap<String, ThreadUse> = BTreeMap::new();
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for (name, used) in threads {
+        let rank = seen.entry(name.clone()).or_default();
+        *rank += 1;
+        by_name.insert(format!("{name} #{rank}"), used);
+    }
+    by_name
+}
+
+/// What one thread of a child used: CPU (clock ticks), and how often it left the CPU because it
+/// waited (voluntary context switches: a blocking call, an empty mailbox) or was preempted
+/// (other runnable threads, here or elsewhere on the machine).
+#[derive(Clone, Copy, Default)]
+struct ThreadUse {
+    ticks: u64,
+    waited: u64,
+    preempted: u64,
+}
+
+/// Waits for `child` as [`wait_measured`] does, sampling its threads' CPU meanwhile.
+fn wait_sampled(
+    child: std::process::Child,
+    started: Instant,
+    stderr_path: &Path,
+) -> (Measured, BTreeMap<String, ThreadUse>) {
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || sample_threads(pid, done))
+    };
+    let m = wait_measured(child, started, stderr_path);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (m, sampler.join().expect("the thread sampler"))
+}
+
+/// Issue 18: plume against a no-framework loop doing the same aq1 work (`benches/floor/
+/// reference.rs`), side by side, interleaved; readings/s as medians and ratios to the reference,
+/// and where the CPU goes per thread in the 2-shard runs.
+fn floor(reps: usize) {
+    let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+    let input = input.to_str().expect("utf-8 path");
+    let out = data_dir().join("floor-out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let reference_out = data_dir().join("floor-reference-out.jsonl");
+    let reference_out_s = reference_out.to_str().expect("utf-8 path");
+    // (name, plume arguments, or None for the reference with its output path if any)
+    // (name, plume arguments or None for the reference, the reference's output path if any,
+    // the plume binary)
+    let this = plume_binary();
+    let mut runs: Vec<(String, Option<Vec<&str>>, Option<&str>, String)> = vec![
+        (
+            "reference (serde_json struct, no output)".into(),
+            None,
+            None,
+            this.clone(),
+        ),
+        (
+            "reference, writing its records".into(),
+            None,
+            Some(reference_out_s),
+            this.clone(),
+        ),
+        (
+            "plume --engine plain".into(),
+            Some(vec!["--engine", "plain"]),
+            None,
+            this.clone(),
+        ),
+        (
+            "plume --shards 1".into(),
+            Some(vec!["--shards", "1", "--checkpoint-interval", "10s"]),
+            None,
+            this.clone(),
+        ),
+        (
+            "plume --shards 2, checkpoints every 10 s".into(),
+            Some(vec!["--shards", "2", "--checkpoint-interval", "10s"]),
+            None,
+            this.clone(),
+        ),
+        (
+            "plume --shards 2 --no-checkpoints".into(),
+            Some(vec!["--shards", "2", "--no-checkpoints"]),
+            None,
+            this.clone(),
+        ),
+    ];
+    // `PLUME_BENCH_BEFORE=<another plume binary>`: its runs too, interleaved with these (a
+    // before/after comparison in one run)
+    if let Ok(before) = std::env::var("PLUME_BENCH_BEFORE") {
+        for k in 2..6 {
+            let (name, args, _, _) = runs[k].clone();
+            runs.push((format!("before: {name}"), args, None, before.clone()));
+        }
+    }
+    let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut results: Vec<Vec<(Measured, BTreeMap<String, ThreadUse>)>> = runs.iter().map(|_| Vec::new()).collect();
+    let mut summary: Option<String> = None;
+    println!(
+        "\n## Floor (issue 18): aq1, {THROUGHPUT_DEVICES} devices, {THROUGHPUT_READINGS} readings, {reps} repetitions (load average before: {})",
+        load_average()
+    );
+    for rep in 0..reps {
+        for k in 0..runs.len() {
+            let e = (k + rep) % runs.len();
+            let (name, plume_args, reference_output, binary) = &runs[e];
+            let stderr_path = data_dir().join("stderr.txt");
+            let (m, threads) = match plume_args {
+                Some(extra) => {
+                    let mut args = vec!["run", "pipelines/aq1.yaml", "--input", input, "--output", out_s];
+                    args.extend(extra.iter().copied());
+                    let (child, started) = plume_with_binary(binary, &args, &[], Stdio::null(), &stderr_path);
+                    let measured = wait_sampled(child, started, &stderr_path);
+                    let s = summary_of(&out);
+                    match &summary {
+                        None => summary = Some(s),
+                        Some(first) => assert_eq!(first, &s, "{name} wrote a different summary"),
+                    }
+                    measured
+                }
+                None => {
+                    let mut command = Command::new(std::env::current_exe().expect("current exe"));
+                    command.arg("--reference-child").arg(input);
+                    if let Some(o) = reference_output {
+                        command.arg(o);
+                    }
+                    let started = Instant::now();
+                    let child = command
+                        .stdout(File::create(data_dir().join("reference.txt")).expect("stdout file"))
+                        .stderr(File::create(&stderr_path).expect("stderr file"))
+                        .spawn()
+                        .expect("starting the reference");
+                    wait_sampled(child, started, &stderr_path)
+                }
+            };
+            eprintln!(
+                "  rep {rep} {name:<42} {:>7.3} s  {:>10.0} readings/s  cpu {:>6.2} s  peak RSS {:>7.1} MiB  (load {})",
+                m.wall.as_secs_f64(),
+                THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64(),
+                m.cpu.as_secs_f64(),
+                mib(m.max_rss_kib),
+                load_average()
+            );
+            results[e].push((m, threads));
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&reference_out);
+    let rate = |ms: &[(Measured, BTreeMap<String, ThreadUse>)]| {
+        median(
+            ms.iter()
+                .map(|(m, _)| THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64())
+                .collect(),
+        )
+    };
+    let reference = rate(&results[0]);
+    let reference_writing = rate(&results[1]);
+    println!(
+        "\nreference: {}",
+        std::fs::read_to_string(data_dir().join("reference.txt"))
+            .unwrap_or_default()
+            .trim()
+    );
+    println!("plume's summary: {}", summary.unwrap_or_default());
+    println!(
+        "\n| run | median readings/s | × reference | × reference writing its records | median CPU s | CPU ns per reading | CPU / wall | peak RSS (max) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (e, (name, _, _, _)) in runs.iter().enumerate() {
+        let r = rate(&results[e]);
+        let cpu = median(results[e].iter().map(|(m, _)| m.cpu.as_secs_f64()).collect());
+        let busy = median(
+            results[e]
+                .iter()
+                .map(|(m, _)| m.cpu.as_secs_f64() / m.wall.as_secs_f64())
+                .collect(),
+        );
+        let rss = results[e].iter().map(|(m, _)| m.max_rss_kib).max().unwrap_or(0);
+        println!(
+            "| {name} | {r:.0} | {:.2} | {:.2} | {cpu:.2} | {:.0} | {busy:.2} | {:.0} MiB |",
+            r / reference,
+            r / reference_writing,
+            cpu * 1e9 / THROUGHPUT_READINGS as f64,
+            mib(rss)
+        );
+    }
+    let per_rep = |a: usize, b: usize| -> String {
+        (0..reps)
+            .map(|i| {
+                format!(
+                    "{:.2}",
+                    results[b][i].0.wall.as_secs_f64() / results[a][i].0.wall.as_secs_f64()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("\nper repetition: plain / reference {}", per_rep(2, 0));
+    println!(
+        "per repetition: 2 shards with checkpoints / reference {}",
+        per_rep(4, 0)
+    );
+    println!(
+        "checkpoints every 10 s cost (2 shards, medians): {:+.1} %",
+        (1.0 - rate(&results[4]) / rate(&results[5])) * 100.0
+    );
+    floor_fixed_cost(input, reps);
+    floor_checkpoint_cost(input, reps);
+    // per-thread utilisation: each thread's CPU over the run's wall time (median over the
+    // repetitions), threads of one name by rank
+    for e in (2..runs.len()).filter(|&e| e != 7) {
+        let mut names: BTreeMap<String, Vec<(f64, u64, u64)>> = BTreeMap::new();
+        for (m, threads) in &results[e] {
+            for (name, used) in threads {
+                names.entry(name.clone()).or_default().push((
+                    used.ticks as f64 / clk_tck / m.wall.as_secs_f64(),
+                    used.waited,
+                    used.preempted,
+                ));
+            }
+        }
+        let mut rows: Vec<(String, f64, f64, f64)> = names
+            .into_iter()
+            .map(|(name, v)| {
+                let pick = |f: &dyn Fn(&(f64, u64, u64)) -> f64| {
+                    let mut x: Vec<f64> = v.iter().map(f).collect();
+                    x.resize(reps, 0.0);
+                    median(x)
+                };
+                (name, pick(&|t| t.0), pick(&|t| t.1 as f64), pick(&|t| t.2 as f64))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shown: Vec<String> = rows
+            .iter()
+            .filter(|(_, u, _, _)| *u >= 0.005)
+            .map(|(name, u, waited, preempted)| {
+                format!(
+                    "{name} {:.0} % (waited {waited:.0}×, preempted {preempted:.0}×)",
+                    u * 100.0
+                )
+            })
+            .collect();
+        println!(
+            "\nthreads of `{}` (CPU / wall, and context switches, medians): {}",
+            runs[e].0,
+            shown.join(", ")
+        );
+    }
+}
+
+/// What a 2-shard run costs whatever its input: the same runs over the first 20,000 lines
+/// (10,000 devices), with checkpoints (opening RocksDB, the final checkpoint of every device)
+/// and without; the difference is what checkpoints cost a run of any length.
+fn floor_fixed_cost(input: &str, reps: usize) {
+    let small = data_dir().join("aq1-first-20000.jsonl");
+    if !small.exists() {
+        let text = std::fs::read(input).expect("reading the input");
+        let end = memchr::memchr_iter(b'\n', &text).nth(19_999).expect("20,000 lines") + 1;
+        std::fs::write(&small, &text[..end]).expect("writing the small input");
+    }
+    let small = small.to_str().expect("utf-8 path");
+    let out = data_dir().join("floor-out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let configs: [(&str, &[&str]); 2] = [
+        (
+            "--shards 2, checkpoints every 10 s",
+            &["--shards", "2", "--checkpoint-interval", "10s"],
+        ),
+        ("--shards 2 --no-checkpoints", &["--shards", "2", "--no-checkpoints"]),
+    ];
+    let mut walls: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..reps.max(3) {
+        for (k, (_, extra)) in configs.iter().enumerate() {
+            let mut args = vec!["run", "pipelines/aq1.yaml", "--input", small, "--output", out_s];
+            args.extend(extra.iter().copied());
+            walls[k].push(run_file(&args).wall.as_secs_f64());
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let with = median(walls[0].clone());
+    let without = median(walls[1].clone());
+    println!(
+        "\nfixed cost, 20,000 readings of 10,000 devices (median of {}): {} {with:.3} s, {} {without:.3} s: checkpoints add {:.3} s to any run",
+        walls[0].len(),
+        configs[0].0,
+        configs[1].0,
+        with - without
+    );
+}
+
+/// What one checkpoint costs a 2-shard run while it runs: the whole input with checkpoints every
+/// 10 s (none fires in a run this short: only the final one) and every 250 ms, interleaved; the
+/// difference over the extra checkpoints taken (counted with `plume checkpoints list`) is the
+/// cost of one, and that cost every 10 s is what `checkpoint.interval: 10s` costs a long run.
+fn floor_checkpoint_cost(input: &str, reps: usize) {
+    let out = data_dir().join("floor-out.jsonl");
+    let out_s = out.to_str().expect("utf-8 path");
+    let intervals = ["10s", "250ms"];
+    let mut runs: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..reps.max(3) {
+        for (k, interval) in intervals.iter().enumerate() {
+            let args = [
+                "run",
+                "pipelines/aq1.yaml",
+                "--input",
+                input,
+                "--output",
+                out_s,
+                "--shards",
+                "2",
+                "--checkpoint-interval",
+                interval,
+            ];
+            let m = run_file(&args);
+            // the newest checkpoint's id is the number taken (ids start at 1 in a fresh directory)
+            let list = Command::new(plume_binary())
+                .args(["checkpoints", "--data-dir"])
+                .arg(data_dir().join("state"))
+                .arg("list")
+                .output()
+                .expect("plume checkpoints list");
+            let taken = String::from_utf8_lossy(&list.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+            runs[k].push((m.wall.as_secs_f64(), m.cpu.as_secs_f64(), taken));
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let med = |k: usize, f: &dyn Fn(&(f64, f64, u64)) -> f64| median(runs[k].iter().map(f).collect());
+    let (wall, cpu, taken) = (
+        [med(0, &|r| r.0), med(1, &|r| r.0)],
+        [med(0, &|r| r.1), med(1, &|r| r.1)],
+        [med(0, &|r| r.2 as f64), med(1, &|r| r.2 as f64)],
+    );
+    let extra = (taken[1] - taken[0]).max(1.0);
+    let per_wall = (wall[1] - wall[0]) / extra;
+    let per_cpu = (cpu[1] - cpu[0]) / extra;
+    println!(
+        "\ncheckpoint cost, 2 shards, 10,000 devices (medians of {}): every 10 s: {:.3} s wall, {:.2} s CPU, {:.0} checkpoints; every 250 ms: {:.3} s wall, {:.2} s CPU, {:.0} checkpoints: {:.1} ms wall and {:.1} ms CPU per checkpoint, so {:.2} % of a long run's time at one every 10 s",
+        runs[0].len(),
+        wall[0],
+        cpu[0],
+        taken[0],
+        wall[1],
+        cpu[1],
+        taken[1],
+        per_wall * 1e3,
+        per_cpu * 1e3,
+        per_wall / 10.0 * 100.0
+    );
+}
+
+/// Issue 18, in-process: what one line costs in each step a router takes, on the first
+/// 1,000,000 lines of the aq1 input held in memory (ns per line, median of 7 passes): splitting
+/// lines, the device-id scan every router does on every line (`Decoder::device_of` and the
+/// key group's xxh3), the full decode (schema-driven fast path, and the general serde path it
+/// falls back to), and the reference's `serde_json::from_slice` into a struct.
+fn floor_micro() {
+    const LINES: usize = 1_000_000;
+    let input = aq1_input(THROUGHPUT_DEVICES, THROUGHPUT_READINGS);
+    let mut text = Vec::new();
+    File::open(&input)
+        .expect("opening the input")
+        .take(LINES as u64 * 120)
+        .read_to_end(&mut text)
+        .expect("reading the input");
+    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    lines.pop(); // possibly cut
+    lines.truncate(LINES);
+    let path = repo().join("pipelines/aq1.yaml");
+    let spec = plume::spec::load_pipeline(&path).unwrap_or_else(|d| panic!("{d}"));
+    let pipeline = plume::pipeline::CompiledPipeline::compile(spec).expect("aq1 compiles");
+    let decoder = &pipeline.decoder;
+    let now = 1_767_225_600_000i64 + 86_400_000;
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Line<'a> {
+        device: &'a str,
+        ts: i64,
+        pm25: f64,
+        co2: f64,
+    }
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let time = |name: &str, f: &dyn Fn() -> u64| -> f64 {
+        let mut passes = Vec::new();
+        let mut check = 0;
+        for _ in 0..7 {
+            let started = Instant::now();
+            check = std::hint::black_box(f());
+            passes.push(started.elapsed().as_secs_f64() * 1e9 / lines.len() as f64);
+        }
+        let ns = median(passes);
+        println!("| {name} | {ns:.1} | {:.2} M/s | {check} |", 1e3 / ns);
+        ns
+    };
+    println!(
+        "\n## Floor, per line (issue 18): {} aq1 lines ({} bytes) in memory, one thread, median of 7 passes (load average before: {})\n",
+        lines.len(),
+        bytes,
+        load_average()
+    );
+    println!("| step | ns per line | lines/s | check |");
+    println!("| --- | ---: | ---: | ---: |");
+    let split = time("split lines (memchr), as every router does", &|| {
+        let mut n = 0u64;
+        let mut rest = &text[..bytes];
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            n += 1;
+            rest = &rest[i + 1..];
+        }
+        n
+    });
+    let scan = time("device-id scan + xxh3 (`device_of`, every router, every line)", &|| {
+        lines
+            .iter()
+            .map(|l| {
+                let d = decoder.device_of(l, None).expect("a device");
+                xxhash_rust::xxh3::xxh3_64(d.as_bytes()) & 1
+            })
+            .sum()
+    });
+    let fast = time("full decode (`Decoder::decode`: the schema-driven fast path)", &|| {
+        lines
+            .iter()
+            .map(|l| decoder.decode(l, None, now).expect("decodes").reading.ts as u64 & 1)
+            .sum()
+    });
+    let general = time("full decode, general path (serde_json visitor into slots)", &|| {
+        lines
+            .iter()
+            .map(|l| decoder.decode_general(l, None, now).expect("decodes").reading.ts as u64 & 1)
+            .sum()
+    });
+    let reference = time("reference: `serde_json::from_slice` into a struct", &|| {
+        lines
+            .iter()
+            .map(|l| serde_json::from_slice::<Line>(l).expect("parses").ts as u64 & 1)
+            .sum()
+    });
+    println!(
+        "\nscan / full decode: {:.1} % (fast path), {:.1} % (general path); split + scan / fast decode: {:.1} %; fast path / general path: {:.2}; fast path / reference struct: {:.2}",
+        scan / fast * 100.0,
+        scan / general * 100.0,
+        (split + scan) / fast * 100.0,
+        fast / general,
+        fast / reference
+    );
 }

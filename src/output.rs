@@ -83,6 +83,24 @@ pub fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
+/// Appends the id as a JSON string of 32 lowercase hex digits (what `{:032x}` writes, without
+/// the formatting machinery).
+fn push_id(buf: &mut String, id: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'"'; 34];
+    for (i, digit) in text[1..33].iter_mut().enumerate() {
+        *digit = HEX[((id >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    buf.push_str(std::str::from_utf8(&text).expect("ASCII"));
+}
+
+thread_local! {
+    /// The buffer records are formatted in, kept between records: a record's own text is then
+    /// allocated once, at its final length (formatting into a fresh `String` grew it once or
+    /// twice per record).
+    static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
 fn key(buf: &mut String, k: &str) {
     buf.push_str(",\"");
     buf.push_str(k);
@@ -128,7 +146,7 @@ pub fn dead_letter_record(
     let mut j = String::with_capacity(160 + raw.len());
     j.push_str("{\"v\":1,\"type\":\"dead_letter\"");
     key(&mut j, "id");
-    let _ = write!(j, "\"{id:032x}\"");
+    push_id(&mut j, id);
     key(&mut j, "source");
     push_json_str(&mut j, source);
     key(&mut j, "position");
@@ -223,7 +241,8 @@ impl RecordFormatter {
             | Emit::Late { ts, .. } => (*ts, 0),
         };
         let id = self.id(device, op_name, kind.as_str(), a, b);
-        let mut j = String::with_capacity(192);
+        let mut j = SCRATCH.take();
+        j.clear();
         j.push_str("{\"v\":1,\"type\":\"");
         j.push_str(kind.as_str());
         j.push('"');
@@ -232,7 +251,7 @@ impl RecordFormatter {
         key(&mut j, "device");
         push_json_str(&mut j, device);
         key(&mut j, "id");
-        let _ = write!(j, "\"{id:032x}\"");
+        push_id(&mut j, id);
         fn severity_name(config: &OperatorConfig, sev: Option<u8>) -> Option<&str> {
             match (config, sev) {
                 (OperatorConfig::Hysteresis(c), Some(i)) => c.severity.get(i as usize).map(|(n, _)| n.as_str()),
@@ -441,12 +460,14 @@ impl RecordFormatter {
             j.push_str("true");
         }
         j.push('}');
+        let json = String::from(j.as_str());
+        SCRATCH.set(j);
         OutputRecord {
             op: Some(op_index),
             kind,
             id,
             device: Some(device.into()),
-            json: j,
+            json,
             backfill: backfill.is_some(),
         }
     }
@@ -537,6 +558,15 @@ fn severity_key(j: &mut String, name: &str, band: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_written_as_32_hex_digits() {
+        for id in [0u128, 1, 0xabc, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            let mut text = String::new();
+            push_id(&mut text, id);
+            assert_eq!(text, format!("\"{id:032x}\""));
+        }
+    }
 
     #[test]
     fn event_records_say_when_they_were_decided() {

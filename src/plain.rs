@@ -155,6 +155,49 @@ impl<'p> PlainRun<'p> {
     }
 }
 
+/// Calls `f` with every line of `input` (split on `\n`, as `BufRead::split` splits) and its
+/// number, from 1. Lines are taken from the reader's buffer where they lie; only a line that
+/// straddles two reads is copied (`BufRead::split` allocated and copied every line).
+fn for_each_line(mut input: impl BufRead, mut f: impl FnMut(&[u8], u64)) -> io::Result<()> {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        let buf = input.fill_buf()?;
+        let read = buf.len();
+        if read == 0 {
+            break;
+        }
+        let mut rest = buf;
+        if !carry.is_empty() {
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    carry.extend_from_slice(&rest[..i]);
+                    line_no += 1;
+                    f(&carry, line_no);
+                    carry.clear();
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    carry.extend_from_slice(rest);
+                    input.consume(read);
+                    continue;
+                }
+            }
+        }
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            line_no += 1;
+            f(&rest[..i], line_no);
+            rest = &rest[i + 1..];
+        }
+        carry.extend_from_slice(rest);
+        input.consume(read);
+    }
+    if !carry.is_empty() {
+        f(&carry, line_no + 1);
+    }
+    Ok(())
+}
+
 /// Runs the whole input through the plain loop, writing JSON lines to `output`.
 pub fn run(
     pipeline: &CompiledPipeline,
@@ -174,14 +217,50 @@ pub fn run(
         }
     };
     let now = crate::clock::now_ms();
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line?;
-        run.push_line(&line, source_name, i as u64 + 1, now, &mut sink);
-    }
+    for_each_line(input, |line, line_no| {
+        run.push_line(line, source_name, line_no, now, &mut sink)
+    })?;
     let totals = run.finish(&mut sink);
     if let Some(e) = write_error {
         return Err(e);
     }
     output.flush()?;
     Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_numbered_as_bufread_split_does() {
+        for text in [
+            &b""[..],
+            b"a",
+            b"a\n",
+            b"a\n\nb",
+            b"\n\n",
+            b"first\nsecond line that straddles\nthird\n",
+            b"x\r\ny",
+        ] {
+            for capacity in [1, 2, 3, 7, 64] {
+                let mut lines = Vec::new();
+                for_each_line(io::BufReader::with_capacity(capacity, text), |l, n| {
+                    lines.push((l.to_vec(), n))
+                })
+                .unwrap();
+                let expected: Vec<(Vec<u8>, u64)> = io::BufReader::new(text)
+                    .split(b'\n')
+                    .enumerate()
+                    .map(|(i, l)| (l.unwrap(), i as u64 + 1))
+                    .collect();
+                assert_eq!(
+                    lines,
+                    expected,
+                    "{:?} read {capacity} bytes at a time",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+    }
 }

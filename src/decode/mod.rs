@@ -4,7 +4,9 @@
 //! - [`Decoder`]: compiled from [`DecodeSpec`]; `decode` turns one payload into a device id and
 //!   a [`Reading`]; `device_of` finds only the device id (cheap: numbers are skipped, not
 //!   converted), so that each shard fully decodes only the readings of its own devices.
-//! - `json`: one JSON object per payload, read with a serde visitor straight into field slots.
+//! - `json`: one JSON object per payload: a schema-driven byte scanner (`json::fast`) that reads
+//!   only the declared keys, numbers straight to `f64`, for the flat ASCII objects producers
+//!   write; a serde visitor straight into field slots for everything it declines.
 //! - `influx`: one InfluxDB line protocol line per payload (tags, fields, timestamp).
 //! - [`DecodeError`]: the reason a payload is a dead letter.
 
@@ -185,6 +187,24 @@ impl Decoder {
     ) -> Result<Decoded<'a>, DecodeError> {
         let mut decoded = match self.format {
             DecodeFormat::Json => json::decode(self, payload, topic_device, arrival_ms)?,
+            DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
+        };
+        check_device_id(&decoded.device, self.max_device_id_bytes)?;
+        decoded.time_clamped = self.plausible_time(&mut decoded.reading.ts, arrival_ms)?;
+        Ok(decoded)
+    }
+
+    /// [`Decoder::decode`] without the JSON fast path (every payload through serde_json's
+    /// parser): for the benches, which compare the two.
+    #[doc(hidden)]
+    pub fn decode_general<'a>(
+        &self,
+        payload: &'a [u8],
+        topic_device: Option<&'a str>,
+        arrival_ms: i64,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        let mut decoded = match self.format {
+            DecodeFormat::Json => json::decode_serde(self, payload, topic_device, arrival_ms)?,
             DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
         };
         check_device_id(&decoded.device, self.max_device_id_bytes)?;

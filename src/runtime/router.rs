@@ -436,10 +436,18 @@ impl Router {
                         );
                         continue;
                     }
+                    // the scan's hash is the decoded device's (`device_of` finds the id `decode`
+                    // finds: tests/fuzz.rs checks it), so it is not computed twice
+                    let mut routed = None;
                     if self.shards > 1 {
                         match decoder.device_of(line, None) {
-                            Some(device) if !self.owns(xxh3_64(device.as_bytes())) => continue,
-                            Some(_) => {}
+                            Some(device) => {
+                                let hash = xxh3_64(device.as_bytes());
+                                if !self.owns(hash) {
+                                    continue;
+                                }
+                                routed = Some(hash);
+                            }
                             None if self.shard != 0 => continue,
                             None => {}
                         }
@@ -458,7 +466,7 @@ impl Router {
                                 let reason = decoder.dropped_reason(field, value);
                                 self.dead_letter(&chunk.source_name, &position, &reason, line);
                             }
-                            let hash = xxh3_64(decoded.device.as_bytes());
+                            let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
                             grouping.push(hash, &decoded.device, decoded.reading);
                         }
                         Err(e) => {
@@ -476,10 +484,16 @@ impl Router {
                         self.oversized(&chunk.source_name, &m.position, m.payload.len() as u64, &m.payload);
                         continue;
                     }
+                    let mut routed = None;
                     if self.shards > 1 {
                         match decoder.device_of(&m.payload, m.device_hint.as_deref()) {
-                            Some(device) if !self.owns(xxh3_64(device.as_bytes())) => continue,
-                            Some(_) => {}
+                            Some(device) => {
+                                let hash = xxh3_64(device.as_bytes());
+                                if !self.owns(hash) {
+                                    continue;
+                                }
+                                routed = Some(hash);
+                            }
                             None if self.shard != 0 => continue,
                             None => {}
                         }
@@ -496,7 +510,7 @@ impl Router {
                                 let reason = decoder.dropped_reason(field, value);
                                 self.dead_letter(&chunk.source_name, &m.position, &reason, &m.payload);
                             }
-                            let hash = xxh3_64(decoded.device.as_bytes());
+                            let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
                             grouping.push(hash, &decoded.device, decoded.reading);
                         }
                         Err(e) => {

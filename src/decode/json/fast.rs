@@ -1,0 +1,412 @@
+//! The schema-driven fast path of the JSON decoder: one pass over the bytes of a flat object,
+//! matching each key against the keys the pipeline declares (device, event time, arrival time,
+//! fields) and reading only their values — numbers straight to `f64` — while every other value
+//! is only checked and skipped. No `serde_json::Value`, no allocation: the device id is borrowed
+//! from the payload.
+//!
+//! It accepts only what it can read exactly as the serde path ([`super::decode_serde`]) reads it,
+//! and declines (returns `None`) everything else, which then takes the serde path: non-ASCII
+//! bytes anywhere, escapes or control characters in a string, nested objects or arrays, a key
+//! given twice, a value of the wrong type, a device id that is not a string, an event or arrival
+//! time that is not an integer of at most 18 digits or an escape-free string, `-0` as a time,
+//! more entries than `max_fields`, and any syntax error. So the errors, and their messages, are
+//! always the serde path's. Producers write readings as flat ASCII objects, which take this path.
+
+use std::borrow::Cow;
+
+use super::Found;
+use crate::decode::Decoder;
+use crate::operators::Reading;
+use crate::spec::FieldType;
+
+/// Reads `payload` as a flat object of the declared keys, or declines.
+#[inline]
+pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Found<'a>> {
+    if !payload.is_ascii() {
+        return None;
+    }
+    let mut p = Cursor { b: payload, i: 0 };
+    p.ws();
+    p.eat(b'{')?;
+    let mut found = Found {
+        reading: Reading::new(0, dec.slots),
+        seen: 0,
+        device: None,
+        time: None,
+        arrival: None,
+    };
+    // bit 63: device, 62: time, 61: arrival; fields by their index (at most 61 declared fields
+    // take this path)
+    if dec.fields.len() > 61 {
+        return None;
+    }
+    let mut keys_seen = 0u64;
+    let mut entries = 0usize;
+    p.ws();
+    if p.peek() == Some(b'}') {
+        p.i += 1;
+    } else {
+        loop {
+            entries += 1;
+            if entries > dec.max_fields {
+                return None;
+            }
+            let key = p.string()?;
+            p.ws();
+            p.eat(b':')?;
+            p.ws();
+            match classify(dec, key) {
+                Key::Field(index) => {
+                    let bit = 1u64 << index;
+                    if keys_seen & bit != 0 {
+                        return None;
+                    }
+                    keys_seen |= bit;
+                    let field = &dec.fields[index];
+                    let value = match (p.peek()?, field.spec.kind) {
+                        (b'n', _) => {
+                            p.literal(b"null")?;
+                            None
+                        }
+                        (b't', FieldType::Bool) => {
+                            p.literal(b"true")?;
+                            Some(1.0)
+                        }
+                        (b'f', FieldType::Bool) => {
+                            p.literal(b"false")?;
+                            Some(0.0)
+                        }
+                        (b'-' | b'0'..=b'9', FieldType::Float | FieldType::Int) => Some(p.number()?.to_f64()?),
+                        _ => return None,
+                    };
+                    if let Some(x) = value {
+                        found.reading.values[field.slot] = x;
+                        found.seen |= 1u64 << field.slot;
+                    }
+                }
+                Key::Device => {
+                    if keys_seen & (1 << 63) != 0 {
+                        return None;
+                    }
+                    keys_seen |= 1 << 63;
+                    let id = p.string()?;
+                    // ASCII checked above
+                    found.device = Some(Cow::Borrowed(std::str::from_utf8(id).ok()?));
+                }
+                k @ (Key::Time | Key::Arrival) => {
+                    let is_time = matches!(k, Key::Time);
+                    let bit = if is_time { 1u64 << 62 } else { 1u64 << 61 };
+                    if keys_seen & bit != 0 {
+                        return None;
+                    }
+                    keys_seen |= bit;
+                    let name = if is_time {
+                        dec.time_field.as_deref()
+                    } else {
+                        dec.arrival_field.as_deref()
+                    }
+                    .unwrap_or("");
+                    let value = match p.peek()? {
+                        b'"' => {
+                            let text = std::str::from_utf8(p.string()?).ok()?;
+                            if is_time {
+                                dec.time_from_text(name, text)
+                            } else {
+                                dec.arrival_from(name, 0.0, None, Some(text))
+                            }
+                        }
+                        b'-' | b'0'..=b'9' => {
+                            let i = p.number()?.integer()?;
+                            if is_time {
+                                dec.time_from_number(name, i as f64, Some(i))
+                            } else {
+                                dec.arrival_from(name, i as f64, Some(i), None)
+                            }
+                        }
+                        _ => return None,
+                    };
+                    if is_time {
+                        found.time = Some(value);
+                    } else {
+                        found.arrival = Some(value);
+                    }
+                }
+                Key::Other => p.skip_scalar()?,
+            }
+            p.ws();
+            match p.next()? {
+                b',' => p.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    p.ws();
+    if p.i != payload.len() {
+        return None;
+    }
+    Some(found)
+}
+
+enum Key {
+    Device,
+    Time,
+    Arrival,
+    Field(usize),
+    Other,
+}
+
+/// The serde path's key order: a declared field first, then device, time, arrival.
+#[inline]
+fn classify(dec: &Decoder, key: &[u8]) -> Key {
+    for (i, field) in dec.fields.iter().enumerate() {
+        if same(field.name.as_bytes(), key) {
+            return Key::Field(i);
+        }
+    }
+    let is = |k: &Option<String>| k.as_deref().is_some_and(|k| same(k.as_bytes(), key));
+    if is(&dec.device_field) {
+        Key::Device
+    } else if is(&dec.time_field) {
+        Key::Time
+    } else if is(&dec.arrival_field) {
+        Key::Arrival
+    } else {
+        Key::Other
+    }
+}
+
+/// Key comparison inline (keys are short: a call to `memcmp` per candidate key cost more than
+/// the comparison).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+/// A JSON number as written: its sign, up to 19 significant digits, and its decimal exponent;
+/// or, when it has more digits, its text.
+struct Number<'a> {
+    negative: bool,
+    mantissa: u64,
+    exponent: i32,
+    /// No fraction and no exponent in the text.
+    integral: bool,
+    /// The text, when the mantissa did not hold every digit.
+    long: Option<&'a [u8]>,
+}
+
+/// Exact powers of ten as `f64` (up to 10^22, the largest that is exact).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+impl Number<'_> {
+    /// The correctly rounded value, as serde_json (with `float_roundtrip`) gives it; `None`
+    /// beyond the range of `f64` (serde_json refuses such a number).
+    #[inline]
+    fn to_f64(&self) -> Option<f64> {
+        // Clinger's fast path: an exact mantissa and an exact power of ten, one rounding
+        if self.long.is_none() && self.mantissa <= 1 << 53 && (-22..=22).contains(&self.exponent) {
+            let m = self.mantissa as f64;
+            let x = if self.exponent >= 0 {
+                m * POW10[self.exponent as usize]
+            } else {
+                m / POW10[(-self.exponent) as usize]
+            };
+            return Some(if self.negative { -x } else { x });
+        }
+        Some(self.slow()).filter(|x| x.is_finite())
+    }
+
+    #[cold]
+    fn slow(&self) -> f64 {
+        match self.long {
+            // ASCII digits, sign, '.', 'e', checked by the cursor; Rust's parser rounds correctly
+            Some(text) => std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(f64::NAN),
+            None => {
+                let text = format!(
+                    "{}{}e{}",
+                    if self.negative { "-" } else { "" },
+                    self.mantissa,
+                    self.exponent
+                );
+                text.parse().unwrap_or(f64::NAN)
+            }
+        }
+    }
+
+    /// An integer without fraction or exponent, of at most 18 digits (so it fits an `i64`),
+    /// and not `-0` (which serde_json reads as the float −0.0).
+    #[inline]
+    fn integer(&self) -> Option<i64> {
+        if !self.integral || self.long.is_some() || self.mantissa >= 1_000_000_000_000_000_000 {
+            return None;
+        }
+        if self.negative {
+            if self.mantissa == 0 {
+                return None;
+            }
+            Some(-(self.mantissa as i64))
+        } else {
+            Some(self.mantissa as i64)
+        }
+    }
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    #[inline]
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// A string without escapes or control characters: its bytes, without the quotes. (A byte
+    /// loop: keys and ids are short, and a `memchr` call per string cost more than the loop.)
+    #[inline]
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let (b, start) = (self.b, self.i);
+        let mut i = start;
+        loop {
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
+        Some(&b[start..i])
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    #[inline]
+    fn number(&mut self) -> Option<Number<'a>> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let mut mantissa = 0u64;
+        let mut digits = 0u32;
+        let mut exponent = 0i32;
+        match self.next()? {
+            b'0' => {}
+            c @ b'1'..=b'9' => {
+                mantissa = (c - b'0') as u64;
+                digits = 1;
+                while let Some(c @ b'0'..=b'9') = self.peek() {
+                    self.i += 1;
+                    if digits < 19 {
+                        mantissa = mantissa * 10 + (c - b'0') as u64;
+                        digits += 1;
+                    } else {
+                        digits += 1;
+                    }
+                }
+            }
+            _ => return None,
+        }
+        let mut integral = true;
+        if self.peek() == Some(b'.') {
+            integral = false;
+            self.i += 1;
+            let first = self.i;
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                self.i += 1;
+                if digits < 19 && (mantissa != 0 || c != b'0') {
+                    mantissa = mantissa * 10 + (c - b'0') as u64;
+                    digits += 1;
+                    exponent -= 1;
+                } else if mantissa == 0 {
+                    // leading zeros of the fraction
+                    exponent -= 1;
+                } else {
+                    digits += 1;
+                }
+            }
+            if self.i == first {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            integral = false;
+            self.i += 1;
+            let negative_exp = match self.peek() {
+                Some(b'-') => {
+                    self.i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    self.i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let first = self.i;
+            let mut e = 0i32;
+            while let Some(c @ b'0'..=b'9') = self.peek() {
+                self.i += 1;
+                e = e.saturating_mul(10).saturating_add((c - b'0') as i32);
+            }
+            if self.i == first {
+                return None;
+            }
+            exponent = exponent.saturating_add(if negative_exp { -e } else { e });
+        }
+        // a digit beyond the 19 held: the text decides
+        let long = (digits > 19).then(|| &self.b[start..self.i]);
+        Some(Number {
+            negative,
+            mantissa,
+            exponent,
+            integral,
+            long,
+        })
+    }
+
+    /// A value the pipeline does not read: a number, an escape-free string, or a literal.
+    #[inline]
+    fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => None,
+        }
+    }
+}
