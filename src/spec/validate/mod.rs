@@ -706,6 +706,30 @@ mod tests {
     }
 
     #[test]
+    fn a_changelog_follows_one_input_topic_and_has_a_topic_of_its_own() {
+        let file = |topics: &str, changelog: &str| {
+            format!(
+                "version: 1\npipeline: t\n\
+                 sources:\n  - kafka: {{ brokers: \"127.0.0.1:9092\", topics: [{topics}], changelog: {changelog} }}\n\
+                 decode: {{ device: {{ field: device }}, fields: {{ pm25: {{}} }} }}\n"
+            )
+        };
+        let errors = |topics: &str, changelog: &str| {
+            crate::spec::parse_pipeline("t.yaml", &file(topics, changelog), &|_| None)
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        assert_eq!(errors("aq1", "{}"), "");
+        assert_eq!(errors("aq1", "{ topic: state, standby_replicas: 1 }"), "");
+        let two = errors("a, b", "{}");
+        assert!(two.contains("t.yaml:4:") && two.contains("a changelog follows the partitions of one input topic"), "{two}");
+        let same = errors("aq1", "{ topic: aq1 }");
+        assert!(same.contains("`aq1` is also an input topic"), "{same}");
+        let bad = errors("aq1", "{ topic: \"no spaces\" }");
+        assert!(bad.contains("`no spaces` is not a valid Kafka topic name"), "{bad}");
+    }
+
+    #[test]
     fn credentials_in_clear_to_another_host_are_refused_unless_allowed() {
         let file = |insecure: &str, host: &str| {
             format!(
