@@ -14,6 +14,8 @@ mod child;
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka_support;
+#[path = "common/receiver.rs"]
+mod receiver;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,17 +24,29 @@ use std::time::{Duration, Instant};
 use child::LoggedChild;
 use common::*;
 use kafka_support::Tansu;
+use receiver::{Receiver, Reply, verify_standard_webhook};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 const PARTITIONS: u32 = 12;
 const GROUP: &str = "plume-cluster";
 
-/// The Kafka aq1 pipeline with a changelog (`standby` warm copies).
-fn cluster_pipeline(dir: &Path, standby: u32) -> PathBuf {
+/// The Kafka aq1 pipeline with a changelog (`standby` warm copies), its PM2.5 events also to a
+/// signed webhook at `webhook`.
+fn cluster_pipeline(dir: &Path, standby: u32, webhook: &str) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("pipelines/kafka-aq1.yaml")).unwrap();
     assert!(text.contains("      device_from: key\n"));
     let text = text.replace(
         "      device_from: key\n",
         &format!("      device_from: key\n      changelog:\n        standby_replicas: {standby}\n"),
+    );
+    let route = "      - file: { path: \"${PLUME_OUTPUT:-out.jsonl}\" }\n";
+    assert!(text.contains(route));
+    let text = text.replace(
+        route,
+        &format!(
+            "{route}  - when: pm25_event\n    events: [start, end]\n    to:\n      - webhook:\n          url: \"{webhook}\"\n          secret_env: PLUME_WEBHOOK_SECRET\n          backoff: 50ms\n"
+        ),
     );
     let path = dir.join(format!("cluster-{standby}.yaml"));
     std::fs::write(&path, text).unwrap();
@@ -74,6 +88,7 @@ impl Member {
                 .env("PLUME_KAFKA_GROUP", GROUP)
                 .env("PLUME_KAFKA_SESSION_TIMEOUT_MS", "6000")
                 .env("PLUME_OUTPUT", output)
+                .env("PLUME_WEBHOOK_SECRET", SECRET)
                 .env(
                     "PLUME_LOG",
                     std::env::var("PLUME_TEST_LOG").unwrap_or("warn,plume::connectors::kafka=info".into()),
@@ -193,7 +208,8 @@ fn cluster_run(standby: u32, seed: u64) {
     let records = aq1_records(&input);
     let broker = Tansu::start();
     broker.create_topic("aq1", PARTITIONS);
-    let pipeline = cluster_pipeline(dir.path(), standby);
+    let rx = Receiver::start(Default::default(), |_| Reply::ok());
+    let pipeline = cluster_pipeline(dir.path(), standby, &rx.url("/aq1"));
     let member_dir = |name: &str| dir.path().join(format!("member-{name}"));
     let output = |name: &str, n: usize| dir.path().join(format!("out-{name}-{n}.jsonl"));
     let mut outputs = Vec::new();
@@ -326,6 +342,43 @@ fn cluster_run(standby: u32, seed: u64) {
     std::fs::write(&merged, text).unwrap();
     assert_eq!(expected_summaries.len(), 1);
     assert_eq!(aq1_summary(&merged), aq1_summary(&file_out));
+
+    // notifications: every PM2.5 event of the file run reached the receiver, signed, with the
+    // file run's record; every request is one of them (a page after a move may come again,
+    // with the same webhook-id and body: receivers deduplicate by it)
+    let events: BTreeMap<&String, &String> = expected
+        .iter()
+        .filter(|(_, l)| l.contains("\"type\":\"event_start\"") || l.contains("\"type\":\"event_end\""))
+        .collect();
+    assert!(events.len() >= 10, "the input should have PM2.5 events: {}", events.len());
+    let started = Instant::now();
+    let received = loop {
+        let requests = rx.requests();
+        let ids: std::collections::BTreeSet<String> = requests
+            .iter()
+            .map(|r| verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        if ids.len() >= events.len() || started.elapsed() > Duration::from_secs(30) {
+            break requests;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut pages: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &received {
+        let id = verify_standard_webhook(r, SECRET, 300).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let want = events
+            .get(&id)
+            .unwrap_or_else(|| panic!("a page no single run sends: {}", r.body));
+        assert_eq!(&body["data"], &serde_json::from_str::<serde_json::Value>(want).unwrap());
+        *pages.entry(id).or_default() += 1;
+    }
+    assert_eq!(pages.len(), events.len(), "every event was paged");
+    let again = pages.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "cluster: {} events paged, {again} of them more than once (the same id and body)",
+        events.len()
+    );
 }
 
 /// The partitions a member holds now, from its log: those assigned since its newest revoke
