@@ -68,7 +68,10 @@ fn properties(var: &str) -> Vec<(String, String)> {
     std::env::var(var)
         .unwrap_or_default()
         .split(',')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect()
 }
 
@@ -110,7 +113,10 @@ fn plain_consume(brokers: &str, topic: &str, partitions: i32, n: u64) -> (f64, u
     consumer.assign(&tpl).expect("assign");
     let (mut count, mut ended, mut sum) = (0u64, std::collections::HashSet::new(), 0f64);
     while ended.len() < partitions as usize {
-        assert!(started.elapsed() < Duration::from_secs(600), "the plain consumer did not finish");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the plain consumer did not finish"
+        );
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let r: Aq1 = serde_json::from_slice(m.payload().unwrap_or_default()).expect("an aq1 reading");
@@ -294,7 +300,8 @@ fn main() {
             &out,
             perf_dir.as_deref().filter(|_| round == 0),
         );
-        let (kafka_s, after_join_s, plume_cpu, tansu_cpu) = (run.from_start, run.after_join, run.plume_cpu, run.tansu_cpu);
+        let (kafka_s, after_join_s, plume_cpu, tansu_cpu) =
+            (run.from_start, run.after_join, run.plume_cpu, run.tansu_cpu);
         kafka_rates.push(n as f64 / kafka_s);
         kafka_after_join.push(n as f64 / after_join_s);
         // the same results as the file run
@@ -345,7 +352,8 @@ fn main() {
                 &out,
                 None,
             );
-            let same = common::aq1_summary(&out) == common::aq1_summary(&dir.path().join(format!("file-{round}.jsonl")));
+            let same =
+                common::aq1_summary(&out) == common::aq1_summary(&dir.path().join(format!("file-{round}.jsonl")));
             println!(
                 "plume, topic in batches of up to 10 000: {:.0} readings/s after the group join ({:.2} s; CPU s plume {:.2}, tansu {:.2}); {} pauses; results {}",
                 n as f64 / run.after_join,
@@ -353,7 +361,11 @@ fn main() {
                 run.plume_cpu,
                 run.tansu_cpu,
                 run.pauses,
-                if same { "equal the file run's" } else { "DIFFER from the file run's (records skipped by the broker after a pause)" }
+                if same {
+                    "equal the file run's"
+                } else {
+                    "DIFFER from the file run's (records skipped by the broker after a pause)"
+                }
             );
             let before = cpu_of(broker.pid());
             let (secs, _, cpu) = plain_consume(&broker.brokers(), "aq1-batched", 4, n);
