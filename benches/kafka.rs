@@ -95,7 +95,8 @@ fn plain_consume(brokers: &str, topic: &str, partitions: i32, n: u64) -> (f64, u
         .set("group.id", "plain-baseline")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.wait.max.ms", "100");
     for (k, v) in properties("PLUME_BENCH_KAFKA_PROPS") {
         config.set(k, v);
     }
