@@ -12,7 +12,7 @@
 //! - Each throughput and latency run has a fresh data directory and session, with the ingest log
 //!   (`durable: true`) and without it; throughput runs alternate the two `PLUME_BENCH_MQTT_ROUNDS`
 //!   times (default 3) and the medians and their ratio are printed at the end.
-//! - The baseline, in the same rounds: a plain rumqttc client (persistent session, the same QoS,
+//! - The baseline, in the same rounds: a plain rumqttc client (clean session, the same QoS,
 //!   rumqttc's automatic acks, counting the messages) subscribed to the same broker and filter,
 //!   with the same publisher, timed the same way (first publish to the last message received).
 //!   The embedded broker lives in plume's process, so its baseline runs the same broker (plume's
@@ -160,7 +160,15 @@ fn throughput(
         unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
         let _ = p.wait();
     }
-    let log = plume.interrupt();
+    let log = if qos > 0 && counted < n {
+        // nothing is lost at QoS 1: plume stopped taking messages; it would not stop on Ctrl-C
+        // either, so it is killed and its log shown
+        let log = plume.kill();
+        println!("           plume STALLED at {counted} of {n} at QoS {qos}; its log:\n{log}");
+        log
+    } else {
+        plume.interrupt()
+    };
     let rate = counted as f64 / secs;
     println!(
         "throughput {:<9} qos {qos} durable {:<5} round {round}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s; plume CPU {cpu:.2} s)",
@@ -210,7 +218,9 @@ fn plain(broker: &Broker, qos: u8, round: usize, messages: &[(String, Vec<u8>)])
         let received = received.clone();
         std::thread::spawn(move || {
             let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
-            o.set_clean_session(false)
+            // a clean session: a persistent one would make the broker keep queueing every later
+            // round's messages for it
+            o.set_clean_session(true)
                 .set_max_packet_size(1 << 20, 1 << 20)
                 .set_keep_alive(Duration::from_secs(30));
             let (client, mut connection) = rumqttc::Client::new(o, 1000);
