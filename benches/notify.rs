@@ -67,7 +67,7 @@ impl LatencyRun {
         let device = format!("d{}", i % self.devices);
         let k = i / self.devices;
         let ts = BASE_TS + i as i64;
-        let pm25 = if k % 2 == 0 { 40.0 } else { 10.0 };
+        let pm25 = if k.is_multiple_of(2) { 40.0 } else { 10.0 };
         let line = format!("{{\"device\":\"{device}\",\"ts\":{ts},\"pm25\":{pm25}}}\n");
         (device, ts, line)
     }
