@@ -12,7 +12,15 @@
 //! - Each throughput and latency run has a fresh data directory and session, with the ingest log
 //!   (`durable: true`) and without it; throughput runs alternate the two `PLUME_BENCH_MQTT_ROUNDS`
 //!   times (default 3) and the medians and their ratio are printed at the end.
+//! - The baseline, in the same rounds: a plain rumqttc client (clean session, the same QoS,
+//!   rumqttc's automatic acks, counting the messages) subscribed to the same broker and filter,
+//!   with the same publisher, timed the same way (first publish to the last message received).
+//!   The embedded broker lives in plume's process, so its baseline runs the same broker (plume's
+//!   `connectors::mqtt::broker`, the same settings) in this process.
+//!   `PLUME_BENCH_PERF=DIR` records plume's first durable QoS 1 run per broker with `perf record -g`.
 //!
+//! Subsets: `PLUME_BENCH_MQTT_BROKERS=embedded` (or `mosquitto`), `PLUME_BENCH_MQTT_QOS=1`,
+//! `PLUME_BENCH_MQTT_NO_LATENCY=1`.
 //! Sizes: `PLUME_BENCH_MQTT_N` readings (default 100 000), latency at `PLUME_BENCH_MQTT_RATE`
 //! readings/s (default 1000) for 5 s.
 
@@ -32,27 +40,45 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 enum Broker {
     Mosquitto(Mosquitto),
-    Embedded(u16),
+    /// The port plume's embedded broker takes, and the port of the same broker in this process
+    /// (for the plain client), started on first use.
+    Embedded(u16, std::sync::OnceLock<u16>),
 }
 
 impl Broker {
     fn port(&self) -> u16 {
         match self {
             Broker::Mosquitto(m) => m.port,
-            Broker::Embedded(p) => *p,
+            Broker::Embedded(p, _) => *p,
+        }
+    }
+    /// Where the plain client's run goes: the same broker, or the same embedded broker in this
+    /// process.
+    fn plain_port(&self) -> u16 {
+        match self {
+            Broker::Mosquitto(m) => m.port,
+            Broker::Embedded(_, here) => *here.get_or_init(|| {
+                let port = free_port();
+                plume::connectors::mqtt::broker::start(&plume::spec::EmbeddedBrokerSpec {
+                    port,
+                    bind: "127.0.0.1".into(),
+                })
+                .expect("the embedded broker starts in the bench");
+                port
+            }),
         }
     }
     fn name(&self) -> &'static str {
         match self {
             Broker::Mosquitto(_) => "mosquitto",
-            Broker::Embedded(_) => "embedded",
+            Broker::Embedded(..) => "embedded",
         }
     }
     /// The pipeline text with the embedded broker added when it is the one.
     fn pipeline(&self, text: &str) -> String {
         match self {
             Broker::Mosquitto(_) => text.to_string(),
-            Broker::Embedded(port) => format!("{text}\nembedded_broker: {{ port: {port} }}\n"),
+            Broker::Embedded(port, _) => format!("{text}\nembedded_broker: {{ port: {port} }}\n"),
         }
     }
 }
@@ -60,7 +86,10 @@ impl Broker {
 fn brokers(dir: &Path) -> Vec<Broker> {
     let m = dir.join("mosquitto");
     std::fs::create_dir_all(&m).unwrap();
-    vec![Broker::Mosquitto(Mosquitto::start(&m)), Broker::Embedded(free_port())]
+    vec![
+        Broker::Mosquitto(Mosquitto::start(&m)),
+        Broker::Embedded(free_port(), Default::default()),
+    ]
 }
 
 /// One throughput run with a fresh data directory and session; returns readings/s.
@@ -85,6 +114,18 @@ fn throughput(
     let out = dir.join(format!("tp-{run}.jsonl"));
     let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
     plume.wait_subscribed();
+    let perf = std::env::var_os("PLUME_BENCH_PERF")
+        .filter(|_| round == 0 && qos == 1 && durable)
+        .map(|d| {
+            std::process::Command::new("perf")
+                .args(["record", "-F", "499", "-g", "-p", &plume.pid().to_string(), "-o"])
+                .arg(Path::new(&d).join(format!("mqtt-{}.data", broker.name())))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("perf runs")
+        });
+    let cpu_before = cpu_of(plume.pid());
     let q = if qos == 0 {
         rumqttc::QoS::AtMostOnce
     } else {
@@ -114,10 +155,23 @@ fn throughput(
     } else {
         (last_change - started).as_secs_f64()
     };
-    let log = plume.interrupt();
+    let cpu = cpu_of(plume.pid()) - cpu_before;
+    if let Some(mut p) = perf {
+        unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+        let _ = p.wait();
+    }
+    let log = if qos > 0 && counted < n {
+        // nothing is lost at QoS 1: plume stopped taking messages; it would not stop on Ctrl-C
+        // either, so it is killed and its log shown
+        let log = plume.kill();
+        println!("           plume STALLED at {counted} of {n} at QoS {qos}; its log:\n{log}");
+        log
+    } else {
+        plume.interrupt()
+    };
     let rate = counted as f64 / secs;
     println!(
-        "throughput {:<9} qos {qos} durable {:<5} round {round}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s)",
+        "throughput {:<9} qos {qos} durable {:<5} round {round}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s; plume CPU {cpu:.2} s)",
         broker.name(),
         durable,
         published.as_secs_f64()
@@ -134,6 +188,94 @@ fn throughput(
         println!("           {}", fields.join(" "));
     }
     let _ = std::fs::remove_dir_all(out.with_extension("state"));
+    rate
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The baseline: a plain rumqttc client subscribed to the same filter with the same QoS (automatic
+/// acks, persistent session), counting messages, while the same publisher sends the same
+/// messages. Returns readings/s.
+fn plain(broker: &Broker, qos: u8, round: usize, messages: &[(String, Vec<u8>)]) -> f64 {
+    let port = broker.plain_port();
+    let q = if qos == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    };
+    let n = messages.len() as u64;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let client_id = format!("plain-{}-{qos}-{round}", broker.name());
+    let subscriber = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+            // a clean session: a persistent one would make the broker keep queueing every later
+            // round's messages for it
+            o.set_clean_session(true)
+                .set_max_packet_size(1 << 20, 1 << 20)
+                .set_keep_alive(Duration::from_secs(30));
+            let (client, mut connection) = rumqttc::Client::new(o, 1000);
+            client.subscribe("aq1/+", q).unwrap();
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) => {
+                        if received.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == n {
+                            let _ = client.disconnect();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    publish_all(port, &format!("bench-plain-pub-{qos}-{round}"), messages, q);
+    let published = started.elapsed();
+    let (mut last, mut last_change) = (0, Instant::now());
+    loop {
+        let now = received.load(std::sync::atomic::Ordering::Relaxed);
+        if now >= n {
+            break;
+        }
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let counted = received.load(std::sync::atomic::Ordering::Relaxed);
+    let secs = if counted >= n {
+        started.elapsed().as_secs_f64()
+    } else {
+        (last_change - started).as_secs_f64()
+    };
+    if counted < n {
+        // a QoS 0 loss: the subscriber is still connected; it ends with the process
+        drop(subscriber);
+    } else {
+        subscriber.join().unwrap();
+    }
+    let rate = counted as f64 / secs;
+    println!(
+        "throughput {:<9} qos {qos} plain client  round {round}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s)",
+        broker.name(),
+        published.as_secs_f64()
+    );
     rate
 }
 
@@ -279,22 +421,34 @@ fn main() {
     // durable on and off side by side, alternating, so the machine's noise hits both alike
     let rounds = env_or("PLUME_BENCH_MQTT_ROUNDS", 3) as usize;
     let mut summary = Vec::new();
+    let only = std::env::var("PLUME_BENCH_MQTT_BROKERS").unwrap_or_default();
+    let qos_levels: Vec<u8> = std::env::var("PLUME_BENCH_MQTT_QOS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|q| q.trim().parse().ok()).collect())
+        .unwrap_or(vec![0, 1]);
     for broker in brokers(dir.path()) {
-        for qos in [0, 1] {
-            let (mut on, mut off) = (Vec::new(), Vec::new());
+        if !only.is_empty() && !only.split(',').any(|b| b == broker.name()) {
+            continue;
+        }
+        for &qos in &qos_levels {
+            let (mut on, mut off, mut base, mut ratio) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
                 on.push(throughput(dir.path(), &broker, qos, true, round, &messages));
                 off.push(throughput(dir.path(), &broker, qos, false, round, &messages));
+                base.push(plain(&broker, qos, round, &messages));
+                ratio.push(on[round] / base[round]);
             }
-            let (on, off) = (median(on), median(off));
+            let (on, off, base, ratio) = (median(on), median(off), median(base), median(ratio));
             summary.push(format!(
-                "throughput {:<9} qos {qos}: durable on {on:.0} readings/s, off {off:.0} readings/s (medians of {rounds}); on/off = {:.2}",
+                "throughput {:<9} qos {qos}: durable on {on:.0} readings/s, off {off:.0} readings/s, plain client {base:.0} readings/s (medians of {rounds}); on/off = {:.2}; durable on / plain = {ratio:.2} (median of the rounds' ratios)",
                 broker.name(),
                 on / off
             ));
         }
-        for durable in [true, false] {
-            latency(dir.path(), &broker, rate, durable);
+        if std::env::var_os("PLUME_BENCH_MQTT_NO_LATENCY").is_none() {
+            for durable in [true, false] {
+                latency(dir.path(), &broker, rate, durable);
+            }
         }
     }
     println!();

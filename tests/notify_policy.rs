@@ -447,6 +447,11 @@ fn the_suppressed_count_is_kept_with_the_checkpoint_and_a_replay_does_not_add_to
         first.write(&records[4..8]).unwrap(); // events 20 and 30, after the checkpoint
         assert_eq!(DeliveryStats::get(&first.stats().suppressed), 4);
         assert!(wait_for(Duration::from_secs(10), || rx.count() == 4));
+        // and acknowledged in the outbox (the receiver has a request before plume has its answer;
+        // a crash in between would send it again, with the same id)
+        assert!(wait_for(Duration::from_secs(10), || {
+            DeliveryStats::get(&first.stats().delivered) == 4
+        }));
         // dropped without finishing, as a crash would (the outbox keeps what it acknowledged)
     }
     // the restart replays from checkpoint 1: events 20 and 30 again, then 40 and 50

@@ -735,13 +735,19 @@ impl NotifierSink {
             return Ok(());
         }
         let offered = batch.len();
-        let added = self.outbox.put(batch).map_err(|e| self.outbox_error(e))?;
+        // in the outbox (a crash of plume keeps it) before any attempt; the first attempts start
+        // while the disk syncs, and the write returns once it is durable: an fsync no longer
+        // sits between an event and its delivery (BENCHMARKS.md, "Sources and latency at the
+        // floor"). A power cut inside the sync can only repeat a delivery (same id) or lose
+        // one whose sink write had not returned, as before.
+        let added = self.outbox.put_unsynced(batch).map_err(|e| self.outbox_error(e))?;
         self.stats
             .duplicates
             .fetch_add((offered - added.len()) as u64, std::sync::atomic::Ordering::Relaxed);
         let (held, send): (Vec<_>, Vec<_>) = added.into_iter().partition(|e| e.held);
         self.held.extend(held);
         self.delivery.submit(send);
+        self.outbox.sync().map_err(|e| self.outbox_error(e))?;
         Ok(())
     }
 }

@@ -79,4 +79,10 @@ impl<'a> OutboxTable<'a> {
         options.set_sync(sync);
         self.db.write_opt(batch.batch, &options)
     }
+
+    /// Syncs RocksDB's log: every write before this one (unsynced ones included) is on disk
+    /// when it returns.
+    pub fn sync(&self) -> Result<(), rocksdb::Error> {
+        self.db.flush_wal(true)
+    }
 }

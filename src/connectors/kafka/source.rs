@@ -501,6 +501,12 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         ("auto.offset.reset", "earliest".into()),
         ("enable.partition.eof", "true".into()),
         ("queued.max.messages.kbytes", "16384".into()),
+        // how long a fetch may wait at the broker for data: librdkafka's 500 ms costs nothing
+        // with a broker that answers as soon as it has data (Kafka), but brokers that wait out
+        // the time even with data (tansu 0.6 sleeps at least half of it per fetch) then deliver
+        // one fetch per 250 ms; 100 ms bounds that, for ten idle fetches a second per broker
+        // (BENCHMARKS.md, "Sources and latency at the floor")
+        ("fetch.wait.max.ms", "100".into()),
         ("client.id", format!("plume-{name}")),
         // the partitions' high watermarks, for the lag (`SourceContext::stats`)
         ("statistics.interval.ms", "1000".into()),

@@ -4,8 +4,9 @@
 //! the pipeline (same deterministic id) is recognised as already acknowledged and not sent again.
 //!
 //! [`Outbox`] is the contract; [`StoreOutbox`] keeps it in the RocksDB state store (column
-//! family `outbox`, written through: `put` and `dead_letter` synced, acknowledgements to the
-//! log without an fsync), [`MemoryOutbox`] in
+//! family `outbox`, written through: `put` and `dead_letter` synced (the notifier's puts are
+//! written, handed to the delivery engine, then synced: [`Outbox::put_unsynced`]),
+//! acknowledgements to the log without an fsync), [`MemoryOutbox`] in
 //! memory (runs without a store, and tests).
 //!
 //! # Layout of the `outbox` column family
@@ -96,6 +97,17 @@ pub trait Outbox: Send + Sync + 'static {
     /// already pending or already acknowledged is skipped; returns the entries that were added
     /// (only those are delivered).
     fn put(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError>;
+    /// [`Outbox::put`], written so that a crash of the process keeps it but not yet on disk:
+    /// [`Outbox::sync`] makes it durable. The notifier hands the entries to its delivery engine
+    /// between the two, so a first attempt does not wait for the disk, and its sink write
+    /// returns only after `sync` (what `put` guarantees on return holds when `write` returns).
+    fn put_unsynced(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError> {
+        self.put(entries)
+    }
+    /// Makes every earlier [`Outbox::put_unsynced`] durable.
+    fn sync(&self) -> Result<(), OutboxError> {
+        Ok(())
+    }
     /// The receiver acknowledged delivery `id`: remove it from the pending entries and remember
     /// the id as acknowledged (for [`Outbox::is_acknowledged`]).
     fn acknowledge(&self, id: &str) -> Result<(), OutboxError>;
@@ -416,8 +428,9 @@ fn read_meta(store: &StateStore, ns: &str) -> Result<Option<OutboxMeta>, OutboxE
     }
 }
 
-impl Outbox for StoreOutbox {
-    fn put(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError> {
+impl StoreOutbox {
+    /// `put` (`synced`) or `put_unsynced`.
+    fn put_entries(&self, entries: Vec<OutboxEntry>, synced: bool) -> Result<Vec<OutboxEntry>, OutboxError> {
         let mut meta = self.meta.lock().unwrap();
         let mut next = meta.clone();
         let mut batch = self.table().batch();
@@ -441,9 +454,29 @@ impl Outbox for StoreOutbox {
             return Ok(added);
         }
         batch.put(outbox_key(TAG_META, &self.ns, &[]), encode_record(&next));
-        self.write(batch)?;
+        if synced {
+            self.write(batch)?;
+        } else {
+            self.write_unsynced(batch)?;
+        }
         *meta = next;
         Ok(added)
+    }
+}
+
+impl Outbox for StoreOutbox {
+    fn put(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError> {
+        self.put_entries(entries, true)
+    }
+
+    /// In RocksDB's log (ordered, so every later write, the engine's acknowledgements included,
+    /// comes after it), not yet on disk.
+    fn put_unsynced(&self, entries: Vec<OutboxEntry>) -> Result<Vec<OutboxEntry>, OutboxError> {
+        self.put_entries(entries, false)
+    }
+
+    fn sync(&self) -> Result<(), OutboxError> {
+        self.table().sync().map_err(rocks)
     }
 
     fn acknowledge(&self, id: &str) -> Result<(), OutboxError> {

@@ -108,6 +108,39 @@ mod store_outbox {
     }
 
     #[test]
+    fn entries_put_unsynced_then_synced_are_pending_in_order_and_acknowledged_after() {
+        // the notifier's two steps: written, handed to the engine (which may acknowledge at
+        // once), then synced
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open_tool(dir.path()).unwrap();
+            let o = StoreOutbox::open(store.clone(), "webhook:0").unwrap();
+            o.put(vec![entry("a", "d1")]).unwrap();
+            let added = o
+                .put_unsynced(vec![entry("b", "d1"), entry("a", "d1"), entry("c", "d2")])
+                .unwrap();
+            assert_eq!(ids(&added), ["b", "c"], "a pending id is not put again");
+            o.acknowledge("b").unwrap();
+            o.sync().unwrap();
+            assert_eq!(ids(&o.pending().unwrap()), ["a", "c"]);
+            drop(o);
+            StateStore::close(store);
+        }
+        let store = StateStore::open_tool(dir.path()).unwrap();
+        let o = StoreOutbox::open(store.clone(), "webhook:0").unwrap();
+        assert_eq!(ids(&o.pending().unwrap()), ["a", "c"], "in put order after a reopen");
+        assert!(
+            o.is_acknowledged("b").unwrap(),
+            "the acknowledgement after the put wins"
+        );
+        assert_eq!(o.delivered().unwrap(), 1);
+        let added = o.put_unsynced(vec![entry("b", "d1"), entry("d", "d1")]).unwrap();
+        assert_eq!(ids(&added), ["d"], "an acknowledged id is not put again");
+        o.sync().unwrap();
+        assert_eq!(ids(&o.pending().unwrap()), ["a", "c", "d"]);
+    }
+
+    #[test]
     fn acknowledged_ids_are_not_put_again_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open_tool(dir.path()).unwrap();
