@@ -281,20 +281,38 @@ fn cluster_run(standby: u32, seed: u64) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    // the members leave one by one; a takes every partition over, then stops last
+    // the members leave one by one; the last one takes every partition over, then stops
     let c_log = c.child.interrupt();
     let b_log = b.child.interrupt();
+    let mut last = a;
+    let mut last_name = "a";
+    let mut a_log = String::new();
     let started = Instant::now();
-    while current_assignment(&a.child.log_text()).len() < PARTITIONS as usize {
+    while current_assignment(&last.child.log_text()).len() < PARTITIONS as usize {
+        if started.elapsed() > Duration::from_secs(30) && last_name == "a" {
+            // tansu sometimes leaves a member out of the group for good after a rebalance
+            // (it gets no assignment, and none when the others leave); a member that joins
+            // re-forms the group (tests/tansu_quirks.rs). Such a member has nothing to hand on.
+            let e = start("e", 0);
+            e.child.wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
+            a_log = last.child.interrupt();
+            last = e;
+            last_name = "e";
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "a did not get every partition:\n{}",
-            a.child.log_text()
+            started.elapsed() < Duration::from_secs(150),
+            "{last_name} did not get every partition:\n{}",
+            last.child.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let a_log = a.child.interrupt();
+    let last_log = last.child.interrupt();
+    if last_name == "a" {
+        a_log = last_log.clone();
+    } else {
+        std::fs::write(dir.path().join("log-e.txt"), &last_log).unwrap();
+    }
     for (name, log) in [("a", &a_log), ("b", &b_log), ("c", &c_log)] {
         std::fs::write(dir.path().join(format!("log-{name}.txt")), log).unwrap();
     }
@@ -317,7 +335,7 @@ fn cluster_run(standby: u32, seed: u64) {
     );
 
     let (union, _) = records_by_id(&outputs);
-    let (_, a_summaries) = records_by_id(&[output("a", 0)]);
+    let (_, last_summaries) = records_by_id(&[output(last_name, 0)]);
     let file_out = file_run(dir.path(), &input);
     let (expected, expected_summaries) = records_by_id(&[file_out.clone()]);
     let missing: Vec<&String> = expected.keys().filter(|id| !union.contains_key(*id)).collect();
@@ -335,7 +353,7 @@ fn cluster_run(standby: u32, seed: u64) {
     }
     // the summary of the union: its records, and the last member's summary (every device's
     // state, with its readings and late counts, is in the last member at its stop)
-    let last_summary = a_summaries.last().expect("the last member wrote a summary");
+    let last_summary = last_summaries.last().expect("the last member wrote a summary");
     let merged = dir.path().join("union.jsonl");
     let mut text: String = union.values().map(|l| format!("{l}\n")).collect();
     text.push_str(&format!("{last_summary}\n"));
