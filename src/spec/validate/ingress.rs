@@ -157,15 +157,14 @@ operators:
     #[test]
     fn every_ingress_problem_at_once() {
         let text = format!(
-            "{BASE}ingress:\n  mqtt: {{ url: \"http://x\", topic: \"aq/#/x\", shared_group: \"a/b\", clientid: x }}\n  kafka: {{ brokers: \"127.0.0.1:9092\", topic: other, dead_letter_topic: other }}\n"
+            "{BASE}ingress:\n  mqtt: {{ url: \"http://x\", topic: \"aq/#/x\", shared_group: \"a/b\" }}\n  kafka: {{ brokers: \"127.0.0.1:9092\", topic: other, dead_letter_topic: other }}\n"
         );
         let p = problems(&text);
         let text = p.join("\n");
-        assert!(text.contains("p.yaml:17:"), "{text}");
+        assert!(text.contains("p.yaml:13:"), "{text}");
         for wanted in [
             "mqtt://",
             "shared_group",
-            "clientid",
             "topic of their own",
             "no Kafka source of this pipeline reads `other`",
         ] {
@@ -178,7 +177,7 @@ operators:
         let text = BASE.replace("topics: [readings]", "topics: [readings], device_from: payload")
             + "ingress:\n  mqtt: { url: \"mqtt://127.0.0.1:1883\", topic: \"aq/+\" }\n  kafka: { brokers: \"127.0.0.1:9092\", topic: readings, dead_letter_topic: dl }\n";
         let p = problems(&text).join("\n");
-        assert!(p.contains("p.yaml:4:") && p.contains("device_from: key"), "{p}");
+        assert!(p.contains("p.yaml:5:") && p.contains("device_from: key"), "{p}");
     }
 
     #[test]
