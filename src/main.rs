@@ -487,8 +487,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = plume::connectors::mqtt::bridge::IngressOptions { client_id };
             let report = plume::connectors::mqtt::bridge::run(&compiled, options, shutdown)?;
             eprintln!(
-                "done: {} messages received, {} readings and {} dead letters delivered to Kafka, {} acknowledged, over {:.2} s",
+                "done: {} messages received ({} sent again by the broker), {} readings and {} dead letters delivered to Kafka, {} acknowledged, over {:.2} s",
                 report.received,
+                report.redelivered,
                 report.produced,
                 report.dead_letters,
                 report.acked,

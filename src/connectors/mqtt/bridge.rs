@@ -113,6 +113,9 @@ pub struct IngressReport {
     pub produced: u64,
     pub dead_letters: u64,
     pub acked: u64,
+    /// Messages the broker marked as sent again (`dup`: it had given them to this client id
+    /// before, unacknowledged).
+    pub redelivered: u64,
     pub elapsed: Duration,
 }
 
@@ -402,6 +405,7 @@ impl Member {
             produced = s.produced.load(Ordering::Relaxed),
             dead_letters = s.dead_letters.load(Ordering::Relaxed),
             acked = s.acked.load(Ordering::Relaxed),
+            redelivered = s.redelivered.load(Ordering::Relaxed),
             unacked = self.acks.len(),
             "ingress progress"
         );
@@ -665,6 +669,7 @@ pub fn run(
         produced: stats.produced.load(Ordering::Relaxed),
         dead_letters: stats.dead_letters.load(Ordering::Relaxed),
         acked: stats.acked.load(Ordering::Relaxed),
+        redelivered: stats.redelivered.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
 }
