@@ -289,34 +289,43 @@ impl Member {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let attempt = Attempt {
+        let attempt = || Attempt {
             seq,
             generation: self.generation,
             resends: 0,
         };
-        match self.decode(&m) {
+        let produced = match self.decode(&m) {
             Ok(device) => {
                 let topic = self.spec.kafka.topic.clone();
-                self.produce(&topic, device.as_bytes(), &m.payload, Some(m.at_ms), attempt)
-                    .await?;
+                match self
+                    .produce(&topic, device.as_bytes(), &m.payload, Some(m.at_ms), attempt())
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    // the producer refused this record (larger than `message.max.bytes`, …): a
+                    // dead letter, not a stop (the broker would send it again and again)
+                    Err(IngressError::Producer { error, .. }) => Err(format!("kafka refused the record: {error}")),
+                    Err(e) => return Err(e),
+                }
             }
-            Err(reason) => {
-                // unique per member and message: the dead letter's id derives from it
-                let position = format!("topic {} message {seq} at {} by {}", m.topic, m.at_ms, self.client_id);
-                debug!(topic = %m.topic, %reason, "ingress dead letter");
-                let raw = bounded_raw(&m.payload, self.decoder.max_dead_letter_bytes);
-                let record =
-                    crate::output::dead_letter_record(&self.pipeline, &self.source, &position, &reason, raw, |_| {});
-                let topic = self.spec.kafka.dead_letter_topic.clone();
-                self.produce(
-                    &topic,
-                    self.source.as_bytes(),
-                    record.json.as_bytes(),
-                    Some(m.at_ms),
-                    attempt,
-                )
-                .await?;
-            }
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = produced {
+            // unique per member and message: the dead letter's id derives from it
+            let position = format!("topic {} message {seq} at {} by {}", m.topic, m.at_ms, self.client_id);
+            debug!(topic = %m.topic, %reason, "ingress dead letter");
+            let raw = bounded_raw(&m.payload, self.decoder.max_dead_letter_bytes);
+            let record =
+                crate::output::dead_letter_record(&self.pipeline, &self.source, &position, &reason, raw, |_| {});
+            let topic = self.spec.kafka.dead_letter_topic.clone();
+            self.produce(
+                &topic,
+                self.source.as_bytes(),
+                record.json.as_bytes(),
+                Some(m.at_ms),
+                attempt(),
+            )
+            .await?;
         }
         if m.qos > 0 {
             self.acks.push(
