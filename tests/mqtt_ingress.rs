@@ -457,3 +457,50 @@ fn an_ingress_member_killed_mid_stream_loses_nothing() {
         "a record written twice"
     );
 }
+
+#[test]
+fn a_stateful_pipeline_on_a_shared_subscription_is_warned_about_and_ingest_needs_an_ingress() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/mqtt-aq1.yaml")).unwrap();
+    assert!(text.contains("      qos: 1\n"));
+    let shared = dir.path().join("shared.yaml");
+    std::fs::write(
+        &shared,
+        text.replace(
+            "      qos: 1\n",
+            "      qos: 1\n      version: \"5\"\n      shared_group: nodes\n",
+        ),
+    )
+    .unwrap();
+    // valid, with a positioned warning
+    let out = plume().arg("validate").arg(&shared).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = text.lines().position(|l| l == "      qos: 1").unwrap() + 3;
+    assert!(
+        stderr.contains(&format!(
+            "shared.yaml:{line}:21: warning: a stateful pipeline reads the MQTT shared subscription `$share/nodes/"
+        )),
+        "{stderr}"
+    );
+    // the shipped ingress pipeline has no warning, and says what its ingress does
+    let out = plume()
+        .args(["validate", "pipelines/mqtt-kafka-aq1.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ingress:   (plume ingest) mqtt"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // `plume ingest` on a pipeline without `ingress:`
+    let out = plume().arg("ingest").arg(&shared).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no `ingress:` section"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
