@@ -430,24 +430,15 @@ fn broker_with_topics() -> Tansu {
 /// Two members (one partition each), one SIGKILLed: tansu notices after `session.timeout.ms`
 /// (the survivor's next heartbeat is answered "rebalance in progress", about 3 s later it has
 /// rejoined), but the rejoined survivor is given its old assignment again: the dead member's
-/// partition is assigned to nobody. Returns when the survivor rejoined and how many partitions
-/// it holds `watch` later.
-fn kill_one_of_two(extra: Extra, watch: Duration) -> (Duration, usize) {
+/// partition is assigned to nobody. Returns the survivor's assignment changes (time after the
+/// kill, partitions held) over `watch`, and what it holds at the end.
+fn kill_one_of_two(extra: Extra, watch: Duration) -> (Vec<(Duration, usize)>, usize) {
     let broker = broker_with_topics();
     let group = format!("two-{}", extra.name());
     let (mut member, survivor) = split_group(&broker, &group, extra);
     member.kill();
     let killed = Instant::now();
     let mut changes = Vec::new();
-    // revoked (0), then assigned again
-    let rejoined = poll_until(&survivor, Duration::from_secs(30), |n, changed| {
-        if changed {
-            changes.push((killed.elapsed(), n));
-        }
-        n > 0 && changes.iter().any(|(_, c)| *c == 0)
-    });
-    assert!(rejoined, "no rebalance within 30 s of the kill: {changes:?}");
-    let rejoined_after = killed.elapsed();
     poll_until(&survivor, watch, |n, changed| {
         if changed {
             changes.push((killed.elapsed(), n));
@@ -458,7 +449,7 @@ fn kill_one_of_two(extra: Extra, watch: Duration) -> (Duration, usize) {
         "tansu quirk: one of two members (extra client `{}`) killed: survivor's assignment changes {changes:?}",
         extra.name()
     );
-    (rejoined_after, assigned(&survivor))
+    (changes, assigned(&survivor))
 }
 
 const SESSION_MS: u32 = 6000;
@@ -467,15 +458,17 @@ const SESSION_MS: u32 = 6000;
 /// partition is not handed to the survivor: it stays unassigned (until a member joins, below).
 #[test]
 fn a_killed_members_partitions_stay_unassigned_after_its_expiry() {
-    let (rejoined, holds) = kill_one_of_two(Extra::None, Duration::from_secs(15));
+    let (changes, holds) = kill_one_of_two(Extra::None, Duration::from_secs(25));
+    // revoked (0) about one session timeout after the kill, then its one partition again
+    let revoked = changes.iter().find(|(_, n)| *n == 0).map(|(t, _)| *t);
     assert!(
-        rejoined >= Duration::from_millis(SESSION_MS as u64)
-            && rejoined < Duration::from_millis(SESSION_MS as u64 + 10_000),
-        "rebalanced {rejoined:?} after the kill (session timeout {SESSION_MS} ms)"
+        revoked.is_some_and(|t| t >= Duration::from_millis(SESSION_MS as u64 - 500)
+            && t < Duration::from_millis(SESSION_MS as u64 + 10_000)),
+        "changes {changes:?} (session timeout {SESSION_MS} ms)"
     );
     assert_eq!(
         holds, 1,
-        "the survivor now gets the dead member's partition: tansu fixed this"
+        "changes {changes:?}: the survivor now gets the dead member's partition: tansu fixed this"
     );
 }
 
@@ -563,11 +556,13 @@ fn the_orphaned_partition_stays_unassigned_for_90_s_whatever_else_the_killed_pro
     .map(|extra| std::thread::spawn(move || (extra, kill_one_of_two(extra, Duration::from_secs(90)))))
     .collect();
     for h in handles {
-        let (extra, (_, holds)) = h.join().unwrap();
-        assert_eq!(
-            holds,
-            1,
-            "{}: the survivor got the dead member's partition",
+        let (extra, (changes, holds)) = h.join().unwrap();
+        // one partition, or (seen with a second consumer of the group in the killed process)
+        // none at all: never the dead member's
+        assert!(holds < PARTITIONS as usize, "{}: {changes:?}", extra.name());
+        assert!(
+            changes.iter().all(|(_, n)| *n < PARTITIONS as usize),
+            "{}: the survivor got the dead member's partition: {changes:?}",
             extra.name()
         );
     }
