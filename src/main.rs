@@ -94,6 +94,18 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
     },
+    /// Keyed ingress for MQTT fleets: subscribe to the pipeline's `ingress.mqtt` topic (an MQTT
+    /// shared subscription: run as many members as needed) and produce every reading to the keyed
+    /// Kafka topic its Kafka source reads (key = device id), acknowledging each MQTT message once
+    /// Kafka has its record. Runs until Ctrl-C.
+    Ingest {
+        pipeline: PathBuf,
+        /// This member's MQTT client id (each member needs its own, stable across restarts: the
+        /// broker keeps the member's session under it). Default: the pipeline's
+        /// `ingress.mqtt.client_id`, or `plume-<pipeline>-ingress-<host name>`.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
     /// Inspect and manage the checkpoints of a data directory.
     Checkpoints {
         /// The data directory (as given to `plume run --data-dir`).
@@ -177,6 +189,13 @@ const DEMO_METRICS: &str = "127.0.0.1:9464";
 fn load(path: &std::path::Path) -> anyhow::Result<CompiledPipeline> {
     let spec = spec::load_pipeline(path).map_err(|d| anyhow::anyhow!("{d}"))?;
     CompiledPipeline::compile(spec).with_context(|| format!("compiling {}", path.display()))
+}
+
+/// Logs the pipeline file's warnings (`plume validate` prints them with their positions).
+fn warn_about(file: &std::path::Path, compiled: &CompiledPipeline) {
+    for w in spec::load::warnings(file, &compiled.spec, &|name| std::env::var(name).ok()) {
+        tracing::warn!(pipeline = %compiled.name, at = %format!("{}:{}:{}", w.file, w.line, w.column), "{}", w.message);
+    }
 }
 
 fn print_report(report: &app::RunReport) {
@@ -306,6 +325,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match spec::LoadedPipeline::load(file) {
                     Ok(loaded) => match CompiledPipeline::compile(loaded.spec.clone()) {
                         Ok(compiled) => {
+                            for w in spec::load::warnings(file, &loaded.spec, &|name| std::env::var(name).ok()) {
+                                eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
+                            }
                             print!("{}", describe_pipeline(&file.display().to_string(), &loaded, &compiled))
                         }
                         Err(e) => {
@@ -357,6 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // before anything else, so an early Ctrl-C still ends the run gracefully
             let shutdown = matches!(engine, Engine::Actors).then(app::shutdown_on_ctrl_c);
             let compiled = load(&pipeline)?;
+            warn_about(&pipeline, &compiled);
             let interval = checkpoint_interval
                 .map(|s| match DurationSpec::parse(&s) {
                     Ok(d) if d.as_millis() > 0 => Ok(d),
@@ -456,6 +479,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let report = app::run(Arc::new(compiled), options, shutdown)?;
             print_report(&report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest { pipeline, client_id } => {
+            let shutdown = app::shutdown_on_ctrl_c();
+            let compiled = load(&pipeline)?;
+            let options = plume::connectors::mqtt::bridge::IngressOptions { client_id };
+            let report = plume::connectors::mqtt::bridge::run(&compiled, options, shutdown)?;
+            eprintln!(
+                "done: {} messages received ({} sent again by the broker), {} readings and {} dead letters delivered to Kafka, {} acknowledged, over {:.2} s",
+                report.received,
+                report.redelivered,
+                report.produced,
+                report.dead_letters,
+                report.acked,
+                report.elapsed.as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate { workload } => generate(workload),

@@ -39,6 +39,22 @@ pub fn describe_pipeline(file: &str, loaded: &spec::LoadedPipeline, compiled: &C
             sources.join("; ")
         }
     );
+    if let Some(ingress) = &spec.ingress {
+        let m = &ingress.mqtt;
+        let filter = match &m.shared_group {
+            Some(group) => format!("$share/{group}/{}", m.topic),
+            None => m.topic.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "  ingress:   (plume ingest) mqtt {} topic {filter} (qos {}) -> kafka {} topic {} (key = device id), dead letters to {}",
+            redact::url(&m.url),
+            m.qos.level(),
+            ingress.kafka.brokers,
+            ingress.kafka.topic,
+            ingress.kafka.dead_letter_topic
+        );
+    }
     let decode = &spec.decode;
     let device = match (&decode.device.field, &decode.device.tag, decode.device.topic) {
         (_, _, true) => "the topic's {device}".to_string(),

@@ -616,7 +616,7 @@ mod tests {
             [
                 "1:10 version: expected a whole number (0 or more), found the string `one`",
                 "2:1 pipline: unknown key `pipline` at the top level; did you mean `pipeline`? (valid keys: version, \
-                 pipeline, decode, checkpoint, description, embedded_broker, metrics, operators, outputs, runtime, shutdown, sources)",
+                 pipeline, decode, checkpoint, description, embedded_broker, ingress, metrics, operators, outputs, runtime, shutdown, sources)",
                 "4:11 decode.format: unknown value `jsn` for `format`; did you mean `json`? (valid values: json, influx)",
                 "5:26 decode.fields.pm25.min: expected a number, found the string `0` (remove the quotes to make it a number)",
                 "5:41 decode.fields.pm25.required: expected true or false, found the string `yes`",

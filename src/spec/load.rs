@@ -62,12 +62,14 @@ impl LoadedPipeline {
 /// same pipeline gives the same hash however its file is formatted (comments, key order, flow or
 /// block style, defaults written out or not), and any change of meaning changes it.
 ///
-/// The admin endpoint (`metrics`) is left out: where a run is watched from does not change what
-/// it computes, and its checkpoints stay usable.
+/// The admin endpoint (`metrics`) and the keyed ingress (`ingress`, run by `plume ingest`) are
+/// left out: where a run is watched from, or how readings reach its Kafka topic, does not change
+/// what it computes, and its checkpoints stay usable.
 pub fn pipeline_hash(spec: &PipelineSpec) -> String {
-    let json = if spec.metrics.is_some() {
+    let json = if spec.metrics.is_some() || spec.ingress.is_some() {
         let mut without = spec.clone();
         without.metrics = None;
+        without.ingress = None;
         serde_json::to_vec(&without)
     } else {
         serde_json::to_vec(spec)
@@ -184,6 +186,32 @@ pub fn parse_pipeline(
         Some(spec) if problems.is_empty() => Ok(spec),
         _ => Err(finish(problems, diagnostic)),
     }
+}
+
+/// The warnings of a valid pipeline file ([`validate::warnings`]: valid, but probably not what
+/// was meant), each with its position in the file (read again; `env` as for the load).
+pub fn warnings(file: &FilePath, spec: &PipelineSpec, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
+    let problems = validate::warnings(spec);
+    if problems.is_empty() {
+        return Vec::new();
+    }
+    let root = std::fs::read_to_string(file).ok().and_then(|text| {
+        let mut root = yaml::parse(&text).ok()?;
+        yaml::interpolate(&mut root, env);
+        Some(root)
+    });
+    problems
+        .into_iter()
+        .map(|p| {
+            let position = root.as_ref().map(|r| resolve(r, &p.path));
+            Diagnostic {
+                file: file.display().to_string(),
+                line: position.map_or(1, |p| p.line),
+                column: position.map_or(1, |p| p.column),
+                message: p.message,
+            }
+        })
+        .collect()
 }
 
 /// At most this many parts of one file are repaired (then the rest is not judged).

@@ -28,6 +28,7 @@ pub mod check;
 pub mod connections;
 pub mod de;
 pub mod decode;
+pub mod ingress;
 pub mod load;
 pub mod operators;
 pub mod outputs;
@@ -41,6 +42,7 @@ pub mod yaml;
 pub use crate::model::DurationSpec;
 pub use connections::*;
 pub use decode::*;
+pub use ingress::*;
 pub use load::{Diagnostic, Diagnostics, LoadedPipeline, load_pipeline, parse_pipeline, pipeline_hash};
 pub use operators::*;
 pub use outputs::*;
@@ -88,6 +90,11 @@ pub struct PipelineSpec {
     /// The admin endpoint (`/metrics`, `/healthz`, `/readyz`); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,
+    /// Keyed ingress for MQTT fleets (`plume ingest`): an MQTT subscription shared by the ingress
+    /// members, each reading produced to the keyed Kafka topic a Kafka source of this pipeline
+    /// reads; absent: none. `plume run` ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
 }
 
 impl PipelineSpec {

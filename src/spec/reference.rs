@@ -356,8 +356,8 @@ mod tests {
             md.contains("`outputs[].to[].webhook.policy`, `outputs[].to[].push.fcm.policy`"),
             "{md}"
         );
-        // the shared connection settings appear under both the source and the sink
-        assert_eq!(md.matches("| `password_env` |").count(), 2, "{md}");
+        // the shared connection settings appear under the source, the sink and the ingress
+        assert_eq!(md.matches("| `password_env` |").count(), 3, "{md}");
         assert_eq!(md.matches("| `breaker_open` |").count(), 4, "{md}");
     }
 

@@ -173,6 +173,14 @@ pub mod defaults {
     pub fn kafka_group() -> String {
         "plume".to_string()
     }
+    /// The MQTT shared subscription group of `plume ingest` members.
+    pub fn ingress_group() -> Option<String> {
+        Some("plume-ingress".to_string())
+    }
+    /// `plume ingest` speaks MQTT 5 unless told otherwise (shared subscriptions are part of it).
+    pub fn ingress_mqtt_version() -> crate::spec::MqttVersion {
+        crate::spec::MqttVersion::V5
+    }
     /// 1 MiB: a reading is a few hundred bytes.
     pub fn max_payload_bytes() -> usize {
         1 << 20

@@ -23,9 +23,12 @@ use super::{
 
 pub use crate::model::location::{Path, Segment};
 
+mod ingress;
 mod operators;
 mod outputs;
 mod rules;
+
+pub use ingress::warnings;
 
 use rules::plaintext_to_another_host;
 use rules::{check_kafka_topic, check_subscribe_topic, check_url, is_name};
@@ -114,6 +117,7 @@ pub fn validate(spec: &PipelineSpec, gaps: &Gaps) -> Vec<Problem> {
     checker.operators();
     checker.outputs();
     checker.runtime();
+    checker.ingress();
     checker.problems
 }
 
