@@ -26,7 +26,7 @@ mod common;
 #[path = "../tests/common/kafka.rs"]
 mod kafka_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -145,52 +145,6 @@ fn pipeline(dir: &Path, name: &str, changelog: Option<(&str, u32)>) -> PathBuf {
     path
 }
 
-fn ends(broker: &Tansu, n: usize) -> BTreeMap<i32, i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", "ends")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset("aq1", p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut ends = BTreeMap::new();
-    let mut read = 0;
-    while read < n {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            read += 1;
-            let e = ends.entry(m.partition()).or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-    }
-    ends
-}
-
-fn all_committed(broker: &Tansu, group: &str, ends: &BTreeMap<i32, i64>) -> bool {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition("aq1", p);
-    }
-    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
-        return false;
-    };
-    committed.elements().iter().all(|e| match e.offset() {
-        Offset::Offset(o) => ends.get(&e.partition()).is_none_or(|end| o >= *end),
-        _ => false,
-    })
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -208,7 +162,7 @@ fn main() {
         "cluster bench: {n} readings of {devices} devices produced to {PARTITIONS} partitions in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let ends = ends(&broker, records.len());
+    let ends = kafka_support::partition_ends(&broker.brokers(), "aq1", PARTITIONS, records.len());
 
     // 1. throughput
     println!("\n| run | members | seconds | readings/s | ratio to one process | changelog bytes per device record |");
@@ -239,7 +193,7 @@ fn main() {
                 )
             })
             .collect();
-        while !all_committed(&broker, &group, &ends) {
+        while !kafka_support::group_reached(&broker.brokers(), &group, "aq1", &ends) {
             assert!(t.elapsed() < Duration::from_secs(900), "{name} did not finish");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -401,7 +355,8 @@ fn main() {
                     .unwrap()
                     .iter()
                     .filter(|(t, l)| {
-                        *t >= killed && (l.contains("kafka changelog read") || l.contains("restored from the changelog"))
+                        *t >= killed
+                            && (l.contains("kafka changelog read") || l.contains("restored from the changelog"))
                     })
                     .map(|(_, l)| l.clone())
                     .collect::<Vec<_>>()

@@ -131,62 +131,6 @@ fn records_by_id(files: &[PathBuf]) -> (BTreeMap<String, String>, Vec<serde_json
     (by_id, summaries)
 }
 
-/// The group's committed offset of every partition equals the partition's end: every reading
-/// is in a durable checkpoint (and in the changelog) of some member.
-fn all_committed(broker: &Tansu, ends: &BTreeMap<i32, i64>) -> bool {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", GROUP)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        tpl.add_partition("aq1", p);
-    }
-    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
-        return false;
-    };
-    committed.elements().iter().all(|e| match e.offset() {
-        Offset::Offset(o) => ends.get(&e.partition()).is_some_and(|end| o >= *end),
-        _ => false,
-    })
-}
-
-/// The end (last offset + 1) of every partition, found by reading it: tansu's high watermark
-/// of a partition whose last record batch holds several records is that batch's first offset
-/// + 1, not its last (a quirk `tests/tansu_quirks.rs` documents).
-fn partition_ends(broker: &Tansu, records: usize) -> BTreeMap<i32, i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", "ends")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        tpl.add_partition_offset("aq1", p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut ends = BTreeMap::new();
-    let mut n = 0;
-    let started = Instant::now();
-    while n < records {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "read {n} of {records} records"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            n += 1;
-            let end = ends.entry(m.partition()).or_insert(0);
-            *end = (*end).max(m.offset() + 1);
-        }
-    }
-    ends
-}
-
 /// The cluster run: three members (A, B, C), C SIGKILLed `kills` times at pseudo-random
 /// moments while the input is produced and restarted on its own data directory, a fourth
 /// member D joining after the first kill and leaving after the second. Then the members stop
@@ -271,10 +215,10 @@ fn cluster_run(standby: u32, seed: u64) {
         d.child.interrupt();
     }
     // wait until every reading is in some member's durable checkpoint
-    let ends = partition_ends(&broker, records.len());
+    let ends = kafka_support::partition_ends(&broker.brokers(), "aq1", PARTITIONS as i32, records.len());
     assert_eq!(ends.values().sum::<i64>() as usize, records.len());
     let started = Instant::now();
-    while !all_committed(&broker, &ends) {
+    while !kafka_support::group_reached(&broker.brokers(), GROUP, "aq1", &ends) {
         assert!(
             started.elapsed() < Duration::from_secs(240),
             "the group did not commit every partition's end {ends:?}:\n--- a\n{}\n--- b\n{}\n--- c\n{}",
@@ -297,7 +241,8 @@ fn cluster_run(standby: u32, seed: u64) {
             // (it gets no assignment, and none when the others leave); a member that joins
             // re-forms the group (tests/tansu_quirks.rs). Such a member has nothing to hand on.
             let e = start("e", 0);
-            e.child.wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
+            e.child
+                .wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
             a_log = last.child.interrupt();
             last = e;
             last_name = "e";
@@ -371,7 +316,11 @@ fn cluster_run(standby: u32, seed: u64) {
         .iter()
         .filter(|(_, l)| l.contains("\"type\":\"event_start\"") || l.contains("\"type\":\"event_end\""))
         .collect();
-    assert!(events.len() >= 10, "the input should have PM2.5 events: {}", events.len());
+    assert!(
+        events.len() >= 10,
+        "the input should have PM2.5 events: {}",
+        events.len()
+    );
     let started = Instant::now();
     let received = loop {
         let requests = rx.requests();

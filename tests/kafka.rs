@@ -585,7 +585,7 @@ outputs:
 #[test]
 fn a_member_starting_inside_a_record_batch_reads_every_record_from_there() {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let dir = tempfile::tempdir().unwrap();
     let input = aq1_input(dir.path(), 20, 4_000, 49);
     let records = aq1_records(&input);
@@ -593,34 +593,20 @@ fn a_member_starting_inside_a_record_batch_reads_every_record_from_there() {
     broker.create_topic("aq1", PARTITIONS);
     // in batches of many records, as real producers write
     broker.produce_with("aq1", &records, true);
+    let ends = kafka_support::partition_ends(&broker.brokers(), "aq1", PARTITIONS as i32, records.len());
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.brokers())
         .set("group.id", "plume-mid")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        tpl.add_partition_offset("aq1", p, Offset::Beginning).unwrap();
-    }
-    reader.assign(&tpl).unwrap();
-    let mut ends = std::collections::BTreeMap::new();
-    let started = Instant::now();
-    for _ in 0..records.len() {
-        let m = loop {
-            assert!(started.elapsed() < Duration::from_secs(60));
-            if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
-                break m;
-            }
-        };
-        let end = ends.entry(m.partition()).or_insert(0i64);
-        *end = (*end).max(m.offset() + 1);
-    }
     // the group's offsets: the middle of each partition, inside a batch
     let mut middle = TopicPartitionList::new();
     let mut expected = 0;
     for (p, end) in &ends {
-        middle.add_partition_offset("aq1", *p, Offset::Offset(end / 2 + 1)).unwrap();
+        middle
+            .add_partition_offset("aq1", *p, Offset::Offset(end / 2 + 1))
+            .unwrap();
         expected += end - (end / 2 + 1);
     }
     reader.commit(&middle, CommitMode::Sync).unwrap();
@@ -638,25 +624,7 @@ fn a_member_starting_inside_a_record_batch_reads_every_record_from_there() {
     // "caught up" log line needs the broker's end-of-partition answer, which tansu does not
     // give after a batch of several records
     let started = Instant::now();
-    loop {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS as i32 {
-            tpl.add_partition("aq1", p);
-        }
-        let committed = ClientConfig::new()
-            .set("bootstrap.servers", broker.brokers())
-            .set("group.id", "plume-mid")
-            .create::<BaseConsumer>()
-            .unwrap()
-            .committed_offsets(tpl, Duration::from_secs(5));
-        let done = committed.is_ok_and(|c| {
-            c.elements()
-                .iter()
-                .all(|e| matches!(e.offset(), Offset::Offset(o) if o >= ends[&e.partition()]))
-        });
-        if done {
-            break;
-        }
+    while !kafka_support::group_reached(&broker.brokers(), "plume-mid", "aq1", &ends) {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "not every record was read:\n{}",
@@ -669,6 +637,12 @@ fn a_member_starting_inside_a_record_batch_reads_every_record_from_there() {
         .lines()
         .find(|l| l.contains("kafka source stopped"))
         .unwrap_or_else(|| panic!("{log}"));
-    assert!(stopped.contains(&format!(" messages={expected} ")), "{expected} expected: {stopped}");
-    assert!(!stopped.contains(" gap_seeks=0 "), "no fetch started inside a batch: {stopped}");
+    assert!(
+        stopped.contains(&format!(" messages={expected} ")),
+        "{expected} expected: {stopped}"
+    );
+    assert!(
+        !stopped.contains(" gap_seeks=0 "),
+        "no fetch started inside a batch: {stopped}"
+    );
 }

@@ -173,3 +173,64 @@ pub fn produce_to(brokers: &str, topic: &str, records: &[(String, Vec<u8>)], bat
         .flush(Duration::from_secs(600))
         .expect("every record delivered");
 }
+
+/// The end (last offset + 1) of each of `topic`'s `partitions` partitions, found by reading its
+/// `records` records: tansu's high watermark of a partition whose last record batch holds
+/// several records is that batch's first offset + 1, not its end.
+#[allow(dead_code)]
+pub fn partition_ends(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    records: usize,
+) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "ends")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut ends = std::collections::BTreeMap::new();
+    let mut read = 0;
+    let started = Instant::now();
+    while read < records {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "read {read} of {records} records"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            read += 1;
+            let end = ends.entry(m.partition()).or_insert(0);
+            *end = (*end).max(m.offset() + 1);
+        }
+    }
+    ends
+}
+
+/// Whether `group`'s committed offset of every partition in `ends` has reached its end: every
+/// record is in some member's durable checkpoint.
+#[allow(dead_code)]
+pub fn group_reached(brokers: &str, group: &str, topic: &str, ends: &std::collections::BTreeMap<i32, i64>) -> bool {
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
+        return false;
+    };
+    committed.elements().iter().all(|e| match e.offset() {
+        Offset::Offset(o) => ends.get(&e.partition()).is_some_and(|end| o >= *end),
+        _ => false,
+    })
+}

@@ -317,7 +317,12 @@ impl Inner {
     /// `want`) whenever a later one arrives, or nothing does for a while
     /// ([`Inner::probe_silent_starts`]); messages before `want` are dropped (already in the
     /// state). `false`: drop this message.
-    pub(super) fn check_gap(&mut self, consumer: &BaseConsumer<SourceContext>, key: &PartitionKey, offset: i64) -> bool {
+    pub(super) fn check_gap(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        key: &PartitionKey,
+        offset: i64,
+    ) -> bool {
         let Some(e) = self.expected.get_mut(key) else {
             return true;
         };

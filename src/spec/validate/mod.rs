@@ -726,7 +726,10 @@ mod tests {
         assert_eq!(errors("aq1", "{}"), "");
         assert_eq!(errors("aq1", "{ topic: state, standby_replicas: 1 }"), "");
         let two = errors("a, b", "{}");
-        assert!(two.contains("t.yaml:4:") && two.contains("a changelog follows the partitions of one input topic"), "{two}");
+        assert!(
+            two.contains("t.yaml:4:") && two.contains("a changelog follows the partitions of one input topic"),
+            "{two}"
+        );
         let same = errors("aq1", "{ topic: aq1 }");
         assert!(same.contains("`aq1` is also an input topic"), "{same}");
         let bad = errors("aq1", "{ topic: \"no spaces\" }");
