@@ -472,6 +472,15 @@ impl Checker<'_> {
                     self.not_empty(path.key("group"), "`group`", &k.group);
                     self.kafka_client(&path, &k.client);
                     if let Some(changelog) = &k.changelog {
+                        let earlier = spec.sources[..i]
+                            .iter()
+                            .any(|s| matches!(s, SourceSpec::Kafka(k) if k.changelog.is_some()));
+                        if earlier {
+                            self.report(
+                                path.key("changelog"),
+                                "only one Kafka source of a pipeline can have a changelog (the sources share one store, and each changelog publishes what the store's checkpoints changed): read the topics with one source per pipeline",
+                            );
+                        }
                         if k.topics.len() > 1 {
                             self.report(
                                 path.key("changelog"),
@@ -732,6 +741,20 @@ mod tests {
         );
         let same = errors("aq1", "{ topic: aq1 }");
         assert!(same.contains("`aq1` is also an input topic"), "{same}");
+        let second = crate::spec::parse_pipeline(
+            "t.yaml",
+            &file("a", "{}").replace(
+                "decode:",
+                "  - kafka: { brokers: \"127.0.0.1:9092\", topics: [b], changelog: { topic: b-state } }\ndecode:",
+            ),
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            second.contains("only one Kafka source of a pipeline can have a changelog"),
+            "{second}"
+        );
         let bad = errors("aq1", "{ topic: \"no spaces\" }");
         assert!(bad.contains("`no spaces` is not a valid Kafka topic name"), "{bad}");
     }
