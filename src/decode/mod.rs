@@ -185,13 +185,7 @@ impl Decoder {
         topic_device: Option<&'a str>,
         arrival_ms: i64,
     ) -> Result<Decoded<'a>, DecodeError> {
-        let mut decoded = match self.format {
-            DecodeFormat::Json => json::decode(self, payload, topic_device, arrival_ms)?,
-            DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
-        };
-        check_device_id(&decoded.device, self.max_device_id_bytes)?;
-        decoded.time_clamped = self.plausible_time(&mut decoded.reading.ts, arrival_ms)?;
-        Ok(decoded)
+        self.decode_with(json::decode, payload, topic_device, arrival_ms)
     }
 
     /// [`Decoder::decode`] without the JSON fast path (every payload through serde_json's
@@ -203,8 +197,20 @@ impl Decoder {
         topic_device: Option<&'a str>,
         arrival_ms: i64,
     ) -> Result<Decoded<'a>, DecodeError> {
+        self.decode_with(json::decode_serde, payload, topic_device, arrival_ms)
+    }
+
+    /// Decodes with `json` for JSON payloads, then the checks every payload gets.
+    #[inline(always)]
+    fn decode_with<'a>(
+        &self,
+        json: impl FnOnce(&Decoder, &'a [u8], Option<&'a str>, i64) -> Result<Decoded<'a>, DecodeError>,
+        payload: &'a [u8],
+        topic_device: Option<&'a str>,
+        arrival_ms: i64,
+    ) -> Result<Decoded<'a>, DecodeError> {
         let mut decoded = match self.format {
-            DecodeFormat::Json => json::decode_serde(self, payload, topic_device, arrival_ms)?,
+            DecodeFormat::Json => json(self, payload, topic_device, arrival_ms)?,
             DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
         };
         check_device_id(&decoded.device, self.max_device_id_bytes)?;

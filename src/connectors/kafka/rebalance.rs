@@ -323,6 +323,10 @@ impl Inner {
         key: &PartitionKey,
         offset: i64,
     ) -> bool {
+        // every message passes here: no lookup once every start is confirmed
+        if self.expected.is_empty() {
+            return true;
+        }
         let Some(e) = self.expected.get_mut(key) else {
             return true;
         };
