@@ -76,12 +76,18 @@ fn plume_exports_metrics_and_spans_over_otlp() {
     lines.push_str("not json\n{\"device\":\"x\"}\n");
     let input = dir.path().join("input.jsonl");
     std::fs::write(&input, &lines).unwrap();
-    // the webhook fails every delivery's first attempt: each is retried once
-    let webhook = Receiver::start(Arc::new(AtomicU64::new(0)), |r| {
-        if r.attempt == 0 {
-            Reply::status(503)
-        } else {
+    // the webhook fails every delivery's first attempt: each is retried once. The very first
+    // answer is slow, so the run outlasts several export intervals however fast the machine
+    // processes the readings: the exports seen include periodic ones, not only the final one.
+    let answers = AtomicU64::new(0);
+    let webhook = Receiver::start(Arc::new(AtomicU64::new(0)), move |r| {
+        let first = answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        if r.attempt > 0 {
             Reply::ok()
+        } else if first {
+            Reply::status(503).delayed(std::time::Duration::from_millis(500))
+        } else {
+            Reply::status(503)
         }
     });
     let collector = Receiver::start(Arc::new(AtomicU64::new(0)), |_| Reply::ok());
