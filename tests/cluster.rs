@@ -137,20 +137,8 @@ fn records_by_id(files: &[PathBuf]) -> (BTreeMap<String, String>, Vec<serde_json
 /// one by one (each stop hands its partitions to those left through the changelog), and the
 /// last member's end-of-run summary counts every device's readings.
 fn cluster_run(standby: u32, seed: u64) {
-    // one cluster at a time: each is four processes and a broker on a 2-core machine
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    // PLUME_TEST_KEEP=1: the directory (outputs, data directories, every member's log) stays
-    let dir_path = if std::env::var("PLUME_TEST_KEEP").is_ok() {
-        let kept = dir.path().with_extension("kept");
-        eprintln!("keeping {}", kept.display());
-        kept
-    } else {
-        dir.path().to_path_buf()
-    };
-    let _ = std::fs::create_dir_all(&dir_path);
-    let dir = Kept(dir, dir_path);
+    let _one = one_at_a_time();
+    let dir = test_dir();
     let input = aq1_input(dir.path(), 120, 60_000, 48);
     let records = aq1_records(&input);
     let broker = Tansu::start();
@@ -321,14 +309,41 @@ fn cluster_run(standby: u32, seed: u64) {
         "the input should have PM2.5 events: {}",
         events.len()
     );
+    let pages = pages_of(&rx, &events, |_| true, Duration::from_secs(30));
+    assert_eq!(pages.len(), events.len(), "every event was paged");
+    let again = pages.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "cluster: {} events paged, {again} of them more than once (the same id and body)",
+        events.len()
+    );
+}
+
+/// The PM2.5 event records (`event_start`, `event_end`) among `records` (id → line).
+fn pm25_events(records: &BTreeMap<String, String>) -> BTreeMap<&String, &String> {
+    records
+        .iter()
+        .filter(|(_, l)| l.contains("\"type\":\"event_start\"") || l.contains("\"type\":\"event_end\""))
+        .collect()
+}
+
+/// Waits (up to `timeout`) until the receiver has had a page for every event of `events`
+/// among the requests `counted` selects, then checks every request: signed with [`SECRET`], for
+/// one of `events`, with its record as the body's data. Returns the counted pages per id.
+fn pages_of(
+    rx: &Receiver,
+    events: &BTreeMap<&String, &String>,
+    counted: impl Fn(&receiver::Recorded) -> bool,
+    timeout: Duration,
+) -> BTreeMap<String, usize> {
     let started = Instant::now();
     let received = loop {
         let requests = rx.requests();
         let ids: std::collections::BTreeSet<String> = requests
             .iter()
+            .filter(|r| counted(r))
             .map(|r| verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}")))
             .collect();
-        if ids.len() >= events.len() || started.elapsed() > Duration::from_secs(30) {
+        if ids.len() >= events.len() || started.elapsed() > timeout {
             break requests;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -341,13 +356,100 @@ fn cluster_run(standby: u32, seed: u64) {
             .get(&id)
             .unwrap_or_else(|| panic!("a page no single run sends: {}", r.body));
         assert_eq!(&body["data"], &serde_json::from_str::<serde_json::Value>(want).unwrap());
-        *pages.entry(id).or_default() += 1;
+        if counted(r) {
+            *pages.entry(id).or_default() += 1;
+        }
     }
-    assert_eq!(pages.len(), events.len(), "every event was paged");
-    let again = pages.values().filter(|n| **n > 1).count();
-    eprintln!(
-        "cluster: {} events paged, {again} of them more than once (the same id and body)",
-        events.len()
+    pages
+}
+
+/// One cluster at a time: each is several processes and a broker on a 2-core machine.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The test's directory. PLUME_TEST_KEEP=1: the directory (outputs, data directories, every
+/// member's log) stays.
+fn test_dir() -> Kept {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = if std::env::var("PLUME_TEST_KEEP").is_ok() {
+        let kept = dir.path().with_extension("kept");
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        dir.path().to_path_buf()
+    };
+    let _ = std::fs::create_dir_all(&dir_path);
+    Kept(dir, dir_path)
+}
+
+/// Notifications move with their partitions: member A reads every reading while the receiver
+/// refuses every page, so each of A's notifications is pending in A's outbox when A is
+/// SIGKILLed and never comes back (machine loss). Member B, on its own data directory, takes
+/// every partition over; it has no reading left to read (A's checkpoints covered them all),
+/// so only the changelog can tell it what A had not delivered. Every PM2.5 event of the file
+/// run must reach the receiver, from B, signed, with its record.
+#[test]
+fn a_member_lost_for_good_leaves_no_page_behind() {
+    let _one = one_at_a_time();
+    let dir = test_dir();
+    let input = aq1_input(dir.path(), 40, 16_000, 52);
+    let records = aq1_records(&input);
+    let broker = Tansu::start();
+    broker.create_topic("aq1", 4);
+    let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let refuse = refusing.clone();
+    let rx = Receiver::start(Default::default(), move |_| {
+        if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
+    let pipeline = cluster_pipeline(dir.path(), 0, &rx.url("/aq1"));
+    kafka_support::produce_to(&broker.brokers(), "aq1", &records, true);
+    let ends = kafka_support::partition_ends(&broker.brokers(), "aq1", 4, records.len());
+    let a = Member::start(&pipeline, &broker, &dir.path().join("member-a"), &dir.path().join("out-a.jsonl"));
+    let started = Instant::now();
+    while !kafka_support::group_reached(&broker.brokers(), GROUP, "aq1", &ends) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "a did not commit every partition's end {ends:?}:\n{}",
+            a.child.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // (commits never run ahead of the changelog: every reading's state, and every notification
+    // pending at that checkpoint, is in the changelog now)
+    let refused = rx.count();
+    assert!(refused > 0, "a tried no page:\n{}", a.child.log_text());
+    let a_log = a.child.kill();
+    std::fs::write(dir.path().join("log-a.txt"), &a_log).unwrap();
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    // (every request from here on is b's, and answered)
+    let refused_all = rx.count() as u64;
+
+    let b = Member::start(&pipeline, &broker, &dir.path().join("member-b"), &dir.path().join("out-b.jsonl"));
+    let file_out = file_run(dir.path(), &input);
+    let (expected, _) = records_by_id(&[file_out]);
+    let events = pm25_events(&expected);
+    assert!(events.len() >= 5, "the input should have PM2.5 events: {}", events.len());
+    let answered = |r: &receiver::Recorded| r.seq >= refused_all;
+    let pages = pages_of(&rx, &events, answered, Duration::from_secs(120));
+    let b_log = b.child.interrupt();
+    std::fs::write(dir.path().join("log-b.txt"), &b_log).unwrap();
+    assert_eq!(
+        pages.len(),
+        events.len(),
+        "every event was paged after a's loss:\n--- b\n{b_log}"
+    );
+    assert!(b_log.contains("pending notifications taken over from the changelog"), "{b_log}");
+    // b read nothing a had not checkpointed: its pages came from the changelog
+    let (b_records, _) = records_by_id(&[dir.path().join("out-b.jsonl")]);
+    assert!(
+        b_records.keys().all(|id| !events.contains_key(id)),
+        "b wrote event records itself: it read readings a had checkpointed"
     );
 }
 
@@ -386,4 +488,264 @@ fn three_members_with_kills_joins_and_leaves_give_the_file_runs_records() {
 #[test]
 fn the_same_with_standby_replicas() {
     cluster_run(1, seed_from_env("PLUME_CLUSTER_SEED").wrapping_add(7));
+}
+
+/// A device whose state moved to another member and that never sends again is still reported
+/// offline, by its new owner: the state imported from the changelog gives the device its
+/// deadline there, as a restart gives a stored device its deadline. Member A hears every room,
+/// checkpoints them into the changelog and is SIGKILLed well before their silence reaches
+/// `offline_after`; member B takes the partitions over and reads nothing (every reading is
+/// in A's last publish), so only the imported state can make it report the rooms.
+#[test]
+fn a_taken_over_device_that_stays_quiet_is_reported_offline_by_its_new_owner() {
+    const OFFLINE_AFTER_S: u64 = 20;
+    let _one = one_at_a_time();
+    let dir = test_dir();
+    let broker = Tansu::start();
+    broker.create_topic("rooms", 4);
+    let pipeline = dir.path().join("rooms.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"version: 1
+pipeline: rooms
+sources:
+  - kafka:
+      brokers: "${{PLUME_KAFKA_BROKERS}}"
+      topics: ["rooms"]
+      group: "{GROUP}-rooms"
+      device_from: key
+      changelog: {{}}
+      properties:
+        session.timeout.ms: "6000"
+decode:
+  format: json
+  device: {{ field: device }}
+  time: {{ field: ts, unit: ms }}
+  fields:
+    pm25: {{ type: float }}
+operators:
+  - health:
+      name: sensor_health
+      offline_after: {OFFLINE_AFTER_S}s
+outputs:
+  - when: all
+    to:
+      - file: {{ path: "${{PLUME_OUTPUT}}" }}
+"#
+        ),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let rooms: Vec<String> = (0..8).map(|r| format!("room-{r}")).collect();
+    let records: Vec<(String, Vec<u8>)> = rooms
+        .iter()
+        .map(|r| (r.clone(), format!("{{\"device\":\"{r}\",\"ts\":{now},\"pm25\":5}}").into_bytes()))
+        .collect();
+    kafka_support::produce_to(&broker.brokers(), "rooms", &records, false);
+    let ends = kafka_support::partition_ends(&broker.brokers(), "rooms", 4, records.len());
+    let member = |name: &str| {
+        LoggedChild::spawn(
+            plume()
+                .arg("run")
+                .arg(&pipeline)
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("member-{name}")))
+                .args(["--checkpoint-interval", "300ms"])
+                .env("PLUME_KAFKA_BROKERS", broker.brokers())
+                .env("PLUME_OUTPUT", dir.path().join(format!("out-{name}.jsonl")))
+                .env("PLUME_LOG", "warn,plume::connectors::kafka=info")
+                .env("NO_COLOR", "1"),
+        )
+    };
+    let started = Instant::now();
+    let a = member("a");
+    while !kafka_support::group_reached(&broker.brokers(), &format!("{GROUP}-rooms"), "rooms", &ends) {
+        assert!(
+            started.elapsed() < Duration::from_secs(OFFLINE_AFTER_S - 5),
+            "a did not checkpoint every room in time:\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.kill();
+    let offline = |name: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(dir.path().join(format!("out-{name}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(r#""status":"offline""#))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["device"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(offline("a").is_empty(), "a lived past the rooms' deadline");
+    let b = member("b");
+    b.wait_logged(&["restored from the changelog"], 1, Duration::from_secs(60));
+    // the rooms' deadline (their readings' time + offline_after) and a margin; a source that
+    // reads nothing takes no checkpoints, so b's file has its records once b stops
+    let due = std::time::UNIX_EPOCH + Duration::from_millis(now as u64) + Duration::from_secs(OFFLINE_AFTER_S + 8);
+    if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+    let b_log = b.interrupt();
+    assert_eq!(
+        offline("b"),
+        rooms.iter().cloned().collect(),
+        "every room reported offline by b:\n{b_log}"
+    );
+}
+
+/// A notifier's cooldown holds across a move: member A pages each room's PM2.5 event, checkpoints
+/// (its policy state goes into the changelog with the rooms' states) and is SIGKILLed for good.
+/// Member B takes the rooms over and reads a second event of each room 50 minutes later, inside
+/// the 2 h cooldown A began, and a third one 3 hours later. As in one process, the second event
+/// is not paged (neither its start nor its end) and the third one is.
+#[test]
+fn a_cooldown_begun_on_one_member_holds_on_the_next() {
+    let _one = one_at_a_time();
+    let dir = test_dir();
+    let broker = Tansu::start();
+    broker.create_topic("labs", 4);
+    let rx = Receiver::start(Default::default(), |_| Reply::ok());
+    let group = format!("{GROUP}-labs");
+    let pipeline = dir.path().join("labs.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"version: 1
+pipeline: labs
+sources:
+  - kafka:
+      brokers: "${{PLUME_KAFKA_BROKERS}}"
+      topics: ["labs"]
+      group: "{group}"
+      device_from: key
+      changelog: {{}}
+      properties:
+        session.timeout.ms: "6000"
+decode:
+  format: json
+  device: {{ field: device }}
+  time: {{ field: ts, unit: ms }}
+  fields:
+    pm25: {{ type: float, required: true }}
+operators:
+  - hysteresis:
+      name: pm25_event
+      field: pm25
+      enter: 35
+      exit: 25
+outputs:
+  - when: all
+    to:
+      - file: {{ path: "${{PLUME_OUTPUT}}" }}
+  - when: pm25_event
+    events: [start, end]
+    to:
+      - webhook:
+          url: "{url}"
+          secret_env: PLUME_WEBHOOK_SECRET
+          backoff: 50ms
+          policy:
+            cooldown: 2h
+"#,
+            url = rx.url("/labs")
+        ),
+    )
+    .unwrap();
+    const T: i64 = 1_705_320_000_000; // 2024-01-15 12:00 UTC
+    let labs: Vec<String> = (0..6).map(|l| format!("lab-{l}")).collect();
+    // an event of every lab at `ts`: a high reading, a normal one 5 minutes later
+    let events_at = |ts: i64| -> Vec<(String, Vec<u8>)> {
+        labs.iter()
+            .flat_map(|l| {
+                [(ts, 50.0), (ts + 300_000, 10.0)].map(|(t, pm25)| {
+                    (l.clone(), format!("{{\"device\":\"{l}\",\"ts\":{t},\"pm25\":{pm25}}}").into_bytes())
+                })
+            })
+            .collect()
+    };
+    let member = |name: &str| {
+        LoggedChild::spawn(
+            plume()
+                .arg("run")
+                .arg(&pipeline)
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("member-{name}")))
+                .args(["--checkpoint-interval", "300ms"])
+                .env("PLUME_KAFKA_BROKERS", broker.brokers())
+                .env("PLUME_OUTPUT", dir.path().join(format!("out-{name}.jsonl")))
+                .env("PLUME_WEBHOOK_SECRET", SECRET)
+                .env("PLUME_LOG", "warn,plume::connectors::kafka=info,plume::notify=info")
+                .env("NO_COLOR", "1"),
+        )
+    };
+    let wait_group = |records: usize, child: &LoggedChild| {
+        let ends = kafka_support::partition_ends(&broker.brokers(), "labs", 4, records);
+        let started = Instant::now();
+        while !kafka_support::group_reached(&broker.brokers(), &group, "labs", &ends) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the group did not commit {ends:?}:\n{}",
+                child.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = events_at(T);
+    kafka_support::produce_to(&broker.brokers(), "labs", &first, false);
+    let a = member("a");
+    wait_group(first.len(), &a);
+    assert!(
+        receiver::wait_for(Duration::from_secs(30), || rx.count() >= 2 * labs.len()),
+        "a paged every lab's start and end: {} requests",
+        rx.count()
+    );
+    a.kill();
+    // (one after the other, as time goes: the policy forgets entries older than the cooldown by
+    // the newest event time it has seen, of any device)
+    let second = events_at(T + 50 * 60_000);
+    kafka_support::produce_to(&broker.brokers(), "labs", &second, false);
+    let b = member("b");
+    wait_group(first.len() + second.len(), &b);
+    let third = events_at(T + 3 * 3_600_000);
+    kafka_support::produce_to(&broker.brokers(), "labs", &third, false);
+    wait_group(first.len() + second.len() + third.len(), &b);
+    // b's pages: the third events' starts and ends (and nothing for the second ones)
+    receiver::wait_for(Duration::from_secs(30), || rx.count() >= 4 * labs.len());
+    std::thread::sleep(Duration::from_secs(1));
+    let b_log = b.interrupt();
+    let mut pages: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut requests = rx.requests();
+    requests.sort_by_key(|r| r.seq);
+    let mut ids = std::collections::BTreeSet::new();
+    for r in &requests {
+        let id = verify_standard_webhook(r, SECRET, 300).unwrap_or_else(|e| panic!("{e}"));
+        if !ids.insert(id) {
+            continue; // the same page again (at least once): receivers deduplicate
+        }
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let kind = body["type"].as_str().unwrap().to_string();
+        let ts = body["data"]["start_ts"].as_i64().unwrap_or(0);
+        pages
+            .entry(body["device"].as_str().unwrap().to_string())
+            .or_default()
+            .push((kind, ts));
+    }
+    for lab in &labs {
+        assert_eq!(
+            pages.get(lab).cloned().unwrap_or_default(),
+            vec![
+                ("event_start".to_string(), T),
+                ("event_end".to_string(), T),
+                ("event_start".to_string(), T + 3 * 3_600_000),
+                ("event_end".to_string(), T + 3 * 3_600_000),
+            ],
+            "{lab}'s pages: the event inside the cooldown a began is not paged by b:\n{b_log}"
+        );
+    }
+    assert!(b_log.contains("policy entries taken over from the changelog"), "{b_log}");
 }

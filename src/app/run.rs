@@ -84,6 +84,8 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
         )
     });
     let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep, notify_store.as_ref());
+    // (a Kafka source with a changelog moves pending notifications with its partitions)
+    let notifier_handles = notify_store.as_ref().map(|n| n.handles.clone());
     drop(notify_store);
     let stop_applier = || {
         applier_stop.store(true, Ordering::Relaxed);
@@ -117,6 +119,9 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
                     checkpointer: runtime.checkpointer.clone(),
                     shards: runtime.shards.clone(),
                 }));
+                if let Some(h) = notifier_handles.as_ref().filter(|h| !h.is_empty()) {
+                    k.notifications = Some(Arc::new(h.clone()));
+                }
             }
             let stop = stop.clone();
             let decoder = pipeline.decoder.clone();

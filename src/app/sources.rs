@@ -70,6 +70,7 @@ pub(crate) fn plan_sources(
                     key_groups: pipeline.spec.runtime.key_groups,
                     handoff_dir: None,
                     ownership: None,
+                    notifications: None,
                     stats: Default::default(),
                 })),
             ),

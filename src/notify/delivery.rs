@@ -365,6 +365,15 @@ impl Delivery {
         }
     }
 
+    /// A handle that hands entries to this engine from any thread (entries another member's
+    /// outbox held, taken over with their partition).
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            runtime: self.runtime.handle().clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Entries handed over and not yet acknowledged or given up.
     pub fn outstanding(&self) -> usize {
         *self.shared.outstanding.borrow()
@@ -386,6 +395,23 @@ impl Delivery {
             }
         });
         self.outstanding()
+    }
+}
+
+/// Hands entries to a delivery engine from any thread ([`Delivery::submitter`]).
+#[derive(Clone)]
+pub struct Submitter {
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+}
+
+impl Submitter {
+    /// [`Delivery::submit`].
+    pub fn submit(&self, entries: Vec<OutboxEntry>) {
+        let _guard = self.runtime.enter();
+        for entry in entries {
+            submit(&self.shared, entry);
+        }
     }
 }
 

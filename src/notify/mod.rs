@@ -20,6 +20,8 @@
 //!   the [`Transport`] trait every receiver kind implements.
 //! - `webhook`: Standard Webhooks signing and the HTTP transport.
 //! - `fcm`, `apns`, `ntfy`: the push transports; `jwt`: RS256/ES256 JWTs with `ring`.
+//! - `handover`: the notifiers as a Kafka source with a changelog sees them, so that pending
+//!   deliveries move with their devices' partitions to another member.
 //! - `subscribers`: the [`Subscribers`] trait (device → push tokens), [`SubscriberStore`] (in the
 //!   state store, managed with `plume subscribers`) and [`FileSubscribers`].
 //!
@@ -42,6 +44,7 @@ use crate::spec::{NotifyPolicySpec, PushSinkSpec, RetrySpec, SinkSpec};
 pub mod apns;
 pub mod delivery;
 pub mod fcm;
+pub mod handover;
 pub mod jwt;
 pub mod ntfy;
 pub mod outbox;
@@ -120,6 +123,9 @@ pub struct NotifierSink {
     policy_store: Option<PolicyStateStore>,
     /// `release_at` as last saved (a change of it alone is a change of the state).
     saved_release_at: i64,
+    /// Policy entries another member had for devices this one took over (a Kafka changelog):
+    /// merged before the next decision.
+    policy_inbox: handover::PolicyInbox,
 }
 
 /// What a notifier is built from besides its spec.
@@ -349,6 +355,7 @@ impl NotifierSink {
             drain_timeout: parts.drain_timeout,
             policy_store: parts.policy_state,
             saved_release_at: i64::MAX,
+            policy_inbox: Default::default(),
         };
         let restored = sink.restore_policy()?;
         sink.resume(restored)?;
@@ -542,6 +549,7 @@ impl Sink for NotifierSink {
     }
 
     fn write(&mut self, records: &[OutputRecord]) -> Result<(), SinkError> {
+        self.merge_taken_over_policies();
         let mut batch = Vec::new();
         let now_ms = jiff::Timestamp::now().as_millisecond();
         for record in records {
@@ -635,6 +643,7 @@ impl Sink for NotifierSink {
     /// Also saves the policy's state as of checkpoint `checkpoint` (when it changed since the
     /// last save: see `policy_store`).
     fn flush_for_checkpoint(&mut self, checkpoint: u64) -> Result<u64, SinkError> {
+        self.merge_taken_over_policies();
         if let Some(store) = &self.policy_store {
             // (a failed save leaves the state changed: the next checkpoint saves it)
             if self.policy.changed() || self.release_at != self.saved_release_at {
@@ -674,6 +683,8 @@ impl Sink for NotifierSink {
 pub struct NotifyStore {
     pub store: Arc<crate::store::StateStore>,
     pub subscribers: Arc<SubscriberStore>,
+    /// Every notifier built with this store (for a Kafka source's changelog).
+    pub handles: handover::NotifierHandles,
 }
 
 impl NotifyStore {
@@ -681,6 +692,7 @@ impl NotifyStore {
         Ok(NotifyStore {
             subscribers: SubscriberStore::open(store.clone())?,
             store,
+            handles: Default::default(),
         })
     }
 }
@@ -719,16 +731,40 @@ pub fn notifier_for(
     let parts = NotifierParts {
         pipeline: pipeline.name.clone(),
         name: Some(name.to_string()),
-        outbox,
+        outbox: outbox.clone(),
         subscribers,
         drain_timeout: pipeline.spec.shutdown.drain_timeout.as_duration(),
         dead_letters: Some(dead_letters),
         policy_state,
     };
-    Ok(NotifierSink::build(spec, parts)?.expect("a webhook or push sink spec"))
+    let sink = NotifierSink::build(spec, parts)?.expect("a webhook or push sink spec");
+    if let Some(s) = store {
+        s.handles.register(
+            name,
+            outbox,
+            sink.delivery.submitter(),
+            Some(PolicyStateStore::new(s.store.clone(), name)),
+            sink.policy_inbox.clone(),
+        );
+    }
+    Ok(sink)
 }
 
 impl NotifierSink {
+    /// Merges the policy entries taken over with partitions since the last call.
+    fn merge_taken_over_policies(&mut self) {
+        let taken = std::mem::take(&mut *self.policy_inbox.lock().expect("lock"));
+        if taken.is_empty() {
+            return;
+        }
+        let devices = taken.len();
+        for entries in taken {
+            self.policy.merge(entries.last, entries.suppressed);
+        }
+        self.publish_policy_counters();
+        info!(notifier = %self.name, devices, "policy entries taken over from the changelog");
+    }
+
     /// Puts entries in the outbox; sends those not held (and not already there or acknowledged).
     fn enqueue(&mut self, batch: Vec<OutboxEntry>) -> Result<(), SinkError> {
         if batch.is_empty() {

@@ -294,6 +294,24 @@ impl Policy {
         self.enforce_cap();
     }
 
+    /// Adds the entries another member's policy had for devices whose partitions this member
+    /// took over (`last`: the newer time of a key wins), so that a move changes no decision.
+    pub fn merge(&mut self, last: Vec<(String, String, i64)>, suppressed: Vec<(String, String, i64)>) {
+        for (device, key, t) in last {
+            let entry = self.last.entry((device, key)).or_insert(i64::MIN);
+            if t > *entry {
+                *entry = t;
+                self.changed = true;
+            }
+        }
+        for s in suppressed {
+            if self.suppressed.insert(s) {
+                self.changed = true;
+            }
+        }
+        self.enforce_cap();
+    }
+
     /// Whether the state changed since [`Policy::mark_saved`] (then it needs saving again).
     pub fn changed(&self) -> bool {
         self.changed

@@ -110,6 +110,22 @@ impl PolicyStateStore {
         Ok(Some((id, state)))
     }
 
+    /// The state as of checkpoint `checkpoint` (the newest value at or below it), read only:
+    /// what a Kafka source publishes with that checkpoint's device states.
+    pub fn at(&self, checkpoint: u64) -> Result<Option<PolicyState>, PolicyStoreError> {
+        let Some(id) = self.saved()?.into_iter().filter(|&id| id <= checkpoint).max() else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.store.outbox_table().get(self.key(id)).map_err(|e| self.error(e))? else {
+            return Ok(None);
+        };
+        decode_state(&bytes).map(Some).map_err(|source| PolicyStoreError::Damaged {
+            namespace: self.namespace.clone(),
+            checkpoint: id,
+            source,
+        })
+    }
+
     /// Saves `state` as of checkpoint `checkpoint` (synced), and deletes the values no restart
     /// can need any more (below the newest one at or below the committed checkpoint).
     pub fn save(&self, checkpoint: u64, state: &PolicyState) -> Result<(), PolicyStoreError> {

@@ -1,12 +1,12 @@
 //! The runtime's side of [`PartitionOwnership`]: a checkpoint on request through the
-//! checkpointer, evictions through every shard supervisor.
+//! checkpointer, evictions and adoptions through every shard supervisor.
 
 use actix::Addr;
 use tokio::sync::oneshot;
 
 use super::checkpointer::{CheckpointError, CheckpointSoon, Checkpointer};
 use super::ports::PartitionOwnership;
-use super::shard::{EvictDevices, ShardSupervisor};
+use super::shard::{AdoptDevices, EvictDevices, ShardSupervisor};
 
 /// Checkpoints and evictions for a partitioned source.
 pub struct RuntimeOwnership {
@@ -32,6 +32,12 @@ impl PartitionOwnership for RuntimeOwnership {
             }
         }
         rx
+    }
+
+    fn adopt(&self, devices: Vec<String>) {
+        for s in &self.shards {
+            s.do_send(AdoptDevices(devices.clone()));
+        }
     }
 
     fn evict(&self, devices: Vec<String>) -> usize {

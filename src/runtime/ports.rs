@@ -480,6 +480,48 @@ pub trait PartitionOwnership: Send + Sync {
     /// or another member, holds their state); blocks until done and returns how many were in
     /// memory.
     fn evict(&self, devices: Vec<String>) -> usize;
+    /// The store now holds `devices`' state, imported from another member: their deadlines
+    /// (offline, idle flush, timeouts) are taken from it, as at a restart. Does not wait.
+    fn adopt(&self, devices: Vec<String>);
+}
+
+/// A notification waiting for delivery (an outbox entry), as a partitioned source moves it to
+/// another member with its device's partition: the notifier (`webhook:0`, …) whose outbox holds
+/// it, its delivery id, its device, and the outbox's own versioned record of it (opaque here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingNotification {
+    pub notifier: String,
+    pub id: String,
+    pub device: String,
+    pub record: Vec<u8>,
+}
+
+/// One device's entries in a notifier's policy state (cooldowns, suppressed starts), as a
+/// partitioned source moves them with the device's partition: the notifier, the device, and
+/// the notifier's own versioned record of them (opaque here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePolicy {
+    pub notifier: String,
+    pub device: String,
+    pub record: Vec<u8>,
+}
+
+/// What a partitioned source (Kafka with a changelog) asks of the run's notifiers so that
+/// undelivered notifications move with their devices' partitions: what every outbox has
+/// pending, and taking over what another member left pending. The notifiers implement it
+/// (`notify::handover::NotifierHandles`).
+pub trait NotificationHandover: Send + Sync {
+    /// Every notification pending in the notifiers' outboxes (held ones included).
+    fn pending(&self) -> Vec<PendingNotification>;
+    /// Puts `notifications` into their notifiers' outboxes and hands the new ones to delivery
+    /// (those already there, acknowledged or given up are skipped). Returns how many were new.
+    fn take_over(&self, notifications: Vec<PendingNotification>) -> usize;
+    /// Every device's entries in the notifiers' policy states as of checkpoint `checkpoint`
+    /// (the state saved with it).
+    fn device_policies(&self, checkpoint: u64) -> Vec<DevicePolicy>;
+    /// Merges another member's entries into the notifiers' policies before they decide on the
+    /// next records.
+    fn take_over_policies(&self, policies: Vec<DevicePolicy>);
 }
 
 /// A graceful stop, passed into a run and on to its sources (as mini-redis passes `shutdown` into

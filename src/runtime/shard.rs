@@ -120,6 +120,13 @@ pub enum DeviceObservation {
 #[rtype(result = "usize")]
 pub struct EvictDevices(pub Vec<String>);
 
+/// Devices whose state was just imported into the store (a Kafka partition taken over from
+/// another member): their deadlines are read from their stored state, so that a device that
+/// stays quiet from now on is still reported offline, as after a restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AdoptDevices(pub Vec<String>);
+
 /// Sums over the devices of one shard at the end of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardTotals {
@@ -872,6 +879,48 @@ impl ShardSupervisor {
             });
         if let Err(e) = spawned {
             error!(error = %e, "the stored devices' deadlines could not be read");
+        }
+    }
+}
+
+impl Handler<AdoptDevices> for ShardSupervisor {
+    type Result = ();
+
+    /// Decodes the adopted devices of this shard's key groups on a thread of its own (as
+    /// [`ShardSupervisor::read_stored_deadlines`] does at start) and sends their deadlines here.
+    fn handle(&mut self, msg: AdoptDevices, ctx: &mut Context<Self>) {
+        let Some(c) = &self.checkpointing else { return };
+        let (store, pipeline, allow) = (c.store.clone(), self.local.pipeline.clone(), c.allow_pipeline_change);
+        let key_groups = self.key_groups();
+        let (from, to) = key_group_range(self.local.shard, key_groups, self.shards);
+        let mine: Vec<(u32, String)> = msg
+            .0
+            .into_iter()
+            .map(|d| (crate::model::keys::key_group_of(&d, key_groups), d))
+            .filter(|(kg, _)| (from..to).contains(kg))
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let shard = self.local.shard;
+        let addr = ctx.address();
+        let spawned = std::thread::Builder::new()
+            .name(format!("shard {shard} adopt"))
+            .spawn(move || {
+                let mut deadlines = Vec::new();
+                for (kg, device) in &mine {
+                    if let Ok(Some(bytes)) = store.load_device(*kg, device)
+                        && let Ok(chain) = pipeline.restore_chain(device, &bytes, allow)
+                        && let Some(at) = chain.next_deadline()
+                    {
+                        deadlines.push((at, Arc::from(device.as_str())));
+                    }
+                }
+                debug!(shard, devices = mine.len(), with_deadline = deadlines.len(), "adopted devices' deadlines read");
+                addr.do_send(StoredDeadlines(deadlines));
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "the adopted devices' deadlines could not be read");
         }
     }
 }

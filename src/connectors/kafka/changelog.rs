@@ -23,6 +23,11 @@
 //! marker commits, and a reader drops them (the member that takes the partition over writes
 //! their committed values again, so that compaction, which keeps the newest value of a key,
 //! cannot keep an uncommitted one).
+//!
+//! A partition's notifications waiting for delivery travel the same way, as records of the
+//! same publishes: key [`notification_key`] (`NUL plume-outbox NUL <notifier> NUL <delivery
+//! id>`), value the sealed outbox record, and a tombstone once delivered. A reader keeps them
+//! apart from the devices ([`PartitionReplica::notifications`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +53,36 @@ pub const MARKER_KEY: &[u8] = b"\x00plume-marker";
 pub const PUBLISH_HEADER: &str = "plume-publish";
 /// The marker format.
 pub const MARKER_VERSION: u32 = 1;
+/// How the key of a notification record starts (no device id starts with a NUL byte).
+pub const NOTIFICATION_KEY_PREFIX: &str = "\0plume-outbox\0";
+
+/// How the key of a device's policy entries starts.
+pub const POLICY_KEY_PREFIX: &str = "\0plume-policy\0";
+
+/// The changelog key of notifier `notifier`'s policy entries of `device`.
+pub fn policy_key(notifier: &str, device: &str) -> String {
+    format!("{POLICY_KEY_PREFIX}{notifier}\0{device}")
+}
+
+/// The notifier and device of a policy record's key; `None` for other keys.
+pub fn parse_policy_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(POLICY_KEY_PREFIX)?.split_once('\0')
+}
+
+/// The changelog key of notifier `notifier`'s delivery `id`.
+pub fn notification_key(notifier: &str, id: &str) -> String {
+    format!("{NOTIFICATION_KEY_PREFIX}{notifier}\0{id}")
+}
+
+/// What a publish compares to know whether a notifier record changed.
+pub fn extra_hash(value: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(value)
+}
+
+/// The notifier and delivery id of a notification record's key; `None` for other keys.
+pub fn parse_notification_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(NOTIFICATION_KEY_PREFIX)?.split_once('\0')
+}
 
 /// How long a publish waits for the broker to have every record.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -202,7 +237,54 @@ impl PartitionReplica {
 
     /// Devices in the committed state.
     pub fn devices(&self) -> usize {
-        self.committed.len()
+        self.committed.keys().filter(|k| !k.starts_with('\0')).count()
+    }
+
+    /// The committed notifications waiting for delivery (key order).
+    pub fn notifications(&self) -> Vec<crate::runtime::ports::PendingNotification> {
+        let mut out: Vec<_> = self
+            .committed
+            .iter()
+            .filter_map(|(key, record)| {
+                let (notifier, id) = parse_notification_key(key)?;
+                Some(crate::runtime::ports::PendingNotification {
+                    notifier: notifier.to_string(),
+                    id: id.to_string(),
+                    device: String::new(),
+                    record: record.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.notifier, &a.id).cmp(&(&b.notifier, &b.id)));
+        out
+    }
+
+    /// The committed policy entries of devices (key order).
+    pub fn policies(&self) -> Vec<crate::runtime::ports::DevicePolicy> {
+        let mut out: Vec<_> = self
+            .committed
+            .iter()
+            .filter_map(|(key, record)| {
+                let (notifier, device) = parse_policy_key(key)?;
+                Some(crate::runtime::ports::DevicePolicy {
+                    notifier: notifier.to_string(),
+                    device: device.to_string(),
+                    record: record.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.notifier, &a.device).cmp(&(&b.notifier, &b.device)));
+        out
+    }
+
+    /// The committed records that are not devices' (notifications, policy entries): key →
+    /// [`extra_hash`] of the value.
+    pub fn extras(&self) -> BTreeMap<String, u64> {
+        self.committed
+            .iter()
+            .filter(|(k, _)| k.starts_with('\0'))
+            .map(|(k, v)| (k.clone(), extra_hash(v)))
+            .collect()
     }
 
     /// Devices whose newest record no marker committed: what the next writer writes again
@@ -223,7 +305,12 @@ impl PartitionReplica {
     /// The committed state as a hand-off (what the store imports), if a marker was read.
     pub fn to_handoff(&self) -> Option<PartitionHandoff> {
         let m = self.marker.as_ref()?;
-        let mut devices: Vec<(String, Vec<u8>)> = self.committed.iter().map(|(d, s)| (d.clone(), s.clone())).collect();
+        let mut devices: Vec<(String, Vec<u8>)> = self
+            .committed
+            .iter()
+            .filter(|(d, _)| !d.starts_with('\0'))
+            .map(|(d, s)| (d.clone(), s.clone()))
+            .collect();
         devices.sort_by(|a, b| a.0.cmp(&b.0));
         Some(PartitionHandoff {
             topic: m.topic.clone(),
@@ -381,7 +468,7 @@ impl ChangelogWriter {
             }
             self.producer.poll(Duration::ZERO);
         }
-        published.devices = states.len() as u64;
+        published.devices = states.iter().filter(|(key, _)| !key.starts_with('\0')).count() as u64;
         Ok(published)
     }
 
@@ -805,6 +892,46 @@ mod tests {
         r.apply(6, b"e", Some(&seal(b"e1")), id(3, 1));
         r.apply(7, MARKER_KEY, Some(&marker(160)), id(2, 2));
         assert_eq!(r.to_handoff().unwrap().devices.len(), 2);
+    }
+
+    #[test]
+    fn notifications_travel_with_the_devices_and_leave_on_a_tombstone() {
+        let mut r = PartitionReplica::default();
+        let note = notification_key("webhook:0", "e1");
+        assert_eq!(parse_notification_key(&note), Some(("webhook:0", "e1")));
+        assert_eq!(parse_notification_key("device-7"), None);
+        r.apply(0, b"a", Some(&seal(b"a1")), id(1, 1));
+        r.apply(1, note.as_bytes(), Some(&seal(b"n1")), id(1, 1));
+        assert!(r.notifications().is_empty(), "not committed yet");
+        r.apply(2, MARKER_KEY, Some(&marker(100)), id(1, 1));
+        // the devices are the devices alone
+        assert_eq!(r.devices(), 1);
+        assert_eq!(r.to_handoff().unwrap().devices, vec![("a".into(), b"a1".to_vec())]);
+        let waiting = r.notifications();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            (waiting[0].notifier.as_str(), waiting[0].id.as_str(), waiting[0].record.as_slice()),
+            ("webhook:0", "e1", &b"n1"[..])
+        );
+        assert_eq!(
+            r.extras().into_iter().collect::<Vec<_>>(),
+            vec![(note.clone(), extra_hash(b"n1"))]
+        );
+        // a device's policy entries ride along the same way
+        let policy = policy_key("webhook:0", "a");
+        assert_eq!(parse_policy_key(&policy), Some(("webhook:0", "a")));
+        assert_eq!(parse_notification_key(&policy), None);
+        r.apply(3, policy.as_bytes(), Some(&seal(b"p1")), id(1, 2));
+        r.apply(4, MARKER_KEY, Some(&marker(110)), id(1, 2));
+        assert_eq!(r.policies().len(), 1);
+        assert_eq!(r.policies()[0].device, "a");
+        assert_eq!(r.notifications().len(), 1);
+        assert_eq!(r.devices(), 1);
+        // delivered: the next publish's tombstone removes it
+        r.apply(5, note.as_bytes(), None, id(1, 3));
+        r.apply(6, MARKER_KEY, Some(&marker(120)), id(1, 3));
+        assert!(r.notifications().is_empty());
+        assert_eq!(r.devices(), 1);
     }
 
     #[test]

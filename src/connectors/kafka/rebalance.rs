@@ -177,6 +177,7 @@ impl Inner {
             }
             self.known.remove(key);
             self.expected.remove(key);
+            self.read_next.remove(key);
             if let Some(c) = self.changelog.as_mut() {
                 c.dirty.remove(key);
                 c.full.remove(key);
@@ -230,6 +231,9 @@ impl Inner {
                         let kgs = self.key_groups;
                         match store.import_partition(&h, |d| key_group_of(d, kgs)) {
                             Ok(()) => {
+                                if let Some(o) = &self.ownership {
+                                    o.adopt(h.devices.iter().map(|(d, _)| d.clone()).collect());
+                                }
                                 self.stats.handoffs_taken.fetch_add(1, Ordering::Relaxed);
                                 info!(source = %self.name, topic = %key.0, partition = key.1, next_offset = h.next_offset, devices = h.devices.len(), from_checkpoint = h.checkpoint, "kafka partition taken over from a hand-off");
                                 start = Some(h.next_offset);
@@ -255,9 +259,13 @@ impl Inner {
                     self.carried.remove(key);
                     self.consumed.insert(key.clone(), o);
                     self.expected.insert(key.clone(), Expected::at(o));
+                    self.read_next.insert(key.clone(), o);
                     Offset::Offset(o)
                 }
-                None => Offset::Stored,
+                None => {
+                    self.read_next.remove(key);
+                    Offset::Stored
+                }
             };
             // the partition's devices, so that their changes are published
             if self.changelog.is_some()
@@ -419,6 +427,35 @@ impl Inner {
                 changelog.dirty.entry(key.clone()).or_default().insert(device);
             }
         }
+        // the notifiers' records of each partition's devices (changelog key → record): the
+        // notifications pending, and the policy entries as of this checkpoint
+        let mut extras: std::collections::HashMap<PartitionKey, BTreeMap<String, Vec<u8>>> = Default::default();
+        if let Some(handover) = &self.notifications {
+            use crate::connectors::kafka::changelog::{notification_key, policy_key};
+            let partition_of = |device: &str| {
+                self.known
+                    .iter()
+                    .find(|(_, devices)| devices.contains(device))
+                    .map(|(key, _)| key.clone())
+            };
+            for n in handover.pending() {
+                if let Some(key) = partition_of(&n.device) {
+                    extras
+                        .entry(key)
+                        .or_default()
+                        .insert(notification_key(&n.notifier, &n.id), n.record);
+                }
+            }
+            for p in handover.device_policies(checkpoint) {
+                if let Some(key) = partition_of(&p.device) {
+                    extras
+                        .entry(key)
+                        .or_default()
+                        .insert(policy_key(&p.notifier, &p.device), p.record);
+                }
+            }
+        }
+        let mut extras_now: Vec<(PartitionKey, BTreeMap<String, u64>)> = Vec::new();
         let mut queued = Vec::new();
         for key in only {
             let Some(&offset) = offsets.get(key) else { continue };
@@ -443,6 +480,23 @@ impl Inner {
                     }
                 }
             }
+            // the notifiers' records: those new or changed, and a tombstone for each one gone
+            // since (a notification delivered, a cooldown expired)
+            let now = extras.remove(key).unwrap_or_default();
+            let in_changelog = changelog.extras.get(key);
+            let gone: Vec<String> = in_changelog
+                .map(|had| had.keys().filter(|k| !now.contains_key(*k)).cloned().collect())
+                .unwrap_or_default();
+            let mut hashes = BTreeMap::new();
+            for (k, record) in now {
+                let hash = crate::connectors::kafka::changelog::extra_hash(&record);
+                hashes.insert(k.clone(), hash);
+                if in_changelog.and_then(|had| had.get(&k)) != Some(&hash) {
+                    states.push((k, Some(record)));
+                }
+            }
+            states.extend(gone.into_iter().map(|k| (k, None)));
+            extras_now.push((key.clone(), hashes));
             if let Some(repairs) = changelog.repair.get(key) {
                 let written: std::collections::HashSet<String> = states.iter().map(|(d, _)| d.clone()).collect();
                 states.extend(repairs.iter().filter(|(d, _)| !written.contains(d)).cloned());
@@ -460,7 +514,7 @@ impl Inner {
                 key_groups: pipeline.key_groups,
                 checkpoint,
                 written_ms: crate::clock::now_ms(),
-                devices: states.len() as u64,
+                devices: states.iter().filter(|(k, _)| !k.starts_with('\0')).count() as u64,
             };
             match changelog.writer.queue(key.1, &states, &marker) {
                 Ok(p) => queued.push((key.clone(), offset, p)),
@@ -498,6 +552,9 @@ impl Inner {
             changelog.dirty.remove(&key);
             changelog.repair.remove(&key);
             changelog.published.insert(key.clone(), offset);
+            if let Some(i) = extras_now.iter().position(|(k, _)| *k == key) {
+                changelog.extras.insert(key.clone(), extras_now.swap_remove(i).1);
+            }
             done.insert(key);
         }
         debug!(source = %self.name, topic = %changelog.topic, checkpoint, partitions = done.len(), devices, bytes, ms = started.elapsed().as_millis() as u64, "kafka changelog published");
@@ -572,12 +629,31 @@ impl Inner {
             error!(source = %self.name, topic = %changelog.topic, partition = key.1, offset = d.offset, problem = %d.problem, "a damaged changelog record is skipped");
         }
         changelog.repair.insert(key.clone(), replica.uncommitted());
+        changelog.extras.insert(key.clone(), replica.extras());
         let handoff = replica.to_handoff()?;
         if handoff.topic != key.0 || handoff.pipeline_hash != pipeline.hash || handoff.key_groups != pipeline.key_groups
         {
             warn!(source = %self.name, topic = %changelog.topic, partition = key.1, "the changelog holds another pipeline's state (or another topic's): ignoring it");
             changelog.full.insert(key.clone());
             return None;
+        }
+        // the notifications the partition's last owner had not delivered: this member sends
+        // them now (those it has already, or acknowledged, are skipped); and its policies'
+        // entries for the partition's devices, merged before the next decision
+        if let Some(handover) = &self.notifications {
+            let policies = replica.policies();
+            if !policies.is_empty() {
+                info!(source = %self.name, topic = %key.0, partition = key.1, devices = policies.len(), "policy entries taken over from the changelog");
+                handover.take_over_policies(policies);
+            }
+            let waiting = replica.notifications();
+            if !waiting.is_empty() {
+                let taken = handover.take_over(waiting.clone());
+                self.stats
+                    .changelog_notifications_taken
+                    .fetch_add(taken as u64, Ordering::Relaxed);
+                info!(source = %self.name, topic = %key.0, partition = key.1, in_changelog = waiting.len(), taken, "pending notifications taken over from the changelog");
+            }
         }
         let holds_devices = store.partition_devices(&key.0, key.1).is_ok_and(|d| !d.is_empty());
         let newer = own.is_none_or(|o| handoff.next_offset > o || (handoff.next_offset == o && !holds_devices));
@@ -597,6 +673,9 @@ impl Inner {
         if let Err(e) = store.import_partition(&handoff, |d| key_group_of(d, kgs)) {
             error!(source = %self.name, error = %e, "the changelog's state could not be imported: starting from the group's offset");
             return None;
+        }
+        if let Some(o) = &self.ownership {
+            o.adopt(handoff.devices.iter().map(|(d, _)| d.clone()).collect());
         }
         let ms = started.elapsed().as_millis() as u64;
         self.stats.changelog_restores.fetch_add(1, Ordering::Relaxed);

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::decode::Decoder;
 use crate::model::{ChunkData, Message, Position, key_group_of};
-use crate::runtime::ports::{ChunkFeeder, PartitionOwnership, Shutdown};
+use crate::runtime::ports::{ChunkFeeder, NotificationHandover, PartitionOwnership, Shutdown};
 use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::store::partitions::{PartitionHandoff, parse_position_name};
 use crate::store::{PipelineIdentity, StateStore};
@@ -95,6 +95,10 @@ pub struct KafkaStats {
     pub changelog_restores: AtomicU64,
     pub changelog_restored_devices: AtomicU64,
     pub changelog_restore_ms: AtomicU64,
+    /// Messages taken already that came again (dropped).
+    pub duplicates_dropped: AtomicU64,
+    /// Pending notifications another member left in the changelog that this one took over.
+    pub changelog_notifications_taken: AtomicU64,
     /// Seeks back after the broker answered from a later offset than asked (tansu: a fetch that
     /// starts inside a record batch gets the next batch).
     pub gap_seeks: AtomicU64,
@@ -111,6 +115,8 @@ pub struct KafkaSource {
     pub handoff_dir: Option<PathBuf>,
     /// Checkpoints and evictions on a rebalance (none without checkpoints).
     pub ownership: Option<Arc<dyn PartitionOwnership>>,
+    /// The notifiers whose pending deliveries move with the partitions (with a changelog).
+    pub notifications: Option<Arc<dyn NotificationHandover>>,
     pub stats: Arc<KafkaStats>,
 }
 
@@ -159,6 +165,7 @@ struct Inner {
     /// The offset and time of each assigned partition's newest hand-off (written or taken).
     handed_off_at: std::collections::HashMap<PartitionKey, (i64, Instant)>,
     ownership: Option<Arc<dyn PartitionOwnership>>,
+    notifications: Option<Arc<dyn NotificationHandover>>,
     device_from: KafkaDeviceFrom,
     time_from: KafkaTimeFrom,
     decoder: Arc<Decoder>,
@@ -186,6 +193,10 @@ struct Inner {
     /// Per partition, where the next message must be after a seek (an assignment or a resume):
     /// see [`Inner::check_gap`].
     expected: std::collections::HashMap<PartitionKey, Expected>,
+    /// Per partition, the offset after the newest message taken (read, pending or sent): a
+    /// message before it was taken already and is dropped, whatever brought it again (a seek
+    /// back, a fetch after a resume), so that no reading reaches the state twice.
+    read_next: std::collections::HashMap<PartitionKey, i64>,
 }
 
 /// The offset a partition's next message must have after a seek, and how the search for the
@@ -230,6 +241,10 @@ struct SourceChangelog {
     dirty: std::collections::HashMap<PartitionKey, rustc_hash::FxHashSet<String>>,
     /// The input offset of each partition's newest marker.
     published: std::collections::HashMap<PartitionKey, i64>,
+    /// The notifiers' records (pending notifications, policy entries) each partition's
+    /// changelog holds: key → hash of the value. A publish writes those new or changed since,
+    /// and a tombstone for each one gone (delivered, expired).
+    extras: std::collections::HashMap<PartitionKey, BTreeMap<String, u64>>,
 }
 
 impl Inner {
@@ -551,6 +566,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
             .map(|d| Duration::from_millis(d.as_millis() as u64)),
         handed_off_at: Default::default(),
         ownership: source.ownership,
+        notifications: source.notifications,
         device_from: spec.device_from,
         time_from: spec.time_from,
         decoder: source.decoder,
@@ -568,6 +584,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         closing: false,
         changelog: None,
         expected: Default::default(),
+        read_next: Default::default(),
     }));
     let consumer: BaseConsumer<SourceContext> = match config.create_with_context(SourceContext { inner: inner.clone() })
     {
@@ -632,6 +649,14 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                 if !inner.check_gap(&consumer, &key, m.offset()) {
                     continue;
                 }
+                if inner.read_next.get(&key).is_some_and(|next| m.offset() < *next) {
+                    let n = stats.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                    if n < 5 || n.is_power_of_two() {
+                        warn!(source = %name, topic = %key.0, partition = key.1, offset = m.offset(), next = inner.read_next[&key], dropped = n + 1, "a kafka message taken already came again: dropped");
+                    }
+                    continue;
+                }
+                inner.read_next.insert(key.clone(), m.offset() + 1);
                 inner.at_end.remove(&key);
                 let arrival_ms = match inner.time_from {
                     KafkaTimeFrom::Record => m.timestamp().to_millis().unwrap_or_else(crate::clock::now_ms),
@@ -675,7 +700,12 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                             warn!(source = %name, error = %e, "resuming kafka partitions");
                         }
                         inner.paused = false;
-                        // librdkafka fetches again from the next offset to deliver
+                        // librdkafka fetches again from the next offset to deliver: after every
+                        // message delivered so far, those still pending included. So the
+                        // expected offsets are taken once they are sent (taken before, they
+                        // were behind the pending messages: the check saw the next message as
+                        // a gap, sought back, and the pending messages came a second time)
+                        inner.send(permit);
                         let resumed: Vec<(PartitionKey, i64)> = inner
                             .assigned
                             .iter()
@@ -685,8 +715,9 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                             inner.expected.insert(k, Expected::at(o));
                         }
                         debug!(source = %name, "kafka partitions resumed");
+                    } else {
+                        inner.send(permit);
                     }
-                    inner.send(permit);
                 }
                 None if !inner.paused && inner.full() => {
                     // no room in the runtime: stop fetching instead of buffering
@@ -785,6 +816,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
         changelog_bytes = stats.changelog_bytes.load(Ordering::Relaxed),
         changelog_restores = stats.changelog_restores.load(Ordering::Relaxed),
         gap_seeks = stats.gap_seeks.load(Ordering::Relaxed),
+        duplicates_dropped = stats.duplicates_dropped.load(Ordering::Relaxed),
         "kafka source stopped"
     );
     drop(guard);
@@ -862,6 +894,7 @@ fn prepare_changelog(
         repair: BTreeMap::new(),
         dirty: Default::default(),
         published: Default::default(),
+        extras: Default::default(),
     })
 }
 
