@@ -749,3 +749,105 @@ outputs:
     }
     assert!(b_log.contains("policy entries taken over from the changelog"), "{b_log}");
 }
+
+/// Push subscriptions are shared by the members: a token added on member A (`plume subscribers
+/// add` on A's data directory) reaches member B, and a member C that starts later; removed on B,
+/// it leaves A and C. So whichever member owns a device's partition knows its tokens.
+#[test]
+fn a_push_subscription_added_on_one_member_reaches_every_member() {
+    let _one = one_at_a_time();
+    let dir = test_dir();
+    let broker = Tansu::start();
+    broker.create_topic("halls", 2);
+    let pipeline = dir.path().join("halls.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"version: 1
+pipeline: halls
+sources:
+  - kafka:
+      brokers: "${{PLUME_KAFKA_BROKERS}}"
+      topics: ["halls"]
+      group: "{GROUP}-halls"
+      device_from: key
+      changelog: {{}}
+      properties:
+        session.timeout.ms: "6000"
+decode:
+  format: json
+  device: {{ field: device }}
+  time: {{ field: ts, unit: ms }}
+  fields:
+    pm25: {{ type: float }}
+operators:
+  - health:
+      name: sensor_health
+      offline_after: 1h
+outputs:
+  - when: all
+    to:
+      - file: {{ path: "${{PLUME_OUTPUT}}" }}
+"#
+        ),
+    )
+    .unwrap();
+    let data_dir = |name: &str| dir.path().join(format!("member-{name}"));
+    let member = |name: &str| {
+        let child = LoggedChild::spawn(
+            plume()
+                .arg("run")
+                .arg(&pipeline)
+                .arg("--data-dir")
+                .arg(data_dir(name))
+                .args(["--checkpoint-interval", "300ms"])
+                .env("PLUME_KAFKA_BROKERS", broker.brokers())
+                .env("PLUME_OUTPUT", dir.path().join(format!("out-{name}.jsonl")))
+                .env("PLUME_LOG", "warn,plume::app=info,plume::notify::subscribers=info")
+                .env("NO_COLOR", "1"),
+        );
+        child.wait_logged(&["push subscriptions shared between members"], 1, Duration::from_secs(60));
+        child
+    };
+    let subscribers = |args: &[&str], name: &str| -> String {
+        let out = plume()
+            .arg("subscribers")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token = "fcm-token-for-hall-7:APA91bHun4MxP5egoKMwt2KZFBaFUH";
+    let holds = |name: &str| {
+        subscribers(&["list", "--provider", "fcm", "--show-tokens", "--json"], name).contains(token)
+    };
+    let a = member("a");
+    let b = member("b");
+    subscribers(&["add", "--provider", "fcm", "--device", "hall-7", "--token", token], "a");
+    assert!(holds("a"));
+    assert!(
+        receiver::wait_for(Duration::from_secs(30), || holds("b")),
+        "the token added on a did not reach b:\n--- a\n{}\n--- b\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    let c = member("c");
+    assert!(
+        receiver::wait_for(Duration::from_secs(30), || holds("c")),
+        "a member that started later did not get the token:\n{}",
+        c.log_text()
+    );
+    subscribers(&["remove", "--provider", "fcm", "--device", "hall-7", "--token", token], "b");
+    assert!(
+        receiver::wait_for(Duration::from_secs(30), || !holds("a") && !holds("c")),
+        "the token removed on b stayed on a or c"
+    );
+    // no member logged the whole token
+    for (name, child) in [("a", a), ("b", b), ("c", c)] {
+        let log = child.interrupt();
+        assert!(!log.contains(token), "{name} logged a whole token:\n{log}");
+    }
+}

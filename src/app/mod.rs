@@ -16,6 +16,7 @@
 //! - `interrupt`: Ctrl-C as a [`Shutdown`] (a run is given its shutdown; nothing global reads
 //!   a flag).
 //! - `run`: [`run`], what `plume run` does, with the progress line.
+//! - `shared_subscriptions`: push subscriptions shared by a cluster's members through Kafka.
 //! - `demo`: `plume demo --mqtt`, the simulator publishing through the embedded broker.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod outputs;
 pub mod run;
+pub mod shared_subscriptions;
 pub mod sources;
 pub mod state;
 

@@ -76,11 +76,21 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
     };
     // `plume subscribers add|remove` while this run holds the store: applied within a second
     let applier_stop = Arc::new(AtomicBool::new(false));
+    // (a cluster shares them through Kafka: see `shared_subscriptions`)
+    let shared_subscriptions = notify_store
+        .as_ref()
+        .and_then(|n| super::shared_subscriptions::start(&pipeline, n.subscribers.clone()));
     let applier = notify_store.as_ref().map(|n| {
+        let shared = shared_subscriptions.clone();
         crate::notify::subscribers::spawn_request_applier(
             n.subscribers.clone(),
             n.store.dir().to_path_buf(),
             applier_stop.clone(),
+            Box::new(move |request| {
+                if let Some(topic) = &shared {
+                    super::shared_subscriptions::publish(topic, request);
+                }
+            }),
         )
     });
     let plan = OutputPlan::for_pipeline(&pipeline, options.output.as_ref(), &keep, notify_store.as_ref());

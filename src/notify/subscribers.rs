@@ -485,6 +485,16 @@ impl SubscriberStore {
 
     /// Applies (and empties) `<dir>/subscribers.requests`; returns how many changes it held.
     pub fn apply_requests(&self, dir: &Path) -> Result<usize, SubscribersError> {
+        self.apply_requests_then(dir, &|_| {})
+    }
+
+    /// [`SubscriberStore::apply_requests`], calling `applied` with each change after applying it
+    /// (a cluster shares it with the other members).
+    pub fn apply_requests_then(
+        &self,
+        dir: &Path,
+        applied: &dyn Fn(&SubscriberRequest),
+    ) -> Result<usize, SubscribersError> {
         let path = requests_path(dir);
         let io = |operation, source| SubscribersError::Io {
             path: path.display().to_string(),
@@ -507,6 +517,7 @@ impl SubscriberStore {
             match serde_json::from_str::<SubscriberRequest>(line) {
                 Ok(request) => {
                     self.apply(&request)?;
+                    applied(&request);
                     n += 1;
                 }
                 // never the line itself: it holds a token
@@ -604,21 +615,23 @@ pub fn queued_requests(dir: &Path) -> Vec<SubscriberRequest> {
 }
 
 /// The thread of a run that applies `subscribers.requests` every [`REQUEST_POLL`] until `stop`.
+/// `applied` is called with each change once applied.
 pub fn spawn_request_applier(
     subscribers: Arc<SubscriberStore>,
     dir: PathBuf,
     stop: Arc<AtomicBool>,
+    applied: Box<dyn Fn(&SubscriberRequest) + Send>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("subscriber requests".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = subscribers.apply_requests(&dir) {
+                if let Err(e) = subscribers.apply_requests_then(&dir, &*applied) {
                     warn!(error = %e, "applying queued subscription changes failed; trying again");
                 }
                 std::thread::sleep(REQUEST_POLL);
             }
-            let _ = subscribers.apply_requests(&dir);
+            let _ = subscribers.apply_requests_then(&dir, &*applied);
         })
         .expect("spawning the subscriber requests thread")
 }

@@ -149,6 +149,53 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Client settings for the source's side clients, outside its consumer group (the changelog's
+/// readers and writer, the replicated subscriptions): the source's, without what only a group
+/// member uses (`reader`) and without what only a consumer uses either (`writer`).
+pub fn side_configs(
+    source_name: &str,
+    spec: &KafkaSourceSpec,
+    client_id: &str,
+) -> Result<(ClientConfig, ClientConfig), KafkaSourceError> {
+    const GROUP_ONLY: &[&str] = &[
+        "group.",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "partition.assignment.strategy",
+        "enable.auto.",
+        "auto.commit",
+        "auto.offset.reset",
+    ];
+    const CONSUMER_ONLY: &[&str] = &[
+        "fetch.",
+        "queued.",
+        "isolation.level",
+        "check.crcs",
+        "enable.partition.eof",
+    ];
+    let config_without = |skip: &[&str]| -> Result<ClientConfig, KafkaSourceError> {
+        let properties = spec
+            .client
+            .properties
+            .iter()
+            .filter(|(k, _)| !skip.iter().any(|s| k.starts_with(s)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        client_config(
+            source_name,
+            &spec.brokers,
+            &[("client.id", client_id.to_string())],
+            &properties,
+            &spec.client.secret_properties_env,
+        )
+    };
+    Ok((
+        config_without(GROUP_ONLY)?,
+        config_without(&[GROUP_ONLY, CONSUMER_ONLY].concat())?,
+    ))
+}
+
 type PartitionKey = (String, i32);
 
 /// What the consumer loop and the rebalance callbacks share (both run on the source thread;
@@ -835,42 +882,7 @@ fn prepare_changelog(
 ) -> Result<SourceChangelog, KafkaSourceError> {
     let topic = changelog.topic_of(pipeline);
     let input = spec.topics.first().cloned().unwrap_or_default();
-    let config_without = |skip: &[&str]| -> Result<ClientConfig, KafkaSourceError> {
-        let properties = spec
-            .client
-            .properties
-            .iter()
-            .filter(|(k, _)| !skip.iter().any(|s| k.starts_with(s)))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        client_config(
-            name,
-            &spec.brokers,
-            &[("client.id", format!("plume-{name}-changelog"))],
-            &properties,
-            &spec.client.secret_properties_env,
-        )
-    };
-    // what only a group member uses
-    const GROUP_ONLY: &[&str] = &[
-        "group.",
-        "session.timeout.ms",
-        "heartbeat.interval.ms",
-        "max.poll.interval.ms",
-        "partition.assignment.strategy",
-        "enable.auto.",
-        "auto.commit",
-        "auto.offset.reset",
-    ];
-    const CONSUMER_ONLY: &[&str] = &[
-        "fetch.",
-        "queued.",
-        "isolation.level",
-        "check.crcs",
-        "enable.partition.eof",
-    ];
-    let reader_config = config_without(GROUP_ONLY)?;
-    let writer_config = config_without(&[GROUP_ONLY, CONSUMER_ONLY].concat())?;
+    let (reader_config, writer_config) = side_configs(name, spec, &format!("plume-{name}-changelog"))?;
     let as_source_error = |e: super::changelog::ChangelogError| KafkaSourceError::Changelog {
         source_name: name.to_string(),
         error: e,
