@@ -222,21 +222,32 @@ fn cluster_run(standby: u32, seed: u64) {
     let mut last = a;
     let mut last_name = "a";
     let mut a_log = String::new();
+    let mut joiners = ["e", "f", "g"].into_iter();
     let started = Instant::now();
+    let mut last_since = Instant::now();
     while current_assignment(&last.child.log_text()).len() < PARTITIONS as usize {
-        if started.elapsed() > Duration::from_secs(30) && last_name == "a" {
+        if last_since.elapsed() > Duration::from_secs(30)
+            && let Some(name) = joiners.next()
+        {
             // tansu sometimes leaves a member out of the group for good after a rebalance
             // (it gets no assignment, and none when the others leave); a member that joins
             // re-forms the group (tests/tansu_quirks.rs). Such a member has nothing to hand on.
-            let e = start("e", 0);
-            e.child
+            let joiner = start(name, 0);
+            joiner
+                .child
                 .wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
-            a_log = last.child.interrupt();
-            last = e;
-            last_name = "e";
+            let log = last.child.interrupt();
+            if last_name == "a" {
+                a_log = log;
+            } else {
+                std::fs::write(dir.path().join(format!("log-{last_name}.txt")), &log).unwrap();
+            }
+            last = joiner;
+            last_name = name;
+            last_since = Instant::now();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(150),
+            started.elapsed() < Duration::from_secs(180),
             "{last_name} did not get every partition:\n{}",
             last.child.log_text()
         );
@@ -247,7 +258,7 @@ fn cluster_run(standby: u32, seed: u64) {
     if last_name == "a" {
         a_log = last_log.clone();
     } else {
-        std::fs::write(dir.path().join("log-e.txt"), &last_log).unwrap();
+        std::fs::write(dir.path().join(format!("log-{last_name}.txt")), &last_log).unwrap();
     }
     for (name, log) in [("a", &a_log), ("b", &b_log), ("c", &c_log)] {
         std::fs::write(dir.path().join(format!("log-{name}.txt")), log).unwrap();
@@ -490,6 +501,63 @@ fn the_same_with_standby_replicas() {
     cluster_run(1, seed_from_env("PLUME_CLUSTER_SEED").wrapping_add(7));
 }
 
+/// A small pipeline `name` on the Kafka topic `name` (group `plume-cluster-<name>`, with a
+/// changelog), its readings `{"device", "ts", "pm25"}`, then `rest` (its operators and outputs).
+fn changelog_pipeline(dir: &Path, name: &str, rest: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"version: 1
+pipeline: {name}
+sources:
+  - kafka:
+      brokers: "${{PLUME_KAFKA_BROKERS}}"
+      topics: ["{name}"]
+      group: "{GROUP}-{name}"
+      device_from: key
+      changelog: {{}}
+      properties:
+        session.timeout.ms: "6000"
+decode:
+  format: json
+  device: {{ field: device }}
+  time: {{ field: ts, unit: ms }}
+  fields:
+    pm25: {{ type: float }}
+{rest}"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A member of a [`changelog_pipeline`] on data directory `member-<name>` of `dir`, its
+/// output `out-<name>.jsonl`, logging `log`, with the variables `env`.
+fn small_member(
+    pipeline: &Path,
+    broker: &Tansu,
+    dir: &Path,
+    name: &str,
+    log: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> LoggedChild {
+    LoggedChild::spawn(
+        plume()
+            .envs(env.iter().copied())
+            .arg("run")
+            .arg(pipeline)
+            .arg("--data-dir")
+            .arg(dir.join(format!("member-{name}")))
+            .args(["--checkpoint-interval", "300ms"])
+            .env("PLUME_KAFKA_BROKERS", broker.brokers())
+            .env("PLUME_OUTPUT", dir.join(format!("out-{name}.jsonl")))
+            .env("PLUME_WEBHOOK_SECRET", SECRET)
+            .env("PLUME_LOG", log)
+            .env("NO_COLOR", "1"),
+    )
+}
+
 /// A device whose state moved to another member and that never sends again is still reported
 /// offline, by its new owner: the state imported from the changelog gives the device its
 /// deadline there, as a restart gives a stored device its deadline. Member A hears every room,
@@ -503,28 +571,11 @@ fn a_taken_over_device_that_stays_quiet_is_reported_offline_by_its_new_owner() {
     let dir = test_dir();
     let broker = Tansu::start();
     broker.create_topic("rooms", 4);
-    let pipeline = dir.path().join("rooms.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"version: 1
-pipeline: rooms
-sources:
-  - kafka:
-      brokers: "${{PLUME_KAFKA_BROKERS}}"
-      topics: ["rooms"]
-      group: "{GROUP}-rooms"
-      device_from: key
-      changelog: {{}}
-      properties:
-        session.timeout.ms: "6000"
-decode:
-  format: json
-  device: {{ field: device }}
-  time: {{ field: ts, unit: ms }}
-  fields:
-    pm25: {{ type: float }}
-operators:
+    let pipeline = changelog_pipeline(
+        dir.path(),
+        "rooms",
+        &format!(
+            r#"operators:
   - health:
       name: sensor_health
       offline_after: {OFFLINE_AFTER_S}s
@@ -534,8 +585,7 @@ outputs:
       - file: {{ path: "${{PLUME_OUTPUT}}" }}
 "#
         ),
-    )
-    .unwrap();
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -547,20 +597,7 @@ outputs:
         .collect();
     kafka_support::produce_to(&broker.brokers(), "rooms", &records, false);
     let ends = kafka_support::partition_ends(&broker.brokers(), "rooms", 4, records.len());
-    let member = |name: &str| {
-        LoggedChild::spawn(
-            plume()
-                .arg("run")
-                .arg(&pipeline)
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("member-{name}")))
-                .args(["--checkpoint-interval", "300ms"])
-                .env("PLUME_KAFKA_BROKERS", broker.brokers())
-                .env("PLUME_OUTPUT", dir.path().join(format!("out-{name}.jsonl")))
-                .env("PLUME_LOG", "warn,plume::connectors::kafka=info")
-                .env("NO_COLOR", "1"),
-        )
-    };
+    let member = |name: &str| small_member(&pipeline, &broker, dir.path(), name, "warn,plume::connectors::kafka=info", &[]);
     let started = Instant::now();
     let a = member("a");
     while !kafka_support::group_reached(&broker.brokers(), &format!("{GROUP}-rooms"), "rooms", &ends) {
@@ -611,28 +648,11 @@ fn a_cooldown_begun_on_one_member_holds_on_the_next() {
     broker.create_topic("labs", 4);
     let rx = Receiver::start(Default::default(), |_| Reply::ok());
     let group = format!("{GROUP}-labs");
-    let pipeline = dir.path().join("labs.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"version: 1
-pipeline: labs
-sources:
-  - kafka:
-      brokers: "${{PLUME_KAFKA_BROKERS}}"
-      topics: ["labs"]
-      group: "{group}"
-      device_from: key
-      changelog: {{}}
-      properties:
-        session.timeout.ms: "6000"
-decode:
-  format: json
-  device: {{ field: device }}
-  time: {{ field: ts, unit: ms }}
-  fields:
-    pm25: {{ type: float, required: true }}
-operators:
+    let pipeline = changelog_pipeline(
+        dir.path(),
+        "labs",
+        &format!(
+            r#"operators:
   - hysteresis:
       name: pm25_event
       field: pm25
@@ -654,8 +674,7 @@ outputs:
 "#,
             url = rx.url("/labs")
         ),
-    )
-    .unwrap();
+    );
     const T: i64 = 1_705_320_000_000; // 2024-01-15 12:00 UTC
     let labs: Vec<String> = (0..6).map(|l| format!("lab-{l}")).collect();
     // an event of every lab at `ts`: a high reading, a normal one 5 minutes later
@@ -669,19 +688,7 @@ outputs:
             .collect()
     };
     let member = |name: &str| {
-        LoggedChild::spawn(
-            plume()
-                .arg("run")
-                .arg(&pipeline)
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("member-{name}")))
-                .args(["--checkpoint-interval", "300ms"])
-                .env("PLUME_KAFKA_BROKERS", broker.brokers())
-                .env("PLUME_OUTPUT", dir.path().join(format!("out-{name}.jsonl")))
-                .env("PLUME_WEBHOOK_SECRET", SECRET)
-                .env("PLUME_LOG", "warn,plume::connectors::kafka=info,plume::notify=info")
-                .env("NO_COLOR", "1"),
-        )
+        small_member(&pipeline, &broker, dir.path(), name, "warn,plume::connectors::kafka=info,plume::notify=info", &[])
     };
     let wait_group = |records: usize, child: &LoggedChild| {
         let ends = kafka_support::partition_ends(&broker.brokers(), "labs", 4, records);
@@ -759,28 +766,24 @@ fn a_push_subscription_added_on_one_member_reaches_every_member() {
     let dir = test_dir();
     let broker = Tansu::start();
     broker.create_topic("halls", 2);
-    let pipeline = dir.path().join("halls.yaml");
+    // an FCM sink (only push sinks use subscriptions; nothing is sent here: no reading comes)
+    let service_account = dir.path().join("sa.json");
     std::fs::write(
-        &pipeline,
-        format!(
-            r#"version: 1
-pipeline: halls
-sources:
-  - kafka:
-      brokers: "${{PLUME_KAFKA_BROKERS}}"
-      topics: ["halls"]
-      group: "{GROUP}-halls"
-      device_from: key
-      changelog: {{}}
-      properties:
-        session.timeout.ms: "6000"
-decode:
-  format: json
-  device: {{ field: device }}
-  time: {{ field: ts, unit: ms }}
-  fields:
-    pm25: {{ type: float }}
-operators:
+        &service_account,
+        serde_json::json!({
+            "type": "service_account", "project_id": "plume-test",
+            "private_key": include_str!("fixtures/fcm-test-key.pem"),
+            "client_email": "plume@plume-test.iam.gserviceaccount.com",
+            "token_uri": "http://127.0.0.1:9/token",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pipeline = changelog_pipeline(
+        dir.path(),
+        "halls",
+        &format!(
+            r#"operators:
   - health:
       name: sensor_health
       offline_after: 1h
@@ -788,23 +791,24 @@ outputs:
   - when: all
     to:
       - file: {{ path: "${{PLUME_OUTPUT}}" }}
+  - when: sensor_health
+    to:
+      - push:
+          fcm:
+            service_account_env: PLUME_TEST_FCM_SERVICE_ACCOUNT
+            endpoint: "http://127.0.0.1:9"
 "#
         ),
-    )
-    .unwrap();
+    );
     let data_dir = |name: &str| dir.path().join(format!("member-{name}"));
     let member = |name: &str| {
-        let child = LoggedChild::spawn(
-            plume()
-                .arg("run")
-                .arg(&pipeline)
-                .arg("--data-dir")
-                .arg(data_dir(name))
-                .args(["--checkpoint-interval", "300ms"])
-                .env("PLUME_KAFKA_BROKERS", broker.brokers())
-                .env("PLUME_OUTPUT", dir.path().join(format!("out-{name}.jsonl")))
-                .env("PLUME_LOG", "warn,plume::app=info,plume::notify::subscribers=info")
-                .env("NO_COLOR", "1"),
+        let child = small_member(
+            &pipeline,
+            &broker,
+            dir.path(),
+            name,
+            "warn,plume::app=info,plume::notify::subscribers=info",
+            &[("PLUME_TEST_FCM_SERVICE_ACCOUNT", service_account.as_os_str())],
         );
         child.wait_logged(&["push subscriptions shared between members"], 1, Duration::from_secs(60));
         child
@@ -826,8 +830,12 @@ outputs:
     };
     let a = member("a");
     let b = member("b");
-    subscribers(&["add", "--provider", "fcm", "--device", "hall-7", "--token", token], "a");
-    assert!(holds("a"));
+    let added = subscribers(&["add", "--provider", "fcm", "--device", "hall-7", "--token", token], "a");
+    assert!(
+        receiver::wait_for(Duration::from_secs(30), || holds("a")),
+        "a does not hold the token it added ({added}):\n{}",
+        a.log_text()
+    );
     assert!(
         receiver::wait_for(Duration::from_secs(30), || holds("b")),
         "the token added on a did not reach b:\n--- a\n{}\n--- b\n{}",

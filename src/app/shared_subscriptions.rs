@@ -1,5 +1,5 @@
-//! Push subscriptions shared by a cluster's members. With a Kafka source that has a changelog,
-//! every change `plume subscribers add|remove` queues on one member is applied there and
+//! Push subscriptions shared by a cluster's members. With a Kafka source that has a changelog
+//! (and an FCM or APNs sink: only they use subscriptions), every change `plume subscribers add|remove` queues on one member is applied there and
 //! written to the compacted topic `<pipeline>-subscriptions`; every member applies every change
 //! of that topic (from its start, its own included) to its own store. So a device's tokens are
 //! known to whichever member owns the device's partition now or later, wherever they were
@@ -26,9 +26,19 @@ pub fn topic_of(pipeline: &str) -> String {
 }
 
 /// Starts sharing `subscribers` through the pipeline's subscriptions topic, when the pipeline
-/// has a Kafka source with a changelog (`None` otherwise, or when the topic cannot be used:
-/// then subscriptions stay with the member they were registered on, and that is logged).
+/// has a Kafka source with a changelog and an FCM or APNs sink (`None` otherwise, or when the
+/// topic cannot be used: then subscriptions stay with the member they were registered on, and
+/// that is logged).
 pub fn start(pipeline: &CompiledPipeline, subscribers: Arc<SubscriberStore>) -> Option<Arc<ReplicatedTopic>> {
+    let push = pipeline.spec.outputs.iter().flat_map(|route| route.to.iter()).any(|sink| {
+        matches!(
+            sink,
+            crate::spec::SinkSpec::Push(crate::spec::PushSinkSpec::Fcm(_) | crate::spec::PushSinkSpec::Apns(_))
+        )
+    });
+    if !push {
+        return None;
+    }
     let (name, spec, changelog) = pipeline.spec.sources.iter().find_map(|s| match s {
         SourceSpec::Kafka(k) => k.changelog.as_ref().map(|c| (format!("kafka:{}", k.topics.join(",")), k, c)),
         _ => None,

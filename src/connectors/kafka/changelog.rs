@@ -117,6 +117,14 @@ pub enum ChangelogError {
     },
 }
 
+impl ChangelogError {
+    /// A client error of `operation` on `topic`, for `map_err`.
+    pub fn client(topic: &str, operation: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
+        let topic = topic.to_string();
+        move |error| ChangelogError::Client { topic, operation, error }
+    }
+}
+
 /// The input offset a partition's state stands for (the value of a [`MARKER_KEY`] record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangelogMarker {
@@ -478,11 +486,7 @@ impl ChangelogWriter {
     pub fn flush(&mut self) -> Result<BTreeMap<i32, u64>, ChangelogError> {
         self.producer
             .flush(PUBLISH_TIMEOUT)
-            .map_err(|error| ChangelogError::Client {
-                topic: self.topic.clone(),
-                operation: "waiting for the broker",
-                error,
-            })?;
+            .map_err(ChangelogError::client(&self.topic, "waiting for the broker"))?;
         let failed = std::mem::take(&mut *self.deliveries.failed.lock().expect("lock"));
         if !failed.is_empty()
             && let Some(e) = self.deliveries.last_error.lock().expect("lock").take()

@@ -47,27 +47,48 @@ impl ReplicatedTopic {
         replication: Option<i32>,
         apply: impl Fn(&[u8], Option<&[u8]>) + Send + 'static,
     ) -> Result<Self, ChangelogError> {
-        let client = |operation: &'static str| {
-            let topic = topic.to_string();
-            move |error| ChangelogError::Client { topic, operation, error }
+        let client = |operation: &'static str| ChangelogError::client(topic, operation);
+        let mut reader = reader.clone();
+        // (librdkafka assigns partitions only to a consumer with a group id; this one never
+        // joins its group or commits, and no other process uses the id)
+        reader.set("enable.auto.commit", "false").set(
+            "group.id",
+            format!(
+                "plume-replicated-{:016x}",
+                xxhash_rust::xxh3::xxh3_64(format!("{}-{}", std::process::id(), crate::clock::now_ms()).as_bytes())
+            ),
+        );
+        let consumer: BaseConsumer = reader.create().map_err(client("creating the reader"))?;
+        let exists = |consumer: &BaseConsumer| -> Result<bool, ChangelogError> {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(client("reading the topic's metadata"))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
         };
-        let admin: AdminClient<DefaultClientContext> = writer.create().map_err(client("creating the admin client"))?;
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication.unwrap_or(-1)))
-            .set("cleanup.policy", "compact");
-        let results = futures::executor::block_on(admin.create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
-        .map_err(client("creating the topic"))?;
-        for result in results {
-            if let Err((_, code)) = result
-                && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
-            {
-                return Err(ChangelogError::Topic {
-                    topic: topic.to_string(),
-                    problem: format!("creating it: {code}"),
-                });
+        if !exists(&consumer)? {
+            let admin: AdminClient<DefaultClientContext> =
+                writer.create().map_err(client("creating the admin client"))?;
+            let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication.unwrap_or(-1)))
+                .set("cleanup.policy", "compact");
+            let results = futures::executor::block_on(admin.create_topics(
+                [&new],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .map_err(client("creating the topic"))?;
+            for result in results {
+                if let Err((_, code)) = result
+                    && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+                {
+                    return Err(ChangelogError::Topic {
+                        topic: topic.to_string(),
+                        problem: format!("creating it: {code}"),
+                    });
+                }
             }
+            info!(topic, "replicated topic created");
         }
         let mut producer_config = writer.clone();
         producer_config
@@ -75,22 +96,10 @@ impl ReplicatedTopic {
             .set("acks", "all")
             .set("linger.ms", "0");
         let producer: BaseProducer = producer_config.create().map_err(client("creating the producer"))?;
-        let mut reader = reader.clone();
-        reader
-            .set("enable.auto.commit", "false")
-            .set("group.id", "plume-replicated-reader");
-        let consumer: BaseConsumer = reader.create().map_err(client("creating the reader"))?;
         // (the metadata may lag the creation a moment: a reader assigned before it retries)
         let started = Instant::now();
         loop {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .map_err(client("reading the topic's metadata"))?;
-            if metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            {
+            if exists(&consumer)? {
                 break;
             }
             if started.elapsed() > Duration::from_secs(30) {
@@ -141,18 +150,12 @@ impl ReplicatedTopic {
         if let Some(v) = value {
             record = record.payload(v);
         }
-        self.producer.send(record).map_err(|(error, _)| ChangelogError::Client {
-            topic: self.topic.clone(),
-            operation: "producing",
-            error,
-        })?;
+        self.producer
+            .send(record)
+            .map_err(|(error, _)| ChangelogError::client(&self.topic, "producing")(error))?;
         self.producer
             .flush(PUBLISH_TIMEOUT)
-            .map_err(|error| ChangelogError::Client {
-                topic: self.topic.clone(),
-                operation: "waiting for the broker",
-                error,
-            })
+            .map_err(ChangelogError::client(&self.topic, "waiting for the broker"))
     }
 }
 
