@@ -40,6 +40,10 @@ struct Handle {
     submitter: Submitter,
     policy_store: Option<PolicyStateStore>,
     policy_inbox: PolicyInbox,
+    /// The per-device records of the newest saved policy state read, and its checkpoint id: a
+    /// publish whose state is the same (most are: a value is saved only when it changed)
+    /// decodes nothing.
+    policy_cache: Mutex<Option<(u64, Vec<DevicePolicy>)>>,
 }
 
 /// The notifiers of a run that keep their outboxes in the store, registered as they are built.
@@ -63,6 +67,7 @@ impl NotifierHandles {
             submitter,
             policy_store,
             policy_inbox,
+            policy_cache: Mutex::new(None),
         });
     }
 
@@ -74,6 +79,25 @@ impl NotifierHandles {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A policy state as one record per device.
+fn by_device(notifier: &str, state: super::PolicyState) -> Vec<DevicePolicy> {
+    let mut devices: std::collections::BTreeMap<String, DevicePolicyEntries> = Default::default();
+    for entry in state.last {
+        devices.entry(entry.0.clone()).or_default().last.push(entry);
+    }
+    for entry in state.suppressed {
+        devices.entry(entry.0.clone()).or_default().suppressed.push(entry);
+    }
+    devices
+        .into_iter()
+        .map(|(device, entries)| DevicePolicy {
+            notifier: notifier.to_string(),
+            device,
+            record: encode_record(&entries),
+        })
+        .collect()
 }
 
 impl NotificationHandover for NotifierHandles {
@@ -137,26 +161,24 @@ impl NotificationHandover for NotifierHandles {
         let mut out = Vec::new();
         for h in handles.iter() {
             let Some(store) = &h.policy_store else { continue };
-            let state = match store.at(checkpoint) {
-                Ok(Some(state)) => state,
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(notifier = %h.notifier, error = %e, "the policy state could not be read for the changelog");
-                    continue;
+            let read = store.saved_at(checkpoint).and_then(|id| {
+                let mut cache = h.policy_cache.lock().expect("lock");
+                match (id, cache.as_ref()) {
+                    (None, _) => return Ok(None),
+                    (Some(id), Some((cached, _))) if *cached == id => {}
+                    (Some(id), _) => {
+                        let records = store.state_of(id)?.map(|state| by_device(&h.notifier, state));
+                        *cache = records.map(|r| (id, r));
+                    }
                 }
-            };
-            let mut by_device: std::collections::BTreeMap<String, DevicePolicyEntries> = Default::default();
-            for entry in state.last {
-                by_device.entry(entry.0.clone()).or_default().last.push(entry);
+                Ok(cache.as_ref().map(|(_, records)| records.clone()))
+            });
+            match read {
+                Ok(records) => out.extend(records.unwrap_or_default()),
+                Err(e) => {
+                    warn!(notifier = %h.notifier, error = %e, "the policy state could not be read for the changelog")
+                }
             }
-            for entry in state.suppressed {
-                by_device.entry(entry.0.clone()).or_default().suppressed.push(entry);
-            }
-            out.extend(by_device.into_iter().map(|(device, entries)| DevicePolicy {
-                notifier: h.notifier.clone(),
-                device,
-                record: encode_record(&entries),
-            }));
         }
         out
     }

@@ -110,12 +110,15 @@ impl PolicyStateStore {
         Ok(Some((id, state)))
     }
 
-    /// The state as of checkpoint `checkpoint` (the newest value at or below it), read only:
-    /// what a Kafka source publishes with that checkpoint's device states.
-    pub fn at(&self, checkpoint: u64) -> Result<Option<PolicyState>, PolicyStoreError> {
-        let Some(id) = self.saved()?.into_iter().filter(|&id| id <= checkpoint).max() else {
-            return Ok(None);
-        };
+    /// The checkpoint id of the value that holds the state as of checkpoint `checkpoint` (the
+    /// newest at or below it), read only: what a Kafka source publishes with that checkpoint's
+    /// device states ([`PolicyStateStore::state_of`] reads it).
+    pub fn saved_at(&self, checkpoint: u64) -> Result<Option<u64>, PolicyStoreError> {
+        Ok(self.saved()?.into_iter().filter(|&id| id <= checkpoint).max())
+    }
+
+    /// The state saved with checkpoint `id`, if there is one.
+    pub fn state_of(&self, id: u64) -> Result<Option<PolicyState>, PolicyStoreError> {
         let Some(bytes) = self.store.outbox_table().get(self.key(id)).map_err(|e| self.error(e))? else {
             return Ok(None);
         };
