@@ -696,14 +696,19 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                 if !inner.check_gap(&consumer, &key, m.offset()) {
                     continue;
                 }
-                if inner.read_next.get(&key).is_some_and(|next| m.offset() < *next) {
-                    let n = stats.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
-                    if n < 5 || n.is_power_of_two() {
-                        warn!(source = %name, topic = %key.0, partition = key.1, offset = m.offset(), next = inner.read_next[&key], dropped = n + 1, "a kafka message taken already came again: dropped");
+                match inner.read_next.get_mut(&key) {
+                    Some(next) if m.offset() < *next => {
+                        let n = stats.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                        if n < 5 || n.is_power_of_two() {
+                            warn!(source = %name, topic = %key.0, partition = key.1, offset = m.offset(), next = *next, dropped = n + 1, "a kafka message taken already came again: dropped");
+                        }
+                        continue;
                     }
-                    continue;
+                    Some(next) => *next = m.offset() + 1,
+                    None => {
+                        inner.read_next.insert(key.clone(), m.offset() + 1);
+                    }
                 }
-                inner.read_next.insert(key.clone(), m.offset() + 1);
                 inner.at_end.remove(&key);
                 let arrival_ms = match inner.time_from {
                     KafkaTimeFrom::Record => m.timestamp().to_millis().unwrap_or_else(crate::clock::now_ms),
