@@ -3,19 +3,79 @@
 //! It is the correctness oracle for the actor runtime (the same pipeline must give the same
 //! results through both) and the single-core ceiling in the benchmarks.
 
+use std::hash::BuildHasher;
 use std::io::{self, BufRead, Write};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
 
+use crate::decode::Decoded;
 use crate::operators::{DeviceChain, Emit};
 use crate::output::{OutputRecord, RecordFormatter, RunTotals};
 use crate::pipeline::CompiledPipeline;
 
+/// One device of a plain-loop run.
+struct PlainDevice {
+    id: Box<str>,
+    chain: DeviceChain,
+}
+
+/// A line on its way through [`PlainRun::push_lines`]: decoded, its device looked up, then run.
+/// (A few are reused in turn: lines are decoded into them where they are, nothing is moved.)
+struct Staged<'a> {
+    what: StagedKind,
+    /// With [`StagedKind::Reading`].
+    decoded: Decoded<'a>,
+    /// With [`StagedKind::Reading`]: `FxBuildHasher`'s hash of the device id.
+    hash: u64,
+    /// With [`StagedKind::Reading`]: the index of its device once `resolved`; before, the
+    /// index of a device whose id has the same hash, if any (most likely the same device).
+    device: Option<usize>,
+    resolved: bool,
+    /// With [`StagedKind::Refused`]: why.
+    reason: String,
+    line: &'a [u8],
+    line_no: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StagedKind {
+    /// Nothing to run: a blank line, or already run.
+    Blank,
+    Reading,
+    Refused,
+}
+
+impl Staged<'_> {
+    fn new(slots: usize) -> Self {
+        Staged {
+            what: StagedKind::Blank,
+            decoded: Decoded::empty(slots),
+            hash: 0,
+            device: None,
+            resolved: false,
+            reason: String::new(),
+            line: &[],
+            line_no: 0,
+        }
+    }
+}
+
 /// The state of a plain-loop run.
+///
+/// Lines are taken a few ahead ([`PlainRun::push_lines`]): a line is decoded three lines before
+/// it runs, and each of the next lines asks the CPU to load one more level of its device's state
+/// (the table entry, then the operator list, then what the operators keep outside themselves),
+/// so the device is in the cache when its turn comes. A device's state is a few allocations
+/// among thousands of devices: before, most of a reading's time was spent waiting for them. The
+/// order in which lines run, and so every record, is the same.
 pub struct PlainRun<'p> {
     pipeline: &'p CompiledPipeline,
     formatter: RecordFormatter,
-    devices: FxHashMap<Box<str>, DeviceChain>,
+    /// Every device, in the order first seen; `table` holds (upper half of the id's hash,
+    /// index): 8 bytes a device, so it stays in the cache.
+    devices: Vec<PlainDevice>,
+    table: hashbrown::HashTable<(u32, u32)>,
+    hasher: FxBuildHasher,
     emits: Vec<Emit>,
     dead_letters: u64,
     /// Each reading's arrival time (`runtime.clock`).
@@ -31,7 +91,9 @@ impl<'p> PlainRun<'p> {
         PlainRun {
             pipeline,
             formatter: RecordFormatter::new(pipeline),
-            devices: FxHashMap::default(),
+            devices: Vec::new(),
+            table: hashbrown::HashTable::new(),
+            hasher: FxBuildHasher,
             emits: Vec::new(),
             dead_letters: 0,
             arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock.is_event()),
@@ -50,41 +112,174 @@ impl<'p> PlainRun<'p> {
         now: i64,
         sink: &mut impl FnMut(OutputRecord),
     ) {
+        let mut staged = Staged::new(self.pipeline.decoder.slots);
+        self.stage(&mut staged, line, line_no, now);
+        self.run_staged(&mut staged, source, now, sink);
+    }
+
+    /// Lines of input, split on `\n` as `BufRead::split` splits (a last line without `\n` is a
+    /// line), numbered from `first_line_no`; returns how many there were. The same as
+    /// [`PlainRun::push_line`] on each, a few lines ahead (see [`PlainRun`]).
+    pub fn push_lines(
+        &mut self,
+        lines: &[u8],
+        first_line_no: u64,
+        source: &str,
+        now: i64,
+        sink: &mut impl FnMut(OutputRecord),
+    ) -> u64 {
+        const AHEAD: usize = 4;
+        let mut line_no = first_line_no;
+        let slots = self.pipeline.decoder.slots;
+        let mut ring: [Staged<'_>; AHEAD] = std::array::from_fn(|_| Staged::new(slots));
+        // ring[n % AHEAD] holds line n (counted from 0 in this block)
+        let mut n = 0usize;
+        for line in Lines(lines) {
+            // line n: decoded, and its device's table entry asked for
+            self.stage(&mut ring[n % AHEAD], line, line_no, now);
+            line_no += 1;
+            // line n − 1: its entry has had a line's time to arrive: ask for its operator list
+            if n >= 1 {
+                let s = &ring[(n - 1) % AHEAD];
+                if s.what == StagedKind::Reading
+                    && let Some(i) = s.device
+                {
+                    let device = &self.devices[i];
+                    crate::operators::prefetch(device.id.as_ptr(), device.id.len());
+                    device.chain.prefetch();
+                }
+            }
+            // line n − 2: its device found for sure, and what its operators keep asked for
+            if n >= 2 {
+                let s = &mut ring[(n - 2) % AHEAD];
+                if s.what == StagedKind::Reading {
+                    let i = self.resolve(s);
+                    self.devices[i].chain.prefetch_state();
+                }
+            }
+            // line n − 3 runs
+            if n >= 3 {
+                self.run_staged(&mut ring[(n - 3) % AHEAD], source, now, sink);
+            }
+            n += 1;
+        }
+        for k in n.saturating_sub(3)..n {
+            self.run_staged(&mut ring[k % AHEAD], source, now, sink);
+        }
+        line_no - first_line_no
+    }
+
+    /// Decodes a line into `into`, and asks the CPU for the table entry of the device its id's
+    /// hash points to.
+    #[inline]
+    fn stage<'a>(&mut self, into: &mut Staged<'a>, line: &'a [u8], line_no: u64, now: i64) {
+        into.line = line;
+        into.line_no = line_no;
+        into.resolved = false;
+        into.device = None;
         if line.iter().all(|b| b.is_ascii_whitespace()) {
+            into.what = StagedKind::Blank;
             return;
         }
         let decoder = &self.pipeline.decoder;
         if line.len() > decoder.max_payload_bytes {
-            self.dead_letters += 1;
-            let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
-            let reason = crate::decode::oversized_reason(line.len() as u64, decoder.max_payload_bytes);
-            sink(
-                self.formatter
-                    .dead_letter(source, &format!("line {line_no}"), &reason, raw),
-            );
+            into.what = StagedKind::Refused;
+            into.reason = crate::decode::oversized_reason(line.len() as u64, decoder.max_payload_bytes);
             return;
         }
-        match decoder.decode(line, None, now) {
-            Ok(mut decoded) => {
+        match decoder.decode_into(line, None, now, &mut into.decoded) {
+            Ok(()) => {
+                into.what = StagedKind::Reading;
+                let hash = self.hasher.hash_one(&*into.decoded.device);
+                into.hash = hash;
+                // by the hash alone: the table is small and cached, the entries are not
+                let tag = (hash >> 32) as u32;
+                into.device = self.table.find(hash, |&(h, _)| h == tag).map(|&(_, i)| i as usize);
+                if let Some(i) = into.device {
+                    crate::operators::prefetch(&self.devices[i], std::mem::size_of::<PlainDevice>());
+                }
+            }
+            Err(reason) => {
+                into.what = StagedKind::Refused;
+                into.reason = reason.to_string();
+            }
+        }
+    }
+
+    /// The index of a staged reading's device, added with a fresh chain if new.
+    #[inline]
+    fn resolve(&mut self, staged: &mut Staged<'_>) -> usize {
+        if staged.resolved
+            && let Some(i) = staged.device
+        {
+            return i;
+        }
+        let id: &str = &staged.decoded.device;
+        let index = match staged.device {
+            Some(i) if *self.devices[i].id == *id => i,
+            _ => self.device_index(staged.hash, id),
+        };
+        staged.device = Some(index);
+        staged.resolved = true;
+        index
+    }
+
+    /// The index of `id` (whose hash is `hash`) in `devices`, added with a fresh chain if new.
+    fn device_index(&mut self, hash: u64, id: &str) -> usize {
+        let devices = &mut self.devices;
+        let tag = (hash >> 32) as u32;
+        let found = self
+            .table
+            .find(hash, |&(h, i)| h == tag && *devices[i as usize].id == *id)
+            .map(|&(_, i)| i as usize);
+        match found {
+            Some(i) => i,
+            None => {
+                let index = devices.len();
+                devices.push(PlainDevice {
+                    id: id.into(),
+                    chain: self.pipeline.new_chain(id),
+                });
+                let hasher = &self.hasher;
+                self.table.insert_unique(hash, (tag, index as u32), |&(_, i)| {
+                    hasher.hash_one(&*devices[i as usize].id)
+                });
+                index
+            }
+        }
+    }
+
+    /// Runs a staged line (once: it is left blank): its dead letters, or its reading through its
+    /// device's chain.
+    #[inline]
+    fn run_staged(&mut self, staged: &mut Staged<'_>, source: &str, now: i64, sink: &mut impl FnMut(OutputRecord)) {
+        let decoder = &self.pipeline.decoder;
+        let line_no = staged.line_no;
+        match staged.what {
+            StagedKind::Blank => {}
+            StagedKind::Refused => {
+                self.dead_letters += 1;
+                let raw = crate::decode::bounded_raw(staged.line, decoder.max_dead_letter_bytes);
+                sink(
+                    self.formatter
+                        .dead_letter(source, &format!("line {line_no}"), &staged.reason, raw),
+                );
+            }
+            StagedKind::Reading => {
+                let decoded = &mut staged.decoded;
                 decoded.reading.arrival = self.arrival.stamp(decoded.reading.ts, decoded.arrival, now);
                 for &(field, value) in &decoded.dropped {
                     self.dead_letters += 1;
-                    let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
+                    let raw = crate::decode::bounded_raw(staged.line, decoder.max_dead_letter_bytes);
                     let reason = decoder.dropped_reason(field, value);
                     sink(
                         self.formatter
                             .dead_letter(source, &format!("line {line_no}"), &reason, raw),
                     );
                 }
-                let chain = match self.devices.get_mut(decoded.device.as_ref()) {
-                    Some(chain) => chain,
-                    None => {
-                        let device: Box<str> = decoded.device.as_ref().into();
-                        self.devices
-                            .entry(device)
-                            .or_insert_with_key(|d| self.pipeline.new_chain(d))
-                    }
-                };
+                let device = self.resolve(staged);
+                let decoded = &mut staged.decoded;
+                let chain = &mut self.devices[device].chain;
                 let at = match self.arrival.fleet_ms() {
                     Some(_) => {
                         chain.catch_up(decoded.reading.arrival, &mut self.emits);
@@ -92,7 +287,7 @@ impl<'p> PlainRun<'p> {
                     }
                     None => now,
                 };
-                chain.on_reading(decoded.reading, at, &mut self.emits);
+                chain.on_reading_in_place(&mut decoded.reading, at, &mut self.emits);
                 for emit in self.emits.drain(..) {
                     sink(self.formatter.format(&decoded.device, &emit));
                 }
@@ -103,23 +298,16 @@ impl<'p> PlainRun<'p> {
                     self.catch_up_all(fleet_ms, sink);
                 }
             }
-            Err(reason) => {
-                self.dead_letters += 1;
-                let raw = crate::decode::bounded_raw(line, decoder.max_dead_letter_bytes);
-                sink(
-                    self.formatter
-                        .dead_letter(source, &format!("line {line_no}"), &reason.to_string(), raw),
-                );
-            }
         }
+        staged.what = StagedKind::Blank;
     }
 
     /// Event clock: every device acts on the deadlines the fleet's clock passed.
     fn catch_up_all(&mut self, fleet_ms: i64, sink: &mut impl FnMut(OutputRecord)) {
-        for (device, chain) in self.devices.iter_mut() {
-            if chain.catch_up(fleet_ms, &mut self.emits) {
+        for device in self.devices.iter_mut() {
+            if device.chain.catch_up(fleet_ms, &mut self.emits) {
                 for emit in self.emits.drain(..) {
-                    sink(self.formatter.format(device, &emit));
+                    sink(self.formatter.format(&device.id, &emit));
                 }
             }
         }
@@ -130,24 +318,23 @@ impl<'p> PlainRun<'p> {
         if let Some(fleet_ms) = self.arrival.fleet_ms() {
             self.catch_up_all(fleet_ms, sink);
         }
-        let mut ids: Vec<&Box<str>> = self.devices.keys().collect();
-        ids.sort();
-        let ids: Vec<Box<str>> = ids.into_iter().cloned().collect();
+        let mut order: Vec<usize> = (0..self.devices.len()).collect();
+        order.sort_by(|&a, &b| self.devices[a].id.cmp(&self.devices[b].id));
         let mut totals = RunTotals {
             dead_letters: self.dead_letters,
-            devices: ids.len() as u64,
+            devices: order.len() as u64,
             ..Default::default()
         };
-        for id in ids {
-            let chain = self.devices.get_mut(&id).expect("listed above");
+        for index in order {
+            let device = &mut self.devices[index];
             if self.pipeline.spec.shutdown.flush {
-                chain.on_end(&mut self.emits);
+                device.chain.on_end(&mut self.emits);
             }
-            let c = chain.counters();
+            let c = device.chain.counters();
             totals.readings += c.readings;
             totals.late += c.late;
             for emit in self.emits.drain(..) {
-                sink(self.formatter.format(&id, &emit));
+                sink(self.formatter.format(&device.id, &emit));
             }
         }
         sink(self.formatter.summary(&totals));
@@ -155,12 +342,36 @@ impl<'p> PlainRun<'p> {
     }
 }
 
-/// Calls `f` with every line of `input` (split on `\n`, as `BufRead::split` splits) and its
-/// number, from 1. Lines are taken from the reader's buffer where they lie; only a line that
+/// The lines of a block of text, split on `\n` as `BufRead::split` splits: a last line without
+/// `\n` is a line, a block ending in `\n` has no empty last line.
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match memchr::memchr(b'\n', self.0) {
+            Some(i) => {
+                let line = &self.0[..i];
+                self.0 = &self.0[i + 1..];
+                Some(line)
+            }
+            None => Some(std::mem::take(&mut self.0)),
+        }
+    }
+}
+
+/// Calls `f` with blocks of whole lines of `input` (each block ends with `\n`, except at the end
+/// of input) and the number of the block's first line, from 1; `f` returns how many lines the
+/// block held. Blocks are taken from the reader's buffer where they lie; only a line that
 /// straddles two reads is copied (`BufRead::split` allocated and copied every line).
-fn for_each_line(mut input: impl BufRead, mut f: impl FnMut(&[u8], u64)) -> io::Result<()> {
+fn for_each_block(mut input: impl BufRead, mut f: impl FnMut(&[u8], u64) -> u64) -> io::Result<()> {
     let mut carry: Vec<u8> = Vec::new();
-    let mut line_no = 0u64;
+    let mut line_no = 1u64;
     loop {
         let buf = input.fill_buf()?;
         let read = buf.len();
@@ -171,9 +382,8 @@ fn for_each_line(mut input: impl BufRead, mut f: impl FnMut(&[u8], u64)) -> io::
         if !carry.is_empty() {
             match memchr::memchr(b'\n', rest) {
                 Some(i) => {
-                    carry.extend_from_slice(&rest[..i]);
-                    line_no += 1;
-                    f(&carry, line_no);
+                    carry.extend_from_slice(&rest[..=i]);
+                    line_no += f(&carry, line_no);
                     carry.clear();
                     rest = &rest[i + 1..];
                 }
@@ -184,16 +394,15 @@ fn for_each_line(mut input: impl BufRead, mut f: impl FnMut(&[u8], u64)) -> io::
                 }
             }
         }
-        while let Some(i) = memchr::memchr(b'\n', rest) {
-            line_no += 1;
-            f(&rest[..i], line_no);
-            rest = &rest[i + 1..];
+        if let Some(last) = memchr::memrchr(b'\n', rest) {
+            line_no += f(&rest[..=last], line_no);
+            rest = &rest[last + 1..];
         }
         carry.extend_from_slice(rest);
         input.consume(read);
     }
     if !carry.is_empty() {
-        f(&carry, line_no + 1);
+        f(&carry, line_no);
     }
     Ok(())
 }
@@ -217,8 +426,8 @@ pub fn run(
         }
     };
     let now = crate::clock::now_ms();
-    for_each_line(input, |line, line_no| {
-        run.push_line(line, source_name, line_no, now, &mut sink)
+    for_each_block(input, |lines, first| {
+        run.push_lines(lines, first, source_name, now, &mut sink)
     })?;
     let totals = run.finish(&mut sink);
     if let Some(e) = write_error {
@@ -231,6 +440,80 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compile(text: &str) -> CompiledPipeline {
+        CompiledPipeline::compile(crate::spec::parse_pipeline("t.yaml", text, &|_| None).expect("parses"))
+            .expect("compiles")
+    }
+
+    /// Every record of a run that gives lines one at a time ([`PlainRun::push_line`]), and of one
+    /// that gives them in blocks of `block` lines ([`PlainRun::push_lines`], lines staged ahead).
+    fn both_ways(pipeline: &CompiledPipeline, text: &str, block: usize) -> (Vec<String>, Vec<String>) {
+        let now = 1_767_225_600_000 + 3_600_000;
+        let mut one = Vec::new();
+        let mut run = PlainRun::new(pipeline);
+        for (i, line) in text.split('\n').enumerate() {
+            run.push_line(line.as_bytes(), "t", i as u64 + 1, now, &mut |r| one.push(r.json));
+        }
+        run.finish(&mut |r| one.push(r.json));
+        let mut blocks = Vec::new();
+        let mut run = PlainRun::new(pipeline);
+        let lines: Vec<&str> = text.split('\n').collect();
+        let mut first = 1;
+        for chunk in lines.chunks(block) {
+            let joined = chunk.join("\n");
+            let n = run.push_lines(joined.as_bytes(), first, "t", now, &mut |r| blocks.push(r.json));
+            // an empty last line of a block is no line (as `BufRead::split` has it)
+            assert_eq!(n as usize, chunk.len() - usize::from(chunk.last() == Some(&"")));
+            first += chunk.len() as u64;
+        }
+        run.finish(&mut |r| blocks.push(r.json));
+        (one, blocks)
+    }
+
+    #[test]
+    fn lines_staged_ahead_give_the_records_of_lines_taken_one_at_a_time() {
+        let operators = "operators:\n  - window: { every: 60s, lateness: 5s, aggregates: { pm25: [avg, max] } }\n  - hysteresis: { name: pm25_event, field: pm25, enter: 35, exit: 25 }\n  - baseline: { field: co2, method: ewma, alpha: 0.1, emit: end }\n  - health: { offline_after: 2m }\n";
+        for clock in ["processing", "event"] {
+            let text = format!(
+                "version: 1\npipeline: t\nruntime: {{ clock: {clock} }}\ndecode:\n  device: {{ field: device }}\n  time: {{ field: ts, unit: ms }}\n  max_payload_bytes: 300\n  fields:\n    pm25: {{ max: 500, out_of_range: field_dead_letter }}\n    co2: {{}}\n{operators}"
+            );
+            let pipeline = compile(&text);
+            // 40 devices, some going quiet; bad, blank, oversized and out-of-range lines among them
+            let mut input = String::new();
+            let mut state = 7u64;
+            for i in 0..3_000u64 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let device = (state >> 33) % if i < 1_500 { 40 } else { 25 };
+                let ts = 1_767_225_600_000 + i as i64 * 1_000 - ((state >> 20) % 7_000) as i64;
+                let pm25 = match (state >> 40) % 50 {
+                    0 => 900.0,
+                    k => (k as f64) * 1.3,
+                };
+                let line = match (state >> 50) % 97 {
+                    0 => "{\"device\": \"broken".to_string(),
+                    1 => String::new(),
+                    2 => format!("{{\"device\":\"d{device}\",\"pad\":\"{}\"}}", "x".repeat(400)),
+                    3 => "   ".to_string(),
+                    _ => format!("{{\"device\":\"d{device}\",\"ts\":{ts},\"pm25\":{pm25},\"co2\":{}}}", 400 + i % 300),
+                };
+                input.push_str(&line);
+                input.push('\n');
+            }
+            for block in [1, 2, 3, 4, 5, 64, 10_000] {
+                let (one, blocks) = both_ways(&pipeline, &input, block);
+                assert!(one.len() > 300, "{} records", one.len());
+                for kind in ["\"type\":\"dead_letter\"", "\"type\":\"event_start\"", "\"type\":\"window\""] {
+                    assert!(one.iter().any(|r| r.contains(kind)), "the input makes {kind} records");
+                }
+                if clock == "event" {
+                    // devices that went quiet, reported as the fleet's clock passes their deadline
+                    assert!(one.iter().any(|r| r.contains("\"status\":\"offline\"")), "offline records: {:?}", one.iter().filter(|r| r.contains("health")).take(3).collect::<Vec<_>>());
+                }
+                assert_eq!(one, blocks, "{clock} clock, blocks of {block} lines");
+            }
+        }
+    }
 
     #[test]
     fn lines_are_split_and_numbered_as_bufread_split_does() {
@@ -245,8 +528,13 @@ mod tests {
         ] {
             for capacity in [1, 2, 3, 7, 64] {
                 let mut lines = Vec::new();
-                for_each_line(io::BufReader::with_capacity(capacity, text), |l, n| {
-                    lines.push((l.to_vec(), n))
+                for_each_block(io::BufReader::with_capacity(capacity, text), |block, first| {
+                    let mut n = first;
+                    for line in Lines(block) {
+                        lines.push((line.to_vec(), n));
+                        n += 1;
+                    }
+                    n - first
                 })
                 .unwrap();
                 let expected: Vec<(Vec<u8>, u64)> = io::BufReader::new(text)

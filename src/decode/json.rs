@@ -297,9 +297,35 @@ pub(super) fn decode<'a>(
     topic_device: Option<&'a str>,
     arrival_ms: i64,
 ) -> Result<Decoded<'a>, DecodeError> {
-    match fast::decode(dec, payload) {
-        Some(found) => finish(dec, found, topic_device, arrival_ms),
-        None => decode_serde(dec, payload, topic_device, arrival_ms),
+    let mut out = Decoded::empty(dec.slots);
+    decode_into(dec, payload, topic_device, arrival_ms, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into `out`, whose reading is reused (nothing of it is moved on the fast path).
+#[inline]
+pub(super) fn decode_into<'a>(
+    dec: &Decoder,
+    payload: &'a [u8],
+    topic_device: Option<&'a str>,
+    arrival_ms: i64,
+    out: &mut Decoded<'a>,
+) -> Result<(), DecodeError> {
+    match fast::decode(dec, payload, &mut out.reading) {
+        Some(found) => finish_into(
+            dec,
+            out,
+            found.seen,
+            found.device.map(Cow::Borrowed),
+            found.time.map(Ok),
+            found.arrival,
+            topic_device,
+            arrival_ms,
+        ),
+        None => {
+            *out = decode_serde(dec, payload, topic_device, arrival_ms)?;
+            Ok(())
+        }
     }
 }
 
@@ -368,36 +394,60 @@ fn finish<'a>(
     arrival_ms: i64,
 ) -> Result<Decoded<'a>, DecodeError> {
     let Found {
-        mut reading,
+        reading,
         seen,
         device,
         time,
         arrival,
     } = found;
+    let mut out = Decoded::empty(0);
+    out.reading = reading;
+    finish_into(
+        dec,
+        &mut out,
+        seen,
+        device,
+        time,
+        arrival.and_then(Result::ok),
+        topic_device,
+        arrival_ms,
+    )?;
+    Ok(out)
+}
+
+/// The checks every payload gets, on what its object held (`out.reading` holds its values).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn finish_into<'a>(
+    dec: &Decoder,
+    out: &mut Decoded<'a>,
+    seen: u64,
+    device: Option<Cow<'a, str>>,
+    time: Option<Result<i64, DecodeError>>,
+    arrival: Option<i64>,
+    topic_device: Option<&'a str>,
+    arrival_ms: i64,
+) -> Result<(), DecodeError> {
     let device = if dec.device_from_topic && (topic_device.is_some() || dec.device_field.is_none()) {
         Cow::Borrowed(topic_device.ok_or(DecodeError::MissingTopicDevice)?)
     } else {
         device.ok_or_else(|| DecodeError::MissingDevice(dec.device_field.clone().unwrap_or_default()))?
     };
-    reading.ts = match (&dec.time_field, time) {
+    out.reading.ts = match (&dec.time_field, time) {
         (None, _) => arrival_ms,
         (Some(_), Some(t)) => t?,
         (Some(name), None) => return Err(DecodeError::MissingTime(name.clone())),
     };
     // a missing or broken arrival time is not a reason to lose the reading: the source's time
     // stands in for it
-    let arrival = match (&dec.arrival_field, arrival) {
-        (Some(_), Some(Ok(t))) => Some(t),
+    out.arrival = match (&dec.arrival_field, arrival) {
+        (Some(_), Some(t)) => Some(t),
         _ => None,
     };
-    let dropped = dec.check_fields(&mut reading, seen)?;
-    Ok(Decoded {
-        device,
-        reading,
-        time_clamped: false,
-        arrival,
-        dropped,
-    })
+    out.dropped = dec.check_fields(&mut out.reading, seen)?;
+    out.device = device;
+    out.time_clamped = false;
+    Ok(())
 }
 
 /// Finds the device id and stops reading there.
@@ -792,7 +842,22 @@ mod tests {
         .map(|p| p.as_bytes().to_vec())
         .collect();
         let agree = |payload: &[u8]| {
-            let fast = fast::decode(&dec, payload).map(|found| finish(&dec, found, None, 0));
+            let mut reading = Reading::new(0, dec.slots);
+            let fast = fast::decode(&dec, payload, &mut reading).map(|found| {
+                let mut out = Decoded::empty(0);
+                out.reading = reading;
+                finish_into(
+                    &dec,
+                    &mut out,
+                    found.seen,
+                    found.device.map(Cow::Borrowed),
+                    found.time.map(Ok),
+                    found.arrival,
+                    None,
+                    0,
+                )
+                .map(|()| out)
+            });
             let serde = decode_serde(&dec, payload, None, 0);
             if let Some(fast) = fast {
                 // NaN (an absent value) is not equal to itself: compare the bits

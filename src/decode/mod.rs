@@ -82,6 +82,20 @@ pub struct Decoded<'a> {
     pub dropped: DroppedFields,
 }
 
+impl Decoded<'_> {
+    /// A decoded reading with nothing in it yet (`slots` absent values), for
+    /// [`Decoder::decode_into`] to fill.
+    pub fn empty(slots: usize) -> Self {
+        Decoded {
+            device: Cow::Borrowed(""),
+            reading: Reading::new(0, slots),
+            time_clamped: false,
+            arrival: None,
+            dropped: DroppedFields::new(),
+        }
+    }
+}
+
 /// See [`Decoded::dropped`].
 pub type DroppedFields = smallvec::SmallVec<[(u16, f64); 2]>;
 
@@ -186,6 +200,26 @@ impl Decoder {
         arrival_ms: i64,
     ) -> Result<Decoded<'a>, DecodeError> {
         self.decode_with(json::decode, payload, topic_device, arrival_ms)
+    }
+
+    /// [`Decoder::decode`] into `out`, reusing its reading: a loop that decodes into the same
+    /// place every time moves nothing (the result is the same; on an error `out` holds nothing
+    /// of use).
+    #[inline]
+    pub fn decode_into<'a>(
+        &self,
+        payload: &'a [u8],
+        topic_device: Option<&'a str>,
+        arrival_ms: i64,
+        out: &mut Decoded<'a>,
+    ) -> Result<(), DecodeError> {
+        match self.format {
+            DecodeFormat::Json => json::decode_into(self, payload, topic_device, arrival_ms, out)?,
+            DecodeFormat::Influx => *out = influx::decode(self, payload, topic_device, arrival_ms)?,
+        }
+        check_device_id(&out.device, self.max_device_id_bytes)?;
+        out.time_clamped = self.plausible_time(&mut out.reading.ts, arrival_ms)?;
+        Ok(())
     }
 
     /// [`Decoder::decode`] without the JSON fast path (every payload through serde_json's

@@ -95,11 +95,18 @@ impl DeviceChain {
     /// saw it advance its watermark (closing windows).
     #[inline]
     pub fn on_reading(&mut self, mut reading: Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
+        self.on_reading_in_place(&mut reading, now, out)
+    }
+
+    /// [`DeviceChain::on_reading`] on a reading the caller keeps (operators may change its
+    /// values, as they change the reading they pass on).
+    #[inline]
+    pub fn on_reading_in_place(&mut self, reading: &mut Reading, now: i64, out: &mut Vec<Emit>) -> Flow {
         self.counters.readings += 1;
         let mut seen = self.operators.len();
         let mut flow = Flow::Continue;
         for (i, op) in self.operators.iter_mut().enumerate() {
-            match op.on_reading(&mut reading, now, out) {
+            match op.on_reading(reading, now, out) {
                 Flow::Continue => {}
                 Flow::Late => {
                     self.counters.late += 1;
@@ -118,6 +125,26 @@ impl DeviceChain {
             op.after_reading(now, out);
         }
         flow
+    }
+
+    /// A hint that a reading for this device is coming: starts loading its operator list
+    /// (a separate allocation) into the cache. Then [`DeviceChain::prefetch_state`], once that
+    /// has arrived, for the operators' own outside state.
+    #[inline]
+    pub fn prefetch(&self) {
+        super::prefetch(
+            self.operators.as_ptr(),
+            std::mem::size_of_val::<[DeviceOperator]>(&self.operators),
+        );
+    }
+
+    /// A hint that a reading for this device is coming: starts loading the state its operators
+    /// keep outside themselves (reads the operator list: call [`DeviceChain::prefetch`] earlier).
+    #[inline]
+    pub fn prefetch_state(&self) {
+        for op in self.operators.iter() {
+            op.prefetch_state();
+        }
     }
 
     /// Processing-time work (idle flush, offline detection).
@@ -287,3 +314,4 @@ pub mod v1 {
         }
     }
 }
+

@@ -70,6 +70,31 @@ pub type Values = SmallVec<[f64; 8]>;
 /// Marker for an absent value.
 pub const ABSENT: f64 = f64::NAN;
 
+/// Asks the CPU to start loading the cache lines of `bytes` bytes from `at` (a hint: it never
+/// faults and changes nothing; a no-op on other architectures).
+#[inline(always)]
+pub fn prefetch<T: ?Sized>(at: *const T, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // every 64-byte line from the one holding the first byte to the one holding the last
+        let first = (at as *const u8 as usize) & !63;
+        let end = (at as *const u8 as usize).wrapping_add(bytes.max(1));
+        let mut line = first;
+        while line < end {
+            // SAFETY: a prefetch is only a hint to the cache: it never faults, whatever the
+            // address, and reads nothing the program sees.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8)
+            };
+            line += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (at, bytes);
+    }
+}
+
 /// Whether a value is present.
 #[inline]
 pub fn present(value: f64) -> bool {
@@ -387,6 +412,12 @@ pub trait Operator: Clone + std::fmt::Debug + Sized {
     /// End of input or graceful shutdown.
     #[inline]
     fn on_end(&mut self, _out: &mut Vec<Emit>) {}
+
+    /// A hint that a reading is coming: start loading into the cache the state this operator
+    /// keeps outside itself (a window's open windows). No effect on behaviour; loops that know
+    /// their next devices ahead call it ([`DeviceChain::prefetch_state`]).
+    #[inline]
+    fn prefetch_state(&self) {}
 
     fn snapshot(&self) -> Self::State;
 

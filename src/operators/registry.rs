@@ -199,6 +199,13 @@ macro_rules! registry {
                 }
             }
 
+            #[inline]
+            pub fn prefetch_state(&self) {
+                match self {
+                    $(DeviceOperator::$variant(o) => Operator::prefetch_state(o),)*
+                }
+            }
+
             pub fn on_end(&mut self, out: &mut Vec<Emit>) {
                 match self {
                     $(DeviceOperator::$variant(o) => Operator::on_end(o, out),)*

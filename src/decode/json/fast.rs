@@ -12,24 +12,38 @@
 //! more entries than `max_fields`, and any syntax error. So the errors, and their messages, are
 //! always the serde path's. Producers write readings as flat ASCII objects, which take this path.
 
-use std::borrow::Cow;
-
-use super::Found;
 use crate::decode::Decoder;
-use crate::operators::Reading;
+use crate::operators::{ABSENT, Reading};
 use crate::spec::FieldType;
 
-/// Reads `payload` as a flat object of the declared keys, or declines.
+/// What the fast path found besides the values (which it writes into the caller's reading).
+pub(super) struct Fast<'a> {
+    /// Bit `slot` set: the field was present (and not `null`).
+    pub seen: u64,
+    pub device: Option<&'a str>,
+    pub time: Option<i64>,
+    /// A broken arrival time reads as none (the source's time stands in for it).
+    pub arrival: Option<i64>,
+}
+
+/// Reads `payload` as a flat object of the declared keys into `reading` (its values, every
+/// other part reset), or declines (`reading` is then left in no particular state). An event
+/// time it cannot convert is declined too: the serde path says why.
 #[inline]
-pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Found<'a>> {
+pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading) -> Option<Fast<'a>> {
     if !payload.is_ascii() {
         return None;
     }
     let mut p = Cursor { b: payload, i: 0 };
     p.ws();
     p.eat(b'{')?;
-    let mut found = Found {
-        reading: Reading::new(0, dec.slots),
+    reading.ts = 0;
+    reading.arrival = 0;
+    reading.out_of_range = 0;
+    reading.suspect = 0;
+    reading.values.clear();
+    reading.values.resize(dec.slots, ABSENT);
+    let mut found = Fast {
         seen: 0,
         device: None,
         time: None,
@@ -80,7 +94,7 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Found<'a>> 
                         _ => return None,
                     };
                     if let Some(x) = value {
-                        found.reading.values[field.slot] = x;
+                        reading.values[field.slot] = x;
                         found.seen |= 1u64 << field.slot;
                     }
                 }
@@ -91,7 +105,7 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Found<'a>> 
                     keys_seen |= 1 << 63;
                     let id = p.string()?;
                     // ASCII checked above
-                    found.device = Some(Cow::Borrowed(std::str::from_utf8(id).ok()?));
+                    found.device = Some(std::str::from_utf8(id).ok()?);
                 }
                 k @ (Key::Time | Key::Arrival) => {
                     let is_time = matches!(k, Key::Time);
@@ -126,9 +140,9 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Found<'a>> 
                         _ => return None,
                     };
                     if is_time {
-                        found.time = Some(value);
+                        found.time = Some(value.ok()?);
                     } else {
-                        found.arrival = Some(value);
+                        found.arrival = value.ok();
                     }
                 }
                 Key::Other => p.skip_scalar()?,

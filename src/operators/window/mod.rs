@@ -382,6 +382,14 @@ impl Operator for WindowOp {
         }
     }
 
+    #[inline]
+    fn prefetch_state(&self) {
+        // the newest window is the one most readings land in
+        if let Some(newest) = self.state.windows.last() {
+            crate::operators::prefetch(newest, std::mem::size_of::<OpenWindow>());
+        }
+    }
+
     /// End of input: every open window is emitted in ascending start order.
     fn on_end(&mut self, out: &mut Vec<Emit>) {
         self.flush_all(out);
