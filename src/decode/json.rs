@@ -537,11 +537,16 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     loop {
         match *payload.get(end)? {
             b'"' => break,
-            b'\\' | 0..0x20 => return None,
+            // (non-ASCII: the full scan decides)
+            b'\\' | 0..0x20 | 0x80.. => return None,
             _ => end += 1,
         }
     }
-    std::str::from_utf8(&payload[start..end]).ok()
+    let id = &payload[start..end];
+    debug_assert!(id.is_ascii());
+    // SAFETY: every byte of `id` was checked to be ASCII just above, and ASCII is UTF-8 (a
+    // `from_utf8` call per line per router was 3–4 % of a 2-shard run).
+    Some(unsafe { std::str::from_utf8_unchecked(id) })
 }
 
 #[cfg(test)]

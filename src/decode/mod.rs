@@ -471,6 +471,11 @@ pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
             max,
         });
     }
+    // printable ASCII, as ids nearly always are: no control character (a byte test, where the
+    // char-by-char search below was 1 % of a run)
+    if device.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(c) = device.chars().find(|c| c.is_control()) {
         return Err(DecodeError::DeviceIdControl { code: c as u32 });
     }

@@ -417,6 +417,9 @@ impl Router {
         let mut grouping = Grouping::new(self.batch_size_hint);
         let mut readings = 0u64;
         let dead_letters_before = self.counters.dead_letters;
+        // every payload of the chunk is decoded into this one (nothing moved; its reading is
+        // copied into its device's batch)
+        let mut decoded = crate::decode::Decoded::empty(decoder.slots);
         match &chunk.data {
             ChunkData::Lines { bytes, first_line, .. } => {
                 let mut line_no = *first_line;
@@ -452,8 +455,8 @@ impl Router {
                             None => {}
                         }
                     }
-                    match decoder.decode(line, None, chunk.source_time_ms) {
-                        Ok(mut decoded) => {
+                    match decoder.decode_into(line, None, chunk.source_time_ms, &mut decoded) {
+                        Ok(()) => {
                             decoded.reading.arrival =
                                 self.arrival
                                     .stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
@@ -467,7 +470,7 @@ impl Router {
                                 self.dead_letter(&chunk.source_name, &position, &reason, line);
                             }
                             let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
-                            grouping.push(hash, &decoded.device, decoded.reading);
+                            grouping.push(hash, &decoded.device, decoded.reading.clone());
                         }
                         Err(e) => {
                             self.metrics.count_limit(&e);
@@ -498,8 +501,8 @@ impl Router {
                             None => {}
                         }
                     }
-                    match decoder.decode(&m.payload, m.device_hint.as_deref(), m.arrival_ms) {
-                        Ok(mut decoded) => {
+                    match decoder.decode_into(&m.payload, m.device_hint.as_deref(), m.arrival_ms, &mut decoded) {
+                        Ok(()) => {
                             decoded.reading.arrival =
                                 self.arrival.stamp(decoded.reading.ts, decoded.arrival, m.arrival_ms);
                             readings += 1;
@@ -511,7 +514,7 @@ impl Router {
                                 self.dead_letter(&chunk.source_name, &m.position, &reason, &m.payload);
                             }
                             let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
-                            grouping.push(hash, &decoded.device, decoded.reading);
+                            grouping.push(hash, &decoded.device, decoded.reading.clone());
                         }
                         Err(e) => {
                             self.metrics.count_limit(&e);
