@@ -473,3 +473,60 @@ impl<'a> Cursor<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbers of every shape (up to 24 integer and 21 fraction digits, leading zeros in the
+    /// fraction, exponents), read by the cursor, against Rust's correctly rounded parser.
+    #[test]
+    fn the_cursors_numbers_are_rusts_numbers() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let mut text = String::new();
+            if (r >> 20) & 1 == 1 {
+                text.push('-');
+            }
+            let small = (r >> 40) % 3 == 0;
+            let int_len = if small { 1 } else { 1 + (r % 24) as usize };
+            for k in 0..int_len {
+                let d = if small { 0 } else { (next() % 10) as u8 };
+                let d = if k == 0 && int_len > 1 && d == 0 { 1 } else { d };
+                text.push((b'0' + d) as char);
+            }
+            let frac_len = ((r >> 8) % 22) as usize;
+            if frac_len > 0 {
+                text.push('.');
+                let zeros = if small { (r >> 50) as usize % (frac_len + 1) } else { 0 };
+                for k in 0..frac_len {
+                    let d = if k < zeros { 0 } else { (next() % 10) as u8 };
+                    text.push((b'0' + d) as char);
+                }
+            }
+            if (r >> 30) & 3 == 0 {
+                text.push_str(&format!("e{}", (next() % 41) as i32 - 20));
+            }
+            let mut cursor = Cursor { b: text.as_bytes(), i: 0 };
+            let number = cursor.number().expect("a number");
+            assert_eq!(cursor.i, text.len(), "{text}: read to its end");
+            let want: f64 = text.parse().expect("Rust parses it");
+            assert_eq!(
+                number.to_f64().map(f64::to_bits),
+                Some(want.to_bits()),
+                "{text}: {:?} against {want}",
+                number.to_f64()
+            );
+            if !text.contains(['.', 'e']) && int_len <= 18 && text != "-0" {
+                assert_eq!(number.integer(), text.parse::<i64>().ok(), "{text}");
+            }
+        }
+    }
+}
