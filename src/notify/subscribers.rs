@@ -615,7 +615,8 @@ pub fn queued_requests(dir: &Path) -> Vec<SubscriberRequest> {
 }
 
 /// The thread of a run that applies `subscribers.requests` every [`REQUEST_POLL`] until `stop`.
-/// `applied` is called with each change once applied.
+/// `applied` is called with each change once applied. To stop it: set `stop`, then unpark the
+/// thread (it waits parked, so the run's end does not wait out a poll interval) and join it.
 pub fn spawn_request_applier(
     subscribers: Arc<SubscriberStore>,
     dir: PathBuf,
@@ -629,7 +630,8 @@ pub fn spawn_request_applier(
                 if let Err(e) = subscribers.apply_requests_then(&dir, &*applied) {
                     warn!(error = %e, "applying queued subscription changes failed; trying again");
                 }
-                std::thread::sleep(REQUEST_POLL);
+                // (an early or spurious wake only polls sooner)
+                std::thread::park_timeout(REQUEST_POLL);
             }
             let _ = subscribers.apply_requests_then(&dir, &*applied);
         })
