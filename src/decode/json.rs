@@ -291,18 +291,8 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_, 'de> {
     }
 }
 
-pub(super) fn decode<'a>(
-    dec: &Decoder,
-    payload: &'a [u8],
-    topic_device: Option<&'a str>,
-    arrival_ms: i64,
-) -> Result<Decoded<'a>, DecodeError> {
-    let mut out = Decoded::empty(dec.slots);
-    decode_into(dec, payload, topic_device, arrival_ms, &mut out)?;
-    Ok(out)
-}
-
-/// [`decode`] into `out`, whose reading is reused (nothing of it is moved on the fast path).
+/// Decodes a JSON payload into `out`, whose reading is reused (nothing of it is moved on the
+/// fast path): the fast path, or the general one for whatever it declines.
 #[inline]
 pub(super) fn decode_into<'a>(
     dec: &Decoder,
@@ -312,21 +302,33 @@ pub(super) fn decode_into<'a>(
     out: &mut Decoded<'a>,
 ) -> Result<(), DecodeError> {
     match fast::decode(dec, payload, &mut out.reading) {
-        Some(found) => finish_into(
-            dec,
-            out,
-            found.seen,
-            found.device.map(Cow::Borrowed),
-            found.time.map(Ok),
-            found.arrival,
-            topic_device,
-            arrival_ms,
-        ),
+        Some(found) => finish_fast(dec, found, topic_device, arrival_ms, out),
         None => {
             *out = decode_serde(dec, payload, topic_device, arrival_ms)?;
             Ok(())
         }
     }
+}
+
+/// [`finish_into`] for what the fast path found (its values already in `out.reading`).
+#[inline]
+fn finish_fast<'a>(
+    dec: &Decoder,
+    found: fast::Fast<'a>,
+    topic_device: Option<&'a str>,
+    arrival_ms: i64,
+    out: &mut Decoded<'a>,
+) -> Result<(), DecodeError> {
+    finish_into(
+        dec,
+        out,
+        found.seen,
+        found.device.map(Cow::Borrowed),
+        found.time.map(Ok),
+        found.arrival,
+        topic_device,
+        arrival_ms,
+    )
 }
 
 /// What the object held, before the checks every payload gets.
@@ -520,7 +522,7 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     // a run)
     let same_key = payload
         .get(i + 1..i + 1 + key.len())
-        .is_some_and(|k| k.iter().zip(key).all(|(a, b)| a == b));
+        .is_some_and(|k| crate::decode::same_bytes(k, key));
     if payload.get(i) != Some(&b'"') || !same_key {
         return None;
     }
@@ -856,17 +858,7 @@ mod tests {
             let fast = fast::decode(&dec, payload, &mut reading).map(|found| {
                 let mut out = Decoded::empty(0);
                 out.reading = reading;
-                finish_into(
-                    &dec,
-                    &mut out,
-                    found.seen,
-                    found.device.map(Cow::Borrowed),
-                    found.time.map(Ok),
-                    found.arrival,
-                    None,
-                    0,
-                )
-                .map(|()| out)
+                finish_fast(&dec, found, None, 0, &mut out).map(|()| out)
             });
             let serde = decode_serde(&dec, payload, None, 0);
             if let Some(fast) = fast {

@@ -199,7 +199,9 @@ impl Decoder {
         topic_device: Option<&'a str>,
         arrival_ms: i64,
     ) -> Result<Decoded<'a>, DecodeError> {
-        self.decode_with(json::decode, payload, topic_device, arrival_ms)
+        let mut out = Decoded::empty(self.slots);
+        self.decode_into(payload, topic_device, arrival_ms, &mut out)?;
+        Ok(out)
     }
 
     /// [`Decoder::decode`] into `out`, reusing its reading: a loop that decodes into the same
@@ -217,9 +219,7 @@ impl Decoder {
             DecodeFormat::Json => json::decode_into(self, payload, topic_device, arrival_ms, out)?,
             DecodeFormat::Influx => *out = influx::decode(self, payload, topic_device, arrival_ms)?,
         }
-        check_device_id(&out.device, self.max_device_id_bytes)?;
-        out.time_clamped = self.plausible_time(&mut out.reading.ts, arrival_ms)?;
-        Ok(())
+        self.check_decoded(out, arrival_ms)
     }
 
     /// [`Decoder::decode`] without the JSON fast path (every payload through serde_json's
@@ -231,25 +231,21 @@ impl Decoder {
         topic_device: Option<&'a str>,
         arrival_ms: i64,
     ) -> Result<Decoded<'a>, DecodeError> {
-        self.decode_with(json::decode_serde, payload, topic_device, arrival_ms)
-    }
-
-    /// Decodes with `json` for JSON payloads, then the checks every payload gets.
-    #[inline(always)]
-    fn decode_with<'a>(
-        &self,
-        json: impl FnOnce(&Decoder, &'a [u8], Option<&'a str>, i64) -> Result<Decoded<'a>, DecodeError>,
-        payload: &'a [u8],
-        topic_device: Option<&'a str>,
-        arrival_ms: i64,
-    ) -> Result<Decoded<'a>, DecodeError> {
         let mut decoded = match self.format {
-            DecodeFormat::Json => json(self, payload, topic_device, arrival_ms)?,
+            DecodeFormat::Json => json::decode_serde(self, payload, topic_device, arrival_ms)?,
             DecodeFormat::Influx => influx::decode(self, payload, topic_device, arrival_ms)?,
         };
+        self.check_decoded(&mut decoded, arrival_ms)?;
+        Ok(decoded)
+    }
+
+    /// The checks every payload gets once decoded, whatever its format: the device id, and the
+    /// event time against the `plausible_time` window.
+    #[inline]
+    fn check_decoded(&self, decoded: &mut Decoded<'_>, arrival_ms: i64) -> Result<(), DecodeError> {
         check_device_id(&decoded.device, self.max_device_id_bytes)?;
         decoded.time_clamped = self.plausible_time(&mut decoded.reading.ts, arrival_ms)?;
-        Ok(decoded)
+        Ok(())
     }
 
     /// Checks an event time against the source's time `reference`: `Ok(true)` when it was
@@ -480,6 +476,14 @@ pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
         return Err(DecodeError::DeviceIdControl { code: c as u32 });
     }
     Ok(())
+}
+
+/// Whether two short byte strings (keys, device ids) are equal, compared inline: a `memcmp`
+/// call per comparison cost more than the comparison (the decoder's key matching, the routers'
+/// scan and per-chunk grouping).
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Why a payload longer than `max_payload_bytes` is not decoded (a dead letter's reason).

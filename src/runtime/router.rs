@@ -322,9 +322,7 @@ impl Grouping {
         match self.index.entry(hash) {
             Entry::Occupied(e) => {
                 let i = *e.get() as usize;
-                // (inline: ids are short, and a `memcmp` call per reading cost more)
-                let same = |a: &str, b: &str| a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y);
-                let i = if same(self.id(i), device) {
+                let i = if crate::decode::same_bytes(self.id(i).as_bytes(), device.as_bytes()) {
                     Some(i)
                 } else {
                     (0..self.spans.len()).find(|&j| self.id(j) == device)

@@ -12,7 +12,7 @@
 //! more entries than `max_fields`, and any syntax error. So the errors, and their messages, are
 //! always the serde path's. Producers write readings as flat ASCII objects, which take this path.
 
-use crate::decode::Decoder;
+use crate::decode::{Decoder, same_bytes};
 use crate::operators::{ABSENT, Reading};
 use crate::spec::FieldType;
 
@@ -181,11 +181,11 @@ enum Key {
 #[inline]
 fn classify(dec: &Decoder, key: &[u8]) -> Key {
     for (i, field) in dec.fields.iter().enumerate() {
-        if same(field.name.as_bytes(), key) {
+        if same_bytes(field.name.as_bytes(), key) {
             return Key::Field(i);
         }
     }
-    let is = |k: &Option<String>| k.as_deref().is_some_and(|k| same(k.as_bytes(), key));
+    let is = |k: &Option<String>| k.as_deref().is_some_and(|k| same_bytes(k.as_bytes(), key));
     if is(&dec.device_field) {
         Key::Device
     } else if is(&dec.time_field) {
@@ -195,13 +195,6 @@ fn classify(dec: &Decoder, key: &[u8]) -> Key {
     } else {
         Key::Other
     }
-}
-
-/// Key comparison inline (keys are short: a call to `memcmp` per candidate key cost more than
-/// the comparison).
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 struct Cursor<'a> {
