@@ -849,6 +849,15 @@ mod tests {
             r#"[]"#,
             "{\"device\":\"d\u{e9}v\",\"ts\":1,\"pm25\":1,\"co2\":1}",
             "{\"device\":\"tab\tin\",\"ts\":1,\"pm25\":1,\"co2\":1}",
+            // strings read eight bytes at a time: exactly 8, longer, and an escape, a control
+            // character or the quote at different places in a word
+            r#"{"device":"abcdefgh","ts":1,"pm25":1,"co2":1}"#,
+            r#"{"device":"abcdefghijklmnopqrstu","ts":1,"pm25":1,"co2":1,"note":"0123456789abcdefghij"}"#,
+            r#"{"device":"abcdefghijklmno\"p","ts":1,"pm25":1,"co2":1}"#,
+            r#"{"device":"abcdefghi\\","ts":1,"pm25":1,"co2":1}"#,
+            "{\"device\":\"abcdefghijk\tl\",\"ts\":1,\"pm25\":1,\"co2\":1}",
+            "{\"device\":\"abcdefgh\u{1f}\",\"ts\":1,\"pm25\":1,\"co2\":1}",
+            "{\"device\":\"abcdefg\u{7f}x\",\"ts\":1,\"pm25\":1,\"co2\":1}",
         ]
         .iter()
         .map(|p| p.as_bytes().to_vec())

@@ -31,7 +31,7 @@ pub(super) struct Fast<'a> {
 /// time it cannot convert is declined too: the serde path says why.
 #[inline]
 pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading) -> Option<Fast<'a>> {
-    if !payload.is_ascii() {
+    if !all_ascii(payload) {
         return None;
     }
     let mut p = Cursor { b: payload, i: 0 };
@@ -167,6 +167,21 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading
         return None;
     }
     Some(found)
+}
+
+/// `payload.is_ascii()`, sixteen bytes at a time to the end: the last sixteen read again,
+/// overlapping, where the standard library finishes a byte at a time (up to 63 bytes, 3 % of
+/// a run on 100-byte readings).
+#[inline]
+fn all_ascii(payload: &[u8]) -> bool {
+    const HIGH: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+    if payload.len() < 16 {
+        return payload.is_ascii();
+    }
+    let word = |chunk: &[u8]| u128::from_le_bytes(chunk.try_into().expect("sixteen bytes"));
+    let chunks = payload.chunks_exact(16);
+    let last = word(&payload[payload.len() - 16..]);
+    chunks.fold(last, |any, chunk| any | word(chunk)) & HIGH == 0
 }
 
 enum Key {
@@ -471,6 +486,24 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
 
+    /// The ASCII test, sixteen bytes at a time, against the standard library's: every length
+    /// up to 70, a byte with its high bit set at every position.
+    #[test]
+    fn the_ascii_test_is_the_standard_librarys() {
+        for len in 0..70 {
+            let clean: Vec<u8> = (0..len).map(|k| b' ' + (k % 95) as u8).collect();
+            assert!(all_ascii(&clean), "{len}");
+            for at in 0..len {
+                for high in [0x80u8, 0xc3, 0xff] {
+                    let mut bytes = clean.clone();
+                    bytes[at] = high;
+                    assert_eq!(all_ascii(&bytes), bytes.is_ascii(), "{len} {at}");
+                    assert!(!all_ascii(&bytes));
+                }
+            }
+        }
+    }
+
     /// Numbers of every shape (up to 24 integer and 21 fraction digits, leading zeros in the
     /// fraction, exponents), read by the cursor, against Rust's correctly rounded parser.
     #[test]
@@ -507,7 +540,10 @@ mod tests {
             if (r >> 30) & 3 == 0 {
                 text.push_str(&format!("e{}", (next() % 41) as i32 - 20));
             }
-            let mut cursor = Cursor { b: text.as_bytes(), i: 0 };
+            let mut cursor = Cursor {
+                b: text.as_bytes(),
+                i: 0,
+            };
             let number = cursor.number().expect("a number");
             assert_eq!(cursor.i, text.len(), "{text}: read to its end");
             let want: f64 = text.parse().expect("Rust parses it");
