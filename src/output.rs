@@ -94,6 +94,15 @@ fn push_id(buf: &mut String, id: u128) {
     buf.push_str(std::str::from_utf8(&text).expect("ASCII"));
 }
 
+/// What a record is besides its JSON ([`RecordFormatter::format_into`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordHead {
+    pub op: crate::operators::OpIndex,
+    pub kind: RecordKind,
+    pub id: u128,
+    pub backfill: bool,
+}
+
 thread_local! {
     /// The buffer records are formatted in, kept between records: a record's own text is then
     /// allocated once, at its final length (formatting into a fresh `String` grew it once or
@@ -208,6 +217,25 @@ impl RecordFormatter {
 
     /// One record for one result of one device.
     pub fn format(&self, device: &str, emit: &Emit) -> OutputRecord {
+        let mut j = SCRATCH.take();
+        j.clear();
+        let head = self.format_into(device, emit, &mut j);
+        let json = String::from(j.as_str());
+        SCRATCH.set(j);
+        OutputRecord {
+            op: Some(head.op),
+            kind: head.kind,
+            id: head.id,
+            device: Some(device.into()),
+            json,
+            backfill: head.backfill,
+        }
+    }
+
+    /// [`RecordFormatter::format`]'s JSON line (without the newline), appended to `j`, and the
+    /// rest of the record: for a caller that only writes records out, and so keeps one buffer
+    /// for all of them instead of a `String` and a device id allocated per record.
+    pub fn format_into(&self, device: &str, emit: &Emit, j: &mut String) -> RecordHead {
         let op_index = emit.op();
         let config = &self.operators[op_index as usize];
         let op_name = config.name();
@@ -241,17 +269,15 @@ impl RecordFormatter {
             | Emit::Late { ts, .. } => (*ts, 0),
         };
         let id = self.id(device, op_name, kind.as_str(), a, b);
-        let mut j = SCRATCH.take();
-        j.clear();
         j.push_str("{\"v\":1,\"type\":\"");
         j.push_str(kind.as_str());
         j.push('"');
-        key(&mut j, "operator");
-        push_json_str(&mut j, op_name);
-        key(&mut j, "device");
-        push_json_str(&mut j, device);
-        key(&mut j, "id");
-        push_id(&mut j, id);
+        key(j, "operator");
+        push_json_str(j, op_name);
+        key(j, "device");
+        push_json_str(j, device);
+        key(j, "id");
+        push_id(j, id);
         fn severity_name(config: &OperatorConfig, sev: Option<u8>) -> Option<&str> {
             match (config, sev) {
                 (OperatorConfig::Hysteresis(c), Some(i)) => c.severity.get(i as usize).map(|(n, _)| n.as_str()),
@@ -266,16 +292,16 @@ impl RecordFormatter {
                 values,
                 ..
             } => {
-                key(&mut j, "window_start");
-                push_i64(&mut j, *start);
-                key(&mut j, "window_end");
-                push_i64(&mut j, *end);
-                key(&mut j, "count");
-                push_i64(&mut j, *count as i64);
+                key(j, "window_start");
+                push_i64(j, *start);
+                key(j, "window_end");
+                push_i64(j, *end);
+                key(j, "count");
+                push_i64(j, *count as i64);
                 if let OperatorConfig::Window(c) = config {
                     for (name, v) in c.value_names.iter().zip(values) {
-                        key(&mut j, name);
-                        push_f64(&mut j, *v);
+                        key(j, name);
+                        push_f64(j, *v);
                     }
                 }
             }
@@ -287,12 +313,12 @@ impl RecordFormatter {
                 decided_ts,
                 ..
             } => {
-                event_head(&mut j, config, *start_ts);
-                int_key(&mut j, "decided_ts", *decided_ts);
-                int_key(&mut j, "decision_lag_ms", decided_ts.saturating_sub(*start_ts));
-                num_key(&mut j, "value", *value);
-                num_key(&mut j, "peak", *peak);
-                severity_key(&mut j, "severity", severity_name(config, *severity));
+                event_head(j, config, *start_ts);
+                int_key(j, "decided_ts", *decided_ts);
+                int_key(j, "decision_lag_ms", decided_ts.saturating_sub(*start_ts));
+                num_key(j, "value", *value);
+                num_key(j, "peak", *peak);
+                severity_key(j, "severity", severity_name(config, *severity));
             }
             Emit::EventEnd {
                 start_ts,
@@ -304,16 +330,16 @@ impl RecordFormatter {
                 silence,
                 ..
             } => {
-                event_head(&mut j, config, *start_ts);
-                int_key(&mut j, "end_ts", *end_ts);
-                int_key(&mut j, "duration_ms", end_ts.saturating_sub(*start_ts));
-                int_key(&mut j, "decided_ts", *decided_ts);
-                int_key(&mut j, "decision_lag_ms", decided_ts.saturating_sub(*end_ts));
-                num_key(&mut j, "peak", *peak);
-                num_key(&mut j, "mean", *mean);
-                severity_key(&mut j, "severity", severity_name(config, *severity));
+                event_head(j, config, *start_ts);
+                int_key(j, "end_ts", *end_ts);
+                int_key(j, "duration_ms", end_ts.saturating_sub(*start_ts));
+                int_key(j, "decided_ts", *decided_ts);
+                int_key(j, "decision_lag_ms", decided_ts.saturating_sub(*end_ts));
+                num_key(j, "peak", *peak);
+                num_key(j, "mean", *mean);
+                severity_key(j, "severity", severity_name(config, *severity));
                 if *silence {
-                    key(&mut j, "ended_by");
+                    key(j, "ended_by");
                     j.push_str("\"silence\"");
                 }
             }
@@ -326,21 +352,21 @@ impl RecordFormatter {
                 reason,
                 ..
             } => {
-                event_head(&mut j, config, *start_ts);
-                int_key(&mut j, "decided_ts", *decided_ts);
-                num_key(&mut j, "peak", *peak);
-                severity_key(&mut j, "severity", severity_name(config, *severity));
-                severity_key(&mut j, "previous_severity", severity_name(config, *previous));
-                key(&mut j, "reason");
-                push_json_str(&mut j, reason.as_str());
+                event_head(j, config, *start_ts);
+                int_key(j, "decided_ts", *decided_ts);
+                num_key(j, "peak", *peak);
+                severity_key(j, "severity", severity_name(config, *severity));
+                severity_key(j, "previous_severity", severity_name(config, *previous));
+                key(j, "reason");
+                push_json_str(j, reason.as_str());
             }
             Emit::Baseline { ts, value, .. } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "ts");
-                push_i64(&mut j, *ts);
-                key(&mut j, "baseline");
-                push_f64(&mut j, *value);
+                key(j, "field");
+                push_json_str(j, config.watched_field());
+                key(j, "ts");
+                push_i64(j, *ts);
+                key(j, "baseline");
+                push_f64(j, *value);
             }
             Emit::Deviation {
                 ts,
@@ -350,29 +376,29 @@ impl RecordFormatter {
                 zscore,
                 ..
             } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "ts");
-                push_i64(&mut j, *ts);
-                key(&mut j, "value");
-                push_f64(&mut j, *value);
-                key(&mut j, "mean");
-                push_f64(&mut j, *mean);
-                key(&mut j, "stddev");
-                push_f64(&mut j, *stddev);
-                key(&mut j, "zscore");
-                push_f64(&mut j, *zscore);
+                key(j, "field");
+                push_json_str(j, config.watched_field());
+                key(j, "ts");
+                push_i64(j, *ts);
+                key(j, "value");
+                push_f64(j, *value);
+                key(j, "mean");
+                push_f64(j, *mean);
+                key(j, "stddev");
+                push_f64(j, *stddev);
+                key(j, "zscore");
+                push_f64(j, *zscore);
             }
             Emit::Smoothed { ts, value, trend, .. } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "ts");
-                push_i64(&mut j, *ts);
-                key(&mut j, "value");
-                push_f64(&mut j, *value);
+                key(j, "field");
+                push_json_str(j, config.watched_field());
+                key(j, "ts");
+                push_i64(j, *ts);
+                key(j, "value");
+                push_f64(j, *value);
                 if let Some(t) = trend {
-                    key(&mut j, "trend");
-                    push_f64(&mut j, *t);
+                    key(j, "trend");
+                    push_f64(j, *t);
                 }
             }
             Emit::Threshold {
@@ -382,65 +408,65 @@ impl RecordFormatter {
                 beyond,
                 ..
             } => {
-                key(&mut j, "field");
-                push_json_str(&mut j, config.watched_field());
-                key(&mut j, "ts");
-                push_i64(&mut j, *ts);
-                key(&mut j, "value");
-                push_f64(&mut j, *value);
-                key(&mut j, "limit");
-                push_f64(&mut j, *limit);
-                key(&mut j, "beyond");
+                key(j, "field");
+                push_json_str(j, config.watched_field());
+                key(j, "ts");
+                push_i64(j, *ts);
+                key(j, "value");
+                push_f64(j, *value);
+                key(j, "limit");
+                push_f64(j, *limit);
+                key(j, "beyond");
                 j.push_str(if *beyond { "true" } else { "false" });
             }
             Emit::Health { ts, event, .. } => {
-                key(&mut j, "ts");
-                push_i64(&mut j, *ts);
-                key(&mut j, "status");
+                key(j, "ts");
+                push_i64(j, *ts);
+                key(j, "status");
                 match event {
                     HealthEvent::Offline { last_seen, decided } => {
                         j.push_str("\"offline\"");
-                        key(&mut j, "last_seen");
-                        push_i64(&mut j, *last_seen);
-                        key(&mut j, "decided_ts");
-                        push_i64(&mut j, *decided);
-                        key(&mut j, "decision_lag_ms");
-                        push_i64(&mut j, decided.saturating_sub(*ts));
+                        key(j, "last_seen");
+                        push_i64(j, *last_seen);
+                        key(j, "decided_ts");
+                        push_i64(j, *decided);
+                        key(j, "decision_lag_ms");
+                        push_i64(j, decided.saturating_sub(*ts));
                     }
                     HealthEvent::Online => j.push_str("\"online\""),
                     HealthEvent::Flatline { field, value, readings } => {
                         j.push_str("\"flatline\"");
-                        key(&mut j, "field");
-                        push_json_str(&mut j, self.field_name(*field));
-                        key(&mut j, "value");
-                        push_f64(&mut j, *value);
-                        key(&mut j, "readings");
-                        push_i64(&mut j, *readings as i64);
+                        key(j, "field");
+                        push_json_str(j, self.field_name(*field));
+                        key(j, "value");
+                        push_f64(j, *value);
+                        key(j, "readings");
+                        push_i64(j, *readings as i64);
                     }
                     HealthEvent::FlatlineCleared { field } => {
                         j.push_str("\"flatline_cleared\"");
-                        key(&mut j, "field");
-                        push_json_str(&mut j, self.field_name(*field));
+                        key(j, "field");
+                        push_json_str(j, self.field_name(*field));
                     }
                     HealthEvent::Report { out_of_range } => {
                         j.push_str("\"report\"");
-                        key(&mut j, "out_of_range");
+                        key(j, "out_of_range");
                         j.push('{');
                         for (i, (slot, n)) in out_of_range.iter().enumerate() {
                             if i > 0 {
                                 j.push(',');
                             }
-                            push_json_str(&mut j, self.field_name(*slot));
+                            push_json_str(j, self.field_name(*slot));
                             j.push(':');
-                            push_i64(&mut j, *n as i64);
+                            push_i64(j, *n as i64);
                         }
                         j.push('}');
                     }
                 }
             }
             Emit::Late { ts, .. } => {
-                key(&mut j, "ts");
-                push_i64(&mut j, *ts);
+                key(j, "ts");
+                push_i64(j, *ts);
             }
         }
         let backfill = match emit {
@@ -450,24 +476,20 @@ impl RecordFormatter {
             _ => None,
         };
         if let Some(lag) = backfill {
-            key(&mut j, "backfill");
+            key(j, "backfill");
             j.push_str("true");
-            key(&mut j, "backfill_lag_ms");
-            push_i64(&mut j, lag);
+            key(j, "backfill_lag_ms");
+            push_i64(j, lag);
         }
         if let Emit::EventStart { suspect: true, .. } | Emit::EventUpdate { suspect: true, .. } = emit {
-            key(&mut j, "suspect");
+            key(j, "suspect");
             j.push_str("true");
         }
         j.push('}');
-        let json = String::from(j.as_str());
-        SCRATCH.set(j);
-        OutputRecord {
-            op: Some(op_index),
+        RecordHead {
+            op: op_index,
             kind,
             id,
-            device: Some(device.into()),
-            json,
             backfill: backfill.is_some(),
         }
     }

@@ -185,17 +185,10 @@ impl<'p> PlainRun<'p> {
 
     /// One line of input (blank lines are skipped and not counted).
     #[inline]
-    pub fn push_line(
-        &mut self,
-        line: &[u8],
-        source: &str,
-        line_no: u64,
-        now: i64,
-        sink: &mut impl FnMut(OutputRecord),
-    ) {
+    pub fn push_line(&mut self, line: &[u8], source: &str, line_no: u64, now: i64, out: &mut impl PlainOutput) {
         let mut staged = Staged::new(self.pipeline.decoder.slots);
         self.stage(&mut staged, line, line_no, now);
-        self.run_staged(&mut staged, source, now, sink);
+        self.run_staged(&mut staged, source, now, out);
     }
 
     /// Lines of input, split on `\n` as `BufRead::split` splits (a last line without `\n` is a
@@ -207,7 +200,7 @@ impl<'p> PlainRun<'p> {
         first_line_no: u64,
         source: &str,
         now: i64,
-        sink: &mut impl FnMut(OutputRecord),
+        out: &mut impl PlainOutput,
     ) -> u64 {
         const AHEAD: usize = 5;
         let mut line_no = first_line_no;
@@ -251,12 +244,12 @@ impl<'p> PlainRun<'p> {
             }
             // line n − 4 runs
             if n >= 4 {
-                self.run_staged(&mut ring[(n - 4) % AHEAD], source, now, sink);
+                self.run_staged(&mut ring[(n - 4) % AHEAD], source, now, out);
             }
             n += 1;
         }
         for k in n.saturating_sub(4)..n {
-            self.run_staged(&mut ring[k % AHEAD], source, now, sink);
+            self.run_staged(&mut ring[k % AHEAD], source, now, out);
         }
         line_no - first_line_no
     }
@@ -332,7 +325,7 @@ impl<'p> PlainRun<'p> {
     /// Runs a staged line (once: it is left blank): its dead letters, or its reading through its
     /// device's chain.
     #[inline]
-    fn run_staged(&mut self, staged: &mut Staged<'_>, source: &str, now: i64, sink: &mut impl FnMut(OutputRecord)) {
+    fn run_staged(&mut self, staged: &mut Staged<'_>, source: &str, now: i64, out: &mut impl PlainOutput) {
         let decoder = &self.pipeline.decoder;
         let line_no = staged.line_no;
         match staged.what {
@@ -340,7 +333,7 @@ impl<'p> PlainRun<'p> {
             StagedKind::Refused => {
                 self.dead_letters += 1;
                 let raw = crate::decode::bounded_raw(staged.line, decoder.max_dead_letter_bytes);
-                sink(
+                out.record(
                     self.formatter
                         .dead_letter(source, &format!("line {line_no}"), &staged.reason, raw),
                 );
@@ -352,7 +345,7 @@ impl<'p> PlainRun<'p> {
                     self.dead_letters += 1;
                     let raw = crate::decode::bounded_raw(staged.line, decoder.max_dead_letter_bytes);
                     let reason = decoder.dropped_reason(field, value);
-                    sink(
+                    out.record(
                         self.formatter
                             .dead_letter(source, &format!("line {line_no}"), &reason, raw),
                     );
@@ -369,13 +362,13 @@ impl<'p> PlainRun<'p> {
                 };
                 chain.on_reading_in_place(&mut decoded.reading, at, &mut self.emits);
                 for emit in self.emits.drain(..) {
-                    sink(self.formatter.format(&decoded.device, &emit));
+                    out.emit(&self.formatter, &decoded.device, &emit);
                 }
                 if let Some(fleet_ms) = self.arrival.fleet_ms()
                     && fleet_ms >= self.next_fleet_tick
                 {
                     self.next_fleet_tick = fleet_ms.saturating_add(self.fleet_tick_ms);
-                    self.catch_up_all(fleet_ms, sink);
+                    self.catch_up_all(fleet_ms, out);
                 }
             }
         }
@@ -383,20 +376,20 @@ impl<'p> PlainRun<'p> {
     }
 
     /// Event clock: every device acts on the deadlines the fleet's clock passed.
-    fn catch_up_all(&mut self, fleet_ms: i64, sink: &mut impl FnMut(OutputRecord)) {
+    fn catch_up_all(&mut self, fleet_ms: i64, out: &mut impl PlainOutput) {
         for device in self.devices.iter_mut() {
             if device.chain.catch_up(fleet_ms, &mut self.emits) {
                 for emit in self.emits.drain(..) {
-                    sink(self.formatter.format(&device.id, &emit));
+                    out.emit(&self.formatter, &device.id, &emit);
                 }
             }
         }
     }
 
     /// End of input: every device flushes (in device id order), then the summary record.
-    pub fn finish(mut self, sink: &mut impl FnMut(OutputRecord)) -> RunTotals {
+    pub fn finish(mut self, out: &mut impl PlainOutput) -> RunTotals {
         if let Some(fleet_ms) = self.arrival.fleet_ms() {
-            self.catch_up_all(fleet_ms, sink);
+            self.catch_up_all(fleet_ms, out);
         }
         let mut order: Vec<usize> = (0..self.devices.len()).collect();
         order.sort_by(|&a, &b| self.devices[a].id.cmp(&self.devices[b].id));
@@ -414,10 +407,10 @@ impl<'p> PlainRun<'p> {
             totals.readings += c.readings;
             totals.late += c.late;
             for emit in self.emits.drain(..) {
-                sink(self.formatter.format(&device.id, &emit));
+                out.emit(&self.formatter, &device.id, &emit);
             }
         }
-        sink(self.formatter.summary(&totals));
+        out.record(self.formatter.summary(&totals));
         totals
     }
 }
@@ -495,26 +488,73 @@ pub fn run(
     output: &mut dyn Write,
 ) -> io::Result<RunTotals> {
     let mut run = PlainRun::new(pipeline);
-    let mut write_error = None;
-    let mut sink = |record: OutputRecord| {
-        if write_error.is_none()
-            && let Err(e) = output
-                .write_all(record.json.as_bytes())
-                .and_then(|()| output.write_all(b"\n"))
-        {
-            write_error = Some(e);
-        }
+    let mut lines = JsonLines {
+        output,
+        line: String::new(),
+        error: None,
     };
     let now = crate::clock::now_ms();
-    for_each_block(input, |lines, first| {
-        run.push_lines(lines, first, source_name, now, &mut sink)
+    for_each_block(input, |block, first| {
+        run.push_lines(block, first, source_name, now, &mut lines)
     })?;
-    let totals = run.finish(&mut sink);
-    if let Some(e) = write_error {
+    let totals = run.finish(&mut lines);
+    if let Some(e) = lines.error {
         return Err(e);
     }
-    output.flush()?;
+    lines.output.flush()?;
     Ok(totals)
+}
+
+/// Where a plain-loop run's records go. A closure taking each [`OutputRecord`] is one; a run
+/// that only writes its records out ([`run`]) formats them straight into one buffer instead.
+pub trait PlainOutput {
+    /// A result of a device's operators.
+    fn emit(&mut self, formatter: &RecordFormatter, device: &str, emit: &Emit);
+    /// Any other record: a dead letter, the summary.
+    fn record(&mut self, record: OutputRecord);
+}
+
+impl<F: FnMut(OutputRecord)> PlainOutput for F {
+    fn emit(&mut self, formatter: &RecordFormatter, device: &str, emit: &Emit) {
+        self(formatter.format(device, emit))
+    }
+
+    fn record(&mut self, record: OutputRecord) {
+        self(record)
+    }
+}
+
+/// Records written as JSON lines, each formatted into the same buffer (no allocation per
+/// record); the first write error is kept and ends the run.
+struct JsonLines<'w> {
+    output: &'w mut dyn Write,
+    line: String,
+    error: Option<io::Error>,
+}
+
+impl JsonLines<'_> {
+    fn write_line(&mut self) {
+        self.line.push('\n');
+        if self.error.is_none()
+            && let Err(e) = self.output.write_all(self.line.as_bytes())
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+impl PlainOutput for JsonLines<'_> {
+    fn emit(&mut self, formatter: &RecordFormatter, device: &str, emit: &Emit) {
+        self.line.clear();
+        formatter.format_into(device, emit, &mut self.line);
+        self.write_line();
+    }
+
+    fn record(&mut self, record: OutputRecord) {
+        self.line.clear();
+        self.line.push_str(&record.json);
+        self.write_line();
+    }
 }
 
 #[cfg(test)]
@@ -560,21 +600,21 @@ mod tests {
         let mut one = Vec::new();
         let mut run = PlainRun::new(pipeline);
         for (i, line) in text.split('\n').enumerate() {
-            run.push_line(line.as_bytes(), "t", i as u64 + 1, now, &mut |r| one.push(r.json));
+            run.push_line(line.as_bytes(), "t", i as u64 + 1, now, &mut |r: OutputRecord| one.push(r.json));
         }
-        run.finish(&mut |r| one.push(r.json));
+        run.finish(&mut |r: OutputRecord| one.push(r.json));
         let mut blocks = Vec::new();
         let mut run = PlainRun::new(pipeline);
         let lines: Vec<&str> = text.split('\n').collect();
         let mut first = 1;
         for chunk in lines.chunks(block) {
             let joined = chunk.join("\n");
-            let n = run.push_lines(joined.as_bytes(), first, "t", now, &mut |r| blocks.push(r.json));
+            let n = run.push_lines(joined.as_bytes(), first, "t", now, &mut |r: OutputRecord| blocks.push(r.json));
             // an empty last line of a block is no line (as `BufRead::split` has it)
             assert_eq!(n as usize, chunk.len() - usize::from(chunk.last() == Some(&"")));
             first += chunk.len() as u64;
         }
-        run.finish(&mut |r| blocks.push(r.json));
+        run.finish(&mut |r: OutputRecord| blocks.push(r.json));
         (one, blocks)
     }
 
