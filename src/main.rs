@@ -1,7 +1,6 @@
 //! The `plume` command line. `anyhow` lives here, at the edge; the library has typed errors.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -230,19 +229,16 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
         app::refuse_output_over_input(std::slice::from_ref(&input), std::slice::from_ref(path))?;
     }
     let started = std::time::Instant::now();
-    let reader = BufReader::with_capacity(
-        1 << 20,
-        File::open(&input).with_context(|| format!("opening {}", input.display()))?,
-    );
-    let mut out: Box<dyn Write> = match output {
-        Some(path) => Box::new(BufWriter::with_capacity(
-            1 << 20,
-            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    };
+    let reader = File::open(&input).with_context(|| format!("opening {}", input.display()))?;
     let source = plume::model::SourceId::File(input.display().to_string()).to_string();
-    let totals = plume::plain::run(compiled, &source, reader, &mut out)?;
+    // the input is read, and the records written, on threads of their own (1 MiB blocks)
+    let totals = match output {
+        Some(path) => {
+            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            plume::plain::run_with_io_threads(compiled, &source, reader, file)?
+        }
+        None => plume::plain::run_with_io_threads(compiled, &source, reader, std::io::stdout())?,
+    };
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "done: {} readings ({:.0}/s over {:.2} s, plain loop), {} late, {} dead letters, {} devices",
