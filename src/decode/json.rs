@@ -324,7 +324,7 @@ fn finish_fast<'a>(
         out,
         found.seen,
         found.device.map(Cow::Borrowed),
-        found.time.map(Ok),
+        found.time,
         found.arrival,
         topic_device,
         arrival_ms,
@@ -425,7 +425,7 @@ fn finish_into<'a>(
     out: &mut Decoded<'a>,
     seen: u64,
     device: Option<Cow<'a, str>>,
-    time: Option<Result<i64, DecodeError>>,
+    time: Option<impl TimeFound>,
     arrival: Option<i64>,
     topic_device: Option<&'a str>,
     arrival_ms: i64,
@@ -437,7 +437,7 @@ fn finish_into<'a>(
     };
     out.reading.ts = match (&dec.time_field, time) {
         (None, _) => arrival_ms,
-        (Some(_), Some(t)) => t?,
+        (Some(_), Some(t)) => t.time()?,
         (Some(name), None) => return Err(DecodeError::MissingTime(name.clone())),
     };
     // a missing or broken arrival time is not a reason to lose the reading: the source's time
@@ -446,10 +446,31 @@ fn finish_into<'a>(
         (Some(_), Some(t)) => Some(t),
         _ => None,
     };
-    out.dropped = dec.check_fields(&mut out.reading, seen)?;
+    dec.check_fields_into(&mut out.reading, seen, &mut out.dropped)?;
     out.device = device;
     out.time_clamped = false;
     Ok(())
+}
+
+/// An event time as a path found it: the fast path's is always good (it declines what it
+/// cannot convert), the serde path's may be an error. Generic so that the fast path's does not
+/// travel as a `Result` (moving one through memory was 4 % of a run).
+trait TimeFound {
+    fn time(self) -> Result<i64, DecodeError>;
+}
+
+impl TimeFound for i64 {
+    #[inline(always)]
+    fn time(self) -> Result<i64, DecodeError> {
+        Ok(self)
+    }
+}
+
+impl TimeFound for Result<i64, DecodeError> {
+    #[inline(always)]
+    fn time(self) -> Result<i64, DecodeError> {
+        self
+    }
 }
 
 /// Finds the device id and stops reading there.

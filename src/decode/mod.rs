@@ -289,6 +289,20 @@ impl Decoder {
     /// Applies type, range and presence rules once all values are in.
     pub(crate) fn check_fields(&self, reading: &mut Reading, seen: u64) -> Result<DroppedFields, DecodeError> {
         let mut dropped = DroppedFields::new();
+        self.check_fields_into(reading, seen, &mut dropped)?;
+        Ok(dropped)
+    }
+
+    /// [`Decoder::check_fields`] into the caller's `dropped` (cleared first): on the fast path,
+    /// where returning the list with the result moved both through memory on every reading.
+    #[inline]
+    pub(crate) fn check_fields_into(
+        &self,
+        reading: &mut Reading,
+        seen: u64,
+        dropped: &mut DroppedFields,
+    ) -> Result<(), DecodeError> {
+        dropped.clear();
         for (index, f) in self.fields.iter().enumerate() {
             let present = seen & (1u64 << f.slot) != 0;
             if !present {
@@ -350,7 +364,7 @@ impl Decoder {
                 }
             }
         }
-        Ok(dropped)
+        Ok(())
     }
 
     /// The dead letter reason of a field left out by `out_of_range: field_dead_letter`.
