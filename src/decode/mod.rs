@@ -332,7 +332,7 @@ impl Decoder {
                     }
                 }
             }
-            if f.spec.kind == FieldType::Int && x.fract() != 0.0 {
+            if f.spec.kind == FieldType::Int && has_fraction(x) {
                 return Err(DecodeError::WrongType {
                     field: f.name.clone(),
                     expected: "an integer",
@@ -492,6 +492,15 @@ pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// `x.fract() != 0.0` for a finite `x`, with casts: LLVM evaluated `fract` ahead of the test
+/// that guards it (it counts as cheap), and without SSE4.1 it is a call to `trunc` — 1.5 % of a
+/// run, on every float field of every reading.
+#[inline]
+fn has_fraction(x: f64) -> bool {
+    // from 2^52 on, every f64 is an integer
+    x.abs() < 4_503_599_627_370_496.0 && (x as i64) as f64 != x
+}
+
 /// Whether two short byte strings (keys, device ids) are equal, compared inline: a `memcmp`
 /// call per comparison cost more than the comparison (the decoder's key matching, the routers'
 /// scan and per-chunk grouping).
@@ -507,4 +516,36 @@ pub fn oversized_reason(length: u64, max: usize) -> String {
 
 pub fn bounded_raw(payload: &[u8], max: usize) -> &[u8] {
     &payload[..payload.len().min(max)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_fraction_is_fract_not_zero() {
+        for x in [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            2.5,
+            1e-300,
+            123_456.000_001,
+            4_503_599_627_370_495.5,
+            4_503_599_627_370_496.0,
+            -4_503_599_627_370_495.5,
+            9.0e15,
+            1e300,
+            -1e300,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            0.1 + 0.2,
+        ] {
+            assert_eq!(has_fraction(x), x.fract() != 0.0, "{x}");
+        }
+    }
 }
