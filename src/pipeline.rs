@@ -101,6 +101,14 @@ impl CompiledPipeline {
     }
 
     /// A fresh operator chain for one device.
+    /// This pipeline with operator settings of its own ([`OperatorConfig::own_copy`]), for one
+    /// shard thread.
+    pub fn for_one_thread(&self) -> CompiledPipeline {
+        let mut own = self.clone();
+        own.operators = self.operators.iter().map(|c| c.own_copy()).collect();
+        own
+    }
+
     pub fn new_chain(&self, device: &str) -> DeviceChain {
         DeviceChain::new(&self.operators, device)
     }

@@ -237,6 +237,9 @@ pub fn start_with_state(
                 fault_hook: options.fault_hook.clone(),
             };
             ShardSupervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                // operator settings of its own, allocated on its own thread (no atomic shared
+                // with the other shards on every device clone)
+                let pipeline = Arc::new(pipeline.for_one_thread());
                 ShardSupervisor::new(shard, pipeline, output, metrics, shard_options, shards, checkpointing)
             })
         };

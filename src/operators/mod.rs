@@ -339,8 +339,9 @@ pub trait Operator: Clone + std::fmt::Debug + Sized {
     const KIND: &'static str;
     /// Its settings in the pipeline file (`deny_unknown_fields`, doc comments for the schema).
     type Spec;
-    /// Its compiled settings, shared by every device.
-    type Config: std::fmt::Debug + Send + Sync + 'static;
+    /// Its compiled settings, shared by every device (of a thread: see
+    /// [`OperatorConfig::own_copy`]).
+    type Config: Clone + std::fmt::Debug + Send + Sync + 'static;
     /// What a checkpoint stores of one device's instance.
     type State: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned;
 

@@ -117,6 +117,17 @@ macro_rules! registry {
         }
 
         impl OperatorConfig {
+            /// The same settings in an allocation of their own. Every device's operator holds
+            /// its settings through an `Arc`, and a device actor's chain is cloned before each
+            /// batch (to go back to if an operator panics): with one `Arc` for all shard
+            /// threads, each clone and drop was an atomic on a cache line the threads took from
+            /// each other (5–8 % of a run). Each shard takes its own copy.
+            pub fn own_copy(&self) -> OperatorConfig {
+                match self {
+                    $(OperatorConfig::$variant(c) => OperatorConfig::$variant(Arc::new((**c).clone())),)*
+                }
+            }
+
             pub fn name(&self) -> &str {
                 match self {
                     $(OperatorConfig::$variant(c) => <$op as Operator>::config_name(c),)*
