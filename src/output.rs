@@ -361,12 +361,8 @@ impl RecordFormatter {
                 push_json_str(j, reason.as_str());
             }
             Emit::Baseline { ts, value, .. } => {
-                key(j, "field");
-                push_json_str(j, config.watched_field());
-                key(j, "ts");
-                push_i64(j, *ts);
-                key(j, "baseline");
-                push_f64(j, *value);
+                field_at(j, config, *ts);
+                num_key(j, "baseline", *value);
             }
             Emit::Deviation {
                 ts,
@@ -376,29 +372,17 @@ impl RecordFormatter {
                 zscore,
                 ..
             } => {
-                key(j, "field");
-                push_json_str(j, config.watched_field());
-                key(j, "ts");
-                push_i64(j, *ts);
-                key(j, "value");
-                push_f64(j, *value);
-                key(j, "mean");
-                push_f64(j, *mean);
-                key(j, "stddev");
-                push_f64(j, *stddev);
-                key(j, "zscore");
-                push_f64(j, *zscore);
+                field_at(j, config, *ts);
+                num_key(j, "value", *value);
+                num_key(j, "mean", *mean);
+                num_key(j, "stddev", *stddev);
+                num_key(j, "zscore", *zscore);
             }
             Emit::Smoothed { ts, value, trend, .. } => {
-                key(j, "field");
-                push_json_str(j, config.watched_field());
-                key(j, "ts");
-                push_i64(j, *ts);
-                key(j, "value");
-                push_f64(j, *value);
+                field_at(j, config, *ts);
+                num_key(j, "value", *value);
                 if let Some(t) = trend {
-                    key(j, "trend");
-                    push_f64(j, *t);
+                    num_key(j, "trend", *t);
                 }
             }
             Emit::Threshold {
@@ -408,14 +392,9 @@ impl RecordFormatter {
                 beyond,
                 ..
             } => {
-                key(j, "field");
-                push_json_str(j, config.watched_field());
-                key(j, "ts");
-                push_i64(j, *ts);
-                key(j, "value");
-                push_f64(j, *value);
-                key(j, "limit");
-                push_f64(j, *limit);
+                field_at(j, config, *ts);
+                num_key(j, "value", *value);
+                num_key(j, "limit", *limit);
                 key(j, "beyond");
                 j.push_str(if *beyond { "true" } else { "false" });
             }
@@ -557,6 +536,13 @@ fn event_head(j: &mut String, config: &OperatorConfig, start_ts: i64) {
     key(j, "field");
     push_json_str(j, config.watched_field());
     int_key(j, "start_ts", start_ts);
+}
+
+/// `,"field":…,"ts":…`: the head of a record about the operator's field at one time.
+fn field_at(j: &mut String, config: &OperatorConfig, ts: i64) {
+    key(j, "field");
+    push_json_str(j, config.watched_field());
+    int_key(j, "ts", ts);
 }
 
 fn int_key(j: &mut String, name: &str, v: i64) {
