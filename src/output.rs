@@ -361,7 +361,7 @@ impl RecordFormatter {
                 push_json_str(j, reason.as_str());
             }
             Emit::Baseline { ts, value, .. } => {
-                field_at(j, config, *ts);
+                field_at(j, config, "ts", *ts);
                 num_key(j, "baseline", *value);
             }
             Emit::Deviation {
@@ -372,14 +372,14 @@ impl RecordFormatter {
                 zscore,
                 ..
             } => {
-                field_at(j, config, *ts);
+                field_at(j, config, "ts", *ts);
                 num_key(j, "value", *value);
                 num_key(j, "mean", *mean);
                 num_key(j, "stddev", *stddev);
                 num_key(j, "zscore", *zscore);
             }
             Emit::Smoothed { ts, value, trend, .. } => {
-                field_at(j, config, *ts);
+                field_at(j, config, "ts", *ts);
                 num_key(j, "value", *value);
                 if let Some(t) = trend {
                     num_key(j, "trend", *t);
@@ -392,7 +392,7 @@ impl RecordFormatter {
                 beyond,
                 ..
             } => {
-                field_at(j, config, *ts);
+                field_at(j, config, "ts", *ts);
                 num_key(j, "value", *value);
                 num_key(j, "limit", *limit);
                 key(j, "beyond");
@@ -533,16 +533,14 @@ pub struct RunTotals {
 
 /// `,"field":"<watched>","start_ts":<start>`: how every event record begins.
 fn event_head(j: &mut String, config: &OperatorConfig, start_ts: i64) {
-    key(j, "field");
-    push_json_str(j, config.watched_field());
-    int_key(j, "start_ts", start_ts);
+    field_at(j, config, "start_ts", start_ts);
 }
 
-/// `,"field":…,"ts":…`: the head of a record about the operator's field at one time.
-fn field_at(j: &mut String, config: &OperatorConfig, ts: i64) {
+/// `,"field":…,"<time_key>":…`: the head of a record about the operator's field at one time.
+fn field_at(j: &mut String, config: &OperatorConfig, time_key: &str, ts: i64) {
     key(j, "field");
     push_json_str(j, config.watched_field());
-    int_key(j, "ts", ts);
+    int_key(j, time_key, ts);
 }
 
 fn int_key(j: &mut String, name: &str, v: i64) {

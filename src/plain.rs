@@ -562,8 +562,9 @@ fn read_blocks(
     returned: std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
     loop {
-        let mut block = returned.try_recv().unwrap_or_else(|_| Vec::with_capacity(IO_BLOCK));
-        block.clear();
+        // a returned block keeps its length (what it last held is read over): only a new one
+        // is zeroed
+        let mut block = returned.try_recv().unwrap_or_default();
         block.resize(IO_BLOCK, 0);
         let mut filled = 0;
         while filled < IO_BLOCK {

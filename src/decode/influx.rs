@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use influxdb_line_protocol::{EscapedStr, FieldValue, ParsedLine};
 
-use super::{DecodeError, Decoded, Decoder};
+use super::{DecodeError, Decoded, Decoder, DroppedFields};
 use crate::operators::Reading;
 use crate::spec::FieldType;
 
@@ -178,7 +178,8 @@ pub(super) fn decode<'a>(
         reading.values[field.slot] = x;
         seen |= 1u64 << field.slot;
     }
-    let dropped = dec.check_fields(&mut reading, seen)?;
+    let mut dropped = DroppedFields::new();
+    dec.check_fields(&mut reading, seen, &mut dropped)?;
     Ok(Decoded {
         device,
         reading,

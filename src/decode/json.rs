@@ -446,7 +446,7 @@ fn finish_into<'a>(
         (Some(_), Some(t)) => Some(t),
         _ => None,
     };
-    dec.check_fields_into(&mut out.reading, seen, &mut out.dropped)?;
+    dec.check_fields(&mut out.reading, seen, &mut out.dropped)?;
     out.device = device;
     out.time_clamped = false;
     Ok(())

@@ -286,17 +286,11 @@ impl Decoder {
         }
     }
 
-    /// Applies type, range and presence rules once all values are in.
-    pub(crate) fn check_fields(&self, reading: &mut Reading, seen: u64) -> Result<DroppedFields, DecodeError> {
-        let mut dropped = DroppedFields::new();
-        self.check_fields_into(reading, seen, &mut dropped)?;
-        Ok(dropped)
-    }
-
-    /// [`Decoder::check_fields`] into the caller's `dropped` (cleared first): on the fast path,
-    /// where returning the list with the result moved both through memory on every reading.
+    /// Applies type, range and presence rules once all values are in; the fields left out
+    /// (`out_of_range: field_dead_letter`) go into `dropped`, cleared first. (Written into the
+    /// caller's list: returned with the result, both moved through memory on every reading.)
     #[inline]
-    pub(crate) fn check_fields_into(
+    pub(crate) fn check_fields(
         &self,
         reading: &mut Reading,
         seen: u64,
