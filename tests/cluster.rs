@@ -231,13 +231,14 @@ fn cluster_run(standby: u32, seed: u64) {
             && let Some(name) = joiners.next()
         {
             // tansu sometimes leaves a member out of the group for good after a rebalance
-            // (it gets no assignment, and none when the others leave); a member that joins
-            // re-forms the group (tests/tansu_quirks.rs). Such a member has nothing to hand on.
-            let joiner = start(name, 0);
-            joiner
-                .child
-                .wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
+            // (it gets no assignment, and none when the others leave); a member that starts
+            // alone gets every partition (tests/tansu_quirks.rs). So the left-out member stops
+            // first (a graceful stop: whatever it holds is handed on), then the next one starts.
+            // (Started beside it, the joiner was given half the partitions and then, when the
+            // left-out member left, none: tansu's quirk again, three and five joiners in a row
+            // in two CI runs.)
             let log = last.child.interrupt();
+            let joiner = start(name, 0);
             if last_name == "a" {
                 a_log = log;
             } else {
