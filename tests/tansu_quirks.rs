@@ -14,6 +14,9 @@
 //!   the group and gets them; so does a member started after the kill, one session timeout
 //!   after it. (tansu's coordinator drops the dead member while answering the survivor's
 //!   heartbeat and keeps the group formed, with the dead leader's assignments.)
+//! - Members that leave one right after the other, the group's leader last, leave the group
+//!   without a leader for good: a member that joins alone afterwards gets no partition. (The
+//!   coordinator keeps the id of a leader that leaves while the group re-forms.)
 //!
 //! The member processes are this test binary run again (`member_process`, told what to open by
 //! environment variables), so that they can be SIGKILLed.
@@ -566,4 +569,96 @@ fn the_orphaned_partition_stays_unassigned_for_90_s_whatever_else_the_killed_pro
             extra.name()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) the leader leaving while the group re-forms
+
+/// How the two members of a group leave, in [`two_leave`].
+#[derive(Clone, Copy, Debug)]
+enum Leaving {
+    /// The other member leaves, then the leader at once (the group is re-forming).
+    LeaderLastAtOnce,
+    /// The leader leaves, then the other member at once.
+    LeaderFirstAtOnce,
+    /// The other member leaves, then the leader once it holds every partition again.
+    LeaderLastSettled,
+}
+
+/// Two in-process members (the first to join is the group's leader) leave as `leaving` says;
+/// then a newcomer joins alone. Returns the partitions the newcomer holds after 30 s.
+fn two_leave(brokers: &str, group: &str, leaving: Leaving) -> usize {
+    let poll_both = |a: &BaseConsumer, b: &BaseConsumer, limit: Duration, done: &dyn Fn(usize, usize) -> bool| {
+        let started = Instant::now();
+        while started.elapsed() < limit && !done(assigned(a), assigned(b)) {
+            let _ = a.poll(Duration::from_millis(20));
+            let _ = b.poll(Duration::from_millis(20));
+        }
+    };
+    let leader: BaseConsumer = member_config(brokers, group, SESSION_MS, "leader").create().unwrap();
+    leader.subscribe(&[TOPIC]).unwrap();
+    assert!(poll_until(&leader, Duration::from_secs(60), |n, _| n == PARTITIONS as usize));
+    let other = survivor(brokers, group, SESSION_MS);
+    poll_both(&leader, &other, Duration::from_secs(60), &|l, o| l == 1 && o == 1);
+    assert_eq!(
+        (assigned(&leader), assigned(&other)),
+        (1, 1),
+        "{group}: the group did not split"
+    );
+    match leaving {
+        Leaving::LeaderLastAtOnce => {
+            drop(other);
+            drop(leader);
+        }
+        Leaving::LeaderFirstAtOnce => {
+            drop(leader);
+            drop(other);
+        }
+        Leaving::LeaderLastSettled => {
+            drop(other);
+            assert!(
+                poll_until(&leader, Duration::from_secs(60), |n, _| n == PARTITIONS as usize),
+                "{group}: the leader did not get every partition after the other left"
+            );
+            drop(leader);
+        }
+    }
+    let newcomer = survivor(brokers, group, SESSION_MS);
+    poll_until(&newcomer, Duration::from_secs(30), |n, _| n == PARTITIONS as usize);
+    assigned(&newcomer)
+}
+
+/// Members that leave one right after the other, the group's leader last, leave the group
+/// without a leader for good: a member that then joins ALONE gets no partition (30 s here;
+/// the cluster tests saw five newcomers in a row get none for 150 s). tansu's coordinator
+/// keeps the leader's id when the leader leaves a group that is re-forming (the other member's
+/// leave started that), and only a leader may complete a re-forming group. The leader leaving
+/// first, or last once the group has settled, is fine. This is why `tests/cluster.rs` stops
+/// its members one at a time, each once the others hold every partition again.
+#[test]
+fn the_leader_leaving_a_re_forming_group_leaves_it_without_a_leader_for_good() {
+    let broker = broker_with_topics();
+    let cases = [
+        Leaving::LeaderLastAtOnce,
+        Leaving::LeaderFirstAtOnce,
+        Leaving::LeaderLastSettled,
+    ];
+    let handles: Vec<_> = cases
+        .into_iter()
+        .map(|leaving| {
+            let brokers = broker.brokers();
+            std::thread::spawn(move || two_leave(&brokers, &format!("leave-{leaving:?}"), leaving))
+        })
+        .collect();
+    let held: Vec<(Leaving, usize)> = cases
+        .into_iter()
+        .zip(handles.into_iter().map(|h| h.join().unwrap()))
+        .collect();
+    eprintln!("tansu quirk: a newcomer alone after two members left holds {held:?}");
+    assert_eq!(
+        held[0].1, 0,
+        "{held:?}: a newcomer got partitions after the leader left a re-forming group: tansu fixed this"
+    );
+    assert_eq!(held[1].1, PARTITIONS as usize, "{held:?}");
+    assert_eq!(held[2].1, PARTITIONS as usize, "{held:?}");
 }
