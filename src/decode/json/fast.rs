@@ -238,7 +238,7 @@ const POW10: [f64; 23] = [
 impl Number<'_> {
     /// The correctly rounded value, as serde_json (with `float_roundtrip`) gives it; `None`
     /// beyond the range of `f64` (serde_json refuses such a number).
-    #[inline]
+    #[inline(always)]
     fn to_f64(&self) -> Option<f64> {
         // Clinger's fast path: an exact mantissa and an exact power of ten, one rounding
         if self.long.is_none() && self.mantissa <= 1 << 53 && (-22..=22).contains(&self.exponent) {
