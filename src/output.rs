@@ -94,6 +94,20 @@ fn push_id(buf: &mut String, id: u128) {
     buf.push_str(std::str::from_utf8(&text).expect("ASCII"));
 }
 
+/// A record id through the streaming hasher (each part after its length, then `a` and `b`):
+/// what `RecordFormatter::id` hashes in one go when the bytes fit on the stack; the digest is
+/// the same either way.
+fn streamed_id(parts: [&[u8]; 4], a: i64, b: u64) -> u128 {
+    let mut h = Xxh3::new();
+    for part in parts {
+        h.update(&(part.len() as u32).to_le_bytes());
+        h.update(part);
+    }
+    h.update(&a.to_le_bytes());
+    h.update(&b.to_le_bytes());
+    h.digest128()
+}
+
 /// What a record is besides its JSON ([`RecordFormatter::format_into`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RecordHead {
@@ -212,14 +226,7 @@ impl RecordFormatter {
         const ON_STACK: usize = 256;
         let length: usize = parts.iter().map(|p| 4 + p.len()).sum::<usize>() + 16;
         if length > ON_STACK {
-            let mut h = Xxh3::new();
-            for part in parts {
-                h.update(&(part.len() as u32).to_le_bytes());
-                h.update(part);
-            }
-            h.update(&a.to_le_bytes());
-            h.update(&b.to_le_bytes());
-            return h.digest128();
+            return streamed_id(parts, a, b);
         }
         let mut bytes = [0u8; ON_STACK];
         let mut at = 0;
@@ -599,16 +606,6 @@ mod tests {
     /// every earlier version (ids are how outputs are deduplicated across runs and members).
     #[test]
     fn record_ids_are_the_streamed_hash_of_their_parts() {
-        fn streamed(parts: [&[u8]; 4], a: i64, b: u64) -> u128 {
-            let mut h = Xxh3::new();
-            for part in parts {
-                h.update(&(part.len() as u32).to_le_bytes());
-                h.update(part);
-            }
-            h.update(&a.to_le_bytes());
-            h.update(&b.to_le_bytes());
-            h.digest128()
-        }
         // one id written by an earlier version: pipeline aq1, device d-1, operator pm, event_start
         let aq1 = RecordFormatter {
             pipeline: "aq1".into(),
@@ -616,8 +613,16 @@ mod tests {
             field_names: Vec::new(),
         };
         let id = aq1.id("d-1", "pm", "event_start", 30_000, 1);
-        assert_eq!(id, streamed([b"aq1", b"d-1", b"pm", b"event_start"], 30_000, 1));
+        assert_eq!(id, streamed_id([b"aq1", b"d-1", b"pm", b"event_start"], 30_000, 1));
         assert_eq!(format!("{id:032x}"), "458e4eb8ba243ec9882a44e72fda384d");
+        // and one too long for the stack (a 300-byte pipeline name): streamed
+        let long = RecordFormatter {
+            pipeline: "p".repeat(300),
+            operators: Vec::new(),
+            field_names: Vec::new(),
+        };
+        let id = long.id("d-1", "pm", "event_start", 30_000, 1);
+        assert_eq!(format!("{id:032x}"), "cfc23cad4a0f71f1f644ceb87b008c13");
         for pipeline_len in [0, 1, 3, 17, 100, 200, 240, 300] {
             let pipeline = "p".repeat(pipeline_len);
             let f = RecordFormatter {
@@ -629,7 +634,7 @@ mod tests {
                 for (a, b) in [(0, 0), (-1, u64::MAX), (1_700_000_000_000, 7)] {
                     assert_eq!(
                         f.id(device, "window", "window", a, b),
-                        streamed([pipeline.as_bytes(), device.as_bytes(), b"window", b"window"], a, b),
+                        streamed_id([pipeline.as_bytes(), device.as_bytes(), b"window", b"window"], a, b),
                         "pipeline of {pipeline_len} bytes, device {device:?}"
                     );
                 }

@@ -388,12 +388,7 @@ fn a_member_lost_for_good_leaves_no_page_behind() {
     let pipeline = cluster_pipeline(dir.path(), 0, &rx.url("/aq1"));
     kafka_support::produce_to(&broker.brokers(), "aq1", &records, true);
     let ends = kafka_support::partition_ends(&broker.brokers(), "aq1", 4, records.len());
-    let a = Member::start(
-        &pipeline,
-        &broker,
-        &dir.path().join("member-a"),
-        &dir.path().join("out-a.jsonl"),
-    );
+    let a = Member::start(&pipeline, &broker, &dir.path().join("member-a"), &dir.path().join("out-a.jsonl"));
     let started = Instant::now();
     while !kafka_support::group_reached(&broker.brokers(), GROUP, "aq1", &ends) {
         assert!(
@@ -413,20 +408,11 @@ fn a_member_lost_for_good_leaves_no_page_behind() {
     // (every request from here on is b's, and answered)
     let refused_all = rx.count() as u64;
 
-    let b = Member::start(
-        &pipeline,
-        &broker,
-        &dir.path().join("member-b"),
-        &dir.path().join("out-b.jsonl"),
-    );
+    let b = Member::start(&pipeline, &broker, &dir.path().join("member-b"), &dir.path().join("out-b.jsonl"));
     let file_out = file_run(dir.path(), &input);
     let (expected, _) = records_by_id(&[file_out]);
     let events = pm25_events(&expected);
-    assert!(
-        events.len() >= 5,
-        "the input should have PM2.5 events: {}",
-        events.len()
-    );
+    assert!(events.len() >= 5, "the input should have PM2.5 events: {}", events.len());
     let answered = |r: &receiver::Recorded| r.seq >= refused_all;
     let pages = pages_of(&rx, &events, answered, Duration::from_secs(120));
     let b_log = b.child.interrupt();
@@ -436,10 +422,7 @@ fn a_member_lost_for_good_leaves_no_page_behind() {
         events.len(),
         "every event was paged after a's loss:\n--- b\n{b_log}"
     );
-    assert!(
-        b_log.contains("pending notifications taken over from the changelog"),
-        "{b_log}"
-    );
+    assert!(b_log.contains("pending notifications taken over from the changelog"), "{b_log}");
     // b read nothing a had not checkpointed: its pages came from the changelog
     let (b_records, _) = records_by_id(&[dir.path().join("out-b.jsonl")]);
     assert!(
@@ -605,25 +588,11 @@ outputs:
     let rooms: Vec<String> = (0..8).map(|r| format!("room-{r}")).collect();
     let records: Vec<(String, Vec<u8>)> = rooms
         .iter()
-        .map(|r| {
-            (
-                r.clone(),
-                format!("{{\"device\":\"{r}\",\"ts\":{now},\"pm25\":5}}").into_bytes(),
-            )
-        })
+        .map(|r| (r.clone(), format!("{{\"device\":\"{r}\",\"ts\":{now},\"pm25\":5}}").into_bytes()))
         .collect();
     kafka_support::produce_to(&broker.brokers(), "rooms", &records, false);
     let ends = kafka_support::partition_ends(&broker.brokers(), "rooms", 4, records.len());
-    let member = |name: &str| {
-        small_member(
-            &pipeline,
-            &broker,
-            dir.path(),
-            name,
-            "warn,plume::connectors::kafka=info",
-            &[],
-        )
-    };
+    let member = |name: &str| small_member(&pipeline, &broker, dir.path(), name, "warn,plume::connectors::kafka=info", &[]);
     let started = Instant::now();
     let a = member("a");
     while !kafka_support::group_reached(&broker.brokers(), &format!("{GROUP}-rooms"), "rooms", &ends) {
@@ -708,23 +677,13 @@ outputs:
         labs.iter()
             .flat_map(|l| {
                 [(ts, 50.0), (ts + 300_000, 10.0)].map(|(t, pm25)| {
-                    (
-                        l.clone(),
-                        format!("{{\"device\":\"{l}\",\"ts\":{t},\"pm25\":{pm25}}}").into_bytes(),
-                    )
+                    (l.clone(), format!("{{\"device\":\"{l}\",\"ts\":{t},\"pm25\":{pm25}}}").into_bytes())
                 })
             })
             .collect()
     };
     let member = |name: &str| {
-        small_member(
-            &pipeline,
-            &broker,
-            dir.path(),
-            name,
-            "warn,plume::connectors::kafka=info,plume::notify=info",
-            &[],
-        )
+        small_member(&pipeline, &broker, dir.path(), name, "warn,plume::connectors::kafka=info,plume::notify=info", &[])
     };
     let wait_group = |records: usize, child: &LoggedChild| {
         let ends = kafka_support::partition_ends(&broker.brokers(), "labs", 4, records);
@@ -790,10 +749,7 @@ outputs:
             "{lab}'s pages: the event inside the cooldown a began is not paged by b:\n{b_log}"
         );
     }
-    assert!(
-        b_log.contains("policy entries taken over from the changelog"),
-        "{b_log}"
-    );
+    assert!(b_log.contains("policy entries taken over from the changelog"), "{b_log}");
 }
 
 /// Push subscriptions are shared by the members: a token added on member A (`plume subscribers
@@ -849,11 +805,7 @@ outputs:
             "warn,plume::app=info,plume::notify::subscribers=info",
             &[("PLUME_TEST_FCM_SERVICE_ACCOUNT", service_account.as_os_str())],
         );
-        child.wait_logged(
-            &["push subscriptions shared between members"],
-            1,
-            Duration::from_secs(60),
-        );
+        child.wait_logged(&["push subscriptions shared between members"], 1, Duration::from_secs(60));
         child
     };
     let subscribers = |args: &[&str], name: &str| -> String {
@@ -868,14 +820,12 @@ outputs:
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let token = "fcm-token-for-hall-7:APA91bHun4MxP5egoKMwt2KZFBaFUH";
-    let holds =
-        |name: &str| subscribers(&["list", "--provider", "fcm", "--show-tokens", "--json"], name).contains(token);
+    let holds = |name: &str| {
+        subscribers(&["list", "--provider", "fcm", "--show-tokens", "--json"], name).contains(token)
+    };
     let a = member("a");
     let b = member("b");
-    let added = subscribers(
-        &["add", "--provider", "fcm", "--device", "hall-7", "--token", token],
-        "a",
-    );
+    let added = subscribers(&["add", "--provider", "fcm", "--device", "hall-7", "--token", token], "a");
     assert!(
         receiver::wait_for(Duration::from_secs(30), || holds("a")),
         "a does not hold the token it added ({added}):\n{}",
@@ -893,10 +843,7 @@ outputs:
         "a member that started later did not get the token:\n{}",
         c.log_text()
     );
-    subscribers(
-        &["remove", "--provider", "fcm", "--device", "hall-7", "--token", token],
-        "b",
-    );
+    subscribers(&["remove", "--provider", "fcm", "--device", "hall-7", "--token", token], "b");
     assert!(
         receiver::wait_for(Duration::from_secs(30), || !holds("a") && !holds("c")),
         "the token removed on b stayed on a or c"
