@@ -687,3 +687,50 @@ fn devices_quiet_before_a_restart_are_still_reported_offline() {
     assert_eq!(read, 3, "{log}");
     assert!(!log.contains("stored devices' deadlines read"), "{log}");
 }
+
+/// The CLI opens a running member's live store read-only (`plume subscribers list`,
+/// `plume checkpoints`) while the member writes it. RocksDB lists the directory, then opens
+/// each file, and a file the writer deleted in between (an old write-ahead log, a table a
+/// compaction replaced) fails the open ("No such file or directory": seen in
+/// `tests/cluster.rs`). `open_db_read_only` tries again: with a writer flushing every 50
+/// writes, 300 read-only opens all succeed. (RocksDB's own open, side by side, failed 29 of
+/// 300 times when this was written.)
+#[test]
+fn a_read_only_open_of_a_store_being_written_succeeds() {
+    use plume::store::{COLUMN_FAMILIES, db_options, open_db, open_db_read_only};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live");
+    let db = Arc::new(open_db(&path).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let cf = db.cf_handle(COLUMN_FAMILIES[0]).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                db.put_cf(&cf, i.to_le_bytes(), [1u8; 100]).unwrap();
+                i += 1;
+                if i % 50 == 0 {
+                    db.flush_cf(&cf).unwrap();
+                }
+            }
+        })
+    };
+    let mut without_retries = 0;
+    let mut failures = Vec::new();
+    for _ in 0..300 {
+        if rocksdb::DB::open_cf_for_read_only(&db_options(), &path, COLUMN_FAMILIES, false).is_err() {
+            without_retries += 1;
+        }
+        if let Err(e) = open_db_read_only(&path) {
+            failures.push(e.to_string());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!("read-only opens of a store being written: RocksDB's own failed {without_retries} of 300");
+    assert!(failures.is_empty(), "{} of 300 failed: {:?}", failures.len(), failures.first());
+}

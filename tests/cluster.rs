@@ -157,7 +157,7 @@ fn cluster_run(standby: u32, seed: u64) {
     let chunks: Vec<Vec<(String, Vec<u8>)>> = records.chunks(records.len() / 12 + 1).map(|c| c.to_vec()).collect();
     kafka_support::produce_to(&broker.brokers(), "aq1", &chunks[0], true);
     let a = start("a", 0);
-    let b = start("b", 0);
+    let mut b = start("b", 0);
     let mut c = start("c", 0);
     a.child
         .wait_logged(&["kafka partition assigned"], 1, Duration::from_secs(60));
@@ -179,6 +179,29 @@ fn cluster_run(standby: u32, seed: u64) {
         x ^= x << 17;
         x
     };
+    // Waits until the members named hold every partition once (`wait_settled`). tansu sometimes
+    // leaves a group formed with partitions held twice and others by nobody (members synced
+    // with assignments of different generations: seen in CI, stable for 120 s), and does not
+    // re-form it by itself; a join does. So after 30 s, `$nudged` (one of them) is SIGKILLed
+    // and, once the group has dropped it (the session timeout), restarted; up to three times.
+    let mut runs: BTreeMap<&str, usize> = BTreeMap::new();
+    macro_rules! settle {
+        ($nudged:ident, [$($name:ident),*]) => {{
+            let mut nudges = 0;
+            while let Err(state) = wait_settled(&[$((stringify!($name), &$name)),*], Duration::from_secs(30)) {
+                nudges += 1;
+                assert!(nudges <= 3, "the group did not settle, {} re-forms tried: {state}", nudges - 1);
+                let name = stringify!($nudged);
+                let run = runs.entry(name).or_insert(0);
+                *run += 1;
+                let n = *run;
+                eprintln!("cluster: the group did not settle ({}); {name} killed and restarted", state.lines().next().unwrap_or(""));
+                std::fs::write(dir.path().join(format!("log-{name}-nudged-{n}.txt")), $nudged.child.kill()).unwrap();
+                std::thread::sleep(Duration::from_secs(7));
+                $nudged = start(name, 100 + n);
+            }
+        }};
+    }
     let kills = 3;
     let mut d: Option<Member> = None;
     for k in 0..kills {
@@ -190,7 +213,7 @@ fn cluster_run(standby: u32, seed: u64) {
             // d leaves before c's kill, once the group has settled: on tansu, a group's leader
             // that leaves while the group re-forms leaves it without a leader for good
             // (tests/tansu_quirks.rs)
-            wait_settled(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+            settle!(c, [a, b, c, d]);
             std::fs::write(dir.path().join("log-d.txt"), d.child.interrupt()).unwrap();
         }
         std::thread::sleep(Duration::from_millis(500 + next() % 2000));
@@ -202,6 +225,7 @@ fn cluster_run(standby: u32, seed: u64) {
         c = start("c", k + 1);
     }
     producer.join().unwrap();
+    settle!(c, [a, b, c]);
     // wait until every reading is in some member's durable checkpoint
     let ends = kafka_support::partition_ends(&broker.brokers(), "aq1", PARTITIONS as i32, records.len());
     assert_eq!(ends.values().sum::<i64>() as usize, records.len());
@@ -220,11 +244,13 @@ fn cluster_run(standby: u32, seed: u64) {
     // that leaves while the group re-forms leaves it without a leader for good, and no member
     // that joins later gets a partition: tests/tansu_quirks.rs); the last one takes every
     // partition over, then stops
-    wait_settled(&[("a", &a), ("b", &b), ("c", &c)]);
+    settle!(c, [a, b, c]);
     let c_log = c.child.interrupt();
-    wait_settled(&[("a", &a), ("b", &b)]);
+    settle!(b, [a, b]);
     let b_log = b.child.interrupt();
-    wait_settled(&[("a", &a)]);
+    if let Err(state) = wait_settled(&[("a", &a)], Duration::from_secs(120)) {
+        panic!("the last member did not get every partition: {state}");
+    }
     std::thread::sleep(Duration::from_secs(1));
     let a_log = a.child.interrupt();
     for (name, log) in [("a", &a_log), ("b", &b_log), ("c", &c_log)] {
@@ -449,9 +475,10 @@ fn current_assignment(log: &str) -> std::collections::BTreeSet<i32> {
         .collect()
 }
 
-/// Waits (up to 120 s) until `members` together hold every partition, each partition once: the
-/// group has re-formed with them after the last join or leave.
-fn wait_settled(members: &[(&str, &Member)]) {
+/// Waits (up to `limit`) until `members` together hold every partition, each partition once:
+/// the group has re-formed with them after the last join or leave. Otherwise says what they
+/// hold, with their logs.
+fn wait_settled(members: &[(&str, &Member)], limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let held: Vec<std::collections::BTreeSet<i32>> = members
@@ -460,18 +487,18 @@ fn wait_settled(members: &[(&str, &Member)]) {
             .collect();
         let all: std::collections::BTreeSet<i32> = held.iter().flatten().copied().collect();
         if all.len() == PARTITIONS as usize && held.iter().map(|h| h.len()).sum::<usize>() == all.len() {
-            return;
+            return Ok(());
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if started.elapsed() > limit {
             let logs: Vec<String> = members
                 .iter()
                 .map(|(name, m)| format!("--- {name}\n{}", m.child.log_text()))
                 .collect();
-            panic!(
-                "the group did not settle: {:?} hold {held:?}\n{}",
+            return Err(format!(
+                "{:?} hold {held:?}\n{}",
                 members.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
                 logs.join("\n")
-            );
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

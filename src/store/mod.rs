@@ -326,9 +326,31 @@ pub fn open_db(path: &Path) -> Result<DB, StoreError> {
     DB::open_cf_descriptors(&db_options(), path, cf_descriptors()).map_err(|e| StoreError::rocks(path, e))
 }
 
-/// Opens a RocksDB read-only (a retained checkpoint, or live/ for the CLI).
+/// Opens a RocksDB read-only (a retained checkpoint, or live/ for the CLI). A run that holds
+/// the database may delete a file (an old write-ahead log) between the moment the read-only
+/// open lists the directory and the moment it reads the file: RocksDB then reports the file
+/// missing (an old write-ahead log; a table file a compaction replaced, reported as corruption),
+/// and the open is tried again (up to 10 times, 20 ms apart). Seen in
+/// `tests/cluster.rs`: `plume subscribers list` on a running member's directory failed with
+/// "No such file or directory: while stat a file for size: …/000022.log".
 pub fn open_db_read_only(path: &Path) -> Result<DB, StoreError> {
-    DB::open_cf_for_read_only(&db_options(), path, COLUMN_FAMILIES, false).map_err(|e| StoreError::rocks(path, e))
+    const ATTEMPTS: u32 = 10;
+    let mut attempt = 1;
+    loop {
+        match DB::open_cf_for_read_only(&db_options(), path, COLUMN_FAMILIES, false) {
+            Ok(db) => return Ok(db),
+            Err(e) if attempt < ATTEMPTS && a_file_went_away(&e) => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(StoreError::rocks(path, e)),
+        }
+    }
+}
+
+/// Whether RocksDB's error is a file it had listed that is gone (its writer deleted it).
+fn a_file_went_away(e: &rocksdb::Error) -> bool {
+    e.as_ref().contains("No such file or directory")
 }
 
 /// The checkpoint record of a database, if it has one.
