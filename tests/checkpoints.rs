@@ -732,5 +732,10 @@ fn a_read_only_open_of_a_store_being_written_succeeds() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     eprintln!("read-only opens of a store being written: RocksDB's own failed {without_retries} of 300");
-    assert!(failures.is_empty(), "{} of 300 failed: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of 300 failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
 }
