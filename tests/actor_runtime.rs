@@ -117,7 +117,7 @@ fn chunk_of(lines: &[String], first_line: u64) -> ChunkData {
         bytes.push(b'\n');
     }
     ChunkData::Lines {
-        bytes,
+        bytes: bytes.into(),
         first_line,
         start_offset: 0,
     }

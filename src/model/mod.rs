@@ -24,7 +24,7 @@ pub mod location;
 pub mod record;
 pub mod redact;
 
-pub use chunk::{Chunk, ChunkData, ChunkTicket, InFlight, Message, Position, SourcePosition};
+pub use chunk::{BufferPool, Chunk, ChunkData, ChunkTicket, InFlight, LineBytes, Message, Position, SourcePosition};
 pub use duration::DurationSpec;
 pub use ids::{NotifierKind, SinkId, SourceId};
 pub use keys::{key_group_of, shard_of};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::connectors::SourceError;
 use crate::decode::Decoder;
-use crate::model::{ChunkData, Position};
+use crate::model::{BufferPool, ChunkData, LineBytes, Position};
 use crate::runtime::ports::{ChunkFeeder, Shutdown};
 
 /// Bytes made room for per read from stdin.
@@ -65,6 +65,7 @@ pub fn run(
     let mut offset = source.start_offset;
     let mut line = source.start_line.max(1);
     let mut carry: Vec<u8> = Vec::new();
+    let pool = BufferPool::default();
     let mut eof = false;
     let mut pacer = source.pace.map(Pacer::new);
     // a chunk holds at least one whole line of the longest payload decoded: a line that does
@@ -79,14 +80,24 @@ pub fn run(
     while !eof && !stop.is_requested() {
         report_backlog(offset);
         let permit = feeder.wait_for_room();
-        let mut buf = std::mem::take(&mut carry);
         // stdin sends what one read gave (up to a line end): no need to make room for a whole
         // chunk each time (zeroing it would cost more than the data)
         let room = match source.input {
             LineInput::Stdin => chunk_bytes.min(STDIN_READ_BYTES),
             LineInput::File(_) => chunk_bytes,
         };
-        buf.reserve(room);
+        // a file's chunks are filled in buffers the routers gave back (see `LineBytes`)
+        let mut buf = match source.input {
+            LineInput::File(_) => {
+                let mut buf = pool.take(room);
+                buf.extend_from_slice(&carry);
+                carry.clear();
+                buf
+            }
+            _ => std::mem::take(&mut carry),
+        };
+        // (room for `room` bytes in all: a pooled buffer holds exactly a chunk)
+        buf.reserve(room.saturating_sub(buf.len()));
         // fill the buffer (a pipe or terminal gives less per read)
         while buf.len() < chunk_bytes {
             let start = buf.len();
@@ -176,7 +187,7 @@ pub fn run(
                 let permit = feeder.wait_for_room();
                 feeder.send(
                     ChunkData::Lines {
-                        bytes: slice,
+                        bytes: slice.into(),
                         first_line,
                         start_offset: start,
                     },
@@ -192,7 +203,7 @@ pub fn run(
         line += memchr::memchr_iter(b'\n', &buf).count() as u64;
         feeder.send(
             ChunkData::Lines {
-                bytes: buf,
+                bytes: LineBytes::pooled(buf, &pool),
                 first_line,
                 start_offset: start,
             },

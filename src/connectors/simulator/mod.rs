@@ -221,7 +221,7 @@ pub fn run(spec: SimulatorSourceSpec, mut feeder: ChunkFeeder, stop: Shutdown) -
                 line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
                 feeder.send_at(
                     ChunkData::Lines {
-                        bytes,
+                        bytes: bytes.into(),
                         first_line,
                         start_offset: start,
                     },
