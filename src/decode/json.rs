@@ -559,9 +559,19 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     if payload.get(i) != Some(&b'"') {
         return None;
     }
-    // a byte loop (ids are short: a `memchr` call cost more than the loop)
+    // eight bytes at a time past plain ASCII (a `memchr` call cost more than a byte loop), then
+    // a byte loop from the first byte that may be special
     let start = i + 1;
     let mut end = start;
+    while let Some(word) = payload.get(end..end + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let special = fast::special_string_bytes(word) | (word & 0x8080_8080_8080_8080);
+        if special != 0 {
+            end += (special.trailing_zeros() / 8) as usize;
+            break;
+        }
+        end += 8;
+    }
     loop {
         match *payload.get(end)? {
             b'"' => break,
@@ -699,6 +709,42 @@ mod tests {
             }
         }
         assert_eq!(dec.device_of(b"not json", None), None);
+        // ids read eight bytes at a time: an escape, a tab, non-ASCII or the end of the input
+        // at every position of a 20-byte id
+        let id = b"dev-0123456789abcdef";
+        for at in 0..=id.len() {
+            for special in [&b"\\\""[..], b"\t", "\u{e9}".as_bytes(), b"\xff", b"\\u0041", b""] {
+                let mut payload = br#"{"device":""#.to_vec();
+                payload.extend_from_slice(&id[..at]);
+                payload.extend_from_slice(special);
+                payload.extend_from_slice(&id[at..]);
+                for tail in [&br#"","ts":1,"pm25":1,"co2":2}"#[..], b""] {
+                    let mut payload = payload.clone();
+                    payload.extend_from_slice(tail);
+                    let mut found = None;
+                    let mut de = serde_json::Deserializer::from_slice(&payload);
+                    let _ = de.deserialize_map(DeviceOnly {
+                        dec: &dec,
+                        found: &mut found,
+                    });
+                    let fast = device_at_start("device", &payload);
+                    assert_eq!(
+                        dec.device_of(&payload, None),
+                        found,
+                        "{}",
+                        String::from_utf8_lossy(&payload)
+                    );
+                    if let Some(fast) = fast {
+                        assert_eq!(Some(fast), found.as_deref(), "{}", String::from_utf8_lossy(&payload));
+                        assert!(
+                            special.is_empty() && !tail.is_empty(),
+                            "{}",
+                            String::from_utf8_lossy(&payload)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -513,7 +513,7 @@ impl<'a> Cursor<'a> {
 /// the result; bytes after the first such one may be marked falsely (a borrow carries upward),
 /// bytes before it never are, so `trailing_zeros() / 8` is the first one's index.
 #[inline(always)]
-fn special_string_bytes(word: u64) -> u64 {
+pub(super) fn special_string_bytes(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
