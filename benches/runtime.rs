@@ -989,9 +989,9 @@ fn floor(reps: usize) {
     );
     println!("plume's summary: {}", summary.unwrap_or_default());
     println!(
-        "\n| run | median readings/s | × reference | × reference writing its records | median CPU s | CPU ns per reading | CPU / wall | peak RSS (max) |"
+        "\n| run | median readings/s | × reference | × reference, paired (median of the repetitions' ratios) | × reference writing its records | median CPU s | CPU ns per reading | CPU / wall | peak RSS (max) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (e, (name, _, _, _)) in runs.iter().enumerate() {
         let r = rate(&results[e]);
         let cpu = median(results[e].iter().map(|(m, _)| m.cpu.as_secs_f64()).collect());
@@ -1002,8 +1002,15 @@ fn floor(reps: usize) {
                 .collect(),
         );
         let rss = results[e].iter().map(|(m, _)| m.max_rss_kib).max().unwrap_or(0);
+        // each repetition's own ratio (its runs are minutes apart at most, so a slow spell of
+        // the shared machine weighs on both sides of it), then their median
+        let paired = median(
+            (0..reps)
+                .map(|i| results[0][i].0.wall.as_secs_f64() / results[e][i].0.wall.as_secs_f64())
+                .collect(),
+        );
         println!(
-            "| {name} | {r:.0} | {:.2} | {:.2} | {cpu:.2} | {:.0} | {busy:.2} | {:.0} MiB |",
+            "| {name} | {r:.0} | {:.2} | {paired:.2} | {:.2} | {cpu:.2} | {:.0} | {busy:.2} | {:.0} MiB |",
             r / reference,
             r / reference_writing,
             cpu * 1e9 / THROUGHPUT_READINGS as f64,
