@@ -319,11 +319,25 @@ impl Grouping {
 
     /// Starts loading the place the next reading of the device hashed `hash` will be written
     /// to (its batch's end), so that the decode before the push hides the miss.
+    /// Returns the batch found for `hash`, for [`Grouping::push_found`].
     #[inline]
-    fn prefetch(&self, hash: u64) {
-        if let Some(&i) = self.index.get(&hash) {
-            let batch = &self.readings[i as usize];
-            crate::operators::prefetch(batch.as_ptr().wrapping_add(batch.len()), std::mem::size_of::<Reading>());
+    fn prefetch(&self, hash: u64) -> Option<u32> {
+        let &i = self.index.get(&hash)?;
+        let batch = &self.readings[i as usize];
+        crate::operators::prefetch(batch.as_ptr().wrapping_add(batch.len()), std::mem::size_of::<Reading>());
+        Some(i)
+    }
+
+    /// [`Grouping::push`] with the batch [`Grouping::prefetch`] found for the same hash (looked
+    /// up once): used when its id is the device's, else the lookup decides.
+    #[inline]
+    fn push_found(&mut self, found: Option<u32>, hash: u64, device: &str, reading: Reading) {
+        if let Some(i) = found.map(|i| i as usize)
+            && crate::decode::same_bytes(self.id(i).as_bytes(), device.as_bytes())
+        {
+            self.readings[i].push(reading);
+        } else {
+            self.push(hash, device, reading);
         }
     }
 
@@ -468,6 +482,7 @@ impl Router {
                     // the scan's hash is the decoded device's (`device_of` finds the id `decode`
                     // finds: tests/fuzz.rs checks it), so it is not computed twice
                     let mut routed = None;
+                    let mut found = None;
                     if self.shards > 1 {
                         match decoder.device_of(line, None) {
                             Some(device) => {
@@ -475,7 +490,7 @@ impl Router {
                                 if !self.owns(hash) {
                                     continue;
                                 }
-                                grouping.prefetch(hash);
+                                found = grouping.prefetch(hash);
                                 routed = Some(hash);
                             }
                             None if self.shard != 0 => continue,
@@ -497,7 +512,7 @@ impl Router {
                                 self.dead_letter(&chunk.source_name, &position, &reason, line);
                             }
                             let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
-                            grouping.push(hash, &decoded.device, decoded.reading.clone());
+                            grouping.push_found(found, hash, &decoded.device, decoded.reading.clone());
                         }
                         Err(e) => {
                             self.metrics.count_limit(&e);
@@ -616,27 +631,40 @@ mod tests {
 
     #[test]
     fn grouping_keeps_arrival_order_per_device_and_survives_collisions() {
-        let r = |ts| Reading::new(ts, 1);
-        let mut g = Grouping::new(1);
-        g.push(1, "a", r(1));
-        g.push(2, "b", r(2));
-        g.push(1, "a", r(3));
-        // same hash, different device: a collision
-        g.push(1, "c", r(4));
-        g.push(1, "c", r(5));
-        g.push(2, "b", r(6));
-        let batches: Vec<(String, Vec<i64>)> = g
-            .into_batches()
-            .into_iter()
-            .map(|(d, rs)| (d.to_string(), rs.iter().map(|r| r.ts).collect()))
-            .collect();
-        assert_eq!(
-            batches,
-            vec![
-                ("a".to_string(), vec![1, 3]),
-                ("b".to_string(), vec![2, 6]),
-                ("c".to_string(), vec![4, 5]),
-            ]
-        );
+        // pushed directly, and through the batch the prefetch found (the routers' way)
+        for through_prefetch in [false, true] {
+            let r = |ts| Reading::new(ts, 1);
+            let mut g = Grouping::new(1);
+            let mut push = |g: &mut Grouping, hash: u64, device: &str, reading: Reading| {
+                if through_prefetch {
+                    let found = g.prefetch(hash);
+                    g.push_found(found, hash, device, reading);
+                } else {
+                    g.push(hash, device, reading);
+                }
+            };
+            push(&mut g, 1, "a", r(1));
+            push(&mut g, 2, "b", r(2));
+            push(&mut g, 1, "a", r(3));
+            // same hash, different device: a collision
+            push(&mut g, 1, "c", r(4));
+            push(&mut g, 1, "c", r(5));
+            push(&mut g, 2, "b", r(6));
+            push(&mut g, 1, "a", r(7));
+            let batches: Vec<(String, Vec<i64>)> = g
+                .into_batches()
+                .into_iter()
+                .map(|(d, rs)| (d.to_string(), rs.iter().map(|r| r.ts).collect()))
+                .collect();
+            assert_eq!(
+                batches,
+                vec![
+                    ("a".to_string(), vec![1, 3, 7]),
+                    ("b".to_string(), vec![2, 6]),
+                    ("c".to_string(), vec![4, 5]),
+                ],
+                "through the prefetch: {through_prefetch}"
+            );
+        }
     }
 }
