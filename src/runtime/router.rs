@@ -635,7 +635,7 @@ mod tests {
         for through_prefetch in [false, true] {
             let r = |ts| Reading::new(ts, 1);
             let mut g = Grouping::new(1);
-            let mut push = |g: &mut Grouping, hash: u64, device: &str, reading: Reading| {
+            let push = |g: &mut Grouping, hash: u64, device: &str, reading: Reading| {
                 if through_prefetch {
                     let found = g.prefetch(hash);
                     g.push_found(found, hash, device, reading);
