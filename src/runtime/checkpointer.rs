@@ -286,9 +286,21 @@ impl Checkpointer {
                 while let Ok(job) = jobs.recv() {
                     let started = Instant::now();
                     let record = job.write.record.clone();
+                    let devices = job.write.devices.len();
                     let result = store
                         .commit(job.write)
-                        .and_then(|()| store.retain(&record, job.retain))
+                        .and_then(|()| {
+                            let committed = started.elapsed();
+                            store.retain(&record, job.retain)?;
+                            tracing::debug!(
+                                checkpoint = record.id,
+                                devices,
+                                commit_ms = committed.as_secs_f64() * 1000.0,
+                                retain_ms = (started.elapsed() - committed).as_secs_f64() * 1000.0,
+                                "checkpoint written"
+                            );
+                            Ok(())
+                        })
                         .map(|()| started.elapsed())
                         .map_err(|e| CheckpointError::Store(e.to_string()));
                     let _ = job.reply.send(result);
