@@ -102,7 +102,7 @@ pub fn present(value: f64) -> bool {
 }
 
 /// One decoded reading of one device. The device id travels beside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// Event time, epoch milliseconds.
     pub ts: i64,
@@ -121,6 +121,22 @@ pub struct Reading {
     /// with `suspect: suppress` ignores such a value, with `mark` flags its events.
     #[serde(default)]
     pub suspect: u64,
+}
+
+impl Clone for Reading {
+    /// Cloned twice per reading in a sharded run (into its device's batch, and into the chain):
+    /// `SmallVec`'s own clone goes value by value through `extend` (1 % of a 2-shard profile);
+    /// `from_slice` copies the values at once.
+    #[inline]
+    fn clone(&self) -> Self {
+        Reading {
+            ts: self.ts,
+            arrival: self.arrival,
+            values: Values::from_slice(&self.values),
+            out_of_range: self.out_of_range,
+            suspect: self.suspect,
+        }
+    }
 }
 
 impl Reading {
@@ -441,4 +457,34 @@ pub enum RestoreError {
     Decode(String),
     #[error("operator `{0}` has no stored state and --allow-pipeline-change was not given")]
     MissingOperator(String),
+}
+
+#[cfg(test)]
+mod reading_tests {
+    use super::*;
+
+    /// A clone is the same reading bit for bit (absent values are NaN, so `==` cannot say),
+    /// with its values inline and spilled to the heap.
+    #[test]
+    fn a_cloned_reading_is_the_same_bit_for_bit() {
+        for slots in [0, 3, 8, 9, 20] {
+            let mut reading = Reading::new(1_767_225_600_041, slots);
+            for (i, v) in reading.values.iter_mut().enumerate() {
+                if i % 3 != 1 {
+                    *v = i as f64 * 1.5 - 2.0;
+                }
+            }
+            reading.arrival = 1_767_225_600_100;
+            reading.out_of_range = 0b101;
+            reading.suspect = 1 << 40;
+            let copy = reading.clone();
+            assert_eq!(copy.ts, reading.ts);
+            assert_eq!(copy.arrival, reading.arrival);
+            assert_eq!(copy.out_of_range, reading.out_of_range);
+            assert_eq!(copy.suspect, reading.suspect);
+            let bits = |r: &Reading| r.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&copy), bits(&reading), "{slots} slots");
+            assert_eq!(copy.values.spilled(), reading.values.spilled(), "{slots} slots");
+        }
+    }
 }
