@@ -562,16 +562,7 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     // eight bytes at a time past plain ASCII (a `memchr` call cost more than a byte loop), then
     // a byte loop from the first byte that may be special
     let start = i + 1;
-    let mut end = start;
-    while let Some(word) = payload.get(end..end + 8) {
-        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        let special = fast::special_string_bytes(word) | (word & 0x8080_8080_8080_8080);
-        if special != 0 {
-            end += (special.trailing_zeros() / 8) as usize;
-            break;
-        }
-        end += 8;
-    }
+    let mut end = fast::past_plain_words(payload, start, true);
     loop {
         match *payload.get(end)? {
             b'"' => break,

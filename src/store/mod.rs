@@ -329,8 +329,8 @@ pub fn open_db(path: &Path) -> Result<DB, StoreError> {
 /// Opens a RocksDB read-only (a retained checkpoint, or live/ for the CLI). A run that holds
 /// the database may delete a file (an old write-ahead log) between the moment the read-only
 /// open lists the directory and the moment it reads the file: RocksDB then reports the file
-/// missing (an old write-ahead log; a table file a compaction replaced, reported as corruption),
-/// and the open is tried again (up to 10 times, 20 ms apart). Seen in
+/// missing ("No such file or directory"), and the open is tried again (up to 10 times, 20 ms
+/// apart); any other error is returned at once. Seen in
 /// `tests/cluster.rs`: `plume subscribers list` on a running member's directory failed with
 /// "No such file or directory: while stat a file for size: …/000022.log".
 pub fn open_db_read_only(path: &Path) -> Result<DB, StoreError> {

@@ -329,17 +329,9 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let (b, start) = (self.b, self.i);
-        let mut i = start;
         // eight bytes at a time past ordinary ones (an id like `dev-002129`: one word, then two
         // bytes and the quote); the byte loop below decides at the first byte that may be special
-        while let Some(word) = b.get(i..i + 8) {
-            let special = special_string_bytes(u64::from_le_bytes(word.try_into().expect("eight bytes")));
-            if special != 0 {
-                i += (special.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
+        let mut i = past_plain_words(b, start, false);
         loop {
             match *b.get(i)? {
                 b'"' => break,
@@ -509,12 +501,30 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// From `i`, past the whole eight-byte words of `b` in which no byte may end or break a plain
+/// string ([`special_string_bytes`], and with `ascii_only` any byte with its high bit set): the
+/// index of the first byte that may, or where the whole words end. A byte loop from there
+/// decides; the words only skip what it would have passed anyway.
+#[inline(always)]
+pub(super) fn past_plain_words(b: &[u8], mut i: usize, ascii_only: bool) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(word) = b.get(i..i + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let special = special_string_bytes(word) | if ascii_only { word & HIGH } else { 0 };
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i
+}
+
 /// The bytes of `word` (eight bytes of a string, the first in the lowest byte) that may end or
 /// break a plain string: `"`, `\\` or a control character. Each such byte's high bit is set in
 /// the result; bytes after the first such one may be marked falsely (a borrow carries upward),
 /// bytes before it never are, so `trailing_zeros() / 8` is the first one's index.
 #[inline(always)]
-pub(super) fn special_string_bytes(word: u64) -> u64 {
+fn special_string_bytes(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
