@@ -17,7 +17,7 @@ use crate::runtime::hub::OutputHub;
 use crate::runtime::ports::BarrierSignal;
 use crate::runtime::ports::ChunkFeeder;
 use crate::runtime::ports::{SinkHandle, spawn_sink};
-use crate::runtime::router::Router;
+use crate::runtime::router::{LineRouter, Router};
 #[cfg(feature = "fault-injection")]
 use crate::runtime::shard::FaultHook;
 use crate::runtime::shard::{ShardCheckpointing, ShardOptions, ShardSupervisor};
@@ -68,6 +68,8 @@ pub struct Runtime {
     arbiters: Vec<Arbiter>,
     sink_threads: Vec<std::thread::JoinHandle<()>>,
     clock: Clock,
+    /// With more than one shard: each chunk's lines routed once, by the sources' feeders.
+    line_router: Option<Arc<LineRouter>>,
 }
 
 impl Runtime {
@@ -84,7 +86,8 @@ impl Runtime {
             self.permits.clone(),
             self.metrics.clone(),
         )
-        .with_clock(self.clock.clone());
+        .with_clock(self.clock.clone())
+        .with_line_router(self.line_router.clone());
         match &self.barriers {
             Some(signal) => feeder.with_barriers(signal.clone()),
             None => feeder,
@@ -306,6 +309,7 @@ pub fn start_with_state(
         clock: options.clock.clone(),
         arbiters,
         sink_threads,
+        line_router: LineRouter::new(&pipeline, shards).map(Arc::new),
     };
     (runtime, done)
 }

@@ -183,6 +183,91 @@ pub struct Chunk {
     /// messages carry their own arrival time.
     pub source_time_ms: i64,
     pub ticket: Arc<ChunkTicket>,
+    /// With more than one shard, for a chunk of lines: each line's shard, found once by the
+    /// runtime as the chunk enters it, so that a router reads only its own lines. `None`: every
+    /// router scans every line itself.
+    pub routing: Option<LineRouting>,
+}
+
+/// Where the lines of a chunk of lines go: per shard, its lines in order.
+///
+/// Found once per chunk, on the source's thread, by the runtime's feeder: before, every router
+/// split every line and scanned its device id to find the ones it owns (about 27 ns a line
+/// each, BENCHMARKS.md issue 18), so with two shards every line was split and scanned twice.
+#[derive(Debug, Default)]
+pub struct LineRouting {
+    pub by_shard: Vec<Vec<RoutedLine>>,
+    /// Where the lists go back when the chunk is dropped, for the next chunks (a fresh list of
+    /// 80,000 lines per shard per chunk had its pages faulted in again each time).
+    pub spare: Option<RoutedLinePool>,
+}
+
+impl Drop for LineRouting {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.spare {
+            for lines in self.by_shard.drain(..) {
+                pool.give_back(lines);
+            }
+        }
+    }
+}
+
+/// Lists of routed lines handed back by dropped chunks (at most [`RoutedLinePool::KEPT`]).
+#[derive(Debug, Clone, Default)]
+pub struct RoutedLinePool(Arc<std::sync::Mutex<Vec<Vec<RoutedLine>>>>);
+
+impl RoutedLinePool {
+    /// Four chunks' worth (the default `chunks_in_flight`) of up to four shards.
+    pub const KEPT: usize = 16;
+
+    /// An empty list with room for at least `capacity` lines: a returned one if there is one.
+    pub fn take(&self, capacity: usize) -> Vec<RoutedLine> {
+        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match reused {
+            Some(mut lines) => {
+                lines.clear();
+                lines.reserve(capacity);
+                lines
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    fn give_back(&self, lines: Vec<RoutedLine>) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < Self::KEPT && lines.capacity() > 0 {
+            kept.push(lines);
+        }
+    }
+
+    /// How many lists are waiting to be reused.
+    pub fn kept(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One line of a chunk of lines, for the shard whose list holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutedLine {
+    /// Its bytes in the chunk (without the newline).
+    pub start: u32,
+    pub end: u32,
+    /// Its number counted from the chunk's first line (0 for the first).
+    pub index: u32,
+    pub kind: RoutedKind,
+    /// The device id's xxh3 hash (`RoutedKind::Device`), else 0.
+    pub hash: u64,
+}
+
+/// What the feeder found in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutedKind {
+    /// A device id: the line is in its owner's list.
+    Device,
+    /// No device id found (a dead letter, or the decode finds one the scan could not): shard 0.
+    NoDevice,
+    /// Longer than `decode.max_payload_bytes`: shard 0 reports it.
+    Oversized,
 }
 
 /// Held while any part of a chunk (its readings, or the records they produced) is still in

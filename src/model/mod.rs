@@ -24,7 +24,10 @@ pub mod location;
 pub mod record;
 pub mod redact;
 
-pub use chunk::{BufferPool, Chunk, ChunkData, ChunkTicket, InFlight, LineBytes, Message, Position, SourcePosition};
+pub use chunk::{
+    BufferPool, Chunk, ChunkData, ChunkTicket, InFlight, LineBytes, LineRouting, Message, Position, RoutedKind,
+    RoutedLine, RoutedLinePool, SourcePosition,
+};
 pub use duration::DurationSpec;
 pub use ids::{NotifierKind, SinkId, SourceId};
 pub use keys::{key_group_of, shard_of};

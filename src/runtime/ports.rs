@@ -24,7 +24,7 @@ use tracing::error;
 
 use super::RuntimeMetrics;
 pub use super::checkpointer::CheckpointError;
-use super::router::{RouteChunk, Router, SourceBarrier, SourceEnded};
+use super::router::{LineRouter, RouteChunk, Router, SourceBarrier, SourceEnded};
 use crate::clock::Clock;
 use crate::model::{Chunk, ChunkData, ChunkTicket, Position, SourcePosition};
 use crate::output::OutputRecord;
@@ -53,6 +53,8 @@ pub struct ChunkFeeder {
     ended: std::cell::Cell<bool>,
     /// Processing time, stamped on every chunk.
     clock: Clock,
+    /// With more than one shard: finds each line's shard once, here, for every router.
+    line_router: Option<Arc<LineRouter>>,
 }
 
 impl ChunkFeeder {
@@ -74,7 +76,15 @@ impl ChunkFeeder {
             last_barrier: 0,
             ended: std::cell::Cell::new(false),
             clock: Clock::Wall,
+            line_router: None,
         }
+    }
+
+    /// Finds each line's shard as a chunk of lines comes in, so that each router reads only
+    /// its own lines (see [`LineRouter`]).
+    pub fn with_line_router(mut self, line_router: Option<Arc<LineRouter>>) -> Self {
+        self.line_router = line_router;
+        self
     }
 
     /// Stamps chunks with `clock`'s time instead of the wall clock's.
@@ -160,6 +170,10 @@ impl ChunkFeeder {
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = ChunkTicket::new(Some(permit), Some(self.metrics.clone()));
+        let routing = match (&self.line_router, &data) {
+            (Some(line_router), ChunkData::Lines { bytes, .. }) => line_router.route(bytes),
+            _ => None,
+        };
         let chunk = Arc::new(Chunk {
             seq: self.seq,
             source_name: self.name.clone(),
@@ -171,6 +185,7 @@ impl ChunkFeeder {
             read_at_ms: self.clock.now_ms(),
             source_time_ms,
             ticket,
+            routing,
         });
         for router in &self.routers {
             router.do_send(RouteChunk(chunk.clone()));

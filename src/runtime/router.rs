@@ -1,9 +1,11 @@
-//! [`Router`]: one per shard thread. Every chunk of input is broadcast to every router; each
-//! finds the device id of every payload (cheap: the rest of the payload is skipped), and fully
-//! decodes only the payloads of devices in its own key groups. So parsing, most of the cost,
-//! runs on every shard in parallel, and each device's readings reach its actor in arrival
-//! order. A payload that does not decode becomes a dead letter, reported by exactly one router
-//! (the owner of its device, or shard 0 when no device id can be found).
+//! [`Router`]: one per shard thread. Every chunk of input is broadcast to every router, and each
+//! fully decodes only the payloads of devices in its own key groups. Which those are is found
+//! once per chunk of lines by the feeder ([`LineRouter`]: it lists each shard's lines); in a
+//! chunk of messages each router finds the device id of every payload itself (cheap: the rest
+//! of the payload is skipped). So parsing, most of the cost, runs on every shard in parallel,
+//! and each device's readings reach its actor in arrival order. A payload that does not decode
+//! becomes a dead letter, reported by exactly one router (the owner of its device, or shard 0
+//! when no device id can be found).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -19,6 +21,7 @@ use super::coordinator::{RouterDrained, RunCoordinator};
 use super::shard::{DeviceBatches, ShardBarrier, ShardSupervisor};
 use super::{Chunk, ChunkData, ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, shard_of};
 use crate::decode::{Decoder, bounded_raw};
+use crate::model::{LineRouting, RoutedKind, RoutedLine, RoutedLinePool};
 use crate::operators::Reading;
 use crate::output::RecordFormatter;
 
@@ -386,6 +389,81 @@ impl Grouping {
     }
 }
 
+/// Finds, once per chunk of lines, which shard each line goes to ([`LineRouting`]), on the
+/// source's thread as the chunk enters the runtime ([`ChunkFeeder`](super::ports::ChunkFeeder)):
+/// the routers then read only their own lines. The same decisions a router takes when it scans
+/// a chunk itself: blank lines go nowhere, an oversized line and a line without a device id the
+/// scan can find go to shard 0, every other line to the owner of its device's key group.
+pub struct LineRouter {
+    decoder: Arc<Decoder>,
+    /// By key group: the shard that owns it.
+    shard_of_group: Box<[u32]>,
+    shards: usize,
+    /// The lists of dropped chunks, for the next ones.
+    spare: RoutedLinePool,
+}
+
+impl LineRouter {
+    /// `None` with one shard: its router reads every line anyway.
+    pub fn new(pipeline: &crate::pipeline::CompiledPipeline, shards: usize) -> Option<Self> {
+        (shards > 1).then(|| {
+            let groups = pipeline.spec.runtime.key_groups;
+            LineRouter {
+                decoder: pipeline.decoder.clone(),
+                shard_of_group: (0..groups).map(|g| shard_of(g, groups, shards) as u32).collect(),
+                shards,
+                spare: RoutedLinePool::default(),
+            }
+        })
+    }
+
+    /// Each line's shard; `None` for a chunk too large to index with 32-bit offsets (the
+    /// routers then scan it themselves).
+    pub fn route(&self, bytes: &[u8]) -> Option<LineRouting> {
+        if bytes.len() >= u32::MAX as usize {
+            return None;
+        }
+        let expected = bytes.len() / 100 / self.shards + 16;
+        let mut by_shard: Vec<Vec<RoutedLine>> = (0..self.shards).map(|_| self.spare.take(expected)).collect();
+        let groups = self.shard_of_group.len() as u64;
+        let mut start = 0usize;
+        for (index, line) in split_lines(bytes).enumerate() {
+            let at = start;
+            start += line.len() + 1;
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let mut routed = RoutedLine {
+                start: at as u32,
+                end: (at + line.len()) as u32,
+                index: index as u32,
+                kind: RoutedKind::NoDevice,
+                hash: 0,
+            };
+            let mut shard = 0;
+            if line.len() > self.decoder.max_payload_bytes {
+                routed.kind = RoutedKind::Oversized;
+            } else if let Some(device) = self.decoder.device_of(line, None) {
+                let hash = xxh3_64(device.as_bytes());
+                // (the same key group as `hash % groups`, without a division for the default 256)
+                let group = if groups.is_power_of_two() {
+                    hash & (groups - 1)
+                } else {
+                    hash % groups
+                };
+                shard = self.shard_of_group[group as usize] as usize;
+                routed.kind = RoutedKind::Device;
+                routed.hash = hash;
+            }
+            by_shard[shard].push(routed);
+        }
+        Some(LineRouting {
+            by_shard,
+            spare: Some(self.spare.clone()),
+        })
+    }
+}
+
 /// `bytes.split(|&b| b == b'\n')`, with memchr (a byte-by-byte split is a tenth of a router's time).
 fn split_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(bytes);
@@ -450,6 +528,51 @@ impl Handler<ForceBarrier> for Router {
 }
 
 impl Router {
+    /// Decodes a line this router takes into `decoded` and adds its reading to its device's
+    /// batch (`routed`: its device id's hash, when a scan found one; `found`: that hash's batch);
+    /// a line that does not decode becomes a dead letter. Whether it gave a reading.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn take_line<'c>(
+        &mut self,
+        chunk: &'c Chunk,
+        line: &'c [u8],
+        this_line: u64,
+        routed: Option<u64>,
+        found: Option<u32>,
+        decoded: &mut crate::decode::Decoded<'c>,
+        grouping: &mut Grouping,
+    ) -> bool {
+        let decoder = &*self.decoder;
+        match decoder.decode_into(line, None, chunk.source_time_ms, decoded) {
+            Ok(()) => {
+                decoded.reading.arrival = self
+                    .arrival
+                    .stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
+                if decoded.time_clamped {
+                    RuntimeMetrics::add(&self.metrics.times_implausible, 1);
+                }
+                if !decoded.dropped.is_empty() {
+                    let decoder = self.decoder.clone();
+                    for &(field, value) in &decoded.dropped {
+                        let position = format!("line {this_line}");
+                        let reason = decoder.dropped_reason(field, value);
+                        self.dead_letter(&chunk.source_name, &position, &reason, line);
+                    }
+                }
+                let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
+                grouping.push_found(found, hash, &decoded.device, decoded.reading.clone());
+                true
+            }
+            Err(e) => {
+                self.metrics.count_limit(&e);
+                let position = format!("line {this_line}");
+                self.dead_letter(&chunk.source_name, &position, &e.to_string(), line);
+                false
+            }
+        }
+    }
+
     fn route(&mut self, chunk: &Chunk) {
         self.counters.chunks += 1;
         let now = chunk.read_at_ms;
@@ -461,67 +584,71 @@ impl Router {
         // copied into its device's batch)
         let mut decoded = crate::decode::Decoded::empty(decoder.slots);
         match &chunk.data {
-            ChunkData::Lines { bytes, first_line, .. } => {
-                let mut line_no = *first_line;
-                for line in split_lines(bytes) {
-                    let this_line = line_no;
-                    line_no += 1;
-                    if line.iter().all(|b| b.is_ascii_whitespace()) {
-                        continue;
-                    }
-                    self.counters.payloads_seen += 1;
-                    if line.len() > decoder.max_payload_bytes {
-                        self.oversized(
-                            &chunk.source_name,
-                            &format!("line {this_line}"),
-                            line.len() as u64,
-                            line,
-                        );
-                        continue;
-                    }
-                    // the scan's hash is the decoded device's (`device_of` finds the id `decode`
-                    // finds: tests/fuzz.rs checks it), so it is not computed twice
-                    let mut routed = None;
-                    let mut found = None;
-                    if self.shards > 1 {
-                        match decoder.device_of(line, None) {
-                            Some(device) => {
-                                let hash = xxh3_64(device.as_bytes());
-                                if !self.owns(hash) {
-                                    continue;
-                                }
-                                found = grouping.prefetch(hash);
-                                routed = Some(hash);
+            ChunkData::Lines { bytes, first_line, .. } => match &chunk.routing {
+                // the feeder found each line's shard: only this shard's lines
+                Some(routing) => {
+                    for r in routing.by_shard.get(self.shard).map_or(&[][..], Vec::as_slice) {
+                        let line = &bytes[r.start as usize..r.end as usize];
+                        let this_line = first_line + r.index as u64;
+                        self.counters.payloads_seen += 1;
+                        let (routed, found) = match r.kind {
+                            RoutedKind::Oversized => {
+                                self.oversized(
+                                    &chunk.source_name,
+                                    &format!("line {this_line}"),
+                                    line.len() as u64,
+                                    line,
+                                );
+                                continue;
                             }
-                            None if self.shard != 0 => continue,
-                            None => {}
-                        }
-                    }
-                    match decoder.decode_into(line, None, chunk.source_time_ms, &mut decoded) {
-                        Ok(()) => {
-                            decoded.reading.arrival =
-                                self.arrival
-                                    .stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
-                            readings += 1;
-                            if decoded.time_clamped {
-                                RuntimeMetrics::add(&self.metrics.times_implausible, 1);
-                            }
-                            for &(field, value) in &decoded.dropped {
-                                let position = format!("line {this_line}");
-                                let reason = decoder.dropped_reason(field, value);
-                                self.dead_letter(&chunk.source_name, &position, &reason, line);
-                            }
-                            let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
-                            grouping.push_found(found, hash, &decoded.device, decoded.reading.clone());
-                        }
-                        Err(e) => {
-                            self.metrics.count_limit(&e);
-                            let position = format!("line {this_line}");
-                            self.dead_letter(&chunk.source_name, &position, &e.to_string(), line);
-                        }
+                            RoutedKind::NoDevice => (None, None),
+                            RoutedKind::Device => (Some(r.hash), grouping.prefetch(r.hash)),
+                        };
+                        let taken = self.take_line(chunk, line, this_line, routed, found, &mut decoded, &mut grouping);
+                        readings += taken as u64;
                     }
                 }
-            }
+                None => {
+                    let mut line_no = *first_line;
+                    for line in split_lines(bytes) {
+                        let this_line = line_no;
+                        line_no += 1;
+                        if line.iter().all(|b| b.is_ascii_whitespace()) {
+                            continue;
+                        }
+                        self.counters.payloads_seen += 1;
+                        if line.len() > decoder.max_payload_bytes {
+                            self.oversized(
+                                &chunk.source_name,
+                                &format!("line {this_line}"),
+                                line.len() as u64,
+                                line,
+                            );
+                            continue;
+                        }
+                        // the scan's hash is the decoded device's (`device_of` finds the id
+                        // `decode` finds: tests/fuzz.rs checks it), so it is not computed twice
+                        let mut routed = None;
+                        let mut found = None;
+                        if self.shards > 1 {
+                            match decoder.device_of(line, None) {
+                                Some(device) => {
+                                    let hash = xxh3_64(device.as_bytes());
+                                    if !self.owns(hash) {
+                                        continue;
+                                    }
+                                    found = grouping.prefetch(hash);
+                                    routed = Some(hash);
+                                }
+                                None if self.shard != 0 => continue,
+                                None => {}
+                            }
+                        }
+                        let taken = self.take_line(chunk, line, this_line, routed, found, &mut decoded, &mut grouping);
+                        readings += taken as u64;
+                    }
+                }
+            },
             ChunkData::Messages(messages) => {
                 for m in messages {
                     self.counters.payloads_seen += 1;
@@ -665,6 +792,87 @@ mod tests {
                 ],
                 "through the prefetch: {through_prefetch}"
             );
+        }
+    }
+
+    #[test]
+    fn the_feeder_puts_each_line_in_the_list_of_the_shard_that_owns_it() {
+        let text = "version: 1\npipeline: t\nsources:\n  - file: { path: in.jsonl }\ndecode:\n  format: json\n  device: { field: device }\n  time: { field: ts, unit: ms }\n  max_payload_bytes: 200\n  fields:\n    pm25: { type: float }\noperators:\n  - threshold: { name: hot, field: pm25, above: 35 }\n";
+        let pipeline = crate::pipeline::CompiledPipeline::compile(
+            crate::spec::parse_pipeline("t.yaml", text, &|_| None).expect("parses"),
+        )
+        .expect("compiles");
+        assert!(
+            LineRouter::new(&pipeline, 1).is_none(),
+            "one shard reads every line itself"
+        );
+        let mut lines: Vec<String> = Vec::new();
+        for i in 0..300 {
+            lines.push(match i % 10 {
+                // blank lines go nowhere
+                3 => "   ".to_string(),
+                4 => String::new(),
+                // no device id: shard 0 reports it
+                5 => format!(r#"{{"ts":{i},"pm25":1}}"#),
+                6 => "not json".to_string(),
+                // the device key not first, or escaped: still found by the scan's slow path
+                7 => format!(r#"{{"ts":{i},"device":"late-{i}","pm25":1}}"#),
+                8 => format!(r#"{{"device":"esc\u0061ped-{i}","ts":{i},"pm25":1}}"#),
+                // over max_payload_bytes: shard 0 reports it
+                9 => format!(
+                    r#"{{"device":"dev-{i}","ts":{i},"pm25":1,"pad":"{}"}}"#,
+                    "x".repeat(250)
+                ),
+                _ => format!(r#"{{"device":"dev-{i}","ts":{i},"pm25":1}}"#),
+            });
+        }
+        let bytes = lines.join("\n");
+        for shards in [2, 3] {
+            let router = LineRouter::new(&pipeline, shards).expect("more than one shard");
+            let routing = router.route(bytes.as_bytes()).expect("a small chunk");
+            assert_eq!(routing.by_shard.len(), shards);
+            let mut seen = vec![0u32; lines.len()];
+            for (shard, routed) in routing.by_shard.iter().enumerate() {
+                assert!(routed.windows(2).all(|w| w[0].index < w[1].index), "in order");
+                for r in routed {
+                    let line = &bytes.as_bytes()[r.start as usize..r.end as usize];
+                    assert_eq!(line, lines[r.index as usize].as_bytes());
+                    seen[r.index as usize] += 1;
+                    match r.kind {
+                        RoutedKind::Device => {
+                            // the id the decode finds, hashed as the routers hash it, owned here
+                            let device = match pipeline.decoder.decode(line, None, 0) {
+                                Ok(decoded) => decoded.device.into_owned(),
+                                Err(_) => pipeline.decoder.device_of(line, None).expect("found").into_owned(),
+                            };
+                            assert_eq!(r.hash, xxh3_64(device.as_bytes()), "{device}");
+                            let group = crate::model::key_group_of(&device, pipeline.spec.runtime.key_groups);
+                            assert_eq!(shard_of(group, pipeline.spec.runtime.key_groups, shards), shard);
+                        }
+                        RoutedKind::NoDevice => {
+                            assert_eq!(shard, 0);
+                            assert!(pipeline.decoder.device_of(line, None).is_none());
+                        }
+                        RoutedKind::Oversized => {
+                            assert_eq!(shard, 0);
+                            assert!(line.len() > 200);
+                        }
+                    }
+                }
+            }
+            for (i, line) in lines.iter().enumerate() {
+                let blank = line.trim().is_empty();
+                assert_eq!(seen[i], if blank { 0 } else { 1 }, "line {i}: {line}");
+            }
+            let kinds = |k| routing.by_shard.iter().flatten().filter(|r| r.kind == k).count();
+            assert_eq!((kinds(RoutedKind::NoDevice), kinds(RoutedKind::Oversized)), (60, 30));
+            assert!(routing.by_shard.iter().all(|r| !r.is_empty()), "every shard owns some");
+            // the lists go back to the feeder's pool with the chunk, and are reused
+            drop(routing);
+            assert_eq!(router.spare.kept(), shards);
+            let again = router.route(b"{\"device\":\"a\",\"ts\":1}").expect("routed");
+            assert_eq!(router.spare.kept(), 0);
+            assert_eq!(again.by_shard.iter().map(Vec::len).sum::<usize>(), 1);
         }
     }
 }
