@@ -609,10 +609,7 @@ impl Router {
                     }
                 }
                 None => {
-                    let mut line_no = *first_line;
-                    for line in split_lines(bytes) {
-                        let this_line = line_no;
-                        line_no += 1;
+                    for (this_line, line) in (*first_line..).zip(split_lines(bytes)) {
                         if line.iter().all(|b| b.is_ascii_whitespace()) {
                             continue;
                         }
