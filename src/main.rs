@@ -15,34 +15,6 @@ use plume::spec::{self, DurationSpec, SourceSpec};
 // (BENCHMARKS.md, "Memory per idle active device")
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's options, by their number in its `mi_option_e` (v3, the `mimalloc` crate's
-/// default; the test below checks the number against the option's documented default).
-mod allocator {
-    use std::ffi::{c_int, c_long};
-
-    /// `mi_option_purge_decommits`: whether memory mimalloc hands back is decommitted
-    /// (`MADV_DONTNEED`: the kernel takes the pages at once, and the next use faults in and
-    /// zeroes them again) or reset (`MADV_FREE`: the kernel takes them only when it needs memory).
-    pub const PURGE_DECOMMITS: c_int = 5;
-
-    unsafe extern "C" {
-        #[cfg(test)]
-        pub fn mi_option_get(option: c_int) -> c_long;
-        pub fn mi_option_set_default(option: c_int, value: c_long);
-    }
-
-    /// Memory mimalloc purges is reset, not decommitted, unless `MIMALLOC_PURGE_DECOMMITS` says
-    /// otherwise. Decommitted, the shards' steady churn of batches and records had the kernel
-    /// fault in and zero the same memory again and again, often as 2 MiB huge pages: up to a
-    /// fifth of a two-shard run's CPU in `clear_page_erms` (BENCHMARKS.md, issue 18). Reset, the
-    /// pages stay until the kernel needs them, so the fleet's small machines still get them back.
-    pub fn configure() {
-        // SAFETY: plain calls into the allocator's option table, made at the start of `main`,
-        // before any other thread exists (mimalloc's option setters are not thread-safe).
-        unsafe { mi_option_set_default(PURGE_DECOMMITS, 0) };
-    }
-}
 use plume::app::{self, InputOverride, RunOptions, RuntimeOptions};
 use plume::pipeline::CompiledPipeline;
 
@@ -309,7 +281,6 @@ where
 }
 
 fn main() -> ExitCode {
-    allocator::configure();
     plume::clock::mark_start();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -555,28 +526,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 subscribers_cli::outbox(&data_dir, json, dead_letters)
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod allocator_tests {
-    use super::allocator::*;
-
-    #[test]
-    fn purged_memory_is_reset_not_decommitted_unless_the_environment_says_otherwise() {
-        // SAFETY: reads and sets of mimalloc's option table (this test is the only one here
-        // that touches it).
-        let (before, after) = unsafe {
-            let before = mi_option_get(PURGE_DECOMMITS);
-            configure();
-            (before, mi_option_get(PURGE_DECOMMITS))
-        };
-        match std::env::var("MIMALLOC_PURGE_DECOMMITS") {
-            // the number names the option whose documented default is 1 ("purge decommits")
-            Err(_) => assert_eq!((before, after), (1, 0)),
-            // set in the environment: left as it says
-            Ok(_) => assert_eq!(before, after),
         }
     }
 }
