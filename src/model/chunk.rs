@@ -120,39 +120,59 @@ impl Drop for LineBytes {
     }
 }
 
-/// Buffers handed back by dropped chunks, for a source to fill again (at most
-/// [`BufferPool::KEPT`] of them are kept; the rest are freed).
-#[derive(Clone, Default)]
-pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+/// Vectors handed back by dropped chunks, for the next chunks (at most `KEPT` of them are kept;
+/// the rest are freed): reused, their pages are already mapped.
+pub struct VecPool<T, const KEPT: usize>(Arc<std::sync::Mutex<Vec<Vec<T>>>>);
 
-impl BufferPool {
-    /// The most buffers kept for reuse (more chunks than this are rarely in flight at once).
-    pub const KEPT: usize = 8;
+/// A file source's chunk buffers ([`LineBytes`]).
+pub type BufferPool = VecPool<u8, 8>;
 
-    /// An empty buffer with room for at least `capacity` bytes: a returned one if there is one
+impl<T, const KEPT: usize> VecPool<T, KEPT> {
+    /// The most vectors kept for reuse (more chunks than this are rarely in flight at once).
+    pub const KEPT: usize = KEPT;
+
+    /// An empty vector with room for at least `capacity` items: a returned one if there is one
     /// (its pages already mapped), else a new one.
-    pub fn take(&self, capacity: usize) -> Vec<u8> {
+    pub fn take(&self, capacity: usize) -> Vec<T> {
         let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match reused {
-            Some(mut buffer) => {
-                buffer.clear();
-                buffer.reserve(capacity);
-                buffer
+            Some(mut items) => {
+                items.clear();
+                items.reserve(capacity);
+                items
             }
             None => Vec::with_capacity(capacity),
         }
     }
 
-    fn give_back(&self, buffer: Vec<u8>) {
+    fn give_back(&self, items: Vec<T>) {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < Self::KEPT && buffer.capacity() > 0 {
-            kept.push(buffer);
+        if kept.len() < KEPT && items.capacity() > 0 {
+            kept.push(items);
         }
     }
 
-    /// How many buffers are waiting to be reused.
+    /// How many vectors are waiting to be reused.
     pub fn kept(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl<T, const KEPT: usize> Clone for VecPool<T, KEPT> {
+    fn clone(&self) -> Self {
+        VecPool(self.0.clone())
+    }
+}
+
+impl<T, const KEPT: usize> Default for VecPool<T, KEPT> {
+    fn default() -> Self {
+        VecPool(Default::default())
+    }
+}
+
+impl<T, const KEPT: usize> std::fmt::Debug for VecPool<T, KEPT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VecPool").field("kept", &self.kept()).finish()
     }
 }
 
@@ -212,39 +232,9 @@ impl Drop for LineRouting {
     }
 }
 
-/// Lists of routed lines handed back by dropped chunks (at most [`RoutedLinePool::KEPT`]).
-#[derive(Debug, Clone, Default)]
-pub struct RoutedLinePool(Arc<std::sync::Mutex<Vec<Vec<RoutedLine>>>>);
-
-impl RoutedLinePool {
-    /// Four chunks' worth (the default `chunks_in_flight`) of up to four shards.
-    pub const KEPT: usize = 16;
-
-    /// An empty list with room for at least `capacity` lines: a returned one if there is one.
-    pub fn take(&self, capacity: usize) -> Vec<RoutedLine> {
-        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match reused {
-            Some(mut lines) => {
-                lines.clear();
-                lines.reserve(capacity);
-                lines
-            }
-            None => Vec::with_capacity(capacity),
-        }
-    }
-
-    fn give_back(&self, lines: Vec<RoutedLine>) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < Self::KEPT && lines.capacity() > 0 {
-            kept.push(lines);
-        }
-    }
-
-    /// How many lists are waiting to be reused.
-    pub fn kept(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
+/// Lists of routed lines handed back by dropped chunks: four chunks' worth (the default
+/// `chunks_in_flight`) of up to four shards.
+pub type RoutedLinePool = VecPool<RoutedLine, 16>;
 
 /// One line of a chunk of lines, for the shard whose list holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

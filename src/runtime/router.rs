@@ -275,6 +275,11 @@ impl Router {
         }
     }
 
+    /// [`Router::oversized`] for line `line_no` of a chunk of lines.
+    fn oversized_line(&mut self, chunk: &Chunk, line_no: u64, line: &[u8]) {
+        self.oversized(&chunk.source_name, &format!("line {line_no}"), line.len() as u64, line);
+    }
+
     fn dead_letter(&mut self, source: &str, position: &str, reason: &str, payload: &[u8]) {
         self.counters.dead_letters += 1;
         self.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
@@ -593,12 +598,7 @@ impl Router {
                         self.counters.payloads_seen += 1;
                         let (routed, found) = match r.kind {
                             RoutedKind::Oversized => {
-                                self.oversized(
-                                    &chunk.source_name,
-                                    &format!("line {this_line}"),
-                                    line.len() as u64,
-                                    line,
-                                );
+                                self.oversized_line(chunk, this_line, line);
                                 continue;
                             }
                             RoutedKind::NoDevice => (None, None),
@@ -615,12 +615,7 @@ impl Router {
                         }
                         self.counters.payloads_seen += 1;
                         if line.len() > decoder.max_payload_bytes {
-                            self.oversized(
-                                &chunk.source_name,
-                                &format!("line {this_line}"),
-                                line.len() as u64,
-                                line,
-                            );
+                            self.oversized_line(chunk, this_line, line);
                             continue;
                         }
                         // the scan's hash is the decoded device's (`device_of` finds the id
