@@ -30,5 +30,5 @@ pub use chunk::{
 };
 pub use duration::DurationSpec;
 pub use ids::{NotifierKind, SinkId, SourceId};
-pub use keys::{key_group_of, shard_of};
+pub use keys::{key_group_of, key_group_of_hash, shard_of};
 pub use record::{OpIndex, OutputRecord, RecordKind};

@@ -21,7 +21,7 @@ use super::coordinator::{RouterDrained, RunCoordinator};
 use super::shard::{DeviceBatches, ShardBarrier, ShardSupervisor};
 use super::{Chunk, ChunkData, ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, shard_of};
 use crate::decode::{Decoder, bounded_raw};
-use crate::model::{LineRouting, RoutedKind, RoutedLine, RoutedLinePool};
+use crate::model::{LineRouting, RoutedKind, RoutedLine, RoutedLinePool, key_group_of_hash};
 use crate::operators::Reading;
 use crate::output::RecordFormatter;
 
@@ -255,14 +255,7 @@ impl Router {
         if self.shards == 1 {
             return true;
         }
-        let groups = self.key_groups as u64;
-        // (the same key group as `hash % groups`, without a division for the default 256)
-        let key_group = if groups.is_power_of_two() {
-            hash & (groups - 1)
-        } else {
-            hash % groups
-        };
-        self.owned_groups[key_group as usize]
+        self.owned_groups[key_group_of_hash(hash, self.key_groups) as usize]
     }
 
     /// A payload over `decode.max_payload_bytes`: a dead letter with its first bytes, reported
@@ -430,7 +423,7 @@ impl LineRouter {
         }
         let expected = bytes.len() / 100 / self.shards + 16;
         let mut by_shard: Vec<Vec<RoutedLine>> = (0..self.shards).map(|_| self.spare.take(expected)).collect();
-        let groups = self.shard_of_group.len() as u64;
+        let groups = self.shard_of_group.len() as u32;
         let mut start = 0usize;
         for (index, line) in split_lines(bytes).enumerate() {
             let at = start;
@@ -450,13 +443,7 @@ impl LineRouter {
                 routed.kind = RoutedKind::Oversized;
             } else if let Some(device) = self.decoder.device_of(line, None) {
                 let hash = xxh3_64(device.as_bytes());
-                // (the same key group as `hash % groups`, without a division for the default 256)
-                let group = if groups.is_power_of_two() {
-                    hash & (groups - 1)
-                } else {
-                    hash % groups
-                };
-                shard = self.shard_of_group[group as usize] as usize;
+                shard = self.shard_of_group[key_group_of_hash(hash, groups) as usize] as usize;
                 routed.kind = RoutedKind::Device;
                 routed.hash = hash;
             }
@@ -533,36 +520,36 @@ impl Handler<ForceBarrier> for Router {
 }
 
 impl Router {
-    /// Decodes a line this router takes into `decoded` and adds its reading to its device's
+    /// Decodes a payload this router takes into `decoded` and adds its reading to its device's
     /// batch (`routed`: its device id's hash, when a scan found one; `found`: that hash's batch);
-    /// a line that does not decode becomes a dead letter. Whether it gave a reading.
+    /// a payload that does not decode becomes a dead letter at `position` (made only then).
+    /// Whether it gave a reading.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn take_line<'c>(
+    fn take_payload<'c>(
         &mut self,
-        chunk: &'c Chunk,
-        line: &'c [u8],
-        this_line: u64,
+        source_name: &str,
+        payload: &'c [u8],
+        device_hint: Option<&'c str>,
+        arrival_ms: i64,
+        position: impl Fn() -> String,
         routed: Option<u64>,
         found: Option<u32>,
         decoded: &mut crate::decode::Decoded<'c>,
         grouping: &mut Grouping,
     ) -> bool {
         let decoder = &*self.decoder;
-        match decoder.decode_into(line, None, chunk.source_time_ms, decoded) {
+        match decoder.decode_into(payload, device_hint, arrival_ms, decoded) {
             Ok(()) => {
-                decoded.reading.arrival = self
-                    .arrival
-                    .stamp(decoded.reading.ts, decoded.arrival, chunk.source_time_ms);
+                decoded.reading.arrival = self.arrival.stamp(decoded.reading.ts, decoded.arrival, arrival_ms);
                 if decoded.time_clamped {
                     RuntimeMetrics::add(&self.metrics.times_implausible, 1);
                 }
                 if !decoded.dropped.is_empty() {
                     let decoder = self.decoder.clone();
                     for &(field, value) in &decoded.dropped {
-                        let position = format!("line {this_line}");
                         let reason = decoder.dropped_reason(field, value);
-                        self.dead_letter(&chunk.source_name, &position, &reason, line);
+                        self.dead_letter(source_name, &position(), &reason, payload);
                     }
                 }
                 let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
@@ -571,8 +558,7 @@ impl Router {
             }
             Err(e) => {
                 self.metrics.count_limit(&e);
-                let position = format!("line {this_line}");
-                self.dead_letter(&chunk.source_name, &position, &e.to_string(), line);
+                self.dead_letter(source_name, &position(), &e.to_string(), payload);
                 false
             }
         }
@@ -604,7 +590,17 @@ impl Router {
                             RoutedKind::NoDevice => (None, None),
                             RoutedKind::Device => (Some(r.hash), grouping.prefetch(r.hash)),
                         };
-                        let taken = self.take_line(chunk, line, this_line, routed, found, &mut decoded, &mut grouping);
+                        let taken = self.take_payload(
+                            &chunk.source_name,
+                            line,
+                            None,
+                            chunk.source_time_ms,
+                            || format!("line {this_line}"),
+                            routed,
+                            found,
+                            &mut decoded,
+                            &mut grouping,
+                        );
                         readings += taken as u64;
                     }
                 }
@@ -636,7 +632,17 @@ impl Router {
                                 None => {}
                             }
                         }
-                        let taken = self.take_line(chunk, line, this_line, routed, found, &mut decoded, &mut grouping);
+                        let taken = self.take_payload(
+                            &chunk.source_name,
+                            line,
+                            None,
+                            chunk.source_time_ms,
+                            || format!("line {this_line}"),
+                            routed,
+                            found,
+                            &mut decoded,
+                            &mut grouping,
+                        );
                         readings += taken as u64;
                     }
                 }
@@ -649,6 +655,7 @@ impl Router {
                         continue;
                     }
                     let mut routed = None;
+                    let mut found = None;
                     if self.shards > 1 {
                         match decoder.device_of(&m.payload, m.device_hint.as_deref()) {
                             Some(device) => {
@@ -656,32 +663,25 @@ impl Router {
                                 if !self.owns(hash) {
                                     continue;
                                 }
+                                found = grouping.prefetch(hash);
                                 routed = Some(hash);
                             }
                             None if self.shard != 0 => continue,
                             None => {}
                         }
                     }
-                    match decoder.decode_into(&m.payload, m.device_hint.as_deref(), m.arrival_ms, &mut decoded) {
-                        Ok(()) => {
-                            decoded.reading.arrival =
-                                self.arrival.stamp(decoded.reading.ts, decoded.arrival, m.arrival_ms);
-                            readings += 1;
-                            if decoded.time_clamped {
-                                RuntimeMetrics::add(&self.metrics.times_implausible, 1);
-                            }
-                            for &(field, value) in &decoded.dropped {
-                                let reason = decoder.dropped_reason(field, value);
-                                self.dead_letter(&chunk.source_name, &m.position, &reason, &m.payload);
-                            }
-                            let hash = routed.unwrap_or_else(|| xxh3_64(decoded.device.as_bytes()));
-                            grouping.push(hash, &decoded.device, decoded.reading.clone());
-                        }
-                        Err(e) => {
-                            self.metrics.count_limit(&e);
-                            self.dead_letter(&chunk.source_name, &m.position, &e.to_string(), &m.payload);
-                        }
-                    }
+                    let taken = self.take_payload(
+                        &chunk.source_name,
+                        &m.payload,
+                        m.device_hint.as_deref(),
+                        m.arrival_ms,
+                        || m.position.clone(),
+                        routed,
+                        found,
+                        &mut decoded,
+                        &mut grouping,
+                    );
+                    readings += taken as u64;
                 }
             }
             ChunkData::SkippedLine {
