@@ -9,6 +9,7 @@ use std::io::{self, BufRead, Write};
 use rustc_hash::FxBuildHasher;
 
 use crate::decode::Decoded;
+use crate::operators::device_slots::DeviceSlots;
 use crate::operators::{DeviceChain, Emit};
 use crate::output::{OutputRecord, RecordFormatter, RunTotals};
 use crate::pipeline::CompiledPipeline;
@@ -57,87 +58,6 @@ impl Staged<'_> {
             line: &[],
             line_no: 0,
         }
-    }
-}
-
-/// The plain loop's index of devices by their id's hash: open addressing with linear probing
-/// over 8-byte slots (the upper half of the hash, and the device's index + 1; 0 is an empty
-/// slot), at most half full. Its own, not a `hashbrown` table, so that a line can ask the CPU
-/// for its slot one line before it looks in it: the load of a slot that had left the cache was
-/// 5 % of a run.
-struct DeviceSlots {
-    slots: Vec<(u32, u32)>,
-    len: usize,
-}
-
-impl DeviceSlots {
-    fn new() -> Self {
-        DeviceSlots {
-            slots: vec![(0, 0); 64],
-            len: 0,
-        }
-    }
-
-    #[inline]
-    fn home(&self, hash: u64) -> usize {
-        hash as usize & (self.slots.len() - 1)
-    }
-
-    /// Asks the CPU for the slot where a search for `hash` starts.
-    #[inline]
-    fn prefetch(&self, hash: u64) {
-        crate::operators::prefetch(&self.slots[self.home(hash)], 8);
-    }
-
-    /// The first device whose slot holds `hash`'s upper half, if any: most likely the device
-    /// with that hash, but its id is not compared.
-    #[inline]
-    fn candidate(&self, hash: u64) -> Option<usize> {
-        self.find(hash, |_| true)
-    }
-
-    /// The device whose slot holds `hash`'s upper half and for which `is` says yes.
-    #[inline]
-    fn find(&self, hash: u64, is: impl Fn(usize) -> bool) -> Option<usize> {
-        let tag = (hash >> 32) as u32;
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(hash);
-        loop {
-            let (t, index) = self.slots[at];
-            if index == 0 {
-                return None;
-            }
-            if t == tag && is(index as usize - 1) {
-                return Some(index as usize - 1);
-            }
-            at = (at + 1) & mask;
-        }
-    }
-
-    /// Adds device `index` (not in the table) under `hash`; `hash_of` gives the hash of any
-    /// device already in it, for when the table grows.
-    fn insert(&mut self, hash: u64, index: usize, hash_of: impl Fn(usize) -> u64) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            let grown = vec![(0, 0); self.slots.len() * 2];
-            let old = std::mem::replace(&mut self.slots, grown);
-            for (_, i) in old.into_iter().filter(|&(_, i)| i != 0) {
-                self.place(hash_of(i as usize - 1), i as usize - 1);
-            }
-        }
-        self.place(hash, index);
-        self.len += 1;
-    }
-
-    fn place(&mut self, hash: u64, index: usize) {
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(hash);
-        while self.slots[at].1 != 0 {
-            at = (at + 1) & mask;
-        }
-        self.slots[at] = (
-            (hash >> 32) as u32,
-            u32::try_from(index + 1).expect("fewer than 2^32 devices"),
-        );
     }
 }
 
@@ -819,33 +739,6 @@ mod tests {
         assert!(e.to_string().contains("disk full, as it happens"), "{e}");
         let e = run_with_io_threads(&pipeline, "t", Fails(5 * IO_BLOCK / 2), Vec::new()).unwrap_err();
         assert!(e.to_string().contains("the disk went away"), "{e}");
-    }
-
-    /// The device table finds every device it holds and no other, through growth, with
-    /// hashes that share their upper half (the slot's tag) or their home slot, or both.
-    #[test]
-    fn the_device_table_finds_exactly_the_devices_it_holds() {
-        // device i's hash: a few distinct tags and homes, so that both collide often
-        let hash_of = |i: usize| ((i as u64 % 3) << 32) | (i as u64 % 5) | (((i / 15) as u64) << 7);
-        let mut table = DeviceSlots::new();
-        for n in 0..2_000usize {
-            // every device after each of the first additions and after each growth; after the
-            // others, the newest (the whole check each time is quadratic)
-            let all = n <= 200 || n.is_power_of_two() || (n - 1).is_power_of_two();
-            for i in if all { 0 } else { n.saturating_sub(20) }..n {
-                assert_eq!(table.find(hash_of(i), |j| j == i), Some(i), "device {i} of {n}");
-            }
-            assert_eq!(
-                table.find(hash_of(n), |j| j == n),
-                None,
-                "device {n} before it was added"
-            );
-            if let Some(c) = table.candidate(hash_of(n)) {
-                assert_eq!(hash_of(c) >> 32, hash_of(n) >> 32, "a candidate has the same tag");
-            }
-            table.insert(hash_of(n), n, hash_of);
-            assert!(table.len * 2 <= table.slots.len(), "at most half full");
-        }
     }
 
     fn compile(text: &str) -> CompiledPipeline {

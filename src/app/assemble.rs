@@ -247,21 +247,12 @@ pub fn start_with_state(
             })
         };
         let router = {
-            let (pipeline, supervisor, metrics, coordinator, positions) = (
-                pipeline.clone(),
-                supervisor.clone(),
-                metrics.clone(),
-                coordinator.clone(),
-                positions.clone(),
-            );
+            let (supervisor, coordinator, positions) = (supervisor.clone(), coordinator.clone(), positions.clone());
             Router::start_in_arbiter(&arbiter.handle(), move |_| {
                 Router::new(
                     shard,
-                    shards,
-                    &pipeline,
                     supervisor,
                     output,
-                    metrics,
                     coordinator,
                     sources,
                     positions,

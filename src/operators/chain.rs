@@ -71,11 +71,26 @@ impl DeviceSnapshot {
 }
 
 /// The operator chain of one device: every operator in pipeline order, and its counters.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DeviceChain {
     /// (A boxed slice: one word smaller than a `Vec` in every device actor.)
     operators: Box<[DeviceOperator]>,
     counters: DeviceCounters,
+}
+
+impl Clone for DeviceChain {
+    fn clone(&self) -> Self {
+        DeviceChain {
+            operators: self.operators.clone(),
+            counters: self.counters,
+        }
+    }
+
+    /// Into `self`'s own allocations where the operators can (see `DeviceOperator::clone_from`).
+    fn clone_from(&mut self, source: &Self) {
+        self.operators.clone_from(&source.operators);
+        self.counters = source.counters;
+    }
 }
 
 impl DeviceChain {

@@ -11,6 +11,8 @@
 //! - `chain`: [`DeviceChain`], the compiled chain of one device, and its stored format
 //!   ([`DeviceSnapshot`]).
 //! - `context`: what an operator's check and compile step see of the pipeline around it.
+//! - `device_slots`: [`device_slots::DeviceSlots`], an index of devices by their id's hash, for
+//!   the loops that find a reading's chain once per reading (the plain loop, the shards).
 //! - `window`: event-time tumbling and sliding windows, per-device watermark, late output,
 //!   processing-time idle flush.
 //! - `hysteresis`: pollution events with enter/exit thresholds and debounce.
@@ -41,6 +43,7 @@ pub mod calibrate;
 mod chain;
 pub mod context;
 pub mod dedup;
+pub mod device_slots;
 pub mod health;
 pub mod hysteresis;
 mod registry;

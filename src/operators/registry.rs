@@ -156,9 +156,27 @@ macro_rules! registry {
         }
 
         /// One device's running operator.
-        #[derive(Debug, Clone)]
+        #[derive(Debug)]
         pub enum DeviceOperator {
             $($variant($op),)*
+        }
+
+        impl Clone for DeviceOperator {
+            fn clone(&self) -> Self {
+                match self {
+                    $(DeviceOperator::$variant(o) => DeviceOperator::$variant(o.clone()),)*
+                }
+            }
+
+            /// Into the operator's own allocations where it can (a shard copies every device's
+            /// state once per chunk, into the same copies each time).
+            fn clone_from(&mut self, source: &Self) {
+                match (self, source) {
+                    $((DeviceOperator::$variant(to), DeviceOperator::$variant(from)) => to.clone_from(from),)*
+                    #[allow(unreachable_patterns)]
+                    (to, from) => *to = from.clone(),
+                }
+            }
         }
 
         /// The stored state of one operator (versioned with the

@@ -21,7 +21,6 @@ use crate::runtime::ports::SinkError;
 #[rtype(result = "()")]
 pub struct RouterDrained {
     pub shard: usize,
-    pub dead_letters: u64,
 }
 
 /// How a run ended.

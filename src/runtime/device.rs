@@ -1,4 +1,4 @@
-//! [`DeviceActor`]: one per active device. It runs the device's operator chain over batches of
+//! [`DeviceActor`]: one per active device. It runs the device's operator chain over its
 //! readings and owns the device's state.
 //!
 //! A device actor is a lightweight actor hosted by its [`ShardSupervisor`](super::shard::ShardSupervisor)
@@ -7,17 +7,17 @@
 //! of a shard ran on the shard's thread anyway; what an actix actor added per device was its
 //! tokio task (512 bytes) and its mailbox (≈ 230 bytes), more than the device's own state,
 //! which made the 1 KiB per idle device of issue 3 unreachable (see ARCHITECTURE.md). The
-//! messages keep their names ([`DeviceActor::apply_readings`], [`DeviceActor::tick`],
+//! messages keep their names ([`DeviceActor::apply_reading`], [`DeviceActor::tick`],
 //! [`DeviceActor::passivate`], [`DeviceActor::snapshot_if_dirty`],
 //! [`DeviceActor::flush_at_end`], [`DeviceActor::counters`]).
 //!
-//! A panic inside an operator does not take the shard down: the batch runs under
-//! `catch_unwind`; on a panic the actor is restarted from its last good state (the state before
-//! the batch) and replays the batch one reading at a time: the reading that panics again goes
-//! to dead letters with the panic message, every other reading is applied. Other devices never
-//! notice.
+//! A panic inside an operator does not take the shard down: the shard runs a chunk's readings
+//! under `catch_unwind`, keeps every device's state as it was before its first reading of the
+//! chunk, and on a panic restarts the device from it ([`DeviceActor::restart`]), applies its
+//! earlier readings of the chunk again and tries the failed one once more: if it panics again
+//! it goes to dead letters with the panic message ([`DeviceActor::poisoned`]). Other devices
+//! never notice (see [`run`](super::shard) in the shard).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
 use tracing::{info_span, warn};
@@ -41,6 +41,8 @@ pub struct DeviceActor {
     pub last_active: i64,
     /// Changed since the last checkpoint that took its state.
     dirty: bool,
+    /// The shard's number of the chunk in which it last had a reading (0: none yet).
+    chunk: u32,
 }
 
 impl DeviceActor {
@@ -51,100 +53,99 @@ impl DeviceActor {
             counters: Default::default(),
             last_active: now,
             dirty,
+            chunk: 0,
         }
     }
 
-    fn apply(
-        chain: &mut DeviceChain,
-        local: &ShardLocal,
+    /// A reading of the shard's chunk `seq` (never 0) for this device. The first of the chunk
+    /// counts a batch and marks the state changed. Whether it is the first (the shard then keeps
+    /// a copy of the state as it was before the chunk: its last good state, should an operator
+    /// panic).
+    #[inline]
+    pub fn note_reading(&mut self, seq: u32, now: i64) -> bool {
+        self.last_active = now;
+        self.counters.readings += 1;
+        if self.chunk == seq {
+            return false;
+        }
+        self.chunk = seq;
+        self.counters.batches += 1;
+        self.dirty = true;
+        true
+    }
+
+    /// The operator chain (the shard copies it as the last good state, and prefetches it).
+    #[inline]
+    pub fn chain(&self) -> &DeviceChain {
+        &self.chain
+    }
+
+    /// One reading through the chain (after [`DeviceActor::note_reading`]; again, not noted,
+    /// after a restart), decided at `now` (processing time; with the event clock
+    /// at the reading's arrival, after whatever the device had due before it: an offline
+    /// report, an idle flush). What the operators emit is added to `emits`.
+    #[inline]
+    pub fn apply_reading(
+        &mut self,
         device: &str,
-        readings: &[Reading],
+        local: &ShardLocal,
+        reading: &mut Reading,
         now: i64,
         emits: &mut Vec<Emit>,
     ) {
         #[cfg(not(feature = "fault-injection"))]
         let _ = device;
-        for reading in readings {
-            #[cfg(feature = "fault-injection")]
-            if let Some(hook) = &local.fault_hook {
-                hook(device, reading);
-            }
-            // event clock: the reading is decided at its arrival on the fleet's clock, after
-            // whatever the device had due before it (an offline report, an idle flush)
-            let at = if local.event_clock {
-                chain.catch_up(reading.arrival, emits);
-                reading.arrival
-            } else {
-                now
-            };
-            chain.on_reading(reading.clone(), at, emits);
+        #[cfg(feature = "fault-injection")]
+        if let Some(hook) = &local.fault_hook {
+            hook(device, reading);
         }
+        let at = if local.event_clock {
+            self.chain.catch_up(reading.arrival, emits);
+            reading.arrival
+        } else {
+            now
+        };
+        self.chain.on_reading_in_place(reading, at, emits);
     }
 
-    fn publish(device: &str, local: &ShardLocal, emits: &mut Vec<Emit>) {
+    /// Records for what the operators emitted (and the metrics of events and late readings),
+    /// into the shard's output.
+    pub fn publish(device: &str, local: &ShardLocal, emits: &mut Vec<Emit>) {
         if emits.is_empty() {
             return;
         }
-        let mut records = Vec::with_capacity(emits.len());
-        for emit in emits.drain(..) {
+        let records = emits.drain(..).map(|emit| {
+            let m = &local.metrics;
             match emit {
                 Emit::EventStart { severity, .. } => {
-                    let m = &local.metrics;
                     m.events_open.fetch_add(1, Ordering::Relaxed);
                     m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Emit::EventUpdate { previous, severity, .. } => {
                     // the open event moves to its new band
-                    let m = &local.metrics;
                     m.events_open_by_severity[super::RuntimeMetrics::severity_slot(previous)]
                         .fetch_sub(1, Ordering::Relaxed);
                     m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Emit::EventEnd { severity, .. } => {
-                    let m = &local.metrics;
                     m.events_open.fetch_sub(1, Ordering::Relaxed);
                     m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
                         .fetch_sub(1, Ordering::Relaxed);
                 }
                 Emit::Late { .. } => {
-                    local.metrics.late.fetch_add(1, Ordering::Relaxed);
+                    m.late.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
             }
-            records.push(local.formatter.format(device, &emit));
-        }
+            local.formatter.format(device, &emit)
+        });
         local.output.extend(records);
     }
 
-    /// Readings of this device from one chunk, in arrival order.
-    pub fn apply_readings(&mut self, device: &str, local: &ShardLocal, readings: Vec<Reading>, now: i64) {
-        self.counters.batches += 1;
-        self.counters.readings += readings.len() as u64;
-        self.dirty = true;
-        self.last_active = now;
-        let before = self.chain.clone();
-        let chain = &mut self.chain;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut emits = local.take_scratch();
-            Self::apply(chain, local, device, &readings, now, &mut emits);
-            emits
-        }));
-        match result {
-            Ok(mut emits) => {
-                Self::publish(device, local, &mut emits);
-                local.return_scratch(emits);
-            }
-            Err(_) => {
-                self.restart(device, local, before);
-                self.replay(device, local, readings, now);
-            }
-        }
-    }
-
-    /// After a panic: back to the last good state (the one before the batch).
-    fn restart(&mut self, device: &str, local: &ShardLocal, last_good: DeviceChain) {
+    /// After a panic: back to the last good state.
+    pub fn restart(&mut self, device: &str, local: &ShardLocal, last_good: DeviceChain) {
         let _span = info_span!("device_restart", device, shard = local.shard).entered();
         self.chain = last_good;
         self.counters.restarts += 1;
@@ -156,36 +157,11 @@ impl DeviceActor {
         );
     }
 
-    /// After a restart: the failed batch, one reading at a time.
-    fn replay(&mut self, device: &str, local: &ShardLocal, readings: Vec<Reading>, now: i64) {
-        let mut emits = Vec::new();
-        for reading in readings {
-            let before = self.chain.clone();
-            let chain = &mut self.chain;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                let mut out = Vec::new();
-                Self::apply(chain, local, device, std::slice::from_ref(&reading), now, &mut out);
-                out
-            }));
-            match result {
-                Ok(out) => emits.extend(out),
-                Err(panic) => {
-                    self.chain = before;
-                    self.counters.poisoned_readings += 1;
-                    let message = panic_message(&panic);
-                    warn!(device, ts = reading.ts, panic = %message, "reading made an operator panic: sent to dead letters");
-                    let raw = serde_json::to_vec(&reading).unwrap_or_default();
-                    local.metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    local.output.push(local.formatter.dead_letter(
-                        &format!("device:{device}"),
-                        &format!("ts {}", reading.ts),
-                        &format!("an operator panicked on this reading: {message}"),
-                        &raw,
-                    ));
-                }
-            }
-        }
-        Self::publish(device, local, &mut emits);
+    /// A reading made an operator panic again after a restart: the state goes back to what it
+    /// was before it (`before`), and the reading to dead letters.
+    pub fn poisoned(&mut self, before: DeviceChain) {
+        self.chain = before;
+        self.counters.poisoned_readings += 1;
     }
 
     /// Time passes (`now`, processing time or the fleet's clock): idle flush, offline detection.
@@ -240,7 +216,7 @@ impl DeviceActor {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

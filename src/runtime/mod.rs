@@ -11,11 +11,12 @@
 //!   operator chain, owns its state, restarts from its last good state after a panic. Hosted by
 //!   its shard supervisor (not an actix actor of its own: see the module).
 //! - [`shard`]: [`ShardSupervisor`](shard::ShardSupervisor), one per shard thread (an actix
-//!   actor): activates, passivates and restarts the device actors of its key groups and
-//!   delivers their messages.
+//!   actor): decodes the payloads of its own key groups (so parsing runs in parallel), runs each
+//!   through its device's actor, activates, passivates and restarts the device actors.
 //! - [`router`]: [`Router`](router::Router), one per shard thread: takes every input chunk,
-//!   decodes the readings of its own key groups (so parsing runs in parallel) and hands them to
-//!   its supervisor in per-device batches; bad payloads become dead letters.
+//!   aligns the sources' checkpoint barriers, and hands chunks and barriers to its shard in
+//!   order; [`LineRouter`](router::LineRouter) lists each shard's lines once per chunk, on the
+//!   source's thread.
 //! - [`hub`]: [`OutputHub`](hub::OutputHub): fans records out to sinks over bounded queues,
 //!   by the pipeline's routes ([`routes`]).
 //! - [`checkpointer`]: consistent checkpoints by barriers, written on a thread of their own.
@@ -24,8 +25,9 @@
 //! - [`ownership`]: the runtime's side of [`ports::PartitionOwnership`].
 //! - this file: what they share: the shard output buffer and the metrics.
 //!
-//! Data flow: source thread -> (chunk, broadcast) -> Router of every shard -> ShardSupervisor
-//! -> DeviceActor -> shard output buffer -> OutputHub -> sink queues -> sink threads.
+//! Data flow: source thread (lines routed to shards) -> (chunk, broadcast) -> Router of every
+//! shard -> ShardSupervisor (decode, device look-up) -> DeviceActor -> shard output buffer ->
+//! OutputHub -> sink queues -> sink threads.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,19 +87,6 @@ impl ShardOutput {
                 shard: Some(self.shard),
             });
         }
-    }
-}
-
-/// Shared by every device batch of one chunk on one shard: when the last batch is done (this
-/// is dropped), the records they produced go to the hub in one message.
-pub struct ChunkProgress {
-    pub output: Arc<ShardOutput>,
-    pub ticket: Arc<ChunkTicket>,
-}
-
-impl Drop for ChunkProgress {
-    fn drop(&mut self) {
-        self.output.flush(Some(self.ticket.clone()));
     }
 }
 

@@ -1,9 +1,16 @@
-//! [`ShardSupervisor`]: one per shard thread. It owns the devices of its key groups: activates
-//! a [`DeviceActor`] on a device's first reading and delivers its messages to it one at a time
-//! (device actors are hosted by their supervisor, see [`device`]), restarts a device whose
-//! operator panicked from its last good state, passivates actors idle longer than
-//! `runtime.passivate_after` (their encoded state is kept and restored on the next reading),
-//! and flushes every device at the end of the input.
+//! [`ShardSupervisor`]: one per shard thread. It owns the devices of its key groups: runs its
+//! payloads of every chunk ([`RunChunk`], see `run`: decoded and applied one after the other,
+//! in arrival order, a few payloads ahead of each other so that devices are in the cache when
+//! their readings run), activates a [`DeviceActor`] on a device's first reading (device actors
+//! are hosted by their supervisor, see [`device`]), restarts a device whose operator panicked
+//! from its last good state, passivates actors idle longer than `runtime.passivate_after`
+//! (their encoded state is kept and restored on the next reading), and flushes every device at
+//! the end of the input.
+//!
+//! # Layout
+//! - this file: the supervisor, its messages and their handlers.
+//! - `run`: how a chunk runs (decode, device look-up ahead, apply, records; panic recovery).
+//! - `active`: [`ActiveDevices`](active::ActiveDevices), the live devices by id hash.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,12 +25,17 @@ use tracing::{debug, error, info, info_span, warn};
 use super::checkpointer::{CheckpointDone, ShardCheckpointed};
 use super::device::{self, DeviceActor};
 use super::hub::BarrierReached;
-use super::{ChunkProgress, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
+use super::{Chunk, RuntimeMetrics, ShardOutput, SourcePosition, key_group_of, shard_of};
 use crate::clock::Clock;
 use crate::operators::{DeviceChain, Emit, Reading};
 use crate::output::RecordFormatter;
 use crate::pipeline::CompiledPipeline;
 use crate::store::{DeviceWrite, StateStore, device_key};
+
+mod active;
+mod run;
+
+use active::ActiveDevices;
 
 /// A test hook called before every reading a device actor applies (a panic in it is treated as
 /// an operator panic). Only in builds with the `fault-injection` feature (the tests').
@@ -58,16 +70,10 @@ impl ShardLocal {
     }
 }
 
-/// Readings for several devices of this shard, from one chunk.
+/// A chunk of input (shared by every shard): run this shard's payloads of it (see [`run`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct DeviceBatches {
-    pub batches: Vec<(Box<str>, Vec<Reading>)>,
-    pub now: i64,
-    /// `runtime.clock: event`: the fleet's clock after these readings.
-    pub fleet_ms: Option<i64>,
-    pub progress: Arc<ChunkProgress>,
-}
+pub struct RunChunk(pub Arc<Chunk>);
 
 /// A checkpoint barrier, after every reading of the checkpoint has been handed to this shard:
 /// snapshot the changed devices, mark the end of the checkpoint's records for the hub, and
@@ -77,7 +83,6 @@ pub struct DeviceBatches {
 pub struct ShardBarrier {
     pub id: u64,
     pub positions: Vec<SourcePosition>,
-    pub dead_letters: u64,
 }
 
 /// End of input: flush every device, reply with the shard's totals.
@@ -188,7 +193,7 @@ pub struct ShardOptions {
 
 pub struct ShardSupervisor {
     local: Rc<ShardLocal>,
-    active: FxHashMap<Arc<str>, DeviceActor>,
+    active: ActiveDevices,
     /// Encoded state of passivated devices.
     passive: FxHashMap<Arc<str>, PassiveDevice>,
     /// Passivated devices by the processing time their operators next act on (offline
@@ -213,6 +218,7 @@ pub struct ShardSupervisor {
     /// next checked for deadlines it passed.
     fleet_ms: Option<i64>,
     next_fleet_tick: i64,
+    runner: run::ChunkRunner,
 }
 
 impl ShardSupervisor {
@@ -229,6 +235,7 @@ impl ShardSupervisor {
         let max_devices = (pipeline.spec.runtime.max_devices.div_ceil(shards.max(1) as u64)).max(1) as usize;
         let tick_ms = pipeline.tick_interval_ms();
         let event_clock = pipeline.spec.runtime.clock == crate::spec::DecisionClock::Event;
+        let runner = run::ChunkRunner::new(&pipeline, shard, shards);
         let local = Rc::new(ShardLocal {
             shard,
             formatter: RecordFormatter::new(&pipeline),
@@ -243,7 +250,7 @@ impl ShardSupervisor {
         });
         ShardSupervisor {
             local,
-            active: FxHashMap::default(),
+            active: ActiveDevices::default(),
             passive: FxHashMap::default(),
             deadlines: Default::default(),
             counters: ShardCounters::default(),
@@ -258,6 +265,7 @@ impl ShardSupervisor {
             created: 0,
             fleet_ms: None,
             next_fleet_tick: i64::MIN,
+            runner,
         }
     }
 
@@ -322,7 +330,13 @@ impl ShardSupervisor {
         }
     }
 
-    fn activate(&mut self, device: &str, now: i64) -> &mut DeviceActor {
+    /// Activates a device that is not active; its number in `active`.
+    fn activate(&mut self, device: &str, now: i64) -> usize {
+        self.activate_hashed(device, xxhash_rust::xxh3::xxh3_64(device.as_bytes()), now)
+    }
+
+    /// [`ShardSupervisor::activate`] with the xxh3 hash of the device's id.
+    fn activate_hashed(&mut self, device: &str, hash: u64, now: i64) -> usize {
         let key: Arc<str> = Arc::from(device);
         // in memory from now on: its deadline comes from its chain when it is passivated
         self.deadlines.unmark_stored(&key);
@@ -344,9 +358,7 @@ impl ShardSupervisor {
         self.counters.activations += 1;
         self.local.metrics.activations.fetch_add(1, Ordering::Relaxed);
         self.local.metrics.devices_active.fetch_add(1, Ordering::Relaxed);
-        self.active
-            .entry(key)
-            .or_insert(DeviceActor::new(chain, reactivated, now))
+        self.active.insert(key, hash, DeviceActor::new(chain, reactivated, now))
     }
 
     fn restore(&self, device: &str, bytes: &[u8]) -> DeviceChain {
@@ -512,7 +524,8 @@ impl ShardSupervisor {
         }
         let local = self.local.clone();
         for device in &due {
-            let actor = self.activate(device, now);
+            let index = self.activate(device, now);
+            let actor = &mut self.active.at_mut(index).actor;
             // (a device from the store may have had its deadline moved by a later checkpoint)
             if actor.next_deadline().is_some_and(|at| at <= now) {
                 actor.tick(device, &local, now);
@@ -620,42 +633,34 @@ impl Actor for ShardSupervisor {
     }
 }
 
-impl Handler<DeviceBatches> for ShardSupervisor {
+impl Handler<RunChunk> for ShardSupervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: DeviceBatches, _ctx: &mut Context<Self>) {
-        if self.counters.batches == 0 {
+    fn handle(&mut self, RunChunk(chunk): RunChunk, _ctx: &mut Context<Self>) {
+        let began = Instant::now();
+        let counts = self.run_chunk(&chunk, chunk.read_at_ms);
+        if counts.readings > 0 && self.counters.readings == 0 {
             tracing::info!(
                 shard = self.local.shard,
                 since_start_ms = crate::clock::since_start().as_secs_f64() * 1000.0,
                 "first readings reached the devices"
             );
         }
-        self.counters.batches += msg.batches.len() as u64;
-        let began = Instant::now();
-        let local = self.local.clone();
-        for (device, readings) in msg.batches {
-            self.counters.readings += readings.len() as u64;
-            // (the count first: below the limit, which is nearly always, no extra lookup)
-            if self.active.len() + self.passive.len() >= self.max_devices
-                && !self.active.contains_key(&*device)
-                && !self.passive.contains_key(&*device)
-                && !self.make_room()
-            {
-                self.refuse(&device, &readings);
-                continue;
+        self.counters.readings += counts.readings;
+        let metrics = self.local.metrics.clone();
+        metrics.readings.fetch_add(counts.readings, Ordering::Relaxed);
+        if let Some(source) = metrics.sources.get(chunk.end.source) {
+            source.readings.fetch_add(counts.readings, Ordering::Relaxed);
+            if counts.dead_letters > 0 {
+                source.dead_letters.fetch_add(counts.dead_letters, Ordering::Relaxed);
             }
-            let actor = match self.active.get_mut(&*device) {
-                Some(actor) => actor,
-                None => self.activate(&device, msg.now),
-            };
-            actor.apply_readings(&device, &local, readings, msg.now);
         }
-        if let Some(fleet_ms) = msg.fleet_ms {
+        if let Some(fleet_ms) = self.runner.arrival.fleet_ms()
+            && counts.readings > 0
+        {
             self.advance_fleet_clock(fleet_ms);
         }
-        // per batch, into this shard's own slots (`/metrics`)
-        let metrics = &self.local.metrics;
+        // per chunk, into this shard's own slots (`/metrics`)
         if let Some(h) = metrics.timings.shard_batch_seconds.get(self.local.shard) {
             h.observe(began.elapsed().as_secs_f64());
         }
@@ -663,8 +668,8 @@ impl Handler<DeviceBatches> for ShardSupervisor {
             active.store(self.active.len() as i64, Ordering::Relaxed);
             passive.store(self.passive.len() as i64, Ordering::Relaxed);
         }
-        // the chunk's records go to the hub when its last shard is done with it
-        drop(msg.progress);
+        // the chunk's records go to the hub, and hold the chunk's place until they are written
+        self.local.output.flush(Some(chunk.ticket.clone()));
     }
 }
 
@@ -811,7 +816,7 @@ impl Handler<ShardBarrier> for ShardSupervisor {
                 shard: self.local.shard,
                 devices,
                 positions: msg.positions,
-                dead_letters: msg.dead_letters,
+                dead_letters: self.runner.dead_letters,
                 new_devices: std::mem::take(&mut self.created),
                 pause,
             });

@@ -160,7 +160,7 @@ pub struct OpenWindow {
 }
 
 /// The stored state of a window operator.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Default, Serialize, Deserialize)]
 pub struct WindowState {
     /// Largest event time among accepted readings.
     pub max_ts: Option<i64>,
@@ -172,13 +172,51 @@ pub struct WindowState {
     pub last_seen: i64,
 }
 
+impl Clone for WindowState {
+    fn clone(&self) -> Self {
+        WindowState {
+            max_ts: self.max_ts,
+            closed_until: self.closed_until,
+            windows: self.windows.clone(),
+            last_seen: self.last_seen,
+        }
+    }
+
+    /// Into `self`'s list of windows (no allocation when it has room).
+    fn clone_from(&mut self, source: &Self) {
+        self.max_ts = source.max_ts;
+        self.closed_until = source.closed_until;
+        self.windows.clone_from(&source.windows);
+        self.last_seen = source.last_seen;
+    }
+}
+
 /// A window operator of one device.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WindowOp {
     config: Arc<WindowConfig>,
     state: WindowState,
     /// Event time of the reading accepted by `on_reading`, waiting for `after_reading`.
     pending: Option<i64>,
+}
+
+impl Clone for WindowOp {
+    fn clone(&self) -> Self {
+        WindowOp {
+            config: self.config.clone(),
+            state: self.state.clone(),
+            pending: self.pending,
+        }
+    }
+
+    /// Into `self`'s own allocations (see `WindowState::clone_from`).
+    fn clone_from(&mut self, source: &Self) {
+        if !Arc::ptr_eq(&self.config, &source.config) {
+            self.config = source.config.clone();
+        }
+        self.state.clone_from(&source.state);
+        self.pending = source.pending;
+    }
 }
 
 impl WindowOp {
