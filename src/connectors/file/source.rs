@@ -70,7 +70,14 @@ pub fn run(
     let mut pacer = source.pace.map(Pacer::new);
     // a chunk holds at least one whole line of the longest payload decoded: a line that does
     // not end within a chunk is longer than that, and is skipped
-    let chunk_bytes = source.chunk_bytes.max(decoder.max_payload_bytes + 1);
+    let full_chunk = source.chunk_bytes.max(decoder.max_payload_bytes + 1);
+    // a file's first chunks are smaller (a sixteenth of a chunk, doubling up to a whole one),
+    // in buffers of the whole size: the shards start on the first lines while the source reads
+    // on, not once a whole 16 MiB chunk has been read and routed
+    let mut next_chunk = match source.input {
+        LineInput::File(_) => (full_chunk / 16).max(decoder.max_payload_bytes + 1).min(full_chunk),
+        LineInput::Stdin => full_chunk,
+    };
     let health = feeder.health();
     let report_backlog = |offset: u64| {
         if let Some(size) = file_for_size.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()) {
@@ -80,11 +87,13 @@ pub fn run(
     while !eof && !stop.is_requested() {
         report_backlog(offset);
         let permit = feeder.wait_for_room();
+        let chunk_bytes = next_chunk;
+        next_chunk = (next_chunk * 2).min(full_chunk);
         // stdin sends what one read gave (up to a line end): no need to make room for a whole
         // chunk each time (zeroing it would cost more than the data)
         let room = match source.input {
             LineInput::Stdin => chunk_bytes.min(STDIN_READ_BYTES),
-            LineInput::File(_) => chunk_bytes,
+            LineInput::File(_) => full_chunk,
         };
         // a file's chunks are filled in buffers the routers gave back (see `LineBytes`)
         let mut buf = match source.input {
