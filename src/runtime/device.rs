@@ -74,6 +74,11 @@ impl DeviceActor {
         true
     }
 
+    /// The shard numbers its chunks again from 1 (see [`DeviceActor::note_reading`]).
+    pub fn forget_chunk(&mut self) {
+        self.chunk = 0;
+    }
+
     /// The operator chain (the shard copies it as the last good state, and prefetches it).
     #[inline]
     pub fn chain(&self) -> &DeviceChain {
@@ -229,6 +234,20 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_is_copied_once_per_chunk_and_again_after_the_numbers_restart() {
+        let mut actor = DeviceActor::new(DeviceChain::new(&[], "d"), false, 0);
+        assert!(actor.note_reading(1, 10), "first reading of chunk 1");
+        assert!(!actor.note_reading(1, 11), "second reading of chunk 1");
+        assert!(actor.note_reading(2, 12), "first reading of chunk 2");
+        // the shard numbers its chunks from 1 again after u32::MAX
+        actor.forget_chunk();
+        assert!(actor.note_reading(2, 13), "chunk 2 of the new numbering");
+        let c = actor.counters();
+        assert_eq!((c.batches, c.readings), (3, 4));
+        assert_eq!(actor.last_active, 13);
+    }
 
     #[test]
     fn a_device_actor_is_small() {

@@ -382,7 +382,14 @@ impl ShardSupervisor {
             return counts;
         }
         let runner = &mut self.runner;
-        runner.seq = runner.seq.wrapping_add(1).max(1);
+        if runner.seq == u32::MAX {
+            // (once in 4 billion chunks) numbers start again: no device may keep an old one
+            for (_, actor) in self.active.iter_mut() {
+                actor.forget_chunk();
+            }
+            runner.seq = 0;
+        }
+        runner.seq += 1;
         runner.kept = 0;
         runner.arrivals.clear();
         runner.poisoned.clear();
