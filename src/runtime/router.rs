@@ -221,9 +221,7 @@ impl Actor for Router {
 /// a chunk itself: blank lines go nowhere, an oversized line and a line without a device id the
 /// scan can find go to shard 0, every other line to the owner of its device's key group.
 pub struct LineRouter {
-    decoder: Arc<Decoder>,
-    /// By key group: the shard that owns it.
-    shard_of_group: Box<[u32]>,
+    shards_of: PayloadShards,
     shards: usize,
     /// The lists of dropped chunks, for the next ones.
     spare: RoutedLinePool,
@@ -232,14 +230,10 @@ pub struct LineRouter {
 impl LineRouter {
     /// `None` with one shard: its router reads every line anyway.
     pub fn new(pipeline: &crate::pipeline::CompiledPipeline, shards: usize) -> Option<Self> {
-        (shards > 1).then(|| {
-            let groups = pipeline.spec.runtime.key_groups;
-            LineRouter {
-                decoder: pipeline.decoder.clone(),
-                shard_of_group: (0..groups).map(|g| shard_of(g, groups, shards) as u32).collect(),
-                shards,
-                spare: RoutedLinePool::default(),
-            }
+        (shards > 1).then(|| LineRouter {
+            shards_of: PayloadShards::new(pipeline, shards),
+            shards,
+            spare: RoutedLinePool::default(),
         })
     }
 
@@ -251,7 +245,7 @@ impl LineRouter {
         }
         let expected = bytes.len() / 100 / self.shards + 16;
         let mut by_shard: Vec<Vec<RoutedLine>> = (0..self.shards).map(|_| self.spare.take(expected)).collect();
-        let groups = self.shard_of_group.len() as u32;
+        let max_payload = self.shards_of.decoder.max_payload_bytes;
         let mut start = 0usize;
         for (index, line) in split_lines(bytes).enumerate() {
             let at = start;
@@ -267,11 +261,10 @@ impl LineRouter {
                 hash: 0,
             };
             let mut shard = 0;
-            if line.len() > self.decoder.max_payload_bytes {
+            if line.len() > max_payload {
                 routed.kind = RoutedKind::Oversized;
-            } else if let Some(device) = self.decoder.device_of(line, None) {
-                let hash = xxh3_64(device.as_bytes());
-                shard = self.shard_of_group[key_group_of_hash(hash, groups) as usize] as usize;
+            } else if let (owner, Some(hash)) = self.shards_of.of(line, None) {
+                shard = owner;
                 routed.kind = RoutedKind::Device;
                 routed.hash = hash;
             }
@@ -284,22 +277,68 @@ impl LineRouter {
     }
 }
 
-/// `bytes.split(|&b| b == b'\n')`, with memchr (a byte-by-byte split is a tenth of a router's time).
-fn split_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(bytes);
-    std::iter::from_fn(move || {
-        let current = rest?;
+/// Which shard a payload goes to: the owner of its device id's key group (`xxh3(id) %
+/// key_groups`, groups in contiguous ranges per shard), or shard 0 when the scan finds no id
+/// (shard 0 reports the dead letter). The one rule for the feeder routing lines
+/// ([`LineRouter`]) and for a shard scanning a chunk itself (messages, or one shard).
+pub struct PayloadShards {
+    pub decoder: Arc<Decoder>,
+    /// By key group: the shard that owns it.
+    shard_of_group: Box<[u32]>,
+}
+
+impl PayloadShards {
+    pub fn new(pipeline: &crate::pipeline::CompiledPipeline, shards: usize) -> Self {
+        let groups = pipeline.spec.runtime.key_groups;
+        PayloadShards {
+            decoder: pipeline.decoder.clone(),
+            shard_of_group: (0..groups).map(|g| shard_of(g, groups, shards) as u32).collect(),
+        }
+    }
+
+    /// A payload's shard, and the xxh3 hash of its device id when the scan finds one (the
+    /// decode finds the same id: tests/fuzz.rs checks it, so the hash is not computed again).
+    #[inline]
+    pub fn of(&self, payload: &[u8], hint: Option<&str>) -> (usize, Option<u64>) {
+        match self.decoder.device_of(payload, hint) {
+            Some(device) => {
+                let hash = xxh3_64(device.as_bytes());
+                let group = key_group_of_hash(hash, self.shard_of_group.len() as u32);
+                (self.shard_of_group[group as usize] as usize, Some(hash))
+            }
+            None => (0, None),
+        }
+    }
+}
+
+/// `bytes.split(|&b| b == b'\n')`, with memchr (a byte-by-byte split is a tenth of a router's
+/// time).
+pub fn split_lines(bytes: &[u8]) -> SplitLines<'_> {
+    SplitLines { rest: Some(bytes) }
+}
+
+/// See [`split_lines`].
+pub struct SplitLines<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for SplitLines<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let current = self.rest?;
         match memchr::memchr(b'\n', current) {
             Some(i) => {
-                rest = Some(&current[i + 1..]);
+                self.rest = Some(&current[i + 1..]);
                 Some(&current[..i])
             }
             None => {
-                rest = None;
+                self.rest = None;
                 Some(current)
             }
         }
-    })
+    }
 }
 
 impl Handler<RouteChunk> for Router {

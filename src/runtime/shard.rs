@@ -235,7 +235,7 @@ impl ShardSupervisor {
         let max_devices = (pipeline.spec.runtime.max_devices.div_ceil(shards.max(1) as u64)).max(1) as usize;
         let tick_ms = pipeline.tick_interval_ms();
         let event_clock = pipeline.spec.runtime.clock == crate::spec::DecisionClock::Event;
-        let runner = run::ChunkRunner::new(&pipeline, shard, shards);
+        let runner = run::ChunkRunner::new(&pipeline, shards);
         let local = Rc::new(ShardLocal {
             shard,
             formatter: RecordFormatter::new(&pipeline),

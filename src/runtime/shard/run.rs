@@ -26,18 +26,19 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::ShardSupervisor;
 use crate::decode::{DecodeError, Decoded, Decoder, bounded_raw};
-use crate::model::{Chunk, ChunkData, Message, RoutedKind, RoutedLine, key_group_of_hash};
+use crate::model::{Chunk, ChunkData, Message, RoutedKind, RoutedLine};
 use crate::operators::{DeviceChain, Emit};
 use crate::runtime::RuntimeMetrics;
 use crate::runtime::device::{DeviceActor, panic_message};
+use crate::runtime::router::{PayloadShards, SplitLines, split_lines};
 use crate::runtime::shard::ShardLocal;
 
 /// What a shard keeps from chunk to chunk to run them.
 pub(super) struct ChunkRunner {
     /// This shard's number of the chunk running (never 0: see [`DeviceActor::note_reading`]).
     seq: u32,
-    /// By key group: whether this shard owns it (for the chunks it scans itself).
-    owned_groups: Box<[bool]>,
+    /// Which shard a payload goes to (for the chunks it scans itself).
+    shards_of: std::rc::Rc<PayloadShards>,
     /// Each reading's arrival time (`runtime.clock`), and the fleet's clock.
     pub(super) arrival: crate::clock::ArrivalStamp,
     /// The chunk running: every device's state before its first reading in it, for a restart
@@ -60,13 +61,10 @@ pub(super) struct ChunkRunner {
 }
 
 impl ChunkRunner {
-    pub(super) fn new(pipeline: &crate::pipeline::CompiledPipeline, shard: usize, shards: usize) -> Self {
-        let groups = pipeline.spec.runtime.key_groups;
+    pub(super) fn new(pipeline: &crate::pipeline::CompiledPipeline, shards: usize) -> Self {
         ChunkRunner {
             seq: 0,
-            owned_groups: (0..groups)
-                .map(|g| crate::model::shard_of(g, groups, shards) == shard)
-                .collect(),
+            shards_of: std::rc::Rc::new(PayloadShards::new(pipeline, shards)),
             arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock.is_event()),
             journal: Vec::new(),
             kept: 0,
@@ -149,9 +147,7 @@ struct Item<'c> {
 /// Which payloads of a chunk a shard takes when it finds their devices itself (a chunk the
 /// feeder did not route: messages, or any chunk with one shard).
 struct Owner<'c> {
-    decoder: &'c Decoder,
-    owned_groups: &'c [bool],
-    key_groups: u32,
+    shards_of: &'c PayloadShards,
     shard: usize,
     shards: usize,
 }
@@ -164,13 +160,8 @@ impl Owner<'_> {
         if self.shards == 1 {
             return Some(None);
         }
-        match self.decoder.device_of(payload, hint) {
-            Some(device) => {
-                let hash = xxh3_64(device.as_bytes());
-                self.owned_groups[key_group_of_hash(hash, self.key_groups) as usize].then_some(Some(hash))
-            }
-            None => (self.shard == 0).then_some(None),
-        }
+        let (shard, hash) = self.shards_of.of(payload, hint);
+        (shard == self.shard).then_some(hash)
     }
 }
 
@@ -191,7 +182,7 @@ enum ItemsKind<'c> {
     },
     /// Every line, each scanned for its device.
     Lines {
-        rest: Option<&'c [u8]>,
+        lines: SplitLines<'c>,
         line_no: u64,
     },
     Messages(std::slice::Iter<'c, Message>),
@@ -199,7 +190,7 @@ enum ItemsKind<'c> {
 }
 
 impl<'c> Items<'c> {
-    fn of(chunk: &'c Chunk, local: &'c ShardLocal, owned_groups: &'c [bool], shards: usize) -> Self {
+    fn of(chunk: &'c Chunk, local: &'c ShardLocal, shards_of: &'c PayloadShards, shards: usize) -> Self {
         let decoder = &*local.pipeline.decoder;
         let kind = match &chunk.data {
             ChunkData::Lines { bytes, first_line, .. } => match &chunk.routing {
@@ -209,7 +200,7 @@ impl<'c> Items<'c> {
                     lines: routing.by_shard.get(local.shard).map_or(&[][..], Vec::as_slice).iter(),
                 },
                 None => ItemsKind::Lines {
-                    rest: Some(bytes),
+                    lines: split_lines(bytes),
                     line_no: *first_line,
                 },
             },
@@ -220,9 +211,7 @@ impl<'c> Items<'c> {
             source_ms: chunk.source_time_ms,
             max_payload: decoder.max_payload_bytes,
             owner: Owner {
-                decoder,
-                owned_groups,
-                key_groups: local.pipeline.spec.runtime.key_groups,
+                shards_of,
                 shard: local.shard,
                 shards,
             },
@@ -265,18 +254,8 @@ impl<'c> Iterator for Items<'c> {
                         oversized: r.kind == RoutedKind::Oversized,
                     });
                 }
-                ItemsKind::Lines { rest, line_no } => {
-                    let current = (*rest)?;
-                    let line = match memchr::memchr(b'\n', current) {
-                        Some(i) => {
-                            *rest = Some(&current[i + 1..]);
-                            &current[..i]
-                        }
-                        None => {
-                            *rest = None;
-                            current
-                        }
-                    };
+                ItemsKind::Lines { lines, line_no } => {
+                    let line = lines.next()?;
                     let this_line = *line_no;
                     *line_no += 1;
                     if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -393,11 +372,11 @@ impl ShardSupervisor {
         runner.kept = 0;
         runner.arrivals.clear();
         runner.poisoned.clear();
-        let owned_groups = std::mem::take(&mut runner.owned_groups);
+        let shards_of = runner.shards_of.clone();
         let mut from = 0;
         loop {
             let ran = catch_unwind(AssertUnwindSafe(|| {
-                self.run_items(chunk, now, from, &local, &owned_groups, &mut counts)
+                self.run_items(chunk, now, from, &local, &shards_of, &mut counts)
             }));
             match ran {
                 Ok(()) => break,
@@ -406,12 +385,11 @@ impl ShardSupervisor {
                     let Some((ordinal, device)) = self.runner.running.take() else {
                         std::panic::resume_unwind(panic)
                     };
-                    self.recover(chunk, now, ordinal, device, &local, &owned_groups);
+                    self.recover(chunk, now, ordinal, device, &local, &shards_of);
                     from = ordinal + 1;
                 }
             }
         }
-        self.runner.owned_groups = owned_groups;
         counts
     }
 
@@ -422,14 +400,12 @@ impl ShardSupervisor {
         now: i64,
         from: usize,
         local: &ShardLocal,
-        owned_groups: &[bool],
+        shards_of: &PayloadShards,
         counts: &mut ChunkCounts,
     ) {
         const AHEAD: usize = 5;
         let decoder = &*local.pipeline.decoder;
-        let items = Items::of(chunk, local, owned_groups, self.shards)
-            .enumerate()
-            .skip(from);
+        let items = Items::of(chunk, local, shards_of, self.shards).enumerate().skip(from);
         let mut ring: [Staged<'_>; AHEAD] = std::array::from_fn(|_| Staged::new(decoder.slots));
         // ring[n % AHEAD] holds payload n (counted from `from`)
         let mut n = 0usize;
@@ -575,7 +551,7 @@ impl ShardSupervisor {
         ordinal: usize,
         index: usize,
         local: &ShardLocal,
-        owned_groups: &[bool],
+        shards_of: &PayloadShards,
     ) {
         self.runner.emits.clear();
         let id = self.active.at(index).id.clone();
@@ -589,7 +565,7 @@ impl ShardSupervisor {
         let decoder = &*local.pipeline.decoder;
         let mut decoded = Decoded::empty(decoder.slots);
         let mut scratch = Vec::new();
-        let items = Items::of(chunk, local, owned_groups, self.shards).enumerate();
+        let items = Items::of(chunk, local, shards_of, self.shards).enumerate();
         for (o, item) in items.skip(first).take(ordinal + 1 - first) {
             if item.oversized || self.runner.poisoned.contains(&o) {
                 continue;
