@@ -859,6 +859,9 @@ fn wait_sampled(
     (m, sampler.join().expect("the thread sampler"))
 }
 
+/// The floor's run of two references at once.
+const TWO_REFERENCES: &str = "two references at once (the machine's ceiling)";
+
 /// Issue 18: plume against a no-framework loop doing the same aq1 work (`benches/floor/
 /// reference.rs`), side by side, interleaved; readings/s as medians and ratios to the reference,
 /// and where the CPU goes per thread in the 2-shard runs.
@@ -869,7 +872,6 @@ fn floor(reps: usize) {
     let out_s = out.to_str().expect("utf-8 path");
     let reference_out = data_dir().join("floor-reference-out.jsonl");
     let reference_out_s = reference_out.to_str().expect("utf-8 path");
-    // (name, plume arguments, or None for the reference with its output path if any)
     // (name, plume arguments or None for the reference, the reference's output path if any,
     // the plume binary)
     let this = plume_binary();
@@ -919,6 +921,13 @@ fn floor(reps: usize) {
             runs.push((format!("before: {name}"), args, None, before.clone()));
         }
     }
+    // the machine's own ceiling for two threads: two references at once, each on the whole
+    // input, timed until both are done (readings/s counts both copies' readings). What two
+    // shards could reach at best on these two vCPUs, shared as they are (memory bandwidth,
+    // caches, the host's other guests), with no framework at all.
+    let two_references = runs.len();
+    runs.push((TWO_REFERENCES.into(), None, None, this.clone()));
+    let copies = |e: usize| if e == two_references { 2.0 } else { 1.0 };
     let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut results: Vec<Vec<(Measured, BTreeMap<String, ThreadUse>)>> = runs.iter().map(|_| Vec::new()).collect();
     let mut summary: Option<String> = None;
@@ -945,24 +954,48 @@ fn floor(reps: usize) {
                     measured
                 }
                 None => {
-                    let mut command = Command::new(std::env::current_exe().expect("current exe"));
-                    command.arg("--reference-child").arg(input);
-                    if let Some(o) = reference_output {
-                        command.arg(o);
-                    }
+                    let reference = |stdout: &str| {
+                        let mut command = Command::new(std::env::current_exe().expect("current exe"));
+                        command.arg("--reference-child").arg(input);
+                        if let Some(o) = reference_output {
+                            command.arg(o);
+                        }
+                        command
+                            .stdout(File::create(data_dir().join(stdout)).expect("stdout file"))
+                            .stderr(File::create(&stderr_path).expect("stderr file"))
+                            .spawn()
+                            .expect("starting the reference")
+                    };
                     let started = Instant::now();
-                    let child = command
-                        .stdout(File::create(data_dir().join("reference.txt")).expect("stdout file"))
-                        .stderr(File::create(&stderr_path).expect("stderr file"))
-                        .spawn()
-                        .expect("starting the reference");
-                    wait_sampled(child, started, &stderr_path)
+                    if e == two_references {
+                        let (first, second) = (reference("reference-1.txt"), reference("reference-2.txt"));
+                        let (a, b) = (
+                            wait_measured(first, started, &stderr_path),
+                            wait_measured(second, started, &stderr_path),
+                        );
+                        for out in ["reference-1.txt", "reference-2.txt"] {
+                            assert_eq!(
+                                std::fs::read_to_string(data_dir().join(out)).expect("a reference's result"),
+                                std::fs::read_to_string(data_dir().join("reference.txt")).expect("the reference's result"),
+                                "two references at once find what one alone finds"
+                            );
+                        }
+                        let both = Measured {
+                            wall: a.wall.max(b.wall),
+                            cpu: a.cpu + b.cpu,
+                            max_rss_kib: a.max_rss_kib + b.max_rss_kib,
+                            stderr: String::new(),
+                        };
+                        (both, BTreeMap::new())
+                    } else {
+                        wait_sampled(reference("reference.txt"), started, &stderr_path)
+                    }
                 }
             };
             eprintln!(
                 "  rep {rep} {name:<42} {:>7.3} s  {:>10.0} readings/s  cpu {:>6.2} s  peak RSS {:>7.1} MiB  (load {})",
                 m.wall.as_secs_f64(),
-                THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64(),
+                copies(e) * THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64(),
                 m.cpu.as_secs_f64(),
                 mib(m.max_rss_kib),
                 load_average()
@@ -972,15 +1005,17 @@ fn floor(reps: usize) {
     }
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&reference_out);
-    let rate = |ms: &[(Measured, BTreeMap<String, ThreadUse>)]| {
+    // readings/s of run `e`, the median over the repetitions
+    let rate = |e: usize| {
         median(
-            ms.iter()
-                .map(|(m, _)| THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64())
+            results[e]
+                .iter()
+                .map(|(m, _)| copies(e) * THROUGHPUT_READINGS as f64 / m.wall.as_secs_f64())
                 .collect(),
         )
     };
-    let reference = rate(&results[0]);
-    let reference_writing = rate(&results[1]);
+    let reference = rate(0);
+    let reference_writing = rate(1);
     println!(
         "\nreference: {}",
         std::fs::read_to_string(data_dir().join("reference.txt"))
@@ -993,7 +1028,7 @@ fn floor(reps: usize) {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (e, (name, _, _, _)) in runs.iter().enumerate() {
-        let r = rate(&results[e]);
+        let r = rate(e);
         let cpu = median(results[e].iter().map(|(m, _)| m.cpu.as_secs_f64()).collect());
         let busy = median(
             results[e]
@@ -1006,14 +1041,14 @@ fn floor(reps: usize) {
         // the shared machine weighs on both sides of it), then their median
         let paired = median(
             (0..reps)
-                .map(|i| results[0][i].0.wall.as_secs_f64() / results[e][i].0.wall.as_secs_f64())
+                .map(|i| copies(e) * results[0][i].0.wall.as_secs_f64() / results[e][i].0.wall.as_secs_f64())
                 .collect(),
         );
         println!(
             "| {name} | {r:.0} | {:.2} | {paired:.2} | {:.2} | {cpu:.2} | {:.0} | {busy:.2} | {:.0} MiB |",
             r / reference,
             r / reference_writing,
-            cpu * 1e9 / THROUGHPUT_READINGS as f64,
+            cpu * 1e9 / (copies(e) * THROUGHPUT_READINGS as f64),
             mib(rss)
         );
     }
@@ -1035,13 +1070,19 @@ fn floor(reps: usize) {
     );
     println!(
         "checkpoints every 10 s cost (2 shards, medians): {:+.1} %",
-        (1.0 - rate(&results[4]) / rate(&results[5])) * 100.0
+        (1.0 - rate(4) / rate(5)) * 100.0
+    );
+    let paired = |f: &dyn Fn(usize) -> f64| median((0..reps).map(f).collect());
+    println!(
+        "two references at once / one alone (this machine's ceiling for two threads), paired: {:.2}; 2 shards without checkpoints / that ceiling, paired: {:.2}",
+        paired(&|i| 2.0 * results[0][i].0.wall.as_secs_f64() / results[two_references][i].0.wall.as_secs_f64()),
+        paired(&|i| results[two_references][i].0.wall.as_secs_f64() / (2.0 * results[5][i].0.wall.as_secs_f64())),
     );
     floor_fixed_cost(input, reps);
     floor_checkpoint_cost(input, reps);
     // per-thread utilisation: each thread's CPU over the run's wall time (median over the
     // repetitions), threads of one name by rank
-    for e in (2..runs.len()).filter(|&e| e != 7) {
+    for e in (2..runs.len()).filter(|&e| e != 7 && runs[e].1.is_some()) {
         let mut names: BTreeMap<String, Vec<(f64, u64, u64)>> = BTreeMap::new();
         for (m, threads) in &results[e] {
             for (name, used) in threads {
