@@ -976,7 +976,8 @@ fn floor(reps: usize) {
                         for out in ["reference-1.txt", "reference-2.txt"] {
                             assert_eq!(
                                 std::fs::read_to_string(data_dir().join(out)).expect("a reference's result"),
-                                std::fs::read_to_string(data_dir().join("reference.txt")).expect("the reference's result"),
+                                std::fs::read_to_string(data_dir().join("reference.txt"))
+                                    .expect("the reference's result"),
                                 "two references at once find what one alone finds"
                             );
                         }

@@ -373,7 +373,8 @@ mod tests {
     #[test]
     fn a_reused_buffer_holds_only_what_was_kept_and_read() {
         let input = b"{\"device\":\"a\"}\n{\"device\":\"b\"}\n".repeat(40);
-        for (kept, chunk_bytes, room, step) in [(0, 64, 64, 1000), (5, 100, 30, 7), (3, 4000, 4000, 13), (0, 10, 4, 3)] {
+        for (kept, chunk_bytes, room, step) in [(0, 64, 64, 1000), (5, 100, 30, 7), (3, 4000, 4000, 13), (0, 10, 4, 3)]
+        {
             // a buffer that held more before: stale bytes everywhere past `kept`
             let mut buf = vec![b'X'; 5000];
             buf[..kept].copy_from_slice(&b"carry"[..kept]);
@@ -381,13 +382,24 @@ mod tests {
             let ended = fill(&mut reader, &mut buf, kept, chunk_bytes, room, false).unwrap();
             let read = buf.len() - kept;
             assert_eq!(&buf[..kept], &b"carry"[..kept]);
-            assert_eq!(&buf[kept..], &input[..read], "kept {kept}, chunk {chunk_bytes}, room {room}");
-            assert_eq!(ended, chunk_bytes - kept > input.len(), "the input ends first only when shorter");
+            assert_eq!(
+                &buf[kept..],
+                &input[..read],
+                "kept {kept}, chunk {chunk_bytes}, room {room}"
+            );
+            assert_eq!(
+                ended,
+                chunk_bytes - kept > input.len(),
+                "the input ends first only when shorter"
+            );
             assert_eq!(buf.len(), chunk_bytes.min(kept + input.len()));
         }
         // stdin: stops after the read that brought a line end
         let mut buf = vec![b'X'; 100];
-        let mut reader = Trickle { data: b"ab\ncd\n", step: 2 };
+        let mut reader = Trickle {
+            data: b"ab\ncd\n",
+            step: 2,
+        };
         assert!(!fill(&mut reader, &mut buf, 0, 100, 100, true).unwrap());
         assert_eq!(buf, b"ab\nc");
         // an empty input ends at once and leaves only what was kept
