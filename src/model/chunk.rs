@@ -158,23 +158,6 @@ impl<T, const KEPT: usize> VecPool<T, KEPT> {
     }
 }
 
-impl<const KEPT: usize> VecPool<u8, KEPT> {
-    /// A buffer with room for at least `capacity` bytes, *not* emptied: a returned one keeps the
-    /// length it had (its bytes are stale, to be overwritten), so that filling it again does not
-    /// first zero what was already written (`Vec::resize`): a file source's 16 MiB chunk was
-    /// zeroed and then overwritten by `read` every time. The caller overwrites and truncates it.
-    pub fn take_written(&self, capacity: usize) -> Vec<u8> {
-        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match reused {
-            Some(mut bytes) => {
-                bytes.reserve(capacity.saturating_sub(bytes.len()));
-                bytes
-            }
-            None => Vec::with_capacity(capacity),
-        }
-    }
-}
-
 impl<T, const KEPT: usize> Clone for VecPool<T, KEPT> {
     fn clone(&self) -> Self {
         VecPool(self.0.clone())
@@ -331,16 +314,6 @@ mod tests {
         assert_eq!(again.as_ptr(), address, "the same allocation, reused");
         assert!(again.is_empty());
         assert_eq!(pool.kept(), 0);
-
-        // `take_written` hands it out as it was, not emptied (its bytes are overwritten, not
-        // zeroed first)
-        let mut written = again;
-        written.extend_from_slice(b"stale");
-        drop(LineBytes::pooled(written, &pool));
-        let reused = pool.take_written(1 << 16);
-        assert_eq!((reused.as_ptr(), &reused[..]), (address, &b"stale"[..]));
-        assert!(reused.capacity() >= 1 << 16);
-        assert!(BufferPool::default().take_written(10).is_empty(), "a new one is empty");
 
         let many: Vec<LineBytes> = (0..BufferPool::KEPT + 3)
             .map(|_| LineBytes::pooled(pool.take(64), &pool))

@@ -95,30 +95,38 @@ pub fn run(
             LineInput::Stdin => chunk_bytes.min(STDIN_READ_BYTES),
             LineInput::File(_) => full_chunk,
         };
-        // a file's chunks are filled in buffers the routers gave back (see `LineBytes`), over
-        // the stale bytes they still hold (`BufferPool::take_written`: not zeroed again)
-        let (mut buf, filled) = match source.input {
+        // a file's chunks are filled in buffers the routers gave back (see `LineBytes`)
+        let mut buf = match source.input {
             LineInput::File(_) => {
-                let mut buf = pool.take_written(room);
-                if buf.len() < carry.len() {
-                    buf.resize(carry.len(), 0);
-                }
-                buf[..carry.len()].copy_from_slice(&carry);
-                let filled = carry.len();
+                let mut buf = pool.take(room);
+                buf.extend_from_slice(&carry);
                 carry.clear();
-                (buf, filled)
+                buf
             }
-            _ => {
-                let buf = std::mem::take(&mut carry);
-                let filled = buf.len();
-                (buf, filled)
-            }
+            _ => std::mem::take(&mut carry),
         };
         // (room for `room` bytes in all: a pooled buffer holds exactly a chunk)
-        buf.reserve(room.saturating_sub(filled));
-        let until_line_end = matches!(source.input, LineInput::Stdin);
-        eof = fill(&mut *reader, &mut buf, filled, chunk_bytes, room, until_line_end)
-            .map_err(|e| io_err("reading", e))?;
+        buf.reserve(room.saturating_sub(buf.len()));
+        // fill the buffer (a pipe or terminal gives less per read)
+        while buf.len() < chunk_bytes {
+            let start = buf.len();
+            buf.resize(chunk_bytes.min(start + room), 0);
+            match reader.read(&mut buf[start..]) {
+                Ok(0) => {
+                    buf.truncate(start);
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    if matches!(source.input, LineInput::Stdin) && memchr::memchr(b'\n', &buf[start..]).is_some() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) => return Err(io_err("reading", e)),
+            }
+        }
         let cut = if eof {
             buf.len()
         } else {
@@ -217,47 +225,6 @@ pub fn run(
     Ok(())
 }
 
-/// Reads into `buf`, whose first `filled` bytes are kept, until it holds `chunk_bytes` bytes (in
-/// reads of at most `room`), the input ends, or, with `until_line_end` (a pipe or terminal gives
-/// less per read), a read brought a line end. Zeroes only bytes `buf` never held before (a
-/// reused buffer's stale bytes are overwritten by the reads, not zeroed first) and cuts `buf`
-/// to what it holds. Returns whether the input ended.
-fn fill(
-    reader: &mut dyn Read,
-    buf: &mut Vec<u8>,
-    mut filled: usize,
-    chunk_bytes: usize,
-    room: usize,
-    until_line_end: bool,
-) -> std::io::Result<bool> {
-    let mut ended = false;
-    while filled < chunk_bytes {
-        let end = chunk_bytes.min(filled + room);
-        if buf.len() < end {
-            buf.resize(end, 0);
-        }
-        match reader.read(&mut buf[filled..end]) {
-            Ok(0) => {
-                ended = true;
-                break;
-            }
-            Ok(n) => {
-                filled += n;
-                if until_line_end && memchr::memchr(b'\n', &buf[filled - n..filled]).is_some() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                buf.truncate(filled);
-                return Err(e);
-            }
-        }
-    }
-    buf.truncate(filled);
-    Ok(ended)
-}
-
 /// Reads on past the end of an over-long line, reusing `buf` for each read and adding what it
 /// skips to `length` (the newline included). Returns the bytes read after the line and whether
 /// the line ended (otherwise the input did); `None` if a stop was requested first.
@@ -346,66 +313,5 @@ impl Pacer {
             }
             std::thread::sleep((due - elapsed).min(Duration::from_millis(100)));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Gives at most `step` bytes per read, as a pipe may.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        step: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.data.len().min(self.step).min(out.len());
-            out[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
-    /// A reused buffer's stale bytes never reach a chunk: what is kept, what is read and
-    /// nothing else, whether the chunk fills, the input ends first, or a read brings a line end.
-    #[test]
-    fn a_reused_buffer_holds_only_what_was_kept_and_read() {
-        let input = b"{\"device\":\"a\"}\n{\"device\":\"b\"}\n".repeat(40);
-        for (kept, chunk_bytes, room, step) in [(0, 64, 64, 1000), (5, 100, 30, 7), (3, 4000, 4000, 13), (0, 10, 4, 3)]
-        {
-            // a buffer that held more before: stale bytes everywhere past `kept`
-            let mut buf = vec![b'X'; 5000];
-            buf[..kept].copy_from_slice(&b"carry"[..kept]);
-            let mut reader = Trickle { data: &input, step };
-            let ended = fill(&mut reader, &mut buf, kept, chunk_bytes, room, false).unwrap();
-            let read = buf.len() - kept;
-            assert_eq!(&buf[..kept], &b"carry"[..kept]);
-            assert_eq!(
-                &buf[kept..],
-                &input[..read],
-                "kept {kept}, chunk {chunk_bytes}, room {room}"
-            );
-            assert_eq!(
-                ended,
-                chunk_bytes - kept > input.len(),
-                "the input ends first only when shorter"
-            );
-            assert_eq!(buf.len(), chunk_bytes.min(kept + input.len()));
-        }
-        // stdin: stops after the read that brought a line end
-        let mut buf = vec![b'X'; 100];
-        let mut reader = Trickle {
-            data: b"ab\ncd\n",
-            step: 2,
-        };
-        assert!(!fill(&mut reader, &mut buf, 0, 100, 100, true).unwrap());
-        assert_eq!(buf, b"ab\nc");
-        // an empty input ends at once and leaves only what was kept
-        let mut buf = vec![b'X'; 100];
-        buf[..2].copy_from_slice(b"ok");
-        assert!(fill(&mut Trickle { data: b"", step: 1 }, &mut buf, 2, 100, 100, false).unwrap());
-        assert_eq!(buf, b"ok");
     }
 }
