@@ -234,7 +234,9 @@ fn run_plain(compiled: &CompiledPipeline, input: Option<PathBuf>, output: Option
     // the input is read, and the records written, on threads of their own (1 MiB blocks)
     let totals = match output {
         Some(path) => {
-            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            // (an earlier run's file is cut on a thread of its own while this run starts)
+            let file = plume::connectors::file::cut::CutFile::open(&path, 0)
+                .with_context(|| format!("creating {}", path.display()))?;
             plume::plain::run_with_io_threads(compiled, &source, reader, file)?
         }
         None => plume::plain::run_with_io_threads(compiled, &source, reader, std::io::stdout())?,

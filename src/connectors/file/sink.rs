@@ -1,15 +1,16 @@
 //! JSON lines appended to a file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::cut::CutFile;
 use crate::output::OutputRecord;
 use crate::runtime::ports::{Sink, SinkError};
 
 pub struct FileSink {
     path: PathBuf,
-    writer: BufWriter<File>,
+    writer: BufWriter<CutFile>,
     position: u64,
 }
 
@@ -20,7 +21,8 @@ impl FileSink {
     }
 
     /// Opens `path` for appending, first cutting it to `keep_bytes` (what the last checkpoint
-    /// covered) or to nothing for a fresh run.
+    /// covered) or to nothing for a fresh run: the cut runs on a thread of its own while the run
+    /// starts, and the first write waits for it ([`CutFile`]).
     pub fn open(path: &Path, keep_bytes: u64) -> Result<Self, SinkError> {
         let err = |operation, source| SinkError::Io {
             sink: format!("file:{}", path.display()),
@@ -45,9 +47,7 @@ impl FileSink {
                 )),
             ));
         }
-        file.set_len(keep_bytes)
-            .map_err(|e| err("truncating to the checkpointed length", e))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let mut writer = BufWriter::with_capacity(1 << 20, CutFile::cut(file, keep_bytes));
         use std::io::Seek;
         writer
             .seek(std::io::SeekFrom::Start(keep_bytes))
@@ -86,7 +86,12 @@ impl Sink for FileSink {
 
     fn flush(&mut self) -> Result<u64, SinkError> {
         self.writer.flush().map_err(|e| self.err("flushing", e))?;
-        self.writer.get_ref().sync_data().map_err(|e| self.err("syncing", e))?;
+        let file = self.writer.get_mut().file().map_err(|e| SinkError::Io {
+            sink: Self::name_of(&self.path),
+            operation: "syncing",
+            source: e,
+        })?;
+        file.sync_data().map_err(|e| self.err("syncing", e))?;
         Ok(self.position)
     }
 
