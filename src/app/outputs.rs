@@ -21,15 +21,18 @@ pub struct OutputPlan {
 
 impl OutputPlan {
     /// The pipeline's own `outputs`, or everything to one file with `--output`. File sinks
-    /// are cut back to `keep(name)` bytes (the length the resumed checkpoint recorded);
-    /// notifiers keep their outboxes in `store` when the run has one.
+    /// are cut back to `keep(name)` bytes (the length the resumed checkpoint recorded), and
+    /// synced at each flush only when the run has a `store` (takes checkpoints); notifiers keep
+    /// their outboxes in `store` when the run has one.
     pub fn for_pipeline(
         pipeline: &CompiledPipeline,
         output: Option<&PathBuf>,
         keep: &dyn Fn(&str) -> u64,
         store: Option<&crate::notify::NotifyStore>,
     ) -> Result<Self, EngineError> {
-        let file_sink = |path: &std::path::Path| FileSink::open(path, keep(&FileSink::name_of(path)));
+        // files are synced at each flush when the run takes checkpoints (it has a store)
+        let sync = store.is_some();
+        let file_sink = |path: &std::path::Path| FileSink::open(path, keep(&FileSink::name_of(path)), sync);
         let dead_letters = crate::notify::DeadLetterOutlet::default();
         if let Some(path) = output {
             let sink = file_sink(path)?;
