@@ -103,16 +103,24 @@ impl CutFile {
         self.written_back_to = self.at;
     }
 
-    /// The file, once the cut has ended.
+    /// The file, once the cut has ended. A failed cut fails every call, not only the first:
+    /// nothing is ever written after bytes that should have been cut away.
     pub fn file(&mut self) -> io::Result<&mut File> {
-        match std::mem::replace(&mut self.cut, Cut::Done) {
-            Cut::Done => {}
-            Cut::Running(handle) => handle
+        if matches!(self.cut, Cut::Running(_))
+            && let Cut::Running(handle) = std::mem::replace(&mut self.cut, Cut::Done)
+            && let Err(error) = handle
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the thread cutting the file panicked")))?,
-            Cut::Failed(error) => return Err(error),
+                .unwrap_or_else(|_| Err(io::Error::other("the thread cutting the file panicked")))
+        {
+            self.cut = Cut::Failed(error);
         }
-        Ok(&mut self.file)
+        match &self.cut {
+            Cut::Failed(error) => Err(io::Error::new(
+                error.kind(),
+                format!("cutting the file back failed: {error}"),
+            )),
+            _ => Ok(&mut self.file),
+        }
     }
 }
 
@@ -188,6 +196,18 @@ mod tests {
         assert_eq!((out.at, out.written_back_to), (1 << 20, 1 << 20));
         drop(out);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 20 << 20);
+
+        // a cut that fails fails every write, and nothing is written
+        std::fs::write(&path, b"old\n").unwrap();
+        let read_only = File::open(&path).unwrap();
+        let mut out = CutFile::cut(read_only, 0);
+        for _ in 0..2 {
+            let error = out.write_all(b"new\n").unwrap_err();
+            assert!(error.to_string().contains("cutting the file back failed"), "{error}");
+        }
+        assert!(out.flush().is_err());
+        drop(out);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old\n");
 
         // a new file
         let fresh = dir.path().join("fresh.jsonl");
