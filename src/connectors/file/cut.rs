@@ -18,7 +18,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::thread::JoinHandle;
 
-/// A file being cut back to a length; see the module.
+/// An output file, cut back to a length on a thread of its own and written back as it grows;
+/// see the module.
 pub struct CutFile {
     file: File,
     cut: Cut,
@@ -70,12 +71,14 @@ impl CutFile {
         CutFile::with(file, cut)
     }
 
-    fn with(file: File, cut: Cut) -> CutFile {
+    fn with(mut file: File, cut: Cut) -> CutFile {
+        // (0 for a file just opened; the writeback is a hint, so a failed query costs nothing)
+        let at = file.stream_position().unwrap_or(0);
         CutFile {
             file,
             cut,
-            at: 0,
-            written_back_to: 0,
+            at,
+            written_back_to: at,
         }
     }
 

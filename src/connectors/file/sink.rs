@@ -94,12 +94,8 @@ impl Sink for FileSink {
     fn flush(&mut self) -> Result<u64, SinkError> {
         self.writer.flush().map_err(|e| self.err("flushing", e))?;
         if self.sync {
-            let file = self.writer.get_mut().file().map_err(|e| SinkError::Io {
-                sink: Self::name_of(&self.path),
-                operation: "syncing",
-                source: e,
-            })?;
-            file.sync_data().map_err(|e| self.err("syncing", e))?;
+            let synced = self.writer.get_mut().file().and_then(|file| file.sync_data());
+            synced.map_err(|e| self.err("syncing", e))?;
         }
         Ok(self.position)
     }
