@@ -128,6 +128,20 @@ impl Member {
         self.start();
     }
 
+    /// SIGKILLs the process and starts the next one `pause` later, supervising `other`
+    /// meanwhile.
+    fn kill_and_replace_after(&mut self, pause: Duration, other: &mut Member) {
+        let log = self.child.take().unwrap().kill();
+        self.kills += 1;
+        self.ended(log);
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            other.supervise();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.start();
+    }
+
     /// Restarts the process if it ended by itself (a full disk makes it fail).
     fn supervise(&mut self) {
         if let Some(child) = self.child.as_mut()
@@ -549,17 +563,35 @@ fn aq1_over_mqtt_and_kafka_survives_kills_broker_restarts_receiver_faults_and_a_
     let caught_up = |m: &Member| m.count(&["kafka source caught up", &format!("partitions={PARTITIONS}")]);
     let before = caught_up(&kafka);
     let waiting = Instant::now();
-    // seen with tansu: a member that joined while the broker was stalled can stay without
-    // partitions for minutes (no error from librdkafka); restarted after 60 s, as an operator
-    // would, and counted
+    // seen with tansu (ARCHITECTURE.md, Kafka, quirks 2 and 4): a member that joined while the
+    // broker was stalled, or within the session timeout of the process it replaces, can hold
+    // part of the partitions, or none, for minutes (no error from librdkafka; the CI run of
+    // 2026-12-06 held 2 of 4 for 66 s and failed here). A supervisor would replace it, and so
+    // does the test: a member whose last read to the end did not cover every partition 60 s
+    // after its start is SIGKILLed and started again once its session has timed out (6 s),
+    // counted. Alone in the group, that start gets every partition.
     let mut unassigned_restarts = 0;
-    while caught_up(&kafka) <= before && !(waiting.elapsed() > Duration::from_secs(30) && caught_up(&kafka) > 0) {
-        if kafka.count(&["kafka partition assigned"]) == 0 && kafka.started.elapsed() > Duration::from_secs(60) {
-            eprintln!("chaos: the Kafka member had no partitions 60 s after its start: restarting it");
-            unassigned_restarts += 1;
-            kafka.kill();
+    loop {
+        // what the member's last read to the end covered
+        let reads_every_partition = kafka.child.as_ref().and_then(|c| {
+            c.newest(|l| {
+                l.contains("kafka source caught up")
+                    .then(|| l.contains(&format!("partitions={PARTITIONS}")))
+            })
+        }) == Some(true);
+        if reads_every_partition && (caught_up(&kafka) > before || waiting.elapsed() > Duration::from_secs(30)) {
+            break;
         }
-        if waiting.elapsed() > Duration::from_secs(180) {
+        if !reads_every_partition && kafka.started.elapsed() > Duration::from_secs(60) {
+            eprintln!("chaos: the Kafka member had not read every partition 60 s after its start: replacing it");
+            unassigned_restarts += 1;
+            assert!(
+                unassigned_restarts <= 3,
+                "the Kafka member was replaced 3 times and still did not catch up"
+            );
+            kafka.kill_and_replace_after(Duration::from_millis(7000), &mut mqtt);
+        }
+        if waiting.elapsed() > Duration::from_secs(240) {
             if let Ok(d) = std::env::var("PLUME_CHAOS_LOGS") {
                 std::fs::write(Path::new(&d).join("kafka.log"), kafka.earlier_logs()).unwrap();
             }
