@@ -63,6 +63,9 @@ pub struct MqttStats {
     /// Total time without a connection, in milliseconds (since the first connection).
     pub disconnected_ms: AtomicU64,
     pub connected: AtomicBool,
+    /// Times the source said it was still waiting on one thing (a log write, room to
+    /// acknowledge) after [`STALL_WARN_AFTER`], and again every as long ([`Watch`]).
+    pub stalls: AtomicU64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,6 +94,60 @@ impl AckGate {
             // an error means the event loop is gone (shutting down): the broker redelivers
             if self.client.ack(*ack).await.is_ok() {
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// waits that say so
+
+/// How long the source waits on one thing before it says so (and again every as long).
+pub const STALL_WARN_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a wait may still go on once a stop was requested: a write or an acknowledgement
+/// under way finishes, one that hangs is given up.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits that say so: the feeder's awaits that nothing but their work wakes (an ingest-log
+/// write on the blocking pool, acknowledgements into the client's request channel).
+struct Watch<'a> {
+    name: &'a str,
+    stats: &'a MqttStats,
+    stop: &'a Shutdown,
+    /// [`STALL_WARN_AFTER`] (shorter in tests).
+    warn_after: Duration,
+}
+
+impl Watch<'_> {
+    /// Awaits `work`. While it goes on, checks every 100 ms whether a stop was requested, and
+    /// gives up once the wait has lasted [`STOP_GRACE`] (`None`: what was not acknowledged stays
+    /// with the broker for the next run);
+    /// every `warn_after` it warns, with what it waits for and for how long, and counts it in
+    /// `stats.stalls`. A source that stops moving says where instead of sitting in an await
+    /// that nothing wakes (BENCHMARKS.md, "Found, not fixed: a stall"), and Ctrl-C still stops
+    /// it.
+    async fn wait<T>(&self, work: impl std::future::Future<Output = T>, waiting_for: &'static str) -> Option<T> {
+        let began = Instant::now();
+        let mut next_warning = began + self.warn_after;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                // the work first: when it is ready at once, no timer is made
+                biased;
+                done = &mut work => return Some(done),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    let waited_ms = began.elapsed().as_millis() as u64;
+                    if self.stop.is_requested() && began.elapsed() >= STOP_GRACE {
+                        warn!(source = %self.name, waiting_for, waited_ms, "mqtt source stopping without waiting any longer");
+                        return None;
+                    }
+                    if Instant::now() >= next_warning {
+                        self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                        warn!(source = %self.name, waiting_for, waited_ms, "mqtt source still waiting");
+                        next_warning += self.warn_after;
+                    }
+                }
             }
         }
     }
@@ -363,6 +420,12 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
             client: client.clone(),
             stats: stats.clone(),
         };
+        let watch = Watch {
+            name: &name,
+            stats: &stats,
+            stop: &stop,
+            warn_after: STALL_WARN_AFTER,
+        };
         let mut mismatched: HashSet<String> = HashSet::new();
         let mut pending: Vec<Received> = Vec::new();
         let mut reported = (Instant::now(), 0u64);
@@ -389,10 +452,12 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                             && let Some(trim) = d.trim(feeder.durable_checkpoint())
                         {
                             let log = d.log.clone();
-                            let result = tokio::task::spawn_blocking(move || log.append(&[], &[], Some(trim)))
-                                .await
-                                .expect("the ingest log write does not panic");
-                            if let Err(e) = result {
+                            let write = tokio::task::spawn_blocking(move || log.append(&[], &[], Some(trim)));
+                            let Some(result) = watch.wait(write, "the ingest log's trim").await
+                            else {
+                                break;
+                            };
+                            if let Err(e) = result.expect("the ingest log write does not panic") {
                                 failure = Some(e);
                                 break;
                             }
@@ -455,9 +520,13 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                     let trim = d.trim(feeder.durable_checkpoint());
                     let log = d.log.clone();
                     let began = Instant::now();
-                    let result = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim))
-                        .await
-                        .expect("the ingest log write does not panic");
+                    let write = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim));
+                    let Some(result) = watch.wait(write, "the ingest log's synced write").await
+                    else {
+                        // not acknowledged: the broker keeps the batch for the next run
+                        break;
+                    };
+                    let result = result.expect("the ingest log write does not panic");
                     stats.log_appends.fetch_add(1, Ordering::Relaxed);
                     stats
                         .log_append_us
@@ -494,14 +563,22 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                 stats.messages.fetch_add(n, Ordering::Relaxed);
                 feeder.send(ChunkData::Messages(messages), Position::Sequence(position), permit);
             }
-            gate.release(&acks).await;
+            if watch.wait(gate.release(&acks), "room to acknowledge to the broker")
+                .await
+                .is_none()
+            {
+                break;
+            }
             progress(false);
         }
         rx.close();
-        client.disconnect().await;
+        // (bounded: after a stall the client's request channel may have no room)
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
         // let the disconnect go out, then stop polling
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     });
+    // a log write given up on (a stop during a stall) may still run: not waited for past this
+    runtime.shutdown_timeout(Duration::from_secs(2));
     if let Some(e) = &failure {
         error!(source = %name, error = %e, "mqtt source stopped: the ingest log cannot be written");
     }
@@ -516,6 +593,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
         topic_mismatches = stats.topic_mismatches.load(Ordering::Relaxed),
         reconnects = stats.reconnects.load(Ordering::Relaxed),
         disconnected_ms = stats.disconnected_ms.load(Ordering::Relaxed),
+        stalls = stats.stalls.load(Ordering::Relaxed),
         "mqtt source stopped"
     );
     drop(durable);
@@ -534,6 +612,80 @@ fn content_hash(topic: &str, payload: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn watch_test<T>(
+        work: impl std::future::Future<Output = T>,
+        stop_after: Option<Duration>,
+    ) -> (Option<T>, u64, Duration) {
+        let stats = MqttStats::default();
+        let stop = Shutdown::new();
+        let watch = Watch {
+            name: "mqtt:test",
+            stats: &stats,
+            stop: &stop,
+            warn_after: Duration::from_millis(150),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let began = Instant::now();
+        let result = runtime.block_on(async {
+            if let Some(after) = stop_after {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    stop.request();
+                });
+            }
+            watch.wait(work, "the test").await
+        });
+        (result, stats.stalls.load(Ordering::Relaxed), began.elapsed())
+    }
+
+    #[test]
+    fn a_wait_that_ends_at_once_gives_its_result_and_is_no_stall() {
+        let (result, stalls, _) = watch_test(async { 7 }, None);
+        assert_eq!(result, Some(7));
+        assert_eq!(stalls, 0);
+    }
+
+    #[test]
+    fn a_long_wait_is_counted_as_a_stall_and_still_gives_its_result() {
+        let (result, stalls, took) = watch_test(
+            async {
+                tokio::time::sleep(Duration::from_millis(450)).await;
+                "done"
+            },
+            None,
+        );
+        assert_eq!(result, Some("done"));
+        assert!(took >= Duration::from_millis(450));
+        // warned at 150 ms and 300 ms at least (a slow machine may check later, not earlier)
+        assert!((1..=3).contains(&stalls), "{stalls} stalls");
+    }
+
+    #[test]
+    fn a_wait_under_way_when_a_stop_is_requested_still_finishes() {
+        let (result, _, _) = watch_test(
+            async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "written"
+            },
+            Some(Duration::from_millis(100)),
+        );
+        assert_eq!(result, Some("written"));
+    }
+
+    #[test]
+    fn a_wait_that_never_ends_gives_up_once_a_stop_is_requested() {
+        let (result, stalls, took) = watch_test(std::future::pending::<()>(), Some(Duration::from_millis(400)));
+        assert_eq!(result, None);
+        // a stop lets the wait go on for the grace, then gives up
+        assert!(took >= STOP_GRACE, "{took:?}");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        assert!(stalls >= 1, "{stalls} stalls");
+    }
 
     #[test]
     fn templates_capture_the_device_and_reject_other_topics() {
