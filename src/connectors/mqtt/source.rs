@@ -120,13 +120,12 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    /// Awaits `work`. While it goes on, checks every 100 ms whether a stop was requested, and
-    /// gives up once the wait has lasted [`STOP_GRACE`] (`None`: what was not acknowledged stays
-    /// with the broker for the next run);
-    /// every `warn_after` it warns, with what it waits for and for how long, and counts it in
-    /// `stats.stalls`. A source that stops moving says where instead of sitting in an await
-    /// that nothing wakes (BENCHMARKS.md, "Found, not fixed: a stall"), and Ctrl-C still stops
-    /// it.
+    /// Awaits `work`, looking every 100 ms at how long it has waited: every `warn_after` it
+    /// warns, with what it waits for and for how long, and counts it in `stats.stalls`; once a
+    /// stop was requested and the wait has lasted [`STOP_GRACE`], it gives up (`None`: what was
+    /// not acknowledged stays with the broker for the next run). A source that stops moving
+    /// says where instead of sitting in an await that nothing wakes (BENCHMARKS.md, "Found, not
+    /// fixed: a stall"), and Ctrl-C still stops it.
     async fn wait<T>(&self, work: impl std::future::Future<Output = T>, waiting_for: &'static str) -> Option<T> {
         let began = Instant::now();
         let mut next_warning = began + self.warn_after;
