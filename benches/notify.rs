@@ -469,7 +469,8 @@ fn main() {
                     device: Some(device.clone().into()),
                     json: format!(
                         r#"{{"v":1,"type":"event_start","operator":"pm25_event","device":"{device}","id":"{id:032x}","field":"pm25","start_ts":{ts},"value":40.5,"peak":48.0}}"#
-                    ),
+                    )
+                    .into(),
                     backfill: false,
                 });
             }

@@ -185,7 +185,7 @@ pub fn dead_letter_record(
         kind: RecordKind::DeadLetter,
         id,
         device: None,
-        json: j,
+        json: j.into(),
         backfill: false,
     }
 }
@@ -255,7 +255,7 @@ impl RecordFormatter {
             kind: head.kind,
             id: head.id,
             device: Some(device.into()),
-            json,
+            json: json.into(),
             backfill: head.backfill,
         }
     }
@@ -531,7 +531,7 @@ impl RecordFormatter {
             kind: RecordKind::Summary,
             id: 0,
             device: None,
-            json: j,
+            json: j.into(),
             backfill: false,
         }
     }

@@ -754,10 +754,10 @@ mod tests {
         let mut run = PlainRun::new(pipeline);
         for (i, line) in text.split('\n').enumerate() {
             run.push_line(line.as_bytes(), "t", i as u64 + 1, now, &mut |r: OutputRecord| {
-                one.push(r.json)
+                one.push(r.json.to_string())
             });
         }
-        run.finish(&mut |r: OutputRecord| one.push(r.json));
+        run.finish(&mut |r: OutputRecord| one.push(r.json.to_string()));
         let mut blocks = Vec::new();
         let mut run = PlainRun::new(pipeline);
         let lines: Vec<&str> = text.split('\n').collect();
@@ -765,13 +765,13 @@ mod tests {
         for chunk in lines.chunks(block) {
             let joined = chunk.join("\n");
             let n = run.push_lines(joined.as_bytes(), first, "t", now, &mut |r: OutputRecord| {
-                blocks.push(r.json)
+                blocks.push(r.json.to_string())
             });
             // an empty last line of a block is no line (as `BufRead::split` has it)
             assert_eq!(n as usize, chunk.len() - usize::from(chunk.last() == Some(&"")));
             first += chunk.len() as u64;
         }
-        run.finish(&mut |r: OutputRecord| blocks.push(r.json));
+        run.finish(&mut |r: OutputRecord| blocks.push(r.json.to_string()));
         (one, blocks)
     }
 

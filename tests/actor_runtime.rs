@@ -55,7 +55,7 @@ impl Sink for MemorySink {
         self.records
             .lock()
             .unwrap()
-            .extend(records.iter().map(|r| r.json.clone()));
+            .extend(records.iter().map(|r| r.json.to_string()));
         Ok(())
     }
     fn flush(&mut self) -> Result<u64, SinkError> {
@@ -78,7 +78,7 @@ fn plan(pipeline: &CompiledPipeline, sink: &MemorySink) -> OutputPlan {
 fn oracle(pipeline: &CompiledPipeline, lines: &[String]) -> Vec<String> {
     let mut run = PlainRun::new(pipeline);
     let mut out = Vec::new();
-    let mut sink = |r: OutputRecord| out.push(r.json);
+    let mut sink = |r: OutputRecord| out.push(r.json.to_string());
     for (i, l) in lines.iter().enumerate() {
         run.push_line(l.as_bytes(), "test", i as u64 + 1, plume::clock::now_ms(), &mut sink);
     }

@@ -82,7 +82,7 @@ fn records(devices: usize, events: usize) -> Vec<OutputRecord> {
                     kind: plume::model::RecordKind::parse(kind).unwrap(),
                     id,
                     device: Some(device.clone().into()),
-                    json,
+                    json: json.into(),
                     backfill: false,
                 });
             }
@@ -707,7 +707,7 @@ fn event_with_updates(reasons: &[Option<&str>]) -> Vec<OutputRecord> {
         kind: plume::model::RecordKind::parse(kind).unwrap(),
         id: n,
         device: Some("room-0".into()),
-        json,
+        json: json.into(),
         backfill: false,
     };
     let mut out = vec![record(

@@ -369,7 +369,7 @@ fn event_records(devices: usize, events: usize) -> Vec<plume::output::OutputReco
                     kind: plume::model::RecordKind::parse(kind).unwrap(),
                     id,
                     device: Some(device.clone().into()),
-                    json,
+                    json: json.into(),
                     backfill: false,
                 });
             }

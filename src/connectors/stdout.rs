@@ -78,7 +78,7 @@ pub fn render_text(record: &OutputRecord) -> Option<String> {
 fn render_line(record: &OutputRecord) -> String {
     let v: Value = match serde_json::from_str(&record.json) {
         Ok(v) => v,
-        Err(_) => return record.json.clone(),
+        Err(_) => return record.json.to_string(),
     };
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let i = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -180,7 +180,7 @@ fn render_line(record: &OutputRecord) -> String {
             i("dead_letters"),
             i("devices")
         ),
-        _ => record.json.clone(),
+        _ => record.json.to_string(),
     }
 }
 

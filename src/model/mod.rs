@@ -31,4 +31,4 @@ pub use chunk::{
 pub use duration::DurationSpec;
 pub use ids::{NotifierKind, SinkId, SourceId};
 pub use keys::{key_group_of, key_group_of_hash, shard_of};
-pub use record::{OpIndex, OutputRecord, RecordKind};
+pub use record::{OpIndex, OutputRecord, RecordBatchBuilder, RecordKind, RecordText, RecordTexts};

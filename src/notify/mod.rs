@@ -583,7 +583,7 @@ impl Sink for NotifierSink {
                 crate::trace::Attribute::new("plume.event.id", record.id_hex()),
                 crate::trace::Attribute::new("plume.event.kind", record.kind.as_str()),
                 crate::trace::Attribute::new("plume.device", record.device.as_deref().unwrap_or("").to_string()),
-                crate::trace::Attribute::new("plume.record", record.json.clone()),
+                crate::trace::Attribute::new("plume.record", record.json.to_string()),
             ];
             if let Some(severity) = &rendered.severity {
                 attributes.push(crate::trace::Attribute::new("plume.severity", severity.clone()));

@@ -119,24 +119,24 @@ impl DeviceActor {
         if emits.is_empty() {
             return;
         }
-        let records = emits.drain(..).map(|emit| {
+        let emits = emits.drain(..).inspect(|emit| {
             let m = &local.metrics;
             match emit {
                 Emit::EventStart { severity, .. } => {
                     m.events_open.fetch_add(1, Ordering::Relaxed);
-                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(*severity)]
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Emit::EventUpdate { previous, severity, .. } => {
                     // the open event moves to its new band
-                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(previous)]
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(*previous)]
                         .fetch_sub(1, Ordering::Relaxed);
-                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(*severity)]
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Emit::EventEnd { severity, .. } => {
                     m.events_open.fetch_sub(1, Ordering::Relaxed);
-                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(severity)]
+                    m.events_open_by_severity[super::RuntimeMetrics::severity_slot(*severity)]
                         .fetch_sub(1, Ordering::Relaxed);
                 }
                 Emit::Late { .. } => {
@@ -144,9 +144,8 @@ impl DeviceActor {
                 }
                 _ => {}
             }
-            local.formatter.format(device, &emit)
         });
-        local.output.extend(records);
+        local.output.format(&local.formatter, device, emits);
     }
 
     /// After a panic: back to the last good state.

@@ -181,14 +181,30 @@ impl OutputHub {
                 }
             }
         }
-        let mut per_sink: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.sinks.len()];
-        for record in records {
-            let targets = self.routes.sinks_for(&record);
-            if let Some((&last, rest)) = targets.split_last() {
-                for &s in rest {
-                    per_sink[s].push(record.clone());
+        let mut per_sink: Vec<Vec<OutputRecord>> = (0..self.sinks.len()).map(|_| Vec::new()).collect();
+        // every record to the same one sink (a run with one output, say): the list as it is,
+        // not moved record by record into a new one
+        let one_sink = records.first().and_then(|first| {
+            let targets = self.routes.sinks_for(first);
+            let only = (targets.len() == 1).then(|| targets[0])?;
+            records[1..]
+                .iter()
+                .all(|r| self.routes.sinks_for(r).as_slice() == [only])
+                .then_some(only)
+        });
+        match one_sink {
+            Some(sink) => per_sink[sink] = records,
+            None => {
+                let mut records = records;
+                for record in records.drain(..) {
+                    let targets = self.routes.sinks_for(&record);
+                    if let Some((&last, rest)) = targets.split_last() {
+                        for &s in rest {
+                            per_sink[s].push(record.clone());
+                        }
+                        per_sink[last].push(record);
+                    }
                 }
-                per_sink[last].push(record);
             }
         }
         for (sink, batch) in self.sinks.iter().zip(per_sink) {

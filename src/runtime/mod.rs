@@ -50,16 +50,36 @@ pub mod routes;
 pub mod shard;
 
 /// Records produced on one shard thread, collected until the chunk that produced them is done.
+/// Formatted as they come into one buffer of text ([`RecordBatchBuilder`]): the chunk's records
+/// point into it, so none has an allocation of its own.
 pub struct ShardOutput {
-    records: Mutex<Vec<OutputRecord>>,
+    pending: Mutex<PendingOutput>,
     hub: Addr<hub::OutputHub>,
     shard: usize,
+}
+
+#[derive(Default)]
+struct PendingOutput {
+    /// Records made from the buffers filled so far (one, unless a buffer reached its limit).
+    records: Vec<OutputRecord>,
+    text: crate::model::RecordBatchBuilder,
+}
+
+impl PendingOutput {
+    /// Room for a record of about `bytes`: a buffer near its 32-bit limit is closed first.
+    #[inline]
+    fn room(&mut self, bytes: usize) -> &mut crate::model::RecordBatchBuilder {
+        if self.text.near_full(bytes) {
+            self.text.finish(&mut self.records);
+        }
+        &mut self.text
+    }
 }
 
 impl ShardOutput {
     pub fn new(hub: Addr<hub::OutputHub>, shard: usize) -> Arc<Self> {
         Arc::new(ShardOutput {
-            records: Mutex::new(Vec::new()),
+            pending: Mutex::new(PendingOutput::default()),
             hub,
             shard,
         })
@@ -69,24 +89,44 @@ impl ShardOutput {
         &self.hub
     }
 
+    /// A record made elsewhere (a dead letter): its text is copied into the buffer.
     pub fn push(&self, record: OutputRecord) {
-        self.records.lock().expect("shard output lock").push(record);
+        let mut pending = self.pending.lock().expect("shard output lock");
+        pending.room(record.json.len() + 1).add_record(&record);
     }
 
-    pub fn extend(&self, records: impl IntoIterator<Item = OutputRecord>) {
-        self.records.lock().expect("shard output lock").extend(records);
+    /// A device's results, formatted into the buffer.
+    pub fn format(
+        &self,
+        formatter: &crate::output::RecordFormatter,
+        device: &str,
+        emits: impl IntoIterator<Item = crate::operators::Emit>,
+    ) {
+        let mut pending = self.pending.lock().expect("shard output lock");
+        for emit in emits {
+            pending.room(4096).add_with(Some(device), |line| {
+                let head = formatter.format_into(device, &emit, line);
+                (Some(head.op), head.kind, head.id, head.backfill)
+            });
+        }
     }
 
     /// Sends what has been collected to the hub, keeping `ticket` alive until it is written.
     pub fn flush(&self, ticket: Option<Arc<ChunkTicket>>) {
-        let records = std::mem::take(&mut *self.records.lock().expect("shard output lock"));
-        if !records.is_empty() {
-            self.hub.do_send(hub::RouteRecords {
-                records,
-                ticket,
-                shard: Some(self.shard),
-            });
-        }
+        let records = {
+            let mut pending = self.pending.lock().expect("shard output lock");
+            if pending.text.is_empty() && pending.records.is_empty() {
+                return;
+            }
+            let mut records = std::mem::take(&mut pending.records);
+            pending.text.finish(&mut records);
+            records
+        };
+        self.hub.do_send(hub::RouteRecords {
+            records,
+            ticket,
+            shard: Some(self.shard),
+        });
     }
 }
 

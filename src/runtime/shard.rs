@@ -734,8 +734,7 @@ impl Handler<FinishShard> for ShardSupervisor {
             if flush {
                 let mut emits = Vec::new();
                 chain.on_end(&mut emits);
-                let records: Vec<_> = emits.iter().map(|e| self.local.formatter.format(&device, e)).collect();
-                self.local.output.extend(records);
+                self.local.output.format(&self.local.formatter, &device, emits);
             }
             let c = chain.counters();
             totals.readings += c.readings;
