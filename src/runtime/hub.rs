@@ -181,7 +181,7 @@ impl OutputHub {
                 }
             }
         }
-        let mut per_sink: Vec<Vec<OutputRecord>> = (0..self.sinks.len()).map(|_| Vec::new()).collect();
+        let mut per_sink: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.sinks.len()];
         // every record to the same one sink (a run with one output, say): the list as it is,
         // not moved record by record into a new one
         let one_sink = records.first().and_then(|first| {
