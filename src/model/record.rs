@@ -119,8 +119,8 @@ impl OutputRecord {
 
 /// A record's text (its JSON line, its device id): a string of its own, or a part of the
 /// buffer a shard formatted a chunk's records into ([`RecordTexts`]). A shard's records
-/// share one buffer, so a record costs no allocation of its own and a file sink writes a run
-/// of them with one copy (BENCHMARKS.md, issue 18). Reads as a `&str`.
+/// share one buffer, so a record costs no allocation of its own (BENCHMARKS.md, issue 18).
+/// Reads as a `&str`.
 #[derive(Clone)]
 pub struct RecordText(TextRepr);
 
@@ -372,6 +372,8 @@ pub mod text_pool {
     use std::sync::Mutex;
 
     pub const KEPT: usize = 16;
+    /// Strings larger than this are freed, not kept (a burst must not stay in memory).
+    pub const KEPT_BYTES: usize = 16 << 20;
 
     static SPARE: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
@@ -380,7 +382,7 @@ pub mod text_pool {
     }
 
     pub fn give_back(mut lines: String, mut ids: String) {
-        if lines.capacity() == 0 {
+        if lines.capacity() == 0 || lines.capacity() > KEPT_BYTES || ids.capacity() > KEPT_BYTES {
             return;
         }
         lines.clear();
@@ -406,10 +408,6 @@ mod tests {
             json: json.into(),
             backfill: false,
         }
-    }
-
-    fn texts_len(r: &OutputRecord) -> usize {
-        r.json.len()
     }
 
     #[test]
@@ -443,7 +441,7 @@ mod tests {
         // per run of the same device
         let (texts, start, end) = records[0].json.line_of_buffer().expect("in the buffer");
         let joined: String = expected.iter().map(|r| format!("{}\n", r.json)).collect();
-        assert_eq!((start, end), (0, texts_len(&expected[0])));
+        assert_eq!((start, end), (0, expected[0].json.len()));
         assert_eq!(texts.lines, joined);
         assert_eq!(texts.ids, "dev-1dev-édev-2");
         assert!(records[2].device.is_none());
