@@ -171,12 +171,6 @@ impl std::ops::Deref for RecordText {
     }
 }
 
-impl AsRef<str> for RecordText {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl fmt::Debug for RecordText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -197,18 +191,6 @@ impl PartialEq for RecordText {
 
 impl Eq for RecordText {}
 
-impl PartialEq<str> for RecordText {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for RecordText {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 impl From<String> for RecordText {
     fn from(text: String) -> Self {
         RecordText(TextRepr::Own(text.into_boxed_str()))
@@ -218,12 +200,6 @@ impl From<String> for RecordText {
 impl From<&str> for RecordText {
     fn from(text: &str) -> Self {
         RecordText(TextRepr::Own(text.into()))
-    }
-}
-
-impl From<Box<str>> for RecordText {
-    fn from(text: Box<str>) -> Self {
-        RecordText(TextRepr::Own(text))
     }
 }
 
@@ -454,7 +430,7 @@ mod tests {
         builder.finish(&mut second);
         let (texts2, ..) = second[0].json.line_of_buffer().expect("in a buffer");
         assert!(!std::sync::Arc::ptr_eq(texts, texts2));
-        assert_eq!(second[0].json, "{\"z\":0}");
+        assert_eq!(second[0].json.as_str(), "{\"z\":0}");
         assert_eq!(second[0].device.as_deref(), Some("d"));
         assert!(
             record(None, "{}").json.line_of_buffer().is_none(),

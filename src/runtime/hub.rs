@@ -163,7 +163,7 @@ impl OutputHub {
         );
     }
 
-    fn route(&mut self, records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
+    fn route(&mut self, mut records: Vec<OutputRecord>, ticket: Option<Arc<ChunkTicket>>, ctx: &mut Context<Self>) {
         self.counters.batches += 1;
         self.counters.records += records.len() as u64;
         // counted here, then one relaxed add per operator and kind seen (the hub is the only
@@ -182,29 +182,34 @@ impl OutputHub {
             }
         }
         let mut per_sink: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.sinks.len()];
-        // every record to the same one sink (a run with one output, say): the list as it is,
-        // not moved record by record into a new one
-        let one_sink = records.first().and_then(|first| {
-            let targets = self.routes.sinks_for(first);
-            let only = (targets.len() == 1).then(|| targets[0])?;
-            records[1..]
+        // the records up to the first that goes elsewhere all go to one sink: when that is all of
+        // them (a run with one output, say) the list goes on as it is, not moved record by record
+        // into a new one
+        let only = records
+            .first()
+            .map(|r| self.routes.sinks_for(r))
+            .filter(|t| t.len() == 1);
+        let same = only.as_ref().map_or(0, |only| {
+            records
                 .iter()
-                .all(|r| self.routes.sinks_for(r).as_slice() == [only])
-                .then_some(only)
+                .position(|r| self.routes.sinks_for(r) != *only)
+                .unwrap_or(records.len())
         });
-        match one_sink {
-            Some(sink) => per_sink[sink] = records,
-            None => {
-                let mut records = records;
-                for record in records.drain(..) {
-                    let targets = self.routes.sinks_for(&record);
-                    if let Some((&last, rest)) = targets.split_last() {
-                        for &s in rest {
-                            per_sink[s].push(record.clone());
-                        }
-                        per_sink[last].push(record);
-                    }
+        if let Some(only) = only {
+            if same == records.len() {
+                per_sink[only[0]] = records;
+                records = Vec::new();
+            } else {
+                per_sink[only[0]].extend(records.drain(..same));
+            }
+        }
+        for record in records {
+            let targets = self.routes.sinks_for(&record);
+            if let Some((&last, rest)) = targets.split_last() {
+                for &s in rest {
+                    per_sink[s].push(record.clone());
                 }
+                per_sink[last].push(record);
             }
         }
         for (sink, batch) in self.sinks.iter().zip(per_sink) {
