@@ -191,8 +191,23 @@ fn the_embedded_broker_carries_the_same_end_to_end_run() {
     let messages = aq1_messages(&input);
     publish_all(port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
     plume.wait_messages(messages.len() as u64);
-    plume.interrupt();
+    let log = plume.interrupt();
     assert_same_as_file_run(&out, &file_run(dir.path(), &input));
+    // the broker in plume's own process is acknowledged before each synced write, not after
+    // it; every message still went through the ingest log
+    assert!(log.contains("durable=true acks_before_sync=true"), "{log}");
+    let appends: u64 = log
+        .lines()
+        .find(|l| l.contains("mqtt source stopped"))
+        .and_then(|l| l.split("log_appends=").nth(1))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no log_appends in the source's last line: {log}"));
+    assert!(appends > 0, "{log}");
+    assert!(
+        log.contains(&format!("messages={} replayed=0", messages.len())),
+        "{log}"
+    );
 }
 
 #[test]
@@ -231,8 +246,10 @@ fn mosquitto_pub_feeds_plume() {
         assert!(child.wait().unwrap().success());
     }
     plume.wait_messages(total as u64);
-    plume.interrupt();
+    let log = plume.interrupt();
     broker.stop();
+    // an external broker keeps a message until plume acknowledges it after the synced write
+    assert!(log.contains("durable=true acks_before_sync=false"), "{log}");
     // each device's readings arrive in order; the order across devices does not change aq1
     assert_same_as_file_run(&out, &file_run(dir.path(), &input));
 }

@@ -58,6 +58,11 @@ pub(crate) fn plan_sources(
                     default_client_id: format!("plume-{}-{}", pipeline.name, plans.len()),
                     stats: Default::default(),
                     ingest: None,
+                    broker_in_process: pipeline
+                        .spec
+                        .embedded_broker
+                        .as_ref()
+                        .is_some_and(|broker| crate::connectors::mqtt::broker::serves(broker, &m.url)),
                 }),
             ),
             SourceSpec::Kafka(k) => (

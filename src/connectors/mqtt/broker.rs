@@ -34,6 +34,28 @@ pub struct EmbeddedBroker {
     pub addr: SocketAddr,
 }
 
+/// Whether a client of `url` talks to this embedded broker: plain `mqtt://` to its port, at the
+/// address it listens on, or at a loopback address of the same family when it listens on all of
+/// them. Host names (`localhost` too, which may resolve to either family) are not taken for it:
+/// the answer needs no look-up, and a "no" only costs speed.
+///
+/// The MQTT source uses it to acknowledge this broker once a batch is handed to the ingest log's
+/// writer instead of once it is synced: the broker lives in plume's process and has already
+/// acknowledged each message to its publisher, so waiting keeps nothing safe that a crash or a
+/// failed write would otherwise lose (ARCHITECTURE.md, MQTT).
+pub fn serves(spec: &EmbeddedBrokerSpec, url: &str) -> bool {
+    let Ok(endpoint) = super::client::Endpoint::parse(url) else {
+        return false;
+    };
+    if endpoint.tls || endpoint.port != spec.port {
+        return false;
+    }
+    let (Ok(host), Ok(bind)) = (endpoint.host.parse::<IpAddr>(), spec.bind.parse::<IpAddr>()) else {
+        return false;
+    };
+    host == bind || (bind.is_unspecified() && host.is_loopback() && host.is_ipv4() == bind.is_ipv4())
+}
+
 /// Starts the pipeline's embedded broker, if it has one.
 pub fn start_for(spec: &PipelineSpec) -> Result<Option<EmbeddedBroker>, BrokerError> {
     spec.embedded_broker.as_ref().map(start).transpose()
@@ -108,4 +130,43 @@ pub fn start(spec: &EmbeddedBrokerSpec) -> Result<EmbeddedBroker, BrokerError> {
     }
     info!(%addr, "embedded mqtt broker listening");
     Ok(EmbeddedBroker { addr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(port: u16, bind: &str) -> EmbeddedBrokerSpec {
+        EmbeddedBrokerSpec {
+            port,
+            bind: bind.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_source_is_served_by_the_embedded_broker_only_at_its_own_address_and_port() {
+        let loopback = broker(1883, "127.0.0.1");
+        assert!(serves(&loopback, "mqtt://127.0.0.1:1883"));
+        assert!(serves(&loopback, "mqtt://127.0.0.1"), "1883 is the default port");
+        assert!(!serves(&loopback, "mqtt://127.0.0.1:1884"), "another port");
+        assert!(
+            !serves(&loopback, "mqtts://127.0.0.1:1883"),
+            "the embedded broker has no TLS"
+        );
+        assert!(!serves(&loopback, "mqtt://localhost:1883"), "a name is not looked up");
+        assert!(
+            !serves(&loopback, "mqtt://[::1]:1883"),
+            "another broker may listen there"
+        );
+        assert!(!serves(&loopback, "mqtt://10.0.0.7:1883"));
+        assert!(!serves(&loopback, "not a url"));
+        let everywhere = broker(1883, "0.0.0.0");
+        assert!(serves(&everywhere, "mqtt://127.0.0.1:1883"));
+        assert!(!serves(&everywhere, "mqtt://[::1]:1883"), "0.0.0.0 is IPv4 only");
+        assert!(serves(&broker(1883, "::"), "mqtt://[::1]:1883"));
+        let lan = broker(1883, "10.0.0.7");
+        assert!(serves(&lan, "mqtt://10.0.0.7:1883"), "the address it listens on");
+        assert!(!serves(&lan, "mqtt://10.0.0.8:1883"));
+        assert!(!serves(&lan, "mqtt://127.0.0.1:1883"), "it does not listen there");
+    }
 }

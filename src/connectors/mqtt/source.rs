@@ -11,7 +11,9 @@
 //!   synced RocksDB write, on a blocking thread), sends it as one chunk whose end position is the
 //!   log's next sequence number, then acknowledges its QoS 1/2 messages through [`AckGate`].
 //!   Acks are manual: a message the broker has not had an ack for is sent again after a
-//!   reconnect (persistent session), so nothing handed to us is lost.
+//!   reconnect (persistent session), so nothing handed to us is lost. Plume's own embedded
+//!   broker ([`super::broker::serves`]) is acknowledged as soon as the write is handed to the
+//!   blocking pool: it dies with the process, so waiting for the sync would keep nothing.
 //! - Checkpoints record the log position like a file offset; at start-up the source first
 //!   replays the log from the checkpointed position to its end, then takes live messages. The
 //!   log drops entries below the oldest checkpoint recovery could fall back to (`retain`).
@@ -79,7 +81,8 @@ pub struct PendingAck {
 }
 
 /// The one place that acknowledges QoS 1/2 messages to the broker. [`run`] calls
-/// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`), or
+/// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`; with
+/// the embedded broker once its write is under way, [`MqttSource::broker_in_process`]), or
 /// without the log once its chunk has been handed to the routers (`ChunkFeeder::send`): a
 /// broker outage or reconnect loses nothing either way, a crash of plume only without the log.
 pub struct AckGate {
@@ -164,6 +167,9 @@ pub struct MqttSource {
     pub stats: Arc<MqttStats>,
     /// Where the ingest log is (`durable: true` in a run with a data directory).
     pub ingest: Option<IngestPlan>,
+    /// The broker is plume's embedded one ([`super::broker::serves`]): with the ingest log, a
+    /// batch is acknowledged once its write is handed to the writer, not once it is synced.
+    pub broker_in_process: bool,
 }
 
 /// Where a durable MQTT source keeps its ingest log.
@@ -401,7 +407,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     }
     let qos = spec.qos.level();
     let durable_on = durable.is_some();
-    info!(source = %name, url = %crate::model::redact::url(&spec.url), client_id = %client_id, filter = %filter, qos, durable = durable_on, "mqtt source starting");
+    let in_process_acks = durable_on && source.broker_in_process;
+    info!(source = %name, url = %crate::model::redact::url(&spec.url), client_id = %client_id, filter = %filter, qos, durable = durable_on, acks_before_sync = in_process_acks, "mqtt source starting");
     let mut failure = None;
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);
@@ -521,6 +528,18 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                     let log = d.log.clone();
                     let began = Instant::now();
                     let write = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim));
+                    // The embedded broker acknowledged these messages to their publishers when it
+                    // took them, and dies with this process: after a crash or a failed write
+                    // nothing of them is left anywhere but in the log, whether or not it had our
+                    // ack. So it gets the ack now and sends the next messages during the sync,
+                    // instead of holding them back until it ends (its window is 100 messages).
+                    if in_process_acks
+                        && watch.wait(gate.release(&std::mem::take(&mut acks)), "room to acknowledge to the broker")
+                            .await
+                            .is_none()
+                    {
+                        break;
+                    }
                     let Some(result) = watch.wait(write, "the ingest log's synced write").await
                     else {
                         // not acknowledged: the broker keeps the batch for the next run
