@@ -193,9 +193,10 @@ fn the_embedded_broker_carries_the_same_end_to_end_run() {
     plume.wait_messages(messages.len() as u64);
     let log = plume.interrupt();
     assert_same_as_file_run(&out, &file_run(dir.path(), &input));
-    // the broker in plume's own process is acknowledged before each synced write, not after
-    // it; every message still went through the ingest log
-    assert!(log.contains("durable=true acks_before_sync=true"), "{log}");
+    // the broker in plume's own process is acknowledged as messages are read, not after the
+    // synced write; every message still went through the ingest log
+    assert!(log.contains("durable=true acks=on_receipt"), "{log}");
+    assert!(log.contains(&format!("acked={}", messages.len())), "{log}");
     let appends: u64 = log
         .lines()
         .find(|l| l.contains("mqtt source stopped"))
@@ -249,7 +250,7 @@ fn mosquitto_pub_feeds_plume() {
     let log = plume.interrupt();
     broker.stop();
     // an external broker keeps a message until plume acknowledges it after the synced write
-    assert!(log.contains("durable=true acks_before_sync=false"), "{log}");
+    assert!(log.contains("durable=true acks=after_sync"), "{log}");
     // each device's readings arrive in order; the order across devices does not change aq1
     assert_same_as_file_run(&out, &file_run(dir.path(), &input));
 }
@@ -696,7 +697,11 @@ fn without_the_ingest_log_messages_are_acknowledged_once_handed_on() {
     let out = dir.path().join("out-mqtt.jsonl");
     let plume = Plume::run(&file, &broker.url(), &out);
     plume.wait_subscribed();
-    assert!(plume.logged("durable=false"), "{}", plume.log_text());
+    assert!(
+        plume.logged("durable=false acks=once_handed_on"),
+        "{}",
+        plume.log_text()
+    );
     let messages = aq1_messages(&input);
     publish_all(broker.port, "aq1-publisher", &messages, rumqttc::QoS::AtLeastOnce);
     plume.wait_messages(messages.len() as u64);

@@ -600,7 +600,7 @@ pub fn run(
         "ingress starting"
     );
     runtime.block_on(async {
-        let (client, events) = connect(&source_spec, &client_id)?;
+        let (client, events) = connect(&source_spec, &client_id, true)?;
         let (tx, mut rx) = mpsc::channel::<Event>(64);
         let driver = tokio::spawn(drive(events, client.clone(), filter.clone(), qos, tx));
         let mut progress = tokio::time::interval(PROGRESS_EVERY);

@@ -185,7 +185,14 @@ impl Client {
 pub(super) const REQUEST_CAPACITY: usize = 70_000;
 pub(super) const MAX_PACKET: usize = 1 << 20;
 
-pub(super) fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client, EventLoop), MqttError> {
+/// The source's client. `manual_acks`: QoS 1/2 messages are acknowledged only through
+/// `Client::ack` (the source's `AckGate`); otherwise rumqttc acknowledges each as it reads it,
+/// all of one network read in one write (only for plume's embedded broker).
+pub(super) fn connect(
+    spec: &MqttSourceSpec,
+    client_id: &str,
+    manual_acks: bool,
+) -> Result<(Client, EventLoop), MqttError> {
     let endpoint = Endpoint::parse(&spec.url)?;
     let password = password(spec.client.password_env.as_deref())?;
     let tls = if endpoint.tls {
@@ -199,7 +206,7 @@ pub(super) fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client,
             let mut o = rumqttc::MqttOptions::new(client_id, endpoint.host, endpoint.port);
             o.set_keep_alive(keep_alive)
                 .set_clean_session(!spec.persistent_session)
-                .set_manual_acks(true)
+                .set_manual_acks(manual_acks)
                 .set_max_packet_size(MAX_PACKET, MAX_PACKET)
                 .set_request_channel_capacity(REQUEST_CAPACITY);
             if let Some(user) = &spec.client.username {
@@ -215,7 +222,7 @@ pub(super) fn connect(spec: &MqttSourceSpec, client_id: &str) -> Result<(Client,
             let mut o = rumqttc::v5::MqttOptions::new(client_id, endpoint.host, endpoint.port);
             o.set_keep_alive(keep_alive)
                 .set_clean_start(!spec.persistent_session)
-                .set_manual_acks(true)
+                .set_manual_acks(manual_acks)
                 .set_max_packet_size(Some(MAX_PACKET as u32))
                 .set_request_channel_capacity(REQUEST_CAPACITY);
             if spec.persistent_session {

@@ -12,8 +12,8 @@
 //!   log's next sequence number, then acknowledges its QoS 1/2 messages through [`AckGate`].
 //!   Acks are manual: a message the broker has not had an ack for is sent again after a
 //!   reconnect (persistent session), so nothing handed to us is lost. Plume's own embedded
-//!   broker ([`super::broker::serves`]) is acknowledged as soon as the write is handed to the
-//!   blocking pool: it dies with the process, so waiting for the sync would keep nothing.
+//!   broker ([`super::broker::serves`]) is the exception: it dies with the process, so holding
+//!   an ack back keeps nothing safe, and the client acknowledges each message as it reads it.
 //! - Checkpoints record the log position like a file offset; at start-up the source first
 //!   replays the log from the checkpointed position to its end, then takes live messages. The
 //!   log drops entries below the oldest checkpoint recovery could fall back to (`retain`).
@@ -81,10 +81,11 @@ pub struct PendingAck {
 }
 
 /// The one place that acknowledges QoS 1/2 messages to the broker. [`run`] calls
-/// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`; with
-/// the embedded broker once its write is under way, [`MqttSource::broker_in_process`]), or
+/// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`), or
 /// without the log once its chunk has been handed to the routers (`ChunkFeeder::send`): a
 /// broker outage or reconnect loses nothing either way, a crash of plume only without the log.
+/// Not with plume's embedded broker ([`MqttSource::broker_in_process`]): the client acknowledges
+/// there as it reads.
 pub struct AckGate {
     client: Client,
     stats: Arc<MqttStats>,
@@ -167,8 +168,9 @@ pub struct MqttSource {
     pub stats: Arc<MqttStats>,
     /// Where the ingest log is (`durable: true` in a run with a data directory).
     pub ingest: Option<IngestPlan>,
-    /// The broker is plume's embedded one ([`super::broker::serves`]): with the ingest log, a
-    /// batch is acknowledged once its write is handed to the writer, not once it is synced.
+    /// The broker is plume's embedded one ([`super::broker::serves`]): it dies with this
+    /// process, so the client acknowledges each message as it reads it (rumqttc's automatic
+    /// acks, all of one network read in one write) instead of after the synced write.
     pub broker_in_process: bool,
 }
 
@@ -365,7 +367,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     let stats = source.stats;
     let template = TopicTemplate::parse(&spec.topic);
     let result = (|| {
-        let (client, events) = connect(&spec, &client_id)?;
+        let (client, events) = connect(&spec, &client_id, !source.broker_in_process)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -407,8 +409,14 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     }
     let qos = spec.qos.level();
     let durable_on = durable.is_some();
-    let in_process_acks = durable_on && source.broker_in_process;
-    info!(source = %name, url = %crate::model::redact::url(&spec.url), client_id = %client_id, filter = %filter, qos, durable = durable_on, acks_before_sync = in_process_acks, "mqtt source starting");
+    let manual_acks = !source.broker_in_process;
+    // when QoS 1/2 messages are acknowledged (ARCHITECTURE.md, MQTT)
+    let ack_point = match (source.broker_in_process, durable_on) {
+        (true, _) => "on_receipt",
+        (false, true) => "after_sync",
+        (false, false) => "once_handed_on",
+    };
+    info!(source = %name, url = %crate::model::redact::url(&spec.url), client_id = %client_id, filter = %filter, qos, durable = durable_on, acks = %ack_point, "mqtt source starting");
     let mut failure = None;
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);
@@ -491,14 +499,23 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
             let mut handed_now = Vec::new();
             for m in pending.drain(..) {
                 if m.qos > 0 {
-                    acks.push(PendingAck { pkid: m.pkid, qos: m.qos });
+                    if manual_acks {
+                        acks.push(PendingAck { pkid: m.pkid, qos: m.qos });
+                    } else {
+                        // the client acknowledged it as it read it
+                        stats.acked.fetch_add(1, Ordering::Relaxed);
+                    }
                     let hash = content_hash(&m.topic, &m.payload);
                     if redeliveries.on_message(m.pkid, m.dup, hash) == Delivery::AlreadyHandedOn {
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         debug!(source = %name, topic = %m.topic, pkid = m.pkid, "mqtt redelivery of a message already handed on");
                         continue;
                     }
-                    handed_now.push((m.pkid, hash));
+                    // kept in the log so that the check survives a restart; the embedded broker's
+                    // sessions do not, so it never sends a message again after one
+                    if manual_acks {
+                        handed_now.push((m.pkid, hash));
+                    }
                 }
                 let device = match template.capture(&m.topic) {
                     Ok(device) => device.map(str::to_string),
@@ -528,18 +545,6 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                     let log = d.log.clone();
                     let began = Instant::now();
                     let write = tokio::task::spawn_blocking(move || log.append(&encoded, &handed_now, trim));
-                    // The embedded broker acknowledged these messages to their publishers when it
-                    // took them, and dies with this process: after a crash or a failed write
-                    // nothing of them is left anywhere but in the log, whether or not it had our
-                    // ack. So it gets the ack now and sends the next messages during the sync,
-                    // instead of holding them back until it ends (its window is 100 messages).
-                    if in_process_acks
-                        && watch.wait(gate.release(&std::mem::take(&mut acks)), "room to acknowledge to the broker")
-                            .await
-                            .is_none()
-                    {
-                        break;
-                    }
                     let Some(result) = watch.wait(write, "the ingest log's synced write").await
                     else {
                         // not acknowledged: the broker keeps the batch for the next run
