@@ -171,6 +171,15 @@ impl Plume {
             .unwrap_or(0)
     }
 
+    /// When the MQTT source handed its latest live message on (ms since the Unix epoch), as its
+    /// latest progress line says.
+    pub fn last_handed_unix_ms(&self) -> Option<u64> {
+        self.0.newest(|l| {
+            let i = l.find("last_handed_unix_ms=")?;
+            l[i + 20..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+    }
+
     /// Until the subscription is confirmed, or the broker kept it from an earlier session.
     pub fn wait_subscribed(&self) {
         wait_for("plume to subscribe", Duration::from_secs(30), || {

@@ -49,6 +49,10 @@ pub use super::topic::{TopicMismatch, TopicTemplate};
 pub struct MqttStats {
     /// Messages handed to the routers (replayed ones included).
     pub messages: AtomicU64,
+    /// When the latest live message was handed to the routers (milliseconds since the Unix
+    /// epoch; 0: none yet). The progress line carries it, so a reader knows when the source
+    /// was done without the line's own delay (it is written after 100 ms of idling).
+    pub last_handed_unix_ms: AtomicU64,
     /// Messages replayed from the ingest log at start-up.
     pub replayed: AtomicU64,
     /// Synced appends to the ingest log, and the time they took in total (µs).
@@ -271,6 +275,13 @@ async fn drive(
     }
 }
 
+/// Now, in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Most messages in one chunk.
 const MAX_CHUNK_MESSAGES: usize = 4096;
 
@@ -447,7 +458,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
         let mut progress = |force: bool| {
             let messages = stats.messages.load(Ordering::Relaxed);
             if messages != reported.1 && (force || reported.0.elapsed() > Duration::from_secs(1)) {
-                debug!(source = %name, messages, "mqtt source progress");
+                let last_handed_unix_ms = stats.last_handed_unix_ms.load(Ordering::Relaxed);
+                debug!(source = %name, messages, last_handed_unix_ms, "mqtt source progress");
                 reported = (Instant::now(), messages);
             }
         };
@@ -586,6 +598,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                 position = start + n;
                 stats.messages.fetch_add(n, Ordering::Relaxed);
                 feeder.send(ChunkData::Messages(messages), Position::Sequence(position), permit);
+                stats.last_handed_unix_ms.store(unix_ms(), Ordering::Relaxed);
             }
             if watch.wait(gate.release(&acks), "room to acknowledge to the broker")
                 .await
