@@ -39,8 +39,8 @@ pub struct EmbeddedBroker {
 /// them. Host names (`localhost` too, which may resolve to either family) are not taken for it:
 /// the answer needs no look-up, and a "no" only costs speed.
 ///
-/// The MQTT source uses it to acknowledge this broker once a batch is handed to the ingest log's
-/// writer instead of once it is synced: the broker lives in plume's process and has already
+/// The MQTT source uses it to acknowledge this broker as it reads each message instead of after
+/// the synced write to its ingest log: the broker lives in plume's process and has already
 /// acknowledged each message to its publisher, so waiting keeps nothing safe that a crash or a
 /// failed write would otherwise lose (ARCHITECTURE.md, MQTT).
 pub fn serves(spec: &EmbeddedBrokerSpec, url: &str) -> bool {
