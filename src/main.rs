@@ -287,7 +287,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PLUME_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
+            tracing_subscriber::EnvFilter::try_new(plume::trace::log_filter(
+                std::env::var("PLUME_LOG").ok().as_deref(),
+            ))
+            .unwrap_or_else(|e| {
+                eprintln!("warning: PLUME_LOG is not a valid log filter ({e}): logging at warn");
+                plume::trace::log_filter(None).into()
+            }),
         )
         .with_writer(std::io::stderr)
         .map_event_format(WithTraceIds)

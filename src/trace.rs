@@ -11,6 +11,7 @@
 //!   and the spans of every delivery it caused (in any process, after any restart) share one
 //!   trace, found by the id a receiver sees in the `webhook-id` header or the record's `id`.
 //! - [`current_ids`] gives the trace and span ids of the span a log line is written in.
+//! - [`log_filter`] gives the directives of the log lines (`PLUME_LOG`, `warn` by default).
 
 use std::time::SystemTime;
 
@@ -166,9 +167,54 @@ pub fn current_ids() -> Option<(TraceId, SpanId)> {
     sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
 }
 
+/// The log lines' filter directives (`tracing_subscriber::EnvFilter` syntax) from `PLUME_LOG`
+/// (`None`: not set): `warn` by default, and the embedded broker (rumqttd) silent unless a
+/// directive names it. rumqttd opens an error-level span for every message it routes (with the
+/// topic formatted into it); with `rumqttd` at `warn` or below those spans cost the broker's
+/// thread about a tenth of its time (BENCHMARKS.md, MQTT), and nothing of them is written
+/// unless one of rumqttd's own events is.
+pub fn log_filter(plume_log: Option<&str>) -> String {
+    let directives = plume_log.map(str::trim).filter(|d| !d.is_empty()).unwrap_or("warn");
+    let names_rumqttd = directives.split(',').any(|directive| {
+        let target = directive.split(['=', '[']).next().unwrap_or("").trim();
+        target == "rumqttd" || target.starts_with("rumqttd::")
+    });
+    if names_rumqttd {
+        directives.to_string()
+    } else {
+        format!("{directives},rumqttd=off")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_broker_logs_only_when_a_directive_names_it() {
+        assert_eq!(log_filter(None), "warn,rumqttd=off");
+        assert_eq!(log_filter(Some("")), "warn,rumqttd=off");
+        assert_eq!(
+            log_filter(Some("info,plume::connectors=debug")),
+            "info,plume::connectors=debug,rumqttd=off"
+        );
+        assert_eq!(log_filter(Some("debug,rumqttd=warn")), "debug,rumqttd=warn");
+        assert_eq!(
+            log_filter(Some("warn,rumqttd::router=info")),
+            "warn,rumqttd::router=info"
+        );
+        // a crate whose name only starts with rumqttd is not the broker
+        assert_eq!(log_filter(Some("rumqttdx=info")), "rumqttdx=info,rumqttd=off");
+        // every result is a filter tracing accepts
+        for spec in [
+            None,
+            Some("debug"),
+            Some("debug,rumqttd=warn"),
+            Some("plume[checkpoint]=info"),
+        ] {
+            tracing_subscriber::EnvFilter::try_new(log_filter(spec)).expect("a valid filter");
+        }
+    }
 
     #[test]
     fn an_event_trace_is_named_by_its_record_id() {
