@@ -12,7 +12,7 @@
 //! live/                  RocksDB: column families devices, positions, outbox, meta
 //! retained/<id>/         a RocksDB checkpoint of live/ right after checkpoint <id>, and
 //! retained/<id>/plume-manifest.json
-//! ingest/<hash>/         a durable MQTT source's ingest log (`connectors::mqtt::ingest`: segment files), outside
+//! ingest/<hash>/         a durable MQTT source's ingest log (`sources::ingest`), outside
 //!                        the checkpoints, which record positions in it
 //! ```
 //! Device state, positions and the checkpoint record in `live/` only ever change by one synced
