@@ -171,8 +171,8 @@ pub fn current_ids() -> Option<(TraceId, SpanId)> {
 /// (`None`: not set): `warn` by default, and the embedded broker (rumqttd) silent unless a
 /// directive names it. rumqttd opens an error-level span for every message it routes (with the
 /// topic formatted into it); with `rumqttd` at `warn` or below those spans cost the broker's
-/// thread about a tenth of its time (BENCHMARKS.md, MQTT), and nothing of them is written
-/// unless one of rumqttd's own events is.
+/// thread about a tenth of its time (BENCHMARKS.md, "The embedded broker's durable path, looked
+/// at again"), and nothing of them is written unless one of rumqttd's own events is.
 pub fn log_filter(plume_log: Option<&str>) -> String {
     let directives = plume_log.map(str::trim).filter(|d| !d.is_empty()).unwrap_or("warn");
     let names_rumqttd = directives.split(',').any(|directive| {
