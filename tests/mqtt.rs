@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use mqtt_support::{Mosquitto, Plume, free_port, publish_all, wait_for};
+use mqtt_support::{Mosquitto, Plume, free_port, log_number, publish_all, wait_for};
 
 /// The aq1 lines as MQTT messages to `aq1/<device>`, in file order.
 fn aq1_messages(input: &Path) -> Vec<(String, Vec<u8>)> {
@@ -197,12 +197,10 @@ fn the_embedded_broker_carries_the_same_end_to_end_run() {
     // synced write; every message still went through the ingest log
     assert!(log.contains("durable=true acks=on_receipt"), "{log}");
     assert!(log.contains(&format!("acked={}", messages.len())), "{log}");
-    let appends: u64 = log
+    let appends = log
         .lines()
         .find(|l| l.contains("mqtt source stopped"))
-        .and_then(|l| l.split("log_appends=").nth(1))
-        .and_then(|v| v.split(' ').next())
-        .and_then(|v| v.parse().ok())
+        .and_then(|l| log_number(l, "log_appends"))
         .unwrap_or_else(|| panic!("no log_appends in the source's last line: {log}"));
     assert!(appends > 0, "{log}");
     assert!(

@@ -119,6 +119,12 @@ pub use child::LoggedChild;
 #[path = "child.rs"]
 pub mod child;
 
+/// The number after `key=` in a log line (the first such key).
+pub fn log_number(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 /// plume running an MQTT pipeline, its log collected.
 pub struct Plume(LoggedChild);
 
@@ -163,21 +169,13 @@ impl Plume {
 
     /// Messages the MQTT source has handed to the routers (its latest progress line).
     pub fn messages(&self) -> u64 {
-        self.0
-            .newest(|l| {
-                let i = l.find("messages=")?;
-                l[i + 9..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-            })
-            .unwrap_or(0)
+        self.0.newest(|l| log_number(l, "messages")).unwrap_or(0)
     }
 
     /// When the MQTT source handed its latest live message on (ms since the Unix epoch), as its
     /// latest progress line says.
     pub fn last_handed_unix_ms(&self) -> Option<u64> {
-        self.0.newest(|l| {
-            let i = l.find("last_handed_unix_ms=")?;
-            l[i + 20..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-        })
+        self.0.newest(|l| log_number(l, "last_handed_unix_ms"))
     }
 
     /// Until the subscription is confirmed, or the broker kept it from an earlier session.

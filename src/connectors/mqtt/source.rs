@@ -275,13 +275,6 @@ async fn drive(
     }
 }
 
-/// Now, in milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Most messages in one chunk.
 const MAX_CHUNK_MESSAGES: usize = 4096;
 
@@ -598,7 +591,9 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                 position = start + n;
                 stats.messages.fetch_add(n, Ordering::Relaxed);
                 feeder.send(ChunkData::Messages(messages), Position::Sequence(position), permit);
-                stats.last_handed_unix_ms.store(unix_ms(), Ordering::Relaxed);
+                stats
+                    .last_handed_unix_ms
+                    .store(crate::clock::now_ms().max(0) as u64, Ordering::Relaxed);
             }
             if watch.wait(gate.release(&acks), "room to acknowledge to the broker")
                 .await
