@@ -135,10 +135,7 @@ fn throughput(
     };
     let n = messages.len() as u64;
     let started = Instant::now();
-    let started_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let started_unix_ms = plume::clock::now_ms() as u64;
     publish_all(port, &format!("bench-pub-{qos}"), messages, q);
     let published = started.elapsed();
     // until every reading is in, or nothing more came for 3 s (lost at QoS 0)
