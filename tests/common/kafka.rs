@@ -76,14 +76,45 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Creates `name` with `tansu topic create`. A loaded machine (two tests, each with its
+    /// broker and member processes, on two CPUs) sometimes sees the command fail on its own
+    /// time-out while the broker is still working on it: it is tried again, for up to 60 s, and
+    /// "already exists" after a failed try counts as created. A final failure names what tansu
+    /// printed.
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let status = Command::new(tansu_binary())
-            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .args(["--partitions", &partitions.to_string(), name])
-            .stdout(Stdio::null())
-            .status()
-            .expect("tansu topic create runs");
-        assert!(status.success(), "creating topic {name} failed");
+        let started = Instant::now();
+        let mut tries = Vec::new();
+        loop {
+            let output = Command::new(tansu_binary())
+                .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+                .args(["--partitions", &partitions.to_string(), name])
+                .output()
+                .expect("tansu topic create runs");
+            if output.status.success() {
+                return;
+            }
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if !tries.is_empty() && printed.contains("already exists") {
+                return;
+            }
+            tries.push(format!(
+                "after {:?}: {} {}",
+                started.elapsed(),
+                output.status,
+                printed.trim()
+            ));
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "creating topic {name} failed {} times:\n{}",
+                tries.len(),
+                tries.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Produces `(key, value)` records in order (one producer: the per-key order is kept, and
