@@ -1,4 +1,6 @@
-//! `plume run` ends with a clear error, and does not hang, when a source cannot start.
+//! `plume run` as a process: it ends with a clear error, and does not hang, when a source cannot
+//! start; its memory is backed without transparent huge pages unless `MIMALLOC_ALLOW_THP` asks
+//! for them.
 
 mod common;
 
@@ -35,5 +37,67 @@ fn a_missing_input_file_ends_the_run_with_an_error_naming_it() {
     assert!(
         stderr.contains("no-such-input.jsonl") && stderr.contains("opening"),
         "the error names the file and what failed: {stderr}"
+    );
+}
+
+/// `THP_enabled` of a running `plume run` reading its standard input, once its runtime threads
+/// exist (so `main` has run past its first lines): `0` when the process turned huge pages off.
+fn thp_enabled_of_a_run(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = plume();
+    command
+        .args([
+            "run",
+            "pipelines/aq1.yaml",
+            "--no-checkpoints",
+            "--input",
+            "-",
+            "--output",
+        ])
+        .arg(dir.path().join("out.jsonl"))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let started = Instant::now();
+    let seen = loop {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let threads: u32 = field("Threads:").parse().unwrap_or(0);
+        if threads > 2 {
+            break field("THP_enabled:");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "plume run did not start its threads within 30 s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_run_turns_transparent_huge_pages_off_unless_mimalloc_allow_thp_is_set() {
+    assert_eq!(
+        thp_enabled_of_a_run(&[]),
+        "0",
+        "plume turns huge pages off for its process"
+    );
+    assert_eq!(
+        thp_enabled_of_a_run(&[("MIMALLOC_ALLOW_THP", "1")]),
+        "1",
+        "MIMALLOC_ALLOW_THP leaves them to mimalloc"
     );
 }
