@@ -182,10 +182,35 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// The `{device}` capture of the MQTT topic, or the Kafka record key.
     pub device_hint: Option<String>,
-    /// Human-readable position for dead letters (`topic aq1/x`, `partition 2 offset 17`).
-    pub position: String,
+    /// Where it was, for dead letters.
+    pub position: MessagePosition,
     /// Arrival time (epoch ms), the event time when the pipeline has no time field.
     pub arrival_ms: i64,
+}
+
+/// Where a message was, for its dead letters: kept in parts and formatted only when a dead
+/// letter names it (formatting it per message cost the MQTT source an allocation and a
+/// `format!` for every message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessagePosition {
+    /// An MQTT message: its topic and its number (in the ingest log, or counted in this run
+    /// without it).
+    Mqtt { topic: String, number: u64 },
+    /// A Kafka record.
+    Kafka { topic: String, partition: i32, offset: i64 },
+}
+
+impl std::fmt::Display for MessagePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessagePosition::Mqtt { topic, number } => write!(f, "topic {topic} message {number}"),
+            MessagePosition::Kafka {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "topic {topic} partition {partition} offset {offset}"),
+        }
+    }
 }
 
 /// A chunk of input, broadcast to every shard's router.
@@ -294,6 +319,21 @@ impl Drop for ChunkTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_position_reads_as_dead_letters_have_always_named_it() {
+        let mqtt = MessagePosition::Mqtt {
+            topic: "aq1/dev-7".into(),
+            number: 42,
+        };
+        assert_eq!(mqtt.to_string(), "topic aq1/dev-7 message 42");
+        let kafka = MessagePosition::Kafka {
+            topic: "aq1".into(),
+            partition: 3,
+            offset: 17,
+        };
+        assert_eq!(kafka.to_string(), "topic aq1 partition 3 offset 17");
+    }
 
     /// A pooled chunk's buffer comes back to the pool when the chunk is dropped, and the next
     /// `take` hands out that same allocation, empty; at most `KEPT` are kept, and bytes that

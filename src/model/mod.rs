@@ -25,8 +25,8 @@ pub mod record;
 pub mod redact;
 
 pub use chunk::{
-    BufferPool, Chunk, ChunkData, ChunkTicket, InFlight, LineBytes, LineRouting, Message, Position, RoutedKind,
-    RoutedLine, RoutedLinePool, SourcePosition,
+    BufferPool, Chunk, ChunkData, ChunkTicket, InFlight, LineBytes, LineRouting, Message, MessagePosition, Position,
+    RoutedKind, RoutedLine, RoutedLinePool, SourcePosition,
 };
 pub use duration::DurationSpec;
 pub use ids::{NotifierKind, SinkId, SourceId};

@@ -34,7 +34,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use crate::decode::Decoder;
-use crate::model::{ChunkData, Message, Position, key_group_of};
+use crate::model::{ChunkData, Message, MessagePosition, Position, key_group_of};
 use crate::runtime::ports::{ChunkFeeder, NotificationHandover, PartitionOwnership, Shutdown};
 use crate::spec::{KafkaDeviceFrom, KafkaSourceSpec, KafkaTimeFrom};
 use crate::store::partitions::{PartitionHandoff, parse_position_name};
@@ -721,7 +721,11 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                 let message = Message {
                     payload: m.payload().unwrap_or_default().to_vec(),
                     device_hint,
-                    position: format!("topic {} partition {} offset {}", key.0, key.1, m.offset()),
+                    position: MessagePosition::Kafka {
+                        topic: key.0.clone(),
+                        partition: key.1,
+                        offset: m.offset(),
+                    },
                     arrival_ms,
                 };
                 let offset = m.offset();

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use super::ingest::{IngestLog, Trimmer, encode_entry};
 use super::state::{ConnAck, Connection, Delivery, Redeliveries};
-use crate::model::{ChunkData, Message, Position};
+use crate::model::{ChunkData, Message, MessagePosition, Position};
 use crate::runtime::ports::{ChunkFeeder, Shutdown, SourceHealth};
 use crate::spec::MqttSourceSpec;
 
@@ -337,9 +337,13 @@ fn open_and_replay(
         for (seq, e) in entries {
             // a topic the (changed) template no longer takes is skipped, as when it arrived
             if let Ok(device) = template.capture(&e.topic) {
+                let device_hint = device.map(str::to_string);
                 messages.push(Message {
-                    position: format!("topic {} message {seq}", e.topic),
-                    device_hint: device.map(str::to_string),
+                    position: MessagePosition::Mqtt {
+                        number: seq,
+                        topic: e.topic,
+                    },
+                    device_hint,
                     payload: e.payload,
                     arrival_ms: e.arrival_ms,
                 });
@@ -582,7 +586,10 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                     .into_iter()
                     .enumerate()
                     .map(|(i, t)| Message {
-                        position: format!("topic {} message {}", t.topic, start + i as u64 + u64::from(!durable_on)),
+                        position: MessagePosition::Mqtt {
+                            topic: t.topic,
+                            number: start + i as u64 + u64::from(!durable_on),
+                        },
                         device_hint: t.device,
                         payload: t.payload,
                         arrival_ms: t.at_ms,

@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::ShardSupervisor;
 use crate::decode::{DecodeError, Decoded, Decoder, bounded_raw};
-use crate::model::{Chunk, ChunkData, Message, RoutedKind, RoutedLine};
+use crate::model::{Chunk, ChunkData, Message, MessagePosition, RoutedKind, RoutedLine};
 use crate::operators::{DeviceChain, Emit};
 use crate::runtime::RuntimeMetrics;
 use crate::runtime::device::{DeviceActor, panic_message};
@@ -117,7 +117,7 @@ pub(super) struct ChunkCounts {
 #[derive(Clone, Copy)]
 enum At<'c> {
     Line(u64),
-    Message(&'c str),
+    Message(&'c MessagePosition),
 }
 
 impl At<'_> {
