@@ -116,11 +116,20 @@ impl StoreError {
 
 /// Wraps a payload: magic, format version, xxh3 of the payload, payload.
 pub fn seal(payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(HEADER + payload.len());
+    seal_written(payload.len(), |v| v.extend_from_slice(payload))
+}
+
+/// [`seal`] of the payload that `write` appends, written straight into the envelope (one
+/// allocation, for a value made per message: the MQTT ingest log's entries). `capacity`: the
+/// payload's expected length.
+pub fn seal_written(capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER + capacity);
     v.push(MAGIC);
     v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    v.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
-    v.extend_from_slice(payload);
+    v.extend_from_slice(&[0; 8]);
+    write(&mut v);
+    let hash = xxhash_rust::xxh3::xxh3_64(&v[HEADER..]);
+    v[HEADER - 8..HEADER].copy_from_slice(&hash.to_le_bytes());
     v
 }
 
