@@ -720,12 +720,8 @@ fn without_the_ingest_log_messages_are_acknowledged_once_handed_on() {
 
 /// Whether the process catches SIGINT yet (`SigCgt` in /proc).
 fn catches_sigint(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
-            u64::from_str_radix(mask.trim(), 16).ok()
-        })
+    proc_status_field(pid, "SigCgt:")
+        .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
         .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
 }
 

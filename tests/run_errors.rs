@@ -61,23 +61,15 @@ fn thp_enabled_of_a_run(env: &[(&str, &str)]) -> String {
         command.env(k, v);
     }
     let mut child = command.spawn().unwrap();
-    let status = format!("/proc/{}/status", child.id());
     let started = Instant::now();
     let seen = loop {
-        let text = std::fs::read_to_string(&status).unwrap_or_default();
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        let threads: u32 = field("Threads:").parse().unwrap_or(0);
-        if threads > 2 {
-            break field("THP_enabled:");
+        let threads = proc_status_field(child.id(), "Threads:");
+        if threads.as_deref().and_then(|t| t.parse::<u32>().ok()).unwrap_or(0) > 2 {
+            break proc_status_field(child.id(), "THP_enabled:").unwrap_or_default();
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "plume run did not start its threads within 30 s: {text}"
+            "plume run did not start its threads within 30 s (Threads: {threads:?})"
         );
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -79,8 +79,8 @@ impl Tansu {
     /// Creates `name` with `tansu topic create`. A loaded machine (two tests, each with its
     /// broker and member processes, on two CPUs) sometimes sees the command fail on its own
     /// time-out while the broker is still working on it: it is tried again, for up to 60 s, and
-    /// "already exists" after a failed try counts as created. A final failure names what tansu
-    /// printed.
+    /// "already exists" after a failed try counts as created (on the first try it is an error at
+    /// once). A final failure names what tansu printed.
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let started = Instant::now();
         let mut tries = Vec::new();
@@ -98,7 +98,9 @@ impl Tansu {
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );
-            if !tries.is_empty() && printed.contains("already exists") {
+            if printed.contains("already exists") {
+                // (a first try's "already exists" is the caller's second creation)
+                assert!(!tries.is_empty(), "topic {name} already exists: {}", printed.trim());
                 return;
             }
             tries.push(format!(

@@ -28,6 +28,15 @@ pub fn seed_from_env(name: &str) -> u64 {
         })
 }
 
+/// A field of `/proc/<pid>/status` (`"Threads:"`, `"SigCgt:"`, …), trimmed; `None` once the
+/// process or the field is not there.
+pub fn proc_status_field(pid: u32, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+}
+
 pub fn plume() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_plume"));
     c.current_dir(repo());
