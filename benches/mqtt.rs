@@ -22,7 +22,9 @@
 //!   `PLUME_BENCH_PERF=DIR` records plume's first durable QoS 1 run per broker with `perf record -g`.
 //!
 //! Subsets: `PLUME_BENCH_MQTT_BROKERS=embedded` (or `mosquitto`), `PLUME_BENCH_MQTT_QOS=1`,
-//! `PLUME_BENCH_MQTT_NO_LATENCY=1`.
+//! `PLUME_BENCH_MQTT_NO_LATENCY=1`. Two builds side by side: `PLUME_BENCH_MQTT_OTHER_BUILD=BINARY`
+//! runs that binary's durable runs in the durable-off slot (same rounds, same rotation) and
+//! reports this build / the other, paired round by round.
 //! Sizes: `PLUME_BENCH_MQTT_N` readings (default 100 000), latency at `PLUME_BENCH_MQTT_RATE`
 //! readings/s (default 1000) for 5 s.
 
@@ -30,7 +32,7 @@
 mod mqtt_support;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,7 +66,7 @@ impl Broker {
                 plume::connectors::mqtt::broker::start(&plume::spec::EmbeddedBrokerSpec {
                     port,
                     bind: "127.0.0.1".into(),
-                })
+                }, &[])
                 .expect("the embedded broker starts in the bench");
                 port
             }),
@@ -102,8 +104,13 @@ fn throughput(
     durable: bool,
     round: usize,
     messages: &[(String, Vec<u8>)],
+    other_build: Option<&Path>,
 ) -> f64 {
-    let run = format!("{}-{qos}-{durable}-{round}", broker.name());
+    let run = format!(
+        "{}-{qos}-{durable}-{round}{}",
+        broker.name(),
+        if other_build.is_some() { "-other" } else { "" }
+    );
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mqtt-aq1.yaml"))
         .unwrap()
         .replace(
@@ -114,7 +121,15 @@ fn throughput(
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
     let port = broker.port();
     let out = dir.join(format!("tp-{run}.jsonl"));
-    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let plume = match other_build {
+        None => Plume::run(&file, &url, &out),
+        Some(bin) => {
+            let mut command = std::process::Command::new(bin);
+            command.current_dir(env!("CARGO_MANIFEST_DIR"));
+            Plume::spawn_binary(command, &file, &url, &out, &[], &[])
+        }
+    };
     plume.wait_subscribed();
     let perf = std::env::var_os("PLUME_BENCH_PERF")
         .filter(|_| round == 0 && qos == 1 && durable)
@@ -178,9 +193,10 @@ fn throughput(
     };
     let rate = counted as f64 / secs;
     println!(
-        "throughput {:<9} qos {qos} durable {:<5} round {round}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s; plume CPU {cpu:.2} s)",
+        "throughput {:<9} qos {qos} durable {:<5} round {round}{}: {counted} of {n} readings in {secs:.2} s = {rate:.0} readings/s (publishing took {:.2} s; plume CPU {cpu:.2} s)",
         broker.name(),
         durable,
+        if other_build.is_some() { " (other build)" } else { "" },
         published.as_secs_f64()
     );
     if let Some(stopped) = log.lines().find(|l| l.contains("mqtt source stopped")) {
@@ -427,6 +443,8 @@ fn main() {
         .collect();
     // durable on and off side by side, alternating, so the machine's noise hits both alike
     let rounds = env_or("PLUME_BENCH_MQTT_ROUNDS", 3) as usize;
+    // another build's binary: its durable runs take the durable-off slot, side by side
+    let other_build = std::env::var_os("PLUME_BENCH_MQTT_OTHER_BUILD").map(PathBuf::from);
     let mut summary = Vec::new();
     let only = std::env::var("PLUME_BENCH_MQTT_BROKERS").unwrap_or_default();
     let qos_levels: Vec<u8> = std::env::var("PLUME_BENCH_MQTT_QOS")
@@ -446,8 +464,13 @@ fn main() {
                 let (mut r_on, mut r_off, mut r_base) = (0.0, 0.0, 0.0);
                 for kind in (0..3).map(|k| (k + round) % 3) {
                     match kind {
-                        0 => r_on = throughput(dir.path(), &broker, qos, true, round, &messages),
-                        1 => r_off = throughput(dir.path(), &broker, qos, false, round, &messages),
+                        0 => r_on = throughput(dir.path(), &broker, qos, true, round, &messages, None),
+                        1 => {
+                            r_off = match &other_build {
+                                None => throughput(dir.path(), &broker, qos, false, round, &messages, None),
+                                Some(bin) => throughput(dir.path(), &broker, qos, true, round, &messages, Some(bin)),
+                            }
+                        }
                         _ => r_base = plain(&broker, qos, round, &messages),
                     }
                 }
@@ -455,6 +478,19 @@ fn main() {
                 off.push(r_off);
                 base.push(r_base);
                 ratio.push(r_on / r_base);
+            }
+            if other_build.is_some() {
+                let paired = median(on.iter().zip(&off).map(|(a, b)| a / b).collect());
+                let other_ratio = median(off.iter().zip(&base).map(|(a, b)| a / b).collect());
+                summary.push(format!(
+                    "throughput {:<9} qos {qos}: durable on, this build {:.0} readings/s, the other build {:.0} readings/s, plain client {:.0} readings/s (medians of {rounds}); this / other = {paired:.2}, this / plain = {:.2}, other / plain = {other_ratio:.2} (medians of the rounds' ratios)",
+                    broker.name(),
+                    median(on.clone()),
+                    median(off.clone()),
+                    median(base.clone()),
+                    median(ratio.clone()),
+                ));
+                continue;
             }
             let (on, off, base, ratio) = (median(on), median(off), median(base), median(ratio));
             summary.push(format!(

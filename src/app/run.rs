@@ -61,7 +61,25 @@ pub fn run(pipeline: Arc<CompiledPipeline>, options: RunOptions, shutdown: Shutd
     };
     refuse_output_over_input(&inputs, &outputs)?;
     warn_insecure_connections(&pipeline.spec);
-    let _broker = crate::connectors::mqtt::broker::start_for(&pipeline.spec)?;
+    // the sources the embedded broker serves read it through in-process links
+    let in_process: Vec<String> = sources
+        .iter()
+        .filter_map(|(_, s)| match s {
+            SourcePlan::Mqtt(m) if m.broker_in_process => Some(m.client_id()),
+            _ => None,
+        })
+        .collect();
+    let mut broker = crate::connectors::mqtt::broker::start_for(&pipeline.spec, &in_process)?;
+    if let Some(broker) = broker.as_mut() {
+        for (_, plan) in sources.iter_mut() {
+            if let SourcePlan::Mqtt(m) = plan
+                && m.broker_in_process
+            {
+                // (two sources with one client id: the second connects over TCP)
+                m.link = broker.links.remove(&m.client_id());
+            }
+        }
+    }
     let planned_sinks = sink_names(&pipeline, options.output.as_ref());
     let state = prepare_state(&pipeline, &options, &mut sources, planned_sinks)?;
     let resumed_sinks: Vec<(String, u64)> = state

@@ -63,6 +63,8 @@ pub(crate) fn plan_sources(
                         .embedded_broker
                         .as_ref()
                         .is_some_and(|broker| crate::connectors::mqtt::broker::serves(broker, &m.url)),
+                    // (given when the embedded broker starts: `run`)
+                    link: None,
                 }),
             ),
             SourceSpec::Kafka(k) => (

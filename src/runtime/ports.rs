@@ -223,6 +223,15 @@ pub struct SourceHealth {
 }
 
 impl SourceHealth {
+    /// Health that no runtime reads (for a source's own tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        SourceHealth {
+            index: 0,
+            metrics: Arc::default(),
+        }
+    }
+
     fn with(&self, f: impl FnOnce(&super::SourceCounters)) {
         if let Some(counters) = self.metrics.sources.get(self.index) {
             f(counters);

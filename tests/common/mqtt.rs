@@ -140,8 +140,21 @@ impl Plume {
     /// `plume run PIPELINE --data-dir OUT.state ARGS…` with the broker url and output in the
     /// environment.
     pub fn spawn(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::spawn_binary(plume(), pipeline, url, output, env, args)
+    }
+
+    /// [`Plume::spawn`] with another build's binary (`command`: that binary), for benches that
+    /// compare two builds side by side.
+    pub fn spawn_binary(
+        mut command: Command,
+        pipeline: &Path,
+        url: &str,
+        output: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         Plume(LoggedChild::spawn(
-            plume()
+            command
                 .arg("run")
                 .arg(pipeline)
                 .args(args)

@@ -5,7 +5,8 @@
 //!
 //! It speaks MQTT 3.1.1 on one TCP port, keeps persistent sessions in memory (they survive a
 //! client's reconnect, not a restart of plume) and lives until the process exits (rumqttd has no
-//! shutdown).
+//! shutdown). Plume's own MQTT sources of such a pipeline do not connect over TCP: each reads
+//! through an [`InProcessLink`] to the broker's router, made when the broker starts.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -26,12 +27,42 @@ pub enum BrokerError {
     NotReady { addr: SocketAddr, waited: Duration },
     #[error("embedded broker: {0}")]
     Start(std::io::Error),
+    #[error("embedded broker: no in-process link for `{client_id}`: {error}")]
+    Link { client_id: String, error: String },
 }
 
 /// A running embedded broker.
-#[derive(Debug)]
 pub struct EmbeddedBroker {
     pub addr: SocketAddr,
+    /// The in-process links asked for at start, by client id, until their sources take them.
+    pub links: HashMap<String, InProcessLink>,
+}
+
+/// A subscriber in the broker's own process: rumqttd's local link to its router. An MQTT source
+/// whose broker is the embedded one ([`serves`]) reads through it instead of a TCP connection:
+/// no MQTT packets encoded, sent, read and decoded again, no acknowledgements, and one wake-up
+/// per batch the router hands over (BENCHMARKS.md, "The embedded broker read in-process").
+pub struct InProcessLink {
+    pub(super) client_id: String,
+    pub(super) tx: rumqttd::local::LinkTx,
+    pub(super) rx: rumqttd::local::LinkRx,
+}
+
+impl std::fmt::Debug for InProcessLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessLink").field("client_id", &self.client_id).finish()
+    }
+}
+
+/// The client id of the in-process link for a source with `client_id`: its own, so that a
+/// network client that happens to use the source's id does not take the link's session over
+/// (rumqttd refuses ids with `+`, `$`, `#` or `/`: those become `_`).
+pub fn in_process_client_id(client_id: &str) -> String {
+    let safe: String = client_id
+        .chars()
+        .map(|c| if "+$#/".contains(c) { '_' } else { c })
+        .collect();
+    format!("plume-in-process-{safe}")
 }
 
 /// Whether a client of `url` talks to this embedded broker: plain `mqtt://` to its port, at the
@@ -56,13 +87,17 @@ pub fn serves(spec: &EmbeddedBrokerSpec, url: &str) -> bool {
     host == bind || (bind.is_unspecified() && host.is_loopback() && host.is_ipv4() == bind.is_ipv4())
 }
 
-/// Starts the pipeline's embedded broker, if it has one.
-pub fn start_for(spec: &PipelineSpec) -> Result<Option<EmbeddedBroker>, BrokerError> {
-    spec.embedded_broker.as_ref().map(start).transpose()
+/// Starts the pipeline's embedded broker, if it has one, with an in-process link for each of
+/// `in_process_clients` (the client ids of the sources it serves).
+pub fn start_for(spec: &PipelineSpec, in_process_clients: &[String]) -> Result<Option<EmbeddedBroker>, BrokerError> {
+    spec.embedded_broker
+        .as_ref()
+        .map(|broker| start(broker, in_process_clients))
+        .transpose()
 }
 
 /// rumqttd's settings for one MQTT 3.1.1 listener.
-fn config(addr: SocketAddr) -> rumqttd::Config {
+pub(super) fn config(addr: SocketAddr) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: 1 << 20,
@@ -93,13 +128,31 @@ fn config(addr: SocketAddr) -> rumqttd::Config {
     }
 }
 
-/// Starts the broker on its own threads and waits until it accepts connections.
-pub fn start(spec: &EmbeddedBrokerSpec) -> Result<EmbeddedBroker, BrokerError> {
+/// Starts the broker on its own threads and waits until it accepts connections. The links for
+/// `in_process_clients` are made first: rumqttd gives them out only before its `start`, which
+/// keeps the broker to itself from then on.
+pub fn start(spec: &EmbeddedBrokerSpec, in_process_clients: &[String]) -> Result<EmbeddedBroker, BrokerError> {
     let ip: IpAddr = spec.bind.parse().map_err(|_| BrokerError::Bind(spec.bind.clone()))?;
     let addr = SocketAddr::new(ip, spec.port);
     // a clear error when the port is taken (rumqttd would only log it on its own thread)
     drop(TcpListener::bind(addr).map_err(|error| BrokerError::Listen { addr, error })?);
     let mut broker = rumqttd::Broker::new(config(addr));
+    let mut links = HashMap::new();
+    for client_id in in_process_clients {
+        let link_id = in_process_client_id(client_id);
+        let (tx, rx) = broker.link(&link_id).map_err(|error| BrokerError::Link {
+            client_id: link_id.clone(),
+            error: error.to_string(),
+        })?;
+        links.insert(
+            client_id.clone(),
+            InProcessLink {
+                client_id: link_id,
+                tx,
+                rx,
+            },
+        );
+    }
     std::thread::Builder::new()
         .name("embedded broker".into())
         .spawn(move || {
@@ -129,7 +182,7 @@ pub fn start(spec: &EmbeddedBrokerSpec) -> Result<EmbeddedBroker, BrokerError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     info!(%addr, "embedded mqtt broker listening");
-    Ok(EmbeddedBroker { addr })
+    Ok(EmbeddedBroker { addr, links })
 }
 
 #[cfg(test)]

@@ -13,7 +13,11 @@
 //!   Acks are manual: a message the broker has not had an ack for is sent again after a
 //!   reconnect (persistent session), so nothing handed to us is lost. Plume's own embedded
 //!   broker ([`super::broker::serves`]) is the exception: it dies with the process, so holding
-//!   an ack back keeps nothing safe, and the client acknowledges each message as it reads it.
+//!   an ack back keeps nothing safe. The source reads it through the broker's in-process link
+//!   ([`super::broker::InProcessLink`], the *driver* is `drive_in_process`): no TCP, no MQTT
+//!   packets, nothing to acknowledge; a full buffer pauses the router until the batch is passed
+//!   on. (Without a link, e.g. two sources with one client id, its client acknowledges each
+//!   message as it reads it.)
 //! - Checkpoints record the log position like a file offset; at start-up the source first
 //!   replays the log from the checkpointed position to its end, then takes live messages. The
 //!   log drops entries below the oldest checkpoint recovery could fall back to (`retain`).
@@ -69,6 +73,9 @@ pub struct MqttStats {
     /// Total time without a connection, in milliseconds (since the first connection).
     pub disconnected_ms: AtomicU64,
     pub connected: AtomicBool,
+    /// Times the embedded broker's router paused the in-process link because its buffer for
+    /// plume was full (it goes on once the source has passed the batch on).
+    pub link_pauses: AtomicU64,
     /// Times the source said it was still waiting on one thing (a log write, room to
     /// acknowledge) after [`STALL_WARN_AFTER`], and again every as long ([`Watch`]).
     pub stalls: AtomicU64,
@@ -91,16 +98,18 @@ pub struct PendingAck {
 /// Not with plume's embedded broker ([`MqttSource::broker_in_process`]): the client acknowledges
 /// there as it reads.
 pub struct AckGate {
-    client: Client,
+    /// None with the in-process link, which has nothing to acknowledge.
+    client: Option<Client>,
     stats: Arc<MqttStats>,
 }
 
 impl AckGate {
     /// The messages of a chunk are safe: acknowledge them.
     pub async fn release(&self, acks: &[PendingAck]) {
+        let Some(client) = &self.client else { return };
         for ack in acks {
             // an error means the event loop is gone (shutting down): the broker redelivers
-            if self.client.ack(*ack).await.is_ok() {
+            if client.ack(*ack).await.is_ok() {
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -176,6 +185,23 @@ pub struct MqttSource {
     /// process, so the client acknowledges each message as it reads it (rumqttc's automatic
     /// acks, all of one network read in one write) instead of after the synced write.
     pub broker_in_process: bool,
+    /// The embedded broker's in-process link for this source (taken when the broker started):
+    /// read through it instead of a TCP connection.
+    pub link: Option<super::broker::InProcessLink>,
+}
+
+impl MqttSource {
+    /// The client id it connects with: the spec's, or the stable default.
+    pub fn client_id(&self) -> String {
+        self.spec.client.client_id.clone().unwrap_or_else(|| self.default_client_id.clone())
+    }
+}
+
+/// How the source reaches its broker.
+enum Upstream {
+    Network(Client, EventLoop),
+    /// The embedded broker, through its router's in-process link.
+    InProcess(super::broker::InProcessLink),
 }
 
 /// Where a durable MQTT source keeps its ingest log.
@@ -273,6 +299,105 @@ async fn drive(
             return;
         }
     }
+}
+
+/// Reads the embedded broker's router through the in-process link until the feeder goes away:
+/// subscribes at QoS 0 (in one process an acknowledgement keeps nothing safer: the broker has
+/// acknowledged each message to its publisher already, and both die together), then passes on,
+/// as one batch, everything the router has handed over since the last look. When the router
+/// paused the link because its buffer was full (`Unschedule`), it is told to go on once the
+/// batch is passed on, so a slow pipeline holds the messages back in the broker's log.
+async fn drive_in_process(
+    link: super::broker::InProcessLink,
+    filter: String,
+    name: Arc<str>,
+    stats: Arc<MqttStats>,
+    health: SourceHealth,
+    tx: mpsc::Sender<Vec<Received>>,
+) {
+    use futures::FutureExt;
+    use rumqttd::Notification;
+    use rumqttd::protocol::{Filter, Packet, QoS, RetainForwardRule, Subscribe};
+    let super::broker::InProcessLink {
+        client_id,
+        tx: mut link_tx,
+        rx: mut link_rx,
+    } = link;
+    let subscribe = Subscribe {
+        pkid: 1,
+        filters: vec![Filter {
+            path: filter.clone(),
+            qos: QoS::AtMostOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::Never,
+        }],
+    };
+    if let Err(error) = link_tx.send(Packet::Subscribe(subscribe, None)).await {
+        health.not_ready(format!("the embedded MQTT broker is gone: {error}"));
+        error!(source = %name, %error, "mqtt in-process subscribe failed");
+        return;
+    }
+    stats.connected.store(true, Ordering::Relaxed);
+    health.ready();
+    info!(source = %name, client_id = %client_id, "mqtt connected in-process");
+    info!(source = %name, filter = %filter, qos = 0, "mqtt subscribed");
+    let mut batch = Vec::new();
+    loop {
+        let first = tokio::select! {
+            n = link_rx.next() => n,
+            _ = tx.closed() => break,
+        };
+        let mut next = Some(first);
+        let mut paused = false;
+        let at_ms = crate::clock::now_ms();
+        while let Some(notification) = next.take() {
+            match notification {
+                Ok(Some(Notification::Forward(forward))) => {
+                    let publish = forward.publish;
+                    batch.push(Received {
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                        payload: publish.payload.to_vec(),
+                        qos: 0,
+                        pkid: 0,
+                        dup: false,
+                        at_ms,
+                    });
+                }
+                Ok(Some(Notification::Unschedule)) => {
+                    stats.link_pauses.fetch_add(1, Ordering::Relaxed);
+                    paused = true
+                }
+                // (the only request sent is the subscription)
+                Ok(Some(Notification::DeviceAck(_))) => info!(source = %name, "mqtt subscription confirmed"),
+                Ok(Some(Notification::Disconnect(..))) | Err(_) => {
+                    stats.connected.store(false, Ordering::Relaxed);
+                    health.not_ready("the embedded MQTT broker closed plume's in-process link");
+                    error!(source = %name, "the embedded mqtt broker closed the in-process link: no more messages");
+                    if !batch.is_empty() {
+                        let _ = tx.send(std::mem::take(&mut batch)).await;
+                    }
+                    return;
+                }
+                Ok(_) => {}
+            }
+            if batch.len() < MAX_CHUNK_MESSAGES {
+                // what the router has handed over already (`None`: nothing more yet)
+                next = link_rx.next().now_or_never();
+            }
+        }
+        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+            break;
+        }
+        if paused && link_rx.wake().await.is_err() {
+            break;
+        }
+    }
+    // (rumqttd drops the connection's subscriptions with it)
+    let disconnect = rumqttd::protocol::Disconnect {
+        reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+    };
+    let _ = link_tx.send(Packet::Disconnect(disconnect, None)).await;
 }
 
 /// Most messages in one chunk.
@@ -374,8 +499,16 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     let client_id = spec.client.client_id.clone().unwrap_or(source.default_client_id);
     let stats = source.stats;
     let template = TopicTemplate::parse(&spec.topic);
+    let link = source.link;
+    let in_process = link.is_some();
     let result = (|| {
-        let (client, events) = connect(&spec, &client_id, !source.broker_in_process)?;
+        let upstream = match link {
+            Some(link) => Upstream::InProcess(link),
+            None => {
+                let (client, events) = connect(&spec, &client_id, !source.broker_in_process)?;
+                Upstream::Network(client, events)
+            }
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -383,10 +516,10 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                 source_name: name.to_string(),
                 error,
             })?;
-        Ok::<_, MqttError>((client, events, runtime))
+        Ok::<_, MqttError>((upstream, runtime))
     })()
     .map_err(crate::connectors::SourceError::from)
-    .and_then(|(client, events, runtime)| {
+    .and_then(|(upstream, runtime)| {
         let durable = match (spec.durable, &source.ingest) {
             (true, Some(plan)) => Some(open_and_replay(plan, &mut feeder, &template, &stats, &stop)?),
             (true, None) => {
@@ -398,9 +531,9 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
             }
             (false, _) => None,
         };
-        Ok((client, events, runtime, durable))
+        Ok((upstream, runtime, durable))
     });
-    let (client, events, runtime, durable) = match result {
+    let (upstream, runtime, durable) = match result {
         Ok(x) => x,
         Err(e) => {
             feeder.end();
@@ -420,6 +553,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     let manual_acks = !source.broker_in_process;
     // when QoS 1/2 messages are acknowledged (ARCHITECTURE.md, MQTT)
     let ack_point = match (source.broker_in_process, durable_on) {
+        // nothing to acknowledge: the broker did when it took each message
+        _ if in_process => "none_in_process",
         (true, _) => "on_receipt",
         (false, true) => "after_sync",
         (false, false) => "once_handed_on",
@@ -427,18 +562,31 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     info!(source = %name, url = %crate::model::redact::url(&spec.url), client_id = %client_id, filter = %filter, qos, durable = durable_on, acks = %ack_point, "mqtt source starting");
     let mut failure = None;
     runtime.block_on(async {
-        let (tx, mut rx) = mpsc::channel::<Vec<Received>>(64);
+        // In-process, one batch waits at most: while the feeder is busy (a synced write, no room
+        // downstream) the driver waits to hand over the next one instead of being woken for every
+        // few messages the router forwards; the router pauses at its buffer's bound and the next
+        // batch is what gathered meanwhile. Over TCP, 64 network reads.
+        let (tx, mut rx) = mpsc::channel::<Vec<Received>>(if in_process { 1 } else { 64 });
         let health = feeder.health();
-        let driver = tokio::spawn(drive(
-            events,
-            client.clone(),
-            filter,
-            qos,
-            name.clone(),
-            stats.clone(),
-            feeder.health(),
-            tx,
-        ));
+        let (driver, client) = match upstream {
+            Upstream::Network(client, events) => (
+                tokio::spawn(drive(
+                    events,
+                    client.clone(),
+                    filter,
+                    qos,
+                    name.clone(),
+                    stats.clone(),
+                    feeder.health(),
+                    tx,
+                )),
+                Some(client),
+            ),
+            Upstream::InProcess(link) => (
+                tokio::spawn(drive_in_process(link, filter, name.clone(), stats.clone(), feeder.health(), tx)),
+                None,
+            ),
+        };
         let gate = AckGate {
             client: client.clone(),
             stats: stats.clone(),
@@ -612,7 +760,9 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
         }
         rx.close();
         // (bounded: after a stall the client's request channel may have no room)
-        let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+        if let Some(client) = &client {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+        }
         // let the disconnect go out, then stop polling
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     });
@@ -633,6 +783,7 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
         reconnects = stats.reconnects.load(Ordering::Relaxed),
         disconnected_ms = stats.disconnected_ms.load(Ordering::Relaxed),
         stalls = stats.stalls.load(Ordering::Relaxed),
+        link_pauses = stats.link_pauses.load(Ordering::Relaxed),
         "mqtt source stopped"
     );
     drop(durable);
@@ -813,5 +964,68 @@ mod tests {
             matches!(&out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn the_in_process_link_passes_every_message_on_in_order_after_the_router_paused_it() {
+        let broker = rumqttd::Broker::new(super::super::broker::config("127.0.0.1:0".parse().unwrap()));
+        let (tx, rx) = broker.link("plume-in-process-test").unwrap();
+        let link = super::super::broker::InProcessLink {
+            client_id: "plume-in-process-test".into(),
+            tx,
+            rx,
+        };
+        let (mut publisher, _publisher_rx) = broker.link("publisher").unwrap();
+        let stats = Arc::new(MqttStats::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        const N: usize = 5_000;
+        let received = runtime.block_on(async {
+            // room for one batch: the driver stops taking from the router until it is read
+            let (batches_tx, mut batches) = mpsc::channel(1);
+            let driver = tokio::spawn(drive_in_process(
+                link,
+                "t/+".into(),
+                "mqtt:test".into(),
+                stats.clone(),
+                SourceHealth::detached(),
+                batches_tx,
+            ));
+            let began = Instant::now();
+            while !stats.connected.load(Ordering::Relaxed) {
+                assert!(began.elapsed() < Duration::from_secs(10), "not subscribed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // the subscription reaches the router before these publishes (one channel)
+            for i in 0..N {
+                publisher.publish(format!("t/dev-{}", i % 7), i.to_string()).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                stats.link_pauses.load(Ordering::Relaxed) > 0,
+                "the router paused the link while its batches were not taken"
+            );
+            let mut received = Vec::new();
+            while received.len() < N {
+                let batch = tokio::time::timeout(Duration::from_secs(10), batches.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("stuck after {} of {N} messages", received.len()))
+                    .expect("the driver runs");
+                received.extend(batch);
+            }
+            drop(batches);
+            tokio::time::timeout(Duration::from_secs(5), driver)
+                .await
+                .expect("the driver ends once nobody takes its batches")
+                .unwrap();
+            received
+        });
+        assert_eq!(received.len(), N);
+        for (i, m) in received.iter().enumerate() {
+            assert_eq!(m.topic, format!("t/dev-{}", i % 7));
+            assert_eq!(m.payload, i.to_string().into_bytes());
+        }
     }
 }
