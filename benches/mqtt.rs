@@ -63,10 +63,13 @@ impl Broker {
             Broker::Mosquitto(m) => m.port,
             Broker::Embedded(_, here) => *here.get_or_init(|| {
                 let port = free_port();
-                plume::connectors::mqtt::broker::start(&plume::spec::EmbeddedBrokerSpec {
-                    port,
-                    bind: "127.0.0.1".into(),
-                }, &[])
+                plume::connectors::mqtt::broker::start(
+                    &plume::spec::EmbeddedBrokerSpec {
+                        port,
+                        bind: "127.0.0.1".into(),
+                    },
+                    &[],
+                )
                 .expect("the embedded broker starts in the bench");
                 port
             }),

@@ -50,7 +50,9 @@ pub struct InProcessLink {
 
 impl std::fmt::Debug for InProcessLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcessLink").field("client_id", &self.client_id).finish()
+        f.debug_struct("InProcessLink")
+            .field("client_id", &self.client_id)
+            .finish()
     }
 }
 

@@ -193,7 +193,11 @@ pub struct MqttSource {
 impl MqttSource {
     /// The client id it connects with: the spec's, or the stable default.
     pub fn client_id(&self) -> String {
-        self.spec.client.client_id.clone().unwrap_or_else(|| self.default_client_id.clone())
+        self.spec
+            .client
+            .client_id
+            .clone()
+            .unwrap_or_else(|| self.default_client_id.clone())
     }
 }
 
