@@ -88,15 +88,25 @@ async fn publish(spec: SimulatorSourceSpec, port: u16) {
     let poller = {
         let (acked, connected) = (acked.clone(), connected.clone());
         tokio::spawn(async move {
+            // (the publisher starts before the run has started the broker: until the first
+            // connection, a refused one is expected and not worth a warning)
+            let mut ever_connected = false;
             loop {
                 match events.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => connected.notify_one(),
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        ever_connected = true;
+                        connected.notify_one()
+                    }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                         acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        warn!(error = %e, "simulator publisher: connection lost, retrying");
+                        if ever_connected {
+                            warn!(error = %e, "simulator publisher: connection lost, retrying");
+                        } else {
+                            tracing::debug!(error = %e, "simulator publisher: waiting for the embedded broker");
+                        }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
