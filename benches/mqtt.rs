@@ -315,7 +315,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn latency(dir: &Path, broker: &Broker, rate: u64, durable: bool) {
+fn latency(dir: &Path, broker: &Broker, rate: u64, durable: bool, other_build: Option<&Path>) {
     let port = broker.port();
     let text = format!(
         r#"version: 1
@@ -336,10 +336,19 @@ outputs:
       - mqtt: {{ url: "mqtt://127.0.0.1:{port}", topic: "lat-out/{{device}}", qos: 0 }}
 "#
     );
-    let file = dir.join(format!("lat-{}-{durable}.yaml", broker.name()));
+    let other = if other_build.is_some() { "-other" } else { "" };
+    let file = dir.join(format!("lat-{}-{durable}{other}.yaml", broker.name()));
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
-    let out = dir.join(format!("lat-out-{}-{durable}.jsonl", broker.name()));
-    let plume = Plume::run(&file, &format!("mqtt://127.0.0.1:{port}"), &out);
+    let out = dir.join(format!("lat-out-{}-{durable}{other}.jsonl", broker.name()));
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let plume = match other_build {
+        None => Plume::run(&file, &url, &out),
+        Some(bin) => {
+            let mut command = std::process::Command::new(bin);
+            command.current_dir(env!("CARGO_MANIFEST_DIR"));
+            Plume::spawn_binary(command, &file, &url, &out, &[], &[])
+        }
+    };
     plume.wait_subscribed();
     let sent: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Default::default();
@@ -404,9 +413,10 @@ outputs:
     l.sort();
     let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
     println!(
-        "latency    {:<9} durable {:<5} publish -> result at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {total} results)",
+        "latency    {:<9} durable {:<5}{} publish -> result at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} of {total} results)",
         broker.name(),
         durable,
+        if other_build.is_some() { " (other build)" } else { "" },
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         l.last().unwrap().as_secs_f64() * 1e3,
@@ -504,7 +514,10 @@ fn main() {
         }
         if std::env::var_os("PLUME_BENCH_MQTT_NO_LATENCY").is_none() {
             for durable in [true, false] {
-                latency(dir.path(), &broker, rate, durable);
+                latency(dir.path(), &broker, rate, durable, None);
+                if let Some(bin) = &other_build {
+                    latency(dir.path(), &broker, rate, durable, Some(bin));
+                }
             }
         }
     }

@@ -407,6 +407,34 @@ async fn drive_in_process(
 /// Most messages in one chunk.
 const MAX_CHUNK_MESSAGES: usize = 4096;
 
+/// How long a durable source of plume's own embedded broker gathers messages before a synced
+/// write, and up to how many: a synced write costs this VM about 0.2 ms of CPU whatever its
+/// size (the sync's own writes and the wake-ups around it), and nothing waits on its ack there,
+/// so fewer, larger writes are cheaper (BENCHMARKS.md, "The embedded broker read in-process").
+/// Not with an external broker: it sends no more than its in-flight window before our acks,
+/// which wait for the write, so gathering would only wait.
+/// Only under load: after a batch of at least [`GATHER_UNDER_LOAD`] messages (one that came
+/// while the last write synced). A trickle is written at once, so its readings do not wait.
+pub const GATHER_FOR: Duration = Duration::from_millis(2);
+pub const GATHER_UP_TO: usize = 1024;
+pub const GATHER_UNDER_LOAD: usize = 64;
+
+/// Adds to `pending` what the driver hands over until it holds `up_to` messages or `until` has
+/// come (or the driver is gone).
+async fn gather(
+    rx: &mut mpsc::Receiver<Vec<Received>>,
+    pending: &mut Vec<Received>,
+    until: tokio::time::Instant,
+    up_to: usize,
+) {
+    while pending.len() < up_to {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(more)) => pending.extend(more),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// A message of the current batch, on its way to the log and the routers.
 struct Taken {
     topic: String,
@@ -555,6 +583,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     let qos = spec.qos.level();
     let durable_on = durable.is_some();
     let manual_acks = !source.broker_in_process;
+    // fewer, larger synced writes where no ack waits on them ([`GATHER_FOR`])
+    let gathers = durable_on && !manual_acks;
     // when QoS 1/2 messages are acknowledged (ARCHITECTURE.md, MQTT)
     let ack_point = match (source.broker_in_process, durable_on) {
         // nothing to acknowledge: the broker did when it took each message
@@ -603,6 +633,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
         };
         let mut mismatched: HashSet<String> = HashSet::new();
         let mut pending: Vec<Received> = Vec::new();
+        // messages in the last batch: under load, the next one gathers ([`GATHER_UNDER_LOAD`])
+        let mut last_batch = 0;
         let mut reported = (Instant::now(), 0u64);
         let mut progress = |force: bool| {
             let messages = stats.messages.load(Ordering::Relaxed);
@@ -643,12 +675,16 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
                     }
                 }
             }
+            if gathers && last_batch >= GATHER_UNDER_LOAD {
+                gather(&mut rx, &mut pending, tokio::time::Instant::now() + GATHER_FOR, GATHER_UP_TO).await;
+            }
             while pending.len() < MAX_CHUNK_MESSAGES {
                 match rx.try_recv() {
                     Ok(more) => pending.extend(more),
                     Err(_) => break,
                 }
             }
+            last_batch = pending.len();
             // received and not handed on yet (waiting for the log, or for room downstream)
             health.set_backlog("messages", pending.len() as i64);
             let permit = tokio::select! {
@@ -968,6 +1004,51 @@ mod tests {
             matches!(&out, Some(rumqttc::v5::mqttbytes::v5::Packet::PubComp(_))),
             "{out:?}"
         );
+    }
+
+    fn received(n: usize) -> Vec<Received> {
+        (0..n)
+            .map(|i| Received {
+                topic: format!("t/dev-{i}"),
+                payload: vec![b'x'],
+                qos: 0,
+                pkid: 0,
+                dup: false,
+                at_ms: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gathering_stops_at_its_size_at_its_deadline_or_when_the_driver_is_gone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let far = tokio::time::Instant::now() + Duration::from_secs(60);
+            let (tx, mut rx) = mpsc::channel(8);
+            // at its size: the third batch is left for the next write
+            for n in [600, 600, 600] {
+                tx.send(received(n)).await.unwrap();
+            }
+            let mut pending = received(10);
+            gather(&mut rx, &mut pending, far, 1024).await;
+            assert_eq!(pending.len(), 1210);
+            assert_eq!(rx.try_recv().map(|b| b.len()).ok(), Some(600));
+            // at its deadline: nothing more came
+            let mut pending = received(10);
+            let began = Instant::now();
+            gather(&mut rx, &mut pending, tokio::time::Instant::now() + GATHER_FOR, 1024).await;
+            assert_eq!(pending.len(), 10);
+            assert!(began.elapsed() >= GATHER_FOR, "{:?}", began.elapsed());
+            // the driver is gone: no wait for the far deadline
+            tx.send(received(5)).await.unwrap();
+            drop(tx);
+            let mut pending = Vec::new();
+            gather(&mut rx, &mut pending, far, 1024).await;
+            assert_eq!(pending.len(), 5);
+        });
     }
 
     #[test]
