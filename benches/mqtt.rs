@@ -99,6 +99,19 @@ fn brokers(dir: &Path) -> Vec<Broker> {
     ]
 }
 
+/// `plume run` of `pipeline` against the broker on `port`: this build's, or `other_build`.
+fn run_plume(pipeline: &Path, port: u16, out: &Path, other_build: Option<&Path>) -> Plume {
+    let url = format!("mqtt://127.0.0.1:{port}");
+    match other_build {
+        None => Plume::run(pipeline, &url, out),
+        Some(bin) => {
+            let mut command = std::process::Command::new(bin);
+            command.current_dir(env!("CARGO_MANIFEST_DIR"));
+            Plume::spawn_binary(command, pipeline, &url, out, &[], &[])
+        }
+    }
+}
+
 /// One throughput run with a fresh data directory and session; returns readings/s.
 fn throughput(
     dir: &Path,
@@ -124,15 +137,7 @@ fn throughput(
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
     let port = broker.port();
     let out = dir.join(format!("tp-{run}.jsonl"));
-    let url = format!("mqtt://127.0.0.1:{port}");
-    let plume = match other_build {
-        None => Plume::run(&file, &url, &out),
-        Some(bin) => {
-            let mut command = std::process::Command::new(bin);
-            command.current_dir(env!("CARGO_MANIFEST_DIR"));
-            Plume::spawn_binary(command, &file, &url, &out, &[], &[])
-        }
-    };
+    let plume = run_plume(&file, port, &out, other_build);
     plume.wait_subscribed();
     let perf = std::env::var_os("PLUME_BENCH_PERF")
         .filter(|_| round == 0 && qos == 1 && durable)
@@ -340,15 +345,7 @@ outputs:
     let file = dir.join(format!("lat-{}-{durable}{other}.yaml", broker.name()));
     std::fs::write(&file, broker.pipeline(&text)).unwrap();
     let out = dir.join(format!("lat-out-{}-{durable}{other}.jsonl", broker.name()));
-    let url = format!("mqtt://127.0.0.1:{port}");
-    let plume = match other_build {
-        None => Plume::run(&file, &url, &out),
-        Some(bin) => {
-            let mut command = std::process::Command::new(bin);
-            command.current_dir(env!("CARGO_MANIFEST_DIR"));
-            Plume::spawn_binary(command, &file, &url, &out, &[], &[])
-        }
-    };
+    let plume = run_plume(&file, port, &out, other_build);
     plume.wait_subscribed();
     let sent: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Default::default();

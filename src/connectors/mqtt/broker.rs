@@ -139,9 +139,16 @@ pub fn start(spec: &EmbeddedBrokerSpec, in_process_clients: &[String]) -> Result
     // a clear error when the port is taken (rumqttd would only log it on its own thread)
     drop(TcpListener::bind(addr).map_err(|error| BrokerError::Listen { addr, error })?);
     let mut broker = rumqttd::Broker::new(config(addr));
-    let mut links = HashMap::new();
+    let mut links: HashMap<String, InProcessLink> = HashMap::new();
     for client_id in in_process_clients {
-        let link_id = in_process_client_id(client_id);
+        if links.contains_key(client_id) {
+            continue;
+        }
+        // (rumqttd lets a second connection with an id take the first one's place)
+        let mut link_id = in_process_client_id(client_id);
+        while links.values().any(|l| l.client_id == link_id) {
+            link_id.push('_');
+        }
         let (tx, rx) = broker.link(&link_id).map_err(|error| BrokerError::Link {
             client_id: link_id.clone(),
             error: error.to_string(),
@@ -196,6 +203,12 @@ mod tests {
             port,
             bind: bind.to_string(),
         }
+    }
+
+    #[test]
+    fn an_in_process_link_has_an_id_of_its_own_that_rumqttd_takes() {
+        assert_eq!(in_process_client_id("plume-aq1-0"), "plume-in-process-plume-aq1-0");
+        assert_eq!(in_process_client_id("site/a+b#$"), "plume-in-process-site_a_b__");
     }
 
     #[test]
