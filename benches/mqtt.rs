@@ -104,11 +104,7 @@ fn run_plume(pipeline: &Path, port: u16, out: &Path, other_build: Option<&Path>)
     let url = format!("mqtt://127.0.0.1:{port}");
     match other_build {
         None => Plume::run(pipeline, &url, out),
-        Some(bin) => {
-            let mut command = std::process::Command::new(bin);
-            command.current_dir(env!("CARGO_MANIFEST_DIR"));
-            Plume::spawn_binary(command, pipeline, &url, out, &[], &[])
-        }
+        Some(bin) => Plume::spawn_binary(bin, pipeline, &url, out, &[], &[]),
     }
 }
 

@@ -8,7 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn plume() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_plume"));
+    plume_at(Path::new(env!("CARGO_BIN_EXE_plume")))
+}
+
+/// A plume binary (this build's or another's), run from the repository's root.
+pub fn plume_at(binary: &Path) -> Command {
+    let mut c = Command::new(binary);
     c.current_dir(env!("CARGO_MANIFEST_DIR"));
     c
 }
@@ -140,13 +145,13 @@ impl Plume {
     /// `plume run PIPELINE --data-dir OUT.state ARGS…` with the broker url and output in the
     /// environment.
     pub fn spawn(pipeline: &Path, url: &str, output: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
-        Self::spawn_binary(plume(), pipeline, url, output, env, args)
+        Self::spawn_binary(Path::new(env!("CARGO_BIN_EXE_plume")), pipeline, url, output, env, args)
     }
 
-    /// [`Plume::spawn`] with another build's binary (`command`: that binary), for benches that
-    /// compare two builds side by side.
+    /// [`Plume::spawn`] with another build's `binary`, for benches that compare two builds side
+    /// by side.
     pub fn spawn_binary(
-        mut command: Command,
+        binary: &Path,
         pipeline: &Path,
         url: &str,
         output: &Path,
@@ -154,7 +159,7 @@ impl Plume {
         args: &[&str],
     ) -> Self {
         Plume(LoggedChild::spawn(
-            command
+            plume_at(binary)
                 .arg("run")
                 .arg(pipeline)
                 .args(args)

@@ -527,8 +527,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
     let name = feeder.name.clone();
     // not ready until the broker has accepted the connection
     feeder.health().not_ready("connecting to the MQTT broker");
+    let client_id = source.client_id();
     let spec = source.spec;
-    let client_id = spec.client.client_id.clone().unwrap_or(source.default_client_id);
     let stats = source.stats;
     let template = TopicTemplate::parse(&spec.topic);
     let link = source.link;
