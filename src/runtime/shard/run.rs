@@ -235,7 +235,11 @@ impl<'c> Items<'c> {
 impl<'c> Iterator for Items<'c> {
     type Item = Item<'c>;
 
-    #[inline]
+    // `always`: called out of line (as `#[inline]` let it be), its `Item` came back through
+    // the stack and was copied into the ring bit by bit (LLVM unpacked two `u16`s of it into
+    // 32 bytes per payload), a quarter of a shard's CPU per reading (BENCHMARKS.md, issue 18,
+    // 2026-12-07)
+    #[inline(always)]
     fn next(&mut self) -> Option<Item<'c>> {
         loop {
             let item = match &mut self.kind {
@@ -405,7 +409,10 @@ impl ShardSupervisor {
     ) {
         const AHEAD: usize = 5;
         let decoder = &*local.pipeline.decoder;
-        let items = Items::of(chunk, local, shards_of, self.shards).enumerate().skip(from);
+        // (not `skip(from)`: `Skip::next` is a call per payload)
+        let items = Items::of(chunk, local, shards_of, self.shards)
+            .enumerate()
+            .filter(|(ordinal, _)| *ordinal >= from);
         let mut ring: [Staged<'_>; AHEAD] = std::array::from_fn(|_| Staged::new(decoder.slots));
         // ring[n % AHEAD] holds payload n (counted from `from`)
         let mut n = 0usize;
