@@ -717,7 +717,10 @@ fn without_the_ingest_log_messages_are_acknowledged_once_handed_on() {
     plume.wait_subscribed();
     let log = plume.interrupt();
     broker.stop();
-    assert!(log.contains("durable: true needs a data directory"), "{log}");
+    assert!(
+        log.contains("durable: true needs a data directory") && log.contains("acknowledged once handed to the routers"),
+        "{log}"
+    );
 }
 
 /// Whether the process catches SIGINT yet (`SigCgt` in /proc).

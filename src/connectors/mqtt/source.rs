@@ -91,6 +91,16 @@ pub struct PendingAck {
     pub(super) qos: u8,
 }
 
+/// What `durable: true` without a data directory means (said once, at start-up).
+fn no_log_warning(broker_in_process: bool) -> &'static str {
+    if broker_in_process {
+        // the embedded broker dies with plume: what it held is lost in a crash either way
+        "durable: true needs a data directory (checkpoints are off): messages are not logged, and a crash loses those the embedded broker or plume still held"
+    } else {
+        "durable: true needs a data directory (checkpoints are off): messages are acknowledged once handed to the routers, and a crash loses those in flight"
+    }
+}
+
 /// The one place that acknowledges QoS 1/2 messages to the broker. [`run`] calls
 /// [`AckGate::release`] for a batch once it is synced to the ingest log (`durable: true`), or
 /// without the log once its chunk has been handed to the routers (`ChunkFeeder::send`): a
@@ -557,7 +567,8 @@ pub fn run(source: MqttSource, mut feeder: ChunkFeeder, stop: Shutdown) -> Resul
             (true, None) => {
                 warn!(
                     source = %name,
-                    "durable: true needs a data directory (checkpoints are off): messages are acknowledged once handed to the routers, and a crash loses those in flight"
+                    "{}",
+                    no_log_warning(source.broker_in_process)
                 );
                 None
             }
@@ -874,6 +885,17 @@ mod tests {
             watch.wait(work(stats.clone()), "the test").await
         });
         (result, stats.stalls.load(Ordering::Relaxed), began.elapsed())
+    }
+
+    /// Without a data directory the warning says what really happens: over the network
+    /// messages are acknowledged once handed on; the embedded broker's in-process link has no
+    /// acknowledgements to speak of.
+    #[test]
+    fn durable_without_a_data_directory_warns_of_what_a_crash_loses() {
+        assert!(no_log_warning(false).contains("acknowledged once handed to the routers"));
+        let in_process = no_log_warning(true);
+        assert!(!in_process.contains("acknowledged"), "{in_process}");
+        assert!(in_process.contains("embedded broker"), "{in_process}");
     }
 
     #[test]
