@@ -26,7 +26,7 @@ use super::RuntimeMetrics;
 pub use super::checkpointer::CheckpointError;
 use super::router::{LineRouter, RouteChunk, Router, SourceBarrier, SourceEnded};
 use crate::clock::Clock;
-use crate::model::{Chunk, ChunkData, ChunkTicket, Position, SourcePosition};
+use crate::model::{Chunk, ChunkData, ChunkTicket, LineRouting, Position, SourcePosition};
 use crate::output::OutputRecord;
 
 /// How the checkpointer asks the sources for a barrier, and tells them what is durable.
@@ -162,16 +162,42 @@ impl ChunkFeeder {
         self.send_at(data, end, permit, now);
     }
 
+    /// Which shard each line of a chunk goes to, for a source that routes its lines as it
+    /// reads them ([`send_routed`](Self::send_routed)); `None` with one shard.
+    pub fn line_router(&self) -> Option<&Arc<LineRouter>> {
+        self.line_router.as_ref()
+    }
+
+    /// [`send`](Self::send) for a chunk of lines the source routed itself as it read them (with
+    /// [`line_router`](Self::line_router)).
+    pub fn send_routed(&mut self, data: ChunkData, routing: LineRouting, end: Position, permit: OwnedSemaphorePermit) {
+        let now = self.clock.now_ms();
+        self.send_with(data, Some(routing), end, permit, now);
+    }
+
     /// [`send`](Self::send) for a source with a clock of its own (the simulator's simulated time):
     /// `source_time_ms` is that clock when the chunk was made, the centre of the window where the
     /// readings' event times are believed (`decode.plausible_time`).
     pub fn send_at(&mut self, data: ChunkData, end: Position, permit: OwnedSemaphorePermit, source_time_ms: i64) {
+        self.send_with(data, None, end, permit, source_time_ms);
+    }
+
+    /// Sends a chunk, routing its lines first unless `routed` already holds their routing.
+    fn send_with(
+        &mut self,
+        data: ChunkData,
+        routed: Option<LineRouting>,
+        end: Position,
+        permit: OwnedSemaphorePermit,
+        source_time_ms: i64,
+    ) {
         self.poll_barrier();
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = ChunkTicket::new(Some(permit), Some(self.metrics.clone()));
-        let routing = match (&self.line_router, &data) {
-            (Some(line_router), ChunkData::Lines { bytes, .. }) => line_router.route(bytes),
+        let routing = match (routed, &self.line_router, &data) {
+            (Some(routing), _, ChunkData::Lines { .. }) => Some(routing),
+            (None, Some(line_router), ChunkData::Lines { bytes, .. }) => line_router.route(bytes),
             _ => None,
         };
         let chunk = Arc::new(Chunk {

@@ -1,8 +1,9 @@
 //! [`Router`]: one per shard thread. Every chunk of input is broadcast to every router; the
 //! router aligns the sources' checkpoint barriers and hands the chunks, in order, to its shard's
 //! supervisor, which runs the payloads of its own key groups ([`RunChunk`]). Which lines those
-//! are is found once per chunk of lines by the feeder ([`LineRouter`]: it lists each shard's
-//! lines); in a chunk of messages each shard finds the device id of every payload itself
+//! are is found once per chunk of lines, before the routers see it ([`LineRouter`]: it lists
+//! each shard's lines; the file source routes each piece it reads right after reading it,
+//! [`PartialRouting`]); in a chunk of messages each shard finds the device id of every payload itself
 //! (cheap: the rest of the payload is skipped). So parsing, most of the cost, runs on every
 //! shard in parallel, and each device's readings reach it in arrival order.
 
@@ -216,7 +217,8 @@ impl Actor for Router {
 }
 
 /// Finds, once per chunk of lines, which shard each line goes to ([`LineRouting`]), on the
-/// source's thread as the chunk enters the runtime ([`ChunkFeeder`](super::ports::ChunkFeeder)):
+/// source's thread as the chunk enters the runtime ([`ChunkFeeder`](super::ports::ChunkFeeder)),
+/// or as the file source reads it ([`PartialRouting`]):
 /// the routers then read only their own lines. The same decisions a router takes when it scans
 /// a chunk itself: blank lines go nowhere, an oversized line and a line without a device id the
 /// scan can find go to shard 0, every other line to the owner of its device's key group.
@@ -240,40 +242,108 @@ impl LineRouter {
     /// Each line's shard; `None` for a chunk too large to index with 32-bit offsets (the
     /// routers then scan it themselves).
     pub fn route(&self, bytes: &[u8]) -> Option<LineRouting> {
-        if bytes.len() >= u32::MAX as usize {
+        let mut routing = self.start(bytes.len())?;
+        routing.add_whole_lines(self, bytes);
+        Some(routing.finish(self, bytes))
+    }
+
+    /// Starts the routing of a chunk that is read in pieces (see [`PartialRouting`]), which
+    /// will hold up to `capacity` bytes; `None` if that is too large to index with 32-bit
+    /// offsets (the routers then scan the chunk themselves).
+    pub fn start(&self, capacity: usize) -> Option<PartialRouting> {
+        if capacity >= u32::MAX as usize {
             return None;
         }
-        let expected = bytes.len() / 100 / self.shards + 16;
-        let mut by_shard: Vec<Vec<RoutedLine>> = (0..self.shards).map(|_| self.spare.take(expected)).collect();
-        let max_payload = self.shards_of.decoder.max_payload_bytes;
-        let mut start = 0usize;
-        for (index, line) in split_lines(bytes).enumerate() {
-            let at = start;
-            start += line.len() + 1;
-            if line.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            let mut routed = RoutedLine {
-                start: at as u32,
-                end: (at + line.len()) as u32,
-                index: index as u32,
-                kind: RoutedKind::NoDevice,
-                hash: 0,
-            };
-            let mut shard = 0;
-            if line.len() > max_payload {
-                routed.kind = RoutedKind::Oversized;
-            } else if let (owner, Some(hash)) = self.shards_of.of(line, None) {
-                shard = owner;
-                routed.kind = RoutedKind::Device;
-                routed.hash = hash;
-            }
-            by_shard[shard].push(routed);
-        }
-        Some(LineRouting {
-            by_shard,
-            spare: Some(self.spare.clone()),
+        let expected = capacity / 100 / self.shards + 16;
+        Some(PartialRouting {
+            by_shard: (0..self.shards).map(|_| self.spare.take(expected)).collect(),
+            next_start: 0,
+            next_index: 0,
+            newlines: 0,
         })
+    }
+
+    /// Puts the line at `start..start + line.len()` of its chunk, the chunk's line `index`, in
+    /// the list of the shard that owns it (a blank line goes nowhere).
+    #[inline]
+    fn route_line(&self, by_shard: &mut [Vec<RoutedLine>], line: &[u8], start: usize, index: u32) {
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        let mut routed = RoutedLine {
+            start: start as u32,
+            end: (start + line.len()) as u32,
+            index,
+            kind: RoutedKind::NoDevice,
+            hash: 0,
+        };
+        let mut shard = 0;
+        if line.len() > self.shards_of.decoder.max_payload_bytes {
+            routed.kind = RoutedKind::Oversized;
+        } else if let (owner, Some(hash)) = self.shards_of.of(line, None) {
+            shard = owner;
+            routed.kind = RoutedKind::Device;
+            routed.hash = hash;
+        }
+        by_shard[shard].push(routed);
+    }
+}
+
+/// The routing of a chunk made while the chunk is read: the file source routes the whole lines
+/// of each piece it reads right after the read, while the piece is still in the cache (routing a
+/// 16 MiB chunk once it was whole read it back from memory, and counting its lines did so
+/// again). [`finish`](Self::finish) gives the same [`LineRouting`] as [`LineRouter::route`]
+/// of the whole chunk.
+pub struct PartialRouting {
+    by_shard: Vec<Vec<RoutedLine>>,
+    /// Where the next line starts in the chunk, and its index (blank lines count).
+    next_start: usize,
+    next_index: u32,
+    /// The newlines routed so far.
+    newlines: u64,
+}
+
+impl PartialRouting {
+    /// Routes every line of `chunk` (the chunk as read so far, from its first byte) that ends
+    /// with a newline and was not routed yet.
+    #[inline]
+    pub fn add_whole_lines(&mut self, router: &LineRouter, chunk: &[u8]) {
+        debug_assert!(chunk.len() < u32::MAX as usize, "checked by `start`");
+        let from = self.next_start;
+        let mut start = from;
+        let mut index = self.next_index;
+        for end in memchr::memchr_iter(b'\n', &chunk[from..]) {
+            let end = from + end;
+            router.route_line(&mut self.by_shard, &chunk[start..end], start, index);
+            start = end + 1;
+            index += 1;
+            self.newlines += 1;
+        }
+        self.next_start = start;
+        self.next_index = index;
+    }
+
+    /// The newlines of the lines routed so far.
+    pub fn newlines(&self) -> u64 {
+        self.newlines
+    }
+
+    /// Routes what `chunk` (the whole chunk) holds after its last newline (a last line without
+    /// one, when the input ends so), and gives the chunk's routing.
+    pub fn finish(mut self, router: &LineRouter, chunk: &[u8]) -> LineRouting {
+        self.add_whole_lines(router, chunk);
+        if self.next_start < chunk.len() {
+            router.route_line(
+                &mut self.by_shard,
+                &chunk[self.next_start..],
+                self.next_start,
+                self.next_index,
+            );
+        }
+        LineRouting {
+            by_shard: std::mem::take(&mut self.by_shard),
+            spare: Some(router.spare.clone()),
+        }
     }
 }
 
@@ -397,13 +467,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_feeder_puts_each_line_in_the_list_of_the_shard_that_owns_it() {
+    fn routing_pipeline() -> crate::pipeline::CompiledPipeline {
         let text = "version: 1\npipeline: t\nsources:\n  - file: { path: in.jsonl }\ndecode:\n  format: json\n  device: { field: device }\n  time: { field: ts, unit: ms }\n  max_payload_bytes: 200\n  fields:\n    pm25: { type: float }\noperators:\n  - threshold: { name: hot, field: pm25, above: 35 }\n";
-        let pipeline = crate::pipeline::CompiledPipeline::compile(
+        crate::pipeline::CompiledPipeline::compile(
             crate::spec::parse_pipeline("t.yaml", text, &|_| None).expect("parses"),
         )
-        .expect("compiles");
+        .expect("compiles")
+    }
+
+    /// Every line's (shard, start, end, index, kind, hash), in order per shard.
+    fn routed(routing: &LineRouting) -> Vec<(usize, u32, u32, u32, RoutedKind, u64)> {
+        let mut all = Vec::new();
+        for (shard, lines) in routing.by_shard.iter().enumerate() {
+            all.extend(lines.iter().map(|r| (shard, r.start, r.end, r.index, r.kind, r.hash)));
+        }
+        all
+    }
+
+    #[test]
+    fn a_chunk_routed_piece_by_piece_as_it_is_read_is_routed_as_the_whole_chunk() {
+        let pipeline = routing_pipeline();
+        let router = LineRouter::new(&pipeline, 3).expect("more than one shard");
+        let mut text = String::new();
+        for i in 0..400 {
+            text.push_str(&match i % 7 {
+                0 => String::new(),
+                1 => "  ".to_string(),
+                2 => format!(r#"{{"ts":{i},"pm25":1}}"#),
+                3 => format!(
+                    r#"{{"device":"dev-{i}","ts":{i},"pm25":1,"pad":"{}"}}"#,
+                    "x".repeat(250)
+                ),
+                _ => format!(r#"{{"device":"dev-{i}","ts":{i},"pm25":1}}"#),
+            });
+            text.push('\n');
+        }
+        // a chunk as the source cuts it (ending with a newline), and one whose input ended
+        // without one
+        for chunk in [text.as_bytes(), &text.as_bytes()[..text.len() - 1], b"", b"\n", b"x"] {
+            let whole = router.route(chunk).expect("small");
+            // pieces of every size from 1 byte to past the whole chunk, cut anywhere
+            for piece in [1usize, 2, 7, 64, 100, 101, 999, 4096, chunk.len() + 1] {
+                let mut partial = router.start(chunk.len()).expect("small");
+                let mut read = 0;
+                while read < chunk.len() {
+                    read = (read + piece).min(chunk.len());
+                    partial.add_whole_lines(&router, &chunk[..read]);
+                }
+                assert_eq!(partial.newlines(), memchr::memchr_iter(b'\n', chunk).count() as u64);
+                let pieces = partial.finish(&router, chunk);
+                assert_eq!(routed(&pieces), routed(&whole), "pieces of {piece} bytes");
+            }
+        }
+        let blank = (0..400).filter(|i| i % 7 < 2).count();
+        assert_eq!(
+            routed(&router.route(text.as_bytes()).expect("small")).len(),
+            400 - blank
+        );
+    }
+
+    #[test]
+    fn the_feeder_puts_each_line_in_the_list_of_the_shard_that_owns_it() {
+        let pipeline = routing_pipeline();
         assert!(
             LineRouter::new(&pipeline, 1).is_none(),
             "one shard reads every line itself"

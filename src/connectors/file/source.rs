@@ -18,6 +18,10 @@ use crate::runtime::ports::{ChunkFeeder, Shutdown};
 /// Bytes made room for per read from stdin.
 const STDIN_READ_BYTES: usize = 1 << 20;
 
+/// A file is read into its chunk at most this much per read, so that each piece's lines are
+/// routed while the piece is in the cache (a core's L2 holds half a MiB or more).
+const READ_PIECE_BYTES: usize = 256 << 10;
+
 /// Where the lines come from.
 pub enum LineInput {
     File(PathBuf),
@@ -79,6 +83,7 @@ pub fn run(
         LineInput::Stdin => full_chunk,
     };
     let health = feeder.health();
+    let line_router = feeder.line_router().cloned();
     let report_backlog = |offset: u64| {
         if let Some(size) = file_for_size.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()) {
             health.set_backlog("bytes", size.saturating_sub(offset) as i64);
@@ -107,10 +112,17 @@ pub fn run(
         };
         // (room for `room` bytes in all: a pooled buffer holds exactly a chunk)
         buf.reserve(room.saturating_sub(buf.len()));
+        // the chunk's lines are routed (or, with one shard, counted) piece by piece as they are
+        // read, while each piece is in the cache (see `PartialRouting`)
+        let mut routing = match (&line_router, &pacer) {
+            (Some(router), None) => router.start(buf.capacity()),
+            _ => None,
+        };
+        let mut newlines = 0u64;
         // fill the buffer (a pipe or terminal gives less per read)
         while buf.len() < chunk_bytes {
             let start = buf.len();
-            buf.resize(chunk_bytes.min(start + room), 0);
+            buf.resize(chunk_bytes.min(start + room).min(start + READ_PIECE_BYTES), 0);
             match reader.read(&mut buf[start..]) {
                 Ok(0) => {
                     buf.truncate(start);
@@ -119,6 +131,10 @@ pub fn run(
                 }
                 Ok(n) => {
                     buf.truncate(start + n);
+                    match (&mut routing, &line_router) {
+                        (Some(routing), Some(router)) => routing.add_whole_lines(router, &buf),
+                        _ => newlines += memchr::memchr_iter(b'\n', &buf[start..]).count() as u64,
+                    }
                     if matches!(source.input, LineInput::Stdin) && memchr::memchr(b'\n', &buf[start..]).is_some() {
                         break;
                     }
@@ -209,16 +225,24 @@ pub fn run(
         let start = offset;
         offset += buf.len() as u64;
         let first_line = line;
-        line += memchr::memchr_iter(b'\n', &buf).count() as u64;
-        feeder.send(
-            ChunkData::Lines {
-                bytes: LineBytes::pooled(buf, &pool),
-                first_line,
-                start_offset: start,
-            },
-            Position::File { offset, line },
-            permit,
-        );
+        // (the bytes after the cut, carried to the next chunk, hold no newline)
+        let routing = match (routing, &line_router) {
+            (Some(routing), Some(router)) => {
+                newlines = routing.newlines();
+                Some(routing.finish(router, &buf))
+            }
+            _ => None,
+        };
+        line += newlines;
+        let data = ChunkData::Lines {
+            bytes: LineBytes::pooled(buf, &pool),
+            first_line,
+            start_offset: start,
+        };
+        match routing {
+            Some(routing) => feeder.send_routed(data, routing, Position::File { offset, line }, permit),
+            None => feeder.send(data, Position::File { offset, line }, permit),
+        }
     }
     report_backlog(offset);
     feeder.end();
