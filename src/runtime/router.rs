@@ -3,8 +3,8 @@
 //! supervisor, which runs the payloads of its own key groups ([`RunChunk`]). Which lines those
 //! are is found once per chunk of lines, before the routers see it ([`LineRouter`]: it lists
 //! each shard's lines; the file source routes each piece it reads right after reading it,
-//! [`PartialRouting`]); in a chunk of messages each shard finds the device id of every payload itself
-//! (cheap: the rest of the payload is skipped). So parsing, most of the cost, runs on every
+//! [`PartialRouting`]); in a chunk of messages each shard finds the device id of every payload
+//! itself (cheap: the rest of the payload is skipped). So parsing, most of the cost, runs on every
 //! shard in parallel, and each device's readings reach it in arrival order.
 
 use std::collections::VecDeque;
