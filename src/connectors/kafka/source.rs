@@ -719,7 +719,7 @@ pub fn run(source: KafkaSource, feeder: ChunkFeeder, stop: Shutdown) -> Result<(
                     KafkaDeviceFrom::Payload => None,
                 };
                 let message = Message {
-                    payload: m.payload().unwrap_or_default().to_vec(),
+                    payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                     device_hint,
                     position: MessagePosition::Kafka {
                         topic: key.0.clone(),

@@ -116,7 +116,7 @@ pub(super) enum EventLoop {
 /// A received message, protocol-independent.
 pub(super) struct Received {
     pub(super) topic: String,
-    pub(super) payload: Vec<u8>,
+    pub(super) payload: bytes::Bytes,
     pub(super) qos: u8,
     pub(super) pkid: u16,
     pub(super) dup: bool,
@@ -250,7 +250,7 @@ pub(super) fn normalize_v4(event: rumqttc::Event) -> Polled {
         },
         Event::Incoming(Packet::Publish(p)) => Polled::Publish(Received {
             topic: p.topic,
-            payload: p.payload.to_vec(),
+            payload: p.payload,
             qos: p.qos as u8,
             pkid: p.pkid,
             dup: p.dup,
@@ -271,7 +271,7 @@ pub(super) fn normalize_v5(event: rumqttc::v5::Event) -> Polled {
         },
         Event::Incoming(Packet::Publish(p)) => Polled::Publish(Received {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload.to_vec(),
+            payload: p.payload,
             qos: p.qos as u8,
             pkid: p.pkid,
             dup: p.dup,

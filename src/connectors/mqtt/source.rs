@@ -371,7 +371,7 @@ async fn drive_in_process(
                     let publish = forward.publish;
                     batch.push(Received {
                         topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-                        payload: publish.payload.to_vec(),
+                        payload: publish.payload,
                         qos: 0,
                         pkid: 0,
                         dup: false,
@@ -448,7 +448,7 @@ async fn gather(
 /// A message of the current batch, on its way to the log and the routers.
 struct Taken {
     topic: String,
-    payload: Vec<u8>,
+    payload: bytes::Bytes,
     device: Option<String>,
     at_ms: i64,
 }
@@ -511,7 +511,7 @@ fn open_and_replay(
                         topic: e.topic,
                     },
                     device_hint,
-                    payload: e.payload,
+                    payload: e.payload.into(),
                     arrival_ms: e.arrival_ms,
                 });
             }
@@ -1032,7 +1032,7 @@ mod tests {
         (0..n)
             .map(|i| Received {
                 topic: format!("t/dev-{i}"),
-                payload: vec![b'x'],
+                payload: vec![b'x'].into(),
                 qos: 0,
                 pkid: 0,
                 dup: false,
