@@ -77,7 +77,9 @@ pub(crate) fn prepare_state(
     );
     let opened = {
         let _current = restore.enter();
+        let opening = std::time::Instant::now();
         let opened = StateStore::open(&dir, &identity, options.state.allow_pipeline_change);
+        tracing::debug!(dir = %dir.display(), ms = opening.elapsed().as_secs_f64() * 1000.0, "store opened");
         if let Err(e) = &opened {
             restore.fail(e.to_string());
         }

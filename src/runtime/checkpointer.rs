@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::router::{ForceBarrier, Router};
 use super::shard::ShardSupervisor;
@@ -79,9 +79,15 @@ pub struct CheckpointDone {
 }
 
 /// Every source has ended: take a last checkpoint now; replies once it is durable.
+/// `captured` is told as soon as that checkpoint holds all it will write (every shard's devices
+/// and every sink's length), before it is written: what the run does from then on (the
+/// end-of-input flush) comes after it, and can go on while it is written. (Dropped unsent when
+/// the checkpoint fails before.)
 #[derive(Message)]
 #[rtype(result = "Result<u64, CheckpointError>")]
-pub struct CheckpointNow;
+pub struct CheckpointNow {
+    pub captured: Option<oneshot::Sender<()>>,
+}
 
 /// Take a checkpoint that covers everything the sources have sent so far (a Kafka source
 /// giving up partitions); replies with its id once it is durable.
@@ -263,6 +269,8 @@ pub struct Checkpointer {
     in_progress: Option<InProgress>,
     /// The end of the sources: force barriers, then one last checkpoint, then reply.
     finishing: Option<oneshot::Sender<Result<u64, CheckpointError>>>,
+    /// Told when the last checkpoint has all it will write ([`CheckpointNow::captured`]).
+    final_captured: Option<oneshot::Sender<()>>,
     final_id: Option<u64>,
     counters: CheckpointerCounters,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -325,6 +333,7 @@ impl Checkpointer {
             dead_letters_base,
             in_progress: None,
             finishing: None,
+            final_captured: None,
             final_id: None,
             counters: Default::default(),
             writer_thread: Some(writer_thread),
@@ -432,6 +441,11 @@ impl Checkpointer {
             self.fail(id, CheckpointError::Stopped);
             return;
         }
+        if self.final_id == Some(id)
+            && let Some(captured) = self.final_captured.take()
+        {
+            let _ = captured.send(());
+        }
         ctx.wait(written.into_actor(self).map(move |result, act, _ctx| {
             let result = result.unwrap_or(Err(CheckpointError::Stopped));
             match result {
@@ -464,6 +478,18 @@ impl Checkpointer {
         self.counters.last_total = total;
         self.counters.last_write = write;
         self.counters.max_pause = self.counters.max_pause.max(pause);
+        let since = |i: Option<Instant>| {
+            i.map(|i| i.saturating_duration_since(p.started).as_secs_f64() * 1000.0)
+                .unwrap_or(f64::NAN)
+        };
+        debug!(
+            checkpoint = record.id,
+            barriers_ms = since(p.phases.shards.iter().map(|s| s.1).max()),
+            sinks_flushed_ms = since(p.phases.sinks_flushed),
+            write_started_ms = since(p.phases.write_started),
+            bytes = p.phases.bytes,
+            "checkpoint phases"
+        );
         info!(
             checkpoint = record.id,
             devices_written,
@@ -541,6 +567,8 @@ impl Checkpointer {
         if let Some(reply) = self.finishing.take() {
             let _ = reply.send(Err(e));
         }
+        // (the run's end waits for it no longer)
+        self.final_captured = None;
     }
 }
 
@@ -611,9 +639,10 @@ impl Handler<SinksFlushed> for Checkpointer {
 impl Handler<CheckpointNow> for Checkpointer {
     type Result = ResponseFuture<Result<u64, CheckpointError>>;
 
-    fn handle(&mut self, _: CheckpointNow, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CheckpointNow, _ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.finishing = Some(tx);
+        self.final_captured = msg.captured;
         match &self.in_progress {
             // a barrier some routers never got (their sources ended first): force it through
             Some(p) if !p.writing => {

@@ -1,6 +1,8 @@
 //! [`RunCoordinator`]: drives the end of a run. When every router has seen the end of every
-//! source (the input ended, or a graceful shutdown stopped the sources), it asks every shard to
-//! flush its devices, writes the summary record, flushes and closes the sinks, and reports.
+//! source (the input ended, or a graceful shutdown stopped the sources), it asks for the last
+//! checkpoint (with a store); once that checkpoint has captured the state, and while it is
+//! written, it asks every shard to flush its devices, writes the summary record, flushes and
+//! closes the sinks; it reports when both are done.
 
 use std::sync::Arc;
 
@@ -41,6 +43,10 @@ pub struct RunCoordinator {
     done: Option<oneshot::Sender<RunOutcome>>,
     checkpointer: Option<Addr<Checkpointer>>,
     final_checkpoint: Option<Result<u64, CheckpointError>>,
+    /// The last checkpoint is asked for and not durable (or failed) yet.
+    final_checkpoint_pending: bool,
+    /// What the end of the run found, kept until the last checkpoint is done too.
+    finished: Option<(RunTotals, Result<Vec<u64>, SinkError>)>,
 }
 
 impl RunCoordinator {
@@ -61,12 +67,32 @@ impl RunCoordinator {
             done: Some(done),
             checkpointer,
             final_checkpoint: None,
+            final_checkpoint_pending: false,
+            finished: None,
         }
     }
 
-    /// After the last checkpoint (if any): flush the devices, write the summary, close.
+    /// Once the last checkpoint (if any) has captured the state: flush the devices, write the
+    /// summary, close.
     fn finish(&mut self, ctx: &mut Context<Self>) {
         self.finish_run(ctx);
+    }
+
+    /// Reports how the run ended, once the sinks are closed and the last checkpoint is done.
+    fn report_when_done(&mut self) {
+        if self.final_checkpoint_pending {
+            return;
+        }
+        let Some((totals, sink_positions)) = self.finished.take() else {
+            return;
+        };
+        if let Some(done) = self.done.take() {
+            let _ = done.send(RunOutcome {
+                totals,
+                sink_positions,
+                final_checkpoint: self.final_checkpoint.take(),
+            });
+        }
     }
 }
 
@@ -91,13 +117,27 @@ impl Handler<RouterDrained> for RunCoordinator {
         match self.checkpointer.clone() {
             // the state as the sources left it is checkpointed before the end-of-input flush:
             // a later run over more input continues from there, and the flushed records,
-            // written after the checkpoint's sink lengths, are cut off again on resume
-            Some(checkpointer) => ctx.wait(checkpointer.send(CheckpointNow).into_actor(self).map(
-                |result, act, ctx| {
-                    act.final_checkpoint = Some(result.unwrap_or(Err(CheckpointError::Stopped)));
-                    act.finish(ctx);
-                },
-            )),
+            // written after the checkpoint's sink lengths, are cut off again on resume. The
+            // flush starts once the checkpoint has captured the devices and the sinks' lengths,
+            // while it is written; the run reports when both are done.
+            Some(checkpointer) => {
+                let (captured, when_captured) = oneshot::channel();
+                self.final_checkpoint_pending = true;
+                ctx.spawn(
+                    checkpointer
+                        .send(CheckpointNow {
+                            captured: Some(captured),
+                        })
+                        .into_actor(self)
+                        .map(|result, act, _ctx| {
+                            act.final_checkpoint = Some(result.unwrap_or(Err(CheckpointError::Stopped)));
+                            act.final_checkpoint_pending = false;
+                            act.report_when_done();
+                        }),
+                );
+                // (a checkpoint that failed before capturing drops `captured`: the flush goes on)
+                ctx.wait(when_captured.into_actor(self).map(|_, act, ctx| act.finish(ctx)));
+            }
             None => self.finish(ctx),
         }
     }
@@ -130,13 +170,8 @@ impl RunCoordinator {
                             sink: "output hub".into(),
                         })
                     });
-                    if let Some(done) = act.done.take() {
-                        let _ = done.send(RunOutcome {
-                            totals,
-                            sink_positions,
-                            final_checkpoint: act.final_checkpoint.take(),
-                        });
-                    }
+                    act.finished = Some((totals, sink_positions));
+                    act.report_when_done();
                 })
         });
         ctx.wait(fut);
