@@ -54,6 +54,8 @@ pub fn run(
     };
     // a file's size, for the bytes left (`/metrics`; re-read per chunk: it may grow)
     let mut file_for_size: Option<File> = None;
+    // a file is read straight into its chunk's spare room (see `read_into_spare`)
+    let mut file_fd: Option<std::os::fd::RawFd> = None;
     let mut reader: Box<dyn Read> = match &source.input {
         LineInput::File(path) => {
             let mut f = File::open(path).map_err(|e| io_err("opening", e))?;
@@ -62,6 +64,7 @@ pub fn run(
                 f.seek(SeekFrom::Start(source.start_offset))
                     .map_err(|e| io_err("seeking", e))?;
             }
+            file_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&f));
             Box::new(f)
         }
         LineInput::Stdin => Box::new(std::io::stdin()),
@@ -122,8 +125,16 @@ pub fn run(
         // fill the buffer (a pipe or terminal gives less per read)
         while buf.len() < chunk_bytes {
             let start = buf.len();
-            buf.resize(chunk_bytes.min(start + room).min(start + READ_PIECE_BYTES), 0);
-            match reader.read(&mut buf[start..]) {
+            let want = chunk_bytes.min(start + room).min(start + READ_PIECE_BYTES) - start;
+            let read = match file_fd {
+                // (`reader` owns the file, and has no buffer of its own: the same position)
+                Some(fd) => read_into_spare(fd, &mut buf, want),
+                None => {
+                    buf.resize(start + want, 0);
+                    reader.read(&mut buf[start..])
+                }
+            };
+            match read {
                 Ok(0) => {
                     buf.truncate(start);
                     eof = true;
@@ -337,5 +348,62 @@ impl Pacer {
             }
             std::thread::sleep((due - elapsed).min(Duration::from_millis(100)));
         }
+    }
+}
+
+/// Reads up to `want` bytes from the file `fd` onto the end of `buf`, into its spare capacity:
+/// the bytes are not zeroed first (a `resize` before each read wrote every byte of a 16 MiB
+/// chunk once more only for the read to overwrite it: about 1 % of a two-shard run's CPU,
+/// BENCHMARKS.md). The vector grows by the bytes read.
+fn read_into_spare(fd: std::os::fd::RawFd, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    let want = want.min(spare.len());
+    // SAFETY: `read(2)` writes at most `want` bytes through a raw pointer into the vector's
+    // spare capacity (no reference to uninitialized bytes is made); `fd` is open (the caller's
+    // reader owns the file).
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialized the first `n` bytes of the spare capacity (`n <= want`).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn reads_into_spare_room_append_the_file_bytes_in_order_and_end_with_zero() {
+        let mut file = tempfile::tempfile().unwrap();
+        let text: Vec<u8> = (0..100_000u32).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+        file.write_all(&text).unwrap();
+        file.seek(SeekFrom::Start(7)).unwrap();
+        // a buffer that already holds bytes (a carried partial line), and pieces of odd sizes
+        let mut buf = b"carried".to_vec();
+        let mut sizes = [1usize, 4096, 777, 65_536, 3].into_iter().cycle();
+        loop {
+            let before = buf.len();
+            let n = read_into_spare(file.as_raw_fd(), &mut buf, sizes.next().unwrap()).unwrap();
+            assert_eq!(buf.len(), before + n);
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(&buf[..7], b"carried");
+        assert_eq!(&buf[7..], &text[7..]);
+    }
+
+    #[test]
+    fn a_read_into_spare_room_that_fails_says_why_and_adds_nothing() {
+        let mut buf = b"kept".to_vec();
+        let e = read_into_spare(-1, &mut buf, 16).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(buf, b"kept");
     }
 }
