@@ -90,6 +90,11 @@ fn checkpoints(data_dir: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// Writes `lines` to `path`, each ended by a newline.
+fn write_lines(path: &Path, lines: &[&str]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
 /// The reference: the plain single-threaded loop, without any state.
 fn reference(input: &Path, dir: &Path) -> PathBuf {
     let out = dir.join("reference.jsonl");
@@ -201,8 +206,8 @@ fn a_run_continued_on_the_next_file_writes_what_one_run_over_both_writes() {
     let text = std::fs::read_to_string(&input).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let (first, second) = (dir.path().join("first.jsonl"), dir.path().join("second.jsonl"));
-    std::fs::write(&first, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
-    std::fs::write(&second, lines[lines.len() / 2..].join("\n") + "\n").unwrap();
+    write_lines(&first, &lines[..lines.len() / 2]);
+    write_lines(&second, &lines[lines.len() / 2..]);
     let whole = dir.path().join("whole.jsonl");
     ok({
         let mut c = plume();
@@ -380,7 +385,7 @@ fn a_device_whose_stored_state_is_damaged_continues_from_its_retained_copy() {
     let text = std::fs::read_to_string(&input).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let (first, second) = (dir.path().join("first.jsonl"), dir.path().join("second.jsonl"));
-    std::fs::write(&first, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
+    write_lines(&first, &lines[..lines.len() / 2]);
     // one device is silent in the second file: it only ends (flushed from its stored state)
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     let silent = v["device"].as_str().unwrap().to_string();
@@ -390,7 +395,7 @@ fn a_device_whose_stored_state_is_damaged_continues_from_its_retained_copy() {
         .copied()
         .filter(|l| !l.contains(&quoted))
         .collect();
-    std::fs::write(&second, rest.join("\n") + "\n").unwrap();
+    write_lines(&second, &rest);
     let pipeline = pipeline_keeping_all(dir.path());
     let two_runs = |state: &Path, damage: bool| {
         let out1 = state.with_extension("1.jsonl");
