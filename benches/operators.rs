@@ -3,6 +3,8 @@
 //! - `aq1_chain/operators`: window + hysteresis + baseline compiled from `pipelines/aq1.yaml`, on
 //!   readings decoded once before timing (one chain per device, created on its first reading,
 //!   every device flushed at the end).
+//! - `aq1_chain/last_good_copy`: the copy of a device's chain a shard keeps at its first reading
+//!   of each chunk (for panic recovery), per device.
 //! - `aq1_chain/plain_loop_with_json`: the plain loop (`plume::plain::PlainRun`) on the raw lines:
 //!   JSON decoding, the chains, and formatting every result as an output record.
 //!
@@ -102,6 +104,39 @@ fn bench_aq1(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // the copy a shard keeps of each device's chain at its first reading of a chunk (its last
+    // good state, for panic recovery): 1,000 devices, each chain halfway through the input (open
+    // windows, an open or closed event, a learned baseline), copied in a shuffled order into
+    // copies made earlier, as the shard's journal reuses its slots
+    let (mut chains, mut out) = (Vec::new(), Vec::new());
+    chains.resize_with(devices.len(), || None::<DeviceChain>);
+    for (device, reading) in &readings[..readings.len() / 2] {
+        let d = *device as usize;
+        chains[d]
+            .get_or_insert_with(|| pipeline.new_chain(&devices[d]))
+            .on_reading(reading.clone(), NOW, &mut out);
+        out.clear();
+    }
+    let chains: Vec<DeviceChain> = chains.into_iter().flatten().collect();
+    let mut order: Vec<usize> = (0..chains.len()).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let mut journal: Vec<DeviceChain> = order.iter().map(|&i| chains[(i + 1) % chains.len()].clone()).collect();
+    group.throughput(Throughput::Elements(chains.len() as u64));
+    group.bench_function("last_good_copy", |b| {
+        b.iter(|| {
+            for (slot, &i) in journal.iter_mut().zip(&order) {
+                slot.clone_from(&chains[i]);
+            }
+            black_box(&journal);
+        })
+    });
+    group.throughput(Throughput::Elements(readings.len() as u64));
     group.bench_function("plain_loop_with_json", |b| {
         b.iter(|| {
             let mut run = PlainRun::new(&pipeline);

@@ -282,6 +282,38 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// A copy made with `clone_from` (as a shard keeps each device's last good state, into a
+    /// copy that held another device's state before) continues exactly as the original, for a
+    /// chain with every operator kind: the same snapshot, the same output.
+    #[test]
+    fn a_chain_copied_into_another_continues_as_the_original(
+        lived in prop::collection::vec(step(), 0..80),
+        other in prop::collection::vec(step(), 0..80),
+        rest in prop::collection::vec(step(), 1..60),
+    ) {
+        let pipeline = every_kind_pipeline();
+        let (mut original, mut copy) = (pipeline.new_chain("dev-1"), pipeline.new_chain("dev-1"));
+        let (mut ts, mut now) = (START_TS, START_NOW);
+        let mut ignored = Vec::new();
+        run_steps(&pipeline, &mut original, &lived, &mut ts, &mut now, &mut ignored);
+        let (mut other_ts, mut other_now) = (START_TS + 7_000, START_NOW);
+        run_steps(&pipeline, &mut copy, &other, &mut other_ts, &mut other_now, &mut ignored);
+        copy.clone_from(&original);
+        prop_assert_eq!(copy.snapshot().encode(), original.snapshot().encode());
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
+        let (ts0, now0) = (ts, now);
+        run_steps(&pipeline, &mut original, &rest, &mut ts, &mut now, &mut expected);
+        original.on_end(&mut expected);
+        let (mut ts, mut now) = (ts0, now0);
+        run_steps(&pipeline, &mut copy, &rest, &mut ts, &mut now, &mut got);
+        copy.on_end(&mut got);
+        prop_assert_eq!(debug_all(&got), debug_all(&expected));
+    }
+}
+
 fn window_op(size: i64, slide: i64, lateness: i64) -> WindowOp {
     let aggs = vec![
         Aggregate::Count,

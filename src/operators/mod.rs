@@ -86,15 +86,23 @@ pub fn prefetch<T: ?Sized>(at: *const T, bytes: usize) {
         while line < end {
             // SAFETY: a prefetch is only a hint to the cache: it never faults, whatever the
             // address, and reads nothing the program sees.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8)
-            };
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8) };
             line += 64;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (at, bytes);
+    }
+}
+
+/// An operator's settings in a copy of its state (`clone_from`): the same `Arc` the copy holds
+/// already, most of the time, so it is left alone (each clone and drop of an `Arc` is an atomic
+/// add: two per operator per device per chunk in the shards' copies for panic recovery).
+#[inline]
+pub fn settings_from<T: ?Sized>(to: &mut Arc<T>, from: &Arc<T>) {
+    if !Arc::ptr_eq(to, from) {
+        *to = from.clone();
     }
 }
 

@@ -178,10 +178,26 @@ pub struct BaselineState {
     pub learner: Learner,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BaselineOp {
     config: Arc<BaselineConfig>,
     state: BaselineState,
+}
+
+impl Clone for BaselineOp {
+    fn clone(&self) -> Self {
+        BaselineOp {
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Into `self`'s own allocations, its settings left alone when they are the same (see
+    /// [`super::settings_from`]).
+    fn clone_from(&mut self, source: &Self) {
+        super::settings_from(&mut self.config, &source.config);
+        self.state.clone_from(&source.state);
+    }
 }
 
 impl BaselineOp {

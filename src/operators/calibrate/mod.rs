@@ -61,12 +61,30 @@ pub struct CalibrateState {
     pub shift: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CalibrateOp {
     config: Arc<CalibrateConfig>,
     /// This device's table correction.
     correction: Correction,
     state: CalibrateState,
+}
+
+impl Clone for CalibrateOp {
+    fn clone(&self) -> Self {
+        CalibrateOp {
+            config: self.config.clone(),
+            correction: self.correction.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Into `self`'s own allocations, its settings left alone when they are the same (see
+    /// [`super::settings_from`]).
+    fn clone_from(&mut self, source: &Self) {
+        super::settings_from(&mut self.config, &source.config);
+        self.correction.clone_from(&source.correction);
+        self.state.clone_from(&source.state);
+    }
 }
 
 impl CalibrateOp {

@@ -36,10 +36,26 @@ pub struct DedupState {
     pub dropped: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DedupOp {
     config: Arc<DedupConfig>,
     state: DedupState,
+}
+
+impl Clone for DedupOp {
+    fn clone(&self) -> Self {
+        DedupOp {
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Into `self`'s own allocations, its settings left alone when they are the same (see
+    /// [`super::settings_from`]).
+    fn clone_from(&mut self, source: &Self) {
+        super::settings_from(&mut self.config, &source.config);
+        self.state.clone_from(&source.state);
+    }
 }
 
 impl DedupOp {

@@ -128,10 +128,26 @@ pub struct HysteresisState {
     pub ladder: Option<Box<Ladder>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HysteresisOp {
     config: Arc<HysteresisConfig>,
     state: HysteresisState,
+}
+
+impl Clone for HysteresisOp {
+    fn clone(&self) -> Self {
+        HysteresisOp {
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Into `self`'s own allocations, its settings left alone when they are the same (see
+    /// [`super::settings_from`]).
+    fn clone_from(&mut self, source: &Self) {
+        super::settings_from(&mut self.config, &source.config);
+        self.state.clone_from(&source.state);
+    }
 }
 
 impl HysteresisOp {

@@ -91,12 +91,30 @@ impl SmoothState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SmoothOp {
     config: Arc<SmoothConfig>,
     state: SmoothState,
     /// The current value of `state` (recomputed on restore), so absent readings cost nothing.
     value: Option<f64>,
+}
+
+impl Clone for SmoothOp {
+    fn clone(&self) -> Self {
+        SmoothOp {
+            config: self.config.clone(),
+            state: self.state.clone(),
+            value: self.value.clone(),
+        }
+    }
+
+    /// Into `self`'s own allocations, its settings left alone when they are the same (see
+    /// [`super::settings_from`]).
+    fn clone_from(&mut self, source: &Self) {
+        super::settings_from(&mut self.config, &source.config);
+        self.state.clone_from(&source.state);
+        self.value.clone_from(&source.value);
+    }
 }
 
 impl SmoothOp {

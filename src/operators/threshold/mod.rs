@@ -55,10 +55,26 @@ pub struct ThresholdState {
     pub side: Side,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ThresholdOp {
     config: Arc<ThresholdConfig>,
     state: ThresholdState,
+}
+
+impl Clone for ThresholdOp {
+    fn clone(&self) -> Self {
+        ThresholdOp {
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Into `self`'s own allocations, its settings left alone when they are the same (see
+    /// [`super::settings_from`]).
+    fn clone_from(&mut self, source: &Self) {
+        super::settings_from(&mut self.config, &source.config);
+        self.state.clone_from(&source.state);
+    }
 }
 
 impl ThresholdOp {

@@ -152,11 +152,30 @@ impl FieldAccumulator {
 }
 
 /// One open window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenWindow {
     pub start: i64,
     pub count: u64,
     pub fields: SmallVec<[FieldAccumulator; 2]>,
+}
+
+impl Clone for OpenWindow {
+    fn clone(&self) -> Self {
+        OpenWindow {
+            start: self.start,
+            count: self.count,
+            fields: self.fields.clone(),
+        }
+    }
+
+    /// Into `self`'s accumulators (a derived `clone_from` built a new list and dropped the old
+    /// one, for every open window of every device, per chunk, in the shards' copies).
+    fn clone_from(&mut self, source: &Self) {
+        self.start = source.start;
+        self.count = source.count;
+        self.fields.clear();
+        self.fields.extend_from_slice(&source.fields);
+    }
 }
 
 /// The stored state of a window operator.
