@@ -106,6 +106,28 @@ pub fn settings_from<T: ?Sized>(to: &mut Arc<T>, from: &Arc<T>) {
     }
 }
 
+/// `Clone` for an operator made of its settings (`config: Arc<…>`) and the fields named: its
+/// `clone_from` copies each field into the copy's own allocations and keeps the settings' `Arc`
+/// when it is the same ([`settings_from`]).
+macro_rules! operator_clone {
+    ($op:ident { $($field:ident),* $(,)? }) => {
+        impl Clone for $op {
+            fn clone(&self) -> Self {
+                $op {
+                    config: self.config.clone(),
+                    $($field: self.$field.clone(),)*
+                }
+            }
+
+            fn clone_from(&mut self, source: &Self) {
+                crate::operators::settings_from(&mut self.config, &source.config);
+                $(self.$field.clone_from(&source.$field);)*
+            }
+        }
+    };
+}
+pub(crate) use operator_clone;
+
 /// Whether a value is present.
 #[inline]
 pub fn present(value: f64) -> bool {

@@ -184,21 +184,7 @@ pub struct BaselineOp {
     state: BaselineState,
 }
 
-impl Clone for BaselineOp {
-    fn clone(&self) -> Self {
-        BaselineOp {
-            config: self.config.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.state.clone_from(&source.state);
-    }
-}
+super::operator_clone!(BaselineOp { state });
 
 impl BaselineOp {
     pub fn new(config: Arc<BaselineConfig>) -> Self {

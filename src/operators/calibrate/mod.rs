@@ -69,23 +69,7 @@ pub struct CalibrateOp {
     state: CalibrateState,
 }
 
-impl Clone for CalibrateOp {
-    fn clone(&self) -> Self {
-        CalibrateOp {
-            config: self.config.clone(),
-            correction: self.correction.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.correction.clone_from(&source.correction);
-        self.state.clone_from(&source.state);
-    }
-}
+super::operator_clone!(CalibrateOp { correction, state });
 
 impl CalibrateOp {
     pub fn new(config: Arc<CalibrateConfig>, device: &str) -> Self {

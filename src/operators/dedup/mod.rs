@@ -42,21 +42,7 @@ pub struct DedupOp {
     state: DedupState,
 }
 
-impl Clone for DedupOp {
-    fn clone(&self) -> Self {
-        DedupOp {
-            config: self.config.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.state.clone_from(&source.state);
-    }
-}
+super::operator_clone!(DedupOp { state });
 
 impl DedupOp {
     pub fn new(config: Arc<DedupConfig>) -> Self {

@@ -85,21 +85,7 @@ pub struct HealthOp {
     state: HealthState,
 }
 
-impl Clone for HealthOp {
-    fn clone(&self) -> Self {
-        HealthOp {
-            config: self.config.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.state.clone_from(&source.state);
-    }
-}
+super::operator_clone!(HealthOp { state });
 
 impl HealthOp {
     pub fn new(config: Arc<HealthConfig>) -> Self {

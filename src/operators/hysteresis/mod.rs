@@ -134,21 +134,7 @@ pub struct HysteresisOp {
     state: HysteresisState,
 }
 
-impl Clone for HysteresisOp {
-    fn clone(&self) -> Self {
-        HysteresisOp {
-            config: self.config.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.state.clone_from(&source.state);
-    }
-}
+super::operator_clone!(HysteresisOp { state });
 
 impl HysteresisOp {
     pub fn new(config: Arc<HysteresisConfig>) -> Self {

@@ -99,23 +99,7 @@ pub struct SmoothOp {
     value: Option<f64>,
 }
 
-impl Clone for SmoothOp {
-    fn clone(&self) -> Self {
-        SmoothOp {
-            config: self.config.clone(),
-            state: self.state.clone(),
-            value: self.value.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.state.clone_from(&source.state);
-        self.value.clone_from(&source.value);
-    }
-}
+super::operator_clone!(SmoothOp { state, value });
 
 impl SmoothOp {
     pub fn new(config: Arc<SmoothConfig>) -> Self {

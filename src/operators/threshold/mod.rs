@@ -61,21 +61,7 @@ pub struct ThresholdOp {
     state: ThresholdState,
 }
 
-impl Clone for ThresholdOp {
-    fn clone(&self) -> Self {
-        ThresholdOp {
-            config: self.config.clone(),
-            state: self.state.clone(),
-        }
-    }
-
-    /// Into `self`'s own allocations, its settings left alone when they are the same (see
-    /// [`super::settings_from`]).
-    fn clone_from(&mut self, source: &Self) {
-        super::settings_from(&mut self.config, &source.config);
-        self.state.clone_from(&source.state);
-    }
-}
+super::operator_clone!(ThresholdOp { state });
 
 impl ThresholdOp {
     pub fn new(config: Arc<ThresholdConfig>) -> Self {
