@@ -86,7 +86,7 @@ pub struct CheckpointDone {
 #[derive(Message)]
 #[rtype(result = "Result<u64, CheckpointError>")]
 pub struct CheckpointNow {
-    pub captured: Option<oneshot::Sender<()>>,
+    pub captured: oneshot::Sender<()>,
 }
 
 /// Take a checkpoint that covers everything the sources have sent so far (a Kafka source
@@ -642,7 +642,7 @@ impl Handler<CheckpointNow> for Checkpointer {
     fn handle(&mut self, msg: CheckpointNow, _ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.finishing = Some(tx);
-        self.final_captured = msg.captured;
+        self.final_captured = Some(msg.captured);
         match &self.in_progress {
             // a barrier some routers never got (their sources ended first): force it through
             Some(p) if !p.writing => {

@@ -43,8 +43,6 @@ pub struct RunCoordinator {
     done: Option<oneshot::Sender<RunOutcome>>,
     checkpointer: Option<Addr<Checkpointer>>,
     final_checkpoint: Option<Result<u64, CheckpointError>>,
-    /// The last checkpoint is asked for and not durable (or failed) yet.
-    final_checkpoint_pending: bool,
     /// What the end of the run found, kept until the last checkpoint is done too.
     finished: Option<(RunTotals, Result<Vec<u64>, SinkError>)>,
 }
@@ -67,7 +65,6 @@ impl RunCoordinator {
             done: Some(done),
             checkpointer,
             final_checkpoint: None,
-            final_checkpoint_pending: false,
             finished: None,
         }
     }
@@ -80,7 +77,9 @@ impl RunCoordinator {
 
     /// Reports how the run ended, once the sinks are closed and the last checkpoint is done.
     fn report_when_done(&mut self) {
-        if self.final_checkpoint_pending {
+        // (with a store, the last checkpoint is asked for before the flush: it is done once
+        // it has an outcome)
+        if self.checkpointer.is_some() && self.final_checkpoint.is_none() {
             return;
         }
         let Some((totals, sink_positions)) = self.finished.take() else {
@@ -122,16 +121,12 @@ impl Handler<RouterDrained> for RunCoordinator {
             // while it is written; the run reports when both are done.
             Some(checkpointer) => {
                 let (captured, when_captured) = oneshot::channel();
-                self.final_checkpoint_pending = true;
                 ctx.spawn(
                     checkpointer
-                        .send(CheckpointNow {
-                            captured: Some(captured),
-                        })
+                        .send(CheckpointNow { captured })
                         .into_actor(self)
                         .map(|result, act, _ctx| {
                             act.final_checkpoint = Some(result.unwrap_or(Err(CheckpointError::Stopped)));
-                            act.final_checkpoint_pending = false;
                             act.report_when_done();
                         }),
                 );

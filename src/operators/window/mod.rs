@@ -230,9 +230,7 @@ impl Clone for WindowOp {
 
     /// Into `self`'s own allocations (see `WindowState::clone_from`).
     fn clone_from(&mut self, source: &Self) {
-        if !Arc::ptr_eq(&self.config, &source.config) {
-            self.config = source.config.clone();
-        }
+        super::settings_from(&mut self.config, &source.config);
         self.state.clone_from(&source.state);
         self.pending = source.pending;
     }
