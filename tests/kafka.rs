@@ -345,6 +345,18 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     std::thread::sleep(Duration::from_secs(2));
     let a_log = a.interrupt();
     assert!(a_log.contains("kafka partition handed off"), "{a_log}");
+    // a's last checkpoint records the offsets of the partitions it kept, not of those it handed
+    // off (no reading came after the rebalance to carry a new position)
+    let kept = last_assignment(&a_log);
+    assert!(
+        !kept.is_empty() && kept.len() < PARTITIONS as usize,
+        "a kept {kept:?}:\n{a_log}"
+    );
+    assert_eq!(
+        newest_positions(&out_a.with_extension("state")),
+        kept,
+        "a's last checkpoint: offsets of the partitions it kept"
+    );
     // b takes a's partitions from their hand-offs, then reads the rest of the readings
     b.wait_logged("taken over from a hand-off", 1, Duration::from_secs(60));
     broker.produce("aq1", second);
@@ -366,6 +378,38 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
     file_lines.remove("");
     // b continued a's devices with their state: nothing repeated, nothing missing
     assert_same_records(merged_lines, file_lines);
+}
+
+/// The partitions a member was assigned after its last revoke, from its log.
+fn last_assignment(log: &str) -> std::collections::BTreeSet<i32> {
+    let from = log.rfind("kafka partitions revoked").unwrap_or(0);
+    log[from..]
+        .lines()
+        .filter(|l| l.contains("kafka partition assigned"))
+        .map(|l| {
+            let at = l.find(" partition=").expect("a partition field") + " partition=".len();
+            l[at..].split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// The Kafka partitions whose offsets the newest retained checkpoint of a data directory records.
+fn newest_positions(state: &Path) -> std::collections::BTreeSet<i32> {
+    let list = plume()
+        .args(["checkpoints", "--data-dir"])
+        .arg(state)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let manifests: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let newest = manifests.as_array().unwrap().last().expect("a retained checkpoint");
+    newest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str()?.strip_prefix("kafka:aq1:")?.parse().ok())
+        .collect()
 }
 
 /// Sink lengths of every retained checkpoint of a data directory, by checkpoint id.

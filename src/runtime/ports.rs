@@ -182,6 +182,14 @@ impl ChunkFeeder {
         self.send_with(data, None, end, permit, source_time_ms);
     }
 
+    /// Tells the routers the source's position when it changed without a reading (a Kafka
+    /// source that handed partitions off with their state): an empty chunk. No barrier is
+    /// polled first, so the next checkpoint records this position, not the last chunk's.
+    pub fn send_position(&mut self, end: Position, permit: OwnedSemaphorePermit) {
+        let now = self.clock.now_ms();
+        self.send_chunk(ChunkData::Messages(Vec::new()), None, end, permit, now);
+    }
+
     /// Sends a chunk, routing its lines first unless `routed` already holds their routing.
     fn send_with(
         &mut self,
@@ -192,6 +200,17 @@ impl ChunkFeeder {
         source_time_ms: i64,
     ) {
         self.poll_barrier();
+        self.send_chunk(data, routed, end, permit, source_time_ms);
+    }
+
+    fn send_chunk(
+        &mut self,
+        data: ChunkData,
+        routed: Option<LineRouting>,
+        end: Position,
+        permit: OwnedSemaphorePermit,
+        source_time_ms: i64,
+    ) {
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = ChunkTicket::new(Some(permit), Some(self.metrics.clone()));

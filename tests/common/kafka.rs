@@ -50,11 +50,22 @@ impl Tansu {
     pub fn start() -> Self {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        // PLUME_TANSU_LOG=FILE keeps what the broker prints (for diagnosing a failed run;
+        // RUST_LOG picks how much)
+        let log = || match std::env::var_os("PLUME_TANSU_LOG") {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .expect("PLUME_TANSU_LOG opens"),
+            None => Stdio::null(),
+        };
         let child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log())
+            .stderr(log())
             .spawn()
             .expect("tansu starts");
         let started = Instant::now();

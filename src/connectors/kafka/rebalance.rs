@@ -191,6 +191,14 @@ impl Inner {
         for (_, offsets) in &mut self.at_barrier {
             offsets.retain(|k, _| !revoked.contains(k));
         }
+        // The routers keep the position of the last chunk, which still names the partitions
+        // handed off: without this, every checkpoint until the next chunk would record their
+        // offsets over a store that no longer holds their devices, and a restart without their
+        // hand-off (another group, the hand-off directory gone) would go on from there with
+        // empty state. Sent before any barrier is polled, so no checkpoint falls in between.
+        if !handed_off.is_empty() {
+            self.send_position();
+        }
     }
 
     /// The partitions in `assigned` are ours now: where does each one start?
@@ -285,6 +293,17 @@ impl Inner {
             self.assigned.insert(key.clone());
         }
         self.caught_up_logged = false;
+        // the routers' position names the partitions taken on from now (see `revoke`)
+        if !assigned.is_empty() {
+            self.send_position();
+        }
+    }
+
+    /// Tells the routers this source's position now: the partitions it holds state for, as
+    /// `snapshot` has them. Sent before any barrier is polled (see [`ChunkFeeder::send_position`]).
+    fn send_position(&mut self) {
+        let permit = self.feeder.wait_for_room();
+        self.feeder.send_position(Position::Partitions(self.snapshot()), permit);
     }
 }
 
