@@ -352,11 +352,23 @@ fn a_graceful_stop_hands_partitions_with_their_state_to_the_other_member() {
         !kept.is_empty() && kept.len() < PARTITIONS as usize,
         "a kept {kept:?}:\n{a_log}"
     );
+    let (positions, devices) = newest_positions(&out_a.with_extension("state"));
     assert_eq!(
-        newest_positions(&out_a.with_extension("state")),
-        kept,
+        positions, kept,
         "a's last checkpoint: offsets of the partitions it kept"
     );
+    // and counts the devices of those partitions (it took them back from its own hand-offs)
+    let from = a_log.rfind("kafka partitions revoked").unwrap();
+    let kept_devices: u64 = a_log[from..]
+        .lines()
+        .filter(|l| l.contains("taken over from a hand-off"))
+        .map(|l| {
+            let at = l.find(" devices=").unwrap() + " devices=".len();
+            l[at..].split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert!(kept_devices > 0, "{a_log}");
+    assert_eq!(devices, kept_devices, "a's last checkpoint: the devices it stores");
     // b takes a's partitions from their hand-offs, then reads the rest of the readings
     b.wait_logged("taken over from a hand-off", 1, Duration::from_secs(60));
     broker.produce("aq1", second);
@@ -393,8 +405,9 @@ fn last_assignment(log: &str) -> std::collections::BTreeSet<i32> {
         .collect()
 }
 
-/// The Kafka partitions whose offsets the newest retained checkpoint of a data directory records.
-fn newest_positions(state: &Path) -> std::collections::BTreeSet<i32> {
+/// The Kafka partitions whose offsets the newest retained checkpoint of a data directory
+/// records, and the devices it says the store holds.
+fn newest_positions(state: &Path) -> (std::collections::BTreeSet<i32>, u64) {
     let list = plume()
         .args(["checkpoints", "--data-dir"])
         .arg(state)
@@ -404,12 +417,13 @@ fn newest_positions(state: &Path) -> std::collections::BTreeSet<i32> {
     assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
     let manifests: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let newest = manifests.as_array().unwrap().last().expect("a retained checkpoint");
-    newest["sources"]
+    let positions = newest["sources"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|p| p["name"].as_str()?.strip_prefix("kafka:aq1:")?.parse().ok())
-        .collect()
+        .collect();
+    (positions, newest["devices"].as_u64().unwrap())
 }
 
 /// Sink lengths of every retained checkpoint of a data directory, by checkpoint id.

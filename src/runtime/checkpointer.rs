@@ -95,6 +95,12 @@ pub struct CheckpointNow {
 #[rtype(result = "Result<u64, CheckpointError>")]
 pub struct CheckpointSoon;
 
+/// A source changed the store's devices itself (a Kafka source importing a hand-off, or
+/// dropping a partition it handed off): the next checkpoint's device count includes `.0`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StoredDevicesChanged(pub i64);
+
 /// The sources of a run, as checkpoints record them.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity {
@@ -122,6 +128,8 @@ struct InProgress {
     writing: bool,
     /// When each phase ended, for the checkpoint's span.
     phases: Phases,
+    /// The part of [`Checkpointer::stored_devices_changed`] its record counts.
+    stored_devices_changed: i64,
 }
 
 /// When the phases of a checkpoint happened (its span and its children's).
@@ -265,6 +273,8 @@ pub struct Checkpointer {
     next_id: u64,
     /// Totals as of the last durable checkpoint.
     devices: u64,
+    /// Devices the sources imported into the store (positive) or dropped from it since then.
+    stored_devices_changed: i64,
     dead_letters_base: u64,
     in_progress: Option<InProgress>,
     /// The end of the sources: force barriers, then one last checkpoint, then reply.
@@ -330,6 +340,7 @@ impl Checkpointer {
             writer,
             next_id,
             devices,
+            stored_devices_changed: 0,
             dead_letters_base,
             in_progress: None,
             finishing: None,
@@ -354,6 +365,7 @@ impl Checkpointer {
                 started_at: Some(std::time::SystemTime::now()),
                 ..Default::default()
             },
+            stored_devices_changed: 0,
         });
         if forced {
             self.final_id = Some(id);
@@ -381,6 +393,7 @@ impl Checkpointer {
         let pause = parts.iter().map(|s| s.pause).max().unwrap_or_default();
         let devices: Vec<crate::store::DeviceWrite> = parts.into_iter().flat_map(|s| s.devices).collect();
         p.phases.bytes = devices.iter().map(|d| (d.key.len() + d.snapshot.len()) as u64).sum();
+        p.stored_devices_changed = self.stored_devices_changed;
         let record = CheckpointRecord {
             id,
             pipeline: self.settings.pipeline.name.clone(),
@@ -423,7 +436,7 @@ impl Checkpointer {
                 })
                 .collect(),
             dead_letters,
-            devices: self.devices + new_devices,
+            devices: (self.devices as i64 + new_devices as i64 + p.stored_devices_changed).max(0) as u64,
             key_groups: self.settings.pipeline.key_groups,
             devices_written: devices.len() as u64,
         };
@@ -458,6 +471,7 @@ impl Checkpointer {
     fn completed(&mut self, record: CheckpointRecord, devices_written: u64, write: Duration, pause: Duration) {
         let p = self.in_progress.take().expect("a checkpoint in progress");
         self.devices = record.devices;
+        self.stored_devices_changed -= p.stored_devices_changed;
         self.dead_letters_base = record.dead_letters;
         self.signal.durable.store(record.id, Ordering::Release);
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -655,6 +669,14 @@ impl Handler<CheckpointNow> for Checkpointer {
             None => self.begin(true),
         }
         Box::pin(async move { rx.await.unwrap_or(Err(CheckpointError::Stopped)) })
+    }
+}
+
+impl Handler<StoredDevicesChanged> for Checkpointer {
+    type Result = ();
+
+    fn handle(&mut self, msg: StoredDevicesChanged, _ctx: &mut Context<Self>) {
+        self.stored_devices_changed += msg.0;
     }
 }
 

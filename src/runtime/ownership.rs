@@ -4,7 +4,7 @@
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use super::checkpointer::{CheckpointError, CheckpointSoon, Checkpointer};
+use super::checkpointer::{CheckpointError, CheckpointSoon, Checkpointer, StoredDevicesChanged};
 use super::ports::PartitionOwnership;
 use super::shard::{AdoptDevices, EvictDevices, ShardSupervisor};
 
@@ -37,6 +37,12 @@ impl PartitionOwnership for RuntimeOwnership {
     fn adopt(&self, devices: Vec<String>) {
         for s in &self.shards {
             s.do_send(AdoptDevices(devices.clone()));
+        }
+    }
+
+    fn stored_devices_changed(&self, by: i64) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.do_send(StoredDevicesChanged(by));
         }
     }
 

@@ -552,6 +552,9 @@ pub trait PartitionOwnership: Send + Sync {
     /// The store now holds `devices`' state, imported from another member: their deadlines
     /// (offline, idle flush, timeouts) are taken from it, as at a restart. Does not wait.
     fn adopt(&self, devices: Vec<String>);
+    /// The source changed the store's devices itself: `by` states imported (positive) or
+    /// dropped (negative). The next checkpoint's count of stored devices includes it.
+    fn stored_devices_changed(&self, by: i64);
 }
 
 /// A notification waiting for delivery (an outbox entry), as a partitioned source moves it to

@@ -141,7 +141,7 @@ impl StateStore {
     }
 
     /// Drops a partition's devices and their index entries (the partition was handed off).
-    /// Synced.
+    /// Synced. Returns how many of them had a stored state.
     pub fn drop_partition(
         &self,
         topic: &str,
@@ -156,8 +156,12 @@ impl StateStore {
         let prefix = index_prefix(topic, partition);
         let meta = self.db.cf_handle(super::CF_META).expect("column family");
         let mut batch = WriteBatch::default();
+        let mut stored = 0;
         for d in &devices {
             let key = device_key(key_group_of(d), d);
+            if self.has_key(dcf, &key)? {
+                stored += 1;
+            }
             batch.delete_cf(meta, super::deadline_key(&key));
             batch.delete_cf(dcf, key);
             let mut k = prefix.clone();
@@ -169,23 +173,36 @@ impl StateStore {
         self.db
             .write_opt(batch, &options)
             .map_err(|e| StoreError::rocks(&self.dir, e))?;
-        Ok(devices.len())
+        Ok(stored)
+    }
+
+    fn has_key(&self, cf: &impl rocksdb::AsColumnFamilyRef, key: &[u8]) -> Result<bool, StoreError> {
+        self.db
+            .get_pinned_cf(cf, key)
+            .map(|v| v.is_some())
+            .map_err(|e| StoreError::rocks(&self.dir, e))
     }
 
     /// Takes over the devices of a hand-off (their states replace any stored ones). Synced.
+    /// Returns how many of them the store did not hold before.
     pub fn import_partition(
         &self,
         handoff: &PartitionHandoff,
         key_group_of: impl Fn(&str) -> u32,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let (dcf, pcf) = (
             self.db.cf_handle(CF_DEVICES).expect("column family"),
             self.db.cf_handle(CF_POSITIONS).expect("column family"),
         );
         let prefix = index_prefix(&handoff.topic, handoff.partition);
         let mut batch = WriteBatch::default();
+        let mut new = 0;
         for (device, state) in &handoff.devices {
-            batch.put_cf(dcf, device_key(key_group_of(device), device), seal(state));
+            let key = device_key(key_group_of(device), device);
+            if !self.has_key(dcf, &key)? {
+                new += 1;
+            }
+            batch.put_cf(dcf, key, seal(state));
             let mut k = prefix.clone();
             k.extend_from_slice(device.as_bytes());
             batch.put_cf(pcf, k, seal(&[]));
@@ -196,7 +213,8 @@ impl StateStore {
             .write_opt(batch, &options)
             .map_err(|e| StoreError::rocks(&self.dir, e))?;
         // (the hand-off has states, not deadlines: a later start finds them by decoding)
-        self.lose_deadline_index()
+        self.lose_deadline_index()?;
+        Ok(new)
     }
 
     /// The checkpoint record `live/` holds now (the newest durable one).
@@ -215,6 +233,32 @@ mod tests {
         assert_eq!(n, "kafka:aq1.readings:3");
         assert_eq!(parse_position_name(&n), Some(("aq1.readings".to_string(), 3)));
         assert_eq!(parse_position_name("file:x"), None);
+    }
+
+    #[test]
+    fn imports_count_the_devices_new_to_the_store_and_drops_those_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::StateStore::open_tool(dir.path()).unwrap();
+        let handoff = |devices: &[&str]| PartitionHandoff {
+            topic: "t".into(),
+            partition: 1,
+            next_offset: 10,
+            pipeline_hash: "abc".into(),
+            key_groups: 256,
+            checkpoint: 1,
+            written_ms: 1,
+            devices: devices.iter().map(|d| (d.to_string(), vec![1, 2])).collect(),
+        };
+        let kg = |_: &str| 3;
+        assert_eq!(store.import_partition(&handoff(&["a", "b"]), kg).unwrap(), 2);
+        // a newer hand-off of the same partition: only "c" is new
+        assert_eq!(store.import_partition(&handoff(&["a", "b", "c"]), kg).unwrap(), 1);
+        // indexed but never stored (its state would come with the next checkpoint)
+        store.index_partition_devices("t", 1, ["d"]).unwrap();
+        assert_eq!(store.partition_devices("t", 1).unwrap().len(), 4);
+        assert_eq!(store.drop_partition("t", 1, kg).unwrap(), 3);
+        assert!(store.partition_devices("t", 1).unwrap().is_empty());
+        assert_eq!(store.import_partition(&handoff(&["a"]), kg).unwrap(), 1);
     }
 
     #[test]

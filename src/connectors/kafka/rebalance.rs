@@ -157,6 +157,9 @@ impl Inner {
                 let evicted = self.ownership.as_ref().map_or(0, |o| o.evict(devices.clone()));
                 match store.drop_partition(&key.0, key.1, |d| key_group_of(d, kgs)) {
                     Ok(n) => {
+                        if let Some(o) = &self.ownership {
+                            o.stored_devices_changed(-(n as i64));
+                        }
                         debug!(source = %self.name, topic = %key.0, partition = key.1, dropped = n, evicted, "kafka partition state dropped")
                     }
                     Err(e) => {
@@ -238,8 +241,9 @@ impl Inner {
                     {
                         let kgs = self.key_groups;
                         match store.import_partition(&h, |d| key_group_of(d, kgs)) {
-                            Ok(()) => {
+                            Ok(new) => {
                                 if let Some(o) = &self.ownership {
+                                    o.stored_devices_changed(new as i64);
                                     o.adopt(h.devices.iter().map(|(d, _)| d.clone()).collect());
                                 }
                                 self.stats.handoffs_taken.fetch_add(1, Ordering::Relaxed);
@@ -689,11 +693,15 @@ impl Inner {
         if let Some(o) = &self.ownership {
             o.evict(devices);
         }
-        if let Err(e) = store.import_partition(&handoff, |d| key_group_of(d, kgs)) {
-            error!(source = %self.name, error = %e, "the changelog's state could not be imported: starting from the group's offset");
-            return None;
-        }
+        let new = match store.import_partition(&handoff, |d| key_group_of(d, kgs)) {
+            Ok(new) => new,
+            Err(e) => {
+                error!(source = %self.name, error = %e, "the changelog's state could not be imported: starting from the group's offset");
+                return None;
+            }
+        };
         if let Some(o) = &self.ownership {
+            o.stored_devices_changed(new as i64);
             o.adopt(handoff.devices.iter().map(|(d, _)| d.clone()).collect());
         }
         let ms = started.elapsed().as_millis() as u64;
