@@ -405,9 +405,9 @@ fn last_assignment(log: &str) -> std::collections::BTreeSet<i32> {
         .collect()
 }
 
-/// The Kafka partitions whose offsets the newest retained checkpoint of a data directory
-/// records, and the devices it says the store holds.
-fn newest_positions(state: &Path) -> (std::collections::BTreeSet<i32>, u64) {
+/// The manifests of a data directory's retained checkpoints, oldest first
+/// (`plume checkpoints list --json`).
+fn retained_manifests(state: &Path) -> Vec<serde_json::Value> {
     let list = plume()
         .args(["checkpoints", "--data-dir"])
         .arg(state)
@@ -415,8 +415,17 @@ fn newest_positions(state: &Path) -> (std::collections::BTreeSet<i32>, u64) {
         .output()
         .unwrap();
     assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
-    let manifests: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    let newest = manifests.as_array().unwrap().last().expect("a retained checkpoint");
+    match serde_json::from_slice(&list.stdout).unwrap() {
+        serde_json::Value::Array(manifests) => manifests,
+        other => panic!("not a list of manifests: {other}"),
+    }
+}
+
+/// The Kafka partitions whose offsets the newest retained checkpoint of a data directory
+/// records, and the devices it says the store holds.
+fn newest_positions(state: &Path) -> (std::collections::BTreeSet<i32>, u64) {
+    let manifests = retained_manifests(state);
+    let newest = manifests.last().expect("a retained checkpoint");
     let positions = newest["sources"]
         .as_array()
         .unwrap()
@@ -428,17 +437,7 @@ fn newest_positions(state: &Path) -> (std::collections::BTreeSet<i32>, u64) {
 
 /// Sink lengths of every retained checkpoint of a data directory, by checkpoint id.
 fn sink_lengths(state: &Path) -> std::collections::BTreeMap<u64, usize> {
-    let list = plume()
-        .args(["checkpoints", "--data-dir"])
-        .arg(state)
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
-    let manifests: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    manifests
-        .as_array()
-        .unwrap()
+    retained_manifests(state)
         .iter()
         .map(|m| {
             (

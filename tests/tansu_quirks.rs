@@ -364,6 +364,18 @@ impl Member {
         *self.assigned.lock().unwrap()
     }
 
+    /// Waits (up to 60 s) until the member holds every partition of the topic.
+    fn wait_for_every_partition(&self) {
+        let started = Instant::now();
+        while self.assigned() != PARTITIONS as usize {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the member got no partitions"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
@@ -405,14 +417,7 @@ fn poll_until(consumer: &BaseConsumer, limit: Duration, mut step: impl FnMut(usi
 /// leader) and a survivor in this process, one partition each.
 fn split_group(broker: &Tansu, group: &str, extra: Extra) -> (Member, BaseConsumer) {
     let member = Member::start(&broker.brokers(), group, SESSION_MS, extra);
-    let started = Instant::now();
-    while member.assigned() != PARTITIONS as usize {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the member got no partitions"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    member.wait_for_every_partition();
     let survivor = survivor(&broker.brokers(), group, SESSION_MS);
     let split = poll_until(&survivor, Duration::from_secs(60), |n, _| {
         n == 1 && member.assigned() == 1
@@ -527,14 +532,7 @@ fn a_member_started_after_a_kill_gets_every_partition_after_the_session_timeout(
         let broker = broker_with_topics();
         let group = format!("after-{}", extra.name());
         let mut member = Member::start(&broker.brokers(), &group, SESSION_MS, extra);
-        let started = Instant::now();
-        while member.assigned() != PARTITIONS as usize {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the member got no partitions"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        member.wait_for_every_partition();
         member.kill();
         let killed = Instant::now();
         let newcomer = survivor(&broker.brokers(), &group, SESSION_MS);
@@ -706,14 +704,7 @@ fn a_lone_member_whose_session_times_out_in_a_broker_stall_loses_its_group_for_g
     let broker = broker_with_topics();
     let group = "stalled";
     let mut member = Member::start(&broker.brokers(), group, SESSION_MS, Extra::None);
-    let started = Instant::now();
-    while member.assigned() != PARTITIONS as usize {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the member got no partitions"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    member.wait_for_every_partition();
     unsafe { libc::kill(broker.pid() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_millis(SESSION_MS as u64 + 2000));
     unsafe { libc::kill(broker.pid() as i32, libc::SIGCONT) };

@@ -172,14 +172,14 @@ impl ChunkFeeder {
     /// [`line_router`](Self::line_router)).
     pub fn send_routed(&mut self, data: ChunkData, routing: LineRouting, end: Position, permit: OwnedSemaphorePermit) {
         let now = self.clock.now_ms();
-        self.send_with(data, Some(routing), end, permit, now);
+        self.send_with(data, Some(routing), end, permit, now, true);
     }
 
     /// [`send`](Self::send) for a source with a clock of its own (the simulator's simulated time):
     /// `source_time_ms` is that clock when the chunk was made, the centre of the window where the
     /// readings' event times are believed (`decode.plausible_time`).
     pub fn send_at(&mut self, data: ChunkData, end: Position, permit: OwnedSemaphorePermit, source_time_ms: i64) {
-        self.send_with(data, None, end, permit, source_time_ms);
+        self.send_with(data, None, end, permit, source_time_ms, true);
     }
 
     /// Tells the routers the source's position when it changed without a reading (a Kafka
@@ -187,10 +187,11 @@ impl ChunkFeeder {
     /// polled first, so the next checkpoint records this position, not the last chunk's.
     pub fn send_position(&mut self, end: Position, permit: OwnedSemaphorePermit) {
         let now = self.clock.now_ms();
-        self.send_chunk(ChunkData::Messages(Vec::new()), None, end, permit, now);
+        self.send_with(ChunkData::Messages(Vec::new()), None, end, permit, now, false);
     }
 
-    /// Sends a chunk, routing its lines first unless `routed` already holds their routing.
+    /// Sends a chunk, after a barrier if one is asked for and `barrier_first`, routing its lines
+    /// first unless `routed` already holds their routing.
     fn send_with(
         &mut self,
         data: ChunkData,
@@ -198,19 +199,11 @@ impl ChunkFeeder {
         end: Position,
         permit: OwnedSemaphorePermit,
         source_time_ms: i64,
+        barrier_first: bool,
     ) {
-        self.poll_barrier();
-        self.send_chunk(data, routed, end, permit, source_time_ms);
-    }
-
-    fn send_chunk(
-        &mut self,
-        data: ChunkData,
-        routed: Option<LineRouting>,
-        end: Position,
-        permit: OwnedSemaphorePermit,
-        source_time_ms: i64,
-    ) {
+        if barrier_first {
+            self.poll_barrier();
+        }
         self.seq += 1;
         self.metrics.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
         let ticket = ChunkTicket::new(Some(permit), Some(self.metrics.clone()));
