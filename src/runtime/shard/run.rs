@@ -165,6 +165,13 @@ impl Owner<'_> {
     }
 }
 
+/// How many of its routed lines ahead a shard asks for a line's bytes (BENCHMARKS.md, issue 18,
+/// "Routed lines asked for ahead").
+const LINE_PREFETCH_DISTANCE: usize = 16;
+/// At most this much of a line is asked for (a reading is about 100 bytes; a long line is not
+/// worth the cache it would take).
+const LINE_PREFETCH_BYTES: usize = 256;
+
 /// This shard's payloads of a chunk, in arrival order.
 struct Items<'c> {
     source_ms: i64,
@@ -248,6 +255,15 @@ impl<'c> Iterator for Items<'c> {
                     first_line,
                     lines,
                 } => {
+                    // every cache line of the line `LINE_PREFETCH_DISTANCE` ahead asked for:
+                    // the source's thread read the chunk, so a shard meets each of its lines
+                    // outside its cache (with one shard, its own scan of every line brings
+                    // them in); the decode's first load of a line waited for it
+                    if let Some(ahead) = lines.as_slice().get(LINE_PREFETCH_DISTANCE)
+                        && let Some(line) = bytes.get(ahead.start as usize..ahead.end as usize)
+                    {
+                        crate::operators::prefetch(line.as_ptr(), line.len().min(LINE_PREFETCH_BYTES));
+                    }
                     let r = lines.next()?;
                     return Some(Item {
                         payload: &bytes[r.start as usize..r.end as usize],
