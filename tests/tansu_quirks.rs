@@ -693,14 +693,18 @@ fn assignments_over(member: &Member, watch: Duration) -> Vec<(Duration, usize)> 
 }
 
 /// A member alone in its group, every partition held, its broker stopped (SIGSTOP) for longer
-/// than its session timeout: once the broker runs again the member is revoked and never given
-/// its partitions back, nor is a member started in its place after its kill and one session
-/// timeout; a member of another group gets every partition at once. (The chaos test's CI run of
-/// 2026-12-07 lost its group so: a broker stall of a few seconds while the group re-formed after
-/// kills. On Kafka the rejoining member is given its partitions again.) Stopped for 3 s, less
-/// than the session timeout, the broker left the member as it was (tried by hand, 2026-12-07).
+/// than its session timeout: once the broker runs again the member is revoked and not given all
+/// its partitions back (none for the 20 s watched in the runs of 2026-12-07 morning; one of the
+/// two in a CI run that afternoon), and in the first runs a member started in its place after
+/// its kill and one session timeout got nothing either (in that CI run it got both). So the
+/// test asserts what every run showed: the lone member or its replacement is left without some
+/// partition for 20 s, while a member of another group gets every partition at once. (The
+/// chaos test's CI run of 2026-12-07 lost its group so: a broker stall of a few seconds while
+/// the group re-formed after kills. On Kafka the rejoining member is given its partitions
+/// again.) Stopped for 3 s, less than the session timeout, the broker left the member as it
+/// was (tried by hand, 2026-12-07).
 #[test]
-fn a_lone_member_whose_session_times_out_in_a_broker_stall_loses_its_group_for_good() {
+fn a_lone_member_whose_session_times_out_in_a_broker_stall_is_left_without_partitions() {
     let broker = broker_with_topics();
     let group = "stalled";
     let mut member = Member::start(&broker.brokers(), group, SESSION_MS, Extra::None);
@@ -725,14 +729,12 @@ fn a_lone_member_whose_session_times_out_in_a_broker_stall_loses_its_group_for_g
         Some(PARTITIONS as usize),
         "a member of another group gets every partition"
     );
-    assert_eq!(
-        after_stall.last().map(|(_, n)| *n),
-        Some(0),
-        "the member got its partitions back after the stall ({after_stall:?}): tansu fixed this"
-    );
-    assert_eq!(
-        replacement_holds.last().map(|(_, n)| *n),
-        Some(0),
-        "the replacement got partitions ({replacement_holds:?}): tansu fixed this"
+    let every = Some(PARTITIONS as usize);
+    let member_short = after_stall.last().map(|(_, n)| *n) != every;
+    let replacement_short = replacement_holds.last().map(|(_, n)| *n) != every;
+    assert!(
+        member_short || replacement_short,
+        "after the stall the member ({after_stall:?}) and then its replacement ({replacement_holds:?}) \
+         got every partition back: tansu fixed this"
     );
 }
