@@ -18,8 +18,9 @@
 //!   without a leader for good: a member that joins alone afterwards gets no partition. (The
 //!   coordinator keeps the id of a leader that leaves while the group re-forms.)
 //! - A member alone in its group whose session times out while the broker is stopped (SIGSTOP)
-//!   is revoked and never given its partitions back, nor is a member that replaces it after
-//!   its kill; a member of another group gets them at once.
+//!   is revoked and not given all its partitions back (none, or one of two), and a member that
+//!   replaces it after its kill got none in most runs (both in one); a member of another group
+//!   gets them at once.
 //!
 //! The member processes are this test binary run again (`member_process`, told what to open by
 //! environment variables), so that they can be SIGKILLed.
