@@ -102,6 +102,18 @@ impl ChunkRunner {
             }),
         }
         self.kept += 1;
+        // the copies the next copies go into hold another device's state of an earlier chunk,
+        // long out of the cache: their operator lists asked for two copies ahead, what those
+        // keep outside themselves (and the old id's count, which the next copy drops) one ahead
+        if let Some(next) = self.journal.get(self.kept) {
+            next.chain.prefetch_state();
+            // (an `Arc`'s counts are the 16 bytes before what it points to)
+            let counts = (std::sync::Arc::as_ptr(&next.device) as *const u8).wrapping_sub(16);
+            crate::operators::prefetch(counts, 16);
+        }
+        if let Some(after) = self.journal.get(self.kept + 1) {
+            after.chain.prefetch();
+        }
     }
 }
 
