@@ -503,11 +503,21 @@ impl<'de> Visitor<'de> for DeviceOnly<'_, 'de> {
 }
 
 pub(super) fn device_of<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, str>> {
-    if let Some(id) = dec
-        .device_field
+    // `{"device":"` exactly, as producers write it: the id right after (a tenth of the
+    // instructions of a router's scan went to matching the key token by token)
+    let after_prefix = dec
+        .device_prefix
         .as_deref()
-        .and_then(|key| device_at_start(key, payload))
-    {
+        .filter(|prefix| starts_with_bytes(payload, prefix))
+        .map(|prefix| plain_id_at(payload, prefix.len()));
+    let id = match after_prefix {
+        Some(id) => id,
+        None => dec
+            .device_field
+            .as_deref()
+            .and_then(|key| device_at_start(key, payload)),
+    };
+    if let Some(id) = id {
         return Some(Cow::Borrowed(id));
     }
     let mut found = None;
@@ -559,9 +569,30 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     if payload.get(i) != Some(&b'"') {
         return None;
     }
+    plain_id_at(payload, i + 1)
+}
+
+/// Whether `payload` starts with `prefix` (short: two overlapping words when it is 8 to 16
+/// bytes long, as `{"device":"` is).
+#[inline]
+fn starts_with_bytes(payload: &[u8], prefix: &[u8]) -> bool {
+    let n = prefix.len();
+    if payload.len() < n {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+        return word(payload, 0) == word(prefix, 0) && word(payload, n - 8) == word(prefix, n - 8);
+    }
+    crate::decode::same_bytes(&payload[..n], prefix)
+}
+
+/// The string value that starts at `start` (after its opening quote), if it is plain ASCII
+/// without escapes or control characters and closed; else `None` (the full scan decides).
+#[inline]
+fn plain_id_at(payload: &[u8], start: usize) -> Option<&str> {
     // eight bytes at a time past plain ASCII (a `memchr` call cost more than a byte loop), then
     // a byte loop from the first byte that may be special
-    let start = i + 1;
     let mut end = fast::past_plain_words(payload, start, true);
     loop {
         match *payload.get(end)? {
@@ -588,6 +619,11 @@ mod tests {
     };
 
     fn decoder(unit: TimeUnit) -> Decoder {
+        decoder_keyed(unit, "device")
+    }
+
+    /// [`decoder`] with another device key.
+    fn decoder_keyed(unit: TimeUnit, device_key: &str) -> Decoder {
         let mut fields = BTreeMap::new();
         fields.insert(
             "co2".to_string(),
@@ -608,7 +644,10 @@ mod tests {
         let spec = DecodeSpec {
             format: Default::default(),
             arrival: None,
-            device: DeviceIdSpec::default(),
+            device: DeviceIdSpec {
+                field: Some(device_key.to_string()),
+                ..DeviceIdSpec::default()
+            },
             time: Some(TimeSpec {
                 field: Some("ts".into()),
                 unit: Some(unit),
@@ -700,6 +739,68 @@ mod tests {
             }
         }
         assert_eq!(dec.device_of(b"not json", None), None);
+        // `{"device":"` matched as a whole: payloads shorter than it, or that differ from it in
+        // any one byte, take the token-by-token path or the full scan, and agree with it
+        assert_eq!(dec.device_prefix.as_deref(), Some(&br#"{"device":""#[..]));
+        let whole = br#"{"device":"dev-1","ts":1}"#;
+        for cut in 0..whole.len() {
+            let payload = &whole[..cut];
+            let mut found = None;
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            let _ = de.deserialize_map(DeviceOnly {
+                dec: &dec,
+                found: &mut found,
+            });
+            assert_eq!(
+                dec.device_of(payload, None),
+                found,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        for at in 0..11 {
+            let mut payload = whole.to_vec();
+            payload[at] = b' ';
+            let mut found = None;
+            let mut de = serde_json::Deserializer::from_slice(&payload);
+            let _ = de.deserialize_map(DeviceOnly {
+                dec: &dec,
+                found: &mut found,
+            });
+            assert_eq!(
+                dec.device_of(&payload, None),
+                found,
+                "{}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+        // keys of other lengths (the prefix compared byte by byte), and one JSON would escape
+        // (no prefix: the token-by-token path)
+        for key in ["d", "device_identifier_of_the_sensor", "de\"v"] {
+            let dec = decoder_keyed(TimeUnit::Ms, key);
+            assert_eq!(dec.device_prefix.is_some(), !key.contains('"'), "{key}");
+            let escaped = serde_json::to_string(key).unwrap();
+            for payload in [
+                format!(r#"{{{escaped}:"id-7","ts":1,"pm25":3}}"#),
+                format!(r#"{{ {escaped} : "id-7","ts":1,"pm25":3}}"#),
+                format!(r#"{{{escaped}:"id\"7","ts":1,"pm25":3}}"#),
+                format!(r#"{{"ts":1,{escaped}:"id-7","pm25":3}}"#),
+                format!(r#"{{{escaped}:"id-7""#),
+            ] {
+                // (the full scan: it stops at the device, as the fast paths do)
+                let mut expected = None;
+                let mut de = serde_json::Deserializer::from_slice(payload.as_bytes());
+                let _ = de.deserialize_map(DeviceOnly {
+                    dec: &dec,
+                    found: &mut expected,
+                });
+                assert_eq!(dec.device_of(payload.as_bytes(), None), expected, "{payload}");
+                let whole = serde_json::from_str::<serde_json::Value>(&payload).ok();
+                if let Some(id) = whole.as_ref().and_then(|v| v[key].as_str()) {
+                    assert_eq!(expected.as_deref(), Some(id), "{payload}");
+                }
+            }
+        }
         // ids read eight bytes at a time: an escape, a tab, non-ASCII or the end of the input
         // at every position of a 20-byte id
         let id = b"dev-0123456789abcdef";

@@ -114,6 +114,9 @@ pub struct Decoder {
     pub(crate) device_field: Option<String>,
     pub(crate) device_tag: Option<String>,
     pub(crate) device_from_topic: bool,
+    /// JSON: `{"<device key>":"`, the way producers start a reading (see `json::device_of`);
+    /// none when the key holds a byte that JSON would escape.
+    pub(crate) device_prefix: Option<Box<[u8]>>,
     pub(crate) time_field: Option<String>,
     pub(crate) time_unit: TimeUnit,
     /// JSON: the key of the arrival time, and its unit (`decode.arrival`).
@@ -143,6 +146,12 @@ impl Decoder {
             device_field: spec.device.field.clone(),
             device_tag: spec.device.tag.clone(),
             device_from_topic: spec.device.topic,
+            device_prefix: match (spec.format, &spec.device.field) {
+                (DecodeFormat::Json, Some(key)) if key.bytes().all(|b| b != b'"' && b != b'\\' && b >= 0x20) => {
+                    Some(format!("{{\"{key}\":\"").into_bytes().into_boxed_slice())
+                }
+                _ => None,
+            },
             time_field: match spec.format {
                 DecodeFormat::Json => spec.time.as_ref().and_then(|t| t.field.clone()),
                 // influx: the line's own timestamp
@@ -241,7 +250,7 @@ impl Decoder {
 
     /// The checks every payload gets once decoded, whatever its format: the device id, and the
     /// event time against the `plausible_time` window.
-    #[inline]
+    #[inline(always)]
     fn check_decoded(&self, decoded: &mut Decoded<'_>, arrival_ms: i64) -> Result<(), DecodeError> {
         check_device_id(&decoded.device, self.max_device_id_bytes)?;
         decoded.time_clamped = self.plausible_time(&mut decoded.reading.ts, arrival_ms)?;
@@ -289,7 +298,7 @@ impl Decoder {
     /// Applies type, range and presence rules once all values are in; the fields left out
     /// (`out_of_range: field_dead_letter`) go into `dropped`, cleared first. (Written into the
     /// caller's list: returned with the result, both moved through memory on every reading.)
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_fields(
         &self,
         reading: &mut Reading,
