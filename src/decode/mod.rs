@@ -471,9 +471,9 @@ fn unit_name(unit: TimeUnit) -> &'static str {
     }
 }
 
-/// At most `max` bytes of a payload, for a dead letter.
 /// A device id plume keeps: not empty, at most `max` bytes, no control characters (ids end up
 /// in store keys, output records, log lines and MQTT topics).
+#[inline]
 pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
     if device.is_empty() {
         return Err(DecodeError::EmptyDevice);
@@ -484,15 +484,38 @@ pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
             max,
         });
     }
-    // printable ASCII, as ids nearly always are: no control character (a byte test, where the
-    // char-by-char search below was 1 % of a run)
-    if device.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    // printable ASCII, as ids nearly always are: no control character (a word test, where the
+    // char-by-char search below was 1 % of a run, and a byte loop 83 instructions per reading)
+    if printable_ascii(device.as_bytes()) {
         return Ok(());
     }
     if let Some(c) = device.chars().find(|c| c.is_control()) {
         return Err(DecodeError::DeviceIdControl { code: c as u32 });
     }
     Ok(())
+}
+
+/// Whether every byte is printable ASCII (`0x20..=0x7e`): eight bytes at a time, the last
+/// eight read again, overlapping, when the length is not a multiple of eight.
+#[inline]
+pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // per byte, no carry between bytes: a byte under 0x80 plus 0x60 stays under 0x100, and
+    // reaches 0x80 exactly when the byte is 0x20 or more; plus 1, exactly when it is 0x7f
+    let printable = |w: u64| w & HIGH == 0 && (!(w + ONES * 0x60) | (w + ONES)) & HIGH == 0;
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    if bytes.len() < 8 {
+        return bytes.iter().all(|b| (0x20..0x7f).contains(b));
+    }
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        if !printable(word(at)) {
+            return false;
+        }
+        at += 8;
+    }
+    at == bytes.len() || printable(word(bytes.len() - 8))
 }
 
 /// `x.fract() != 0.0` for a finite `x`, with casts: LLVM evaluated `fract` ahead of the test
@@ -517,12 +540,34 @@ pub fn oversized_reason(length: u64, max: usize) -> String {
     format!("payload of {length} bytes is longer than decode.max_payload_bytes ({max} bytes): not decoded")
 }
 
+/// At most `max` bytes of a payload, for a dead letter.
 pub fn bounded_raw(payload: &[u8], max: usize) -> &[u8] {
     &payload[..payload.len().min(max)]
 }
 
 #[cfg(test)]
 mod tests {
+    /// The word test says what a byte loop says: every byte value at every place of ids of
+    /// every length up to 24.
+    #[test]
+    fn printable_ascii_a_word_at_a_time_is_the_byte_test() {
+        for len in 0..24usize {
+            let base: Vec<u8> = (0..len).map(|k| b'!' + (k * 11 % 94) as u8).collect();
+            assert!(printable_ascii(&base));
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut id = base.clone();
+                    id[at] = byte;
+                    assert_eq!(
+                        printable_ascii(&id),
+                        (0x20..0x7f).contains(&byte),
+                        "byte {byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
