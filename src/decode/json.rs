@@ -14,6 +14,7 @@ use crate::operators::Reading;
 use crate::spec::FieldType;
 
 mod fast;
+pub(crate) use fast::plain_json_string;
 
 enum Key {
     Device,

@@ -519,6 +519,26 @@ pub(super) fn past_plain_words(b: &[u8], mut i: usize, ascii_only: bool) -> usiz
     i
 }
 
+/// Whether `bytes` can go between a JSON string's quotes as they are: no `"`, `\\` or control
+/// character (eight bytes at a time, the last eight read again, overlapping; the output's
+/// strings are short and nearly never need an escape).
+#[inline]
+pub(crate) fn plain_json_string(bytes: &[u8]) -> bool {
+    if bytes.len() < 8 {
+        return !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        // (no byte is marked falsely when none is special: see `special_string_bytes`)
+        if special_string_bytes(word(at)) != 0 {
+            return false;
+        }
+        at += 8;
+    }
+    at == bytes.len() || special_string_bytes(word(bytes.len() - 8)) == 0
+}
+
 /// The bytes of `word` (eight bytes of a string, the first in the lowest byte) that may end or
 /// break a plain string: `"`, `\\` or a control character. Each such byte's high bit is set in
 /// the result; bytes after the first such one may be marked falsely (a borrow carries upward),
