@@ -61,7 +61,7 @@ pub fn push_json_str(buf: &mut String, s: &str) {
     let bytes = s.as_bytes();
     // nearly always: nothing to escape, so the whole string in one copy (a byte loop was 23
     // instructions a byte, 1.6 % of a two-shard run's instructions)
-    if crate::decode::json::plain_json_string(bytes) {
+    if crate::model::json_text::plain_json_string(bytes) {
         buf.reserve(bytes.len() + 2);
         buf.push('"');
         buf.push_str(s);

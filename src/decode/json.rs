@@ -14,7 +14,6 @@ use crate::operators::Reading;
 use crate::spec::FieldType;
 
 mod fast;
-pub(crate) use fast::plain_json_string;
 
 enum Key {
     Device,
@@ -700,6 +699,21 @@ mod tests {
         assert_eq!(d.reading.values[0], "1000.0500000000001".parse::<f64>().unwrap());
     }
 
+    /// The device id the full scan (serde_json, stopping at the device key) finds: what every
+    /// fast path must agree with.
+    fn full_scan<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, str>> {
+        let mut found = None;
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let _ = de.deserialize_map(DeviceOnly { dec, found: &mut found });
+        found
+    }
+
+    /// `device_of` finds what the full scan finds.
+    fn assert_device_of_agrees(dec: &Decoder, payload: &[u8]) {
+        let fast = dec.device_of(payload, None);
+        assert_eq!(fast, full_scan(dec, payload), "{}", String::from_utf8_lossy(payload));
+    }
+
     #[test]
     fn device_of_stops_at_the_device_and_agrees_with_decode() {
         let dec = decoder(TimeUnit::Ms);
@@ -723,18 +737,7 @@ mod tests {
             "{\"device\":\"d\u{e9}v\",\"ts\":1}".as_bytes(),
             b"{\"device\":\"\xff\",\"ts\":1}",
         ] {
-            let mut found = None;
-            let mut de = serde_json::Deserializer::from_slice(payload);
-            let _ = de.deserialize_map(DeviceOnly {
-                dec: &dec,
-                found: &mut found,
-            });
-            assert_eq!(
-                dec.device_of(payload, None),
-                found,
-                "{}",
-                String::from_utf8_lossy(payload)
-            );
+            assert_device_of_agrees(&dec, payload);
             if let Ok(d) = dec.decode(payload, None, 0) {
                 assert_eq!(dec.device_of(payload, None), Some(d.device));
             }
@@ -745,35 +748,12 @@ mod tests {
         assert_eq!(dec.device_prefix.as_deref(), Some(&br#"{"device":""#[..]));
         let whole = br#"{"device":"dev-1","ts":1}"#;
         for cut in 0..whole.len() {
-            let payload = &whole[..cut];
-            let mut found = None;
-            let mut de = serde_json::Deserializer::from_slice(payload);
-            let _ = de.deserialize_map(DeviceOnly {
-                dec: &dec,
-                found: &mut found,
-            });
-            assert_eq!(
-                dec.device_of(payload, None),
-                found,
-                "{}",
-                String::from_utf8_lossy(payload)
-            );
+            assert_device_of_agrees(&dec, &whole[..cut]);
         }
         for at in 0..11 {
             let mut payload = whole.to_vec();
             payload[at] = b' ';
-            let mut found = None;
-            let mut de = serde_json::Deserializer::from_slice(&payload);
-            let _ = de.deserialize_map(DeviceOnly {
-                dec: &dec,
-                found: &mut found,
-            });
-            assert_eq!(
-                dec.device_of(&payload, None),
-                found,
-                "{}",
-                String::from_utf8_lossy(&payload)
-            );
+            assert_device_of_agrees(&dec, &payload);
         }
         // keys of other lengths (the prefix compared byte by byte), and one JSON would escape
         // (no prefix: the token-by-token path)
@@ -788,14 +768,8 @@ mod tests {
                 format!(r#"{{"ts":1,{escaped}:"id-7","pm25":3}}"#),
                 format!(r#"{{{escaped}:"id-7""#),
             ] {
-                // (the full scan: it stops at the device, as the fast paths do)
-                let mut expected = None;
-                let mut de = serde_json::Deserializer::from_slice(payload.as_bytes());
-                let _ = de.deserialize_map(DeviceOnly {
-                    dec: &dec,
-                    found: &mut expected,
-                });
-                assert_eq!(dec.device_of(payload.as_bytes(), None), expected, "{payload}");
+                assert_device_of_agrees(&dec, payload.as_bytes());
+                let expected = full_scan(&dec, payload.as_bytes());
                 let whole = serde_json::from_str::<serde_json::Value>(&payload).ok();
                 if let Some(id) = whole.as_ref().and_then(|v| v[key].as_str()) {
                     assert_eq!(expected.as_deref(), Some(id), "{payload}");
@@ -814,19 +788,9 @@ mod tests {
                 for tail in [&br#"","ts":1,"pm25":1,"co2":2}"#[..], b""] {
                     let mut payload = payload.clone();
                     payload.extend_from_slice(tail);
-                    let mut found = None;
-                    let mut de = serde_json::Deserializer::from_slice(&payload);
-                    let _ = de.deserialize_map(DeviceOnly {
-                        dec: &dec,
-                        found: &mut found,
-                    });
+                    assert_device_of_agrees(&dec, &payload);
+                    let found = full_scan(&dec, &payload);
                     let fast = device_at_start("device", &payload);
-                    assert_eq!(
-                        dec.device_of(&payload, None),
-                        found,
-                        "{}",
-                        String::from_utf8_lossy(&payload)
-                    );
                     if let Some(fast) = fast {
                         assert_eq!(Some(fast), found.as_deref(), "{}", String::from_utf8_lossy(&payload));
                         assert!(

@@ -14,11 +14,14 @@
 //!   path or query: they can hold secrets).
 //! - `location`: [`location::Path`], a place in a pipeline file (`operators[2].hysteresis.exit`)
 //!   that a problem is reported at.
+//! - `json_text`: [`json_text::plain_json_string`], which bytes of a string JSON would escape,
+//!   eight at a time (the decoder's fast path and the output's strings).
 
 pub mod chunk;
 pub mod codec;
 pub mod duration;
 pub mod ids;
+pub mod json_text;
 pub mod keys;
 pub mod location;
 pub mod record;

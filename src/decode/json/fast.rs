@@ -13,6 +13,7 @@
 //! always the serde path's. Producers write readings as flat ASCII objects, which take this path.
 
 use crate::decode::{Decoder, same_bytes};
+use crate::model::json_text::special_string_bytes;
 use crate::operators::{ABSENT, Reading};
 use crate::spec::FieldType;
 
@@ -517,41 +518,6 @@ pub(super) fn past_plain_words(b: &[u8], mut i: usize, ascii_only: bool) -> usiz
         i += 8;
     }
     i
-}
-
-/// Whether `bytes` can go between a JSON string's quotes as they are: no `"`, `\\` or control
-/// character (eight bytes at a time, the last eight read again, overlapping; the output's
-/// strings are short and nearly never need an escape).
-#[inline]
-pub(crate) fn plain_json_string(bytes: &[u8]) -> bool {
-    if bytes.len() < 8 {
-        return !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
-    }
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        // (no byte is marked falsely when none is special: see `special_string_bytes`)
-        if special_string_bytes(word(at)) != 0 {
-            return false;
-        }
-        at += 8;
-    }
-    at == bytes.len() || special_string_bytes(word(bytes.len() - 8)) == 0
-}
-
-/// The bytes of `word` (eight bytes of a string, the first in the lowest byte) that may end or
-/// break a plain string: `"`, `\\` or a control character. Each such byte's high bit is set in
-/// the result; bytes after the first such one may be marked falsely (a borrow carries upward),
-/// bytes before it never are, so `trailing_zeros() / 8` is the first one's index.
-#[inline(always)]
-fn special_string_bytes(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let quote = zero_byte(word ^ (ONES * b'"' as u64));
-    let backslash = zero_byte(word ^ (ONES * b'\\' as u64));
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-    quote | backslash | control
 }
 
 /// Whether all eight bytes of `word` are ASCII digits (fast_float's test).

@@ -1,0 +1,60 @@
+//! JSON text a byte word at a time, for the decoder's fast path and the output's strings: which
+//! bytes of eight may end or break a plain JSON string.
+
+/// Whether `bytes` can go between a JSON string's quotes as they are: no `"`, `\\` or control
+/// character (eight bytes at a time, the last eight read again, overlapping; the output's
+/// strings are short and nearly never need an escape).
+#[inline]
+pub fn plain_json_string(bytes: &[u8]) -> bool {
+    if bytes.len() < 8 {
+        return !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        // (no byte is marked falsely when none is special: see `special_string_bytes`)
+        if special_string_bytes(word(at)) != 0 {
+            return false;
+        }
+        at += 8;
+    }
+    at == bytes.len() || special_string_bytes(word(bytes.len() - 8)) == 0
+}
+
+/// The bytes of `word` (eight bytes of a string, the first in the lowest byte) that may end or
+/// break a plain string: `"`, `\\` or a control character. Each such byte's high bit is set in
+/// the result; bytes after the first such one may be marked falsely (a borrow carries upward),
+/// bytes before it never are, so `trailing_zeros() / 8` is the first one's index.
+#[inline(always)]
+pub fn special_string_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let quote = zero_byte(word ^ (ONES * b'"' as u64));
+    let backslash = zero_byte(word ^ (ONES * b'\\' as u64));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    quote | backslash | control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word test says what a byte test says: a character that needs an escape, or one that
+    /// does not, at every place of strings up to 24 bytes.
+    #[test]
+    fn plain_json_strings_a_word_at_a_time_are_the_byte_test() {
+        for len in 0..24usize {
+            let plain: Vec<u8> = (0..len).map(|k| b'#' + (k * 7 % 57) as u8).collect();
+            assert!(plain_json_string(&plain));
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut text = plain.clone();
+                    text[at] = byte;
+                    let byte_test = !(byte == b'"' || byte == b'\\' || byte < 0x20);
+                    assert_eq!(plain_json_string(&text), byte_test, "byte {byte:#x} at {at} of {len}");
+                }
+            }
+        }
+    }
+}
