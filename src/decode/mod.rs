@@ -547,25 +547,11 @@ pub fn bounded_raw(payload: &[u8], max: usize) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
-    /// The word test says what a byte loop says: every byte value at every place of ids of
-    /// every length up to 24.
+    /// The word test says what a byte loop says (`check_word_test`: every byte value at every
+    /// place of ids up to 24 bytes).
     #[test]
     fn printable_ascii_a_word_at_a_time_is_the_byte_test() {
-        for len in 0..24usize {
-            let base: Vec<u8> = (0..len).map(|k| b'!' + (k * 11 % 94) as u8).collect();
-            assert!(printable_ascii(&base));
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut id = base.clone();
-                    id[at] = byte;
-                    assert_eq!(
-                        printable_ascii(&id),
-                        (0x20..0x7f).contains(&byte),
-                        "byte {byte:#x} at {at} of {len}"
-                    );
-                }
-            }
-        }
+        crate::model::json_text::check_word_test(printable_ascii, |b| (0x20..0x7f).contains(&b));
     }
 
     use super::*;

@@ -36,25 +36,30 @@ pub fn special_string_bytes(word: u64) -> u64 {
     quote | backslash | control
 }
 
+/// Checks a test made of word tests against its byte-by-byte definition (`byte_ok`, which every
+/// byte of a string must pass): every byte value at every place of strings up to 24 bytes long.
+#[cfg(test)]
+pub(crate) fn check_word_test(word_test: impl Fn(&[u8]) -> bool, byte_ok: impl Fn(u8) -> bool) {
+    for len in 0..24usize {
+        let base: Vec<u8> = (0..len).map(|k| b'#' + (k * 7 % 57) as u8).collect();
+        assert!(base.iter().all(|&b| byte_ok(b)));
+        assert!(word_test(&base), "{len} plain bytes");
+        for at in 0..len {
+            for byte in 0..=255u8 {
+                let mut text = base.clone();
+                text[at] = byte;
+                assert_eq!(word_test(&text), byte_ok(byte), "byte {byte:#x} at {at} of {len}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The word test says what a byte test says: a character that needs an escape, or one that
-    /// does not, at every place of strings up to 24 bytes.
     #[test]
     fn plain_json_strings_a_word_at_a_time_are_the_byte_test() {
-        for len in 0..24usize {
-            let plain: Vec<u8> = (0..len).map(|k| b'#' + (k * 7 % 57) as u8).collect();
-            assert!(plain_json_string(&plain));
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut text = plain.clone();
-                    text[at] = byte;
-                    let byte_test = !(byte == b'"' || byte == b'\\' || byte < 0x20);
-                    assert_eq!(plain_json_string(&text), byte_test, "byte {byte:#x} at {at} of {len}");
-                }
-            }
-        }
+        check_word_test(plain_json_string, |b| !(b == b'"' || b == b'\\' || b < 0x20));
     }
 }
