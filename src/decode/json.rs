@@ -512,9 +512,11 @@ pub(super) fn device_of<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, 
         .map(|prefix| plain_id_at(payload, prefix.len()));
     let id = match after_prefix {
         Some(id) => id,
+        // (a device key JSON would escape has no prefix, and no fast path)
         None => dec
-            .device_field
-            .as_deref()
+            .device_prefix
+            .as_ref()
+            .and(dec.device_field.as_deref())
             .and_then(|key| device_at_start(key, payload)),
     };
     if let Some(id) = id {
@@ -530,7 +532,8 @@ pub(super) fn device_of<'a>(dec: &Decoder, payload: &'a [u8]) -> Option<Cow<'a, 
 /// the device key and its value is a string without escapes (`{"device":"dev-1",…`, any JSON
 /// whitespace between the tokens). Anything else (another first key, an escape, a number, a
 /// control character, invalid UTF-8) gives `None` and the full scan decides. The value found
-/// is the one the full scan and [`decode`] find: the first device key's, unescaped.
+/// is the one the full scan and [`decode`] find: the first device key's, unescaped. `key` must
+/// need no escaping in JSON (checked once, in `Decoder::new`: see `Decoder::device_prefix`).
 #[inline]
 fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
     #[inline]
@@ -541,9 +544,6 @@ fn device_at_start<'a>(key: &str, payload: &'a [u8]) -> Option<&'a str> {
         i
     }
     let key = key.as_bytes();
-    if key.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
-        return None;
-    }
     let mut i = skip_ws(payload, 0);
     if payload.get(i) != Some(&b'{') {
         return None;

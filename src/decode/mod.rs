@@ -147,7 +147,7 @@ impl Decoder {
             device_tag: spec.device.tag.clone(),
             device_from_topic: spec.device.topic,
             device_prefix: match (spec.format, &spec.device.field) {
-                (DecodeFormat::Json, Some(key)) if key.bytes().all(|b| b != b'"' && b != b'\\' && b >= 0x20) => {
+                (DecodeFormat::Json, Some(key)) if crate::model::json_text::plain_json_string(key.as_bytes()) => {
                     Some(format!("{{\"{key}\":\"").into_bytes().into_boxed_slice())
                 }
                 _ => None,
@@ -495,8 +495,7 @@ pub fn check_device_id(device: &str, max: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// Whether every byte is printable ASCII (`0x20..=0x7e`): eight bytes at a time, the last
-/// eight read again, overlapping, when the length is not a multiple of eight.
+/// Whether every byte is printable ASCII (`0x20..=0x7e`), eight bytes at a time.
 #[inline]
 pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -504,18 +503,7 @@ pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
     // per byte, no carry between bytes: a byte under 0x80 plus 0x60 stays under 0x100, and
     // reaches 0x80 exactly when the byte is 0x20 or more; plus 1, exactly when it is 0x7f
     let printable = |w: u64| w & HIGH == 0 && (!(w + ONES * 0x60) | (w + ONES)) & HIGH == 0;
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
-    if bytes.len() < 8 {
-        return bytes.iter().all(|b| (0x20..0x7f).contains(b));
-    }
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        if !printable(word(at)) {
-            return false;
-        }
-        at += 8;
-    }
-    at == bytes.len() || printable(word(bytes.len() - 8))
+    crate::model::json_text::every_word(bytes, printable, |b| (0x20..0x7f).contains(&b))
 }
 
 /// `x.fract() != 0.0` for a finite `x`, with casts: LLVM evaluated `fract` ahead of the test

@@ -2,23 +2,35 @@
 //! bytes of eight may end or break a plain JSON string.
 
 /// Whether `bytes` can go between a JSON string's quotes as they are: no `"`, `\\` or control
-/// character (eight bytes at a time, the last eight read again, overlapping; the output's
-/// strings are short and nearly never need an escape).
+/// character (the output's strings are short and nearly never need an escape).
 #[inline]
 pub fn plain_json_string(bytes: &[u8]) -> bool {
+    // (no byte is marked falsely when none is special: see `special_string_bytes`)
+    every_word(
+        bytes,
+        |w| special_string_bytes(w) == 0,
+        |b| !(b == b'"' || b == b'\\' || b < 0x20),
+    )
+}
+
+/// Whether every byte of `bytes` passes a per-byte test, taken eight bytes at a time by
+/// `word_ok` (the last eight read again, overlapping, when the length is not a multiple of
+/// eight) and by `byte_ok` for strings shorter than a word. `word_ok` must say what `byte_ok`
+/// says of each of its bytes.
+#[inline(always)]
+pub fn every_word(bytes: &[u8], word_ok: impl Fn(u64) -> bool, byte_ok: impl Fn(u8) -> bool) -> bool {
     if bytes.len() < 8 {
-        return !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        return bytes.iter().all(|&b| byte_ok(b));
     }
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
     let mut at = 0;
     while at + 8 <= bytes.len() {
-        // (no byte is marked falsely when none is special: see `special_string_bytes`)
-        if special_string_bytes(word(at)) != 0 {
+        if !word_ok(word(at)) {
             return false;
         }
         at += 8;
     }
-    at == bytes.len() || special_string_bytes(word(bytes.len() - 8)) == 0
+    at == bytes.len() || word_ok(word(bytes.len() - 8))
 }
 
 /// The bytes of `word` (eight bytes of a string, the first in the lowest byte) that may end or
