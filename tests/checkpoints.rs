@@ -268,12 +268,14 @@ fn export_then_import_gives_identical_device_states_and_restore_replays_exactly(
     let expected = reference(&input, dir.path());
     let state = dir.path().join("state");
     let output = dir.path().join("out.jsonl");
+    // (20 ms: the run must last several intervals, and at 100 ms a faster build finished its
+    // 600,000 readings within one, leaving only the final checkpoint)
     ok(run_cmd(
         &pipeline,
         &input,
         &output,
         &state,
-        &["--checkpoint-interval", "100ms"],
+        &["--checkpoint-interval", "20ms"],
     ));
     assert_same_output(&expected, &output);
 
