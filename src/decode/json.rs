@@ -14,6 +14,7 @@ use crate::operators::Reading;
 use crate::spec::FieldType;
 
 mod fast;
+pub(crate) use fast::LearnedKeyOrder;
 
 enum Key {
     Device,
@@ -995,20 +996,6 @@ mod tests {
             });
             let serde = decode_serde(&dec, payload, None, 0);
             if let Some(fast) = fast {
-                // NaN (an absent value) is not equal to itself: compare the bits
-                let bits = |r: &Result<Decoded, DecodeError>| {
-                    r.as_ref()
-                        .map(|d| {
-                            (
-                                d.device.to_string(),
-                                d.reading.ts,
-                                d.arrival,
-                                d.reading.out_of_range,
-                                d.reading.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                            )
-                        })
-                        .map_err(|e| e.to_string())
-                };
                 assert_eq!(bits(&fast), bits(&serde), "{}", String::from_utf8_lossy(payload));
                 true
             } else {
@@ -1024,7 +1011,30 @@ mod tests {
             agree(payloads[1].as_slice()),
             "a generated aq1 line takes the fast path"
         );
-        // mutations: bytes replaced, deleted, duplicated (a seeded xorshift)
+        for p in mutations(&payloads, 40_000) {
+            agree(&p);
+        }
+    }
+
+    /// A decode's result as comparable values (NaN, an absent value, is not equal to itself:
+    /// the bits are compared).
+    fn bits(r: &Result<Decoded, DecodeError>) -> Result<(String, i64, Option<i64>, u64, Vec<u64>), String> {
+        r.as_ref()
+            .map(|d| {
+                (
+                    d.device.to_string(),
+                    d.reading.ts,
+                    d.arrival,
+                    d.reading.out_of_range,
+                    d.reading.values.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                )
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// `rounds` mutations of `payloads` (taken in turn): one to three bytes replaced, deleted or
+    /// inserted, by a seeded xorshift.
+    fn mutations(payloads: &[Vec<u8>], rounds: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move |n: usize| {
             state ^= state >> 12;
@@ -1033,7 +1043,7 @@ mod tests {
             (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
         };
         const BYTES: &[u8] = b"0123456789-+.eE\"\\{}[],: \tntf\x01";
-        for round in 0..40_000 {
+        (0..rounds).map(move |round| {
             let mut p = payloads[round % payloads.len()].clone();
             for _ in 0..1 + next(3) {
                 let len = p.len();
@@ -1047,7 +1057,90 @@ mod tests {
                     _ => p.insert(i.min(len), byte),
                 }
             }
-            agree(&p);
+            p
+        })
+    }
+
+    /// A decoder that has learned a key order from its first reading (see `fast::KeyOrder`)
+    /// reads every payload as a decoder that has learned nothing: readings in the learned order
+    /// and in others, with space around a colon, keys that share a prefix with a learned one or
+    /// are escaped, too few bytes left for a word, entries given twice, and mutations of all of
+    /// them. Each first reading also teaches exactly the keys expected.
+    #[test]
+    fn a_learned_key_order_changes_no_result() {
+        // the readings' own time, well inside the plausible window
+        const ARRIVAL: i64 = 1_767_225_600_000;
+        let mut unlearned = decoder(TimeUnit::Ms);
+        unlearned.arrival_field = Some("received".into());
+        let aq1 =
+            r#"{"device":"dev-000042","ts":1767225600123,"pm25":12.3,"co2":456.7,"voc":88.1,"temp":21.5,"hum":40.2}"#;
+        let firsts: [(&str, &[&str]); 5] = [
+            (aq1, &["device", "ts", "pm25", "co2", "voc", "temp", "hum"]),
+            (
+                r#"{"co2":1,"device":"x","pm25":2,"ts":5}"#,
+                &["co2", "device", "pm25", "ts"],
+            ),
+            // up to the first key with space before its colon
+            (r#"{ "device":"x", "ts":5 ,"pm25" :2,"co2":1}"#, &["device", "ts"]),
+            // up to the first key too long for two words
+            (
+                r#"{"device":"x","a_long_key_here":1,"ts":5,"pm25":2,"co2":1}"#,
+                &["device"],
+            ),
+            (
+                r#"{"device":"x","ts":5,"received":7,"pm25":2,"co2":1,"":0}"#,
+                &["device", "ts", "received", "pm25", "co2", ""],
+            ),
+        ];
+        let payloads: Vec<Vec<u8>> = [
+            aq1,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2,"voc":3,"temp":4,"hum":5}"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2}"#,
+            r#"{"co2":2,"device":"d","pm25":1,"ts":1}"#,
+            r#"{"device":"d","ts":1,"pm25":1,"pm25":9,"co2":2}"#,
+            r#"{"device":"d","ts":1,"pm2":1,"pm25":1,"co2":2}"#,
+            r#"{"device":"d","ts":1,"pm255":1,"pm25":1,"co2":2}"#,
+            r#"{"device":"d","ts":1,"pm25" :1,"co2":2}"#,
+            r#"{"device":"d","ts":1,"pm25": 1,"co2":2}"#,
+            r#"{"device":"d","ts":1,"pm\u0032\u0035":1,"co2":2}"#,
+            r#"{"device":"d","ts":1,"co2":2,"pm25":1}"#,
+            r#"{"device":"d","ts":1,"co2":2,"pm25":1,"ts":1}"#,
+            r#"{"device":"d","ts":1,"received":3,"pm25":1,"co2":2}"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2,"":0}"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2,"hum":5}"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2,"hum"}"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2,"hu"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2":2,"#,
+            r#"{"device":"d","ts":1,"pm25":1,"co2"#,
+            r#"{"device":"d""#,
+            r#"{"device""#,
+            r#"{"dev"#,
+            r#"{}"#,
+            r#"{"ts":1,"pm25":1,"co2":2}"#,
+        ]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+        for (first, keys) in firsts {
+            let learned = unlearned.clone();
+            assert!(learned.decode(first.as_bytes(), None, ARRIVAL).is_ok(), "{first}");
+            let want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            assert_eq!(fast::learned_keys(&learned), Some(want.clone()), "learned from {first}");
+            let mut read = 0;
+            for p in payloads.iter().cloned().chain(mutations(&payloads, 20_000)) {
+                let got = bits(&learned.decode(&p, None, ARRIVAL));
+                assert_eq!(
+                    got,
+                    bits(&unlearned.clone().decode(&p, None, ARRIVAL)),
+                    "{} after learning from {first}",
+                    String::from_utf8_lossy(&p)
+                );
+                read += got.is_ok() as usize;
+            }
+            // 15 of the hand-written payloads are readings, and some of their mutations are too
+            assert!(read > 500, "{read} of the payloads were readings");
+            // learned once: the later readings changed nothing
+            assert_eq!(fast::learned_keys(&learned), Some(want), "learned from {first}");
         }
     }
 

@@ -136,6 +136,9 @@ pub struct Decoder {
     /// Largest lag behind it (ms), if any.
     pub(crate) behind_ms: Option<i64>,
     pub(crate) outside_time: OutsideTime,
+    /// JSON: the key order of the first reading the fast path read (a cache: see
+    /// `json::fast::KeyOrder`).
+    pub(crate) key_order: json::LearnedKeyOrder,
 }
 
 impl Decoder {
@@ -184,6 +187,7 @@ impl Decoder {
             ahead_ms: spec.plausible_time.ahead.as_millis(),
             behind_ms: spec.plausible_time.behind.map(|b| b.as_millis()),
             outside_time: spec.plausible_time.outside,
+            key_order: Default::default(),
         }
     }
 
