@@ -571,7 +571,8 @@ impl<'a> Cursor<'a> {
             exponent = exponent.saturating_add(if negative_exp { -e } else { e });
         }
         // a digit beyond the 19 held: the text decides
-        let long = (digits > 19).then(|| &self.b[start..self.i]);
+        // (an `if`, not `bool::then`: that was a call here, which put the number on the stack)
+        let long = if digits > 19 { Some(&self.b[start..self.i]) } else { None };
         Some(Number {
             negative,
             mantissa,
