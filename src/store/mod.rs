@@ -294,6 +294,10 @@ pub struct StateStore {
     file_sums: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Every stored device's deadline is in the index ([`DEADLINE_INDEX_KEY`]).
     deadline_index: std::sync::atomic::AtomicBool,
+    /// A device's deadline may be stored: false while none is (a fresh store, or one whose
+    /// pipeline has no deadlines, like aq1's), when a commit need not delete the deadline of
+    /// each device that has none (10,000 deletes in a 10,000-device checkpoint).
+    deadlines_stored: std::sync::atomic::AtomicBool,
     /// The device keys each commit wrote, gathered for a Kafka source's changelog (none until
     /// [`StateStore::track_changes`]): what changed since the changelog last took them.
     changed: std::sync::Mutex<Option<rustc_hash::FxHashSet<Vec<u8>>>>,
@@ -363,6 +367,19 @@ fn a_file_went_away(e: &rocksdb::Error) -> bool {
 }
 
 /// The checkpoint record of a database, if it has one.
+/// Whether the store holds any device's deadline.
+fn any_deadline_stored(db: &DB) -> bool {
+    let meta = db.cf_handle(CF_META).expect("opened with every column family");
+    match db
+        .iterator_cf(meta, IteratorMode::From(DEADLINE_PREFIX, Direction::Forward))
+        .next()
+    {
+        Some(Ok((key, _))) => key.starts_with(DEADLINE_PREFIX),
+        Some(Err(_)) => true,
+        None => false,
+    }
+}
+
 fn has_deadline_index(db: &DB) -> bool {
     let meta = db.cf_handle(CF_META).expect("opened with every column family");
     matches!(db.get_cf(meta, DEADLINE_INDEX_KEY), Ok(Some(_)))
@@ -496,12 +513,14 @@ impl StateStore {
         }
         // a store without a checkpoint holds no device: its index is complete from the start
         let deadline_index = record.is_none() || has_deadline_index(&db);
+        let deadlines_stored = any_deadline_stored(&db);
         Ok(Opened {
             store: Arc::new(StateStore {
                 dir: dir.to_path_buf(),
                 db,
                 file_sums: Default::default(),
                 deadline_index: deadline_index.into(),
+                deadlines_stored: deadlines_stored.into(),
                 changed: Default::default(),
             }),
             resume: record,
@@ -518,6 +537,7 @@ impl StateStore {
             Ok(db) => Ok(Arc::new(StateStore {
                 dir: dir.to_path_buf(),
                 deadline_index: has_deadline_index(&db).into(),
+                deadlines_stored: any_deadline_stored(&db).into(),
                 changed: Default::default(),
                 db,
                 file_sums: Default::default(),
@@ -538,6 +558,7 @@ impl StateStore {
         Ok(Arc::new(StateStore {
             dir: dir.to_path_buf(),
             deadline_index: has_deadline_index(&db).into(),
+            deadlines_stored: any_deadline_stored(&db).into(),
             changed: Default::default(),
             db,
             file_sums: Default::default(),
@@ -696,10 +717,20 @@ impl StateStore {
         if let Some(changed) = self.changed.lock().expect("changed devices lock").as_mut() {
             changed.extend(write.devices.iter().map(|d| d.key.clone()));
         }
+        // (set before the write: a deadline written, or maybe written, must be deleted later)
+        let mut deadlines_stored = self.deadlines_stored.load(std::sync::atomic::Ordering::Relaxed);
         for device in write.devices {
             match device.deadline {
-                Some(at) => batch.put_cf(meta, deadline_key(&device.key), seal(&at.to_le_bytes())),
-                None => batch.delete_cf(meta, deadline_key(&device.key)),
+                Some(at) => {
+                    if !deadlines_stored {
+                        deadlines_stored = true;
+                        self.deadlines_stored.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    batch.put_cf(meta, deadline_key(&device.key), seal(&at.to_le_bytes()))
+                }
+                None if deadlines_stored => batch.delete_cf(meta, deadline_key(&device.key)),
+                // no deadline stored anywhere (not even earlier in this batch): none to delete
+                None => {}
             }
             batch.put_cf(devices, device.key, seal(&device.snapshot));
         }
@@ -741,5 +772,82 @@ impl StateStore {
         retained::create(self, record, &self.file_sums)?;
         retained::prune(&self.dir, keep.max(1) as usize)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(store: &StateStore, id: u64, devices: &[(&str, Option<i64>)]) {
+        store
+            .commit(CheckpointWrite {
+                record: CheckpointRecord {
+                    id,
+                    pipeline: "p".into(),
+                    pipeline_hash: "h".into(),
+                    created_ms: 0,
+                    sources: vec![],
+                    sinks: vec![],
+                    dead_letters: 0,
+                    devices: devices.len() as u64,
+                    key_groups: 1,
+                    devices_written: devices.len() as u64,
+                },
+                devices: devices
+                    .iter()
+                    .map(|(id, deadline)| DeviceWrite {
+                        key: device_key(0, id),
+                        snapshot: Arc::new(b"state".to_vec()),
+                        deadline: *deadline,
+                    })
+                    .collect(),
+            })
+            .unwrap();
+    }
+
+    fn deadlines(store: &StateStore) -> Vec<(String, i64)> {
+        store.deadlines_in(0, 1).map(Result::unwrap).collect()
+    }
+
+    /// Deletes in the memtable: what a commit wrote as deletes since the store was opened.
+    fn deletes(store: &StateStore) -> u64 {
+        let meta = store.db.cf_handle(CF_META).expect("column family");
+        store
+            .db
+            .property_int_value_cf(meta, "rocksdb.num-deletes-active-mem-table")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A commit deletes the deadline of a device without one only once a deadline may be stored:
+    /// never in a store that holds none (no delete written at all), always after one was
+    /// written, in the same commit or an earlier one, or found when the store was opened.
+    #[test]
+    fn deadlines_are_deleted_once_one_may_be_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open_tool(dir.path()).unwrap();
+            commit(&store, 1, &[("a", None), ("b", None)]);
+            assert_eq!(deletes(&store), 0, "no deadline stored: nothing to delete");
+            // in one commit: `c`'s deadline comes after `a`'s none (nothing to delete yet), and
+            // `b`'s none comes after it
+            commit(&store, 2, &[("a", None), ("c", Some(5)), ("b", None)]);
+            assert_eq!(deletes(&store), 1);
+            assert_eq!(deadlines(&store), [("c".to_string(), 5)]);
+            commit(&store, 3, &[("c", None)]);
+            assert_eq!(deletes(&store), 2);
+            assert!(deadlines(&store).is_empty());
+            commit(&store, 4, &[("a", Some(9))]);
+            assert_eq!(deadlines(&store), [("a".to_string(), 9)]);
+            StateStore::close(store);
+        }
+        // opened again: a stored deadline is found, and is deleted when its device has none
+        let store = StateStore::open_tool(dir.path()).unwrap();
+        let before = deletes(&store);
+        commit(&store, 5, &[("a", None)]);
+        assert_eq!(deletes(&store), before + 1);
+        assert!(deadlines(&store).is_empty());
+        StateStore::close(store);
     }
 }
