@@ -42,12 +42,25 @@ use crate::pipeline::CompiledPipeline;
 /// The output schema version written as `"v"`.
 pub const OUTPUT_SCHEMA_VERSION: u32 = 1;
 
+/// The shortest text that reads back as `x` (`null` when it is not finite), as ryu wrote it
+/// before: zmij (2.3× faster: a window record's three averages were 5 % of a run's instructions)
+/// gives the same digits and the same choice of notation, and writes a positive exponent as
+/// `e+16` where ryu wrote `e16`, so the `+` is left out.
 fn push_f64(buf: &mut String, x: f64) {
-    if x.is_finite() {
-        let mut b = ryu::Buffer::new();
-        buf.push_str(b.format_finite(x));
-    } else {
+    if !x.is_finite() {
         buf.push_str("null");
+        return;
+    }
+    let mut b = zmij::Buffer::new();
+    let text = b.format_finite(x);
+    // (only numbers from 1e16 up are written with an exponent above zero)
+    if x.abs() >= 1e15
+        && let Some(at) = text.find("e+")
+    {
+        buf.push_str(&text[..=at]);
+        buf.push_str(&text[at + 2..]);
+    } else {
+        buf.push_str(text);
     }
 }
 
@@ -757,6 +770,49 @@ mod tests {
                     assert_eq!(out.len() > text.len() + 3, escaped, "{out}");
                 }
             }
+        }
+    }
+
+    /// The output's floats are what ryu wrote before zmij: random bit patterns, values like
+    /// readings and their averages, and every power of ten with a few mantissas.
+    #[test]
+    fn floats_are_written_as_ryu_wrote_them() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut values: Vec<f64> = (0..300_000).map(|_| f64::from_bits(next())).collect();
+        for _ in 0..100_000 {
+            let r = next();
+            let x = (r % 2_000_000) as f64 / 10f64.powi((r >> 40) as i32 % 8);
+            values.extend([x, -x, x / 3.0, x / 6.0 * 5.0, x * 1e12, x * 1e-9]);
+        }
+        for e in -330..310 {
+            for m in [1.0, 1.5, 9.999, 2.2250738585072014, 4.9] {
+                values.push(m * 10f64.powi(e));
+            }
+        }
+        values.extend([
+            0.0,
+            -0.0,
+            1e15,
+            1e16,
+            1e21,
+            1e22,
+            1e-5,
+            1e-7,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ]);
+        let mut written = String::new();
+        for x in values.into_iter().filter(|x| x.is_finite()) {
+            written.clear();
+            push_f64(&mut written, x);
+            assert_eq!(written, ryu::Buffer::new().format_finite(x), "{x:e}");
         }
     }
 
