@@ -154,26 +154,10 @@ impl PolicyStateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CheckpointRecord, CheckpointWrite};
+    use crate::store::tests::commit as commit_devices;
 
     fn commit(store: &StateStore, id: u64) {
-        store
-            .commit(CheckpointWrite {
-                record: CheckpointRecord {
-                    id,
-                    pipeline: "p".into(),
-                    pipeline_hash: "h".into(),
-                    created_ms: 0,
-                    sources: vec![],
-                    sinks: vec![],
-                    dead_letters: 0,
-                    devices: 0,
-                    key_groups: 1,
-                    devices_written: 0,
-                },
-                devices: vec![],
-            })
-            .unwrap();
+        commit_devices(store, id, &[]);
     }
 
     fn state(newest_ms: i64) -> PolicyState {

@@ -776,10 +776,12 @@ impl StateStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn commit(store: &StateStore, id: u64, devices: &[(&str, Option<i64>)]) {
+    /// Commits checkpoint `id` of pipeline `p` (one key group) with `devices`: (id, deadline),
+    /// each with a state of a few bytes.
+    pub(crate) fn commit(store: &StateStore, id: u64, devices: &[(&str, Option<i64>)]) {
         store
             .commit(CheckpointWrite {
                 record: CheckpointRecord {
