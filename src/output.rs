@@ -777,16 +777,11 @@ mod tests {
     /// readings and their averages, and every power of ten with a few mantissas.
     #[test]
     fn floats_are_written_as_ryu_wrote_them() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut values: Vec<f64> = (0..300_000).map(|_| f64::from_bits(next())).collect();
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(18);
+        let mut values: Vec<f64> = (0..300_000).map(|_| f64::from_bits(rng.random())).collect();
         for _ in 0..100_000 {
-            let r = next();
+            let r: u64 = rng.random();
             let x = (r % 2_000_000) as f64 / 10f64.powi((r >> 40) as i32 % 8);
             values.extend([x, -x, x / 3.0, x / 6.0 * 5.0, x * 1e12, x * 1e-9]);
         }
