@@ -329,7 +329,7 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", plume::app::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
     };

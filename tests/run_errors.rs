@@ -40,6 +40,51 @@ fn a_missing_input_file_ends_the_run_with_an_error_naming_it() {
     );
 }
 
+/// A resumed run whose output file was emptied outside plume is refused, and the error says
+/// why once (it used to print its cause twice: in its own text and again as its source).
+#[test]
+fn a_resume_refused_for_an_emptied_output_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"device\":\"d{}\",\"ts\":{},\"pm25\":1.5,\"co2\":450.0}}\n",
+                i % 7,
+                1_700_000_000_000u64 + i * 60_000
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let run = || {
+        plume()
+            .args(["run", "pipelines/aq1.yaml", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        std::fs::metadata(&output).unwrap().len() > 0,
+        "the first run wrote records"
+    );
+    std::fs::write(&output, "").unwrap();
+    let second = run();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "refused with an error: {err}");
+    assert!(
+        err.contains("out.jsonl") && err.contains("resuming") && err.contains("it was changed outside plume"),
+        "names the file, the step and the reason: {err}"
+    );
+    assert_eq!(err.matches("shorter than").count(), 1, "the reason once: {err}");
+}
+
 /// `THP_enabled` of a running `plume run` reading its standard input, once its runtime threads
 /// exist (so `main` has run past its first lines): `0` when the process turned huge pages off.
 fn thp_enabled_of_a_run(env: &[(&str, &str)]) -> String {

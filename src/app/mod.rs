@@ -80,6 +80,25 @@ pub enum EngineError {
     OutputIsInput { output: String },
 }
 
+/// An error and its causes on one line, as `plume` prints it: `outer: cause: its cause`, each
+/// cause left out when the text before already says it. Many errors carry their cause's text
+/// in their own (so that a log line's `error = %e` is whole) and return it as their source
+/// too: printed as a chain, `sink file:out.jsonl: resuming: it is 0 bytes, shorter than …`
+/// said the cause twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Whether two paths name the same existing file (a path that does not exist yet names none).
 pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
@@ -133,4 +152,36 @@ pub struct RunReport {
     pub passivations: u64,
     /// How often each input limit was hit.
     pub limits: crate::runtime::LimitCounts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        // a sink error carries its cause's text and returns the cause as its source
+        let sink = SinkError::Io {
+            sink: "file:out.jsonl".into(),
+            operation: "resuming",
+            source: std::io::Error::other("it is 0 bytes, shorter than the 227 bytes the checkpoint covered"),
+        };
+        let run = EngineError::from(sink);
+        assert_eq!(
+            error_chain(&run),
+            "sink file:out.jsonl: resuming: it is 0 bytes, shorter than the 227 bytes the checkpoint covered"
+        );
+        // as the binary prints it: with a context around, every cause that adds something
+        let wrapped = anyhow::Error::new(run).context("running pipelines/aq1.yaml");
+        let text = error_chain(wrapped.as_ref());
+        assert_eq!(
+            text,
+            "running pipelines/aq1.yaml: sink file:out.jsonl: resuming: it is 0 bytes, shorter than the 227 \
+             bytes the checkpoint covered"
+        );
+        assert_eq!(text.matches("shorter than").count(), 1, "{text}");
+        // a cause that its error does not repeat is kept
+        let opened = anyhow::Error::new(std::io::Error::other("permission denied")).context("opening the input");
+        assert_eq!(error_chain(opened.as_ref()), "opening the input: permission denied");
+    }
 }

@@ -30,21 +30,30 @@ pub fn topic_of(pipeline: &str) -> String {
 /// topic cannot be used: then subscriptions stay with the member they were registered on, and
 /// that is logged).
 pub fn start(pipeline: &CompiledPipeline, subscribers: Arc<SubscriberStore>) -> Option<Arc<ReplicatedTopic>> {
-    let push = pipeline.spec.outputs.iter().flat_map(|route| route.to.iter()).any(|sink| {
-        matches!(
-            sink,
-            crate::spec::SinkSpec::Push(crate::spec::PushSinkSpec::Fcm(_) | crate::spec::PushSinkSpec::Apns(_))
-        )
-    });
+    let push = pipeline
+        .spec
+        .outputs
+        .iter()
+        .flat_map(|route| route.to.iter())
+        .any(|sink| {
+            matches!(
+                sink,
+                crate::spec::SinkSpec::Push(crate::spec::PushSinkSpec::Fcm(_) | crate::spec::PushSinkSpec::Apns(_))
+            )
+        });
     if !push {
         return None;
     }
     let (name, spec, changelog) = pipeline.spec.sources.iter().find_map(|s| match s {
-        SourceSpec::Kafka(k) => k.changelog.as_ref().map(|c| (format!("kafka:{}", k.topics.join(",")), k, c)),
+        SourceSpec::Kafka(k) => k
+            .changelog
+            .as_ref()
+            .map(|c| (format!("kafka:{}", k.topics.join(",")), k, c)),
         _ => None,
     })?;
     let topic = topic_of(&pipeline.name);
-    let configs = crate::connectors::kafka::source::side_configs(&name, spec, &format!("plume-{}-subscriptions", pipeline.name));
+    let configs =
+        crate::connectors::kafka::source::side_configs(&name, spec, &format!("plume-{}-subscriptions", pipeline.name));
     let (reader, writer) = match configs {
         Ok(c) => c,
         Err(e) => {
