@@ -788,6 +788,19 @@ pub(crate) mod tests {
     /// Commits checkpoint `id` of pipeline `p` (one key group) with `devices`: (id, deadline),
     /// each with a state of a few bytes.
     pub(crate) fn commit(store: &StateStore, id: u64, devices: &[(&str, Option<i64>)]) {
+        let writes = devices
+            .iter()
+            .map(|(id, deadline)| DeviceWrite {
+                key: device_key(0, id),
+                snapshot: Arc::new(b"state".to_vec()),
+                deadline: *deadline,
+            })
+            .collect();
+        commit_writes(store, id, devices.len() as u64, writes);
+    }
+
+    /// Commits checkpoint `id` of pipeline `p` (one key group, `devices` in all) with `writes`.
+    fn commit_writes(store: &StateStore, id: u64, devices: u64, writes: Vec<DeviceWrite>) {
         store
             .commit(CheckpointWrite {
                 record: CheckpointRecord {
@@ -798,18 +811,11 @@ pub(crate) mod tests {
                     sources: vec![],
                     sinks: vec![],
                     dead_letters: 0,
-                    devices: devices.len() as u64,
+                    devices,
                     key_groups: 1,
-                    devices_written: devices.len() as u64,
+                    devices_written: devices,
                 },
-                devices: devices
-                    .iter()
-                    .map(|(id, deadline)| DeviceWrite {
-                        key: device_key(0, id),
-                        snapshot: Arc::new(b"state".to_vec()),
-                        deadline: *deadline,
-                    })
-                    .collect(),
+                devices: writes,
             })
             .unwrap();
     }
@@ -843,24 +849,7 @@ pub(crate) mod tests {
         devices.push(write("dev-250", "second"));
         devices.insert(0, write("dev-400", "earlier"));
         // (500 devices, two of them written twice)
-        let record_devices = 500;
-        store
-            .commit(CheckpointWrite {
-                record: CheckpointRecord {
-                    id: 1,
-                    pipeline: "p".into(),
-                    pipeline_hash: "h".into(),
-                    created_ms: 0,
-                    sources: vec![],
-                    sinks: vec![],
-                    dead_letters: 0,
-                    devices: record_devices,
-                    key_groups: 1,
-                    devices_written: record_devices,
-                },
-                devices,
-            })
-            .unwrap();
+        commit_writes(&store, 1, 500, devices);
         let stored: Vec<(String, String)> = store
             .devices_in(0, 1)
             .map(|item| {
