@@ -17,19 +17,37 @@ use common::*;
 use mqtt_support::{LoggedChild, Mosquitto, free_port, wait_for};
 use receiver::{Receiver, Reply};
 
-/// Starts `command` with `input` written to its standard input, which stays open (the run goes
-/// on until the returned handle is dropped).
-fn spawn_fed(command: &mut Command, input: &[u8]) -> (Child, std::process::ChildStdin) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    stdin.flush().unwrap();
-    (child, stdin)
+/// Starts the command `command(port)` makes, with its admin endpoint on a free loopback `port`,
+/// and `input` written to its standard input, which stays open (the run goes on until the
+/// returned handle is dropped). A port found free can be taken by another test's process before
+/// plume binds it ("cannot serve /metrics on …": plume ends, and the write finds the pipe
+/// closed): then it starts again on another port (up to five times). Any other early end fails
+/// the test with what plume said.
+fn spawn_fed(command: impl Fn(u16) -> Command, input: &[u8]) -> (Child, std::process::ChildStdin, u16) {
+    let stderr_dir = tempfile::tempdir().unwrap();
+    for attempt in 1..=5 {
+        let port = free_port();
+        let stderr_path = stderr_dir.path().join(format!("stderr-{attempt}"));
+        let mut child = command(port)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        match stdin.write_all(input).and_then(|()| stdin.flush()) {
+            Ok(()) => return (child, stdin, port),
+            Err(e) => {
+                let status = child.wait().unwrap();
+                let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                assert!(
+                    said.contains("cannot serve /metrics on"),
+                    "plume ended before it read its input ({e}; {status}):\n{said}"
+                );
+            }
+        }
+    }
+    panic!("plume found no free port for its admin endpoint in five attempts");
 }
 
 /// `name{label="value"}`, URL-encoded for a query.
@@ -92,23 +110,26 @@ fn prometheus_scrapes_the_readings_and_dead_letters_of_a_running_plume() {
     let mut lines = std::fs::read_to_string(&input).unwrap();
     let good = lines.lines().count();
     lines.push_str("not json\n{\"device\":\"x\"}\n{\"device\":\"y\",\"ts\":1,\"pm25\":\"high\",\"co2\":1}\n");
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
     // reads standard input, which stays open: the process runs until the test closes it
-    let mut command = plume();
-    command
-        .args([
-            "run",
-            "pipelines/aq1.yaml",
-            "--input",
-            "-",
-            "--no-checkpoints",
-            "--metrics",
-            &address,
-        ])
-        .arg("--output")
-        .arg(dir.path().join("out.jsonl"));
-    let (mut plume, stdin) = spawn_fed(&mut command, lines.as_bytes());
+    let output = dir.path().join("out.jsonl");
+    let command = |port: u16| {
+        let mut command = plume();
+        command
+            .args([
+                "run",
+                "pipelines/aq1.yaml",
+                "--input",
+                "-",
+                "--no-checkpoints",
+                "--metrics",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--output")
+            .arg(&output);
+        command
+    };
+    let (mut plume, stdin, port) = spawn_fed(command, lines.as_bytes());
+    let address = format!("127.0.0.1:{port}");
     wait_for("plume's /healthz", Duration::from_secs(30), || {
         http_get(port, "/healthz").is_some_and(|(s, b)| s == 200 && b == "ok\n")
     });
@@ -349,16 +370,18 @@ fn notifier_counters_equal_what_the_receiver_saw() {
             Reply::ok()
         }
     });
-    let port = free_port();
-    let mut command = plume();
-    command
-        .args(["run", "pipelines/webhook-aq1.yaml", "--input", "-", "--no-checkpoints"])
-        .args(["--metrics", &format!("127.0.0.1:{port}")])
-        .env("PLUME_OUTPUT", dir.path().join("out.jsonl"))
-        .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
-        .env("PLUME_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-        .env("PLUME_WEBHOOK_BACKOFF", "10ms");
-    let (mut plume, stdin) = spawn_fed(&mut command, &std::fs::read(&input).unwrap());
+    let command = |port: u16| {
+        let mut command = plume();
+        command
+            .args(["run", "pipelines/webhook-aq1.yaml", "--input", "-", "--no-checkpoints"])
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .env("PLUME_OUTPUT", dir.path().join("out.jsonl"))
+            .env("PLUME_WEBHOOK_URL", rx.url("/aq1"))
+            .env("PLUME_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .env("PLUME_WEBHOOK_BACKOFF", "10ms");
+        command
+    };
+    let (mut plume, stdin, port) = spawn_fed(command, &std::fs::read(&input).unwrap());
     // until the receiver has been quiet for a second and plume's counts match it
     let started = Instant::now();
     let (mut last_count, mut quiet_since) = (usize::MAX, Instant::now());
