@@ -1251,9 +1251,20 @@ fn floor_micro() {
     lines.truncate(LINES);
     let path = repo().join("pipelines/aq1.yaml");
     let spec = plume::spec::load_pipeline(&path).unwrap_or_else(|d| panic!("{d}"));
-    let pipeline = plume::pipeline::CompiledPipeline::compile(spec).expect("aq1 compiles");
+    let pipeline = plume::pipeline::CompiledPipeline::compile(spec.clone()).expect("aq1 compiles");
     let decoder = &pipeline.decoder;
     let now = 1_767_225_600_000i64 + 86_400_000;
+    // decoders that have read nothing yet, one per pass (a decoder learns the key order of the
+    // first reading it reads)
+    let unused_decoders = std::cell::RefCell::new(
+        (0..21)
+            .map(|_| {
+                plume::pipeline::CompiledPipeline::compile(spec.clone())
+                    .expect("aq1 compiles")
+                    .decoder
+            })
+            .collect::<Vec<_>>(),
+    );
     #[derive(serde::Deserialize)]
     #[allow(dead_code)]
     struct Line<'a> {
@@ -1307,6 +1318,64 @@ fn floor_micro() {
             .map(|l| decoder.decode(l, None, now).expect("decodes").reading.ts as u64 & 1)
             .sum()
     });
+    // the first reading in another key order than the rest (the aq1 line's keys moved)
+    let odd_first =
+        br#"{"ts":1767225600041,"device":"dev-002129","co2":646.6,"pm25":15.5,"voc":222.6,"temp":19.4,"hum":40.5}"#;
+    // (as the shards and the plain loop decode: a count kept from payload to payload lets the
+    // decoder learn the key order again)
+    let decode_all = |decoder: &plume::decode::Decoder| -> u64 {
+        let mut differing = plume::decode::DifferingKeyOrders::default();
+        let mut decoded = plume::decode::Decoded::empty(decoder.slots);
+        lines
+            .iter()
+            .map(|l| {
+                decoder
+                    .decode_into_learning(l, None, now, &mut decoded, &mut differing)
+                    .expect("decodes");
+                decoded.reading.ts as u64 & 1
+            })
+            .sum()
+    };
+    let odd_first_pass = || {
+        let decoder = unused_decoders.borrow_mut().pop().expect("a decoder per pass");
+        decoder.decode(odd_first, None, now).expect("decodes");
+        decode_all(&decoder)
+    };
+    time(
+        "full decode, the first line in another key order (a decoder that has read nothing before it)",
+        &odd_first_pass,
+    );
+    // side by side, pass by pass: the same lines with and without that first line, decoded
+    // keeping a count, and by `Decoder::decode` (no count kept: the first line's order stays,
+    // as it did for every caller before the decoder learned orders again)
+    let (mut ratios, mut ratios_kept) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let started = Instant::now();
+        std::hint::black_box(decode_all(decoder));
+        let plain = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        std::hint::black_box(odd_first_pass());
+        ratios.push(started.elapsed().as_secs_f64() / plain);
+        let started = Instant::now();
+        std::hint::black_box(
+            lines
+                .iter()
+                .map(|l| decoder.decode(l, None, now).expect("decodes").reading.ts)
+                .sum::<i64>(),
+        );
+        let plain = started.elapsed().as_secs_f64();
+        let kept = unused_decoders.borrow_mut().pop().expect("a decoder per pass");
+        let started = Instant::now();
+        kept.decode(odd_first, None, now).expect("decodes");
+        std::hint::black_box(
+            lines
+                .iter()
+                .map(|l| kept.decode(l, None, now).expect("decodes").reading.ts)
+                .sum::<i64>(),
+        );
+        ratios_kept.push(started.elapsed().as_secs_f64() / plain);
+    }
+    let (odd_first_ratio, odd_first_kept_ratio) = (median(ratios), median(ratios_kept));
     let general = time("full decode, general path (serde_json visitor into slots)", &|| {
         lines
             .iter()
@@ -1326,5 +1395,8 @@ fn floor_micro() {
         (split + scan) / fast * 100.0,
         fast / general,
         fast / reference
+    );
+    println!(
+        "a first line in another key order / none, the same lines, paired per pass (median of 7): {odd_first_ratio:.3} with the order learned again, {odd_first_kept_ratio:.3} with the first line's order kept (`Decoder::decode`)"
     );
 }

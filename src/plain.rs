@@ -85,6 +85,9 @@ pub struct PlainRun<'p> {
     /// (as the shards do), and how often.
     next_fleet_tick: i64,
     fleet_tick_ms: i64,
+    /// Readings in a row whose keys came in another order than the decoder learned (see
+    /// [`crate::decode::Decoder::decode_into_learning`]).
+    key_orders: crate::decode::DifferingKeyOrders,
 }
 
 impl<'p> PlainRun<'p> {
@@ -100,6 +103,7 @@ impl<'p> PlainRun<'p> {
             arrival: crate::clock::ArrivalStamp::new(pipeline.spec.runtime.clock.is_event()),
             next_fleet_tick: i64::MIN,
             fleet_tick_ms: pipeline.event_tick_interval_ms(),
+            key_orders: Default::default(),
         }
     }
 
@@ -192,7 +196,7 @@ impl<'p> PlainRun<'p> {
             into.reason = crate::decode::oversized_reason(line.len() as u64, decoder.max_payload_bytes);
             return;
         }
-        match decoder.decode_into(line, None, now, &mut into.decoded) {
+        match decoder.decode_into_learning(line, None, now, &mut into.decoded, &mut self.key_orders) {
             Ok(()) => {
                 into.what = StagedKind::Reading;
                 let hash = self.hasher.hash_one(&*into.decoded.device);

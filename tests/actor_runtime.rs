@@ -506,3 +506,56 @@ fn a_passivated_device_that_goes_silent_is_still_reported_offline() {
         assert!(report.contains(&format!(r#""last_seen":{start}"#)), "{report}");
     }
 }
+
+/// A first reading whose keys come in another order than every reading after it: the decoder's
+/// fast path matches keys against the order it learned from its first reading, and the shards,
+/// counting across chunks, have it learn the later readings' order (chunks of 200 lines: fewer
+/// than the 256 in a row it takes, whichever shard they go to). The records are the plain
+/// loop's, which learns it too.
+#[test]
+fn the_shards_learn_the_key_order_of_the_readings_after_a_first_in_another() {
+    let mut lines = aq1_lines(20, 4_000, 3);
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    let moved = ["ts", "device", "co2", "pm25", "voc", "temp", "hum"];
+    lines[0] = format!("{{{}}}", moved.map(|k| format!("{k:?}:{}", first[k])).join(","));
+    let aq1_order: Vec<String> = ["device", "ts", "pm25", "co2", "voc", "temp", "hum"]
+        .map(String::from)
+        .to_vec();
+    assert!(lines[1].starts_with(r#"{"device":"#), "{}", lines[1]);
+    let oracle_pipeline = aq1_pipeline(10_000);
+    let expected = oracle(&oracle_pipeline, &lines);
+    assert_eq!(
+        oracle_pipeline.decoder.learned_key_order(),
+        Some(aq1_order.clone()),
+        "the plain loop learned the later readings' order"
+    );
+    let pipeline = aq1_pipeline(10_000);
+    let sink = MemorySink::default();
+    let clock = Clock::manual(plume::clock::now_ms());
+    let got = System::new().block_on({
+        let (pipeline, sink, lines) = (pipeline.clone(), sink.clone(), lines.clone());
+        async move {
+            let (rt, done) = start_on_clock(&pipeline, &sink, &clock);
+            let mut feeder = rt.feeder(0, "test");
+            for (i, part) in lines.chunks(200).enumerate() {
+                let permit = feeder.room().await;
+                feeder.send(
+                    chunk_of(part, (i * 200 + 1) as u64),
+                    plume::model::Position::START,
+                    permit,
+                );
+            }
+            feeder.end();
+            let outcome = done.await.unwrap();
+            assert_eq!(outcome.totals.readings, 4_000);
+            rt.shut_down();
+            sink.records.lock().unwrap().clone()
+        }
+    });
+    assert_eq!(
+        pipeline.decoder.learned_key_order(),
+        Some(aq1_order),
+        "the shards learned the later readings' order"
+    );
+    assert_eq!(by_device(&got), by_device(&expected));
+}

@@ -14,7 +14,8 @@ use crate::operators::Reading;
 use crate::spec::FieldType;
 
 mod fast;
-pub(crate) use fast::LearnedKeyOrder;
+pub use fast::DifferingKeyOrders;
+pub(crate) use fast::{LearnedKeyOrder, learned_keys};
 
 enum Key {
     Device,
@@ -301,8 +302,9 @@ pub(super) fn decode_into<'a>(
     topic_device: Option<&'a str>,
     arrival_ms: i64,
     out: &mut Decoded<'a>,
+    differing: &mut DifferingKeyOrders,
 ) -> Result<(), DecodeError> {
-    match fast::decode(dec, payload, &mut out.reading) {
+    match fast::decode(dec, payload, &mut out.reading, differing) {
         Some(found) => finish_fast(dec, found, topic_device, arrival_ms, out),
         None => {
             *out = decode_serde(dec, payload, topic_device, arrival_ms)?;
@@ -989,7 +991,7 @@ mod tests {
         .collect();
         let agree = |payload: &[u8]| {
             let mut reading = Reading::new(0, dec.slots);
-            let fast = fast::decode(&dec, payload, &mut reading).map(|found| {
+            let fast = fast::decode(&dec, payload, &mut reading, &mut Default::default()).map(|found| {
                 let mut out = Decoded::empty(0);
                 out.reading = reading;
                 finish_fast(&dec, found, None, 0, &mut out).map(|()| out)
@@ -1121,27 +1123,157 @@ mod tests {
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
+        let mut orders_learned_again = 0;
         for (first, keys) in firsts {
             let learned = unlearned.clone();
             assert!(learned.decode(first.as_bytes(), None, ARRIVAL).is_ok(), "{first}");
             let want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
             assert_eq!(fast::learned_keys(&learned), Some(want.clone()), "learned from {first}");
+            // the same, decoded by a caller that keeps count (it learns orders again)
+            let relearning = learned.clone();
+            let mut differing = DifferingKeyOrders::default();
             let mut read = 0;
             for p in payloads.iter().cloned().chain(mutations(&payloads, 20_000)) {
                 let got = bits(&learned.decode(&p, None, ARRIVAL));
+                let want_bits = bits(&unlearned.clone().decode(&p, None, ARRIVAL));
                 assert_eq!(
                     got,
-                    bits(&unlearned.clone().decode(&p, None, ARRIVAL)),
+                    want_bits,
                     "{} after learning from {first}",
+                    String::from_utf8_lossy(&p)
+                );
+                let mut out = Decoded::empty(relearning.slots);
+                let relearned = relearning
+                    .decode_into_learning(&p, None, ARRIVAL, &mut out, &mut differing)
+                    .map(|()| out);
+                assert_eq!(
+                    bits(&relearned),
+                    want_bits,
+                    "{} after learning from {first} and again since",
                     String::from_utf8_lossy(&p)
                 );
                 read += got.is_ok() as usize;
             }
             // 15 of the hand-written payloads are readings, and some of their mutations are too
             assert!(read > 500, "{read} of the payloads were readings");
-            // learned once: the later readings changed nothing
+            // `decode` keeps no count: learned once, the later readings changed nothing
             assert_eq!(fast::learned_keys(&learned), Some(want), "learned from {first}");
+            orders_learned_again += fast::orders_learned(&relearning) - 1;
         }
+        // (so the comparison above covered orders learned from later payloads too)
+        assert!(orders_learned_again > 0, "no order was learned again");
+    }
+
+    /// The aq1 keys, in the order of the readings after the first in the tests below.
+    const AQ1_KEYS: [&str; 7] = ["device", "ts", "pm25", "co2", "voc", "temp", "hum"];
+
+    /// An aq1 reading, its keys in aq1's order or with `ts` first and `co2` before `pm25`.
+    fn aq1_reading(n: usize, moved: bool) -> String {
+        let (device, ts, pm25, co2) = (format!("dev-{:06}", n % 50), 1_767_225_600_000 + n, 10.5, 400.25);
+        if moved {
+            format!(r#"{{"ts":{ts},"device":"{device}","co2":{co2},"pm25":{pm25},"voc":1.5,"temp":20.5,"hum":40.5}}"#)
+        } else {
+            format!(r#"{{"device":"{device}","ts":{ts},"pm25":{pm25},"co2":{co2},"voc":1.5,"temp":20.5,"hum":40.5}}"#)
+        }
+    }
+
+    /// Decodes `reading` as a caller that keeps count does, checking the result against a
+    /// decoder that has learned nothing.
+    fn decode_counting(dec: &Decoder, reading: &str, differing: &mut DifferingKeyOrders) {
+        const ARRIVAL: i64 = 1_767_225_600_000;
+        let mut out = Decoded::empty(dec.slots);
+        let got = dec
+            .decode_into_learning(reading.as_bytes(), None, ARRIVAL, &mut out, differing)
+            .map(|()| out);
+        assert!(got.is_ok(), "{reading}: {:?}", got.err());
+        assert_eq!(
+            bits(&got),
+            bits(&decoder(TimeUnit::Ms).decode(reading.as_bytes(), None, ARRIVAL)),
+            "{reading}"
+        );
+    }
+
+    /// A first reading whose keys came in another order than the readings after it: the
+    /// decoder learns their order once that many of them in a row have been decoded by a caller
+    /// that keeps count, and not before; `decode` (which keeps none) never learns again.
+    #[test]
+    fn a_decoder_learns_the_key_order_of_many_readings_in_a_row_in_another() {
+        let moved: Vec<String> = ["ts", "device", "co2", "pm25", "voc", "temp", "hum"]
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        let aq1: Vec<String> = AQ1_KEYS.iter().map(|k| k.to_string()).collect();
+        let dec = decoder(TimeUnit::Ms);
+        let mut differing = DifferingKeyOrders::default();
+        decode_counting(&dec, &aq1_reading(0, true), &mut differing);
+        assert_eq!(fast::learned_keys(&dec), Some(moved.clone()));
+        // `decode` keeps no count
+        for n in 1..=2 * fast::RELEARN_AFTER as usize {
+            assert!(
+                dec.decode(aq1_reading(n, false).as_bytes(), None, 1_767_225_600_000)
+                    .is_ok()
+            );
+        }
+        assert_eq!(
+            fast::learned_keys(&dec),
+            Some(moved.clone()),
+            "learned again by `decode`"
+        );
+        for n in 1..fast::RELEARN_AFTER as usize {
+            decode_counting(&dec, &aq1_reading(n, false), &mut differing);
+        }
+        assert_eq!(
+            fast::learned_keys(&dec),
+            Some(moved.clone()),
+            "learned again after {} readings",
+            fast::RELEARN_AFTER - 1
+        );
+        decode_counting(&dec, &aq1_reading(0, false), &mut differing);
+        assert_eq!(fast::learned_keys(&dec), Some(aq1.clone()), "not learned again");
+        assert_eq!(fast::orders_learned(&dec), 2);
+        // a copy of the decoder starts from the order in use
+        assert_eq!(fast::learned_keys(&dec.clone()), Some(aq1));
+    }
+
+    /// Two shapes of reading mixed, never as many of the other in a row: the first reading's
+    /// order stays. Readings whose keys come in a new order every time: at most
+    /// `MAX_KEY_ORDERS` orders are ever learned, and every result is the same.
+    #[test]
+    fn mixed_shapes_keep_the_first_order_and_orders_learned_are_bounded() {
+        let aq1: Vec<String> = AQ1_KEYS.iter().map(|k| k.to_string()).collect();
+        let dec = decoder(TimeUnit::Ms);
+        let mut differing = DifferingKeyOrders::default();
+        for n in 0..20 * fast::RELEARN_AFTER as usize {
+            // one in RELEARN_AFTER in aq1's order, the others moved
+            let moved = n % fast::RELEARN_AFTER as usize != 0;
+            decode_counting(&dec, &aq1_reading(n, moved), &mut differing);
+        }
+        assert_eq!(fast::learned_keys(&dec), Some(aq1), "the first reading's order");
+        assert_eq!(fast::orders_learned(&dec), 1);
+
+        let dec = decoder(TimeUnit::Ms);
+        let mut differing = DifferingKeyOrders::default();
+        let mut keys = AQ1_KEYS;
+        let mut state = 7u64;
+        for n in 0..40 * fast::RELEARN_AFTER as usize {
+            // a new order of the same keys each time (Fisher–Yates, xorshift)
+            for i in (1..keys.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                keys.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let entries: Vec<String> = keys
+                .iter()
+                .map(|k| match *k {
+                    "device" => format!(r#""device":"dev-{:06}""#, n % 50),
+                    "ts" => format!(r#""ts":{}"#, 1_767_225_600_000 + n),
+                    other => format!(r#""{other}":{}.5"#, n % 90),
+                })
+                .collect();
+            decode_counting(&dec, &format!("{{{}}}", entries.join(",")), &mut differing);
+        }
+        assert_eq!(fast::orders_learned(&dec), fast::MAX_KEY_ORDERS);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use crate::operators::{FieldSlot, Reading};
 use crate::spec::{DecodeFormat, DecodeSpec, FieldSpec, FieldType, OutOfRange, OutsideTime, TimeSpec, TimeUnit};
+pub use json::DifferingKeyOrders;
 
 pub mod influx;
 pub mod json;
@@ -228,11 +229,42 @@ impl Decoder {
         arrival_ms: i64,
         out: &mut Decoded<'a>,
     ) -> Result<(), DecodeError> {
+        self.decode_into_learning(
+            payload,
+            topic_device,
+            arrival_ms,
+            out,
+            &mut DifferingKeyOrders::default(),
+        )
+    }
+
+    /// [`Decoder::decode_into`] for a caller that decodes payload after payload and keeps
+    /// `differing` between them: when many readings in a row have their JSON keys in another
+    /// order than the one the decoder learned from its first reading, it learns theirs (the
+    /// fast path matches keys against a learned order; see `json::fast::KeyOrder`). The results
+    /// are the same either way.
+    #[inline]
+    pub fn decode_into_learning<'a>(
+        &self,
+        payload: &'a [u8],
+        topic_device: Option<&'a str>,
+        arrival_ms: i64,
+        out: &mut Decoded<'a>,
+        differing: &mut DifferingKeyOrders,
+    ) -> Result<(), DecodeError> {
         match self.format {
-            DecodeFormat::Json => json::decode_into(self, payload, topic_device, arrival_ms, out)?,
+            DecodeFormat::Json => json::decode_into(self, payload, topic_device, arrival_ms, out, differing)?,
             DecodeFormat::Influx => *out = influx::decode(self, payload, topic_device, arrival_ms)?,
         }
         self.check_decoded(out, arrival_ms)
+    }
+
+    /// The JSON keys, in order, that the fast path matches readings against (learned from the
+    /// first reading, and again after many readings in a row came in another order: see
+    /// [`Decoder::decode_into_learning`]); none before the first reading. For tests and benches.
+    #[doc(hidden)]
+    pub fn learned_key_order(&self) -> Option<Vec<String>> {
+        json::learned_keys(self)
     }
 
     /// [`Decoder::decode`] without the JSON fast path (every payload through serde_json's

@@ -31,7 +31,12 @@ pub(super) struct Fast<'a> {
 /// other part reset), or declines (`reading` is then left in no particular state). An event
 /// time it cannot convert is declined too: the serde path says why.
 #[inline]
-pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading) -> Option<Fast<'a>> {
+pub(super) fn decode<'a>(
+    dec: &Decoder,
+    payload: &'a [u8],
+    reading: &mut Reading,
+    differing: &mut DifferingKeyOrders,
+) -> Option<Fast<'a>> {
     if !all_ascii(payload) {
         return None;
     }
@@ -62,8 +67,10 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading
     let mut keys_seen = 0u64;
     let mut entries = 0usize;
     // the keys expected next, in the order of the first reading read (see [`KeyOrder`])
-    let learned = dec.key_order.0.get();
+    let learned = dec.key_order.get();
     let mut expected: &[ExpectedKey] = learned.map_or(&[], |order| &order.keys);
+    // the learned order named another key than the reading has next
+    let mut diverged = false;
     p.ws();
     if p.peek() == Some(b'}') {
         p.i += 1;
@@ -81,6 +88,7 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading
                 }
                 _ => {
                     // a reading of another shape: the rest of it key by key
+                    diverged |= !expected.is_empty();
                     expected = &[];
                     let key = p.string()?;
                     p.ws();
@@ -182,8 +190,18 @@ pub(super) fn decode<'a>(dec: &Decoder, payload: &'a [u8], reading: &mut Reading
     if p.i != payload.len() {
         return None;
     }
-    if learned.is_none() {
-        learn_key_order(dec, payload);
+    match learned {
+        None => learn_key_order(dec, payload),
+        Some(_) if diverged => {
+            differing.in_a_row += 1;
+            if differing.in_a_row >= RELEARN_AFTER {
+                differing.in_a_row = 0;
+                if dec.key_order.may_learn() {
+                    learn_key_order(dec, payload);
+                }
+            }
+        }
+        Some(_) => differing.in_a_row = 0,
     }
     Some(found)
 }
@@ -200,10 +218,83 @@ pub(crate) struct KeyOrder {
     keys: Box<[ExpectedKey]>,
 }
 
-/// Learned once per decoder, from the first reading the fast path reads (see [`KeyOrder`]); a
-/// cache, so two decoders compare equal whatever each has learned.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LearnedKeyOrder(std::sync::OnceLock<KeyOrder>);
+/// How many key orders a decoder learns in its life: the first reading's, and one more each
+/// time [`RELEARN_AFTER`] readings in a row differed from the order learned.
+pub(super) const MAX_KEY_ORDERS: usize = 8;
+
+/// Readings in a row (decoded by one caller) whose keys differ from the learned order before the next
+/// reading's order is learned in its place. A first reading of another shape than the rest (a
+/// device on older firmware, a line written by hand) would otherwise have every later reading
+/// read key by key: 5 % more CPU for a whole two-shard run of aq1 (BENCHMARKS.md, "A first
+/// reading of another shape"). A fleet of two shapes mixed seldom gives this many of the other
+/// one in a row, so the order of the first stays.
+pub(super) const RELEARN_AFTER: u32 = 256;
+
+/// The key order readings are matched against (see [`KeyOrder`]): learned from the first
+/// reading the fast path reads whole, and learned again from a later one when
+/// [`RELEARN_AFTER`] readings in a row, decoded by one caller, have differed from it
+/// ([`DifferingKeyOrders`]), up to [`MAX_KEY_ORDERS`] times.
+/// Shared by every thread that decodes with the decoder: an order, once published, is never
+/// changed or freed while the decoder lives, so a reader needs no lock (one load). A cache, so
+/// two decoders compare equal whatever each has learned.
+#[derive(Debug, Default)]
+pub(crate) struct LearnedKeyOrder {
+    /// Every order learned, in the order learned (on the heap: `current` stays valid when the
+    /// decoder moves).
+    orders: Box<[std::sync::OnceLock<KeyOrder>; MAX_KEY_ORDERS]>,
+    /// The order in use, one of `orders` (null: none learned yet).
+    current: std::sync::atomic::AtomicPtr<KeyOrder>,
+    /// Slots of `orders` taken (may pass their number: then nothing more is learned).
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+/// What a caller that decodes payload after payload keeps between them (see
+/// [`crate::decode::Decoder::decode_into_learning`]): how many readings in a row had their keys
+/// in another order than the one learned. Kept by the caller, so that a reading that matches
+/// writes no memory another thread reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DifferingKeyOrders {
+    in_a_row: u32,
+}
+
+impl LearnedKeyOrder {
+    #[inline(always)]
+    fn get(&self) -> Option<&KeyOrder> {
+        use std::sync::atomic::Ordering;
+        // SAFETY: `current` is null or points at an order in `orders`, which was set before the
+        // pointer was stored (release, read here with acquire) and is never changed or dropped
+        // before `self` is.
+        unsafe { self.current.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Whether an order may still be learned.
+    fn may_learn(&self) -> bool {
+        self.taken.load(std::sync::atomic::Ordering::Relaxed) < MAX_KEY_ORDERS
+    }
+
+    /// Publishes `order` as the one in use, if a slot is left.
+    fn learn(&self, order: KeyOrder) {
+        use std::sync::atomic::Ordering;
+        let slot = self.taken.fetch_add(1, Ordering::Relaxed);
+        if let Some(cell) = self.orders.get(slot) {
+            // (each slot is taken once: the set cannot fail)
+            let order = cell.get_or_init(|| order);
+            self.current
+                .store(std::ptr::from_ref(order).cast_mut(), Ordering::Release);
+        }
+    }
+}
+
+impl Clone for LearnedKeyOrder {
+    /// The order in use, in the copy's first slot.
+    fn clone(&self) -> Self {
+        let copy = Self::default();
+        if let Some(order) = self.get() {
+            copy.learn(order.clone());
+        }
+        copy
+    }
+}
 
 impl PartialEq for LearnedKeyOrder {
     fn eq(&self, _: &Self) -> bool {
@@ -260,17 +351,25 @@ impl ExpectedKey {
     }
 }
 
-/// The keys `dec` has learned (see [`KeyOrder`]), if it has.
-#[cfg(test)]
-pub(super) fn learned_keys(dec: &Decoder) -> Option<Vec<String>> {
-    let order = dec.key_order.0.get()?;
+/// The keys `dec` matches readings against (see [`KeyOrder`]), if it has learned an order.
+pub(crate) fn learned_keys(dec: &Decoder) -> Option<Vec<String>> {
+    let order = dec.key_order.get()?;
     let keys = order.keys.iter().map(|k| {
         let mut entry = k.first.to_le_bytes()[..k.len.min(8)].to_vec();
         entry.extend_from_slice(&k.last.to_le_bytes()[(16 - k.len.max(8))..]);
-        assert_eq!((entry[0], &entry[k.len - 2..]), (b'"', &b"\":"[..]), "{entry:?}");
-        String::from_utf8(entry[1..k.len - 2].to_vec()).expect("a key")
+        debug_assert_eq!((entry[0], &entry[k.len - 2..]), (b'"', &b"\":"[..]), "{entry:?}");
+        String::from_utf8_lossy(&entry[1..k.len - 2]).into_owned()
     });
     Some(keys.collect())
+}
+
+/// How many key orders `dec` has learned (at most [`MAX_KEY_ORDERS`]).
+#[cfg(test)]
+pub(super) fn orders_learned(dec: &Decoder) -> usize {
+    dec.key_order
+        .taken
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .min(MAX_KEY_ORDERS)
 }
 
 /// Keeps the key order of `payload`, a reading the fast path has just read whole (see
@@ -301,7 +400,7 @@ fn learn_key_order(dec: &Decoder, payload: &[u8]) {
         }
         p.ws();
     }
-    let _ = dec.key_order.0.set(KeyOrder { keys: keys.into() });
+    dec.key_order.learn(KeyOrder { keys: keys.into() });
 }
 
 /// `payload.is_ascii()`, sixteen bytes at a time to the end: the last sixteen read again,
@@ -572,7 +671,11 @@ impl<'a> Cursor<'a> {
         }
         // a digit beyond the 19 held: the text decides
         // (an `if`, not `bool::then`: that was a call here, which put the number on the stack)
-        let long = if digits > 19 { Some(&self.b[start..self.i]) } else { None };
+        let long = if digits > 19 {
+            Some(&self.b[start..self.i])
+        } else {
+            None
+        };
         Some(Number {
             negative,
             mantissa,

@@ -25,7 +25,7 @@ use tracing::warn;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::ShardSupervisor;
-use crate::decode::{DecodeError, Decoded, Decoder, bounded_raw};
+use crate::decode::{DecodeError, Decoded, Decoder, DifferingKeyOrders, bounded_raw};
 use crate::model::{Chunk, ChunkData, Message, MessagePosition, RoutedKind, RoutedLine};
 use crate::operators::{DeviceChain, Emit};
 use crate::runtime::RuntimeMetrics;
@@ -58,6 +58,9 @@ pub(super) struct ChunkRunner {
     /// Payloads that did not decode (or were too long), since the start: the checkpoints
     /// record them.
     pub(super) dead_letters: u64,
+    /// Readings in a row whose keys came in another order than the decoder learned, across
+    /// chunks (see [`Decoder::decode_into_learning`]).
+    key_orders: DifferingKeyOrders,
 }
 
 impl ChunkRunner {
@@ -73,6 +76,7 @@ impl ChunkRunner {
             running: None,
             emits: Vec::new(),
             dead_letters: 0,
+            key_orders: DifferingKeyOrders::default(),
         }
     }
 }
@@ -355,14 +359,15 @@ impl<'c> Staged<'c> {
     }
 
     #[inline]
-    fn stage(&mut self, item: Item<'c>, ordinal: usize, decoder: &Decoder) {
+    fn stage(&mut self, item: Item<'c>, ordinal: usize, decoder: &Decoder, key_orders: &mut DifferingKeyOrders) {
         self.item = Some(item);
         self.ordinal = ordinal;
         self.candidate = None;
         if item.oversized {
             return;
         }
-        self.decode = decoder.decode_into(item.payload, item.hint, item.arrival_ms, &mut self.decoded);
+        self.decode =
+            decoder.decode_into_learning(item.payload, item.hint, item.arrival_ms, &mut self.decoded, key_orders);
         if self.decode.is_ok() {
             self.hash = item.hash.unwrap_or_else(|| xxh3_64(self.decoded.device.as_bytes()));
         }
@@ -447,7 +452,7 @@ impl ShardSupervisor {
         for (ordinal, item) in items {
             // payload n: decoded, and the index slot of its device asked for
             let s = &mut ring[n % AHEAD];
-            s.stage(item, ordinal, decoder);
+            s.stage(item, ordinal, decoder, &mut self.runner.key_orders);
             if s.is_reading() {
                 self.active.prefetch_slot(s.hash);
             }
