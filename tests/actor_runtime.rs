@@ -123,6 +123,18 @@ fn chunk_of(lines: &[String], first_line: u64) -> ChunkData {
     }
 }
 
+/// Sends `lines` as chunks of `size` lines, each when there is room for it.
+async fn send_in_chunks(feeder: &mut plume::runtime::ports::ChunkFeeder, lines: &[String], size: usize) {
+    for (i, part) in lines.chunks(size).enumerate() {
+        let permit = feeder.room().await;
+        feeder.send(
+            chunk_of(part, (i * size + 1) as u64),
+            plume::model::Position::START,
+            permit,
+        );
+    }
+}
+
 async fn settle(metrics: &RuntimeMetrics) {
     let started = Instant::now();
     while metrics.chunks_in_flight.load(Ordering::Relaxed) > 0 {
@@ -263,14 +275,7 @@ fn a_panicking_device_restarts_from_its_last_good_state_and_others_are_untouched
             };
             let (rt, done) = app::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
             let mut feeder = rt.feeder(0, "test");
-            for (i, part) in lines.chunks(500).enumerate() {
-                let permit = feeder.room().await;
-                feeder.send(
-                    chunk_of(part, (i * 500 + 1) as u64),
-                    plume::model::Position::START,
-                    permit,
-                );
-            }
+            send_in_chunks(&mut feeder, &lines, 500).await;
             settle(&rt.metrics).await;
             let mut victim_counters = None;
             let mut other_counters = None;
@@ -537,14 +542,7 @@ fn the_shards_learn_the_key_order_of_the_readings_after_a_first_in_another() {
         async move {
             let (rt, done) = start_on_clock(&pipeline, &sink, &clock);
             let mut feeder = rt.feeder(0, "test");
-            for (i, part) in lines.chunks(200).enumerate() {
-                let permit = feeder.room().await;
-                feeder.send(
-                    chunk_of(part, (i * 200 + 1) as u64),
-                    plume::model::Position::START,
-                    permit,
-                );
-            }
+            send_in_chunks(&mut feeder, &lines, 200).await;
             feeder.end();
             let outcome = done.await.unwrap();
             assert_eq!(outcome.totals.readings, 4_000);
