@@ -222,12 +222,12 @@ pub(crate) struct KeyOrder {
 /// time [`RELEARN_AFTER`] readings in a row differed from the order learned.
 pub(super) const MAX_KEY_ORDERS: usize = 8;
 
-/// Readings in a row (decoded by one caller) whose keys differ from the learned order before the next
-/// reading's order is learned in its place. A first reading of another shape than the rest (a
-/// device on older firmware, a line written by hand) would otherwise have every later reading
-/// read key by key: 5 % more CPU for a whole two-shard run of aq1 (BENCHMARKS.md, "A first
-/// reading of another shape"). A fleet of two shapes mixed seldom gives this many of the other
-/// one in a row, so the order of the first stays.
+/// Readings in a row (decoded by one caller) whose keys differ from the learned order before
+/// the next one's order is learned in its place. A first reading of another shape than the rest
+/// (a device on older firmware, a line written by hand) would otherwise have every later
+/// reading read key by key: 5–16 % more CPU for a whole two-shard run of aq1 (BENCHMARKS.md, "A
+/// first reading of another shape"). A fleet of two shapes mixed seldom gives this many of the
+/// other one in a row, so the order of the first stays.
 pub(super) const RELEARN_AFTER: u32 = 256;
 
 /// The key order readings are matched against (see [`KeyOrder`]): learned from the first
