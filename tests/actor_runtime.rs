@@ -1,6 +1,7 @@
 //! The actor runtime in-process: activation, passivation and re-activation keep state exactly;
 //! a device whose operator panics is restarted from its last good state and the other devices
-//! are untouched; a blocked sink loses nothing and bounds memory (the source stops).
+//! are untouched; a blocked sink loses nothing and bounds memory (the source stops); a chunk's
+//! records go out in parts and the chunk counts as in flight until the last is written.
 
 mod common;
 
@@ -555,5 +556,85 @@ fn the_shards_learn_the_key_order_of_the_readings_after_a_first_in_another() {
         Some(aq1_order),
         "the shards learned the later readings' order"
     );
+    assert_eq!(by_device(&got), by_device(&expected));
+}
+
+#[test]
+fn a_chunks_records_go_out_in_parts_and_the_chunk_is_in_flight_until_the_last_is_written() {
+    let pipeline = aq1_pipeline(1 << 20);
+    let lines = aq1_lines(100, 40_000, 4);
+    let expected = oracle(&pipeline, &lines);
+    let expected_bytes: usize = expected.iter().map(|r| r.len() + 1).sum();
+    assert!(
+        expected_bytes > 4 * plume::runtime::SEND_AFTER_BYTES,
+        "the chunk's records ({expected_bytes} bytes) must fill several parts on each shard"
+    );
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let sink = MemorySink {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let got = System::new().block_on({
+        let (pipeline, sink, lines) = (pipeline.clone(), sink.clone(), lines.clone());
+        async move {
+            let options = RuntimeOptions {
+                shards: Some(2),
+                ..Default::default()
+            };
+            let (rt, done) = app::start(pipeline.clone(), plan(&pipeline, &sink), 1, options);
+            let mut feeder = rt.feeder(0, "test");
+            // the whole input as one chunk
+            send_in_chunks(&mut feeder, &lines, lines.len()).await;
+            let started = Instant::now();
+            while rt.metrics.readings.load(Ordering::Relaxed) < 40_000 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the shards never ran the chunk"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // the shards are done with the chunk, and sent its records in parts as they went:
+            // once the hub's count stops moving it has them all
+            let (mut last, mut still, started) = (u64::MAX, 0, Instant::now());
+            let counters = loop {
+                let counters = rt.hub.send(plume::runtime::hub::ReportHubCounters).await.unwrap();
+                still = if counters.records == last { still + 1 } else { 0 };
+                last = counters.records;
+                if still == 5 && last > 0 {
+                    break counters;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "records never reached the hub"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let from_the_chunk = counters.records as usize;
+            assert!(
+                counters.batches >= 4,
+                "one chunk of {from_the_chunk} records on two shards reached the hub in {} batches",
+                counters.batches
+            );
+            // none is written yet (the sink is blocked): the chunk still holds its place
+            assert_eq!(rt.metrics.chunks_in_flight.load(Ordering::Relaxed), 1);
+            {
+                let (open, cv) = &*gate;
+                *open.lock().unwrap() = true;
+                cv.notify_all();
+            }
+            settle(&rt.metrics).await;
+            let written = sink.records.lock().unwrap().len();
+            assert!(
+                written >= from_the_chunk,
+                "the chunk left the count with {written} of its {from_the_chunk} records written"
+            );
+            feeder.end();
+            let outcome = done.await.unwrap();
+            assert_eq!(outcome.totals.readings, 40_000);
+            rt.shut_down();
+            sink.records.lock().unwrap().clone()
+        }
+    });
+    assert_eq!(got.len(), expected.len());
     assert_eq!(by_device(&got), by_device(&expected));
 }

@@ -252,6 +252,11 @@ impl RecordBatchBuilder {
         self.pending.len()
     }
 
+    /// The bytes of record text collected so far.
+    pub fn text_bytes(&self) -> usize {
+        self.lines.len()
+    }
+
     /// Adds a record whose JSON `write` appends to the buffer (without a newline); `write`
     /// returns the record's operator, kind, id and backfill flag.
     #[inline]

@@ -49,9 +49,10 @@ pub mod router;
 pub mod routes;
 pub mod shard;
 
-/// Records produced on one shard thread, collected until the chunk that produced them is done.
-/// Formatted as they come into one buffer of text ([`RecordBatchBuilder`]): the chunk's records
-/// point into it, so none has an allocation of its own.
+/// Records produced on one shard thread, collected until the chunk that produced them is done,
+/// or until their text reaches [`SEND_AFTER_BYTES`]. Formatted as they come into one buffer of
+/// text ([`RecordBatchBuilder`]): the records point into it, so none has an allocation of its
+/// own.
 pub struct ShardOutput {
     pending: Mutex<PendingOutput>,
     hub: Addr<hub::OutputHub>,
@@ -63,7 +64,18 @@ struct PendingOutput {
     /// Records made from the buffers filled so far (one, unless a buffer reached its limit).
     records: Vec<OutputRecord>,
     text: crate::model::RecordBatchBuilder,
+    /// The ticket of the chunk running ([`ShardOutput::begin_chunk`]): the records sent before
+    /// the chunk's end hold it too, so it lives until the last of them is written.
+    ticket: Option<Arc<ChunkTicket>>,
 }
+
+/// A shard sends its records to the hub once their text reaches this many bytes, not only when
+/// its chunk is done. The buffer they were formatted into is then written by the sink and comes
+/// back (`model::record::text_pool`) while it is still in the cache: a chunk's text grew to
+/// about 3 MB per shard, and the shard wrote every record into memory it had not touched for a
+/// chunk or more (formatting was 9 % of a two-shard run's samples, half of it `memmove` into
+/// the buffer; 4 % after: BENCHMARKS.md, issue 18, "A shard's records sent every 256 KiB").
+pub const SEND_AFTER_BYTES: usize = 256 << 10;
 
 impl PendingOutput {
     /// Room for a record of about `bytes`: a buffer near its 32-bit limit is closed first.
@@ -95,7 +107,14 @@ impl ShardOutput {
         pending.room(record.json.len() + 1).add_record(&record);
     }
 
-    /// A device's results, formatted into the buffer.
+    /// The chunk about to run: the records sent before it is done hold its ticket (see
+    /// [`PendingOutput::ticket`]); [`ShardOutput::flush`] ends it.
+    pub fn begin_chunk(&self, ticket: &Arc<ChunkTicket>) {
+        self.pending.lock().expect("shard output lock").ticket = Some(ticket.clone());
+    }
+
+    /// A device's results, formatted into the buffer; sent to the hub once the buffer holds
+    /// [`SEND_AFTER_BYTES`].
     pub fn format(
         &self,
         formatter: &crate::output::RecordFormatter,
@@ -109,19 +128,28 @@ impl ShardOutput {
                 (Some(head.op), head.kind, head.id, head.backfill)
             });
         }
+        if pending.text.text_bytes() >= SEND_AFTER_BYTES {
+            let mut records = std::mem::take(&mut pending.records);
+            pending.text.finish(&mut records);
+            // (sent under the lock, so that batches reach the hub in the order they were made)
+            self.hub.do_send(hub::RouteRecords {
+                records,
+                ticket: pending.ticket.clone(),
+                shard: Some(self.shard),
+            });
+        }
     }
 
     /// Sends what has been collected to the hub, keeping `ticket` alive until it is written.
     pub fn flush(&self, ticket: Option<Arc<ChunkTicket>>) {
-        let records = {
-            let mut pending = self.pending.lock().expect("shard output lock");
-            if pending.text.is_empty() && pending.records.is_empty() {
-                return;
-            }
-            let mut records = std::mem::take(&mut pending.records);
-            pending.text.finish(&mut records);
-            records
-        };
+        let mut pending = self.pending.lock().expect("shard output lock");
+        // (the batches already sent hold the chunk's ticket: without records left it goes here)
+        pending.ticket = None;
+        if pending.text.is_empty() && pending.records.is_empty() {
+            return;
+        }
+        let mut records = std::mem::take(&mut pending.records);
+        pending.text.finish(&mut records);
         self.hub.do_send(hub::RouteRecords {
             records,
             ticket,

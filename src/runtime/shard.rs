@@ -638,6 +638,7 @@ impl Handler<RunChunk> for ShardSupervisor {
 
     fn handle(&mut self, RunChunk(chunk): RunChunk, _ctx: &mut Context<Self>) {
         let began = Instant::now();
+        self.local.output.begin_chunk(&chunk.ticket);
         let counts = self.run_chunk(&chunk, chunk.read_at_ms);
         if counts.readings > 0 && self.counters.readings == 0 {
             tracing::info!(
