@@ -562,7 +562,7 @@ fn the_shards_learn_the_key_order_of_the_readings_after_a_first_in_another() {
 #[test]
 fn a_chunks_records_go_out_in_parts_and_the_chunk_is_in_flight_until_the_last_is_written() {
     let pipeline = aq1_pipeline(1 << 20);
-    let lines = aq1_lines(100, 40_000, 4);
+    let lines = aq1_lines(100, 80_000, 4);
     let expected = oracle(&pipeline, &lines);
     let expected_bytes: usize = expected.iter().map(|r| r.len() + 1).sum();
     assert!(
@@ -586,7 +586,7 @@ fn a_chunks_records_go_out_in_parts_and_the_chunk_is_in_flight_until_the_last_is
             // the whole input as one chunk
             send_in_chunks(&mut feeder, &lines, lines.len()).await;
             let started = Instant::now();
-            while rt.metrics.readings.load(Ordering::Relaxed) < 40_000 {
+            while rt.metrics.readings.load(Ordering::Relaxed) < 80_000 {
                 assert!(
                     started.elapsed() < Duration::from_secs(30),
                     "the shards never ran the chunk"
@@ -630,7 +630,7 @@ fn a_chunks_records_go_out_in_parts_and_the_chunk_is_in_flight_until_the_last_is
             );
             feeder.end();
             let outcome = done.await.unwrap();
-            assert_eq!(outcome.totals.readings, 40_000);
+            assert_eq!(outcome.totals.readings, 80_000);
             rt.shut_down();
             sink.records.lock().unwrap().clone()
         }

@@ -74,8 +74,8 @@ struct PendingOutput {
 /// back (`model::record::text_pool`) while it is still in the cache: a chunk's text grew to
 /// about 3 MB per shard, and the shard wrote every record into memory it had not touched for a
 /// chunk or more (formatting was 9 % of a two-shard run's samples, half of it `memmove` into
-/// the buffer; 4 % after: BENCHMARKS.md, issue 18, "A shard's records sent every 256 KiB").
-pub const SEND_AFTER_BYTES: usize = 256 << 10;
+/// the buffer; 4 % after: BENCHMARKS.md, issue 18, "A shard's records sent in parts").
+pub const SEND_AFTER_BYTES: usize = 512 << 10;
 
 impl PendingOutput {
     /// Room for a record of about `bytes`: a buffer near its 32-bit limit is closed first.
