@@ -136,6 +136,26 @@ async fn send_in_chunks(feeder: &mut plume::runtime::ports::ChunkFeeder, lines: 
     }
 }
 
+/// Lets the writes a [`MemorySink`] holds back through.
+fn open_gate(gate: &(Mutex<bool>, Condvar)) {
+    let (open, cv) = gate;
+    *open.lock().unwrap() = true;
+    cv.notify_all();
+}
+
+/// The end of a run that read `readings`: the runtime shut down, the records the sink got.
+async fn run_ended(
+    rt: app::Runtime,
+    done: tokio::sync::oneshot::Receiver<plume::runtime::coordinator::RunOutcome>,
+    readings: u64,
+    sink: &MemorySink,
+) -> Vec<String> {
+    let outcome = done.await.unwrap();
+    assert_eq!(outcome.totals.readings, readings);
+    rt.shut_down();
+    sink.records.lock().unwrap().clone()
+}
+
 async fn settle(metrics: &RuntimeMetrics) {
     let started = Instant::now();
     while metrics.chunks_in_flight.load(Ordering::Relaxed) > 0 {
@@ -386,16 +406,9 @@ fn a_blocked_sink_loses_nothing_and_stops_the_source_instead_of_growing_memory()
             assert!(max_in_flight <= 3, "chunks in flight: {max_in_flight}");
             assert!(max_waiting <= 200, "records queued for the sink: {max_waiting}");
             // unblock: everything arrives
-            {
-                let (open, cv) = &*gate;
-                *open.lock().unwrap() = true;
-                cv.notify_all();
-            }
+            open_gate(&gate);
             source.join().unwrap();
-            let outcome = done.await.unwrap();
-            assert_eq!(outcome.totals.readings, 40_000);
-            rt.shut_down();
-            sink.records.lock().unwrap().clone()
+            run_ended(rt, done, 40_000, &sink).await
         }
     });
     assert_eq!(got.len(), expected.len());
@@ -545,10 +558,7 @@ fn the_shards_learn_the_key_order_of_the_readings_after_a_first_in_another() {
             let mut feeder = rt.feeder(0, "test");
             send_in_chunks(&mut feeder, &lines, 200).await;
             feeder.end();
-            let outcome = done.await.unwrap();
-            assert_eq!(outcome.totals.readings, 4_000);
-            rt.shut_down();
-            sink.records.lock().unwrap().clone()
+            run_ended(rt, done, 4_000, &sink).await
         }
     });
     assert_eq!(
@@ -617,11 +627,7 @@ fn a_chunks_records_go_out_in_parts_and_the_chunk_is_in_flight_until_the_last_is
             );
             // none is written yet (the sink is blocked): the chunk still holds its place
             assert_eq!(rt.metrics.chunks_in_flight.load(Ordering::Relaxed), 1);
-            {
-                let (open, cv) = &*gate;
-                *open.lock().unwrap() = true;
-                cv.notify_all();
-            }
+            open_gate(&gate);
             settle(&rt.metrics).await;
             let written = sink.records.lock().unwrap().len();
             assert!(
@@ -629,10 +635,7 @@ fn a_chunks_records_go_out_in_parts_and_the_chunk_is_in_flight_until_the_last_is
                 "the chunk left the count with {written} of its {from_the_chunk} records written"
             );
             feeder.end();
-            let outcome = done.await.unwrap();
-            assert_eq!(outcome.totals.readings, 80_000);
-            rt.shut_down();
-            sink.records.lock().unwrap().clone()
+            run_ended(rt, done, 80_000, &sink).await
         }
     });
     assert_eq!(got.len(), expected.len());
