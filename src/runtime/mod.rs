@@ -129,15 +129,21 @@ impl ShardOutput {
             });
         }
         if pending.text.text_bytes() >= SEND_AFTER_BYTES {
-            let mut records = std::mem::take(&mut pending.records);
-            pending.text.finish(&mut records);
-            // (sent under the lock, so that batches reach the hub in the order they were made)
-            self.hub.do_send(hub::RouteRecords {
-                records,
-                ticket: pending.ticket.clone(),
-                shard: Some(self.shard),
-            });
+            let ticket = pending.ticket.clone();
+            self.send(&mut pending, ticket);
         }
+    }
+
+    /// Sends the records `pending` holds to the hub with `ticket`. (Under the output's lock, so
+    /// that batches reach the hub in the order they were made.)
+    fn send(&self, pending: &mut PendingOutput, ticket: Option<Arc<ChunkTicket>>) {
+        let mut records = std::mem::take(&mut pending.records);
+        pending.text.finish(&mut records);
+        self.hub.do_send(hub::RouteRecords {
+            records,
+            ticket,
+            shard: Some(self.shard),
+        });
     }
 
     /// Sends what has been collected to the hub, keeping `ticket` alive until it is written.
@@ -148,13 +154,7 @@ impl ShardOutput {
         if pending.text.is_empty() && pending.records.is_empty() {
             return;
         }
-        let mut records = std::mem::take(&mut pending.records);
-        pending.text.finish(&mut records);
-        self.hub.do_send(hub::RouteRecords {
-            records,
-            ticket,
-            shard: Some(self.shard),
-        });
+        self.send(&mut pending, ticket);
     }
 }
 
